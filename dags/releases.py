@@ -1,0 +1,16 @@
+"""Every release spec in include/releases/ becomes one Airflow DAG: ``release_<name>``.
+
+A broken spec is reported as this file's import error (file, field path, reason) while
+the other releases keep loading. Set RELEASETRAIN_SPEC_DIRS (os.pathsep-separated) to
+read specs from other folders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from releasetrain.factory import load_release_dags, spec_dirs
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+globals().update(load_release_dags(spec_dirs(PROJECT_ROOT), project_root=PROJECT_ROOT))

@@ -1,0 +1,1 @@
+"""Demo artifact: the cart API service (packaged, never executed)."""

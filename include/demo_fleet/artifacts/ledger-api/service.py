@@ -1,0 +1,1 @@
+"""Demo artifact: the billing ledger API (packaged, never executed)."""

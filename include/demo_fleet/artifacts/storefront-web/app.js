@@ -1,0 +1,2 @@
+// Demo artifact: the storefront's client code.
+document.title = "Storefront";

@@ -1,0 +1,312 @@
+"""The demo fleet: one small HTTP service playing dev, staging and prod (and any other
+environment it is asked about), implementing the releasetrain deploy-target contract.
+
+Run: ``python include/demo_fleet/fleet.py --port 8799``. Standard library only.
+
+Deploy-target contract (per environment, under ``/environments/{env}/``):
+  GET  status                 current version, digest, previous version, state, health
+  POST deployments            {release, version, digest, run_id} -> 202 {deployment_id}
+                              (200 {state: succeeded, noop: true} if already live; 409 if busy)
+  GET  deployments/{id}       {deployment_id, state: in_progress|succeeded|failed, ...}
+  POST rollback               {version, digest, reason} -> 202 {deployment_id}
+                              (409 if that version never ran there)
+  GET  health                 200 {healthy: true} / 503 {healthy: false}
+Demo extras:
+  GET  /environments/{env}    same as status (version, previous_version, healthy, ...)
+  GET  /environments/{env}/app/...   the "application": serves its version, fails with the
+                              fault's error rate, counts requests per environment and version
+  POST /faults                {environment, version, error_rate, fail_deploy?}: that version
+                              is unhealthy (and its requests fail) once deployed there
+  DELETE /faults              clear all faults
+  GET  /metrics               Prometheus text: requests per environment, version and code
+Basic auth is required on everything but /metrics and /healthz when --user/--password
+(or FLEET_USER/FLEET_PASSWORD) are set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import random
+import re
+import threading
+import time
+import uuid
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+ENV_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+UNHEALTHY_ERROR_RATE = 0.05
+
+
+class Fleet:
+    def __init__(self, deploy_seconds: float = 1.5, seed: dict[str, str] | None = None):
+        self.deploy_seconds = deploy_seconds
+        self.lock = threading.RLock()
+        self.environments: dict[str, dict[str, Any]] = {}
+        self.deployments: dict[str, dict[str, Any]] = {}
+        self.faults: dict[tuple[str, str], dict[str, Any]] = {}
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.latency_sum: dict[tuple[str, str], float] = {}
+        for env, version in (seed or {}).items():
+            state = self.env(env)
+            digest = "sha256:" + hashlib.sha256(f"seed {env} {version}".encode()).hexdigest()
+            state.update(version=version, digest=digest, release="seed")
+            state["history"].append({"version": version, "digest": digest, "at": time.time(), "kind": "seed"})
+
+    # --- state -------------------------------------------------------------------------
+    def env(self, name: str) -> dict[str, Any]:
+        if name not in self.environments:
+            self.environments[name] = {
+                "environment": name, "release": None, "version": None, "digest": None,
+                "previous_version": None, "previous_digest": None, "deployment_id": None, "history": [],
+            }
+        return self.environments[name]
+
+    def advance(self) -> None:
+        """Finish deployments whose time has come (lazily, on every request)."""
+        now = time.time()
+        for dep in self.deployments.values():
+            if dep["state"] != "in_progress" or now < dep["finish_at"]:
+                continue
+            env = self.env(dep["environment"])
+            env["deployment_id"] = None
+            fault = self.faults.get((dep["environment"], dep["version"]), {})
+            if fault.get("fail_deploy"):
+                dep.update(state="failed", message=f"{dep['version']} failed to start in {dep['environment']}")
+                continue
+            if env["version"] != dep["version"] or env["digest"] != dep["digest"]:
+                env["previous_version"], env["previous_digest"] = env["version"], env["digest"]
+            env.update(version=dep["version"], digest=dep["digest"], release=dep.get("release") or env["release"])
+            env["history"].append({"version": dep["version"], "digest": dep["digest"], "at": now, "kind": dep["kind"]})
+            dep.update(state="succeeded", message=f"{dep['environment']} runs {dep['version']}")
+
+    def error_rate(self, env: str, version: str | None) -> float:
+        fault = self.faults.get((env, version or ""))
+        return float(fault["error_rate"]) if fault else 0.0
+
+    def view(self, name: str) -> dict[str, Any]:
+        env = self.env(name)
+        rate = self.error_rate(name, env["version"])
+        return {
+            **{k: v for k, v in env.items() if k != "history"},
+            "state": "deploying" if env["deployment_id"] else "idle",
+            "healthy": env["version"] is not None and rate < UNHEALTHY_ERROR_RATE,
+            "error_rate": rate,
+            "history": env["history"][-20:],
+        }
+
+    def start(self, name: str, body: dict[str, Any], kind: str) -> tuple[int, dict[str, Any]]:
+        env = self.env(name)
+        version, digest = body.get("version"), body.get("digest")
+        if not isinstance(version, str) or not version:
+            return 400, {"error": "'version' is required"}
+        if kind == "deploy" and (not isinstance(digest, str) or not digest.startswith("sha256:")):
+            return 400, {"error": "'digest' must be a sha256: digest"}
+        if env["deployment_id"]:
+            return 409, {"error": f"deployment {env['deployment_id']} is in progress in {name}"}
+        if kind == "rollback":
+            known = {h["version"]: h["digest"] for h in env["history"]}
+            if version not in known:
+                return 409, {"error": f"{version} never ran in {name}: cannot roll back to it"}
+            digest = digest or known[version]
+        if env["version"] == version and env["digest"] == digest:
+            return 200, {"deployment_id": None, "state": "succeeded", "noop": True,
+                         "message": f"{name} already runs {version}"}
+        dep_id = uuid.uuid4().hex[:12]
+        self.deployments[dep_id] = {
+            "deployment_id": dep_id, "environment": name, "kind": kind, "version": version, "digest": digest,
+            "release": body.get("release"), "run_id": body.get("run_id"), "reason": body.get("reason"),
+            "state": "in_progress", "message": "", "started_at": time.time(),
+            "finish_at": time.time() + self.deploy_seconds,
+        }
+        env["deployment_id"] = dep_id
+        return 202, {"deployment_id": dep_id, "state": "in_progress"}
+
+    def app_request(self, name: str, path: str) -> tuple[int, dict[str, Any]]:
+        env = self.env(name)
+        version = env["version"] or "none"
+        started = time.perf_counter()
+        if env["version"] is None:
+            code, body = 503, {"error": f"nothing is deployed in {name}"}
+        elif path == "version":
+            code, body = 200, {"environment": name, "version": env["version"], "digest": env["digest"]}
+        elif random.random() < self.error_rate(name, env["version"]):
+            code, body = 500, {"error": "injected fault", "version": version}
+        else:
+            code, body = 200, {"environment": name, "version": version, "path": path, "ok": True}
+        key = (name, version, code)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        self.latency_sum[(name, version)] = self.latency_sum.get((name, version), 0.0) + (
+            time.perf_counter() - started
+        )
+        return code, body
+
+    def metrics(self) -> str:
+        lines = [
+            "# HELP fleet_requests_total Application requests by environment, version and status code.",
+            "# TYPE fleet_requests_total counter",
+        ]
+        for (env, version, code), count in sorted(self.requests.items()):
+            lines.append(f'fleet_requests_total{{environment="{env}",version="{version}",code="{code}"}} {count}')
+        lines += [
+            "# HELP fleet_request_seconds_sum Total time spent serving application requests.",
+            "# TYPE fleet_request_seconds_sum counter",
+        ]
+        for (env, version), total in sorted(self.latency_sum.items()):
+            lines.append(f'fleet_request_seconds_sum{{environment="{env}",version="{version}"}} {total:.6f}')
+        lines += ["# HELP fleet_deployed_info Version running in each environment.", "# TYPE fleet_deployed_info gauge"]
+        for name, env in sorted(self.environments.items()):
+            if env["version"]:
+                lines.append(f'fleet_deployed_info{{environment="{name}",version="{env["version"]}"}} 1')
+        return "\n".join(lines) + "\n"
+
+
+def make_handler(fleet: Fleet, credentials: tuple[str, str] | None):
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "releasetrain-demo-fleet/1"
+
+        def log_message(self, fmt: str, *args: Any) -> None:  # quiet unless asked
+            if os.environ.get("FLEET_VERBOSE"):
+                super().log_message(fmt, *args)
+
+        def _send(self, code: int, payload: Any, content_type: str = "application/json") -> None:
+            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _body(self) -> dict[str, Any] | None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if not length:
+                return {}
+            try:
+                data = json.loads(self.rfile.read(length))
+            except ValueError:
+                return None
+            return data if isinstance(data, dict) else None
+
+        def _authorized(self) -> bool:
+            if credentials is None or self.path in ("/metrics", "/healthz"):
+                return True
+            header = self.headers.get("Authorization", "")
+            expected = "Basic " + base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
+            if hmac.compare_digest(header, expected):
+                return True
+            self.send_response(HTTPStatus.UNAUTHORIZED)
+            self.send_header("WWW-Authenticate", 'Basic realm="fleet"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return False
+
+        def _route(self, method: str) -> None:
+            if not self._authorized():
+                return
+            path = self.path.split("?", 1)[0].rstrip("/") or "/"
+            parts = [p for p in path.split("/") if p]
+            with fleet.lock:
+                fleet.advance()
+                code, payload = self._dispatch(method, path, parts)
+            if isinstance(payload, str):
+                self._send(code, payload, "text/plain; version=0.0.4")
+            else:
+                self._send(code, payload)
+
+        def _dispatch(self, method: str, path: str, parts: list[str]) -> tuple[int, Any]:
+            if path == "/healthz":
+                return 200, {"ok": True}
+            if path == "/metrics" and method == "GET":
+                return 200, fleet.metrics()
+            if path == "/faults":
+                if method == "GET":
+                    return 200, {"faults": [{"environment": e, "version": v, **f} for (e, v), f in fleet.faults.items()]}
+                if method == "DELETE":
+                    fleet.faults.clear()
+                    return 200, {"faults": []}
+                if method == "POST":
+                    body = self._body()
+                    if not body or not body.get("environment") or not body.get("version"):
+                        return 400, {"error": "body must be {environment, version, error_rate}"}
+                    try:
+                        rate = float(body.get("error_rate", 1.0))
+                    except (TypeError, ValueError):
+                        return 400, {"error": "error_rate must be a number between 0 and 1"}
+                    if not 0 <= rate <= 1:
+                        return 400, {"error": "error_rate must be between 0 and 1"}
+                    fault = {"error_rate": rate, "fail_deploy": bool(body.get("fail_deploy", False))}
+                    fleet.faults[(body["environment"], body["version"])] = fault
+                    return 201, {"environment": body["environment"], "version": body["version"], **fault}
+            if path == "/environments" and method == "GET":
+                return 200, {"environments": [fleet.view(n) for n in sorted(fleet.environments)]}
+            if len(parts) < 2 or parts[0] != "environments":
+                return 404, {"error": f"no route {method} {path}"}
+            name = parts[1]
+            if not ENV_NAME.match(name):
+                return 400, {"error": f"invalid environment name {name!r}"}
+            rest = parts[2:]
+            if method == "GET" and rest in ([], ["status"]):
+                return 200, fleet.view(name)
+            if method == "GET" and rest == ["health"]:
+                view = fleet.view(name)
+                body = {"healthy": view["healthy"], "version": view["version"], "error_rate": view["error_rate"]}
+                return (200 if view["healthy"] else 503), body
+            if method == "POST" and rest in (["deployments"], ["rollback"]):
+                body = self._body()
+                if body is None:
+                    return 400, {"error": "body must be a JSON object"}
+                return fleet.start(name, body, "deploy" if rest == ["deployments"] else "rollback")
+            if method == "GET" and len(rest) == 2 and rest[0] == "deployments":
+                dep = fleet.deployments.get(rest[1])
+                if not dep or dep["environment"] != name:
+                    return 404, {"error": f"no deployment {rest[1]} in {name}"}
+                return 200, {k: v for k, v in dep.items() if k != "finish_at"}
+            if method == "GET" and rest[:1] == ["app"]:
+                return fleet.app_request(name, "/".join(rest[1:]))
+            return 404, {"error": f"no route {method} {path}"}
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._route("GET")
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._route("POST")
+
+        def do_DELETE(self) -> None:  # noqa: N802
+            self._route("DELETE")
+
+    return Handler
+
+
+def serve(host: str, port: int, fleet: Fleet, credentials: tuple[str, str] | None) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), make_handler(fleet, credentials))
+    server.daemon_threads = True
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8799)
+    parser.add_argument("--deploy-seconds", type=float, default=1.5, help="how long a deployment takes")
+    parser.add_argument("--seed", default="", help="initial versions, e.g. dev=1.0.0,staging=1.0.0,prod=1.0.0")
+    parser.add_argument("--user", default=os.environ.get("FLEET_USER"))
+    parser.add_argument("--password", default=os.environ.get("FLEET_PASSWORD"))
+    args = parser.parse_args(argv)
+    seed = dict(item.split("=", 1) for item in args.seed.split(",") if "=" in item)
+    credentials = (args.user, args.password) if args.user and args.password else None
+    server = serve(args.host, args.port, Fleet(args.deploy_seconds, seed), credentials)
+    print(f"demo fleet listening on http://{args.host}:{args.port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""The release spec: one YAML file per release, validated by a typed model.
+
+Every error names the file, the field path and what is wrong, e.g.::
+
+    include/releases/storefront.yaml: environments[2].deploy_target: field required
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from releasetrain.core.versioning import SEMVER_PATTERN, is_semver
+
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+CONN_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
+USER_PATTERN = r"^[A-Za-z0-9_.@+-]+$"
+
+
+class ReleaseSpecError(ValueError):
+    """A release spec that cannot be used. ``str()`` is the message a release manager reads."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {path}: {reason}" if path else f"{source}: {reason}" for path, reason in problems]
+        super().__init__("\n".join(lines))
+
+    @classmethod
+    def combined(cls, message: str) -> ReleaseSpecError:
+        """One error carrying several already formatted messages (one per line)."""
+        error = cls("", [])
+        error.args = (message,)
+        return error
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class HttpCheck(_Model):
+    """One HTTP request with explicit success criteria.
+
+    ``endpoint`` is relative to the connection (by default the environment's deploy target).
+    ``${version}``, ``${digest}``, ``${environment}`` and ``${release}`` are substituted in
+    ``endpoint``, ``expect_json`` values and ``body_contains``.
+    """
+
+    name: str = Field(min_length=1, description="What this check proves, shown in logs and approvals.")
+    endpoint: str = Field(default="", description="Path relative to the connection's base URL.")
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    conn_id: str | None = Field(
+        default=None, pattern=CONN_ID_PATTERN, description="Airflow connection; default: the deploy target."
+    )
+    expect_status: list[int] = Field(default=[200], description="Accepted HTTP status codes.")
+    expect_json: dict[str, Any] = Field(
+        default_factory=dict, description="Dotted JSON paths and the values they must have."
+    )
+    body_contains: str | None = Field(default=None, description="Text the response body must contain.")
+    max_latency_ms: int | None = Field(default=None, gt=0, description="Upper bound for the response time.")
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("expect_status", mode="before")
+    @classmethod
+    def _status_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value
+
+    @field_validator("expect_status")
+    @classmethod
+    def _status_range(cls, value: list[int]) -> list[int]:
+        bad = [code for code in value if not 100 <= code <= 599]
+        if bad or not value:
+            raise ValueError(f"HTTP status codes must be between 100 and 599, got {bad or value}")
+        return value
+
+
+class HealthVerification(_Model):
+    """Post-deploy health: ``checks`` run every ``interval_seconds`` for ``period_seconds``;
+    more than ``max_failures`` failing rounds make the environment unhealthy."""
+
+    period_seconds: int = Field(default=60, ge=1, le=24 * 3600)
+    interval_seconds: int = Field(default=10, ge=1, le=3600)
+    max_failures: int = Field(default=0, ge=0)
+    checks: list[HttpCheck] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _interval_fits(self) -> HealthVerification:
+        if self.interval_seconds > self.period_seconds:
+            raise ValueError("interval_seconds must not be longer than period_seconds")
+        return self
+
+
+class Approval(_Model):
+    """Who may let a release into an environment. The release's author never may."""
+
+    required: bool = False
+    approvers: list[str] = Field(default_factory=list, description="User ids allowed to approve.")
+    timeout_hours: float | None = Field(default=None, gt=0, description="Unanswered requests are rejected.")
+
+    @field_validator("approvers")
+    @classmethod
+    def _approver_ids(cls, value: list[str]) -> list[str]:
+        for user in value:
+            if not re.match(USER_PATTERN, user):
+                raise ValueError(f"{user!r} is not a valid user id")
+        if len(set(value)) != len(value):
+            raise ValueError("approvers are listed more than once")
+        return value
+
+    @model_validator(mode="after")
+    def _approvers_when_required(self) -> Approval:
+        if self.required and not self.approvers:
+            raise ValueError("an approval that is required needs at least one approver")
+        return self
+
+
+class Environment(_Model):
+    name: str = Field(pattern=NAME_PATTERN)
+    deploy_target: str = Field(pattern=CONN_ID_PATTERN, description="Airflow connection id of the target.")
+    approval: Approval = Field(default_factory=Approval)
+    smoke_checks: list[HttpCheck] = Field(default_factory=list)
+    health_checks: HealthVerification | None = None
+    deploy_timeout_seconds: int = Field(default=900, ge=1)
+    poll_interval_seconds: float = Field(default=2.0, gt=0, le=300)
+
+
+class Component(_Model):
+    name: str = Field(pattern=NAME_PATTERN)
+    source: str = Field(
+        min_length=1,
+        description="Folder or file with the component's artifacts: a path relative to the project "
+        "root, or an object storage URL (file://, s3://, gs://).",
+    )
+    version: str | None = Field(default=None, description="Defaults to the release version.")
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, value: str | None) -> str | None:
+        if value is not None and not is_semver(value):
+            raise ValueError(f"{value!r} is not a semantic version (MAJOR.MINOR.PATCH)")
+        return value
+
+
+class ReleaseSpec(_Model):
+    """A release: what is shipped (components), where (environments, in promotion order),
+    and under which controls (checks, approvals)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    owner_team: str = Field(min_length=1)
+    version: str | None = Field(
+        default=None,
+        description="Fixed version of a planned release. Omit for a release train: "
+        "the version is then given when the run is triggered.",
+    )
+    components: list[Component] = Field(min_length=1)
+    environments: list[Environment] = Field(min_length=1)
+    artifact_store: str | None = Field(
+        default=None, description="Where bundles are stored (ObjectStoragePath URL); default: the "
+        "'releasetrain_artifact_store' Airflow variable, else $AIRFLOW_HOME/artifacts."
+    )
+    tags: list[str] = Field(default_factory=list)
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, value: str | None) -> str | None:
+        if value is not None and not is_semver(value):
+            raise ValueError(f"{value!r} is not a semantic version (MAJOR.MINOR.PATCH)")
+        return value
+
+    @field_validator("components", "environments")
+    @classmethod
+    def _unique_names(cls, value: list[Any]) -> list[Any]:
+        seen: set[str] = set()
+        for item in value:
+            if item.name in seen:
+                raise ValueError(f"name {item.name!r} is used more than once")
+            seen.add(item.name)
+        return value
+
+    @property
+    def dag_id(self) -> str:
+        return f"release_{self.name}"
+
+    @property
+    def is_train(self) -> bool:
+        """A release train takes its version at trigger time."""
+        return self.version is None
+
+    def environment(self, name: str) -> Environment:
+        for env in self.environments:
+            if env.name == name:
+                return env
+        raise KeyError(name)
+
+    def previous_environment(self, name: str) -> Environment | None:
+        names = [env.name for env in self.environments]
+        index = names.index(name)
+        return self.environments[index - 1] if index else None
+
+
+def _format_location(loc: Iterable[Any]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _reason(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "field required"
+    if kind == "extra_forbidden":
+        return "unknown field (check the spelling; see include/schema/release-spec.schema.json)"
+    message = error["msg"]
+    return message.removeprefix("Value error, ")
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> ReleaseSpec:
+    """Validate already-loaded data; raise :class:`ReleaseSpecError` naming field paths."""
+    if not isinstance(data, dict):
+        raise ReleaseSpecError(source, [("", "a release spec must be a YAML mapping")])
+    try:
+        return ReleaseSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
+            problems.append((_format_location(loc), _reason(error)))
+        raise ReleaseSpecError(source, problems) from None
+
+
+def load_spec(path: Path | str, *, display_root: Path | None = None) -> ReleaseSpec:
+    """Read and validate one YAML release spec."""
+    path = Path(path)
+    source = str(path.relative_to(display_root)) if display_root and path.is_relative_to(display_root) else str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ReleaseSpecError(source, [("", f"cannot be read: {exc.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ReleaseSpecError(source, [("", f"{where}invalid YAML: {problem}")]) from None
+    spec = parse_spec(data, source)
+    if spec.name != path.stem:
+        raise ReleaseSpecError(source, [("name", f"{spec.name!r} must match the file name {path.stem!r}")])
+    return spec
+
+
+def discover_specs(directories: Iterable[Path]) -> list[Path]:
+    """Every ``*.yaml``/``*.yml`` file in the given folders, sorted by name."""
+    found: list[Path] = []
+    for directory in directories:
+        if directory.is_dir():
+            found.extend(p for p in directory.iterdir() if p.suffix in {".yaml", ".yml"} and p.is_file())
+    return sorted(found, key=lambda p: (p.name, str(p)))
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a release spec (exported to include/schema/release-spec.schema.json)."""
+    schema = ReleaseSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://releasetrain.dev/schema/release-spec.schema.json"
+    schema["properties"]["version"]["anyOf"][0]["pattern"] = SEMVER_PATTERN
+    return schema
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"

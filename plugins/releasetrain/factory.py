@@ -1,0 +1,265 @@
+"""The DAG factory: a validated :class:`ReleaseSpec` becomes one Airflow DAG.
+
+Graph of a release with environments dev, staging and prod (prod needs approval)::
+
+    prepare >> package >> dev.verify >> dev.deploy >> dev.smoke
+        >> staging.verify >> staging.deploy >> staging.smoke
+        >> prod.approve >> prod.verify >> prod.deploy >> prod.smoke >> prod.health
+        >> release_complete
+    <env>.rollback  (one_failed on <env>.deploy / smoke / health)
+
+``release_complete`` is the leaf that decides the run's state: any failed gate leaves it
+``upstream_failed``, so a release that was rolled back or rejected ends ``failed``.
+Building a DAG does no I/O: parsing stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pendulum
+from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
+
+from releasetrain.core.spec import ReleaseSpec, ReleaseSpecError, discover_specs, load_spec
+from releasetrain.core.versioning import SEMVER_PATTERN
+from releasetrain.operators._common import PACKAGE_TASK_ID, REQUEST_TASK_ID
+from releasetrain.operators.approval import ReleaseApprovalOperator
+from releasetrain.operators.checks import HealthVerificationOperator, SmokeCheckOperator
+from releasetrain.operators.complete import ReleaseCompleteOperator
+from releasetrain.operators.deploy import EnvironmentDeployOperator
+from releasetrain.operators.package import BundlePackageOperator
+from releasetrain.operators.request import ReleaseRequestOperator
+from releasetrain.operators.rollback import RollbackOperator
+from releasetrain.operators.verify import BundleVerifyOperator
+
+SPEC_DIRS_ENV = "RELEASETRAIN_SPEC_DIRS"
+START_DATE = pendulum.datetime(2024, 1, 1, tz="UTC")
+USER_PATTERN = r"^[A-Za-z0-9_.@+-]{1,100}$"
+
+
+def release_params(spec: ReleaseSpec) -> dict[str, Param]:
+    """Trigger-form params; their schema is validated by Airflow (HTTP 400 over REST)."""
+    if spec.is_train:
+        version = Param(
+            type="string",
+            pattern=SEMVER_PATTERN,
+            title="Version",
+            description=f"Semantic version of {spec.name} to release, e.g. 2.4.1 (MAJOR.MINOR.PATCH). "
+            "Required: this release is a train and takes its version at trigger time.",
+            section="Release",
+        )
+    else:
+        version = Param(
+            spec.version,
+            type="string",
+            enum=[spec.version],
+            title="Version",
+            description=f"This is a planned release: the version is fixed at {spec.version} by its spec.",
+            section="Release",
+        )
+    return {
+        "version": version,
+        "requested_by": Param(
+            None,
+            type=["null", "string"],
+            pattern=USER_PATTERN,
+            title="Requested by",
+            description="User id of the person who asks for this release (the change owner). "
+            "Defaults to the user who triggers the run. Neither of them can approve it.",
+            section="Release",
+        ),
+        "change_summary": Param(
+            "",
+            type="string",
+            maxLength=2000,
+            title="Change summary",
+            description="What changes for users, in one or two sentences. Shown to approvers.",
+            section="Release",
+        ),
+    }
+
+
+def release_doc_md(spec: ReleaseSpec) -> str:
+    rows = "\n".join(f"| `{c.name}` | `{c.source}` | {c.version or 'release version'} |" for c in spec.components)
+    envs = []
+    for i, env in enumerate(spec.environments, start=1):
+        approval = (
+            f"approval by {', '.join(env.approval.approvers)} (never the release's author)"
+            if env.approval.required
+            else "no approval"
+        )
+        health = (
+            f"health watched {env.health_checks.period_seconds}s" if env.health_checks else "no health watch"
+        )
+        envs.append(
+            f"{i}. **{env.name}**: target connection `{env.deploy_target}`, {approval}, "
+            f"{len(env.smoke_checks)} smoke checks, {health}"
+        )
+    version = f"planned release of **{spec.version}**" if spec.version else "release train: version given at trigger"
+    return (
+        f"# Release `{spec.name}`\n\n{spec.description}\n\n"
+        f"Owner team: **{spec.owner_team}**. Version: {version}.\n\n"
+        f"## Components\n\n| Component | Source | Version |\n|---|---|---|\n{rows}\n\n"
+        f"## Promotion path\n\n" + "\n".join(envs) + "\n\n"
+        "Each environment receives the exact bundle digest that passed the one before it; the bundle's "
+        "digest and signature are verified again before every deploy. A failed deploy, smoke or health "
+        "gate rolls the environment back to the version it ran before, and the run ends `failed`.\n\n"
+        "## Trigger\n\nUse *Trigger* in the UI, or `POST /api/v2/dags/"
+        f"{spec.dag_id}/dagRuns` with `{{\"logical_date\": null, \"conf\": {{\"version\": \"1.2.3\", "
+        "\"requested_by\": \"alice\", \"change_summary\": \"...\"}}`.\n"
+    )
+
+
+def build_release_dag(spec: ReleaseSpec, *, project_root: Path | str, signing_conn_id: str = "releasetrain_signing") -> DAG:
+    """Turn one validated spec into its DAG (no I/O)."""
+    with DAG(
+        dag_id=spec.dag_id,
+        dag_display_name=f"Release {spec.name}",
+        description=(spec.description or f"Release of {spec.name}")[:200],
+        schedule=None,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        tags=sorted({"release", f"team:{spec.owner_team}", *spec.tags}),
+        doc_md=release_doc_md(spec),
+        params=release_params(spec),
+        default_args={"owner": spec.owner_team, "retries": 0},
+    ) as dag:
+        request = ReleaseRequestOperator(task_id=REQUEST_TASK_ID, release=spec.name, planned_version=spec.version)
+        package = BundlePackageOperator(
+            task_id=PACKAGE_TASK_ID,
+            release=spec.name,
+            components=[c.model_dump(mode="json") for c in spec.components],
+            project_root=str(project_root),
+            artifact_store=spec.artifact_store,
+            signing_conn_id=signing_conn_id,
+        )
+        request >> package
+        upstream: Any = package
+        gates: list[str] = []
+        for env in spec.environments:
+            upstream = _environment_stage(spec, env.name, upstream, gates, signing_conn_id)
+        complete = ReleaseCompleteOperator(task_id="release_complete", release=spec.name, gate_task_ids=list(gates))
+        upstream >> complete
+    return dag
+
+
+def _environment_stage(spec: ReleaseSpec, name: str, upstream: Any, gates: list[str], signing_conn_id: str) -> Any:
+    env = spec.environment(name)
+    previous = spec.previous_environment(name)
+    with TaskGroup(group_id=name, tooltip=f"Deploy {spec.name} to {name}") as group:
+        first: Any
+        if env.approval.required:
+            first = ReleaseApprovalOperator(
+                task_id="approve",
+                release=spec.name,
+                environment=name,
+                approvers=env.approval.approvers,
+                passed_task_ids=list(gates),
+                timeout_hours=env.approval.timeout_hours,
+            )
+        verify = BundleVerifyOperator(
+            task_id="verify",
+            release=spec.name,
+            environment=name,
+            artifact_store=spec.artifact_store,
+            signing_conn_id=signing_conn_id,
+        )
+        first = first if env.approval.required else verify
+        if env.approval.required:
+            first >> verify
+        deploy = EnvironmentDeployOperator(
+            task_id="deploy",
+            release=spec.name,
+            environment=name,
+            deploy_target_conn_id=env.deploy_target,
+            verify_task_id=verify.task_id,
+            previous_environment=previous.name if previous else None,
+            promotion_gate_task_id=gates[-1] if previous else None,
+            deploy_timeout_seconds=env.deploy_timeout_seconds,
+            poll_interval=env.poll_interval_seconds,
+        )
+        smoke = SmokeCheckOperator(
+            task_id="smoke",
+            release=spec.name,
+            environment=name,
+            deploy_task_id=deploy.task_id,
+            http_conn_id=env.deploy_target,
+            checks=[c.model_dump(mode="json") for c in env.smoke_checks],
+        )
+        verify >> deploy >> smoke
+        last: Any = smoke
+        watched = [deploy, smoke]
+        if env.health_checks:
+            health = HealthVerificationOperator(
+                task_id="health",
+                release=spec.name,
+                environment=name,
+                deploy_task_id=deploy.task_id,
+                http_conn_id=env.deploy_target,
+                health=env.health_checks.model_dump(mode="json"),
+            )
+            smoke >> health
+            last = health
+            watched.append(health)
+        rollback = RollbackOperator(
+            task_id="rollback",
+            release=spec.name,
+            environment=name,
+            deploy_target_conn_id=env.deploy_target,
+            deploy_task_id=deploy.task_id,
+            deploy_timeout_seconds=env.deploy_timeout_seconds,
+            poll_interval=env.poll_interval_seconds,
+            trigger_rule=TriggerRule.ONE_FAILED,
+        )
+        watched >> rollback
+    upstream >> first
+    gates.append(last.task_id)
+    return last
+
+
+class InvalidReleaseDAG(DAG):
+    """Stands in for releases whose spec is broken.
+
+    Airflow records an exception from ``validate()`` as an import error of the DAG file
+    while still loading the file's other DAGs: a broken spec is reported with its own
+    message and does not take the other releases down.
+    """
+
+    def validate(self) -> None:  # type: ignore[override]
+        raise ReleaseSpecError.combined(self.doc_md or "invalid release spec")
+
+
+def spec_dirs(project_root: Path) -> list[Path]:
+    configured = os.environ.get(SPEC_DIRS_ENV)
+    if configured:
+        return [Path(p) for p in configured.split(os.pathsep) if p]
+    return [project_root / "include" / "releases"]
+
+
+def load_release_dags(
+    directories: Iterable[Path], *, project_root: Path, extra_specs: Iterable[ReleaseSpec] = ()
+) -> dict[str, DAG]:
+    """Build a DAG for every spec file; broken specs become one :class:`InvalidReleaseDAG`."""
+    dags: dict[str, DAG] = {}
+    errors: list[str] = []
+    specs: list[ReleaseSpec] = list(extra_specs)
+    for path in discover_specs(directories):
+        try:
+            specs.append(load_spec(path, display_root=project_root))
+        except ReleaseSpecError as exc:
+            errors.append(str(exc))
+    for spec in specs:
+        if spec.dag_id in dags:
+            errors.append(f"release {spec.name!r} is defined more than once")
+            continue
+        dags[spec.dag_id] = build_release_dag(spec, project_root=project_root)
+    if errors:
+        message = "\n".join(errors)
+        dags["release_invalid_specs"] = InvalidReleaseDAG(
+            dag_id="release_invalid_specs", schedule=None, start_date=START_DATE, doc_md=message
+        )
+    return dags

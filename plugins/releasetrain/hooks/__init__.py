@@ -1,0 +1,1 @@
+"""Hooks own connections and all I/O."""

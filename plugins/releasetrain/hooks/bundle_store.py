@@ -1,0 +1,122 @@
+"""Where release bundles live, and the key that signs them.
+
+Bundles are stored through :class:`ObjectStoragePath`, so a local folder (the default),
+S3 or GCS are a matter of configuration. The signing key comes from an Airflow
+connection (or any secrets backend behind it), never from a file in the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from airflow.sdk import BaseHook, ObjectStoragePath, Variable
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from releasetrain.core.bundle import BundleError, load_private_key, load_public_key
+
+ARTIFACT_STORE_VARIABLE = "releasetrain_artifact_store"
+
+
+class BundleStoreHook(BaseHook):
+    """Reads and writes bundles under ``<store>/<release>/<version>/``.
+
+    :param artifact_store: base URL; default: the ``releasetrain_artifact_store`` Airflow
+        variable, else ``$AIRFLOW_HOME/artifacts``
+    :param conn_id: optional object-storage connection (S3, GCS, ...)
+    """
+
+    conn_name_attr = "conn_id"
+    default_conn_name = "releasetrain_artifacts"
+    hook_name = "Release bundle store"
+
+    BUNDLE = "bundle.tar.gz"
+    MANIFEST = "manifest.json"
+    SIGNATURE = "bundle.sig.json"
+
+    def __init__(self, artifact_store: str | None = None, conn_id: str | None = None) -> None:
+        super().__init__()
+        self.artifact_store = artifact_store
+        self.conn_id = conn_id
+
+    def base(self) -> ObjectStoragePath:
+        url = self.artifact_store or Variable.get(ARTIFACT_STORE_VARIABLE, default=None)
+        if not url:
+            home = os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow"))
+            url = f"file://{os.path.join(home, 'artifacts')}"
+        return ObjectStoragePath(url, conn_id=self.conn_id) if self.conn_id else ObjectStoragePath(url)
+
+    def location(self, release: str, version: str) -> ObjectStoragePath:
+        return self.base() / release / version
+
+    def read_signature(self, release: str, version: str) -> dict[str, Any] | None:
+        path = self.location(release, version) / self.SIGNATURE
+        if not path.exists():
+            return None
+        return json.loads(path.read_text())
+
+    def write(
+        self, release: str, version: str, archive: bytes, manifest: dict[str, Any], signature: dict[str, Any]
+    ) -> ObjectStoragePath:
+        folder = self.location(release, version)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / self.BUNDLE).write_bytes(archive)
+        (folder / self.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        # The signature is written last: a bundle without it is never considered packaged.
+        (folder / self.SIGNATURE).write_text(json.dumps(signature, indent=2, sort_keys=True))
+        return folder
+
+    def read(self, release: str, version: str) -> tuple[bytes, dict[str, Any]]:
+        folder = self.location(release, version)
+        bundle, signature = folder / self.BUNDLE, folder / self.SIGNATURE
+        if not bundle.exists():
+            raise BundleError(f"no bundle at {bundle}")
+        if not signature.exists():
+            raise BundleError(f"bundle at {bundle} is not signed ({signature} is missing)")
+        try:
+            return bundle.read_bytes(), json.loads(signature.read_text())
+        except ValueError as exc:
+            raise BundleError(f"signature file {signature} is not valid JSON: {exc}") from None
+
+
+class SigningKeyHook(BaseHook):
+    """The Ed25519 key pair that signs and verifies bundles.
+
+    The connection's password (or ``extra.private_key``) holds the PEM private key;
+    ``extra.public_key`` may hold the PEM public key for verifiers that must not see the
+    private key. Both fields are masked by Airflow in logs.
+
+    :param signing_conn_id: connection id, default ``releasetrain_signing``
+    """
+
+    conn_name_attr = "signing_conn_id"
+    default_conn_name = "releasetrain_signing"
+    conn_type = "generic"
+    hook_name = "Release signing key"
+
+    def __init__(self, signing_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.signing_conn_id = signing_conn_id
+
+    def _connection(self):
+        try:
+            return self.get_connection(self.signing_conn_id)
+        except Exception as exc:
+            raise BundleError(
+                f"signing key connection {self.signing_conn_id!r} is not defined: {exc}"
+            ) from None
+
+    def private_key(self) -> Ed25519PrivateKey:
+        conn = self._connection()
+        pem = conn.password or conn.extra_dejson.get("private_key")
+        if not pem:
+            raise BundleError(f"connection {self.signing_conn_id!r} holds no private key (password field)")
+        return load_private_key(pem)
+
+    def public_key(self) -> Ed25519PublicKey:
+        conn = self._connection()
+        pem = conn.extra_dejson.get("public_key")
+        if pem:
+            return load_public_key(pem)
+        return self.private_key().public_key()

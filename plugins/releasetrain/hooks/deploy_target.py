@@ -1,0 +1,122 @@
+"""The deploy-target hook: a small HTTP contract every deploy target implements.
+
+The connection's host is the target's base URL (e.g.
+``http://127.0.0.1:8799/environments/prod``); login/password, when set, are sent as
+HTTP basic auth. Relative to that base URL:
+
+==================================  ===========================================================
+``GET  status``                     ``{version, digest, previous_version, previous_digest,
+                                    state, healthy}``
+``POST deployments``                body ``{release, version, digest, run_id}``; ``202
+                                    {deployment_id, state: "in_progress"}``, ``200 {state:
+                                    "succeeded", noop: true}`` when already live, ``409`` when a
+                                    deployment is in progress
+``GET  deployments/{id}``           ``{deployment_id, state: in_progress|succeeded|failed,
+                                    version, digest, message}``
+``POST rollback``                   body ``{version, digest, reason}``; ``202 {deployment_id,
+                                    state}``, ``409`` when the version was never deployed there
+``GET  health``                     ``200 {healthy: true, ...}`` or ``503 {healthy: false, ...}``
+==================================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from airflow.providers.http.hooks.http import HttpAsyncHook, HttpHook
+from airflow.sdk import BaseHook
+
+
+class DeployTargetError(RuntimeError):
+    """The deploy target refused a request or answered something outside the contract."""
+
+
+class DeployTargetHook(BaseHook):
+    """Talks to one deploy target through an Airflow HTTP connection.
+
+    :param deploy_target_conn_id: connection whose host is the target's base URL
+    :param timeout: seconds for each HTTP request
+    """
+
+    conn_name_attr = "deploy_target_conn_id"
+    default_conn_name = "deploy_target_default"
+    conn_type = "http"
+    hook_name = "Release deploy target"
+
+    def __init__(self, deploy_target_conn_id: str = default_conn_name, *, timeout: float = 30.0) -> None:
+        super().__init__()
+        self.deploy_target_conn_id = deploy_target_conn_id
+        self.timeout = timeout
+
+    def _request(self, method: str, endpoint: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        hook = HttpHook(method=method, http_conn_id=self.deploy_target_conn_id)
+        try:
+            response = hook.run(
+                endpoint=endpoint,
+                json=body,
+                extra_options={"check_response": False, "timeout": self.timeout},
+            )
+        except Exception as exc:  # connection refused, DNS, timeouts: name the target
+            raise DeployTargetError(
+                f"deploy target {self.deploy_target_conn_id!r}: {method} {endpoint} failed: {exc}"
+            ) from exc
+        return response.status_code, _json_or_text(response.text)
+
+    def _expect(self, method: str, endpoint: str, body: dict[str, Any] | None, ok: tuple[int, ...]) -> Any:
+        status, payload = self._request(method, endpoint, body)
+        if status not in ok:
+            raise DeployTargetError(
+                f"deploy target {self.deploy_target_conn_id!r}: {method} {endpoint} answered HTTP {status}: "
+                f"{_short(payload)}"
+            )
+        return payload
+
+    def get_status(self) -> dict[str, Any]:
+        return self._expect("GET", "status", None, (200,))
+
+    def start_deployment(self, *, release: str, version: str, digest: str, run_id: str) -> dict[str, Any]:
+        body = {"release": release, "version": version, "digest": digest, "run_id": run_id}
+        return self._expect("POST", "deployments", body, (200, 201, 202))
+
+    def get_deployment(self, deployment_id: str) -> dict[str, Any]:
+        return self._expect("GET", f"deployments/{deployment_id}", None, (200,))
+
+    def start_rollback(self, *, version: str, digest: str | None, reason: str) -> dict[str, Any]:
+        body = {"version": version, "digest": digest, "reason": reason}
+        return self._expect("POST", "rollback", body, (200, 201, 202))
+
+    def get_health(self) -> tuple[int, Any]:
+        return self._request("GET", "health")
+
+    async def aget_deployment(self, deployment_id: str) -> dict[str, Any]:
+        """Async twin of :meth:`get_deployment`, for triggers."""
+        hook = HttpAsyncHook(method="GET", http_conn_id=self.deploy_target_conn_id, retry_limit=1)
+        endpoint = f"deployments/{deployment_id}"
+        try:
+            async with hook.session() as session:
+                response = await session.run(endpoint=endpoint, extra_options={"check_response": False})
+                status, text = response.status, await response.text()
+        except Exception as exc:
+            raise DeployTargetError(
+                f"deploy target {self.deploy_target_conn_id!r}: GET {endpoint} failed: {exc}"
+            ) from exc
+        payload = _json_or_text(text)
+        if status != 200:
+            raise DeployTargetError(
+                f"deploy target {self.deploy_target_conn_id!r}: GET {endpoint} answered HTTP {status}: "
+                f"{_short(payload)}"
+            )
+        return payload
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return text
+
+
+def _short(payload: Any, limit: int = 300) -> str:
+    text = payload if isinstance(payload, str) else json.dumps(payload)
+    return text if len(text) <= limit else text[:limit] + "..."

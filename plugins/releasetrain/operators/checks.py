@@ -1,0 +1,108 @@
+"""Smoke checks right after a deploy, and health verification over a period."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException
+
+from releasetrain.core.checks import render_check
+from releasetrain.core.spec import HttpCheck
+from releasetrain.hooks.http_check import HttpCheckHook
+from releasetrain.operators._common import REQUEST_TASK_ID, release_values, require
+from releasetrain.triggers.health import HealthVerificationTrigger
+
+
+def _rendered(checks: list[dict[str, Any]], values: dict[str, str]) -> list[HttpCheck]:
+    return [render_check(HttpCheck.model_validate(c), values) for c in checks]
+
+
+class SmokeCheckOperator(BaseOperator):
+    """Run the environment's smoke checks once; any failing check fails the task.
+
+    Returns the promotion record the next environment checks:
+    ``{"environment", "digest", "passed": True, "checks": [...]}``.
+
+    :param deploy_task_id: the deploy task whose digest was checked
+    :param http_conn_id: default connection for the checks (the deploy target)
+    :param checks: ``HttpCheck`` dicts from the spec
+    """
+
+    ui_color = "#fce8e6"
+
+    def __init__(self, *, release: str, environment: str, deploy_task_id: str, http_conn_id: str,
+                 checks: list[dict[str, Any]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.release = release
+        self.environment = environment
+        self.deploy_task_id = deploy_task_id
+        self.http_conn_id = http_conn_id
+        self.checks = [HttpCheck.model_validate(c).model_dump(mode="json") for c in checks]
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        request = require(context, REQUEST_TASK_ID, "the release request")
+        deployed = require(context, self.deploy_task_id, "the deployment")
+        values = release_values(request, self.environment, deployed["digest"])
+        hook = HttpCheckHook(self.http_conn_id)
+        results = [hook.run_check(check) for check in _rendered(self.checks, values)]
+        for result in results:
+            self.log.info("smoke %-30s %s  %s %s ms %s", result.name, "PASS" if result.passed else "FAIL",
+                          result.status, result.latency_ms, "; ".join(result.failures))
+        failed = [r for r in results if not r.passed]
+        if failed:
+            raise AirflowException(
+                f"{self.environment}: {len(failed)} of {len(results)} smoke checks failed: "
+                + " | ".join(f"{r.name}: {'; '.join(r.failures)}" for r in failed)
+            )
+        if not results:
+            self.log.warning("%s declares no smoke checks", self.environment)
+        return {"environment": self.environment, "digest": deployed["digest"], "passed": True,
+                "checks": [r.to_dict() for r in results]}
+
+
+class HealthVerificationOperator(BaseOperator):
+    """Watch the environment's health for a period after the deploy (deferred).
+
+    :param health: the spec's ``HealthVerification`` as a dict
+    """
+
+    ui_color = "#fad2cf"
+
+    def __init__(self, *, release: str, environment: str, deploy_task_id: str, http_conn_id: str,
+                 health: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.release = release
+        self.environment = environment
+        self.deploy_task_id = deploy_task_id
+        self.http_conn_id = http_conn_id
+        self.health = health
+
+    def execute(self, context: Any) -> None:
+        request = require(context, REQUEST_TASK_ID, "the release request")
+        deployed = require(context, self.deploy_task_id, "the deployment")
+        values = release_values(request, self.environment, deployed["digest"])
+        checks = [c.model_dump(mode="json") for c in _rendered(self.health["checks"], values)]
+        self.log.info("Watching %s health for %ss, every %ss, %s failed rounds allowed", self.environment,
+                      self.health["period_seconds"], self.health["interval_seconds"], self.health["max_failures"])
+        self.defer(
+            trigger=HealthVerificationTrigger(
+                http_conn_id=self.http_conn_id,
+                checks=checks,
+                period_seconds=self.health["period_seconds"],
+                interval_seconds=self.health["interval_seconds"],
+                max_failures=self.health["max_failures"],
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.health["period_seconds"] * 2 + 120),
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        deployed = require(context, self.deploy_task_id, "the deployment")
+        for failure in event.get("last_failures", []):
+            self.log.warning("health %s: %s", failure["name"], "; ".join(failure["failures"]))
+        if not event["healthy"]:
+            raise AirflowException(f"{self.environment} is unhealthy after the deploy: {event['reason']}")
+        self.log.info("%s is healthy: %s", self.environment, event["reason"])
+        return {"environment": self.environment, "digest": deployed["digest"], "passed": True, "health": event}

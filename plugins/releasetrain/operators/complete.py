@@ -1,0 +1,35 @@
+"""The last task of a release: only reached when every environment passed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from releasetrain.operators._common import PACKAGE_TASK_ID, REQUEST_TASK_ID, pull
+
+
+class ReleaseCompleteOperator(BaseOperator):
+    """Summarise the released version and where it runs.
+
+    It is the run's non-rollback leaf: when any gate fails it is ``upstream_failed``,
+    which keeps the run ``failed`` even when a rollback succeeds.
+
+    :param gate_task_ids: each environment's last gate, in promotion order
+    """
+
+    ui_color = "#ceead6"
+
+    def __init__(self, *, release: str, gate_task_ids: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.release = release
+        self.gate_task_ids = gate_task_ids
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        request = pull(context, REQUEST_TASK_ID) or {}
+        packaged = pull(context, PACKAGE_TASK_ID) or {}
+        environments = [pull(context, task_id)["environment"] for task_id in self.gate_task_ids]
+        self.log.info("Released %s %s (%s) to %s", self.release, request.get("version"), packaged.get("digest"),
+                      " -> ".join(environments))
+        return {"release": self.release, "version": request.get("version"), "digest": packaged.get("digest"),
+                "environments": environments}

@@ -1,0 +1,133 @@
+"""Deploy a verified bundle to an environment's deploy target, and wait without a worker."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from releasetrain.core.promotion import PromotionError, check_promotion
+from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
+from releasetrain.operators._common import REQUEST_TASK_ID, pull, require
+from releasetrain.triggers.deployment import DeploymentCompletionTrigger
+
+PRE_DEPLOY_KEY = "pre_deploy"
+
+
+class EnvironmentDeployOperator(BaseOperator):
+    """Deploy version + digest to one environment.
+
+    - Promotion: the digest must be the one that passed ``previous_environment``
+      (read from ``promotion_gate_task_id``).
+    - Idempotent: if the target already runs this version and digest, nothing is sent.
+    - Before changing anything, the target's current version is recorded (XCom key
+      ``pre_deploy``) so that a rollback knows where to return.
+    - Waiting for the target is deferred to :class:`DeploymentCompletionTrigger`.
+
+    :param release: release name
+    :param environment: environment name
+    :param deploy_target_conn_id: the environment's deploy target connection
+    :param verify_task_id: the task that verified the bundle for this environment
+    :param previous_environment: the environment before this one, if any
+    :param promotion_gate_task_id: the last gate of the previous environment
+    """
+
+    ui_color = "#d2e3fc"
+
+    def __init__(
+        self,
+        *,
+        release: str,
+        environment: str,
+        deploy_target_conn_id: str,
+        verify_task_id: str,
+        previous_environment: str | None = None,
+        promotion_gate_task_id: str | None = None,
+        deploy_timeout_seconds: float = 900,
+        poll_interval: float = 2.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if (previous_environment is None) != (promotion_gate_task_id is None):
+            raise ValueError("previous_environment and promotion_gate_task_id go together")
+        self.release = release
+        self.environment = environment
+        self.deploy_target_conn_id = deploy_target_conn_id
+        self.verify_task_id = verify_task_id
+        self.previous_environment = previous_environment
+        self.promotion_gate_task_id = promotion_gate_task_id
+        self.deploy_timeout_seconds = deploy_timeout_seconds
+        self.poll_interval = poll_interval
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        version = require(context, REQUEST_TASK_ID, "the release request")["version"]
+        digest = require(context, self.verify_task_id, "the verified bundle")["digest"]
+        gate = pull(context, self.promotion_gate_task_id) if self.promotion_gate_task_id else None
+        try:
+            check_promotion(self.environment, digest, self.previous_environment, gate)
+        except PromotionError as exc:
+            raise AirflowFailException(str(exc)) from None
+
+        hook = DeployTargetHook(self.deploy_target_conn_id)
+        live = self._call(hook.get_status)
+        already_live = live.get("version") == version and live.get("digest") == digest
+        context["ti"].xcom_push(
+            key=PRE_DEPLOY_KEY,
+            value={"version": live.get("version"), "digest": live.get("digest"), "noop": already_live},
+        )
+        if already_live:
+            self.log.info("%s already runs %s %s (%s): nothing to deploy", self.environment, self.release,
+                          version, digest)
+            return self._result(version, digest, live, deployment_id=None, noop=True)
+
+        self.log.info("Deploying %s %s (%s) to %s, replacing %s", self.release, version, digest, self.environment,
+                      live.get("version") or "nothing")
+        started = self._call(
+            hook.start_deployment, release=self.release, version=version, digest=digest, run_id=context["run_id"]
+        )
+        if started.get("state") == "succeeded":
+            return self._result(version, digest, live, deployment_id=started.get("deployment_id"),
+                                noop=bool(started.get("noop")))
+        self.defer(
+            trigger=DeploymentCompletionTrigger(
+                deploy_target_conn_id=self.deploy_target_conn_id,
+                deployment_id=str(started["deployment_id"]),
+                poll_interval=self.poll_interval,
+                timeout_seconds=self.deploy_timeout_seconds,
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.deploy_timeout_seconds + 60),
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        version = require(context, REQUEST_TASK_ID, "the release request")["version"]
+        if event["state"] != "succeeded":
+            raise AirflowException(
+                f"deploying {self.release} {version} to {self.environment} ended {event['state']}: "
+                f"{event['message'] or 'no message from the target'} (deployment {event['deployment_id']})"
+            )
+        deployment = event["deployment"]
+        pre = pull(context, self.task_id, key=PRE_DEPLOY_KEY) or {}
+        self.log.info("%s now runs %s %s (deployment %s)", self.environment, self.release, version,
+                      event["deployment_id"])
+        return self._result(version, deployment.get("digest"), pre, deployment_id=event["deployment_id"], noop=False)
+
+    def _result(self, version: str, digest: str | None, previous: dict[str, Any], *, deployment_id: Any,
+                noop: bool) -> dict[str, Any]:
+        return {
+            "environment": self.environment,
+            "version": version,
+            "digest": digest,
+            "deployment_id": deployment_id,
+            "noop": noop,
+            "previous_version": previous.get("version"),
+            "previous_digest": previous.get("digest"),
+        }
+
+    def _call(self, fn: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return fn(**kwargs)
+        except DeployTargetError as exc:
+            raise AirflowException(f"{self.environment}: {exc}") from None

@@ -1,0 +1,103 @@
+"""Package the release: a deterministic, signed bundle in the artifact store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseOperator, ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
+
+from releasetrain.core.bundle import BundleError, ComponentFiles, build_bundle, sign_bundle
+from releasetrain.hooks.bundle_store import BundleStoreHook, SigningKeyHook
+from releasetrain.operators._common import REQUEST_TASK_ID, require
+
+
+class BundlePackageOperator(BaseOperator):
+    """Collect every component's files, build the bundle, sign it and store it.
+
+    Versions are immutable: packaging a version that is already stored with the same
+    digest reuses it (a re-run is a no-op); a different digest is refused.
+
+    :param release: release name
+    :param components: ``[{"name", "source", "version"}]`` from the spec
+    :param project_root: folder that relative component sources are resolved against
+    :param artifact_store: artifact store URL (None: the default store)
+    :param signing_conn_id: connection holding the Ed25519 private key
+    """
+
+    template_fields = ("artifact_store",)
+    ui_color = "#fef7e0"
+
+    def __init__(
+        self,
+        *,
+        release: str,
+        components: list[dict[str, Any]],
+        project_root: str,
+        artifact_store: str | None = None,
+        signing_conn_id: str = SigningKeyHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not components:
+            raise ValueError("a release needs at least one component")
+        self.release = release
+        self.components = components
+        self.project_root = project_root
+        self.artifact_store = artifact_store
+        self.signing_conn_id = signing_conn_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        version = require(context, REQUEST_TASK_ID, "the release request")["version"]
+        try:
+            bundle = build_bundle(self.release, version, [self._collect(c, version) for c in self.components])
+        except BundleError as exc:
+            raise AirflowFailException(f"packaging {self.release} {version}: {exc}") from None
+        store = BundleStoreHook(self.artifact_store)
+        location = store.location(self.release, version)
+        existing = store.read_signature(self.release, version)
+        if existing and existing.get("digest") != bundle.digest:
+            raise AirflowFailException(
+                f"{self.release} {version} is already packaged at {location} with digest {existing.get('digest')}; "
+                f"these inputs give {bundle.digest}. Released versions are immutable: use a new version."
+            )
+        if existing:
+            self.log.info("Bundle %s %s already packaged with digest %s: reusing it", self.release, version,
+                          bundle.digest)
+            archive_sha256 = existing.get("archive_sha256")
+        else:
+            signature = sign_bundle(bundle, self.release, version, SigningKeyHook(self.signing_conn_id).private_key())
+            store.write(self.release, version, bundle.archive, bundle.manifest, signature)
+            archive_sha256 = bundle.archive_sha256
+            self.log.info("Packaged %s %s: digest %s, %d bytes, at %s", self.release, version, bundle.digest,
+                          len(bundle.archive), location)
+        return {
+            "release": self.release,
+            "version": version,
+            "digest": bundle.digest,
+            "archive_sha256": archive_sha256,
+            "location": str(location),
+            "components": [{"name": c["name"], "version": c["version"]} for c in bundle.manifest["components"]],
+            "files": sum(len(c["files"]) for c in bundle.manifest["components"]),
+        }
+
+    def _collect(self, component: dict[str, Any], release_version: str) -> ComponentFiles:
+        source = component["source"]
+        name = component["name"]
+        if "://" in source:
+            root: Any = ObjectStoragePath(source)
+        else:
+            root = Path(self.project_root, source)
+        if not root.exists():
+            raise AirflowFailException(f"component {name!r}: source {source} does not exist (looked at {root})")
+        if root.is_file():
+            files = {root.name: root.read_bytes()}
+        else:
+            files = {}
+            for path in sorted(root.rglob("*"), key=str):
+                if path.is_file():
+                    rel = os.path.relpath(str(path), str(root)).replace(os.sep, "/")
+                    files[rel] = path.read_bytes()
+        return ComponentFiles(name=name, version=component.get("version") or release_version, files=files)

@@ -1,0 +1,51 @@
+"""The first task of every release run: settle what is being released and by whom."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from releasetrain.core.versioning import is_semver
+
+
+class ReleaseRequestOperator(BaseOperator):
+    """Resolve version, author and change summary of this run and record them (XCom).
+
+    :param release: release name
+    :param planned_version: the spec's fixed version (a planned release), or None (a train)
+    """
+
+    ui_color = "#e8f0fe"
+
+    def __init__(self, *, release: str, planned_version: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.release = release
+        self.planned_version = planned_version
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        params = context["params"]
+        version = (params.get("version") or self.planned_version or "").strip()
+        if not is_semver(version):
+            raise AirflowFailException(f"param 'version': {version!r} is not a semantic version (e.g. 1.4.2)")
+        if self.planned_version and version != self.planned_version:
+            raise AirflowFailException(
+                f"param 'version': {self.release} is a planned release of {self.planned_version}; "
+                f"{version} cannot be released through it"
+            )
+        triggered_by = context["dag_run"].triggering_user_name
+        requested_by = (params.get("requested_by") or "").strip() or triggered_by
+        request = {
+            "release": self.release,
+            "version": version,
+            "triggered_by": triggered_by,
+            "requested_by": requested_by,
+            "change_summary": params.get("change_summary") or "",
+            "run_id": context["run_id"],
+        }
+        self.log.info(
+            "Release %s %s requested by %s (triggered by %s): %s",
+            self.release, version, requested_by or "-", triggered_by or "the scheduler", request["change_summary"],
+        )
+        return request

@@ -1,0 +1,62 @@
+"""Verify the bundle again, right before each deploy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from releasetrain.core.bundle import BundleError, verify_signed_bundle
+from releasetrain.hooks.bundle_store import BundleStoreHook, SigningKeyHook
+from releasetrain.operators._common import PACKAGE_TASK_ID, require
+
+
+class BundleVerifyOperator(BaseOperator):
+    """Re-check every file's sha256, the bundle digest and the Ed25519 signature.
+
+    A bundle changed after packaging fails this task, so nothing downstream deploys.
+
+    :param release: release name
+    :param environment: the environment about to receive the bundle
+    """
+
+    template_fields = ("artifact_store",)
+    ui_color = "#e6f4ea"
+
+    def __init__(
+        self,
+        *,
+        release: str,
+        environment: str,
+        artifact_store: str | None = None,
+        signing_conn_id: str = SigningKeyHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.release = release
+        self.environment = environment
+        self.artifact_store = artifact_store
+        self.signing_conn_id = signing_conn_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        packaged = require(context, PACKAGE_TASK_ID, "the packaged bundle")
+        version, digest = packaged["version"], packaged["digest"]
+        try:
+            archive, signature = BundleStoreHook(self.artifact_store).read(self.release, version)
+            verify_signed_bundle(
+                archive,
+                signature,
+                SigningKeyHook(self.signing_conn_id).public_key(),
+                release=self.release,
+                version=version,
+                expected_digest=digest,
+            )
+        except BundleError as exc:
+            raise AirflowFailException(
+                f"{self.environment}: bundle {self.release} {version} failed verification, "
+                f"nothing will be deployed: {exc}"
+            ) from None
+        self.log.info("Bundle %s %s verified for %s: digest %s, signature valid", self.release, version,
+                      self.environment, digest)
+        return {"environment": self.environment, "version": version, "digest": digest, "verified": True}

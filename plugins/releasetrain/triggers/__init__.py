@@ -1,0 +1,1 @@
+"""Triggers do the async waiting, on the triggerer, holding no worker slot."""
