@@ -1,0 +1,116 @@
+"""A small client for Airflow's REST API (v2), as a CI system or a release manager's
+script would use it: trigger a release, follow it, answer an approval."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import requests
+
+TERMINAL_RUN_STATES = frozenset({"success", "failed"})
+
+
+class AirflowAPIError(RuntimeError):
+    def __init__(self, response: requests.Response):
+        self.status_code = response.status_code
+        self.body = response.text
+        super().__init__(f"{response.request.method} {response.url}: HTTP {response.status_code}: {response.text[:500]}")
+
+
+class AirflowClient:
+    """:param base_url: the API server, e.g. ``http://127.0.0.1:8080``"""
+
+    def __init__(self, base_url: str, username: str, password: str, *, timeout: float = 30.0):
+        self.base_url = base_url.rstrip("/")
+        self.username = username
+        self.timeout = timeout
+        self._session = requests.Session()
+        self._login(username, password)
+
+    def _login(self, username: str, password: str) -> None:
+        response = self._session.post(
+            f"{self.base_url}/auth/token", json={"username": username, "password": password}, timeout=self.timeout
+        )
+        if response.status_code not in (200, 201):
+            raise AirflowAPIError(response)
+        self._session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+
+    def request(self, method: str, path: str, *, expect: tuple[int, ...] = (200,), **kwargs: Any) -> Any:
+        response = self._session.request(method, f"{self.base_url}/api/v2{path}", timeout=self.timeout, **kwargs)
+        if response.status_code not in expect:
+            raise AirflowAPIError(response)
+        return response.json() if response.content else None
+
+    # --- runs -------------------------------------------------------------------------
+    def trigger(self, dag_id: str, conf: dict[str, Any], *, run_id: str | None = None, note: str | None = None) -> dict:
+        body: dict[str, Any] = {"logical_date": None, "conf": conf}
+        if run_id:
+            body["dag_run_id"] = run_id
+        if note:
+            body["note"] = note
+        return self.request("POST", f"/dags/{dag_id}/dagRuns", json=body, expect=(200,))
+
+    def run(self, dag_id: str, run_id: str) -> dict:
+        return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        data = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})
+        return {ti["task_id"]: ti["state"] for ti in data["task_instances"]}
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        data = self.request(
+            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+            params={"deserialize": "true"},
+        )
+        return data["value"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, *, timeout: float = 600, poll: float = 2.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.run(dag_id, run_id)
+            if run["state"] in TERMINAL_RUN_STATES:
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{dag_id} {run_id} still {run['state']} after {timeout}s: "
+                                   f"{self.task_states(dag_id, run_id)}")
+            time.sleep(poll)
+
+    def set_paused(self, dag_id: str, paused: bool) -> dict:
+        return self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": paused})
+
+    def import_errors(self) -> list[dict]:
+        return self.request("GET", "/importErrors", params={"limit": 100})["import_errors"]
+
+    def dag_ids(self) -> list[str]:
+        return [d["dag_id"] for d in self.request("GET", "/dags", params={"limit": 1000})["dags"]]
+
+    # --- approvals (human-in-the-loop) ------------------------------------------------
+    def pending_approvals(self, dag_id: str, run_id: str) -> list[dict]:
+        data = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/hitlDetails",
+                            params={"response_received": "false"})
+        return data["hitl_details"]
+
+    def wait_for_approval(self, dag_id: str, run_id: str, task_id: str, *, timeout: float = 600,
+                          poll: float = 2.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            for detail in self.pending_approvals(dag_id, run_id):
+                if detail["task_instance"]["task_id"] == task_id:
+                    return detail
+            run = self.run(dag_id, run_id)
+            if run["state"] in TERMINAL_RUN_STATES:
+                raise RuntimeError(f"{dag_id} {run_id} ended {run['state']} before {task_id} asked for approval: "
+                                   f"{self.task_states(dag_id, run_id)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{task_id} did not ask for approval within {timeout}s")
+            time.sleep(poll)
+
+    def respond(self, dag_id: str, run_id: str, task_id: str, option: str, *,
+                expect: tuple[int, ...] = (200,)) -> Any:
+        return self.request(
+            "PATCH",
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
+            json={"chosen_options": [option], "params_input": {}},
+            expect=expect,
+        )

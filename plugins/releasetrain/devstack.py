@@ -1,0 +1,211 @@
+"""A local release stack on real processes: the demo fleet, and Airflow's API server,
+scheduler, dag-processor and triggerer, configured for releasetrain.
+
+Used by ``make demo`` (embedded SQLite, ``AIRFLOW_HOME=.airflow`` in the project) and by
+the end-to-end tests (a throw-away home, PostgreSQL). All configuration is passed as
+environment variables; secrets (Ed25519 signing key, fleet credentials, JWT secret,
+Fernet key) are generated once per home into ``<home>/secrets.json`` and reach Airflow
+as connections through the environment secrets backend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+DEMO_USERS = {"author": "user", "approver": "user", "admin": "admin"}
+AIRFLOW_PROCESSES = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def fleet_conn_id(environment: str) -> str:
+    return "fleet_" + environment.replace("-", "_")
+
+
+@dataclass
+class StackConfig:
+    project_root: Path
+    home: Path
+    api_port: int = 8080
+    fleet_port: int = 8799
+    db_url: str | None = None
+    spec_dirs: list[Path] | None = None
+    fleet_environments: list[str] = field(
+        default_factory=lambda: ["dev", "staging", "prod", "billing-staging", "billing-prod"]
+    )
+    fleet_seed: dict[str, str] = field(default_factory=dict)
+    fleet_deploy_seconds: float = 1.5
+    parallelism: int = 8
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def fleet_url(self) -> str:
+        return f"http://127.0.0.1:{self.fleet_port}"
+
+
+class DevStack:
+    def __init__(self, config: StackConfig):
+        self.config = config
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.logs = config.home / "logs" / "stack"
+
+    # --- configuration ----------------------------------------------------------------
+    def secrets(self) -> dict[str, str]:
+        path = self.config.home / "secrets.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        from cryptography.fernet import Fernet
+
+        from releasetrain.core.bundle import generate_private_key_pem
+
+        values = {
+            "signing_key": generate_private_key_pem(),
+            "fleet_user": "deployer",
+            "fleet_password": secrets.token_urlsafe(18),
+            "jwt_secret": secrets.token_urlsafe(32),
+            "fernet_key": Fernet.generate_key().decode(),
+        }
+        self.config.home.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values, indent=2))
+        path.chmod(0o600)
+        return values
+
+    def env(self) -> dict[str, str]:
+        cfg, sec = self.config, self.secrets()
+        home = cfg.home.resolve()
+        db_url = cfg.db_url or f"sqlite:///{home / 'airflow.db'}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
+        env.update(
+            {
+                "AIRFLOW_HOME": str(home),
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                "AIRFLOW__CORE__DAGS_FOLDER": str(cfg.project_root / "dags"),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(cfg.project_root / "plugins"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": str(cfg.parallelism),
+                "AIRFLOW__CORE__FERNET_KEY": sec["fernet_key"],
+                "AIRFLOW__CORE__AUTH_MANAGER": (
+                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+                ),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in DEMO_USERS.items()),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{cfg.api_url}/execution/",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
+                "AIRFLOW__API__BASE_URL": cfg.api_url,
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(cfg.api_port),
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__API_AUTH__JWT_SECRET": sec["jwt_secret"],
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
+                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+                "AIRFLOW_CONN_RELEASETRAIN_SIGNING": json.dumps(
+                    {"conn_type": "generic", "password": sec["signing_key"]}
+                ),
+                "FLEET_USER": sec["fleet_user"],
+                "FLEET_PASSWORD": sec["fleet_password"],
+            }
+        )
+        if cfg.spec_dirs:
+            env["RELEASETRAIN_SPEC_DIRS"] = os.pathsep.join(str(p) for p in cfg.spec_dirs)
+        for environment in cfg.fleet_environments:
+            env[f"AIRFLOW_CONN_{fleet_conn_id(environment).upper()}"] = json.dumps(
+                {
+                    "conn_type": "http",
+                    "host": f"{cfg.fleet_url}/environments/{environment}",
+                    "login": sec["fleet_user"],
+                    "password": sec["fleet_password"],
+                }
+            )
+        return env
+
+    def fleet_auth(self) -> tuple[str, str]:
+        sec = self.secrets()
+        return sec["fleet_user"], sec["fleet_password"]
+
+    def prepare(self) -> None:
+        """Create the home, the demo users' passwords and the metadata database."""
+        home = self.config.home
+        (home / "logs").mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        (home / "passwords.json").write_text(json.dumps({u: u for u in DEMO_USERS}))
+        self._airflow("db", "migrate", log="db-migrate")
+
+    def _airflow(self, *args: str, log: str) -> None:
+        with open(self.logs / f"{log}.log", "w") as out:
+            done = subprocess.run(
+                [str(Path(sys.executable).parent / "airflow"), *args],
+                env=self.env(), cwd=self.config.home, stdout=out, stderr=subprocess.STDOUT,
+            )
+        if done.returncode:
+            raise RuntimeError(f"airflow {' '.join(args)} failed; see {self.logs / f'{log}.log'}")
+
+    # --- processes --------------------------------------------------------------------
+    def _spawn(self, name: str, cmd: list[str]) -> None:
+        out = open(self.logs / f"{name}.log", "a")  # noqa: SIM115 - lives as long as the process
+        self.processes[name] = subprocess.Popen(
+            cmd, env=self.env(), cwd=self.config.home, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def start(self, *, timeout: float = 240) -> None:
+        cfg = self.config
+        seed = ",".join(f"{k}={v}" for k, v in cfg.fleet_seed.items())
+        self._spawn("fleet", [sys.executable, str(cfg.project_root / "include" / "demo_fleet" / "fleet.py"),
+                              "--port", str(cfg.fleet_port), "--seed", seed,
+                              "--deploy-seconds", str(cfg.fleet_deploy_seconds)])
+        airflow = str(Path(sys.executable).parent / "airflow")
+        for name in AIRFLOW_PROCESSES:
+            self._spawn(name, [airflow, name])
+        self.wait_ready(timeout=timeout)
+
+    def wait_ready(self, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = "not started"
+        while time.monotonic() < deadline:
+            for name, proc in self.processes.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.logs / (name + '.log')}")
+            try:
+                requests.get(f"{self.config.fleet_url}/healthz", timeout=2).raise_for_status()
+                health = requests.get(f"{self.config.api_url}/api/v2/monitor/health", timeout=5).json()
+                states = {k: (v or {}).get("status") for k, v in health.items()}
+                last = json.dumps(states)
+                if all(s == "healthy" for s in states.values()) and {"scheduler", "triggerer", "dag_processor"} <= set(states):
+                    return
+            except (requests.RequestException, ValueError) as exc:
+                last = str(exc)
+            time.sleep(2)
+        raise TimeoutError(f"the stack did not become healthy in {timeout}s: {last}; logs in {self.logs}")
+
+    def stop(self) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 20
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.processes.clear()
