@@ -92,11 +92,20 @@ class AirflowClient:
         return data["hitl_details"]
 
     def wait_for_approval(self, dag_id: str, run_id: str, task_id: str, *, timeout: float = 600,
-                          poll: float = 2.0) -> dict:
+                          poll: float = 2.0, settle: float = 3.0) -> dict:
+        """Wait until ``task_id`` awaits a human answer, and return its request.
+
+        ``settle``: seconds to wait once the task is parked before returning. Airflow 3.3
+        fails a HITL task whose answer arrives before the scheduler has processed the
+        worker's exit from parking it (about a second); people are never that fast, but
+        scripts are.
+        """
         deadline = time.monotonic() + timeout
         while True:
             for detail in self.pending_approvals(dag_id, run_id):
-                if detail["task_instance"]["task_id"] == task_id:
+                if detail["task_instance"]["task_id"] == task_id and \
+                        self.task_states(dag_id, run_id).get(task_id) == "awaiting_input":
+                    time.sleep(settle)
                     return detail
             run = self.run(dag_id, run_id)
             if run["state"] in TERMINAL_RUN_STATES:

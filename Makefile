@@ -1,0 +1,44 @@
+# releasetrain: the two front-door commands are `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-fast lint schema lock clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "releasetrain needs Python 3.11+, found " + sys.version.split()[0]'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+## make demo: the demo fleet and Airflow on SQLite, a storefront release waiting for approval
+demo: $(STAMP)
+	$(BIN)/python -m releasetrain.demo
+
+## make test: the whole suite (unit, adapters, end-to-end on real Airflow processes)
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## make test-fast: everything but the end-to-end tests
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not e2e"
+
+lint: $(STAMP)
+	$(BIN)/ruff check plugins tests dags include benchmarks
+
+## make schema: export the release spec's JSON Schema
+schema: $(STAMP)
+	$(BIN)/python -c 'from releasetrain.core.spec import json_schema_text; print(json_schema_text(), end="")' \
+		> include/schema/release-spec.schema.json
+
+## make lock: regenerate constraints.txt from the current environment
+lock: $(STAMP)
+	{ head -n 2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^releasetrain'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf $(VENV) .airflow .pytest_cache

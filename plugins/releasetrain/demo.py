@@ -1,0 +1,166 @@
+"""``make demo``: the demo fleet and Airflow (SQLite, local processes), a storefront
+release triggered as ``author`` through the REST API, followed in the terminal.
+
+Local demo only: the users ``author``, ``approver`` and ``admin`` have passwords equal to
+their names. Environment: ``DEMO_API_PORT`` (8080), ``DEMO_FLEET_PORT`` (8799),
+``DEMO_AUTO_APPROVE=1`` answers the prod approval as ``approver`` (for unattended runs),
+``DEMO_EXIT=1`` stops everything once the run has ended.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from releasetrain.client import AirflowClient
+from releasetrain.core.versioning import Version
+from releasetrain.devstack import DevStack, StackConfig
+
+DAG_ID = "release_storefront"
+SEED = {"dev": "1.0.0", "staging": "1.0.0", "prod": "1.0.0", "billing-staging": "1.0.0", "billing-prod": "1.0.0"}
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _next_version(artifacts: Path) -> str:
+    """The first 1.N.0 not yet packaged: released versions are immutable."""
+    taken = set()
+    if artifacts.is_dir():
+        for path in artifacts.iterdir():
+            try:
+                taken.add(Version.parse(path.name))
+            except ValueError:
+                continue
+    minor = 1
+    while Version(1, minor, 0) in taken:
+        minor += 1
+    return f"1.{minor}.0"
+
+
+def _wait_for_dag(client: AirflowClient, dag_id: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while dag_id not in client.dag_ids():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{dag_id} was not parsed within {timeout}s; import errors: {client.import_errors()}")
+        time.sleep(2)
+
+
+def main() -> int:
+    root = Path.cwd()
+    if not (root / "include" / "releases").is_dir():
+        _say("Run `make demo` from the project's root folder.")
+        return 2
+    api_port = int(os.environ.get("DEMO_API_PORT", "8080"))
+    fleet_port = int(os.environ.get("DEMO_FLEET_PORT", "8799"))
+    for name, port in (("Airflow API server", api_port), ("demo fleet", fleet_port)):
+        if not _port_free(port):
+            _say(f"Port {port} (for the {name}) is already in use. Stop what runs there, or set "
+                 f"{'DEMO_API_PORT' if port == api_port else 'DEMO_FLEET_PORT'} to another port.")
+            return 1
+    home = root / ".airflow"
+    stack = DevStack(StackConfig(project_root=root, home=home, api_port=api_port, fleet_port=fleet_port,
+                                 fleet_seed=SEED))
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        _say(f"Preparing Airflow in {home} (SQLite) ...")
+        stack.prepare()
+        _say("Starting the demo fleet, API server, scheduler, dag-processor and triggerer ...")
+        stack.start()
+        return _run_demo(stack, home)
+    except KeyboardInterrupt:
+        _say("\nStopping ...")
+        return 0
+    except Exception as exc:  # show the reason and where the logs are, then clean up
+        _say(f"\nThe demo failed: {exc}\nProcess logs: {stack.logs}")
+        return 1
+    finally:
+        stack.stop()
+
+
+def _run_demo(stack: DevStack, home: Path) -> int:
+    cfg = stack.config
+    author = AirflowClient(cfg.api_url, "author", "author")
+    _wait_for_dag(author, DAG_ID)
+    admin = AirflowClient(cfg.api_url, "admin", "admin")
+    for dag_id in admin.dag_ids():
+        if dag_id.startswith("release_"):
+            admin.set_paused(dag_id, False)
+    version = _next_version(home / "artifacts" / "storefront")
+    run = author.trigger(
+        DAG_ID,
+        {"version": version, "requested_by": "author", "change_summary": "Demo: new checkout page"},
+        note="Triggered by make demo",
+    )
+    run_id = run["dag_run_id"]
+    _say(f"""
+================================================================================
+ releasetrain demo is up
+   Airflow UI      {cfg.api_url}          (local demo logins: user = password)
+                   author/author   - triggered this release, can NOT approve it
+                   approver/approver - approves production deploys
+                   admin/admin     - administrator, also an approver
+   Demo fleet      {cfg.fleet_url}/environments
+   Release         {DAG_ID}, version {version}, run {run_id}
+
+ Next: log in as approver, open "Required Actions" (or the run's prod.approve task)
+ and approve. Or from a shell:
+   TOKEN=$(curl -s -X POST {cfg.api_url}/auth/token -H 'Content-Type: application/json' \\
+       -d '{{"username":"approver","password":"approver"}}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+   curl -X PATCH -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+       '{cfg.api_url}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/prod.approve/-1/hitlDetails' \\
+       -d '{{"chosen_options": ["Approve"], "params_input": {{}}}}'
+ Ctrl-C stops everything.
+================================================================================
+""")
+    state = _follow(author, run_id, auto_approve=os.environ.get("DEMO_AUTO_APPROVE") == "1", cfg=cfg)
+    prod = requests.get(f"{cfg.fleet_url}/environments/prod", auth=stack.fleet_auth(), timeout=10).json()
+    _say(f"\nRun {run_id} ended {state.upper()}. The fleet's prod runs {prod.get('version')} "
+         f"(previous {prod.get('previous_version')}).")
+    if os.environ.get("DEMO_EXIT") == "1":
+        return 0 if state == "success" else 1
+    _say("The stack stays up: trigger more releases from the UI. Ctrl-C stops everything.")
+    while True:
+        for name, proc in stack.processes.items():
+            if proc.poll() is not None:
+                _say(f"{name} stopped unexpectedly (exit {proc.returncode}); see {stack.logs}")
+                return 1
+        time.sleep(5)
+
+
+def _follow(client: AirflowClient, run_id: str, *, auto_approve: bool, cfg: StackConfig) -> str:
+    seen: dict[str, str | None] = {}
+    asked = False
+    while True:
+        states = client.task_states(DAG_ID, run_id)
+        for task_id, state in states.items():
+            if state and seen.get(task_id) != state:
+                _say(f"  {time.strftime('%H:%M:%S')}  {task_id:<18} {state}")
+                seen[task_id] = state
+        if states.get("prod.approve") == "awaiting_input" and not asked:
+            asked = True
+            _say(f"  -> waiting for approval of prod: log in as approver at {cfg.api_url} (Required Actions)")
+            if auto_approve:
+                time.sleep(3)
+                AirflowClient(cfg.api_url, "approver", "approver").respond(DAG_ID, run_id, "prod.approve", "Approve")
+                _say("  -> approved as approver (DEMO_AUTO_APPROVE=1)")
+        run = client.run(DAG_ID, run_id)
+        if run["state"] in ("success", "failed"):
+            return run["state"]
+        time.sleep(2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
