@@ -61,7 +61,7 @@ class HttpCheck(_Model):
     conn_id: str | None = Field(
         default=None, pattern=CONN_ID_PATTERN, description="Airflow connection; default: the deploy target."
     )
-    expect_status: list[int] = Field(default=[200], description="Accepted HTTP status codes.")
+    expect_status: list[int] | int = Field(default=[200], description="Accepted HTTP status code(s).")
     expect_json: dict[str, Any] = Field(
         default_factory=dict, description="Dotted JSON paths and the values they must have."
     )
@@ -69,14 +69,10 @@ class HttpCheck(_Model):
     max_latency_ms: int | None = Field(default=None, gt=0, description="Upper bound for the response time.")
     timeout_seconds: float = Field(default=10.0, gt=0, le=300)
 
-    @field_validator("expect_status", mode="before")
-    @classmethod
-    def _status_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, int) else value
-
     @field_validator("expect_status")
     @classmethod
-    def _status_range(cls, value: list[int]) -> list[int]:
+    def _status_range(cls, value: list[int] | int) -> list[int]:
+        value = [value] if isinstance(value, int) else value
         bad = [code for code in value if not 100 <= code <= 599]
         if bad or not value:
             raise ValueError(f"HTTP status codes must be between 100 and 599, got {bad or value}")

@@ -1,0 +1,115 @@
+"""The DAG factory on Airflow's own DagBag: graph shape, params, broken specs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk import TriggerRule
+
+from releasetrain.core.builder import ReleaseBuilder
+from releasetrain.core.spec import load_spec
+from releasetrain.factory import build_release_dag
+from tests.conftest import PROJECT_ROOT
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    return DagBag(str(PROJECT_ROOT / "dags"))
+
+
+def test_every_example_dag_imports_cleanly(dagbag):
+    assert dagbag.import_errors == {}
+    assert {"release_storefront", "release_billing"} <= set(dagbag.dag_ids)
+
+
+def test_storefront_graph(dagbag):
+    dag = dagbag.dags["release_storefront"]
+    assert dag.max_active_runs == 1 and "release" in dag.tags and "team:commerce" in dag.tags
+    assert "Promotion path" in dag.doc_md
+    tasks = dag.task_dict
+    assert tasks["package"].upstream_task_ids == {"prepare"}
+    assert tasks["dev.verify"].upstream_task_ids == {"package"}
+    for env in ("dev", "staging", "prod"):
+        assert tasks[f"{env}.deploy"].upstream_task_ids == {f"{env}.verify"}, "every deploy follows its verify"
+        assert tasks[f"{env}.rollback"].trigger_rule == TriggerRule.ONE_FAILED
+    assert tasks["staging.verify"].upstream_task_ids == {"dev.smoke"}
+    assert tasks["prod.approve"].upstream_task_ids == {"staging.smoke"}
+    assert tasks["prod.verify"].upstream_task_ids == {"prod.approve"}
+    assert tasks["prod.rollback"].upstream_task_ids == {"prod.deploy", "prod.smoke", "prod.health"}
+    assert tasks["release_complete"].upstream_task_ids == {"prod.health"}
+    assert tasks["release_complete"].trigger_rule == TriggerRule.ALL_SUCCESS
+    assert tasks["prod.deploy"].promotion_gate_task_id == "staging.smoke"
+    assert tasks["prod.approve"].passed_task_ids == ["dev.smoke", "staging.smoke"]
+    leaves = {t.task_id for t in dag.tasks if not t.downstream_task_ids}
+    assert "release_complete" in leaves and leaves - {"release_complete"} == {
+        "dev.rollback", "staging.rollback", "prod.rollback"}
+
+
+def test_trigger_form_params(dagbag):
+    params = dagbag.dags["release_storefront"].params
+    version = params.get_param("version")
+    assert version.schema["pattern"].startswith("^(0|[1-9]")
+    assert version.schema["title"] == "Version" and "semantic version" in version.description.lower()
+    assert params.get_param("requested_by").schema["title"] == "Requested by"
+    with pytest.raises(Exception, match="does not match"):
+        version.resolve("not-a-version")
+    assert version.resolve("2.0.0") == "2.0.0"
+
+
+def test_planned_release_pins_the_version():
+    spec = load_spec(PROJECT_ROOT / "include" / "releases" / "storefront.yaml").model_copy(update={"version": "3.1.0"})
+    param = build_release_dag(spec, project_root=PROJECT_ROOT).params.get_param("version")
+    assert param.resolve("3.1.0") == "3.1.0"
+    with pytest.raises(Exception):
+        param.resolve("3.2.0")
+
+
+def test_builder_gives_the_same_dag_as_yaml():
+    yaml_spec = load_spec(PROJECT_ROOT / "include" / "releases" / "storefront.yaml")
+    built = ReleaseBuilder("storefront", owner_team="commerce", description=yaml_spec.description)
+    for c in yaml_spec.components:
+        built.component(c.name, source=c.source)
+    for e in yaml_spec.environments:
+        built.environment(
+            e.name, deploy_target=e.deploy_target,
+            smoke_checks=[c.model_dump(exclude_defaults=True) for c in e.smoke_checks],
+            health_checks=e.health_checks.model_dump() if e.health_checks else None,
+            approvers=e.approval.approvers if e.approval.required else None,
+        )
+    python_spec = built.tags(*yaml_spec.tags).build()
+    assert python_spec == yaml_spec
+    a = build_release_dag(yaml_spec, project_root=PROJECT_ROOT)
+    b = build_release_dag(python_spec, project_root=PROJECT_ROOT)
+    assert {t: sorted(op.downstream_task_ids) for t, op in a.task_dict.items()} == \
+        {t: sorted(op.downstream_task_ids) for t, op in b.task_dict.items()}
+
+
+def test_broken_spec_is_an_import_error_and_others_still_load(tmp_path: Path, monkeypatch):
+    specs = tmp_path / "releases"
+    specs.mkdir()
+    shutil.copy(PROJECT_ROOT / "include" / "releases" / "storefront.yaml", specs)
+    shutil.copy(PROJECT_ROOT / "tests" / "fixtures" / "broken" / "broken.yaml", specs)
+    monkeypatch.setenv("RELEASETRAIN_SPEC_DIRS", str(specs))
+    bag = DagBag(str(PROJECT_ROOT / "dags"))
+    assert "release_storefront" in bag.dag_ids and "release_billing" in bag.dag_ids
+    assert "release_broken" not in bag.dag_ids
+    [(path, message)] = bag.import_errors.items()
+    assert path.endswith("releases.py")
+    assert "broken.yaml: environments[1].deploy_target: field required" in message
+    assert "broken.yaml: environments[1].deploy_targt: unknown field" in message
+
+
+def test_parsing_does_no_io(monkeypatch):
+    """Building DAGs must not touch the network or connections (they are parsed every few seconds)."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access during DAG parsing")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr("airflow.sdk.BaseHook.get_connection", refuse)
+    bag = DagBag(str(PROJECT_ROOT / "dags"))
+    assert bag.import_errors == {} and "release_storefront" in bag.dag_ids

@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+
+import pytest
+
+from releasetrain.core.bundle import (
+    BundleError,
+    ComponentFiles,
+    build_bundle,
+    generate_private_key_pem,
+    load_private_key,
+    read_archive,
+    sign_bundle,
+    verify_archive,
+    verify_signed_bundle,
+)
+
+COMPONENTS = [
+    ComponentFiles("web", "1.2.0", {"index.html": b"<h1>shop</h1>", "js/app.js": b"console.log(1)"}),
+    ComponentFiles("api", "1.2.0", {"service.py": b"print('api')"}),
+]
+
+
+@pytest.fixture(scope="module")
+def key():
+    return load_private_key(generate_private_key_pem())
+
+
+def test_same_inputs_same_bytes_and_digest():
+    a = build_bundle("shop", "1.2.0", COMPONENTS)
+    b = build_bundle("shop", "1.2.0", list(reversed(COMPONENTS)))
+    assert a.digest == b.digest and a.archive == b.archive
+    assert a.digest.startswith("sha256:") and len(a.digest) == 71
+
+
+def test_manifest_lists_versions_and_file_hashes():
+    bundle = build_bundle("shop", "1.2.0", COMPONENTS)
+    manifest = bundle.manifest
+    assert [c["name"] for c in manifest["components"]] == ["api", "web"]
+    web = manifest["components"][1]
+    assert web["version"] == "1.2.0"
+    assert [f["path"] for f in web["files"]] == ["web/index.html", "web/js/app.js"]
+    assert web["files"][0]["sha256"] == hashlib.sha256(b"<h1>shop</h1>").hexdigest()
+    assert web["files"][0]["size"] == len(b"<h1>shop</h1>")
+
+
+def test_different_content_gives_different_digest():
+    changed = [ComponentFiles("web", "1.2.0", {"index.html": b"<h1>SHOP</h1>", "js/app.js": b"console.log(1)"}),
+               COMPONENTS[1]]
+    assert build_bundle("shop", "1.2.0", changed).digest != build_bundle("shop", "1.2.0", COMPONENTS).digest
+
+
+def test_signed_bundle_verifies(key):
+    bundle = build_bundle("shop", "1.2.0", COMPONENTS)
+    sig = sign_bundle(bundle, "shop", "1.2.0", key)
+    manifest = verify_signed_bundle(bundle.archive, sig, key.public_key(), release="shop", version="1.2.0",
+                                    expected_digest=bundle.digest)
+    assert manifest["digest"] == bundle.digest
+
+
+def _rewrite(archive: bytes, change) -> bytes:
+    """Rebuild an archive with ``change(name, data) -> data | None`` applied to members."""
+    src = tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz")
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as dst:
+        for member in src:
+            data = src.extractfile(member).read()
+            data = change(member.name, data)
+            if data is None:
+                continue
+            member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_changed_file_is_detected_naming_it(key):
+    bundle = build_bundle("shop", "1.2.0", COMPONENTS)
+    sig = sign_bundle(bundle, "shop", "1.2.0", key)
+    tampered = _rewrite(bundle.archive, lambda n, d: b"evil" if n == "web/index.html" else d)
+    with pytest.raises(BundleError, match="file web/index.html was changed"):
+        verify_signed_bundle(tampered, sig, key.public_key(), release="shop", version="1.2.0",
+                             expected_digest=bundle.digest)
+
+
+def test_rewritten_manifest_is_detected(key):
+    bundle = build_bundle("shop", "1.2.0", COMPONENTS)
+    sig = sign_bundle(bundle, "shop", "1.2.0", key)
+
+    def forge(name, data):
+        if name == "web/index.html":
+            return b"evil"
+        if name == "manifest.json":
+            # an attacker who also rewrites the manifest (hash and digest) consistently
+            from releasetrain.core.bundle import canonical_json, manifest_digest, sha256_hex
+            manifest = json.loads(data)
+            manifest["components"][1]["files"][0]["sha256"] = sha256_hex(b"evil")
+            manifest["components"][1]["files"][0]["size"] = 4
+            manifest["digest"] = manifest_digest(manifest)
+            return canonical_json(manifest)
+        return data
+
+    forged = _rewrite(bundle.archive, forge)
+    verify_archive(forged)  # internally consistent...
+    with pytest.raises(BundleError, match="differs from the packaged digest"):
+        verify_signed_bundle(forged, sig, key.public_key(), release="shop", version="1.2.0",
+                             expected_digest=bundle.digest)
+
+
+def test_extra_file_is_detected():
+    bundle = build_bundle("shop", "1.2.0", COMPONENTS)
+    src = tarfile.open(fileobj=io.BytesIO(bundle.archive), mode="r:gz")
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as dst:
+        for member in src:
+            dst.addfile(member, src.extractfile(member))
+        info = tarfile.TarInfo("web/backdoor.sh")
+        info.size = 3
+        dst.addfile(info, io.BytesIO(b"rm "))
+    with pytest.raises(BundleError, match="not in the manifest: web/backdoor.sh"):
+        verify_archive(out.getvalue())
+
+
+def test_wrong_key_is_refused(key):
+    bundle = build_bundle("shop", "1.2.0", COMPONENTS)
+    sig = sign_bundle(bundle, "shop", "1.2.0", key)
+    other = load_private_key(generate_private_key_pem())
+    with pytest.raises(BundleError, match="signature does not match"):
+        verify_signed_bundle(bundle.archive, sig, other.public_key(), release="shop", version="1.2.0",
+                             expected_digest=bundle.digest)
+
+
+def test_bundle_for_another_version_is_refused(key):
+    bundle = build_bundle("shop", "1.2.0", COMPONENTS)
+    sig = sign_bundle(bundle, "shop", "1.2.0", key)
+    with pytest.raises(BundleError, match="expected shop 1.3.0"):
+        verify_signed_bundle(bundle.archive, sig, key.public_key(), release="shop", version="1.3.0",
+                             expected_digest=bundle.digest)
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "/abs/path", "a/../../b"])
+def test_unsafe_member_names_are_refused(name):
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(BundleError, match="unsafe path"):
+        read_archive(out.getvalue())
+
+
+def test_links_are_refused():
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        info = tarfile.TarInfo("web/link")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "/etc/passwd"
+        tar.addfile(info)
+    with pytest.raises(BundleError, match="not a regular file"):
+        read_archive(out.getvalue())
+
+
+def test_garbage_is_refused():
+    with pytest.raises(BundleError, match="unreadable"):
+        read_archive(b"not a tarball")
+
+
+def test_non_ed25519_key_is_refused():
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    with pytest.raises(BundleError, match="must be Ed25519"):
+        load_private_key(pem)
