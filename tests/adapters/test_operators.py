@@ -1,0 +1,226 @@
+"""Operators called directly with a task context: packaging, verification, deploy,
+approval and rollback decisions (the end-to-end tests run them inside Airflow)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, TaskDeferred
+
+from releasetrain.core.bundle import generate_private_key_pem
+from releasetrain.operators.approval import ReleaseApprovalOperator
+from releasetrain.operators.deploy import PRE_DEPLOY_KEY, EnvironmentDeployOperator
+from releasetrain.operators.package import BundlePackageOperator
+from releasetrain.operators.rollback import RollbackOperator
+from releasetrain.operators.verify import BundleVerifyOperator
+from releasetrain.triggers.deployment import DeploymentCompletionTrigger
+from tests.conftest import PROJECT_ROOT
+from tests.helpers import FakeTI, context, http_connection, running_fleet
+
+REQUEST = {"release": "storefront", "version": "2.0.0", "triggered_by": "author", "requested_by": "dev-lead",
+           "change_summary": "x", "run_id": "manual__test"}
+COMPONENTS = [{"name": "storefront-web", "source": "include/demo_fleet/artifacts/storefront-web", "version": None}]
+
+
+@pytest.fixture
+def signing(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_RELEASETRAIN_SIGNING",
+                       json.dumps({"conn_type": "generic", "password": generate_private_key_pem()}))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    return f"file://{tmp_path / 'artifacts'}"
+
+
+def package(store: str) -> dict:
+    op = BundlePackageOperator(task_id="package", release="storefront", components=COMPONENTS,
+                               project_root=str(PROJECT_ROOT), artifact_store=store)
+    return op.execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
+
+
+def verify(store: str, packaged: dict) -> dict:
+    op = BundleVerifyOperator(task_id="dev.verify", release="storefront", environment="dev", artifact_store=store)
+    return op.execute(context(FakeTI({("package", "return_value"): packaged})))
+
+
+def test_package_then_verify(signing, store, tmp_path):
+    packaged = package(store)
+    folder = tmp_path / "artifacts" / "storefront" / "2.0.0"
+    assert sorted(p.name for p in folder.iterdir()) == ["bundle.sig.json", "bundle.tar.gz", "manifest.json"]
+    assert packaged["files"] == 2 and packaged["digest"].startswith("sha256:")
+    assert verify(store, packaged) == {"environment": "dev", "version": "2.0.0", "digest": packaged["digest"],
+                                       "verified": True}
+    assert package(store)["digest"] == packaged["digest"], "re-packaging the same inputs reuses the bundle"
+
+
+def test_bundle_altered_after_packaging_fails_verification(signing, store, tmp_path):
+    packaged = package(store)
+    bundle = tmp_path / "artifacts" / "storefront" / "2.0.0" / "bundle.tar.gz"
+    members = []
+    with tarfile.open(bundle, "r:gz") as tar:
+        for m in tar:
+            members.append((m, tar.extractfile(m).read()))
+    with tarfile.open(bundle, "w:gz") as tar:
+        for m, data in members:
+            if m.name == "storefront-web/index.html":
+                data = data.replace(b"Storefront", b"Hacked")
+                m.size = len(data)
+            import io
+            tar.addfile(m, io.BytesIO(data))
+    with pytest.raises(AirflowFailException, match="dev: bundle storefront 2.0.0 failed verification, nothing will "
+                                                   "be deployed: file storefront-web/index.html was changed"):
+        verify(store, packaged)
+
+
+def test_released_versions_are_immutable(signing, store, tmp_path):
+    package(store)
+    changed = tmp_path / "src"
+    changed.mkdir()
+    (changed / "index.html").write_text("different")
+    op = BundlePackageOperator(task_id="package", release="storefront", project_root=str(tmp_path),
+                               components=[{"name": "storefront-web", "source": "src"}], artifact_store=store)
+    with pytest.raises(AirflowFailException, match="already packaged .* Released versions are immutable"):
+        op.execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
+
+
+def test_missing_signing_key_is_named(monkeypatch, store):
+    monkeypatch.delenv("AIRFLOW_CONN_RELEASETRAIN_SIGNING", raising=False)
+    with pytest.raises(Exception, match="releasetrain_signing"):
+        package(store)
+
+
+def test_missing_component_source_is_named(signing, store):
+    op = BundlePackageOperator(task_id="package", release="storefront", project_root=str(PROJECT_ROOT),
+                               components=[{"name": "web", "source": "include/nowhere"}], artifact_store=store)
+    with pytest.raises(AirflowFailException, match="component 'web': source include/nowhere does not exist"):
+        op.execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
+
+
+# --- deploy -----------------------------------------------------------------------------
+DIGEST = "sha256:" + "b" * 64
+
+
+def deploy_op(**kw):
+    defaults = dict(task_id="prod.deploy", release="storefront", environment="prod", deploy_target_conn_id="t_prod",
+                    verify_task_id="prod.verify", previous_environment="staging",
+                    promotion_gate_task_id="staging.smoke", poll_interval=0.1)
+    return EnvironmentDeployOperator(**{**defaults, **kw})
+
+
+def deploy_ti(gate_digest=DIGEST):
+    return FakeTI({("prepare", "return_value"): REQUEST,
+                   ("prod.verify", "return_value"): {"digest": DIGEST},
+                   ("staging.smoke", "return_value"): {"environment": "staging", "digest": gate_digest,
+                                                       "passed": True}})
+
+
+def test_deploy_defers_and_records_what_ran_before(monkeypatch):
+    with running_fleet(seed={"prod": "1.0.0"}) as (_, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        ti = deploy_ti()
+        with pytest.raises(TaskDeferred) as info:
+            deploy_op().execute(context(ti))
+        assert isinstance(info.value.trigger, DeploymentCompletionTrigger)
+        assert info.value.method_name == "execute_complete"
+        assert ti.xcoms[("__self__", PRE_DEPLOY_KEY)]["version"] == "1.0.0"
+
+
+def test_deploy_refuses_a_digest_that_did_not_pass_before(monkeypatch):
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        with pytest.raises(AirflowFailException, match="is not the digest that passed staging"):
+            deploy_op().execute(context(deploy_ti(gate_digest="sha256:" + "c" * 64)))
+        assert fleet.deployments == {}, "nothing was sent to the target"
+
+
+def test_deploy_of_the_live_version_is_a_noop(monkeypatch):
+    with running_fleet(seed={}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        fleet.env("prod").update(version="2.0.0", digest=DIGEST)
+        result = deploy_op().execute(context(deploy_ti()))
+        assert result["noop"] is True and fleet.deployments == {}
+
+
+def test_failed_deployment_fails_the_task():
+    with pytest.raises(Exception, match="deploying storefront 2.0.0 to prod ended failed: boom"):
+        deploy_op().execute_complete(context(deploy_ti()), {"state": "failed", "message": "boom",
+                                                            "deployment_id": "d1", "deployment": {}})
+
+
+# --- approval ---------------------------------------------------------------------------
+def approval_op():
+    return ReleaseApprovalOperator(task_id="prod.approve", release="storefront", environment="prod",
+                                   approvers=["author", "dev-lead", "approver"])
+
+
+def event(user, option="Approve", timedout=False):
+    return {"chosen_options": [option], "params_input": {},
+            "responded_at": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+            "responded_by_user": {"id": user, "name": user} if user else None, "timedout": timedout}
+
+
+@pytest.mark.parametrize("user, reason", [("author", "author is an author of this release"),
+                                          ("dev-lead", "dev-lead is an author of this release"),
+                                          ("mallory", "mallory is not an approver")])
+def test_response_is_rechecked_for_segregation_of_duties(user, reason):
+    ti = FakeTI({("prepare", "return_value"): REQUEST})
+    with pytest.raises(AirflowFailException, match=f"prod approval refused: {reason}"):
+        approval_op().execute_complete(context(ti), event(user))
+
+
+def test_approval_by_an_approver_passes_and_reject_fails_cleanly():
+    ti = FakeTI({("prepare", "return_value"): REQUEST, ("package", "return_value"): {"digest": DIGEST}})
+    result = approval_op().execute_complete(context(ti), event("approver"))
+    assert result["responded_by_user"]["id"] == "approver" and result["digest"] == DIGEST
+    with pytest.raises(AirflowFailException, match="rejected for prod by approver; nothing was deployed to prod"):
+        approval_op().execute_complete(context(ti), event("approver", "Reject"))
+    with pytest.raises(AirflowFailException, match="no answer before the timeout"):
+        approval_op().execute_complete(context(ti), event(None, "Reject", timedout=True))
+
+
+def test_request_assigns_only_non_authors(monkeypatch):
+    captured = {}
+    monkeypatch.setattr("releasetrain.operators.approval.ApprovalOperator.execute",
+                        lambda self, ctx: captured.update(users=self.assigned_users, body=self.body))
+    ti = FakeTI({("prepare", "return_value"): REQUEST, ("package", "return_value"): {"digest": DIGEST}})
+    approval_op().execute({**context(ti), "dag": None})
+    assert captured["users"] == [{"id": "approver", "name": "approver"}]
+    assert DIGEST in captured["body"] and "2.0.0" in captured["body"]
+
+
+def test_request_without_eligible_approver_fails():
+    op = ReleaseApprovalOperator(task_id="a", release="storefront", environment="prod", approvers=["author"])
+    with pytest.raises(AirflowFailException, match="no eligible approver"):
+        op.execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
+
+
+# --- rollback ---------------------------------------------------------------------------
+def rollback_op():
+    return RollbackOperator(task_id="prod.rollback", release="storefront", environment="prod",
+                            deploy_target_conn_id="t_prod", deploy_task_id="prod.deploy", poll_interval=0.1)
+
+
+@pytest.mark.parametrize("pre, reason", [(None, "deployed nothing to prod"),
+                                         ({"version": "2.0.0", "digest": DIGEST, "noop": True}, "changed nothing")])
+def test_rollback_only_undoes_what_this_run_did(pre, reason):
+    ti = FakeTI({("prod.deploy", PRE_DEPLOY_KEY): pre} if pre else {})
+    with pytest.raises(AirflowSkipException, match=reason):
+        rollback_op().execute(context(ti))
+
+
+def test_rollback_starts_and_defers(monkeypatch):
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        old = fleet.env("prod")["digest"]
+        fleet.env("prod")["history"].append({"version": "2.0.0", "digest": DIGEST})
+        fleet.env("prod").update(version="2.0.0", digest=DIGEST)
+        ti = FakeTI({("prod.deploy", PRE_DEPLOY_KEY): {"version": "1.0.0", "digest": old, "noop": False}})
+        with pytest.raises(TaskDeferred):
+            rollback_op().execute(context(ti))
+        [dep] = fleet.deployments.values()
+        assert (dep["kind"], dep["version"]) == ("rollback", "1.0.0")
