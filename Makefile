@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	@# setuptools leaves releasetrain.egg-info in plugins/; Airflow puts plugins/ on sys.path,
+	@# where that metadata would register the plugin's entry point a second time.
+	rm -rf plugins/*.egg-info
 	touch $(STAMP)
 
 ## make demo: the demo fleet and Airflow on SQLite, a storefront release waiting for approval

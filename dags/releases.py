@@ -1,8 +1,8 @@
-"""Every release spec in include/releases/ becomes one Airflow DAG: ``release_<name>``.
+"""Every valid release spec in include/releases/ becomes one Airflow DAG: ``release_<name>``.
 
-A broken spec is reported as this file's import error (file, field path, reason) while
-the other releases keep loading. Set RELEASETRAIN_SPEC_DIRS (os.pathsep-separated) to
-read specs from other folders.
+Broken specs are reported by ``release_spec_errors.py`` as that file's import error, so
+they never take the valid releases down. Set RELEASETRAIN_SPEC_DIRS (os.pathsep-separated)
+to read specs from other folders.
 """
 
 from __future__ import annotations

@@ -221,18 +221,6 @@ def _environment_stage(spec: ReleaseSpec, name: str, upstream: Any, gates: list[
     return last
 
 
-class InvalidReleaseDAG(DAG):
-    """Stands in for releases whose spec is broken.
-
-    Airflow records an exception from ``validate()`` as an import error of the DAG file
-    while still loading the file's other DAGs: a broken spec is reported with its own
-    message and does not take the other releases down.
-    """
-
-    def validate(self) -> None:  # type: ignore[override]
-        raise ReleaseSpecError.combined(self.doc_md or "invalid release spec")
-
-
 def spec_dirs(project_root: Path) -> list[Path]:
     configured = os.environ.get(SPEC_DIRS_ENV)
     if configured:
@@ -240,26 +228,35 @@ def spec_dirs(project_root: Path) -> list[Path]:
     return [project_root / "include" / "releases"]
 
 
-def load_release_dags(
-    directories: Iterable[Path], *, project_root: Path, extra_specs: Iterable[ReleaseSpec] = ()
-) -> dict[str, DAG]:
-    """Build a DAG for every spec file; broken specs become one :class:`InvalidReleaseDAG`."""
-    dags: dict[str, DAG] = {}
+def load_release_specs(
+    directories: Iterable[Path], *, project_root: Path
+) -> tuple[list[ReleaseSpec], list[str]]:
+    """Every valid spec in the folders, and one message per broken or duplicate spec."""
+    specs: list[ReleaseSpec] = []
     errors: list[str] = []
-    specs: list[ReleaseSpec] = list(extra_specs)
     for path in discover_specs(directories):
         try:
-            specs.append(load_spec(path, display_root=project_root))
+            spec = load_spec(path, display_root=project_root)
         except ReleaseSpecError as exc:
             errors.append(str(exc))
-    for spec in specs:
-        if spec.dag_id in dags:
-            errors.append(f"release {spec.name!r} is defined more than once")
             continue
-        dags[spec.dag_id] = build_release_dag(spec, project_root=project_root)
+        if any(s.name == spec.name for s in specs):
+            errors.append(f"{path}: release {spec.name!r} is defined more than once")
+            continue
+        specs.append(spec)
+    return specs, errors
+
+
+def load_release_dags(directories: Iterable[Path], *, project_root: Path) -> dict[str, DAG]:
+    """One DAG per valid spec. Broken specs are skipped here and reported by
+    :func:`raise_spec_errors` from a DAG file of their own: Airflow marks every DAG of a
+    file with an import error stale, so reporting them here would take all releases down."""
+    specs, _ = load_release_specs(directories, project_root=project_root)
+    return {spec.dag_id: build_release_dag(spec, project_root=project_root) for spec in specs}
+
+
+def raise_spec_errors(directories: Iterable[Path], *, project_root: Path) -> None:
+    """Raise one :class:`ReleaseSpecError` naming every broken spec (file, field path, reason)."""
+    _, errors = load_release_specs(directories, project_root=project_root)
     if errors:
-        message = "\n".join(errors)
-        dags["release_invalid_specs"] = InvalidReleaseDAG(
-            dag_id="release_invalid_specs", schedule=None, start_date=START_DATE, doc_md=message
-        )
-    return dags
+        raise ReleaseSpecError.combined("\n".join(errors))

@@ -87,7 +87,7 @@ def test_builder_gives_the_same_dag_as_yaml():
         {t: sorted(op.downstream_task_ids) for t, op in b.task_dict.items()}
 
 
-def test_broken_spec_is_an_import_error_and_others_still_load(tmp_path: Path, monkeypatch):
+def test_broken_spec_is_an_import_error_of_its_own_file_and_others_still_load(tmp_path: Path, monkeypatch):
     specs = tmp_path / "releases"
     specs.mkdir()
     shutil.copy(PROJECT_ROOT / "include" / "releases" / "storefront.yaml", specs)
@@ -97,7 +97,7 @@ def test_broken_spec_is_an_import_error_and_others_still_load(tmp_path: Path, mo
     assert "release_storefront" in bag.dag_ids and "release_billing" in bag.dag_ids
     assert "release_broken" not in bag.dag_ids
     [(path, message)] = bag.import_errors.items()
-    assert path.endswith("releases.py")
+    assert path.endswith("release_spec_errors.py")
     assert "broken.yaml: environments[1].deploy_target: field required" in message
     assert "broken.yaml: environments[1].deploy_targt: unknown field" in message
 

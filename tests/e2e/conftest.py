@@ -1,0 +1,113 @@
+"""One real release stack for the end-to-end tests: the demo fleet, and Airflow's API
+server, scheduler, dag-processor and triggerer on a fresh PostgreSQL database
+(``RELEASETRAIN_E2E_DB=sqlite`` falls back to SQLite where no PostgreSQL runs)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from releasetrain.client import AirflowClient
+from releasetrain.devstack import DevStack, StackConfig
+from tests.conftest import PROJECT_ROOT
+
+PG_ADMIN_DSN = os.environ.get("RELEASETRAIN_E2E_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+E2E_DAGS = {"release_storefront", "release_billing", "release_tampered"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pg(sql: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(PG_ADMIN_DSN, connect_timeout=5)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def stack():
+    home = Path(tempfile.mkdtemp(prefix="releasetrain-e2e-"))
+    db_url, db_name = None, None
+    if os.environ.get("RELEASETRAIN_E2E_DB", "postgres") != "sqlite":
+        db_name = f"releasetrain_e2e_{uuid.uuid4().hex[:8]}"
+        _pg(f"CREATE DATABASE {db_name}")
+        base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://")
+        db_url = f"{base}/{db_name}"
+    config = StackConfig(
+        project_root=PROJECT_ROOT,
+        home=home,
+        api_port=_free_port(),
+        fleet_port=_free_port(),
+        db_url=db_url,
+        spec_dirs=[PROJECT_ROOT / "include" / "releases", PROJECT_ROOT / "tests" / "fixtures" / "releases",
+                   PROJECT_ROOT / "tests" / "fixtures" / "broken"],
+        fleet_environments=["dev", "staging", "prod", "billing-staging", "billing-prod", "tamper-dev",
+                            "tamper-prod"],
+        fleet_seed={"dev": "1.0.0", "staging": "1.0.0", "prod": "1.0.0"},
+        fleet_deploy_seconds=1.0,
+    )
+    dev_stack = DevStack(config)
+    try:
+        dev_stack.prepare()
+        dev_stack.start()
+        client = AirflowClient(config.api_url, "admin", "admin")
+        deadline = time.monotonic() + 180
+        while not E2E_DAGS <= set(client.dag_ids()):
+            assert time.monotonic() < deadline, f"DAGs not parsed: {client.dag_ids()} {client.import_errors()}"
+            time.sleep(2)
+        yield dev_stack
+    finally:
+        dev_stack.stop()
+        if db_name:
+            _pg(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def author(stack) -> AirflowClient:
+    return AirflowClient(stack.config.api_url, "author", "author")
+
+
+@pytest.fixture(scope="session")
+def approver(stack) -> AirflowClient:
+    return AirflowClient(stack.config.api_url, "approver", "approver")
+
+
+@pytest.fixture(scope="session")
+def admin(stack) -> AirflowClient:
+    return AirflowClient(stack.config.api_url, "admin", "admin")
+
+
+@pytest.fixture(scope="session")
+def fleet(stack):
+    """``fleet(env)`` -> what the demo fleet says about an environment; ``fleet.post(path, json)``."""
+
+    class Fleet:
+        def __call__(self, environment: str) -> dict:
+            response = requests.get(f"{stack.config.fleet_url}/environments/{environment}",
+                                    auth=stack.fleet_auth(), timeout=10)
+            response.raise_for_status()
+            return response.json()
+
+        def post(self, path: str, body: dict) -> dict:
+            response = requests.post(f"{stack.config.fleet_url}{path}", json=body, auth=stack.fleet_auth(),
+                                     timeout=10)
+            response.raise_for_status()
+            return response.json()
+
+    return Fleet()

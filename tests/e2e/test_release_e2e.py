@@ -1,0 +1,160 @@
+"""The foundation's acceptance, on real Airflow processes and the real demo fleet,
+driven the way a CI system or a release manager drives it: through the REST API."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from releasetrain.client import AirflowAPIError
+
+pytestmark = pytest.mark.e2e
+
+DAG = "release_storefront"
+DEPLOYS = ("dev.deploy", "staging.deploy", "prod.deploy")
+
+
+def trigger(client, version: str, dag_id: str = DAG, **conf) -> str:
+    return client.trigger(dag_id, {"version": version, **conf})["dag_run_id"]
+
+
+def test_plugin_is_registered_once_without_import_errors(stack, admin):
+    done = subprocess.run([str(Path(sys.executable).parent / "airflow"), "plugins", "--output", "json"],
+                          env=stack.env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout[done.stdout.index("["):])
+    assert [p["name"] for p in listed].count("releasetrain") == 1
+    plugins = admin.request("GET", "/plugins")["plugins"]
+    assert [p["name"] for p in plugins].count("releasetrain") == 1
+    assert admin.request("GET", "/plugins/importErrors")["total_entries"] == 0
+
+
+def test_broken_spec_is_reported_and_other_releases_load(admin):
+    assert {"release_storefront", "release_billing", "release_tampered"} <= set(admin.dag_ids())
+    assert "release_broken" not in admin.dag_ids()
+    errors = admin.import_errors()
+    assert len(errors) == 1, errors
+    [error] = errors
+    assert error["filename"].endswith("release_spec_errors.py")
+    assert "tests/fixtures/broken/broken.yaml: environments[1].deploy_target: field required" in error["stack_trace"]
+
+
+@pytest.mark.parametrize("conf", [{"version": "banana"}, {"version": "1.2"}, {}, {"version": "2.0.0",
+                                                                                  "requested_by": "a b"}])
+def test_invalid_trigger_params_are_refused_with_http_400(author, conf):
+    with pytest.raises(AirflowAPIError) as info:
+        author.trigger(DAG, conf)
+    assert info.value.status_code == 400
+    assert "version" in info.value.body or "requested_by" in info.value.body
+
+
+def test_release_reaches_prod_only_after_a_non_author_approves(author, approver, fleet):
+    run_id = trigger(author, "2.0.0", change_summary="new checkout")
+    request = author.wait_for_approval(DAG, run_id, "prod.approve")
+    assert [u["id"] for u in request["assigned_users"]] == ["approver", "admin"]
+    packaged = author.xcom(DAG, run_id, "package")
+    assert packaged["digest"] in request["body"] and "2.0.0" in request["body"]
+    # dev and staging were deployed and smoke-checked before the approval; prod not yet
+    states = author.task_states(DAG, run_id)
+    assert states["dev.smoke"] == states["staging.smoke"] == "success"
+    assert fleet("staging")["version"] == "2.0.0" and fleet("prod")["version"] == "1.0.0"
+
+    with pytest.raises(AirflowAPIError) as refused:
+        author.respond(DAG, run_id, "prod.approve", "Approve")
+    assert refused.value.status_code == 403
+    approver.respond(DAG, run_id, "prod.approve", "Approve")
+
+    run = author.wait_for_run(DAG, run_id)
+    states = author.task_states(DAG, run_id)
+    assert run["state"] == "success", states
+    assert all(states[t] == "success" for t in DEPLOYS + ("prod.smoke", "prod.health", "release_complete"))
+    assert {states[f"{e}.rollback"] for e in ("dev", "staging", "prod")} == {"skipped"}
+    prod = fleet("prod")
+    assert (prod["version"], prod["digest"], prod["previous_version"]) == ("2.0.0", packaged["digest"], "1.0.0")
+    approval = author.xcom(DAG, run_id, "prod.approve")
+    assert approval["responded_by_user"]["id"] == "approver"
+
+
+def test_unhealthy_prod_is_rolled_back_and_the_run_fails(author, approver, fleet):
+    before = fleet("prod")
+    fleet.post("/faults", {"environment": "prod", "version": "2.0.1", "error_rate": 1.0})
+    run_id = trigger(author, "2.0.1", change_summary="broken in prod")
+    author.wait_for_approval(DAG, run_id, "prod.approve")
+    approver.respond(DAG, run_id, "prod.approve", "Approve")
+
+    run = author.wait_for_run(DAG, run_id)
+    states = author.task_states(DAG, run_id)
+    assert run["state"] == "failed", states
+    assert states["prod.deploy"] == states["prod.smoke"] == "success"
+    assert states["prod.health"] == "failed" and states["prod.rollback"] == "success"
+    assert states["release_complete"] == "upstream_failed"
+    prod = fleet("prod")
+    assert (prod["version"], prod["digest"]) == (before["version"], before["digest"]), prod
+    assert prod["healthy"] is True
+    assert [h["version"] for h in prod["history"][-2:]] == ["2.0.1", before["version"]]
+    assert prod["history"][-1]["kind"] == "rollback"
+    restored = author.xcom(DAG, run_id, "prod.rollback")
+    assert restored["restored_version"] == before["version"]
+
+
+def test_rejected_release_deploys_nothing_to_prod(author, approver, fleet):
+    before = fleet("prod")
+    run_id = trigger(author, "2.1.0")
+    author.wait_for_approval(DAG, run_id, "prod.approve")
+    approver.respond(DAG, run_id, "prod.approve", "Reject")
+    run = author.wait_for_run(DAG, run_id)
+    states = author.task_states(DAG, run_id)
+    assert run["state"] == "failed", states
+    assert states["prod.approve"] == "failed"
+    assert states["prod.verify"] == states["prod.deploy"] == "upstream_failed"
+    assert states["prod.rollback"] == "skipped"
+    assert fleet("prod")["version"] == before["version"]
+    assert "2.1.0" not in [h["version"] for h in fleet("prod")["history"]]
+
+
+def test_requested_by_is_an_author_too(author, approver, admin, fleet):
+    run_id = trigger(author, "2.2.0", requested_by="approver")
+    request = author.wait_for_approval(DAG, run_id, "prod.approve")
+    assert [u["id"] for u in request["assigned_users"]] == ["admin"]
+    with pytest.raises(AirflowAPIError) as refused:
+        approver.respond(DAG, run_id, "prod.approve", "Approve")
+    assert refused.value.status_code == 403
+    admin.respond(DAG, run_id, "prod.approve", "Reject")
+    assert author.wait_for_run(DAG, run_id)["state"] == "failed"
+    assert "2.2.0" not in [h["version"] for h in fleet("prod")["history"]]
+
+
+def _tamper(bundle_path: Path) -> None:
+    members = []
+    with tarfile.open(bundle_path, "r:gz") as tar:
+        for member in tar:
+            members.append((member, tar.extractfile(member).read()))
+    with tarfile.open(bundle_path, "w:gz") as tar:
+        for member, data in members:
+            if member.name.endswith("index.html"):
+                data += b"<script src='https://evil.example/x.js'></script>"
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+
+
+def test_bundle_altered_after_packaging_is_never_deployed(author, approver, fleet):
+    dag = "release_tampered"
+    run_id = trigger(author, "1.0.0", dag_id=dag)
+    author.wait_for_approval(dag, run_id, "tamper-dev.approve")
+    location = author.xcom(dag, run_id, "package")["location"]
+    _tamper(Path(urlparse(location).path) / "bundle.tar.gz")
+    approver.respond(dag, run_id, "tamper-dev.approve", "Approve")
+    run = author.wait_for_run(dag, run_id)
+    states = author.task_states(dag, run_id)
+    assert run["state"] == "failed", states
+    assert states["tamper-dev.verify"] == "failed"
+    assert states["tamper-dev.deploy"] == states["tamper-prod.deploy"] == "upstream_failed"
+    for env in ("tamper-dev", "tamper-prod"):
+        assert fleet(env)["version"] is None and fleet(env)["history"] == []
