@@ -19,8 +19,11 @@ def load_fleet_module():
 
 
 @contextmanager
-def running_fleet(seed: dict[str, str] | None = None, deploy_seconds: float = 0.3,
-                  credentials: tuple[str, str] | None = ("deployer", "s3cret-pass")):
+def running_fleet(
+    seed: dict[str, str] | None = None,
+    deploy_seconds: float = 0.3,
+    credentials: tuple[str, str] | None = ("deployer", "s3cret-pass"),
+):
     fleet_mod = load_fleet_module()
     fleet = fleet_mod.Fleet(deploy_seconds, seed or {})
     server = fleet_mod.serve("127.0.0.1", 0, fleet, credentials)

@@ -63,8 +63,14 @@ class Fleet:
     def env(self, name: str) -> dict[str, Any]:
         if name not in self.environments:
             self.environments[name] = {
-                "environment": name, "release": None, "version": None, "digest": None,
-                "previous_version": None, "previous_digest": None, "deployment_id": None, "history": [],
+                "environment": name,
+                "release": None,
+                "version": None,
+                "digest": None,
+                "previous_version": None,
+                "previous_digest": None,
+                "deployment_id": None,
+                "history": [],
             }
         return self.environments[name]
 
@@ -116,13 +122,25 @@ class Fleet:
                 return 409, {"error": f"{version} never ran in {name}: cannot roll back to it"}
             digest = digest or known[version]
         if env["version"] == version and env["digest"] == digest:
-            return 200, {"deployment_id": None, "state": "succeeded", "noop": True,
-                         "message": f"{name} already runs {version}"}
+            return 200, {
+                "deployment_id": None,
+                "state": "succeeded",
+                "noop": True,
+                "message": f"{name} already runs {version}",
+            }
         dep_id = uuid.uuid4().hex[:12]
         self.deployments[dep_id] = {
-            "deployment_id": dep_id, "environment": name, "kind": kind, "version": version, "digest": digest,
-            "release": body.get("release"), "run_id": body.get("run_id"), "reason": body.get("reason"),
-            "state": "in_progress", "message": "", "started_at": time.time(),
+            "deployment_id": dep_id,
+            "environment": name,
+            "kind": kind,
+            "version": version,
+            "digest": digest,
+            "release": body.get("release"),
+            "run_id": body.get("run_id"),
+            "reason": body.get("reason"),
+            "state": "in_progress",
+            "message": "",
+            "started_at": time.time(),
             "finish_at": time.time() + self.deploy_seconds,
         }
         env["deployment_id"] = dep_id
@@ -142,9 +160,7 @@ class Fleet:
             code, body = 200, {"environment": name, "version": version, "path": path, "ok": True}
         key = (name, version, code)
         self.requests[key] = self.requests.get(key, 0) + 1
-        self.latency_sum[(name, version)] = self.latency_sum.get((name, version), 0.0) + (
-            time.perf_counter() - started
-        )
+        self.latency_sum[(name, version)] = self.latency_sum.get((name, version), 0.0) + (time.perf_counter() - started)
         return code, body
 
     def metrics(self) -> str:
@@ -226,7 +242,9 @@ def make_handler(fleet: Fleet, credentials: tuple[str, str] | None):
                 return 200, fleet.metrics()
             if path == "/faults":
                 if method == "GET":
-                    return 200, {"faults": [{"environment": e, "version": v, **f} for (e, v), f in fleet.faults.items()]}
+                    return 200, {
+                        "faults": [{"environment": e, "version": v, **f} for (e, v), f in fleet.faults.items()]
+                    }
                 if method == "DELETE":
                     fleet.faults.clear()
                     return 200, {"faults": []}

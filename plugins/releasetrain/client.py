@@ -15,7 +15,9 @@ class AirflowAPIError(RuntimeError):
     def __init__(self, response: requests.Response):
         self.status_code = response.status_code
         self.body = response.text
-        super().__init__(f"{response.request.method} {response.url}: HTTP {response.status_code}: {response.text[:500]}")
+        super().__init__(
+            f"{response.request.method} {response.url}: HTTP {response.status_code}: {response.text[:500]}"
+        )
 
 
 class AirflowClient:
@@ -60,7 +62,8 @@ class AirflowClient:
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         data = self.request(
-            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
             params={"deserialize": "true"},
         )
         return data["value"]
@@ -72,8 +75,9 @@ class AirflowClient:
             if run["state"] in TERMINAL_RUN_STATES:
                 return run
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{dag_id} {run_id} still {run['state']} after {timeout}s: "
-                                   f"{self.task_states(dag_id, run_id)}")
+                raise TimeoutError(
+                    f"{dag_id} {run_id} still {run['state']} after {timeout}s: {self.task_states(dag_id, run_id)}"
+                )
             time.sleep(poll)
 
     def set_paused(self, dag_id: str, paused: bool) -> dict:
@@ -87,12 +91,14 @@ class AirflowClient:
 
     # --- approvals (human-in-the-loop) ------------------------------------------------
     def pending_approvals(self, dag_id: str, run_id: str) -> list[dict]:
-        data = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/hitlDetails",
-                            params={"response_received": "false"})
+        data = self.request(
+            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/hitlDetails", params={"response_received": "false"}
+        )
         return data["hitl_details"]
 
-    def wait_for_approval(self, dag_id: str, run_id: str, task_id: str, *, timeout: float = 600,
-                          poll: float = 2.0, settle: float = 3.0) -> dict:
+    def wait_for_approval(
+        self, dag_id: str, run_id: str, task_id: str, *, timeout: float = 600, poll: float = 2.0, settle: float = 3.0
+    ) -> dict:
         """Wait until ``task_id`` awaits a human answer, and return its request.
 
         ``settle``: seconds to wait once the task is parked before returning. Airflow 3.3
@@ -103,20 +109,23 @@ class AirflowClient:
         deadline = time.monotonic() + timeout
         while True:
             for detail in self.pending_approvals(dag_id, run_id):
-                if detail["task_instance"]["task_id"] == task_id and \
-                        self.task_states(dag_id, run_id).get(task_id) == "awaiting_input":
+                if (
+                    detail["task_instance"]["task_id"] == task_id
+                    and self.task_states(dag_id, run_id).get(task_id) == "awaiting_input"
+                ):
                     time.sleep(settle)
                     return detail
             run = self.run(dag_id, run_id)
             if run["state"] in TERMINAL_RUN_STATES:
-                raise RuntimeError(f"{dag_id} {run_id} ended {run['state']} before {task_id} asked for approval: "
-                                   f"{self.task_states(dag_id, run_id)}")
+                raise RuntimeError(
+                    f"{dag_id} {run_id} ended {run['state']} before {task_id} asked for approval: "
+                    f"{self.task_states(dag_id, run_id)}"
+                )
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{task_id} did not ask for approval within {timeout}s")
             time.sleep(poll)
 
-    def respond(self, dag_id: str, run_id: str, task_id: str, option: str, *,
-                expect: tuple[int, ...] = (200,)) -> Any:
+    def respond(self, dag_id: str, run_id: str, task_id: str, option: str, *, expect: tuple[int, ...] = (200,)) -> Any:
         return self.request(
             "PATCH",
             f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",

@@ -67,12 +67,15 @@ def main() -> int:
     fleet_port = int(os.environ.get("DEMO_FLEET_PORT", "8799"))
     for name, port in (("Airflow API server", api_port), ("demo fleet", fleet_port)):
         if not _port_free(port):
-            _say(f"Port {port} (for the {name}) is already in use. Stop what runs there, or set "
-                 f"{'DEMO_API_PORT' if port == api_port else 'DEMO_FLEET_PORT'} to another port.")
+            _say(
+                f"Port {port} (for the {name}) is already in use. Stop what runs there, or set "
+                f"{'DEMO_API_PORT' if port == api_port else 'DEMO_FLEET_PORT'} to another port."
+            )
             return 1
     home = root / ".airflow"
-    stack = DevStack(StackConfig(project_root=root, home=home, api_port=api_port, fleet_port=fleet_port,
-                                 fleet_seed=SEED))
+    stack = DevStack(
+        StackConfig(project_root=root, home=home, api_port=api_port, fleet_port=fleet_port, fleet_seed=SEED)
+    )
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         _say(f"Preparing Airflow in {home} (SQLite) ...")
@@ -127,8 +130,10 @@ def _run_demo(stack: DevStack, home: Path) -> int:
 """)
     state = _follow(author, run_id, auto_approve=os.environ.get("DEMO_AUTO_APPROVE") == "1", cfg=cfg)
     prod = requests.get(f"{cfg.fleet_url}/environments/prod", auth=stack.fleet_auth(), timeout=10).json()
-    _say(f"\nRun {run_id} ended {state.upper()}. The fleet's prod runs {prod.get('version')} "
-         f"(previous {prod.get('previous_version')}).")
+    _say(
+        f"\nRun {run_id} ended {state.upper()}. The fleet's prod runs {prod.get('version')} "
+        f"(previous {prod.get('previous_version')})."
+    )
     if os.environ.get("DEMO_EXIT") == "1":
         return 0 if state == "success" else 1
     _say("The stack stays up: trigger more releases from the UI. Ctrl-C stops everything.")

@@ -154,7 +154,10 @@ class DevStack:
         with open(self.logs / f"{log}.log", "w") as out:
             done = subprocess.run(
                 [str(Path(sys.executable).parent / "airflow"), *args],
-                env=self.env(), cwd=self.config.home, stdout=out, stderr=subprocess.STDOUT,
+                env=self.env(),
+                cwd=self.config.home,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         if done.returncode:
             raise RuntimeError(f"airflow {' '.join(args)} failed; see {self.logs / f'{log}.log'}")
@@ -163,16 +166,30 @@ class DevStack:
     def _spawn(self, name: str, cmd: list[str]) -> None:
         out = open(self.logs / f"{name}.log", "a")  # noqa: SIM115 - lives as long as the process
         self.processes[name] = subprocess.Popen(
-            cmd, env=self.env(), cwd=self.config.home, stdout=out, stderr=subprocess.STDOUT,
+            cmd,
+            env=self.env(),
+            cwd=self.config.home,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
     def start(self, *, timeout: float = 240) -> None:
         cfg = self.config
         seed = ",".join(f"{k}={v}" for k, v in cfg.fleet_seed.items())
-        self._spawn("fleet", [sys.executable, str(cfg.project_root / "include" / "demo_fleet" / "fleet.py"),
-                              "--port", str(cfg.fleet_port), "--seed", seed,
-                              "--deploy-seconds", str(cfg.fleet_deploy_seconds)])
+        self._spawn(
+            "fleet",
+            [
+                sys.executable,
+                str(cfg.project_root / "include" / "demo_fleet" / "fleet.py"),
+                "--port",
+                str(cfg.fleet_port),
+                "--seed",
+                seed,
+                "--deploy-seconds",
+                str(cfg.fleet_deploy_seconds),
+            ],
+        )
         airflow = str(Path(sys.executable).parent / "airflow")
         for name in AIRFLOW_PROCESSES:
             self._spawn(name, [airflow, name])
@@ -190,7 +207,9 @@ class DevStack:
                 health = requests.get(f"{self.config.api_url}/api/v2/monitor/health", timeout=5).json()
                 states = {k: (v or {}).get("status") for k, v in health.items()}
                 last = json.dumps(states)
-                if all(s == "healthy" for s in states.values()) and {"scheduler", "triggerer", "dag_processor"} <= set(states):
+                if all(s == "healthy" for s in states.values()) and {"scheduler", "triggerer", "dag_processor"} <= set(
+                    states
+                ):
                     return
             except (requests.RequestException, ValueError) as exc:
                 last = str(exc)

@@ -91,9 +91,7 @@ def release_doc_md(spec: ReleaseSpec) -> str:
             if env.approval.required
             else "no approval"
         )
-        health = (
-            f"health watched {env.health_checks.period_seconds}s" if env.health_checks else "no health watch"
-        )
+        health = f"health watched {env.health_checks.period_seconds}s" if env.health_checks else "no health watch"
         envs.append(
             f"{i}. **{env.name}**: target connection `{env.deploy_target}`, {approval}, "
             f"{len(env.smoke_checks)} smoke checks, {health}"
@@ -108,12 +106,14 @@ def release_doc_md(spec: ReleaseSpec) -> str:
         "digest and signature are verified again before every deploy. A failed deploy, smoke or health "
         "gate rolls the environment back to the version it ran before, and the run ends `failed`.\n\n"
         "## Trigger\n\nUse *Trigger* in the UI, or `POST /api/v2/dags/"
-        f"{spec.dag_id}/dagRuns` with `{{\"logical_date\": null, \"conf\": {{\"version\": \"1.2.3\", "
-        "\"requested_by\": \"alice\", \"change_summary\": \"...\"}}`.\n"
+        f'{spec.dag_id}/dagRuns` with `{{"logical_date": null, "conf": {{"version": "1.2.3", '
+        '"requested_by": "alice", "change_summary": "..."}}`.\n'
     )
 
 
-def build_release_dag(spec: ReleaseSpec, *, project_root: Path | str, signing_conn_id: str = "releasetrain_signing") -> DAG:
+def build_release_dag(
+    spec: ReleaseSpec, *, project_root: Path | str, signing_conn_id: str = "releasetrain_signing"
+) -> DAG:
     """Turn one validated spec into its DAG (no I/O)."""
     with DAG(
         dag_id=spec.dag_id,
@@ -150,8 +150,15 @@ def build_release_dag(spec: ReleaseSpec, *, project_root: Path | str, signing_co
 def _environment_stage(spec: ReleaseSpec, name: str, upstream: Any, gates: list[str], signing_conn_id: str) -> Any:
     env = spec.environment(name)
     previous = spec.previous_environment(name)
-    with TaskGroup(group_id=name, tooltip=f"Deploy {spec.name} to {name}") as group:
-        first: Any
+    with TaskGroup(group_id=name, tooltip=f"Deploy {spec.name} to {name}"):
+        verify = BundleVerifyOperator(
+            task_id="verify",
+            release=spec.name,
+            environment=name,
+            artifact_store=spec.artifact_store,
+            signing_conn_id=signing_conn_id,
+        )
+        first: Any = verify
         if env.approval.required:
             first = ReleaseApprovalOperator(
                 task_id="approve",
@@ -161,15 +168,6 @@ def _environment_stage(spec: ReleaseSpec, name: str, upstream: Any, gates: list[
                 passed_task_ids=list(gates),
                 timeout_hours=env.approval.timeout_hours,
             )
-        verify = BundleVerifyOperator(
-            task_id="verify",
-            release=spec.name,
-            environment=name,
-            artifact_store=spec.artifact_store,
-            signing_conn_id=signing_conn_id,
-        )
-        first = first if env.approval.required else verify
-        if env.approval.required:
             first >> verify
         deploy = EnvironmentDeployOperator(
             task_id="deploy",
@@ -228,9 +226,7 @@ def spec_dirs(project_root: Path) -> list[Path]:
     return [project_root / "include" / "releases"]
 
 
-def load_release_specs(
-    directories: Iterable[Path], *, project_root: Path
-) -> tuple[list[ReleaseSpec], list[str]]:
+def load_release_specs(directories: Iterable[Path], *, project_root: Path) -> tuple[list[ReleaseSpec], list[str]]:
     """Every valid spec in the folders, and one message per broken or duplicate spec."""
     specs: list[ReleaseSpec] = []
     errors: list[str] = []

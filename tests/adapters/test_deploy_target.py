@@ -30,6 +30,7 @@ def first_event(trigger):
     async def run():
         async for event in trigger.run():
             return event.payload
+
     return asyncio.run(asyncio.wait_for(run(), timeout=30))
 
 
@@ -38,8 +39,9 @@ def test_deploy_and_wait_through_the_trigger(fleet):
     assert hook.get_status()["version"] == "1.0.0"
     started = hook.start_deployment(release="shop", version="2.0.0", digest=DIGEST, run_id="r1")
     assert started["state"] == "in_progress"
-    trigger = DeploymentCompletionTrigger(deploy_target_conn_id="t_prod", deployment_id=started["deployment_id"],
-                                          poll_interval=0.1, timeout_seconds=20)
+    trigger = DeploymentCompletionTrigger(
+        deploy_target_conn_id="t_prod", deployment_id=started["deployment_id"], poll_interval=0.1, timeout_seconds=20
+    )
     event = first_event(trigger)
     assert event["state"] == "succeeded" and event["deployment"]["version"] == "2.0.0"
     status = hook.get_status()
@@ -49,19 +51,28 @@ def test_deploy_and_wait_through_the_trigger(fleet):
 def test_redeploying_the_live_version_is_a_noop(fleet):
     hook = DeployTargetHook("t_prod")
     dep = hook.start_deployment(release="shop", version="2.0.0", digest=DIGEST, run_id="r1")
-    first_event(DeploymentCompletionTrigger(deploy_target_conn_id="t_prod", deployment_id=dep["deployment_id"],
-                                            poll_interval=0.1))
+    first_event(
+        DeploymentCompletionTrigger(
+            deploy_target_conn_id="t_prod", deployment_id=dep["deployment_id"], poll_interval=0.1
+        )
+    )
     again = hook.start_deployment(release="shop", version="2.0.0", digest=DIGEST, run_id="r2")
     assert again["noop"] is True and again["state"] == "succeeded"
 
 
 def test_failed_deployment_reaches_the_operator_as_failed(fleet):
     _, url = fleet
-    requests.post(f"{url}/faults", json={"environment": "prod", "version": "2.0.0", "error_rate": 0,
-                                         "fail_deploy": True}, auth=AUTH).raise_for_status()
+    requests.post(
+        f"{url}/faults",
+        json={"environment": "prod", "version": "2.0.0", "error_rate": 0, "fail_deploy": True},
+        auth=AUTH,
+    ).raise_for_status()
     dep = DeployTargetHook("t_prod").start_deployment(release="shop", version="2.0.0", digest=DIGEST, run_id="r")
-    event = first_event(DeploymentCompletionTrigger(deploy_target_conn_id="t_prod",
-                                                    deployment_id=dep["deployment_id"], poll_interval=0.1))
+    event = first_event(
+        DeploymentCompletionTrigger(
+            deploy_target_conn_id="t_prod", deployment_id=dep["deployment_id"], poll_interval=0.1
+        )
+    )
     assert event["state"] == "failed" and "failed to start" in event["message"]
     assert DeployTargetHook("t_prod").get_status()["version"] == "1.0.0"
 
@@ -70,19 +81,28 @@ def test_trigger_times_out(fleet):
     state, _ = fleet
     state.deploy_seconds = 60
     dep = DeployTargetHook("t_prod").start_deployment(release="shop", version="2.0.0", digest=DIGEST, run_id="r")
-    event = first_event(DeploymentCompletionTrigger(deploy_target_conn_id="t_prod",
-                                                    deployment_id=dep["deployment_id"], poll_interval=0.1,
-                                                    timeout_seconds=0.5))
+    event = first_event(
+        DeploymentCompletionTrigger(
+            deploy_target_conn_id="t_prod", deployment_id=dep["deployment_id"], poll_interval=0.1, timeout_seconds=0.5
+        )
+    )
     assert event["state"] == "timeout"
 
 
 def test_trigger_serializes_to_its_import_path():
-    trigger = DeploymentCompletionTrigger(deploy_target_conn_id="c", deployment_id="d1", poll_interval=3,
-                                          timeout_seconds=60, started_at=100.0)
+    trigger = DeploymentCompletionTrigger(
+        deploy_target_conn_id="c", deployment_id="d1", poll_interval=3, timeout_seconds=60, started_at=100.0
+    )
     path, kwargs = trigger.serialize()
     assert path == "releasetrain.triggers.deployment.DeploymentCompletionTrigger"
-    assert kwargs == {"deploy_target_conn_id": "c", "deployment_id": "d1", "poll_interval": 3.0,
-                      "timeout_seconds": 60.0, "max_consecutive_errors": 5, "started_at": 100.0}
+    assert kwargs == {
+        "deploy_target_conn_id": "c",
+        "deployment_id": "d1",
+        "poll_interval": 3.0,
+        "timeout_seconds": 60.0,
+        "max_consecutive_errors": 5,
+        "started_at": 100.0,
+    }
     assert DeploymentCompletionTrigger(**kwargs).serialize() == (path, kwargs)
 
 
@@ -116,12 +136,15 @@ def test_smoke_check_hook_sync_and_async_agree(fleet):
 def test_health_trigger_healthy_and_unhealthy(fleet):
     _, url = fleet
     checks = [HttpCheck(name="healthy", endpoint="health", expect_json={"healthy": True}).model_dump(mode="json")]
-    healthy = first_event(HealthVerificationTrigger(http_conn_id="t_prod", checks=checks, period_seconds=1,
-                                                    interval_seconds=0.3))
+    healthy = first_event(
+        HealthVerificationTrigger(http_conn_id="t_prod", checks=checks, period_seconds=1, interval_seconds=0.3)
+    )
     assert healthy["healthy"] is True and healthy["rounds"] >= 2
-    requests.post(f"{url}/faults", json={"environment": "prod", "version": "1.0.0", "error_rate": 1.0},
-                  auth=AUTH).raise_for_status()
-    sick = first_event(HealthVerificationTrigger(http_conn_id="t_prod", checks=checks, period_seconds=30,
-                                                 interval_seconds=0.3))
+    requests.post(
+        f"{url}/faults", json={"environment": "prod", "version": "1.0.0", "error_rate": 1.0}, auth=AUTH
+    ).raise_for_status()
+    sick = first_event(
+        HealthVerificationTrigger(http_conn_id="t_prod", checks=checks, period_seconds=30, interval_seconds=0.3)
+    )
     assert sick["healthy"] is False and sick["rounds"] == 1, "an unhealthy target is reported at once"
     assert "status 503" in sick["last_failures"][0]["failures"][0]

@@ -21,15 +21,23 @@ from releasetrain.triggers.deployment import DeploymentCompletionTrigger
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import FakeTI, context, http_connection, running_fleet
 
-REQUEST = {"release": "storefront", "version": "2.0.0", "triggered_by": "author", "requested_by": "dev-lead",
-           "change_summary": "x", "run_id": "manual__test"}
+REQUEST = {
+    "release": "storefront",
+    "version": "2.0.0",
+    "triggered_by": "author",
+    "requested_by": "dev-lead",
+    "change_summary": "x",
+    "run_id": "manual__test",
+}
 COMPONENTS = [{"name": "storefront-web", "source": "include/demo_fleet/artifacts/storefront-web", "version": None}]
 
 
 @pytest.fixture
 def signing(monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_RELEASETRAIN_SIGNING",
-                       json.dumps({"conn_type": "generic", "password": generate_private_key_pem()}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RELEASETRAIN_SIGNING",
+        json.dumps({"conn_type": "generic", "password": generate_private_key_pem()}),
+    )
 
 
 @pytest.fixture
@@ -38,8 +46,13 @@ def store(tmp_path: Path) -> str:
 
 
 def package(store: str) -> dict:
-    op = BundlePackageOperator(task_id="package", release="storefront", components=COMPONENTS,
-                               project_root=str(PROJECT_ROOT), artifact_store=store)
+    op = BundlePackageOperator(
+        task_id="package",
+        release="storefront",
+        components=COMPONENTS,
+        project_root=str(PROJECT_ROOT),
+        artifact_store=store,
+    )
     return op.execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
 
 
@@ -53,8 +66,12 @@ def test_package_then_verify(signing, store, tmp_path):
     folder = tmp_path / "artifacts" / "storefront" / "2.0.0"
     assert sorted(p.name for p in folder.iterdir()) == ["bundle.sig.json", "bundle.tar.gz", "manifest.json"]
     assert packaged["files"] == 2 and packaged["digest"].startswith("sha256:")
-    assert verify(store, packaged) == {"environment": "dev", "version": "2.0.0", "digest": packaged["digest"],
-                                       "verified": True}
+    assert verify(store, packaged) == {
+        "environment": "dev",
+        "version": "2.0.0",
+        "digest": packaged["digest"],
+        "verified": True,
+    }
     assert package(store)["digest"] == packaged["digest"], "re-packaging the same inputs reuses the bundle"
 
 
@@ -71,9 +88,13 @@ def test_bundle_altered_after_packaging_fails_verification(signing, store, tmp_p
                 data = data.replace(b"Storefront", b"Hacked")
                 m.size = len(data)
             import io
+
             tar.addfile(m, io.BytesIO(data))
-    with pytest.raises(AirflowFailException, match="dev: bundle storefront 2.0.0 failed verification, nothing will "
-                                                   "be deployed: file storefront-web/index.html was changed"):
+    with pytest.raises(
+        AirflowFailException,
+        match="dev: bundle storefront 2.0.0 failed verification, nothing will "
+        "be deployed: file storefront-web/index.html was changed",
+    ):
         verify(store, packaged)
 
 
@@ -82,8 +103,13 @@ def test_released_versions_are_immutable(signing, store, tmp_path):
     changed = tmp_path / "src"
     changed.mkdir()
     (changed / "index.html").write_text("different")
-    op = BundlePackageOperator(task_id="package", release="storefront", project_root=str(tmp_path),
-                               components=[{"name": "storefront-web", "source": "src"}], artifact_store=store)
+    op = BundlePackageOperator(
+        task_id="package",
+        release="storefront",
+        project_root=str(tmp_path),
+        components=[{"name": "storefront-web", "source": "src"}],
+        artifact_store=store,
+    )
     with pytest.raises(AirflowFailException, match="already packaged .* Released versions are immutable"):
         op.execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
 
@@ -95,8 +121,13 @@ def test_missing_signing_key_is_named(monkeypatch, store):
 
 
 def test_missing_component_source_is_named(signing, store):
-    op = BundlePackageOperator(task_id="package", release="storefront", project_root=str(PROJECT_ROOT),
-                               components=[{"name": "web", "source": "include/nowhere"}], artifact_store=store)
+    op = BundlePackageOperator(
+        task_id="package",
+        release="storefront",
+        project_root=str(PROJECT_ROOT),
+        components=[{"name": "web", "source": "include/nowhere"}],
+        artifact_store=store,
+    )
     with pytest.raises(AirflowFailException, match="component 'web': source include/nowhere does not exist"):
         op.execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
 
@@ -106,17 +137,27 @@ DIGEST = "sha256:" + "b" * 64
 
 
 def deploy_op(**kw):
-    defaults = dict(task_id="prod.deploy", release="storefront", environment="prod", deploy_target_conn_id="t_prod",
-                    verify_task_id="prod.verify", previous_environment="staging",
-                    promotion_gate_task_id="staging.smoke", poll_interval=0.1)
+    defaults = dict(
+        task_id="prod.deploy",
+        release="storefront",
+        environment="prod",
+        deploy_target_conn_id="t_prod",
+        verify_task_id="prod.verify",
+        previous_environment="staging",
+        promotion_gate_task_id="staging.smoke",
+        poll_interval=0.1,
+    )
     return EnvironmentDeployOperator(**{**defaults, **kw})
 
 
 def deploy_ti(gate_digest=DIGEST):
-    return FakeTI({("prepare", "return_value"): REQUEST,
-                   ("prod.verify", "return_value"): {"digest": DIGEST},
-                   ("staging.smoke", "return_value"): {"environment": "staging", "digest": gate_digest,
-                                                       "passed": True}})
+    return FakeTI(
+        {
+            ("prepare", "return_value"): REQUEST,
+            ("prod.verify", "return_value"): {"digest": DIGEST},
+            ("staging.smoke", "return_value"): {"environment": "staging", "digest": gate_digest, "passed": True},
+        }
+    )
 
 
 def test_deploy_defers_and_records_what_ran_before(monkeypatch):
@@ -148,25 +189,36 @@ def test_deploy_of_the_live_version_is_a_noop(monkeypatch):
 
 def test_failed_deployment_fails_the_task():
     with pytest.raises(Exception, match="deploying storefront 2.0.0 to prod ended failed: boom"):
-        deploy_op().execute_complete(context(deploy_ti()), {"state": "failed", "message": "boom",
-                                                            "deployment_id": "d1", "deployment": {}})
+        deploy_op().execute_complete(
+            context(deploy_ti()), {"state": "failed", "message": "boom", "deployment_id": "d1", "deployment": {}}
+        )
 
 
 # --- approval ---------------------------------------------------------------------------
 def approval_op():
-    return ReleaseApprovalOperator(task_id="prod.approve", release="storefront", environment="prod",
-                                   approvers=["author", "dev-lead", "approver"])
+    return ReleaseApprovalOperator(
+        task_id="prod.approve", release="storefront", environment="prod", approvers=["author", "dev-lead", "approver"]
+    )
 
 
 def event(user, option="Approve", timedout=False):
-    return {"chosen_options": [option], "params_input": {},
-            "responded_at": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
-            "responded_by_user": {"id": user, "name": user} if user else None, "timedout": timedout}
+    return {
+        "chosen_options": [option],
+        "params_input": {},
+        "responded_at": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+        "responded_by_user": {"id": user, "name": user} if user else None,
+        "timedout": timedout,
+    }
 
 
-@pytest.mark.parametrize("user, reason", [("author", "author is an author of this release"),
-                                          ("dev-lead", "dev-lead is an author of this release"),
-                                          ("mallory", "mallory is not an approver")])
+@pytest.mark.parametrize(
+    "user, reason",
+    [
+        ("author", "author is an author of this release"),
+        ("dev-lead", "dev-lead is an author of this release"),
+        ("mallory", "mallory is not an approver"),
+    ],
+)
 def test_response_is_rechecked_for_segregation_of_duties(user, reason):
     ti = FakeTI({("prepare", "return_value"): REQUEST})
     with pytest.raises(AirflowFailException, match=f"prod approval refused: {reason}"):
@@ -185,8 +237,10 @@ def test_approval_by_an_approver_passes_and_reject_fails_cleanly():
 
 def test_request_assigns_only_non_authors(monkeypatch):
     captured = {}
-    monkeypatch.setattr("releasetrain.operators.approval.ApprovalOperator.execute",
-                        lambda self, ctx: captured.update(users=self.assigned_users, body=self.body))
+    monkeypatch.setattr(
+        "releasetrain.operators.approval.ApprovalOperator.execute",
+        lambda self, ctx: captured.update(users=self.assigned_users, body=self.body),
+    )
     ti = FakeTI({("prepare", "return_value"): REQUEST, ("package", "return_value"): {"digest": DIGEST}})
     approval_op().execute({**context(ti), "dag": None})
     assert captured["users"] == [{"id": "approver", "name": "approver"}]
@@ -201,12 +255,20 @@ def test_request_without_eligible_approver_fails():
 
 # --- rollback ---------------------------------------------------------------------------
 def rollback_op():
-    return RollbackOperator(task_id="prod.rollback", release="storefront", environment="prod",
-                            deploy_target_conn_id="t_prod", deploy_task_id="prod.deploy", poll_interval=0.1)
+    return RollbackOperator(
+        task_id="prod.rollback",
+        release="storefront",
+        environment="prod",
+        deploy_target_conn_id="t_prod",
+        deploy_task_id="prod.deploy",
+        poll_interval=0.1,
+    )
 
 
-@pytest.mark.parametrize("pre, reason", [(None, "deployed nothing to prod"),
-                                         ({"version": "2.0.0", "digest": DIGEST, "noop": True}, "changed nothing")])
+@pytest.mark.parametrize(
+    "pre, reason",
+    [(None, "deployed nothing to prod"), ({"version": "2.0.0", "digest": DIGEST, "noop": True}, "changed nothing")],
+)
 def test_rollback_only_undoes_what_this_run_did(pre, reason):
     ti = FakeTI({("prod.deploy", PRE_DEPLOY_KEY): pre} if pre else {})
     with pytest.raises(AirflowSkipException, match=reason):

@@ -49,16 +49,19 @@ def test_manifest_lists_versions_and_file_hashes():
 
 
 def test_different_content_gives_different_digest():
-    changed = [ComponentFiles("web", "1.2.0", {"index.html": b"<h1>SHOP</h1>", "js/app.js": b"console.log(1)"}),
-               COMPONENTS[1]]
+    changed = [
+        ComponentFiles("web", "1.2.0", {"index.html": b"<h1>SHOP</h1>", "js/app.js": b"console.log(1)"}),
+        COMPONENTS[1],
+    ]
     assert build_bundle("shop", "1.2.0", changed).digest != build_bundle("shop", "1.2.0", COMPONENTS).digest
 
 
 def test_signed_bundle_verifies(key):
     bundle = build_bundle("shop", "1.2.0", COMPONENTS)
     sig = sign_bundle(bundle, "shop", "1.2.0", key)
-    manifest = verify_signed_bundle(bundle.archive, sig, key.public_key(), release="shop", version="1.2.0",
-                                    expected_digest=bundle.digest)
+    manifest = verify_signed_bundle(
+        bundle.archive, sig, key.public_key(), release="shop", version="1.2.0", expected_digest=bundle.digest
+    )
     assert manifest["digest"] == bundle.digest
 
 
@@ -82,8 +85,9 @@ def test_changed_file_is_detected_naming_it(key):
     sig = sign_bundle(bundle, "shop", "1.2.0", key)
     tampered = _rewrite(bundle.archive, lambda n, d: b"evil" if n == "web/index.html" else d)
     with pytest.raises(BundleError, match="file web/index.html was changed"):
-        verify_signed_bundle(tampered, sig, key.public_key(), release="shop", version="1.2.0",
-                             expected_digest=bundle.digest)
+        verify_signed_bundle(
+            tampered, sig, key.public_key(), release="shop", version="1.2.0", expected_digest=bundle.digest
+        )
 
 
 def test_rewritten_manifest_is_detected(key):
@@ -96,6 +100,7 @@ def test_rewritten_manifest_is_detected(key):
         if name == "manifest.json":
             # an attacker who also rewrites the manifest (hash and digest) consistently
             from releasetrain.core.bundle import canonical_json, manifest_digest, sha256_hex
+
             manifest = json.loads(data)
             manifest["components"][1]["files"][0]["sha256"] = sha256_hex(b"evil")
             manifest["components"][1]["files"][0]["size"] = 4
@@ -106,8 +111,9 @@ def test_rewritten_manifest_is_detected(key):
     forged = _rewrite(bundle.archive, forge)
     verify_archive(forged)  # internally consistent...
     with pytest.raises(BundleError, match="differs from the packaged digest"):
-        verify_signed_bundle(forged, sig, key.public_key(), release="shop", version="1.2.0",
-                             expected_digest=bundle.digest)
+        verify_signed_bundle(
+            forged, sig, key.public_key(), release="shop", version="1.2.0", expected_digest=bundle.digest
+        )
 
 
 def test_extra_file_is_detected():
@@ -129,16 +135,18 @@ def test_wrong_key_is_refused(key):
     sig = sign_bundle(bundle, "shop", "1.2.0", key)
     other = load_private_key(generate_private_key_pem())
     with pytest.raises(BundleError, match="signature does not match"):
-        verify_signed_bundle(bundle.archive, sig, other.public_key(), release="shop", version="1.2.0",
-                             expected_digest=bundle.digest)
+        verify_signed_bundle(
+            bundle.archive, sig, other.public_key(), release="shop", version="1.2.0", expected_digest=bundle.digest
+        )
 
 
 def test_bundle_for_another_version_is_refused(key):
     bundle = build_bundle("shop", "1.2.0", COMPONENTS)
     sig = sign_bundle(bundle, "shop", "1.2.0", key)
     with pytest.raises(BundleError, match="expected shop 1.3.0"):
-        verify_signed_bundle(bundle.archive, sig, key.public_key(), release="shop", version="1.3.0",
-                             expected_digest=bundle.digest)
+        verify_signed_bundle(
+            bundle.archive, sig, key.public_key(), release="shop", version="1.3.0", expected_digest=bundle.digest
+        )
 
 
 @pytest.mark.parametrize("name", ["../etc/passwd", "/abs/path", "a/../../b"])
@@ -173,6 +181,7 @@ def test_non_ed25519_key_is_refused():
     from cryptography.hazmat.primitives.asymmetric import ec
 
     pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     with pytest.raises(BundleError, match="must be Ed25519"):
         load_private_key(pem)

@@ -15,8 +15,12 @@ def check(**kw):
 
 
 def obs(status=200, body=None, latency=10.0, error=None):
-    return Observation(status=status, body=json.dumps(body) if isinstance(body, dict) else (body or ""),
-                       latency_ms=latency, error=error)
+    return Observation(
+        status=status,
+        body=json.dumps(body) if isinstance(body, dict) else (body or ""),
+        latency_ms=latency,
+        error=error,
+    )
 
 
 @pytest.mark.parametrize(
@@ -26,16 +30,25 @@ def obs(status=200, body=None, latency=10.0, error=None):
         pytest.param({}, obs(503), ["status 503, expected 200"], id="bad-status"),
         pytest.param({"expect_status": [200, 204]}, obs(204), [], id="status-list"),
         pytest.param({"expect_json": {"version": "${version}"}}, obs(body={"version": "1.2.3"}), [], id="json-ok"),
-        pytest.param({"expect_json": {"version": "${version}"}}, obs(body={"version": "1.2.2"}),
-                     ["JSON field 'version' is '1.2.2', expected '1.2.3'"], id="json-mismatch"),
+        pytest.param(
+            {"expect_json": {"version": "${version}"}},
+            obs(body={"version": "1.2.2"}),
+            ["JSON field 'version' is '1.2.2', expected '1.2.3'"],
+            id="json-mismatch",
+        ),
         pytest.param({"expect_json": {"a.b.0": 1}}, obs(body={"a": {"b": [1]}}), [], id="json-nested"),
-        pytest.param({"expect_json": {"a.b": 1}}, obs(body={"a": {}}), ["JSON field 'a.b' is missing"], id="json-missing"),
+        pytest.param(
+            {"expect_json": {"a.b": 1}}, obs(body={"a": {}}), ["JSON field 'a.b' is missing"], id="json-missing"
+        ),
         pytest.param({"expect_json": {"ok": True}}, obs(body="<html>"), ["response body is not JSON"], id="not-json"),
         pytest.param({"body_contains": "env=${environment}"}, obs(body="hello env=prod"), [], id="body-ok"),
-        pytest.param({"body_contains": "ready"}, obs(body="starting"), ["body does not contain 'ready'"], id="body-bad"),
+        pytest.param(
+            {"body_contains": "ready"}, obs(body="starting"), ["body does not contain 'ready'"], id="body-bad"
+        ),
         pytest.param({"max_latency_ms": 100}, obs(latency=250), ["latency 250 ms above 100 ms"], id="slow"),
-        pytest.param({}, obs(status=None, error="connection refused"), ["request failed: connection refused"],
-                     id="unreachable"),
+        pytest.param(
+            {}, obs(status=None, error="connection refused"), ["request failed: connection refused"], id="unreachable"
+        ),
     ],
 )
 def test_evaluate(spec, observation, failures):

@@ -22,8 +22,11 @@ def test_promotion_of_the_digest_that_passed():
     "previous, message",
     [
         pytest.param(None, "no successful result recorded for staging", id="nothing-recorded"),
-        pytest.param({"environment": "staging", "digest": D2, "passed": True},
-                     f"digest {D1} is not the digest that passed staging", id="other-digest"),
+        pytest.param(
+            {"environment": "staging", "digest": D2, "passed": True},
+            f"digest {D1} is not the digest that passed staging",
+            id="other-digest",
+        ),
         pytest.param({"environment": "staging", "digest": D1, "passed": False}, "staging did not pass", id="failed"),
         pytest.param({"environment": "dev", "digest": D1, "passed": True}, "staging did not pass", id="wrong-env"),
     ],
@@ -46,8 +49,12 @@ def test_no_eligible_approver_is_an_error():
 
 @pytest.mark.parametrize(
     "responder, message",
-    [("alice", "alice is an author"), ("bob", "bob is an author"), ("mallory", "not an approver"),
-     (None, "does not name who")],
+    [
+        ("alice", "alice is an author"),
+        ("bob", "bob is an author"),
+        ("mallory", "not an approver"),
+        (None, "does not name who"),
+    ],
 )
 def test_response_time_recheck(responder, message):
     with pytest.raises(SegregationOfDutiesError, match=message):

@@ -49,26 +49,42 @@ def _problems(data):
 @pytest.mark.parametrize(
     "mutate, expected",
     [
-        pytest.param(lambda d: d["environments"][1].pop("deploy_target"),
-                     "include/releases/shop.yaml: environments[1].deploy_target: field required", id="missing"),
-        pytest.param(lambda d: d["environments"][0].update(deploy_targt="x"),
-                     "environments[0].deploy_targt: unknown field", id="typo"),
-        pytest.param(lambda d: d.update(version="1.2"),
-                     "version: '1.2' is not a semantic version", id="bad-version"),
-        pytest.param(lambda d: d["environments"].append({"name": "dev", "deploy_target": "x"}),
-                     "environments: name 'dev' is used more than once", id="duplicate-env"),
-        pytest.param(lambda d: d["environments"][1].update(approval={"required": True}),
-                     "environments[1].approval: an approval that is required needs at least one approver",
-                     id="approval-without-approvers"),
-        pytest.param(lambda d: d.update(components=[]),
-                     "components: List should have at least 1 item", id="no-components"),
-        pytest.param(lambda d: d["environments"][0].update(smoke_checks=[{"name": "x", "expect_status": 999}]),
-                     "environments[0].smoke_checks[0].expect_status: HTTP status codes must be between 100 and 599",
-                     id="bad-status"),
-        pytest.param(lambda d: d["environments"][0].update(
-            health_checks={"period_seconds": 5, "interval_seconds": 10, "checks": [{"name": "h"}]}),
-                     "environments[0].health_checks: interval_seconds must not be longer than period_seconds",
-                     id="interval-too-long"),
+        pytest.param(
+            lambda d: d["environments"][1].pop("deploy_target"),
+            "include/releases/shop.yaml: environments[1].deploy_target: field required",
+            id="missing",
+        ),
+        pytest.param(
+            lambda d: d["environments"][0].update(deploy_targt="x"),
+            "environments[0].deploy_targt: unknown field",
+            id="typo",
+        ),
+        pytest.param(lambda d: d.update(version="1.2"), "version: '1.2' is not a semantic version", id="bad-version"),
+        pytest.param(
+            lambda d: d["environments"].append({"name": "dev", "deploy_target": "x"}),
+            "environments: name 'dev' is used more than once",
+            id="duplicate-env",
+        ),
+        pytest.param(
+            lambda d: d["environments"][1].update(approval={"required": True}),
+            "environments[1].approval: an approval that is required needs at least one approver",
+            id="approval-without-approvers",
+        ),
+        pytest.param(
+            lambda d: d.update(components=[]), "components: List should have at least 1 item", id="no-components"
+        ),
+        pytest.param(
+            lambda d: d["environments"][0].update(smoke_checks=[{"name": "x", "expect_status": 999}]),
+            "environments[0].smoke_checks[0].expect_status: HTTP status codes must be between 100 and 599",
+            id="bad-status",
+        ),
+        pytest.param(
+            lambda d: d["environments"][0].update(
+                health_checks={"period_seconds": 5, "interval_seconds": 10, "checks": [{"name": "h"}]}
+            ),
+            "environments[0].health_checks: interval_seconds must not be longer than period_seconds",
+            id="interval-too-long",
+        ),
         pytest.param(lambda d: d.update(name="Shop!"), "name: String should match pattern", id="bad-name"),
     ],
 )
@@ -113,9 +129,14 @@ def test_every_example_spec_matches_the_json_schema():
     for path in (PROJECT_ROOT / "include" / "releases").glob("*.yaml"):
         jsonschema.validate(yaml.safe_load(path.read_text()), schema)
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(yaml.safe_load(textwrap.dedent("""
+        jsonschema.validate(
+            yaml.safe_load(
+                textwrap.dedent("""
             name: x
             owner_team: t
             components: [{name: a, source: b}]
             environments: [{name: dev}]
-        """)), schema)
+        """)
+            ),
+            schema,
+        )

@@ -55,10 +55,12 @@ def stack():
         api_port=_free_port(),
         fleet_port=_free_port(),
         db_url=db_url,
-        spec_dirs=[PROJECT_ROOT / "include" / "releases", PROJECT_ROOT / "tests" / "fixtures" / "releases",
-                   PROJECT_ROOT / "tests" / "fixtures" / "broken"],
-        fleet_environments=["dev", "staging", "prod", "billing-staging", "billing-prod", "tamper-dev",
-                            "tamper-prod"],
+        spec_dirs=[
+            PROJECT_ROOT / "include" / "releases",
+            PROJECT_ROOT / "tests" / "fixtures" / "releases",
+            PROJECT_ROOT / "tests" / "fixtures" / "broken",
+        ],
+        fleet_environments=["dev", "staging", "prod", "billing-staging", "billing-prod", "tamper-dev", "tamper-prod"],
         fleet_seed={"dev": "1.0.0", "staging": "1.0.0", "prod": "1.0.0"},
         fleet_deploy_seconds=1.0,
     )
@@ -99,14 +101,14 @@ def fleet(stack):
 
     class Fleet:
         def __call__(self, environment: str) -> dict:
-            response = requests.get(f"{stack.config.fleet_url}/environments/{environment}",
-                                    auth=stack.fleet_auth(), timeout=10)
+            response = requests.get(
+                f"{stack.config.fleet_url}/environments/{environment}", auth=stack.fleet_auth(), timeout=10
+            )
             response.raise_for_status()
             return response.json()
 
         def post(self, path: str, body: dict) -> dict:
-            response = requests.post(f"{stack.config.fleet_url}{path}", json=body, auth=stack.fleet_auth(),
-                                     timeout=10)
+            response = requests.post(f"{stack.config.fleet_url}{path}", json=body, auth=stack.fleet_auth(), timeout=10)
             response.raise_for_status()
             return response.json()
 

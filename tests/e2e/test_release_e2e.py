@@ -26,10 +26,15 @@ def trigger(client, version: str, dag_id: str = DAG, **conf) -> str:
 
 
 def test_plugin_is_registered_once_without_import_errors(stack, admin):
-    done = subprocess.run([str(Path(sys.executable).parent / "airflow"), "plugins", "--output", "json"],
-                          env=stack.env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "plugins", "--output", "json"],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
-    listed = json.loads(done.stdout[done.stdout.index("["):])
+    listed = json.loads(done.stdout[done.stdout.index("[") :])
     assert [p["name"] for p in listed].count("releasetrain") == 1
     plugins = admin.request("GET", "/plugins")["plugins"]
     assert [p["name"] for p in plugins].count("releasetrain") == 1
@@ -46,8 +51,9 @@ def test_broken_spec_is_reported_and_other_releases_load(admin):
     assert "tests/fixtures/broken/broken.yaml: environments[1].deploy_target: field required" in error["stack_trace"]
 
 
-@pytest.mark.parametrize("conf", [{"version": "banana"}, {"version": "1.2"}, {}, {"version": "2.0.0",
-                                                                                  "requested_by": "a b"}])
+@pytest.mark.parametrize(
+    "conf", [{"version": "banana"}, {"version": "1.2"}, {}, {"version": "2.0.0", "requested_by": "a b"}]
+)
 def test_invalid_trigger_params_are_refused_with_http_400(author, conf):
     with pytest.raises(AirflowAPIError) as info:
         author.trigger(DAG, conf)

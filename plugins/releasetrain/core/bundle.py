@@ -116,9 +116,7 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def build_bundle(release: str, version: str, components: list[ComponentFiles]) -> Bundle:
     """Build the deterministic archive and its manifest."""
     manifest = build_manifest(release, version, components)
-    by_path = {
-        f"{c.name}/{rel}": data for c in components for rel, data in c.files.items()
-    }
+    by_path = {f"{c.name}/{rel}": data for c in components for rel, data in c.files.items()}
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         _add_member(tar, MANIFEST_NAME, canonical_json(manifest))

@@ -130,14 +130,20 @@ def judge_health(rounds: list[list[CheckResult]], max_failures: int, *, finished
     if len(failed) > max_failures:
         names = sorted({c["name"] for c in last})
         return HealthVerdict(
-            False, len(rounds), len(failed), max_failures,
+            False,
+            len(rounds),
+            len(failed),
+            max_failures,
             f"{len(failed)} of {len(rounds)} health rounds failed (allowed: {max_failures}); "
             f"failing: {', '.join(names)}",
             last,
         )
     if finished:
         return HealthVerdict(
-            True, len(rounds), len(failed), max_failures,
+            True,
+            len(rounds),
+            len(failed),
+            max_failures,
             f"{len(rounds) - len(failed)} of {len(rounds)} health rounds passed",
             last,
         )

@@ -161,8 +161,9 @@ class ReleaseSpec(_Model):
     components: list[Component] = Field(min_length=1)
     environments: list[Environment] = Field(min_length=1)
     artifact_store: str | None = Field(
-        default=None, description="Where bundles are stored (ObjectStoragePath URL); default: the "
-        "'releasetrain_artifact_store' Airflow variable, else $AIRFLOW_HOME/artifacts."
+        default=None,
+        description="Where bundles are stored (ObjectStoragePath URL); default: the "
+        "'releasetrain_artifact_store' Airflow variable, else $AIRFLOW_HOME/artifacts.",
     )
     tags: list[str] = Field(default_factory=list)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 # The official semver 2.0.0 regular expression (semver.org, "numbered capture groups").
 SEMVER_PATTERN = (
@@ -19,7 +19,7 @@ class VersionError(ValueError):
     """A string that is not a semantic version."""
 
 
-class VersionClass(str, Enum):
+class VersionClass(StrEnum):
     MAJOR = "major"
     MINOR = "minor"
     PATCH = "patch"
@@ -45,8 +45,10 @@ class Version:
 
     def _key(self) -> tuple:
         # Precedence per semver 11: a pre-release sorts before its release; build is ignored.
-        pre_key: tuple = (1,) if not self.prerelease else (0,) + tuple(
-            (0, int(p), "") if p.isdigit() else (1, 0, p) for p in self.prerelease
+        pre_key: tuple = (
+            (1,)
+            if not self.prerelease
+            else (0,) + tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in self.prerelease)
         )
         return (self.major, self.minor, self.patch, pre_key)
 

@@ -103,9 +103,7 @@ class SigningKeyHook(BaseHook):
         try:
             return self.get_connection(self.signing_conn_id)
         except Exception as exc:
-            raise BundleError(
-                f"signing key connection {self.signing_conn_id!r} is not defined: {exc}"
-            ) from None
+            raise BundleError(f"signing key connection {self.signing_conn_id!r} is not defined: {exc}") from None
 
     def private_key(self) -> Ed25519PrivateKey:
         conn = self._connection()

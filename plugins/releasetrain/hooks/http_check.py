@@ -62,9 +62,7 @@ class HttpCheckHook(BaseHook):
                     extra_options={"check_response": False, "timeout": _aiohttp_timeout(check.timeout_seconds)},
                 )
                 body = (await response.text())[:_MAX_BODY]
-            observation = Observation(
-                status=response.status, body=body, latency_ms=(time.monotonic() - started) * 1000
-            )
+            observation = Observation(status=response.status, body=body, latency_ms=(time.monotonic() - started) * 1000)
         except Exception as exc:
             observation = Observation(
                 status=None, latency_ms=(time.monotonic() - started) * 1000, error=str(exc) or type(exc).__name__

@@ -72,8 +72,12 @@ class ReleaseApprovalOperator(ApprovalOperator):
         packaged = pull(context, PACKAGE_TASK_ID) or {}
         self.subject = f"Approve {self.release} {request['version']} for {self.environment}?"
         self.body = self._body(context, request, packaged, excluded, eligible)
-        self.log.info("Approval for %s requested from %s (authors excluded: %s)", self.environment,
-                      ", ".join(eligible), ", ".join(sorted(excluded)) or "none")
+        self.log.info(
+            "Approval for %s requested from %s (authors excluded: %s)",
+            self.environment,
+            ", ".join(eligible),
+            ", ".join(sorted(excluded)) or "none",
+        )
         return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
@@ -96,10 +100,15 @@ class ReleaseApprovalOperator(ApprovalOperator):
                 f"nothing was deployed to {self.environment}"
             )
         self.log.info("%s approved %s %s for %s", responder, self.release, request["version"], self.environment)
-        return {**result, "environment": self.environment, "digest": (pull(context, PACKAGE_TASK_ID) or {}).get("digest")}
+        return {
+            **result,
+            "environment": self.environment,
+            "digest": (pull(context, PACKAGE_TASK_ID) or {}).get("digest"),
+        }
 
-    def _body(self, context: Any, request: dict[str, Any], packaged: dict[str, Any], excluded: set[str],
-              eligible: list[str]) -> str:
+    def _body(
+        self, context: Any, request: dict[str, Any], packaged: dict[str, Any], excluded: set[str], eligible: list[str]
+    ) -> str:
         lines = [
             f"**{self.release} {request['version']}** is ready for **{self.environment}**.",
             "",

@@ -32,8 +32,16 @@ class SmokeCheckOperator(BaseOperator):
 
     ui_color = "#fce8e6"
 
-    def __init__(self, *, release: str, environment: str, deploy_task_id: str, http_conn_id: str,
-                 checks: list[dict[str, Any]], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        release: str,
+        environment: str,
+        deploy_task_id: str,
+        http_conn_id: str,
+        checks: list[dict[str, Any]],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.release = release
         self.environment = environment
@@ -48,8 +56,14 @@ class SmokeCheckOperator(BaseOperator):
         hook = HttpCheckHook(self.http_conn_id)
         results = [hook.run_check(check) for check in _rendered(self.checks, values)]
         for result in results:
-            self.log.info("smoke %-30s %s  %s %s ms %s", result.name, "PASS" if result.passed else "FAIL",
-                          result.status, result.latency_ms, "; ".join(result.failures))
+            self.log.info(
+                "smoke %-30s %s  %s %s ms %s",
+                result.name,
+                "PASS" if result.passed else "FAIL",
+                result.status,
+                result.latency_ms,
+                "; ".join(result.failures),
+            )
         failed = [r for r in results if not r.passed]
         if failed:
             raise AirflowException(
@@ -58,8 +72,12 @@ class SmokeCheckOperator(BaseOperator):
             )
         if not results:
             self.log.warning("%s declares no smoke checks", self.environment)
-        return {"environment": self.environment, "digest": deployed["digest"], "passed": True,
-                "checks": [r.to_dict() for r in results]}
+        return {
+            "environment": self.environment,
+            "digest": deployed["digest"],
+            "passed": True,
+            "checks": [r.to_dict() for r in results],
+        }
 
 
 class HealthVerificationOperator(BaseOperator):
@@ -70,8 +88,16 @@ class HealthVerificationOperator(BaseOperator):
 
     ui_color = "#fad2cf"
 
-    def __init__(self, *, release: str, environment: str, deploy_task_id: str, http_conn_id: str,
-                 health: dict[str, Any], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        release: str,
+        environment: str,
+        deploy_task_id: str,
+        http_conn_id: str,
+        health: dict[str, Any],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.release = release
         self.environment = environment
@@ -84,8 +110,13 @@ class HealthVerificationOperator(BaseOperator):
         deployed = require(context, self.deploy_task_id, "the deployment")
         values = release_values(request, self.environment, deployed["digest"])
         checks = [c.model_dump(mode="json") for c in _rendered(self.health["checks"], values)]
-        self.log.info("Watching %s health for %ss, every %ss, %s failed rounds allowed", self.environment,
-                      self.health["period_seconds"], self.health["interval_seconds"], self.health["max_failures"])
+        self.log.info(
+            "Watching %s health for %ss, every %ss, %s failed rounds allowed",
+            self.environment,
+            self.health["period_seconds"],
+            self.health["interval_seconds"],
+            self.health["max_failures"],
+        )
         self.defer(
             trigger=HealthVerificationTrigger(
                 http_conn_id=self.http_conn_id,

@@ -29,7 +29,16 @@ class ReleaseCompleteOperator(BaseOperator):
         request = pull(context, REQUEST_TASK_ID) or {}
         packaged = pull(context, PACKAGE_TASK_ID) or {}
         environments = [pull(context, task_id)["environment"] for task_id in self.gate_task_ids]
-        self.log.info("Released %s %s (%s) to %s", self.release, request.get("version"), packaged.get("digest"),
-                      " -> ".join(environments))
-        return {"release": self.release, "version": request.get("version"), "digest": packaged.get("digest"),
-                "environments": environments}
+        self.log.info(
+            "Released %s %s (%s) to %s",
+            self.release,
+            request.get("version"),
+            packaged.get("digest"),
+            " -> ".join(environments),
+        )
+        return {
+            "release": self.release,
+            "version": request.get("version"),
+            "digest": packaged.get("digest"),
+            "environments": environments,
+        }

@@ -78,18 +78,26 @@ class EnvironmentDeployOperator(BaseOperator):
             value={"version": live.get("version"), "digest": live.get("digest"), "noop": already_live},
         )
         if already_live:
-            self.log.info("%s already runs %s %s (%s): nothing to deploy", self.environment, self.release,
-                          version, digest)
+            self.log.info(
+                "%s already runs %s %s (%s): nothing to deploy", self.environment, self.release, version, digest
+            )
             return self._result(version, digest, live, deployment_id=None, noop=True)
 
-        self.log.info("Deploying %s %s (%s) to %s, replacing %s", self.release, version, digest, self.environment,
-                      live.get("version") or "nothing")
+        self.log.info(
+            "Deploying %s %s (%s) to %s, replacing %s",
+            self.release,
+            version,
+            digest,
+            self.environment,
+            live.get("version") or "nothing",
+        )
         started = self._call(
             hook.start_deployment, release=self.release, version=version, digest=digest, run_id=context["run_id"]
         )
         if started.get("state") == "succeeded":
-            return self._result(version, digest, live, deployment_id=started.get("deployment_id"),
-                                noop=bool(started.get("noop")))
+            return self._result(
+                version, digest, live, deployment_id=started.get("deployment_id"), noop=bool(started.get("noop"))
+            )
         self.defer(
             trigger=DeploymentCompletionTrigger(
                 deploy_target_conn_id=self.deploy_target_conn_id,
@@ -110,12 +118,14 @@ class EnvironmentDeployOperator(BaseOperator):
             )
         deployment = event["deployment"]
         pre = pull(context, self.task_id, key=PRE_DEPLOY_KEY) or {}
-        self.log.info("%s now runs %s %s (deployment %s)", self.environment, self.release, version,
-                      event["deployment_id"])
+        self.log.info(
+            "%s now runs %s %s (deployment %s)", self.environment, self.release, version, event["deployment_id"]
+        )
         return self._result(version, deployment.get("digest"), pre, deployment_id=event["deployment_id"], noop=False)
 
-    def _result(self, version: str, digest: str | None, previous: dict[str, Any], *, deployment_id: Any,
-                noop: bool) -> dict[str, Any]:
+    def _result(
+        self, version: str, digest: str | None, previous: dict[str, Any], *, deployment_id: Any, noop: bool
+    ) -> dict[str, Any]:
         return {
             "environment": self.environment,
             "version": version,

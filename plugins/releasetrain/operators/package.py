@@ -64,15 +64,22 @@ class BundlePackageOperator(BaseOperator):
                 f"these inputs give {bundle.digest}. Released versions are immutable: use a new version."
             )
         if existing:
-            self.log.info("Bundle %s %s already packaged with digest %s: reusing it", self.release, version,
-                          bundle.digest)
+            self.log.info(
+                "Bundle %s %s already packaged with digest %s: reusing it", self.release, version, bundle.digest
+            )
             archive_sha256 = existing.get("archive_sha256")
         else:
             signature = sign_bundle(bundle, self.release, version, SigningKeyHook(self.signing_conn_id).private_key())
             store.write(self.release, version, bundle.archive, bundle.manifest, signature)
             archive_sha256 = bundle.archive_sha256
-            self.log.info("Packaged %s %s: digest %s, %d bytes, at %s", self.release, version, bundle.digest,
-                          len(bundle.archive), location)
+            self.log.info(
+                "Packaged %s %s: digest %s, %d bytes, at %s",
+                self.release,
+                version,
+                bundle.digest,
+                len(bundle.archive),
+                location,
+            )
         return {
             "release": self.release,
             "version": version,

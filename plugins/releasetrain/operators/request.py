@@ -46,6 +46,10 @@ class ReleaseRequestOperator(BaseOperator):
         }
         self.log.info(
             "Release %s %s requested by %s (triggered by %s): %s",
-            self.release, version, requested_by or "-", triggered_by or "the scheduler", request["change_summary"],
+            self.release,
+            version,
+            requested_by or "-",
+            triggered_by or "the scheduler",
+            request["change_summary"],
         )
         return request

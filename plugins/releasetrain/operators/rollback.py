@@ -9,8 +9,8 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
-from releasetrain.operators.deploy import PRE_DEPLOY_KEY
 from releasetrain.operators._common import pull
+from releasetrain.operators.deploy import PRE_DEPLOY_KEY
 from releasetrain.triggers.deployment import DeploymentCompletionTrigger
 
 
@@ -28,8 +28,17 @@ class RollbackOperator(BaseOperator):
 
     ui_color = "#f28b82"
 
-    def __init__(self, *, release: str, environment: str, deploy_target_conn_id: str, deploy_task_id: str,
-                 deploy_timeout_seconds: float = 900, poll_interval: float = 2.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        release: str,
+        environment: str,
+        deploy_target_conn_id: str,
+        deploy_task_id: str,
+        deploy_timeout_seconds: float = 900,
+        poll_interval: float = 2.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.release = release
         self.environment = environment
@@ -58,7 +67,9 @@ class RollbackOperator(BaseOperator):
             return self._verify(hook, before)
         self.log.warning("ROLLING BACK %s from %s to %s", self.environment, live.get("version"), before["version"])
         started = self._call(
-            hook.start_rollback, version=before["version"], digest=before.get("digest"),
+            hook.start_rollback,
+            version=before["version"],
+            digest=before.get("digest"),
             reason=f"release {self.release} run {context['run_id']} failed in {self.environment}",
         )
         if started.get("state") == "succeeded":
@@ -97,8 +108,12 @@ class RollbackOperator(BaseOperator):
                 f"{self.environment} runs {before['version']} again but is still unhealthy: HTTP {status} {health}"
             )
         self.log.info("%s rolled back to %s and healthy", self.environment, before["version"])
-        return {"environment": self.environment, "restored_version": before["version"],
-                "restored_digest": before.get("digest"), "healthy": True}
+        return {
+            "environment": self.environment,
+            "restored_version": before["version"],
+            "restored_digest": before.get("digest"),
+            "healthy": True,
+        }
 
     def _call(self, fn: Any, **kwargs: Any) -> dict[str, Any]:
         try:

@@ -57,6 +57,7 @@ class BundleVerifyOperator(BaseOperator):
                 f"{self.environment}: bundle {self.release} {version} failed verification, "
                 f"nothing will be deployed: {exc}"
             ) from None
-        self.log.info("Bundle %s %s verified for %s: digest %s, signature valid", self.release, version,
-                      self.environment, digest)
+        self.log.info(
+            "Bundle %s %s verified for %s: digest %s, signature valid", self.release, version, self.environment, digest
+        )
         return {"environment": self.environment, "version": version, "digest": digest, "verified": True}

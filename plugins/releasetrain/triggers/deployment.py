@@ -102,8 +102,6 @@ class DeploymentCompletionTrigger(BaseTrigger):
                     return
                 self.log.info("deployment %s is %s", self.deployment_id, state or "in an unknown state")
             if time.time() - self.started_at > self.timeout_seconds:
-                yield self._event(
-                    "timeout", f"deployment did not finish within {self.timeout_seconds:.0f} seconds"
-                )
+                yield self._event("timeout", f"deployment did not finish within {self.timeout_seconds:.0f} seconds")
                 return
             await asyncio.sleep(self.poll_interval)
