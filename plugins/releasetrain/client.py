@@ -103,8 +103,8 @@ class AirflowClient:
 
         ``settle``: seconds to wait once the task is parked before returning. Airflow 3.3
         fails a HITL task whose answer arrives before the scheduler has processed the
-        worker's exit from parking it (about a second); people are never that fast, but
-        scripts are.
+        worker's exit from parking it (usually under a second, seen up to five); people
+        are never that fast, scripts are. :meth:`answer` also recovers when it happens.
         """
         deadline = time.monotonic() + timeout
         while True:
@@ -132,3 +132,35 @@ class AirflowClient:
             json={"chosen_options": [option], "params_input": {}},
             expect=expect,
         )
+
+    def answer(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        option: str,
+        *,
+        timeout: float = 600,
+        poll: float = 1.0,
+        settle: float = 5.0,
+    ) -> str:
+        """Answer an approval and wait until the task has acted on it; return its final state.
+
+        If Airflow loses the answer to the race described in :meth:`wait_for_approval`,
+        the approval task retries and asks again (the operators retry once for exactly
+        this); the same answer is then given again.
+        """
+        self.respond(dag_id, run_id, task_id, option)
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.task_states(dag_id, run_id).get(task_id)
+            if state in ("success", "failed", "skipped", "upstream_failed"):
+                return state
+            if state == "awaiting_input" and any(
+                d["task_instance"]["task_id"] == task_id for d in self.pending_approvals(dag_id, run_id)
+            ):
+                time.sleep(settle)
+                self.respond(dag_id, run_id, task_id, option)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{task_id} still {state} {timeout}s after the answer")
+            time.sleep(poll)

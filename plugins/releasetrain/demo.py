@@ -158,8 +158,8 @@ def _follow(client: AirflowClient, run_id: str, *, auto_approve: bool, cfg: Stac
             asked = True
             _say(f"  -> waiting for approval of prod: log in as approver at {cfg.api_url} (Required Actions)")
             if auto_approve:
-                time.sleep(3)
-                AirflowClient(cfg.api_url, "approver", "approver").respond(DAG_ID, run_id, "prod.approve", "Approve")
+                time.sleep(5)
+                AirflowClient(cfg.api_url, "approver", "approver").answer(DAG_ID, run_id, "prod.approve", "Approve")
                 _say("  -> approved as approver (DEMO_AUTO_APPROVE=1)")
         run = client.run(DAG_ID, run_id)
         if run["state"] in ("success", "failed"):

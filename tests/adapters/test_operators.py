@@ -286,3 +286,12 @@ def test_rollback_starts_and_defers(monkeypatch):
             rollback_op().execute(context(ti))
         [dep] = fleet.deployments.values()
         assert (dep["kind"], dep["version"]) == ("rollback", "1.0.0")
+
+
+def test_approval_retries_once_for_infrastructure_failures_only():
+    op = approval_op()
+    assert op.retries == 1
+    # decisions raise AirflowFailException, which Airflow never retries
+    ti = FakeTI({("prepare", "return_value"): REQUEST})
+    with pytest.raises(AirflowFailException):
+        op.execute_complete(context(ti), event("approver", "Reject"))

@@ -75,7 +75,7 @@ def test_release_reaches_prod_only_after_a_non_author_approves(author, approver,
     with pytest.raises(AirflowAPIError) as refused:
         author.respond(DAG, run_id, "prod.approve", "Approve")
     assert refused.value.status_code == 403
-    approver.respond(DAG, run_id, "prod.approve", "Approve")
+    assert approver.answer(DAG, run_id, "prod.approve", "Approve") == "success"
 
     run = author.wait_for_run(DAG, run_id)
     states = author.task_states(DAG, run_id)
@@ -93,7 +93,7 @@ def test_unhealthy_prod_is_rolled_back_and_the_run_fails(author, approver, fleet
     fleet.post("/faults", {"environment": "prod", "version": "2.0.1", "error_rate": 1.0})
     run_id = trigger(author, "2.0.1", change_summary="broken in prod")
     author.wait_for_approval(DAG, run_id, "prod.approve")
-    approver.respond(DAG, run_id, "prod.approve", "Approve")
+    assert approver.answer(DAG, run_id, "prod.approve", "Approve") == "success"
 
     run = author.wait_for_run(DAG, run_id)
     states = author.task_states(DAG, run_id)
@@ -114,7 +114,7 @@ def test_rejected_release_deploys_nothing_to_prod(author, approver, fleet):
     before = fleet("prod")
     run_id = trigger(author, "2.1.0")
     author.wait_for_approval(DAG, run_id, "prod.approve")
-    approver.respond(DAG, run_id, "prod.approve", "Reject")
+    assert approver.answer(DAG, run_id, "prod.approve", "Reject") == "failed"
     run = author.wait_for_run(DAG, run_id)
     states = author.task_states(DAG, run_id)
     assert run["state"] == "failed", states
@@ -132,7 +132,7 @@ def test_requested_by_is_an_author_too(author, approver, admin, fleet):
     with pytest.raises(AirflowAPIError) as refused:
         approver.respond(DAG, run_id, "prod.approve", "Approve")
     assert refused.value.status_code == 403
-    admin.respond(DAG, run_id, "prod.approve", "Reject")
+    assert admin.answer(DAG, run_id, "prod.approve", "Reject") == "failed"
     assert author.wait_for_run(DAG, run_id)["state"] == "failed"
     assert "2.2.0" not in [h["version"] for h in fleet("prod")["history"]]
 
@@ -156,7 +156,7 @@ def test_bundle_altered_after_packaging_is_never_deployed(author, approver, flee
     author.wait_for_approval(dag, run_id, "tamper-dev.approve")
     location = author.xcom(dag, run_id, "package")["location"]
     _tamper(Path(urlparse(location).path) / "bundle.tar.gz")
-    approver.respond(dag, run_id, "tamper-dev.approve", "Approve")
+    assert approver.answer(dag, run_id, "tamper-dev.approve", "Approve") == "success"
     run = author.wait_for_run(dag, run_id)
     states = author.task_states(dag, run_id)
     assert run["state"] == "failed", states

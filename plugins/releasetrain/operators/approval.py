@@ -28,6 +28,8 @@ class ReleaseApprovalOperator(ApprovalOperator):
       check runs again on every resume.
     - *Reject* (or no answer before the timeout) fails the task with the reason: a
       rejected release ends ``failed``, never green, with nothing deployed past the gate.
+    - It retries once, only for infrastructure failures (see ``__init__``); a retry asks
+      the same assignees again.
 
     :param release: release name
     :param environment: the environment this approval lets the release into
@@ -49,6 +51,12 @@ class ReleaseApprovalOperator(ApprovalOperator):
         if not approvers:
             raise ValueError(f"{environment}: an approval needs at least one approver")
         timeout = timedelta(hours=timeout_hours) if timeout_hours else None
+        # One retry, for Airflow 3.3's race between a fast answer and the scheduler noticing
+        # that the worker parked the task (the task is then failed as "killed externally").
+        # The retry asks again with the stored request; decisions (reject, refusal, timeout)
+        # raise AirflowFailException and are never retried.
+        kwargs.setdefault("retries", 1)
+        kwargs.setdefault("retry_delay", timedelta(seconds=5))
         super().__init__(
             subject=f"Release {release} to {environment}",
             body=None,
