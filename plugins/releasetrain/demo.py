@@ -30,6 +30,10 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
@@ -76,7 +80,10 @@ def main() -> int:
     stack = DevStack(
         StackConfig(project_root=root, home=home, api_port=api_port, fleet_port=fleet_port, fleet_seed=SEED)
     )
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM both end the demo through the same clean-up path, also when the
+    # demo was started in the background (where SIGINT starts out ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         _say(f"Preparing Airflow in {home} (SQLite) ...")
         stack.prepare()
