@@ -60,12 +60,16 @@ class FakeTI:
 
 
 class FakeDagRun:
-    def __init__(self, triggering_user_name: str | None):
+    def __init__(self, triggering_user_name: str | None, conf: dict | None = None):
         self.triggering_user_name = triggering_user_name
+        self.conf = conf or {}
 
 
-def context(ti: FakeTI, *, params: dict | None = None, triggered_by: str | None = "author") -> dict[str, Any]:
-    return {"ti": ti, "params": params or {}, "dag_run": FakeDagRun(triggered_by), "run_id": "manual__test"}
+def context(
+    ti: FakeTI, *, params: dict | None = None, triggered_by: str | None = "author", conf: dict | None = None
+) -> dict[str, Any]:
+    dag_run = FakeDagRun(triggered_by, conf if conf is not None else params)
+    return {"ti": ti, "params": params or {}, "dag_run": dag_run, "run_id": "manual__test"}
 
 
 def tamper_bundle(bundle: Path, member_suffix: str = "index.html") -> None:

@@ -78,8 +78,8 @@ class DevStack:
             "fernet_key": Fernet.generate_key().decode(),
         }
         self.config.home.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(values, indent=2))
-        path.chmod(0o600)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(json.dumps(values, indent=2))
         return values
 
     def env(self) -> dict[str, str]:
@@ -117,8 +117,6 @@ class DevStack:
                 "AIRFLOW_CONN_RELEASETRAIN_SIGNING": json.dumps(
                     {"conn_type": "generic", "password": sec["signing_key"]}
                 ),
-                "FLEET_USER": sec["fleet_user"],
-                "FLEET_PASSWORD": sec["fleet_password"],
             }
         )
         if cfg.spec_dirs:
@@ -133,6 +131,12 @@ class DevStack:
                 }
             )
         return env
+
+    def fleet_env(self) -> dict[str, str]:
+        """The fleet sees its own credentials only, none of Airflow's secrets."""
+        user, password = self.fleet_auth()
+        keep = {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"}
+        return {**{k: v for k, v in os.environ.items() if k in keep}, "FLEET_USER": user, "FLEET_PASSWORD": password}
 
     def fleet_auth(self) -> tuple[str, str]:
         sec = self.secrets()
@@ -163,11 +167,11 @@ class DevStack:
             raise RuntimeError(f"airflow {' '.join(args)} failed; see {self.logs / f'{log}.log'}")
 
     # --- processes --------------------------------------------------------------------
-    def _spawn(self, name: str, cmd: list[str]) -> None:
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
         out = open(self.logs / f"{name}.log", "a")  # noqa: SIM115 - lives as long as the process
         self.processes[name] = subprocess.Popen(
             cmd,
-            env=self.env(),
+            env=env or self.env(),
             cwd=self.config.home,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -189,6 +193,7 @@ class DevStack:
                 "--deploy-seconds",
                 str(cfg.fleet_deploy_seconds),
             ],
+            env=self.fleet_env(),
         )
         airflow = str(Path(sys.executable).parent / "airflow")
         for name in AIRFLOW_PROCESSES:

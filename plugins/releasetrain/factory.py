@@ -159,6 +159,7 @@ def _environment_stage(spec: ReleaseSpec, name: str, upstream: Any, gates: list[
             signing_conn_id=signing_conn_id,
         )
         first: Any = verify
+        approval_task_id = None
         if env.approval.required:
             first = ReleaseApprovalOperator(
                 task_id="approve",
@@ -168,6 +169,7 @@ def _environment_stage(spec: ReleaseSpec, name: str, upstream: Any, gates: list[
                 passed_task_ids=list(gates),
                 timeout_hours=env.approval.timeout_hours,
             )
+            approval_task_id = first.task_id
             first >> verify
         deploy = EnvironmentDeployOperator(
             task_id="deploy",
@@ -177,6 +179,8 @@ def _environment_stage(spec: ReleaseSpec, name: str, upstream: Any, gates: list[
             verify_task_id=verify.task_id,
             previous_environment=previous.name if previous else None,
             promotion_gate_task_id=gates[-1] if previous else None,
+            approval_task_id=approval_task_id,
+            approvers=env.approval.approvers if approval_task_id else None,
             deploy_timeout_seconds=env.deploy_timeout_seconds,
             poll_interval=env.poll_interval_seconds,
         )

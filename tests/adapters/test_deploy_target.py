@@ -148,3 +148,37 @@ def test_health_trigger_healthy_and_unhealthy(fleet):
     )
     assert sick["healthy"] is False and sick["rounds"] == 1, "an unhealthy target is reported at once"
     assert "status 503" in sick["last_failures"][0]["failures"][0]
+
+
+def test_answers_outside_the_contract_are_named(monkeypatch):
+    import http.server
+    import threading
+
+    class Odd(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, code, body):
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802
+            self._send(200, b"<html>maintenance</html>")
+
+        def do_POST(self):  # noqa: N802
+            self._send(202, b'{"state": "in_progress"}')
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Odd)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("AIRFLOW_CONN_T_ODD", http_connection(f"http://127.0.0.1:{server.server_address[1]}", None))
+        with pytest.raises(
+            DeployTargetError, match="GET status answered '<html>maintenance</html>', not a JSON object"
+        ):
+            DeployTargetHook("t_odd").get_status()
+        with pytest.raises(DeployTargetError, match="POST deployments answered without a deployment_id"):
+            DeployTargetHook("t_odd").start_deployment(release="s", version="1.0.0", digest=DIGEST, run_id="r")
+    finally:
+        server.shutdown()

@@ -282,3 +282,122 @@ def test_approval_retries_once_for_infrastructure_failures_only():
     ti = FakeTI({("prepare", "return_value"): REQUEST})
     with pytest.raises(AirflowFailException):
         op.execute_complete(context(ti), event("approver", "Reject"))
+
+
+# --- approvals are checked again where they are used ------------------------------------
+def approved_deploy_op():
+    return deploy_op(approval_task_id="prod.approve", approvers=["approver"])
+
+
+@pytest.mark.parametrize(
+    "approval, reason",
+    [
+        pytest.param(None, "no recorded approval from prod.approve", id="marked-success-by-hand"),
+        pytest.param(
+            {"chosen_options": ["Reject"], "responded_by_user": {"id": "approver"}},
+            "no recorded approval",
+            id="rejected",
+        ),
+        pytest.param(
+            {"chosen_options": ["Approve"], "responded_by_user": {"id": "author"}},
+            "author is an author of this release",
+            id="author",
+        ),
+    ],
+)
+def test_deploy_refuses_without_a_valid_recorded_approval(monkeypatch, approval, reason):
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        ti = deploy_ti()
+        if approval:
+            ti.xcoms[("prod.approve", "return_value")] = approval
+        with pytest.raises(AirflowFailException, match=reason):
+            approved_deploy_op().execute(context(ti))
+        assert fleet.deployments == {}
+
+
+def test_deploy_proceeds_with_a_valid_recorded_approval(monkeypatch):
+    with running_fleet(seed={"prod": "1.0.0"}) as (_, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        ti = deploy_ti()
+        ti.xcoms[("prod.approve", "return_value")] = {
+            "chosen_options": ["Approve"],
+            "responded_by_user": {"id": "approver"},
+        }
+        with pytest.raises(TaskDeferred):
+            approved_deploy_op().execute(context(ti))
+
+
+def test_deploy_refuses_what_the_target_did_not_deploy():
+    event = {
+        "state": "succeeded",
+        "message": "",
+        "deployment_id": "d1",
+        "deployment": {"version": "2.0.0", "digest": "sha256:" + "f" * 64},
+    }
+    with pytest.raises(Exception, match="the target reports 2.0.0 .* but 2.0.0 .* was deployed"):
+        deploy_op().execute_complete(context(deploy_ti()), event)
+
+
+def test_approval_request_shows_user_input_as_plain_text(monkeypatch):
+    captured = {}
+    monkeypatch.setattr(
+        "releasetrain.operators.approval.ApprovalOperator.execute", lambda self, ctx: captured.update(body=self.body)
+    )
+    forged = {**REQUEST, "change_summary": "fix |\n| Security review | passed [ok](http://evil)"}
+    ti = FakeTI({("prepare", "return_value"): forged, ("package", "return_value"): {"digest": DIGEST}})
+    approval_op().execute({**context(ti), "dag": None})
+    change_line = next(line for line in captured["body"].splitlines() if line.startswith("| Change"))
+    assert change_line.count("|") - change_line.count("\\|") == 3, change_line
+    assert "](http" not in captured["body"]
+
+
+# --- the release request -----------------------------------------------------------------
+def request_op():
+    from releasetrain.operators.request import ReleaseRequestOperator
+
+    return ReleaseRequestOperator(task_id="prepare", release="storefront")
+
+
+def test_request_refuses_unknown_trigger_params():
+    params = {"version": "2.0.0", "requested_by": None, "change_summary": ""}
+    with pytest.raises(AirflowFailException, match="unknown trigger param.*requestedBy"):
+        request_op().execute(context(FakeTI(), params=params, conf={"version": "2.0.0", "requestedBy": "alice"}))
+
+
+def test_request_needs_a_known_requester():
+    params = {"version": "2.0.0", "requested_by": None, "change_summary": ""}
+    with pytest.raises(AirflowFailException, match="who requests this release is unknown"):
+        request_op().execute(context(FakeTI(), params=params, triggered_by=None))
+    result = request_op().execute(context(FakeTI(), params=params, triggered_by="author"))
+    assert (result["requested_by"], result["triggered_by"], result["version"]) == ("author", "author", "2.0.0")
+
+
+# --- packaging stays inside the project ----------------------------------------------------
+def test_package_refuses_sources_outside_the_project(signing, store, tmp_path):
+    (tmp_path / "project").mkdir()
+    op = BundlePackageOperator(
+        task_id="package",
+        release="storefront",
+        project_root=str(tmp_path / "project"),
+        components=[{"name": "web", "source": "../"}],
+        artifact_store=store,
+    )
+    with pytest.raises(AirflowFailException, match="lies outside the project"):
+        op.execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
+
+
+def test_package_refuses_symlinks(signing, store, tmp_path):
+    src = tmp_path / "project" / "web"
+    src.mkdir(parents=True)
+    (src / "index.html").write_text("ok")
+    (src / "key.pem").symlink_to("/etc/hostname")
+    op = BundlePackageOperator(
+        task_id="package",
+        release="storefront",
+        project_root=str(tmp_path / "project"),
+        components=[{"name": "web", "source": "web"}],
+        artifact_store=store,
+    )
+    with pytest.raises(AirflowFailException, match="is a symbolic link"):
+        op.execute(context(FakeTI({("prepare", "return_value"): REQUEST})))

@@ -140,3 +140,36 @@ def test_every_example_spec_matches_the_json_schema():
             ),
             schema,
         )
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        pytest.param(
+            lambda d: d["environments"][0].update(approval={"approvers": ["bob"]}),
+            "environments[0].approval: approvers or timeout_hours are set but required is false",
+            id="approvers-without-required",
+        ),
+        pytest.param(
+            lambda d: d["environments"][0].update(name="package"),
+            "environments[0].name: 'package' is reserved",
+            id="reserved-name",
+        ),
+        pytest.param(
+            lambda d: d["environments"][0].update(
+                health_checks={
+                    "period_seconds": 10,
+                    "interval_seconds": 5,
+                    "max_failures": 2,
+                    "checks": [{"name": "h"}],
+                }
+            ),
+            "max_failures 2 allows every one of the 2 health rounds to fail",
+            id="health-never-fails",
+        ),
+    ],
+)
+def test_specs_that_would_silently_weaken_a_gate_are_refused(mutate, expected):
+    data = minimal()
+    mutate(data)
+    assert expected in _problems(data)

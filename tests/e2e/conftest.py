@@ -1,6 +1,6 @@
 """One real release stack for the end-to-end tests: the demo fleet, and Airflow's API
 server, scheduler, dag-processor and triggerer on a fresh PostgreSQL database
-(``RELEASETRAIN_E2E_DB=sqlite`` falls back to SQLite where no PostgreSQL runs)."""
+(SQLite where no PostgreSQL answers, or with ``RELEASETRAIN_E2E_DB=sqlite``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import socket
 import tempfile
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,21 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _postgres_answers() -> bool:
+    """PostgreSQL is used where it runs; elsewhere the stack falls back to SQLite (and says so)."""
+    from urllib.parse import urlparse
+
+    url = urlparse(PG_ADMIN_DSN)
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        if sock.connect_ex((url.hostname or "127.0.0.1", url.port or 5432)) == 0:
+            return True
+    warnings.warn(
+        f"PostgreSQL at {url.hostname}:{url.port} does not answer: end-to-end tests run on SQLite", stacklevel=2
+    )
+    return False
+
+
 def _pg(sql: str) -> None:
     import psycopg2
 
@@ -44,7 +60,7 @@ def _pg(sql: str) -> None:
 def stack():
     home = Path(tempfile.mkdtemp(prefix="releasetrain-e2e-"))
     db_url, db_name = None, None
-    if os.environ.get("RELEASETRAIN_E2E_DB", "postgres") != "sqlite":
+    if os.environ.get("RELEASETRAIN_E2E_DB", "postgres") != "sqlite" and _postgres_answers():
         db_name = f"releasetrain_e2e_{uuid.uuid4().hex[:8]}"
         _pg(f"CREATE DATABASE {db_name}")
         base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://")

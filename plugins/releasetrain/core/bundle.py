@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = "releasetrain.bundle/v1"
 MAX_MEMBER_BYTES = 512 * 1024 * 1024
+MAX_TOTAL_BYTES = 2 * 1024 * 1024 * 1024
+MAX_MEMBERS = 100_000
 
 
 class BundleError(ValueError):
@@ -133,6 +135,7 @@ def build_bundle(release: str, version: str, components: list[ComponentFiles]) -
 def read_archive(archive: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Read manifest and files from an archive, in memory, refusing unsafe members."""
     files: dict[str, bytes] = {}
+    total = 0
     try:
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
             for member in tar:
@@ -143,6 +146,11 @@ def read_archive(archive: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
                     raise BundleError(f"bundle member {name!r} is too large ({member.size} bytes)")
                 if name in files:
                     raise BundleError(f"bundle member {name!r} appears twice")
+                total += member.size
+                if total > MAX_TOTAL_BYTES or len(files) >= MAX_MEMBERS:
+                    raise BundleError(
+                        f"bundle is larger than allowed ({MAX_MEMBERS} files, {MAX_TOTAL_BYTES} bytes unpacked)"
+                    )
                 extracted = tar.extractfile(member)
                 files[name] = extracted.read() if extracted else b""
     except (tarfile.TarError, OSError, EOFError) as exc:

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from releasetrain.core.versioning import SEMVER_PATTERN, is_semver
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+# task ids of the release DAG that an environment's task group must not collide with
+RESERVED_ENVIRONMENT_NAMES = frozenset({"prepare", "package", "release_complete"})
 CONN_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
 USER_PATTERN = r"^[A-Za-z0-9_.@+-]+$"
 
@@ -92,6 +94,12 @@ class HealthVerification(_Model):
     def _interval_fits(self) -> HealthVerification:
         if self.interval_seconds > self.period_seconds:
             raise ValueError("interval_seconds must not be longer than period_seconds")
+        rounds = self.period_seconds // self.interval_seconds
+        if self.max_failures >= rounds:
+            raise ValueError(
+                f"max_failures {self.max_failures} allows every one of the {rounds} health rounds to fail: "
+                "the health check could never fail"
+            )
         return self
 
 
@@ -116,17 +124,30 @@ class Approval(_Model):
     def _approvers_when_required(self) -> Approval:
         if self.required and not self.approvers:
             raise ValueError("an approval that is required needs at least one approver")
+        if not self.required and (self.approvers or self.timeout_hours):
+            raise ValueError(
+                "approvers or timeout_hours are set but required is false, so no approval would be asked: "
+                "set required: true, or remove them"
+            )
         return self
 
 
 class Environment(_Model):
     name: str = Field(pattern=NAME_PATTERN)
+
     deploy_target: str = Field(pattern=CONN_ID_PATTERN, description="Airflow connection id of the target.")
     approval: Approval = Field(default_factory=Approval)
     smoke_checks: list[HttpCheck] = Field(default_factory=list)
     health_checks: HealthVerification | None = None
     deploy_timeout_seconds: int = Field(default=900, ge=1)
     poll_interval_seconds: float = Field(default=2.0, gt=0, le=300)
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_ENVIRONMENT_NAMES:
+            raise ValueError(f"{value!r} is reserved for a task of the release DAG; choose another name")
+        return value
 
 
 class Component(_Model):

@@ -70,21 +70,25 @@ class DeployTargetHook(BaseHook):
                 f"deploy target {self.deploy_target_conn_id!r}: {method} {endpoint} answered HTTP {status}: "
                 f"{_short(payload)}"
             )
-        return payload
+        return _contract(self.deploy_target_conn_id, f"{method} {endpoint}", payload)
 
     def get_status(self) -> dict[str, Any]:
         return self._expect("GET", "status", None, (200,))
 
     def start_deployment(self, *, release: str, version: str, digest: str, run_id: str) -> dict[str, Any]:
         body = {"release": release, "version": version, "digest": digest, "run_id": run_id}
-        return self._expect("POST", "deployments", body, (200, 201, 202))
+        return _started(
+            self.deploy_target_conn_id, "POST deployments", self._expect("POST", "deployments", body, (200, 201, 202))
+        )
 
     def get_deployment(self, deployment_id: str) -> dict[str, Any]:
         return self._expect("GET", f"deployments/{deployment_id}", None, (200,))
 
     def start_rollback(self, *, version: str, digest: str | None, reason: str) -> dict[str, Any]:
         body = {"version": version, "digest": digest, "reason": reason}
-        return self._expect("POST", "rollback", body, (200, 201, 202))
+        return _started(
+            self.deploy_target_conn_id, "POST rollback", self._expect("POST", "rollback", body, (200, 201, 202))
+        )
 
     def get_health(self) -> tuple[int, Any]:
         return self._request("GET", "health")
@@ -107,7 +111,26 @@ class DeployTargetHook(BaseHook):
                 f"deploy target {self.deploy_target_conn_id!r}: GET {endpoint} answered HTTP {status}: "
                 f"{_short(payload)}"
             )
-        return payload
+        return _contract(self.deploy_target_conn_id, f"GET {endpoint}", payload)
+
+
+def _contract(conn_id: str, call: str, payload: Any) -> dict[str, Any]:
+    """Every answer of the contract is a JSON object."""
+    if not isinstance(payload, dict):
+        raise DeployTargetError(
+            f"deploy target {conn_id!r}: {call} answered {_short(payload)!r}, not a JSON object (see the "
+            "deploy-target contract in the README)"
+        )
+    return payload
+
+
+def _started(conn_id: str, call: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """A started deployment names its id, unless the target says it had nothing to do."""
+    if payload.get("state") != "succeeded" and not payload.get("deployment_id"):
+        raise DeployTargetError(
+            f"deploy target {conn_id!r}: {call} answered without a deployment_id: {_short(payload)}"
+        )
+    return payload
 
 
 def _json_or_text(text: str) -> Any:

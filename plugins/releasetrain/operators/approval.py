@@ -124,9 +124,9 @@ class ReleaseApprovalOperator(ApprovalOperator):
             "|---|---|",
             f"| Version | `{request['version']}` |",
             f"| Bundle digest | `{packaged.get('digest', 'not packaged')}` |",
-            f"| Requested by | {request.get('requested_by') or '-'} |",
-            f"| Triggered by | {request.get('triggered_by') or 'scheduler'} |",
-            f"| Change | {request.get('change_summary') or '-'} |",
+            f"| Requested by | {_md(request.get('requested_by') or '-')} |",
+            f"| Triggered by | {_md(request.get('triggered_by') or 'scheduler')} |",
+            f"| Change | {_md(request.get('change_summary') or '-')} |",
             f"| May approve | {', '.join(eligible)} (authors cannot: {', '.join(sorted(excluded)) or '-'}) |",
             "",
             "**Passed so far**",
@@ -154,3 +154,11 @@ class ReleaseApprovalOperator(ApprovalOperator):
         if not base:
             return None
         return f"{base.rstrip('/')}/dags/{context['dag'].dag_id}/runs/{context['run_id']}"
+
+
+_MARKDOWN_SPECIALS = str.maketrans({c: f"\\{c}" for c in "\\`*_{}[]()<>#+-.!|~"})
+
+
+def _md(text: str) -> str:
+    """User input shown to approvers as plain text: no table rows, links or markup of its own."""
+    return " ".join(str(text).split()).translate(_MARKDOWN_SPECIALS)

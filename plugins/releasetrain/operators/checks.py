@@ -117,7 +117,7 @@ class HealthVerificationOperator(_EnvironmentCheckOperator):
                 max_failures=self.health["max_failures"],
             ),
             method_name="execute_complete",
-            timeout=timedelta(seconds=self.health["period_seconds"] * 2 + 120),
+            timeout=timedelta(seconds=self._deferral_timeout(checks)),
         )
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
@@ -128,3 +128,9 @@ class HealthVerificationOperator(_EnvironmentCheckOperator):
             raise AirflowException(f"{self.environment} is unhealthy after the deploy: {event['reason']}")
         self.log.info("%s is healthy: %s", self.environment, event["reason"])
         return {"environment": self.environment, "digest": deployed["digest"], "passed": True, "health": event}
+
+    def _deferral_timeout(self, checks: list[dict[str, Any]]) -> float:
+        """Generous upper bound: every round may wait for its slowest check's timeout."""
+        rounds = self.health["period_seconds"] // self.health["interval_seconds"] + 1
+        slowest = max(c["timeout_seconds"] for c in checks)
+        return self.health["period_seconds"] + rounds * slowest + 120

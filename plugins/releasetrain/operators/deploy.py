@@ -8,6 +8,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from releasetrain.core.approval import SegregationOfDutiesError, authors, check_responder
 from releasetrain.core.promotion import PromotionError, check_promotion
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
 from releasetrain.operators._common import REQUEST_TASK_ID, pull, require
@@ -32,6 +33,10 @@ class EnvironmentDeployOperator(BaseOperator):
     :param verify_task_id: the task that verified the bundle for this environment
     :param previous_environment: the environment before this one, if any
     :param promotion_gate_task_id: the last gate of the previous environment
+    :param approval_task_id: the environment's approval task, if it needs one; the
+        approval it recorded is checked again here (an approval task marked "success" by
+        hand records no approval and stops the deploy)
+    :param approvers: who may approve (with ``approval_task_id``)
     """
 
     ui_color = "#d2e3fc"
@@ -45,6 +50,8 @@ class EnvironmentDeployOperator(BaseOperator):
         verify_task_id: str,
         previous_environment: str | None = None,
         promotion_gate_task_id: str | None = None,
+        approval_task_id: str | None = None,
+        approvers: list[str] | None = None,
         deploy_timeout_seconds: float = 900,
         poll_interval: float = 2.0,
         **kwargs: Any,
@@ -52,6 +59,10 @@ class EnvironmentDeployOperator(BaseOperator):
         super().__init__(**kwargs)
         if (previous_environment is None) != (promotion_gate_task_id is None):
             raise ValueError("previous_environment and promotion_gate_task_id go together")
+        if approval_task_id and not approvers:
+            raise ValueError("an approval_task_id needs the approvers to check it against")
+        self.approval_task_id = approval_task_id
+        self.approvers = list(approvers or [])
         self.release = release
         self.environment = environment
         self.deploy_target_conn_id = deploy_target_conn_id
@@ -62,13 +73,16 @@ class EnvironmentDeployOperator(BaseOperator):
         self.poll_interval = poll_interval
 
     def execute(self, context: Any) -> dict[str, Any]:
-        version = require(context, REQUEST_TASK_ID, "the release request")["version"]
+        request = require(context, REQUEST_TASK_ID, "the release request")
+        version = request["version"]
         digest = require(context, self.verify_task_id, "the verified bundle")["digest"]
         gate = pull(context, self.promotion_gate_task_id) if self.promotion_gate_task_id else None
         try:
             check_promotion(self.environment, digest, self.previous_environment, gate)
         except PromotionError as exc:
             raise AirflowFailException(str(exc)) from None
+        if self.approval_task_id:
+            self._check_approval(context, request)
 
         hook = DeployTargetHook(self.deploy_target_conn_id)
         live = self._call(hook.get_status)
@@ -117,11 +131,34 @@ class EnvironmentDeployOperator(BaseOperator):
                 f"{event['message'] or 'no message from the target'} (deployment {event['deployment_id']})"
             )
         deployment = event["deployment"]
+        digest = require(context, self.verify_task_id, "the verified bundle")["digest"]
+        if (deployment.get("version"), deployment.get("digest")) != (version, digest):
+            raise AirflowException(
+                f"{self.environment}: the target reports {deployment.get('version')} "
+                f"({deployment.get('digest')}) for deployment {event['deployment_id']}, "
+                f"but {version} ({digest}) was deployed"
+            )
         pre = pull(context, self.task_id, key=PRE_DEPLOY_KEY) or {}
         self.log.info(
             "%s now runs %s %s (deployment %s)", self.environment, self.release, version, event["deployment_id"]
         )
-        return self._result(version, deployment.get("digest"), pre, deployment_id=event["deployment_id"], noop=False)
+        return self._result(version, digest, pre, deployment_id=event["deployment_id"], noop=False)
+
+    def _check_approval(self, context: Any, request: dict[str, Any]) -> None:
+        """The approval this deploy relies on, checked again where it is used."""
+        approval = pull(context, self.approval_task_id) or {}
+        responder = (approval.get("responded_by_user") or {}).get("id")
+        if approval.get("chosen_options") != ["Approve"] or not responder:
+            raise AirflowFailException(
+                f"{self.environment}: no recorded approval from {self.approval_task_id} in this run "
+                "(was the approval task marked successful by hand?); nothing is deployed"
+            )
+        try:
+            check_responder(
+                responder, self.approvers, authors(request.get("triggered_by"), request.get("requested_by"))
+            )
+        except SegregationOfDutiesError as exc:
+            raise AirflowFailException(f"{self.environment}: {exc}; nothing is deployed") from None
 
     def _result(
         self, version: str, digest: str | None, previous: dict[str, Any], *, deployment_id: Any, noop: bool

@@ -96,7 +96,13 @@ class BundlePackageOperator(BaseOperator):
         if "://" in source:
             root: Any = ObjectStoragePath(source)
         else:
-            root = Path(self.project_root, source)
+            project = Path(self.project_root).resolve()
+            root = (project / source).resolve()
+            if not root.is_relative_to(project):
+                raise AirflowFailException(
+                    f"component {name!r}: source {source} lies outside the project ({project}); "
+                    "use an object storage URL for artifacts kept elsewhere"
+                )
         if not root.exists():
             raise AirflowFailException(f"component {name!r}: source {source} does not exist (looked at {root})")
         if root.is_file():
@@ -104,6 +110,10 @@ class BundlePackageOperator(BaseOperator):
         else:
             files = {}
             for path in sorted(root.rglob("*"), key=str):
+                if isinstance(path, Path) and path.is_symlink():
+                    raise AirflowFailException(
+                        f"component {name!r}: {path} is a symbolic link; bundles hold regular files only"
+                    )
                 if path.is_file():
                     rel = os.path.relpath(str(path), str(root)).replace(os.sep, "/")
                     files[rel] = path.read_bytes()

@@ -26,6 +26,11 @@ class ReleaseRequestOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         params = context["params"]
+        unknown = sorted(set(context["dag_run"].conf or {}) - set(params))
+        if unknown:
+            raise AirflowFailException(
+                f"unknown trigger param(s) {', '.join(unknown)}; this release takes {', '.join(sorted(params))}"
+            )
         version = (params.get("version") or self.planned_version or "").strip()
         if not is_semver(version):
             raise AirflowFailException(f"param 'version': {version!r} is not a semantic version (e.g. 1.4.2)")
@@ -36,6 +41,9 @@ class ReleaseRequestOperator(BaseOperator):
             )
         triggered_by = context["dag_run"].triggering_user_name
         requested_by = (params.get("requested_by") or "").strip() or triggered_by
+        if not requested_by:
+            # Without a known author nobody could be kept from approving their own release.
+            raise AirflowFailException("param 'requested_by': who requests this release is unknown; set it")
         request = {
             "release": self.release,
             "version": version,
