@@ -150,3 +150,18 @@ def test_bundle_altered_after_packaging_is_never_deployed(author, approver, flee
     assert states["tamper-dev.deploy"] == states["tamper-prod.deploy"] == "upstream_failed"
     for env in ("tamper-dev", "tamper-prod"):
         assert fleet(env)["version"] is None and fleet(env)["history"] == []
+
+
+def test_approval_marked_successful_by_hand_deploys_nothing(author, fleet):
+    """Segregation of duties on another path: the author may change task states (role
+    ``user``), but a hand-marked approval records no answer, and the deploy checks it."""
+    before = fleet("prod")
+    run_id = trigger(author, "2.3.0")
+    author.wait_for_approval(DAG, run_id, "prod.approve")
+    author.request("PATCH", f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/prod.approve", json={"new_state": "success"})
+    run = author.wait_for_run(DAG, run_id)
+    states = author.task_states(DAG, run_id)
+    assert run["state"] == "failed", states
+    assert states["prod.deploy"] == "failed" and states["release_complete"] == "upstream_failed"
+    assert fleet("prod")["version"] == before["version"]
+    assert "2.3.0" not in [h["version"] for h in fleet("prod")["history"]]
