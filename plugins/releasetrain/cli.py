@@ -1,41 +1,145 @@
 """The ``releasetrain`` command (also ``python -m releasetrain``).
 
-releasetrain validate SPEC...   validate release specs; exit 1 naming file, field and reason
-releasetrain schema             print the release spec's JSON Schema
+releasetrain validate SPEC...      validate release specs and shared calendars; exit 1
+                                   naming file, field and reason
+releasetrain calendar SPEC... [--environment ENV] [--from ISO8601] [--days N]
+                                   [--json | --ics FILE]
+                                   effective windows, blackouts and conflicts (UTC)
+releasetrain pools [SPEC...]       the deploy-target pools, as JSON for `airflow pools import`
+releasetrain schema                the release spec's JSON Schema
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import sys
 from pathlib import Path
 
-from releasetrain.core.spec import ReleaseSpecError, json_schema_text, load_spec
+from releasetrain.core.spec import CalendarLibrary, ReleaseSpec, ReleaseSpecError, json_schema_text, load_spec
+from releasetrain.core.windows import CalendarError, iso_z
+
+POOL_PREFIX = "releasetrain_target_"
 
 
-def _validate(paths: list[str]) -> int:
-    failed = 0
+def _load(paths: list[str], root: Path) -> tuple[list[ReleaseSpec], list[str]]:
+    library = CalendarLibrary(root)
+    specs, errors = [], []
     for name in paths:
+        path = Path(name)
         try:
-            spec = load_spec(Path(name))
-        except ReleaseSpecError as exc:
-            print(exc, file=sys.stderr)
-            failed += 1
-        else:
-            envs = " -> ".join(e.name for e in spec.environments)
-            print(f"{name}: ok ({spec.dag_id}: {len(spec.components)} components, {envs})")
-    return 1 if failed else 0
+            if path.parent.name == "calendars":
+                from releasetrain.core.spec import _load_shared
+
+                _load_shared(path.resolve(), root.resolve())
+                continue
+            specs.append(load_spec(path, display_root=root if path.is_relative_to(root) else None, calendars=library))
+        except (ReleaseSpecError, CalendarError) as exc:
+            errors.append(str(exc))
+    return specs, errors
+
+
+def _validate(paths: list[str], root: Path) -> int:
+    specs, errors = _load(paths, root)
+    for spec in specs:
+        envs = " -> ".join(e.name for e in spec.environments)
+        print(f"{spec.name}: ok ({spec.dag_id}: {len(spec.components)} components, {envs})")
+    for error in errors:
+        print(error, file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _parse_from(text: str | None) -> dt.datetime:
+    if not text:
+        return dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise SystemExit(f"--from: {text!r} is not an ISO 8601 date or time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _calendar(args: argparse.Namespace, root: Path) -> int:
+    from releasetrain.core.planning import calendar_view, to_ics
+
+    specs, errors = _load(args.specs, root)
+    if errors:
+        print("\n".join(errors), file=sys.stderr)
+        return 1
+    if args.environment and not any(args.environment in {e.name for e in s.environments} for s in specs):
+        print(f"--environment: no given release has an environment {args.environment!r}", file=sys.stderr)
+        return 1
+    start = _parse_from(args.from_)
+    view = calendar_view(specs, CalendarLibrary(root), start, start + dt.timedelta(days=args.days), args.environment)
+    if args.ics:
+        Path(args.ics).write_bytes(to_ics(view, args.environment or ", ".join(s.name for s in specs)))
+        print(f"wrote {len(view.windows)} windows and {len(view.blackouts)} blackouts to {args.ics}")
+    elif args.json:
+        print(json.dumps(view.to_dict(), indent=2))
+    else:
+        print(f"{'kind':<10} {'start (UTC)':<21} {'end (UTC)':<21} name")
+        rows = [("window", w.start, w.end, "") for w in view.windows]
+        rows += [("blackout", b.start, b.end, b.name) for b in view.blackouts]
+        for kind, begin, end, name in sorted(rows, key=lambda r: (r[1], r[0])):
+            print(f"{kind:<10} {iso_z(begin):<21} {iso_z(end):<21} {name}")
+        for conflict in view.conflicts:
+            print(f"CONFLICT   {conflict['detail']}")
+    return 0
+
+
+def pool_definitions(specs: list[ReleaseSpec]) -> dict[str, dict]:
+    targets = sorted({(env.deploy_target, f"{s.name}/{env.name}") for s in specs for env in s.environments})
+    pools: dict[str, dict] = {}
+    for target, user in targets:
+        pool = pools.setdefault(
+            f"{POOL_PREFIX}{target}", {"slots": 1, "include_deferred": True, "description": "", "users": []}
+        )
+        pool["users"].append(user)
+    for pool in pools.values():
+        pool["description"] = "releasetrain: one deploy at a time to this target (" + ", ".join(pool.pop("users")) + ")"
+    return pools
+
+
+def _pools(paths: list[str], root: Path) -> int:
+    from releasetrain.core.spec import discover_specs
+
+    files = paths or [str(p) for p in discover_specs([root / "include" / "releases"])]
+    specs, errors = _load(files, root)
+    if errors:
+        print("\n".join(errors), file=sys.stderr)
+        return 1
+    print(json.dumps(pool_definitions(specs), indent=2, sort_keys=True))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="releasetrain", description="Release management as Airflow DAGs.")
+    parser.add_argument("--project-root", default=".", help="what relative paths in specs are relative to")
     commands = parser.add_subparsers(dest="command", required=True)
-    validate = commands.add_parser("validate", help="validate release spec files")
+    validate = commands.add_parser("validate", help="validate release specs and shared calendars")
     validate.add_argument("specs", nargs="+", metavar="SPEC")
+    calendar = commands.add_parser("calendar", help="effective windows, blackouts and conflicts")
+    calendar.add_argument("specs", nargs="+", metavar="SPEC")
+    calendar.add_argument("--environment", "-e")
+    calendar.add_argument("--from", dest="from_", metavar="ISO8601")
+    calendar.add_argument("--days", type=int, default=14)
+    output = calendar.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true")
+    output.add_argument("--ics", metavar="FILE")
+    pools = commands.add_parser("pools", help="pool definitions for `airflow pools import`")
+    pools.add_argument("specs", nargs="*", metavar="SPEC")
     commands.add_parser("schema", help="print the release spec JSON Schema")
     args = parser.parse_args(argv)
+    root = Path(args.project_root).resolve()
     if args.command == "validate":
-        return _validate(args.specs)
+        return _validate(args.specs, root)
+    if args.command == "calendar":
+        if args.days <= 0 or args.days > 3660:
+            parser.error("--days must be between 1 and 3660")
+        return _calendar(args, root)
+    if args.command == "pools":
+        return _pools(args.specs, root)
     print(json_schema_text(), end="")
     return 0
 

@@ -23,7 +23,15 @@ from releasetrain.core.versioning import Version
 from releasetrain.devstack import DevStack, StackConfig
 
 DAG_ID = "release_storefront"
-SEED = {"dev": "1.0.0", "staging": "1.0.0", "prod": "1.0.0", "billing-staging": "1.0.0", "billing-prod": "1.0.0"}
+SEED = {
+    "dev": "1.0.0",
+    "staging": "1.0.0",
+    "prod": "1.0.0",
+    "billing-staging": "1.0.0",
+    "billing-prod": "1.0.0",
+    "payments-staging": "3.1.0",
+    "payments-prod": "3.1.0",
+}
 
 
 def _say(text: str = "") -> None:

@@ -40,7 +40,15 @@ class StackConfig:
     db_url: str | None = None
     spec_dirs: list[Path] | None = None
     fleet_environments: list[str] = field(
-        default_factory=lambda: ["dev", "staging", "prod", "billing-staging", "billing-prod"]
+        default_factory=lambda: [
+            "dev",
+            "staging",
+            "prod",
+            "billing-staging",
+            "billing-prod",
+            "payments-staging",
+            "payments-prod",
+        ]
     )
     fleet_seed: dict[str, str] = field(default_factory=dict)
     fleet_deploy_seconds: float = 1.5
@@ -153,6 +161,19 @@ class DevStack:
         self.logs.mkdir(parents=True, exist_ok=True)
         (home / "passwords.json").write_text(json.dumps({u: u for u in DEMO_USERS}))
         self._airflow("db", "migrate", log="db-migrate")
+        # One pool per deploy target: two runs never deploy to the same target at once.
+        from releasetrain.cli import POOL_PREFIX
+
+        pools = {
+            f"{POOL_PREFIX}{fleet_conn_id(env)}": {
+                "slots": 1,
+                "include_deferred": True,
+                "description": f"releasetrain: one deploy at a time to {env}",
+            }
+            for env in self.config.fleet_environments
+        }
+        (home / "pools.json").write_text(json.dumps(pools, indent=2))
+        self._airflow("pools", "import", str(home / "pools.json"), log="pools-import")
 
     def _airflow(self, *args: str, log: str) -> None:
         with open(self.logs / f"{log}.log", "w") as out:

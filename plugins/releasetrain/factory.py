@@ -15,6 +15,7 @@ Building a DAG does no I/O: parsing stays cheap.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,8 +24,10 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
 
-from releasetrain.core.spec import ReleaseSpec, ReleaseSpecError, discover_specs, load_spec
+from releasetrain.cli import POOL_PREFIX
+from releasetrain.core.spec import CalendarLibrary, ReleaseSpec, ReleaseSpecError, discover_specs, load_spec
 from releasetrain.core.versioning import SEMVER_PATTERN
+from releasetrain.core.windows import CalendarError, iso_z
 from releasetrain.operators._common import PACKAGE_TASK_ID, REQUEST_TASK_ID
 from releasetrain.operators.approval import ReleaseApprovalOperator
 from releasetrain.operators.checks import HealthVerificationOperator, SmokeCheckOperator
@@ -32,17 +35,35 @@ from releasetrain.operators.complete import ReleaseCompleteOperator
 from releasetrain.operators.deploy import EnvironmentDeployOperator
 from releasetrain.operators.package import BundlePackageOperator
 from releasetrain.operators.request import ReleaseRequestOperator
+from releasetrain.operators.review import PostImplementationReviewOperator
 from releasetrain.operators.rollback import RollbackOperator
 from releasetrain.operators.verify import BundleVerifyOperator
+from releasetrain.operators.window import ReleaseWindowSensor
+from releasetrain.timetables.release_window import ReleaseWindowTimetable
 
 SPEC_DIRS_ENV = "RELEASETRAIN_SPEC_DIRS"
 START_DATE = pendulum.datetime(2024, 1, 1, tz="UTC")
 USER_PATTERN = r"^[A-Za-z0-9_.@+-]{1,100}$"
 
 
+def target_pool(deploy_target: str) -> str:
+    """The pool that serialises deploys to one deploy target (one slot, deferred tasks count)."""
+    return f"{POOL_PREFIX}{deploy_target}"
+
+
 def release_params(spec: ReleaseSpec) -> dict[str, Param]:
     """Trigger-form params; their schema is validated by Airflow (HTTP 400 over REST)."""
-    if spec.is_train:
+    if spec.is_train and spec.schedule:
+        version = Param(
+            None,
+            type=["null", "string"],
+            pattern=SEMVER_PATTERN,
+            title="Version",
+            description=f"Semantic version of {spec.name} to release, e.g. 2.4.1. Scheduled runs take the "
+            f"candidate published in the Airflow variable releasetrain_{spec.name}_version.",
+            section="Release",
+        )
+    elif spec.is_train:
         version = Param(
             type="string",
             pattern=SEMVER_PATTERN,
@@ -60,7 +81,7 @@ def release_params(spec: ReleaseSpec) -> dict[str, Param]:
             description=f"This is a planned release: the version is fixed at {spec.version} by its spec.",
             section="Release",
         )
-    return {
+    params = {
         "version": version,
         "requested_by": Param(
             None,
@@ -80,9 +101,56 @@ def release_params(spec: ReleaseSpec) -> dict[str, Param]:
             section="Release",
         ),
     }
+    if spec.has_calendar:
+        params["emergency"] = Param(
+            False,
+            type="boolean",
+            title="Emergency change",
+            description="Pass closed release windows and blackouts. The exception is recorded (who, when, why, "
+            "which rule) and the run needs a post-implementation review before it can succeed.",
+            section="Emergency",
+        )
+        params["emergency_justification"] = Param(
+            "",
+            type="string",
+            maxLength=2000,
+            title="Emergency justification",
+            description="Required for an emergency change: the incident or risk that cannot wait for a window.",
+            section="Emergency",
+        )
+    return params
 
 
-def release_doc_md(spec: ReleaseSpec) -> str:
+def _calendar_doc(spec: ReleaseSpec, calendars: CalendarLibrary | None) -> str:
+    """Rules, next openings and blackouts of each gated environment (two weeks ahead)."""
+    if not spec.has_calendar or calendars is None:
+        return ""
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    end = now + dt.timedelta(days=14)
+    parts = ["## Release windows\n\nTimes in UTC, computed when the DAG was parsed.\n"]
+    for env in spec.environments:
+        layers = spec.calendar_layers(env.name)
+        if not layers:
+            continue
+        try:
+            calendar = calendars.resolve(layers)
+        except (CalendarError, ReleaseSpecError) as exc:
+            parts.append(f"\n**{env.name}**: calendar cannot be used: {exc}\n")
+            continue
+        duration = dt.timedelta(minutes=env.expected_duration_minutes)
+        openings = calendar.openings(now, end, duration)[:5]
+        blackouts = calendar.blackout_periods(now, end)[:5]
+        parts.append(f"\n**{env.name}** (deploys need {env.expected_duration_minutes} min in a window)\n")
+        parts += [f"- {line}" for line in calendar.describe()]
+        parts.append("- next openings: " + (", ".join(iso_z(o) for o in openings) or "none in 14 days"))
+        parts.append(
+            "- next blackouts: "
+            + (", ".join(f"{b.name} {iso_z(b.start)} to {iso_z(b.end)}" for b in blackouts) or "none in 14 days")
+        )
+    return "\n".join(parts) + "\n\n"
+
+
+def release_doc_md(spec: ReleaseSpec, calendars: CalendarLibrary | None = None) -> str:
     rows = "\n".join(f"| `{c.name}` | `{c.source}` | {c.version or 'release version'} |" for c in spec.components)
     envs = []
     for i, env in enumerate(spec.environments, start=1):
@@ -105,26 +173,39 @@ def release_doc_md(spec: ReleaseSpec) -> str:
         "Each environment receives the exact bundle digest that passed the one before it; the bundle's "
         "digest and signature are verified again before every deploy. A failed deploy, smoke or health "
         "gate rolls the environment back to the version it ran before, and the run ends `failed`.\n\n"
-        "## Trigger\n\nUse *Trigger* in the UI, or `POST /api/v2/dags/"
+        + _calendar_doc(spec, calendars)
+        + "## Trigger\n\nUse *Trigger* in the UI, or `POST /api/v2/dags/"
         f'{spec.dag_id}/dagRuns` with `{{"logical_date": null, "conf": {{"version": "1.2.3", '
         '"requested_by": "alice", "change_summary": "..."}}`.\n'
     )
 
 
 def build_release_dag(
-    spec: ReleaseSpec, *, project_root: Path | str, signing_conn_id: str = "releasetrain_signing"
+    spec: ReleaseSpec,
+    *,
+    project_root: Path | str,
+    signing_conn_id: str = "releasetrain_signing",
+    calendars: CalendarLibrary | None = None,
 ) -> DAG:
-    """Turn one validated spec into its DAG (no I/O)."""
+    """Turn one validated spec into its DAG (no network; shared calendars are read)."""
+    project_root = Path(project_root)
+    calendars = calendars or CalendarLibrary(project_root)
+    schedule = None
+    if spec.schedule == "windows":
+        schedule = ReleaseWindowTimetable(
+            calendars.resolve(spec.calendar_layers(None)).to_dict(),
+            min_duration_minutes=spec.environments[0].expected_duration_minutes,
+        )
     with DAG(
         dag_id=spec.dag_id,
         dag_display_name=f"Release {spec.name}",
         description=(spec.description or f"Release of {spec.name}")[:200],
-        schedule=None,
+        schedule=schedule,
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
         tags=sorted({"release", f"team:{spec.owner_team}", *spec.tags}),
-        doc_md=release_doc_md(spec),
+        doc_md=release_doc_md(spec, calendars),
         params=release_params(spec),
         default_args={"owner": spec.owner_team, "retries": 0},
     ) as dag:
@@ -140,14 +221,38 @@ def build_release_dag(
         request >> package
         upstream: Any = package
         gates: list[str] = []
+        windows: list[str] = []
         for env in spec.environments:
-            upstream = _environment_stage(spec, env.name, upstream, gates, signing_conn_id)
-        complete = ReleaseCompleteOperator(task_id="release_complete", release=spec.name, gate_task_ids=list(gates))
+            upstream = _environment_stage(spec, env.name, upstream, gates, signing_conn_id, calendars, windows)
+        # With a post-implementation review (skipped for normal runs), the leaf must run
+        # when the review was skipped, and still fail when anything before it failed.
+        complete = ReleaseCompleteOperator(
+            task_id="release_complete",
+            release=spec.name,
+            gate_task_ids=list(gates),
+            trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS if spec.has_calendar else TriggerRule.ALL_SUCCESS,
+        )
+        if spec.has_calendar:
+            review = PostImplementationReviewOperator(
+                task_id="post_implementation_review",
+                release=spec.name,
+                reviewers=sorted({user for env in spec.environments for user in env.approval.approvers}),
+                gate_task_ids=windows,
+            )
+            upstream >> review >> complete
         upstream >> complete
     return dag
 
 
-def _environment_stage(spec: ReleaseSpec, name: str, upstream: Any, gates: list[str], signing_conn_id: str) -> Any:
+def _environment_stage(
+    spec: ReleaseSpec,
+    name: str,
+    upstream: Any,
+    gates: list[str],
+    signing_conn_id: str,
+    calendars: CalendarLibrary,
+    windows: list[str],
+) -> Any:
     env = spec.environment(name)
     previous = spec.previous_environment(name)
     with TaskGroup(group_id=name, tooltip=f"Deploy {spec.name} to {name}"):
@@ -170,6 +275,24 @@ def _environment_stage(spec: ReleaseSpec, name: str, upstream: Any, gates: list[
                 timeout_hours=env.approval.timeout_hours,
             )
             approval_task_id = first.task_id
+        layers = spec.calendar_layers(name)
+        if layers:
+            window = ReleaseWindowSensor(
+                task_id="window",
+                release=spec.name,
+                environment=name,
+                layers=[layer.model_dump(mode="json") for layer in layers],
+                calendar_dirs=[str(d) for d in calendars.directories],
+                project_root=str(calendars.project_root),
+                expected_duration_minutes=env.expected_duration_minutes,
+            )
+            windows.append(window.task_id)
+            if approval_task_id:
+                first >> window
+            else:
+                first = window
+            window >> verify
+        elif approval_task_id:
             first >> verify
         deploy = EnvironmentDeployOperator(
             task_id="deploy",
@@ -183,6 +306,7 @@ def _environment_stage(spec: ReleaseSpec, name: str, upstream: Any, gates: list[
             approvers=env.approval.approvers if approval_task_id else None,
             deploy_timeout_seconds=env.deploy_timeout_seconds,
             poll_interval=env.poll_interval_seconds,
+            pool=target_pool(env.deploy_target),
         )
         smoke = SmokeCheckOperator(
             task_id="smoke",
@@ -215,6 +339,7 @@ def _environment_stage(spec: ReleaseSpec, name: str, upstream: Any, gates: list[
             deploy_task_id=deploy.task_id,
             deploy_timeout_seconds=env.deploy_timeout_seconds,
             poll_interval=env.poll_interval_seconds,
+            pool=target_pool(env.deploy_target),
             trigger_rule=TriggerRule.ONE_FAILED,
         )
         watched >> rollback

@@ -1,8 +1,8 @@
 """The releasetrain Airflow plugin, registered once through the ``airflow.plugins`` entry
 point of the installed distribution (never through the plugins folder).
 
-Later capabilities plug in here: release-window timetables, the ledger listener and the
-release calendar view.
+It registers the release-window timetable (without which DAGs using it could not be
+serialized) and a template macro.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from airflow.plugins_manager import AirflowPlugin
 
 from releasetrain.core.versioning import is_semver
+from releasetrain.timetables.release_window import ReleaseWindowTimetable
 
 
 class ReleaseTrainPlugin(AirflowPlugin):
@@ -17,3 +18,4 @@ class ReleaseTrainPlugin(AirflowPlugin):
 
     name = "releasetrain"
     macros = [is_semver]
+    timetables = [ReleaseWindowTimetable]

@@ -8,8 +8,10 @@ Every error names the file, the field path and what is wrong, e.g.::
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from releasetrain.core.versioning import SEMVER_PATTERN, is_semver
+from releasetrain.core.windows import CalendarError, CalendarSpec, IcsBlackout, ReleaseCalendar, SharedCalendar
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 # task ids of the release DAG that an environment's task group must not collide with
@@ -141,6 +144,12 @@ class Environment(_Model):
     health_checks: HealthVerification | None = None
     deploy_timeout_seconds: int = Field(default=900, ge=1)
     poll_interval_seconds: float = Field(default=2.0, gt=0, le=300)
+    calendar: CalendarSpec | None = Field(
+        default=None, description="Windows and blackouts of this environment, on top of the release's."
+    )
+    expected_duration_minutes: int = Field(
+        default=30, ge=0, le=24 * 60, description="A deploy starts only with this much time left in its window."
+    )
 
     @field_validator("name")
     @classmethod
@@ -187,6 +196,21 @@ class ReleaseSpec(_Model):
         "'releasetrain_artifact_store' Airflow variable, else $AIRFLOW_HOME/artifacts.",
     )
     tags: list[str] = Field(default_factory=list)
+    calendar: CalendarSpec | None = Field(
+        default=None, description="Release windows and blackouts that apply to every environment."
+    )
+    schedule: Literal["windows"] | None = Field(
+        default=None,
+        description="'windows': a scheduled run starts at each opening of the release's windows "
+        "(release-level calendar) that is not blacked out.",
+    )
+    planned_start: datetime | None = Field(
+        default=None, description="When a planned release is to go out (with offset), for conflict reports."
+    )
+    planned_duration_minutes: int = Field(default=60, gt=0)
+    depends_on: list[str] = Field(
+        default_factory=list, description="Releases this one must not overlap with (shared dependencies)."
+    )
 
     @field_validator("version")
     @classmethod
@@ -204,6 +228,27 @@ class ReleaseSpec(_Model):
                 raise ValueError(f"name {item.name!r} is used more than once")
             seen.add(item.name)
         return value
+
+    @model_validator(mode="after")
+    def _schedulable(self) -> ReleaseSpec:
+        if self.schedule == "windows" and not (self.calendar and (self.calendar.windows or self.calendar.use)):
+            raise ValueError("schedule 'windows' needs a release-level calendar with windows (or shared calendars)")
+        if self.planned_start is not None and self.planned_start.tzinfo is None:
+            raise ValueError("planned_start needs an offset or Z, e.g. 2026-12-01T09:00:00+01:00")
+        return self
+
+    @property
+    def has_calendar(self) -> bool:
+        return self.calendar is not None or any(env.calendar is not None for env in self.environments)
+
+    def calendar_layers(self, environment: str | None = None) -> list[CalendarSpec]:
+        """The calendars that govern an environment (or, with None, the release itself)."""
+        layers = [self.calendar] if self.calendar else []
+        if environment is not None:
+            env = self.environment(environment)
+            if env.calendar:
+                layers.append(env.calendar)
+        return layers
 
     @property
     def dag_id(self) -> str:
@@ -246,6 +291,14 @@ def _reason(error: dict[str, Any]) -> str:
     return message.removeprefix("Value error, ")
 
 
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for error in exc.errors():
+        loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
+        problems.append((_format_location(loc), _reason(error)))
+    return problems
+
+
 def parse_spec(data: Any, source: str = "<spec>") -> ReleaseSpec:
     """Validate already-loaded data; raise :class:`ReleaseSpecError` naming field paths."""
     if not isinstance(data, dict):
@@ -253,17 +306,10 @@ def parse_spec(data: Any, source: str = "<spec>") -> ReleaseSpec:
     try:
         return ReleaseSpec.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
-            problems.append((_format_location(loc), _reason(error)))
-        raise ReleaseSpecError(source, problems) from None
+        raise ReleaseSpecError(source, _problems(exc)) from None
 
 
-def load_spec(path: Path | str, *, display_root: Path | None = None) -> ReleaseSpec:
-    """Read and validate one YAML release spec."""
-    path = Path(path)
-    source = str(path.relative_to(display_root)) if display_root and path.is_relative_to(display_root) else str(path)
+def _read_yaml(path: Path, source: str) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -275,10 +321,109 @@ def load_spec(path: Path | str, *, display_root: Path | None = None) -> ReleaseS
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ReleaseSpecError(source, [("", f"{where}invalid YAML: {problem}")]) from None
+    if not isinstance(data, dict):
+        raise ReleaseSpecError(source, [("", "must be a YAML mapping")])
+    return data
+
+
+def load_spec(
+    path: Path | str, *, display_root: Path | None = None, calendars: CalendarLibrary | None = None
+) -> ReleaseSpec:
+    """Read and validate one YAML release spec (and the calendars it names)."""
+    path = Path(path)
+    source = _display(path, display_root) if display_root else str(path)
+    data = _read_yaml(path, source)
     spec = parse_spec(data, source)
     if spec.name != path.stem:
         raise ReleaseSpecError(source, [("name", f"{spec.name!r} must match the file name {path.stem!r}")])
+    if spec.has_calendar:
+        check_calendars(spec, source, calendars or CalendarLibrary(display_root or Path.cwd()))
     return spec
+
+
+CALENDAR_DIRS_ENV = "RELEASETRAIN_CALENDAR_DIRS"
+
+
+class CalendarLibrary:
+    """Shared calendars (``<dir>/<name>.yaml``) and the ICS files calendars name.
+
+    ICS paths are relative to the project root. Files are read when asked, so a blackout
+    added to a shared calendar is seen by the next check.
+    """
+
+    def __init__(self, project_root: Path, directories: Iterable[Path] | None = None):
+        self.project_root = Path(project_root)
+        self.directories = list(directories) if directories is not None else calendar_dirs(self.project_root)
+
+    def shared(self, name: str) -> SharedCalendar:
+        for directory in self.directories:
+            for suffix in (".yaml", ".yml"):
+                path = directory / f"{name}{suffix}"
+                if path.is_file():
+                    return _load_shared(path, self.project_root)
+        where = ", ".join(str(d) for d in self.directories)
+        raise CalendarError(f"no shared calendar {name!r} (looked for {name}.yaml in {where})")
+
+    def read_text(self, relative: str) -> str:
+        path = (self.project_root / relative).resolve()
+        if not path.is_relative_to(self.project_root.resolve()):
+            raise CalendarError(f"{relative} lies outside the project")
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CalendarError(f"{relative} cannot be read: {exc.strerror}") from None
+
+    def resolve(self, layers: list[CalendarSpec]) -> ReleaseCalendar:
+        return ReleaseCalendar.resolve(layers, self.shared, self.read_text)
+
+
+def calendar_dirs(project_root: Path) -> list[Path]:
+    configured = os.environ.get(CALENDAR_DIRS_ENV)
+    if configured:
+        return [Path(p) for p in configured.split(os.pathsep) if p]
+    return [Path(project_root) / "include" / "calendars"]
+
+
+def _display(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _load_shared(path: Path, root: Path) -> SharedCalendar:
+    source = _display(path, root)
+    data = _read_yaml(path, source)
+    try:
+        calendar = SharedCalendar.model_validate(data)
+    except ValidationError as exc:
+        raise ReleaseSpecError(source, _problems(exc)) from None
+    if calendar.name != path.stem:
+        raise ReleaseSpecError(source, [("name", f"{calendar.name!r} must match the file name {path.stem!r}")])
+    return calendar
+
+
+def check_calendars(spec: ReleaseSpec, source: str, library: CalendarLibrary) -> None:
+    """Resolve every calendar the spec names (shared files, ICS) and report problems by field."""
+    problems: list[tuple[str, str]] = []
+    layers = [("calendar", spec.calendar)] + [
+        (f"environments[{i}].calendar", env.calendar) for i, env in enumerate(spec.environments)
+    ]
+    for path, layer in layers:
+        if layer is None:
+            continue
+        for j, name in enumerate(layer.use):
+            try:
+                library.shared(name)
+            except (CalendarError, ReleaseSpecError) as exc:
+                problems.append((f"{path}.use[{j}]", str(exc)))
+        for k, rule in enumerate(layer.blackouts):
+            if isinstance(rule, IcsBlackout):
+                try:
+                    from releasetrain.core.windows import parse_ics
+
+                    parse_ics(library.read_text(rule.ics), rule.ics)
+                except CalendarError as exc:
+                    problems.append((f"{path}.blackouts[{k}].ics", str(exc)))
+    if problems:
+        raise ReleaseSpecError(source, problems)
 
 
 def discover_specs(directories: Iterable[Path]) -> list[Path]:

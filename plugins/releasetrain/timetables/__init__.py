@@ -1,0 +1,1 @@
+"""Timetables: when scheduled release runs start."""
