@@ -60,6 +60,12 @@ class AirflowClient:
         data = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})
         return {ti["task_id"]: ti["state"] for ti in data["task_instances"]}
 
+    def task_instance(self, dag_id: str, run_id: str, task_id: str) -> dict:
+        return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.request("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100})["dag_runs"]
+
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         data = self.request(
             "GET",
@@ -125,11 +131,20 @@ class AirflowClient:
                 raise TimeoutError(f"{task_id} did not ask for approval within {timeout}s")
             time.sleep(poll)
 
-    def respond(self, dag_id: str, run_id: str, task_id: str, option: str, *, expect: tuple[int, ...] = (200,)) -> Any:
+    def respond(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        option: str,
+        *,
+        params_input: dict[str, Any] | None = None,
+        expect: tuple[int, ...] = (200,),
+    ) -> Any:
         return self.request(
             "PATCH",
             f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
-            json={"chosen_options": [option], "params_input": {}},
+            json={"chosen_options": [option], "params_input": params_input or {}},
             expect=expect,
         )
 
@@ -140,6 +155,7 @@ class AirflowClient:
         task_id: str,
         option: str,
         *,
+        params_input: dict[str, Any] | None = None,
         timeout: float = 600,
         poll: float = 1.0,
         settle: float = 5.0,
@@ -150,7 +166,7 @@ class AirflowClient:
         the approval task retries and asks again (the operators retry once for exactly
         this); the same answer is then given again.
         """
-        self.respond(dag_id, run_id, task_id, option)
+        self.respond(dag_id, run_id, task_id, option, params_input=params_input)
         deadline = time.monotonic() + timeout
         while True:
             state = self.task_states(dag_id, run_id).get(task_id)
@@ -160,7 +176,7 @@ class AirflowClient:
                 d["task_instance"]["task_id"] == task_id for d in self.pending_approvals(dag_id, run_id)
             ):
                 time.sleep(settle)
-                self.respond(dag_id, run_id, task_id, option)
+                self.respond(dag_id, run_id, task_id, option, params_input=params_input)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{task_id} still {state} {timeout}s after the answer")
             time.sleep(poll)

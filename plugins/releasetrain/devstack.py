@@ -39,6 +39,7 @@ class StackConfig:
     fleet_port: int = 8799
     db_url: str | None = None
     spec_dirs: list[Path] | None = None
+    calendar_dirs: list[Path] | None = None
     fleet_environments: list[str] = field(
         default_factory=lambda: [
             "dev",
@@ -129,6 +130,8 @@ class DevStack:
         )
         if cfg.spec_dirs:
             env["RELEASETRAIN_SPEC_DIRS"] = os.pathsep.join(str(p) for p in cfg.spec_dirs)
+        if cfg.calendar_dirs:
+            env["RELEASETRAIN_CALENDAR_DIRS"] = os.pathsep.join(str(p) for p in cfg.calendar_dirs)
         for environment in cfg.fleet_environments:
             env[f"AIRFLOW_CONN_{fleet_conn_id(environment).upper()}"] = json.dumps(
                 {

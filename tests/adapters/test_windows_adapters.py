@@ -234,3 +234,18 @@ def test_review_by_an_author_is_refused():
     }
     with pytest.raises(AirflowFailException, match="author is an author"):
         review().execute_complete(context(FakeTI({("prepare", "return_value"): request})), event)
+
+
+def test_review_needs_findings():
+    request = {**REQUEST, "emergency": True}
+    event = {
+        "chosen_options": ["Reviewed"],
+        "params_input": {"findings": "ok"},
+        "responded_at": dt.datetime(2026, 1, 1, tzinfo=UTC),
+        "responded_by_user": {"id": "approver", "name": "a"},
+    }
+    with pytest.raises(AirflowFailException, match="'findings' must say what was checked"):
+        review().execute_complete(context(FakeTI({("prepare", "return_value"): request})), event)
+    event["params_input"] = {"findings": "Logs and metrics checked, no side effects"}
+    result = review().execute_complete(context(FakeTI({("prepare", "return_value"): request})), event)
+    assert result["responded_by_user"]["id"] == "approver"

@@ -4,6 +4,7 @@ server, scheduler, dag-processor and triggerer on a fresh PostgreSQL database
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import tempfile
@@ -20,7 +21,26 @@ from releasetrain.devstack import DevStack, StackConfig
 from tests.conftest import PROJECT_ROOT
 
 PG_ADMIN_DSN = os.environ.get("RELEASETRAIN_E2E_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-E2E_DAGS = {"release_storefront", "release_billing", "release_tampered"}
+E2E_DAGS = {
+    "release_storefront",
+    "release_billing",
+    "release_tampered",
+    "release_gated",
+    "release_twin-a",
+    "release_twin-b",
+    "release_windowed",
+}
+
+
+def write_calendar(folder: Path, name: str, **body) -> None:
+    """A shared calendar of the e2e session (the gate reads it again at every check)."""
+    import yaml
+
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, "timezone": "UTC", **body}))
+
+
+def _hms(moment) -> str:
+    return moment.strftime("%H:%M:%S")
 
 
 def _free_port() -> int:
@@ -59,6 +79,26 @@ def _pg(sql: str) -> None:
 @pytest.fixture(scope="session")
 def stack():
     home = Path(tempfile.mkdtemp(prefix="releasetrain-e2e-"))
+    calendars = home / "calendars"
+    calendars.mkdir()
+    write_calendar(calendars, "e2e-gate", blackouts=[])
+    # A window a minute ahead that is blacked out, and one three minutes ahead that is not:
+    # the scheduler must start the release at the second one only.
+    t0 = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    w1 = (t0 + datetime.timedelta(seconds=60), t0 + datetime.timedelta(seconds=120))
+    w2 = (t0 + datetime.timedelta(seconds=180), t0 + datetime.timedelta(minutes=25))
+    write_calendar(
+        calendars,
+        "e2e-windows",
+        windows=[{"start": _hms(w1[0]), "end": _hms(w1[1])}, {"start": _hms(w2[0]), "end": _hms(w2[1])}],
+        blackouts=[
+            {
+                "name": "covers the first window",
+                "start": (w1[0] - datetime.timedelta(seconds=10)).isoformat(),
+                "end": (w1[1] + datetime.timedelta(seconds=10)).isoformat(),
+            }
+        ],
+    )
     db_url, db_name = None, None
     if os.environ.get("RELEASETRAIN_E2E_DB", "postgres") != "sqlite" and _postgres_answers():
         db_name = f"releasetrain_e2e_{uuid.uuid4().hex[:8]}"
@@ -76,11 +116,28 @@ def stack():
             PROJECT_ROOT / "tests" / "fixtures" / "releases",
             PROJECT_ROOT / "tests" / "fixtures" / "broken",
         ],
-        fleet_environments=["dev", "staging", "prod", "billing-staging", "billing-prod", "tamper-dev", "tamper-prod"],
+        calendar_dirs=[calendars, PROJECT_ROOT / "include" / "calendars"],
+        fleet_environments=[
+            "dev",
+            "staging",
+            "prod",
+            "billing-staging",
+            "billing-prod",
+            "tamper-dev",
+            "tamper-prod",
+            "gated-dev",
+            "gated-prod",
+            "twin",
+            "windowed-dev",
+            "payments-staging",
+            "payments-prod",
+        ],
         fleet_seed={"dev": "1.0.0", "staging": "1.0.0", "prod": "1.0.0"},
         fleet_deploy_seconds=1.0,
     )
     dev_stack = DevStack(config)
+    dev_stack.calendars = calendars
+    dev_stack.scheduled_windows = (w1, w2)
     try:
         dev_stack.prepare()
         dev_stack.start()

@@ -36,9 +36,8 @@ class PostImplementationReviewOperator(HITLOperator):
             options=[self.REVIEWED],
             params={
                 "findings": Param(
-                    "",
-                    type="string",
-                    minLength=10,
+                    None,
+                    type=["null", "string"],
                     title="Findings",
                     description="What was checked after the emergency change, and what follows from it.",
                 )
@@ -91,5 +90,10 @@ class PostImplementationReviewOperator(HITLOperator):
             )
         except SegregationOfDutiesError as exc:
             raise AirflowFailException(f"post-implementation review refused: {exc}") from None
-        self.log.info("Post-implementation review by %s: %s", responder, result["params_input"].get("findings"))
+        findings = " ".join(str(result["params_input"].get("findings") or "").split())
+        if len(findings) < 10:
+            raise AirflowFailException(
+                "post-implementation review: 'findings' must say what was checked (at least 10 characters)"
+            )
+        self.log.info("Post-implementation review by %s: %s", responder, findings)
         return {**result, "exceptions": self._exceptions(context)}
