@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint schema lock clean venv
+.PHONY: demo test test-fast bench lint schema lock clean venv
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ test: $(STAMP)
 ## make test-fast: everything but the end-to-end tests
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not e2e"
+
+## make bench: benchmarks, reported as ratios to baselines measured in the same run
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_windows.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check plugins tests dags include benchmarks

@@ -138,8 +138,9 @@ def _calendar_doc(spec: ReleaseSpec, calendars: CalendarLibrary | None) -> str:
             parts.append(f"\n**{env.name}**: calendar cannot be used: {exc}\n")
             continue
         duration = dt.timedelta(minutes=env.expected_duration_minutes)
-        openings = calendar.openings(now, end, duration)[:5]
-        blackouts = calendar.blackout_periods(now, end)[:5]
+        periods = calendar.blackout_periods(now, end)
+        openings = [w.start for w in calendar.effective(now, end, periods) if w.end - w.start >= duration][:5]
+        blackouts = periods[:5]
         parts.append(f"\n**{env.name}** (deploys need {env.expected_duration_minutes} min in a window)\n")
         parts += [f"- {line}" for line in calendar.describe()]
         parts.append("- next openings: " + (", ".join(iso_z(o) for o in openings) or "none in 14 days"))

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from releasetrain.core.versioning import SEMVER_PATTERN, is_semver
 from releasetrain.core.windows import CalendarError, CalendarSpec, IcsBlackout, ReleaseCalendar, SharedCalendar
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 # task ids of the release DAG that an environment's task group must not collide with
 RESERVED_ENVIRONMENT_NAMES = frozenset({"prepare", "package", "release_complete"})
@@ -315,7 +316,7 @@ def _read_yaml(path: Path, source: str) -> Any:
     except OSError as exc:
         raise ReleaseSpecError(source, [("", f"cannot be read: {exc.strerror}")]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -388,7 +389,21 @@ def _display(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
+_SHARED_CACHE: dict[tuple[str, int, int], SharedCalendar] = {}
+
+
 def _load_shared(path: Path, root: Path) -> SharedCalendar:
+    """A shared calendar file, parsed once per version of the file (path, mtime, size)."""
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _SHARED_CACHE:
+        if len(_SHARED_CACHE) > 256:
+            _SHARED_CACHE.clear()
+        _SHARED_CACHE[key] = _parse_shared(path, root)
+    return _SHARED_CACHE[key]
+
+
+def _parse_shared(path: Path, root: Path) -> SharedCalendar:
     source = _display(path, root)
     data = _read_yaml(path, source)
     try:

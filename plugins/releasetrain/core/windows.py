@@ -502,9 +502,12 @@ class ReleaseCalendar:
                 found += item.rule.periods(start, end, zone(item.tz))
         return sorted(found)
 
-    def effective(self, start: dt.datetime, end: dt.datetime) -> list[Interval]:
-        cuts = [Interval(b.start, b.end) for b in self.blackout_periods(start, end)]
-        return subtract(self.allowed(start, end), cuts)
+    def effective(
+        self, start: dt.datetime, end: dt.datetime, blackouts: list[BlackoutPeriod] | None = None
+    ) -> list[Interval]:
+        """Allowed windows minus blackouts (pass ``blackouts`` already computed for the span to reuse them)."""
+        periods = self.blackout_periods(start, end) if blackouts is None else blackouts
+        return subtract(self.allowed(start, end), [Interval(b.start, b.end) for b in periods])
 
     def decide(self, at: dt.datetime, min_duration: dt.timedelta = dt.timedelta(0)) -> GateDecision:
         """May a deploy start at ``at`` and have ``min_duration`` inside an open window?"""
