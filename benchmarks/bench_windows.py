@@ -38,8 +38,8 @@ def best_of(fn, repeat: int = 3) -> float:
 
 def bench_year_of_windows() -> dict:
     import pendulum
-    from airflow.timetables.trigger import CronTriggerTimetable
     from airflow.timetables.base import TimeRestriction
+    from airflow.timetables.trigger import CronTriggerTimetable
 
     from releasetrain.core.spec import CalendarLibrary, load_spec
 
@@ -60,8 +60,9 @@ def bench_year_of_windows() -> dict:
     def baseline():
         for _ in range(N):
             table = CronTriggerTimetable("0 9 * * 1-4", timezone="Europe/Berlin")
-            restriction = TimeRestriction(earliest=pendulum.instance(start), latest=pendulum.instance(end),
-                                          catchup=True)
+            restriction = TimeRestriction(
+                earliest=pendulum.instance(start), latest=pendulum.instance(end), catchup=True
+            )
             last = None
             while True:
                 info = table.next_dagrun_info(last_automated_data_interval=last, restriction=restriction)
@@ -70,8 +71,12 @@ def bench_year_of_windows() -> dict:
                 last = info.data_interval
 
     t_ours, t_base = best_of(ours), best_of(baseline)
-    return {"releases": N, "ours_s": round(t_ours, 3), "cron_baseline_s": round(t_base, 3),
-            "ratio": round(t_ours / t_base, 2)}
+    return {
+        "releases": N,
+        "ours_s": round(t_ours, 3),
+        "cron_baseline_s": round(t_base, 3),
+        "ratio": round(t_ours / t_base, 2),
+    }
 
 
 def bench_parse(tmp: Path) -> dict:
@@ -114,8 +119,13 @@ def bench_parse(tmp: Path) -> dict:
         assert len(bag.dags) == N, bag.import_errors
 
     t_ours, t_base = best_of(ours), best_of(baseline)
-    return {"specs": N, "tasks_per_dag": len(shape.tasks), "ours_s": round(t_ours, 3),
-            "hand_written_baseline_s": round(t_base, 3), "ratio": round(t_ours / t_base, 2)}
+    return {
+        "specs": N,
+        "tasks_per_dag": len(shape.tasks),
+        "ours_s": round(t_ours, 3),
+        "hand_written_baseline_s": round(t_base, 3),
+        "ratio": round(t_ours / t_base, 2),
+    }
 
 
 def main() -> int:

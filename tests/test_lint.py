@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.conftest import PROJECT_ROOT
 
 RUFF = Path(sys.executable).parent / "ruff"
-TREES = ["plugins", "tests", "dags", "include"]
+TREES = ["plugins", "tests", "dags", "include", "benchmarks"]
 
 
 def test_ruff_check():
