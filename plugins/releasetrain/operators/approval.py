@@ -17,6 +17,19 @@ from releasetrain.core.approval import (
 from releasetrain.operators._common import PACKAGE_TASK_ID, REQUEST_TASK_ID, pull, require
 
 
+def assign_non_authors(
+    operator: HITLOperator, request: dict[str, Any], users: list[str], what: str
+) -> tuple[set[str], list[str]]:
+    """Assign a HITL request to ``users`` minus the release's authors (fails when none is left)."""
+    excluded = authors(request.get("triggered_by"), request.get("requested_by"))
+    try:
+        eligible = eligible_approvers(users, excluded)
+    except SegregationOfDutiesError as exc:
+        raise AirflowFailException(f"{what}: {exc}") from None
+    operator.assigned_users = [{"id": user, "name": user} for user in eligible]
+    return excluded, eligible
+
+
 class ReleaseApprovalOperator(ApprovalOperator):
     """An Airflow HITL approval whose author can never approve.
 
@@ -71,12 +84,7 @@ class ReleaseApprovalOperator(ApprovalOperator):
 
     def execute(self, context: Any) -> Any:
         request = require(context, REQUEST_TASK_ID, "the release request")
-        excluded = authors(request.get("triggered_by"), request.get("requested_by"))
-        try:
-            eligible = eligible_approvers(self.approvers, excluded)
-        except SegregationOfDutiesError as exc:
-            raise AirflowFailException(f"{self.environment} approval: {exc}") from None
-        self.assigned_users = [{"id": user, "name": user} for user in eligible]
+        excluded, eligible = assign_non_authors(self, request, self.approvers, f"{self.environment} approval")
         packaged = pull(context, PACKAGE_TASK_ID) or {}
         self.subject = f"Approve {self.release} {request['version']} for {self.environment}?"
         self.body = self._body(context, request, packaged, excluded, eligible)

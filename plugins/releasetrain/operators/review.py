@@ -9,9 +9,9 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from releasetrain.core.approval import SegregationOfDutiesError, authors, check_responder, eligible_approvers
+from releasetrain.core.approval import SegregationOfDutiesError, authors, check_responder
 from releasetrain.operators._common import REQUEST_TASK_ID, pull, require
-from releasetrain.operators.approval import _md
+from releasetrain.operators.approval import _md, assign_non_authors
 
 
 class PostImplementationReviewOperator(HITLOperator):
@@ -56,12 +56,7 @@ class PostImplementationReviewOperator(HITLOperator):
         request = require(context, REQUEST_TASK_ID, "the release request")
         if not request.get("emergency"):
             raise AirflowSkipException("not an emergency change: no post-implementation review needed")
-        excluded = authors(request.get("triggered_by"), request.get("requested_by"))
-        try:
-            eligible = eligible_approvers(self.reviewers, excluded)
-        except SegregationOfDutiesError as exc:
-            raise AirflowFailException(f"post-implementation review: {exc}") from None
-        self.assigned_users = [{"id": user, "name": user} for user in eligible]
+        assign_non_authors(self, request, self.reviewers, "post-implementation review")
         lines = [
             f"Emergency release **{self.release} {request['version']}** ran with this justification:",
             "",
