@@ -141,7 +141,8 @@ class Fleet:
             "state": "in_progress",
             "message": "",
             "started_at": time.time(),
-            "finish_at": time.time() + self.deploy_seconds,
+            "finish_at": time.time()
+            + float(self.faults.get((name, version), {}).get("deploy_seconds", self.deploy_seconds)),
         }
         env["deployment_id"] = dep_id
         return 202, {"deployment_id": dep_id, "state": "in_progress"}
@@ -259,6 +260,8 @@ def make_handler(fleet: Fleet, credentials: tuple[str, str] | None):
                     if not 0 <= rate <= 1:
                         return 400, {"error": "error_rate must be between 0 and 1"}
                     fault = {"error_rate": rate, "fail_deploy": bool(body.get("fail_deploy", False))}
+                    if body.get("deploy_seconds") is not None:
+                        fault["deploy_seconds"] = float(body["deploy_seconds"])
                     fleet.faults[(body["environment"], body["version"])] = fault
                     return 201, {"environment": body["environment"], "version": body["version"], **fault}
             if path == "/environments" and method == "GET":

@@ -187,6 +187,7 @@ def build_release_dag(
     project_root: Path | str,
     signing_conn_id: str = "releasetrain_signing",
     calendars: CalendarLibrary | None = None,
+    auto_register: bool = True,
 ) -> DAG:
     """Turn one validated spec into its DAG (no network; shared calendars are read)."""
     project_root = Path(project_root)
@@ -209,6 +210,7 @@ def build_release_dag(
         doc_md=release_doc_md(spec, calendars),
         params=release_params(spec),
         default_args={"owner": spec.owner_team, "retries": 0},
+        auto_register=auto_register,
     ) as dag:
         request = ReleaseRequestOperator(task_id=REQUEST_TASK_ID, release=spec.name, planned_version=spec.version)
         package = BundlePackageOperator(
@@ -232,12 +234,13 @@ def build_release_dag(
             release=spec.name,
             gate_task_ids=list(gates),
             trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS if spec.has_calendar else TriggerRule.ALL_SUCCESS,
+            review_task_id="post_implementation_review" if spec.has_calendar else None,
         )
         if spec.has_calendar:
             review = PostImplementationReviewOperator(
                 task_id="post_implementation_review",
                 release=spec.name,
-                reviewers=sorted({user for env in spec.environments for user in env.approval.approvers}),
+                reviewers=spec.review_users,
                 gate_task_ids=windows,
             )
             upstream >> review >> complete
@@ -265,7 +268,7 @@ def _environment_stage(
             signing_conn_id=signing_conn_id,
         )
         first: Any = verify
-        approval_task_id = None
+        approval_task_id = window_task_id = None
         if env.approval.required:
             first = ReleaseApprovalOperator(
                 task_id="approve",
@@ -288,6 +291,7 @@ def _environment_stage(
                 expected_duration_minutes=env.expected_duration_minutes,
             )
             windows.append(window.task_id)
+            window_task_id = window.task_id
             if approval_task_id:
                 first >> window
             else:
@@ -305,6 +309,7 @@ def _environment_stage(
             promotion_gate_task_id=gates[-1] if previous else None,
             approval_task_id=approval_task_id,
             approvers=env.approval.approvers if approval_task_id else None,
+            window_task_id=window_task_id,
             deploy_timeout_seconds=env.deploy_timeout_seconds,
             poll_interval=env.poll_interval_seconds,
             pool=target_pool(env.deploy_target),
@@ -373,16 +378,30 @@ def load_release_specs(directories: Iterable[Path], *, project_root: Path) -> tu
     return specs, errors
 
 
+def _build_all(
+    specs: list[ReleaseSpec], project_root: Path, *, register: bool = True
+) -> tuple[dict[str, DAG], list[str]]:
+    dags: dict[str, DAG] = {}
+    errors: list[str] = []
+    for spec in specs:
+        try:
+            dags[spec.dag_id] = build_release_dag(spec, project_root=project_root, auto_register=register)
+        except Exception as exc:  # one release's problem never takes the others down
+            errors.append(f"release {spec.name!r} cannot be built: {type(exc).__name__}: {exc}")
+    return dags, errors
+
+
 def load_release_dags(directories: Iterable[Path], *, project_root: Path) -> dict[str, DAG]:
     """One DAG per valid spec. Broken specs are skipped here and reported by
     :func:`raise_spec_errors` from a DAG file of their own: Airflow marks every DAG of a
     file with an import error stale, so reporting them here would take all releases down."""
     specs, _ = load_release_specs(directories, project_root=project_root)
-    return {spec.dag_id: build_release_dag(spec, project_root=project_root) for spec in specs}
+    return _build_all(specs, project_root)[0]
 
 
 def raise_spec_errors(directories: Iterable[Path], *, project_root: Path) -> None:
     """Raise one :class:`ReleaseSpecError` naming every broken spec (file, field path, reason)."""
-    _, errors = load_release_specs(directories, project_root=project_root)
+    specs, errors = load_release_specs(directories, project_root=project_root)
+    errors += _build_all(specs, project_root, register=False)[1]
     if errors:
         raise ReleaseSpecError.combined("\n".join(errors))

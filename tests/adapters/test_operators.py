@@ -401,3 +401,11 @@ def test_package_refuses_symlinks(signing, store, tmp_path):
     )
     with pytest.raises(AirflowFailException, match="is a symbolic link"):
         op.execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
+
+
+def test_deploy_refuses_without_a_window_decision(monkeypatch):
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        with pytest.raises(AirflowFailException, match="no decision recorded by prod.window"):
+            deploy_op(window_task_id="prod.window").execute(context(deploy_ti()))
+        assert fleet.deployments == {}

@@ -249,3 +249,26 @@ def test_review_needs_findings():
     event["params_input"] = {"findings": "Logs and metrics checked, no side effects"}
     result = review().execute_complete(context(FakeTI({("prepare", "return_value"): request})), event)
     assert result["responded_by_user"]["id"] == "approver"
+
+
+def test_gate_fails_when_the_calendar_never_opens_long_enough():
+    with pytest.raises(AirflowFailException, match="never opens long enough"):
+        gate(windows=[{"start": "09:00", "end": "09:30"}], minutes=45).execute(
+            context(FakeTI({("prepare", "return_value"): REQUEST}))
+        )
+
+
+def test_completion_of_an_emergency_needs_the_recorded_review():
+    from releasetrain.operators.complete import ReleaseCompleteOperator
+
+    op = ReleaseCompleteOperator(
+        task_id="release_complete", release="shop", gate_task_ids=[], review_task_id="post_implementation_review"
+    )
+    request = {**REQUEST, "emergency": True}
+    with pytest.raises(AirflowFailException, match="no post-implementation review is recorded"):
+        op.execute(context(FakeTI({("prepare", "return_value"): request})))
+    reviewed = {
+        ("prepare", "return_value"): request,
+        ("post_implementation_review", "return_value"): {"responded_by_user": {"id": "approver"}},
+    }
+    assert op.execute(context(FakeTI(reviewed)))["release"] == "shop"

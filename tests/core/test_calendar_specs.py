@@ -21,6 +21,7 @@ BASE = {
     "owner_team": "t",
     "components": [{"name": "web", "source": "include/web"}],
     "environments": [{"name": "prod", "deploy_target": "fleet_prod"}],
+    "reviewers": ["ops"],
 }
 
 
@@ -74,6 +75,16 @@ def load(tmp_path: Path, path: Path):
             {"windows": [{"start": "09:00", "end": "09:00"}]},
             "calendar.windows[0]: start and end are equal",
             id="empty-window",
+        ),
+        pytest.param(
+            {"windows": [{"start": 600, "end": "12:00"}]},
+            'calendar.windows[0].start: write times in quotes, e.g. "10:00"',
+            id="unquoted-time",
+        ),
+        pytest.param(
+            {"blackouts": [{"name": "x", "cron": "0 0 30 2 *", "duration_minutes": 5}]},
+            "calendar.blackouts[0].cron.cron: '0 0 30 2 *' never fires within a year",
+            id="cron-never",
         ),
     ],
 )
@@ -189,3 +200,44 @@ def test_pools_cover_every_deploy_target():
     pools = json.loads(cli("pools").stdout)
     assert pools["releasetrain_target_fleet_prod"]["slots"] == 1
     assert pools["releasetrain_target_fleet_prod"]["include_deferred"] is True
+
+
+def test_a_scheduled_release_needs_windows(tmp_path):
+    (tmp_path / "calendars").mkdir()
+    (tmp_path / "calendars" / "freeze.yaml").write_text(
+        "name: freeze\nblackouts: [{name: f, start: '2026-12-21T00:00', end: '2027-01-04T00:00'}]\n"
+    )
+    with pytest.raises(ReleaseSpecError, match="schedule: 'windows' needs allowed windows"):
+        load(tmp_path, write_spec(tmp_path, {"use": ["freeze"]}, schedule="windows", version="1.0.0"))
+
+
+def test_a_release_with_calendars_needs_reviewers(tmp_path):
+    data = {k: v for k, v in BASE.items() if k != "reviewers"}
+    (tmp_path / "releases").mkdir()
+    path = tmp_path / "releases" / "shop.yaml"
+    path.write_text(yaml.safe_dump({**data, "calendar": {"timezone": "UTC"}}))
+    with pytest.raises(ReleaseSpecError, match="needs someone to review emergency changes"):
+        load(tmp_path, path)
+
+
+def test_shared_calendars_do_not_nest(tmp_path):
+    (tmp_path / "calendars").mkdir()
+    (tmp_path / "calendars" / "outer.yaml").write_text("name: outer\nuse: [inner]\n")
+    with pytest.raises(ReleaseSpecError, match="calendars/outer.yaml: use: List should have at most 0 items"):
+        load(tmp_path, write_spec(tmp_path, {"use": ["outer"]}))
+
+
+def test_calendar_view_ignores_releases_without_calendars(tmp_path):
+    import datetime as dt
+
+    from releasetrain.core.planning import calendar_view
+
+    (tmp_path / "calendars").mkdir()
+    gated = load(tmp_path, write_spec(tmp_path, {"windows": [{"start": "09:00", "end": "10:00"}]}, "gated"))
+    (tmp_path / "releases" / "free.yaml").write_text(yaml.safe_dump({**BASE, "name": "free"}))
+    free = load(tmp_path, tmp_path / "releases" / "free.yaml")
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    view = calendar_view(
+        [gated, free], CalendarLibrary(tmp_path, [tmp_path / "calendars"]), start, start + dt.timedelta(days=2), "prod"
+    )
+    assert [w.to_dict()["start"] for w in view.windows] == ["2026-01-01T09:00:00Z", "2026-01-02T09:00:00Z"]

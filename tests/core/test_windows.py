@@ -319,3 +319,30 @@ def test_subtract_is_set_difference(base, cuts):
 
     for minute in range(0, 620):
         assert covered(minute, result) == (covered(minute, iv) and not covered(minute, cv))
+
+
+def test_cancelled_and_free_ics_events_do_not_block():
+    text = (
+        "BEGIN:VCALENDAR\nVERSION:2.0\nPRODID:t\n"
+        "BEGIN:VEVENT\nUID:a\nDTSTAMP:20260101T000000Z\nDTSTART:20260310T100000Z\nDTEND:20260310T110000Z\n"
+        "STATUS:CANCELLED\nSUMMARY:called off\nEND:VEVENT\n"
+        "BEGIN:VEVENT\nUID:b\nDTSTAMP:20260101T000000Z\nDTSTART:20260311T100000Z\nDTEND:20260311T110000Z\n"
+        "TRANSP:TRANSPARENT\nSUMMARY:free\nEND:VEVENT\n"
+        "BEGIN:VEVENT\nUID:c\nDTSTAMP:20260101T000000Z\nDTSTART:20260312T100000Z\nDTEND:20260312T110000Z\n"
+        "SUMMARY:busy\nEND:VEVENT\nEND:VCALENDAR\n"
+    )
+    cal = calendar(timezone="UTC", blackouts=[{"name": "ext", "ics": "inline:y", "_text": text}])
+    assert [p.name for p in cal.blackout_periods(utc(2026, 3, 1), utc(2026, 3, 31))] == ["ext: busy"]
+
+
+def test_a_blackout_starting_within_the_expected_duration_is_named():
+    cal = calendar(
+        timezone="UTC", blackouts=[{"name": "db migration", "start": "2026-06-01T10:20", "end": "2026-06-01T11:00"}]
+    )
+    decision = cal.decide(utc(2026, 6, 1, 10), dt.timedelta(minutes=30))
+    assert not decision.open and decision.blocking == ("db migration",)
+
+
+def test_openings_do_not_count_windows_already_open():
+    cal = calendar(timezone="UTC")  # always open
+    assert cal.openings(utc(2026, 1, 1), utc(2026, 3, 1)) == []

@@ -85,8 +85,8 @@ def stack():
     # A window a minute ahead that is blacked out, and one three minutes ahead that is not:
     # the scheduler must start the release at the second one only.
     t0 = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    w1 = (t0 + datetime.timedelta(seconds=60), t0 + datetime.timedelta(seconds=120))
-    w2 = (t0 + datetime.timedelta(seconds=180), t0 + datetime.timedelta(minutes=25))
+    w1 = (t0 + datetime.timedelta(seconds=150), t0 + datetime.timedelta(seconds=210))
+    w2 = (t0 + datetime.timedelta(seconds=270), t0 + datetime.timedelta(minutes=25))
     write_calendar(
         calendars,
         "e2e-windows",
@@ -146,6 +146,9 @@ def stack():
         while not E2E_DAGS <= set(client.dag_ids()):
             assert time.monotonic() < deadline, f"DAGs not parsed: {client.dag_ids()} {client.import_errors()}"
             time.sleep(2)
+        # what the scheduler planned for the windowed release, seen before its first window
+        dag = client.request("GET", "/dags/release_windowed")
+        dev_stack.windowed_plan = (datetime.datetime.now(datetime.UTC), dag.get("next_dagrun_run_after"))
         yield dev_stack
     finally:
         dev_stack.stop()

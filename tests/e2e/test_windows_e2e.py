@@ -104,6 +104,8 @@ def test_emergency_passes_with_the_exception_recorded_and_needs_a_review(stack, 
 
 
 def test_concurrent_runs_sharing_a_target_never_overlap_their_deploys(author, fleet):
+    # each deploy takes 6 s: without the target's pool the two would surely overlap
+    fleet.post("/faults", {"environment": "twin", "version": "1.0.0", "error_rate": 0, "deploy_seconds": 6})
     runs = {}
 
     def start(dag_id):
@@ -127,6 +129,9 @@ def test_concurrent_runs_sharing_a_target_never_overlap_their_deploys(author, fl
 
 def test_scheduler_starts_a_release_only_at_an_open_window(stack, admin):
     (w1_start, w1_end), (w2_start, _) = stack.scheduled_windows
+    seen_at, planned = stack.windowed_plan
+    assert seen_at < w1_start, f"the stack took too long to start ({seen_at} >= {w1_start}): test inconclusive"
+    assert planned and parse(planned) == w2_start, f"planned {planned}; the blacked-out window starts {w1_start}"
     deadline = time.monotonic() + max(60.0, (w2_start - now()).total_seconds() + 120)
     scheduled = []
     while not scheduled:

@@ -46,7 +46,10 @@ def calendar_view(
     for spec in specs:
         if environment is not None and environment not in {e.name for e in spec.environments}:
             continue
-        calendar = library.resolve(spec.calendar_layers(environment))
+        layers = spec.calendar_layers(environment)
+        if not layers:  # no calendar: it constrains nothing, and would show the whole span as a window
+            continue
+        calendar = library.resolve(layers)
         windows += calendar.effective(start, end)
         blackouts.update(calendar.blackout_periods(start, end))
     return CalendarView(merge(windows), sorted(blackouts), find_conflicts(specs, library))

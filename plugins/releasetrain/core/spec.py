@@ -209,6 +209,11 @@ class ReleaseSpec(_Model):
         default=None, description="When a planned release is to go out (with offset), for conflict reports."
     )
     planned_duration_minutes: int = Field(default=60, gt=0)
+    reviewers: list[str] = Field(
+        default_factory=list,
+        description="Who may give the post-implementation review of an emergency change; default: every "
+        "environment's approvers. Never the release's authors.",
+    )
     depends_on: list[str] = Field(
         default_factory=list, description="Releases this one must not overlap with (shared dependencies)."
     )
@@ -234,9 +239,19 @@ class ReleaseSpec(_Model):
     def _schedulable(self) -> ReleaseSpec:
         if self.schedule == "windows" and not (self.calendar and (self.calendar.windows or self.calendar.use)):
             raise ValueError("schedule 'windows' needs a release-level calendar with windows (or shared calendars)")
+        if self.has_calendar and not self.review_users:
+            raise ValueError(
+                "a release with calendars needs someone to review emergency changes: set reviewers "
+                "(or approvers on an environment)"
+            )
         if self.planned_start is not None and self.planned_start.tzinfo is None:
             raise ValueError("planned_start needs an offset or Z, e.g. 2026-12-01T09:00:00+01:00")
         return self
+
+    @property
+    def review_users(self) -> list[str]:
+        """Who reviews emergency changes: ``reviewers``, else every environment's approvers."""
+        return list(self.reviewers) or sorted({u for env in self.environments for u in env.approval.approvers})
 
     @property
     def has_calendar(self) -> bool:
@@ -437,6 +452,17 @@ def check_calendars(spec: ReleaseSpec, source: str, library: CalendarLibrary) ->
                     parse_ics(library.read_text(rule.ics), rule.ics)
                 except CalendarError as exc:
                     problems.append((f"{path}.blackouts[{k}].ics", str(exc)))
+    if not problems:
+        for path, layer_list in [("calendar", spec.calendar_layers(None))] + [
+            (f"environments[{i}].calendar", spec.calendar_layers(env.name)) for i, env in enumerate(spec.environments)
+        ]:
+            try:
+                resolved = library.resolve(layer_list)
+            except (CalendarError, ReleaseSpecError) as exc:
+                problems.append((path, str(exc)))
+                continue
+            if path == "calendar" and spec.schedule == "windows" and not resolved.windows:
+                problems.append(("schedule", "'windows' needs allowed windows in the release's calendars"))
     if problems:
         raise ReleaseSpecError(source, problems)
 

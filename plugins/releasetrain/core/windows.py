@@ -136,6 +136,13 @@ class WindowRule(_Rule):
     start: dt.time
     end: dt.time
 
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _quoted(cls, value: Any) -> Any:
+        if isinstance(value, int):  # YAML 1.1 reads an unquoted 10:00 as the number 600
+            raise ValueError('write times in quotes, e.g. "10:00" (unquoted, YAML reads 10:00 as a number)')
+        return value
+
     @model_validator(mode="after")
     def _not_empty(self) -> WindowRule:
         if self.start == self.end:
@@ -194,16 +201,23 @@ class RecurringBlackout(_Rule):
 
         if not croniter.is_valid(value):
             raise ValueError(f"{value!r} is not a valid cron expression")
+        try:
+            croniter(value, dt.datetime(2026, 1, 1, tzinfo=UTC), max_years_between_matches=1).get_next(dt.datetime)
+        except Exception:
+            raise ValueError(f"{value!r} never fires within a year") from None
         return value
 
     def periods(self, start: dt.datetime, end: dt.datetime, tz: ZoneInfo) -> list[BlackoutPeriod]:
         from croniter import croniter
 
         length = dt.timedelta(minutes=self.duration_minutes)
-        it = croniter(self.cron, (start - length).astimezone(tz))
+        it = croniter(self.cron, (start - length).astimezone(tz), max_years_between_matches=1)
         found = []
         while True:
-            begin = it.get_next(dt.datetime).astimezone(UTC)
+            try:
+                begin = it.get_next(dt.datetime).astimezone(UTC)
+            except Exception as exc:  # croniter gives up on rare schedules: say which rule
+                raise CalendarError(f"blackout {self.name!r}: cron {self.cron!r} cannot be expanded: {exc}") from None
             if begin >= end:
                 return found
             found.append(BlackoutPeriod(begin, begin + length, self.name))
@@ -279,6 +293,9 @@ class IcsBlackout(_Rule):
 
         found = []
         for event in recurring_ical_events.of(parse_ics(text, self.ics)).between(start, end):
+            status, transparency = str(event.get("STATUS", "")).upper(), str(event.get("TRANSP", "")).upper()
+            if status == "CANCELLED" or transparency == "TRANSPARENT":
+                continue  # cancelled, or marked as not blocking ("free")
             begin, finish = event.get("DTSTART").dt, (event.get("DTEND") or event.get("DTSTART")).dt
             summary = str(event.get("SUMMARY") or "event")
             if not isinstance(begin, dt.datetime):  # all-day event: whole local days
@@ -349,6 +366,7 @@ class SharedCalendar(CalendarSpec):
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
     description: str = ""
+    use: list[str] = Field(default_factory=list, max_length=0, description="Shared calendars do not nest.")
 
 
 # --- holidays, business days, ICS ----------------------------------------------------------
@@ -518,14 +536,17 @@ class ReleaseCalendar:
             if window.start <= at < window.end:
                 if window.end - at >= min_duration:
                     return GateDecision(True, f"open until {iso_z(window.end)}", at, window.end)
+                blockers = tuple(dict.fromkeys(b.name for b in self.blackout_periods(window.end, at + min_duration)))
                 reason = (
-                    f"only {_minutes(window.end - at)} min left in the window (until {iso_z(window.end)}), "
-                    f"{_minutes(min_duration)} min needed"
+                    f"only {_minutes(window.end - at)} min left in the window (until {iso_z(window.end)}"
+                    + (f", then {', '.join(blockers)}" if blockers else "")
+                    + f"), {_minutes(min_duration)} min needed"
                 )
-                return self._closed(at, min_duration, reason)
-        blocking = tuple(b.name for b in self.blackout_periods(at, at + dt.timedelta(seconds=1)))
+                return self._closed(at, min_duration, reason, blockers)
+        span = at + max(min_duration, dt.timedelta(seconds=1))
+        blocking = tuple(dict.fromkeys(b.name for b in self.blackout_periods(at, span)))
         if blocking:
-            ends = max(b.end for b in self.blackout_periods(at, at + dt.timedelta(seconds=1)))
+            ends = max(b.end for b in self.blackout_periods(at, span))
             return self._closed(
                 at, min_duration, f"blacked out by {', '.join(blocking)} (until {iso_z(ends)})", blocking
             )
@@ -561,10 +582,12 @@ class ReleaseCalendar:
     def openings(
         self, start: dt.datetime, end: dt.datetime, min_duration: dt.timedelta = dt.timedelta(0)
     ) -> list[dt.datetime]:
-        """Starts of the effective windows in [start, end) long enough for ``min_duration``."""
+        """Starts of the effective windows in [start, end) long enough for ``min_duration``.
+        A window already open at ``start`` has no opening in the range."""
+        span_end = end + max(min_duration, dt.timedelta(days=1))
         return [
             w.start
-            for w in self.effective(start, end + max(min_duration, dt.timedelta(days=1)))
+            for w in self.effective(start - dt.timedelta(days=2), span_end)
             if start <= w.start < end and w.end - w.start >= min_duration
         ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 
 from releasetrain.operators._common import PACKAGE_TASK_ID, REQUEST_TASK_ID, pull
 
@@ -20,13 +21,23 @@ class ReleaseCompleteOperator(BaseOperator):
 
     ui_color = "#ceead6"
 
-    def __init__(self, *, release: str, gate_task_ids: list[str], **kwargs: Any) -> None:
+    def __init__(
+        self, *, release: str, gate_task_ids: list[str], review_task_id: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.release = release
         self.gate_task_ids = gate_task_ids
+        self.review_task_id = review_task_id
 
     def execute(self, context: Any) -> dict[str, Any]:
         request = pull(context, REQUEST_TASK_ID) or {}
+        if request.get("emergency") and self.review_task_id:
+            review = pull(context, self.review_task_id) or {}
+            if not (review.get("responded_by_user") or {}).get("id"):
+                raise AirflowFailException(
+                    f"emergency release {self.release}: no post-implementation review is recorded "
+                    f"(was {self.review_task_id} marked by hand?); the release cannot end successful"
+                )
         packaged = pull(context, PACKAGE_TASK_ID) or {}
         environments = [pull(context, task_id)["environment"] for task_id in self.gate_task_ids]
         self.log.info(

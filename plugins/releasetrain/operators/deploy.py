@@ -52,6 +52,7 @@ class EnvironmentDeployOperator(BaseOperator):
         promotion_gate_task_id: str | None = None,
         approval_task_id: str | None = None,
         approvers: list[str] | None = None,
+        window_task_id: str | None = None,
         deploy_timeout_seconds: float = 900,
         poll_interval: float = 2.0,
         **kwargs: Any,
@@ -63,6 +64,7 @@ class EnvironmentDeployOperator(BaseOperator):
             raise ValueError("an approval_task_id needs the approvers to check it against")
         self.approval_task_id = approval_task_id
         self.approvers = list(approvers or [])
+        self.window_task_id = window_task_id
         self.release = release
         self.environment = environment
         self.deploy_target_conn_id = deploy_target_conn_id
@@ -83,6 +85,8 @@ class EnvironmentDeployOperator(BaseOperator):
             raise AirflowFailException(str(exc)) from None
         if self.approval_task_id:
             self._check_approval(context, request)
+        if self.window_task_id:
+            self._check_window(context)
 
         hook = DeployTargetHook(self.deploy_target_conn_id)
         live = self._call(hook.get_status)
@@ -143,6 +147,24 @@ class EnvironmentDeployOperator(BaseOperator):
             "%s now runs %s %s (deployment %s)", self.environment, self.release, version, event["deployment_id"]
         )
         return self._result(version, digest, pre, deployment_id=event["deployment_id"], noop=False)
+
+    def _check_window(self, context: Any) -> None:
+        """The window gate's decision, and the window itself, checked again right before deploying."""
+        gate = pull(context, self.window_task_id) or {}
+        if not gate:
+            raise AirflowFailException(
+                f"{self.environment}: no decision recorded by {self.window_task_id} in this run "
+                "(was the window gate marked successful by hand?); nothing is deployed"
+            )
+        if gate.get("emergency_exception"):
+            return
+        window = context["dag"].get_task(self.window_task_id)
+        decision = window.decide_now()
+        if not decision.open:
+            raise AirflowFailException(
+                f"{self.environment}: the release window closed before the deploy could start ({decision.reason}); "
+                f"nothing is deployed: clear {self.window_task_id} to wait for the next opening"
+            )
 
     def _check_approval(self, context: Any, request: dict[str, Any]) -> None:
         """The approval this deploy relies on, checked again where it is used."""

@@ -67,7 +67,8 @@ class PostImplementationReviewOperator(HITLOperator):
         ]
         for item in self._exceptions(context):
             lines.append(
-                f"- {item['environment']}: at {item['at']} by {_md(item.get('requested_by') or '-')} "
+                f"- {item['environment']}: at {item['at']}, triggered by {_md(item.get('triggered_by') or '-')} "
+                f"for {_md(item.get('requested_by') or '-')}, "
                 f"bypassed {_md(', '.join(item['rules']))} ({_md(item['bypassed'])})"
             )
         if len(lines) == 6:

@@ -61,6 +61,10 @@ class ReleaseWindowSensor(BaseOperator):
             raise AirflowFailException(f"{self.environment}: the release calendar cannot be used: {exc}") from None
         return calendar.decide(now, dt.timedelta(minutes=self.expected_duration_minutes))
 
+    def decide_now(self):
+        """The calendar's decision at this moment (also used by the deploy, right before it starts)."""
+        return self._decision(dt.datetime.now(dt.UTC))
+
     def execute(self, context: Any) -> dict[str, Any]:
         request = require(context, REQUEST_TASK_ID, "the release request")
         return self._gate(context, request)
@@ -95,6 +99,11 @@ class ReleaseWindowSensor(BaseOperator):
                 "reason": decision.reason,
                 "emergency_exception": exception,
             }
+        if decision.next_opening is None:
+            raise AirflowFailException(
+                f"{self.environment}: {decision.reason}. The calendar never opens long enough "
+                f"({self.expected_duration_minutes} min): fix the calendar or expected_duration_minutes"
+            )
         self.log.info(
             "%s is closed: %s. The run waits (deferred, no worker slot) and goes on by itself.",
             self.environment,

@@ -10,8 +10,8 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from releasetrain.core.spec import CalendarLibrary
-from releasetrain.core.windows import CalendarSpec, iso_z
+from releasetrain.core.spec import CalendarLibrary, ReleaseSpecError
+from releasetrain.core.windows import CalendarError, CalendarSpec, iso_z
 
 
 class ReleaseWindowTrigger(BaseTrigger):
@@ -64,7 +64,14 @@ class ReleaseWindowTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         while True:
             now = dt.datetime.now(dt.UTC)
-            decision = await asyncio.to_thread(self._decide, now)
+            try:
+                decision = await asyncio.to_thread(self._decide, now)
+            except (CalendarError, ReleaseSpecError) as exc:  # e.g. a shared calendar saved half-edited
+                self.log.warning(
+                    "release calendar cannot be read (%s); checking again in %.0f s", exc, self.recheck_seconds
+                )
+                await asyncio.sleep(self.recheck_seconds)
+                continue
             if decision.open:
                 yield TriggerEvent({"open": True, "at": iso_z(now), "reason": decision.reason})
                 return
