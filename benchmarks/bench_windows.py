@@ -38,12 +38,29 @@ def best_of(fn, repeat: int = 3) -> float:
 
 def bench_year_of_windows() -> dict:
     import pendulum
+    import yaml
     from airflow.timetables.base import TimeRestriction
     from airflow.timetables.trigger import CronTriggerTimetable
 
-    from releasetrain.core.spec import CalendarLibrary, load_spec
+    from releasetrain.core.spec import CalendarLibrary, parse_spec
 
-    spec = load_spec(ROOT / "include/releases/payments.yaml", display_root=ROOT)
+    base = yaml.safe_load((ROOT / "include/releases/payments.yaml").read_text())
+    specs = []
+    for i in range(N):  # 100 distinct releases: own batch time, own one-off blackout
+        data = {**base, "name": f"payments{i:03d}"}
+        data["calendar"] = {
+            **base["calendar"],
+            "blackouts": [
+                {"name": "batch", "cron": f"{i % 60} {13 + i % 5} * * *", "duration_minutes": 30 + i % 30},
+                {
+                    "name": "migration",
+                    "start": f"2027-0{1 + i % 9}-1{i % 9}T08:00",
+                    "end": f"2027-0{1 + i % 9}-1{i % 9}T18:00",
+                },
+                base["calendar"]["blackouts"][1],
+            ],
+        }
+        specs.append(parse_spec(data, f"bench-{i}"))
     library = CalendarLibrary(ROOT)
     start = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
     end = start + dt.timedelta(days=365)
@@ -53,7 +70,7 @@ def bench_year_of_windows() -> dict:
 
         windows.holiday_dates.cache_clear()
         windows._business_days.cache_clear()
-        for _ in range(N):
+        for spec in specs:
             calendar = library.resolve(spec.calendar_layers("payments-prod"))
             calendar.effective(start, end)
 
