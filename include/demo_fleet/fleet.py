@@ -70,6 +70,7 @@ class Fleet:
                 "previous_version": None,
                 "previous_digest": None,
                 "deployment_id": None,
+                "run_id": None,
                 "history": [],
             }
         return self.environments[name]
@@ -88,7 +89,12 @@ class Fleet:
                 continue
             if env["version"] != dep["version"] or env["digest"] != dep["digest"]:
                 env["previous_version"], env["previous_digest"] = env["version"], env["digest"]
-            env.update(version=dep["version"], digest=dep["digest"], release=dep.get("release") or env["release"])
+            env.update(
+                version=dep["version"],
+                digest=dep["digest"],
+                release=dep.get("release") or env["release"],
+                run_id=dep.get("run_id"),
+            )
             env["history"].append({"version": dep["version"], "digest": dep["digest"], "at": now, "kind": dep["kind"]})
             dep.update(state="succeeded", message=f"{dep['environment']} runs {dep['version']}")
 
@@ -99,7 +105,11 @@ class Fleet:
     def view(self, name: str) -> dict[str, Any]:
         env = self.env(name)
         rate = self.error_rate(name, env["version"])
+        running = self.deployments.get(env["deployment_id"] or "")
         return {
+            "in_progress": {k: running[k] for k in ("deployment_id", "version", "digest", "run_id")}
+            if running
+            else None,
             **{k: v for k, v in env.items() if k != "history"},
             "state": "deploying" if env["deployment_id"] else "idle",
             "healthy": env["version"] is not None and rate < UNHEALTHY_ERROR_RATE,
@@ -124,6 +134,7 @@ class Fleet:
         if env["version"] == version and env["digest"] == digest:
             return 200, {
                 "deployment_id": None,
+                "run_id": None,
                 "state": "succeeded",
                 "noop": True,
                 "message": f"{name} already runs {version}",

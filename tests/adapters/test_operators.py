@@ -409,3 +409,28 @@ def test_deploy_refuses_without_a_window_decision(monkeypatch):
         with pytest.raises(AirflowFailException, match="no decision recorded by prod.window"):
             deploy_op(window_task_id="prod.window").execute(context(deploy_ti()))
         assert fleet.deployments == {}
+
+
+def test_a_cleared_deploy_still_knows_what_to_roll_back_to(monkeypatch):
+    """A deploy task run again (retry/clear) after it succeeded: the target says this run
+    deployed the live version, so the rollback point is what ran before it."""
+    with running_fleet(seed={"prod": "1.0.0"}, deploy_seconds=0) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        seed_digest = fleet.env("prod")["digest"]
+        with pytest.raises(TaskDeferred):
+            deploy_op().execute(context(deploy_ti()))
+        ti = deploy_ti()
+        result = deploy_op().execute(context(ti))  # the earlier try's deployment finished meanwhile
+        assert result["noop"] is True
+        assert ti.xcoms[("__self__", PRE_DEPLOY_KEY)] == {"version": "1.0.0", "digest": seed_digest, "noop": False}
+
+
+def test_a_retried_deploy_reattaches_to_its_running_deployment(monkeypatch):
+    with running_fleet(seed={"prod": "1.0.0"}, deploy_seconds=60) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        with pytest.raises(TaskDeferred) as first:
+            deploy_op().execute(context(deploy_ti()))
+        with pytest.raises(TaskDeferred) as again:
+            deploy_op().execute(context(deploy_ti()))
+        assert again.value.trigger.deployment_id == first.value.trigger.deployment_id
+        assert len(fleet.deployments) == 1, "no second deployment was started"

@@ -6,7 +6,9 @@ HTTP basic auth. Relative to that base URL:
 
 ==================================  ===========================================================
 ``GET  status``                     ``{version, digest, previous_version, previous_digest,
-                                    state, healthy}``
+                                    state, healthy}``; optional ``run_id`` (the run that
+                                    deployed the live version) and ``in_progress``
+                                    (``{deployment_id, version, digest, run_id}``)
 ``POST deployments``                body ``{release, version, digest, run_id}``; ``202
                                     {deployment_id, state: "in_progress"}``, ``200 {state:
                                     "succeeded", noop: true}`` when already live, ``409`` when a

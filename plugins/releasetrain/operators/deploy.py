@@ -91,10 +91,24 @@ class EnvironmentDeployOperator(BaseOperator):
         hook = DeployTargetHook(self.deploy_target_conn_id)
         live = self._call(hook.get_status)
         already_live = live.get("version") == version and live.get("digest") == digest
-        context["ti"].xcom_push(
-            key=PRE_DEPLOY_KEY,
-            value={"version": live.get("version"), "digest": live.get("digest"), "noop": already_live},
-        )
+        if already_live and live.get("run_id") == context["run_id"]:
+            # this run deployed it in an earlier try (retry or clear): a rollback returns to what ran before
+            before = {"version": live.get("previous_version"), "digest": live.get("previous_digest"), "noop": False}
+        else:
+            before = {"version": live.get("version"), "digest": live.get("digest"), "noop": already_live}
+        context["ti"].xcom_push(key=PRE_DEPLOY_KEY, value=before)
+        running = live.get("in_progress") or {}
+        if (running.get("version"), running.get("digest"), running.get("run_id")) == (
+            version,
+            digest,
+            context["run_id"],
+        ):
+            self.log.info(
+                "%s: re-attaching to deployment %s started by an earlier try",
+                self.environment,
+                running["deployment_id"],
+            )
+            self._wait(str(running["deployment_id"]))
         if already_live:
             self.log.info(
                 "%s already runs %s %s (%s): nothing to deploy", self.environment, self.release, version, digest
@@ -116,10 +130,13 @@ class EnvironmentDeployOperator(BaseOperator):
             return self._result(
                 version, digest, live, deployment_id=started.get("deployment_id"), noop=bool(started.get("noop"))
             )
+        self._wait(str(started["deployment_id"]))
+
+    def _wait(self, deployment_id: str) -> None:
         self.defer(
             trigger=DeploymentCompletionTrigger(
                 deploy_target_conn_id=self.deploy_target_conn_id,
-                deployment_id=str(started["deployment_id"]),
+                deployment_id=deployment_id,
                 poll_interval=self.poll_interval,
                 timeout_seconds=self.deploy_timeout_seconds,
             ),
