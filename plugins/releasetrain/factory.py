@@ -4,13 +4,15 @@ Graph of a release with environments dev, staging and prod (prod needs approval)
 
     prepare >> package >> dev.verify >> dev.deploy >> dev.smoke
         >> staging.verify >> staging.deploy >> staging.smoke
-        >> prod.approve >> prod.verify >> prod.deploy >> prod.smoke >> prod.health
-        >> release_complete
+        >> prod.approve >> [prod.window] >> prod.verify >> prod.deploy >> prod.smoke >> prod.health
+        >> [post_implementation_review] >> release_complete
     <env>.rollback  (one_failed on <env>.deploy / smoke / health)
 
+``<env>.window`` exists for environments with a calendar, ``post_implementation_review``
+for releases with calendars (it skips unless the run is an emergency).
 ``release_complete`` is the leaf that decides the run's state: any failed gate leaves it
 ``upstream_failed``, so a release that was rolled back or rejected ends ``failed``.
-Building a DAG does no I/O: parsing stays cheap.
+Building a DAG does no network I/O (spec and calendar files only): parsing stays cheap.
 """
 
 from __future__ import annotations
