@@ -7,6 +7,13 @@ releasetrain calendar SPEC... [--environment ENV] [--from ISO8601] [--days N]
                                    effective windows, blackouts and conflicts (UTC)
 releasetrain pools [SPEC...]       the deploy-target pools, as JSON for `airflow pools import`
 releasetrain schema                the release spec's JSON Schema
+releasetrain ledger verify [--conn CONN_ID | --url URL]
+                                   check the ledger's hash chain; exit 1 naming the first
+                                   bad event
+releasetrain evidence RELEASE RUN_ID --out FILE [--conn CONN_ID | --url URL]
+                                   export a signed evidence bundle for one release run
+releasetrain evidence verify FILE [--public-key PEM_FILE]
+                                   verify an evidence bundle offline; exit 1 naming problems
 """
 
 from __future__ import annotations
@@ -113,6 +120,70 @@ def _pools(paths: list[str], root: Path) -> int:
     return 0
 
 
+def _ledger_store(args: argparse.Namespace):
+    from releasetrain.hooks.ledger import LedgerHook, store_from_url
+
+    return store_from_url(args.url) if args.url else LedgerHook(args.conn).store
+
+
+def _ledger(args: argparse.Namespace) -> int:
+    from releasetrain.core.ledger import LedgerError
+
+    try:
+        store = _ledger_store(args)
+        result = store.verify()
+    except LedgerError as exc:
+        print(f"ledger: {exc}", file=sys.stderr)
+        return 2
+    print(result.message(), file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
+
+
+def _evidence(args: argparse.Namespace) -> int:
+    from releasetrain.core.evidence import EvidenceError, build_evidence, verify_evidence
+    from releasetrain.core.ledger import LedgerError
+
+    if args.items[0] == "verify" and len(args.items) == 2:
+        path = Path(args.items[1])
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"{path}: cannot read the evidence bundle: {exc}", file=sys.stderr)
+            return 1
+        trusted = Path(args.public_key).read_text() if args.public_key else None
+        problems = verify_evidence(document, trusted)
+        for problem in problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        if problems:
+            return 1
+        source = "the given public key" if trusted else "the public key embedded in the bundle (pass --public-key)"
+        print(
+            f"{path}: intact: {len(document['events'])} events of {document['release']} {document['run_id']}, "
+            f"signed by {source}"
+        )
+        return 0
+    if len(args.items) != 2 or not args.out:
+        print(
+            "usage: releasetrain evidence RELEASE RUN_ID --out FILE | releasetrain evidence verify FILE",
+            file=sys.stderr,
+        )
+        return 2
+    from releasetrain.hooks.bundle_store import SigningKeyHook
+
+    release, run_id = args.items
+    try:
+        store = _ledger_store(args)
+        head = store.head()
+        events = list(store.events(release=release, run_id=run_id))
+        document = build_evidence(release, run_id, events, head, SigningKeyHook(args.signing_conn).private_key())
+    except (LedgerError, EvidenceError, ValueError) as exc:
+        print(f"evidence: {exc}", file=sys.stderr)
+        return 1
+    Path(args.out).write_text(json.dumps(document, indent=2, sort_keys=True))
+    print(f"wrote {args.out}: {len(events)} events of {release} {run_id}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="releasetrain", description="Release management as Airflow DAGs.")
     parser.add_argument("--project-root", default=".", help="what relative paths in specs are relative to")
@@ -130,6 +201,17 @@ def main(argv: list[str] | None = None) -> int:
     pools = commands.add_parser("pools", help="pool definitions for `airflow pools import`")
     pools.add_argument("specs", nargs="*", metavar="SPEC")
     commands.add_parser("schema", help="print the release spec JSON Schema")
+    ledger = commands.add_parser("ledger", help="the release ledger")
+    ledger.add_argument("action", choices=["verify"])
+    evidence = commands.add_parser("evidence", help="export or verify a signed evidence bundle")
+    evidence.add_argument("items", nargs="+", metavar="RELEASE RUN_ID | verify FILE")
+    evidence.add_argument("--out", metavar="FILE")
+    evidence.add_argument("--public-key", metavar="PEM_FILE", help="trusted key for `evidence verify`")
+    evidence.add_argument("--signing-conn", default="releasetrain_signing", help="connection holding the key")
+    for sub in (ledger, evidence):
+        where = sub.add_mutually_exclusive_group()
+        where.add_argument("--conn", default="releasetrain_ledger", metavar="CONN_ID", help="ledger connection id")
+        where.add_argument("--url", help="ledger database: sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
     args = parser.parse_args(argv)
     root = Path(args.project_root).resolve()
     if args.command == "validate":
@@ -140,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         return _calendar(args, root)
     if args.command == "pools":
         return _pools(args.specs, root)
+    if args.command == "ledger":
+        return _ledger(args)
+    if args.command == "evidence":
+        return _evidence(args)
     print(json_schema_text(), end="")
     return 0
 

@@ -1,0 +1,146 @@
+"""Signed evidence bundles: one release run's ledger events, summarised, signed, verifiable offline.
+
+The document is JSON::
+
+    {"format": "releasetrain.evidence/v1", "release", "run_id", "generated_at",
+     "chain_head": {"seq", "hash"},            # the ledger head when exported
+     "events": [...],                          # the run's ledger events, with their hashes
+     "summary": {"approvals", "refusals", "checks", "exceptions", "change_record",
+                 "closure", "deployments", "rollbacks", "outcome"},
+     "public_key": PEM, "algorithm": "ed25519", "signature": base64}
+
+The signature covers the canonical JSON of everything but ``signature``. Verification
+recomputes every event hash and the summary from the events, and checks the signature,
+against a trusted public key when one is given (the embedded key otherwise, and says so).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from releasetrain.core.bundle import BundleError, load_public_key, public_key_pem
+from releasetrain.core.ledger import LedgerEvent, canonical, compute_hash, now_iso
+
+FORMAT = "releasetrain.evidence/v1"
+
+
+class EvidenceError(ValueError):
+    """An evidence bundle that cannot be produced or does not verify."""
+
+
+def summarise(events: Iterable[LedgerEvent]) -> dict[str, Any]:
+    """What an auditor asks first, derived only from the events."""
+    summary: dict[str, Any] = {
+        "approvals": [],
+        "refusals": [],
+        "checks": [],
+        "exceptions": [],
+        "change_record": None,
+        "closure": None,
+        "deployments": [],
+        "rollbacks": [],
+        "outcome": None,
+    }
+    for event in events:
+        d = event.details
+        if event.kind == "approval_given":
+            summary["approvals"].append(
+                {
+                    "environment": event.environment,
+                    "approver": event.actor,
+                    "digest": d.get("digest"),
+                    "group": d.get("group"),
+                    "at": event.at,
+                }
+            )
+        elif event.kind in ("approval_refused", "approval_rejected", "approval_timed_out"):
+            summary["refusals"].append(
+                {"environment": event.environment, "actor": event.actor, "kind": event.kind, "reason": d.get("reason")}
+            )
+        elif event.kind in ("checks_passed", "checks_failed", "verified"):
+            summary["checks"].append({"environment": event.environment, "kind": event.kind, **d})
+        elif event.kind == "exception":
+            summary["exceptions"].append({"environment": event.environment, "actor": event.actor, **d})
+        elif event.kind in ("change_opened", "change_transition", "change_closed"):
+            record = summary["change_record"] or {"transitions": []}
+            record.update({k: d[k] for k in ("backend", "number", "id", "change_type") if k in d})
+            record["state"] = d.get("state", record.get("state"))
+            record["transitions"].append({"state": d.get("state"), "at": event.at, "note": d.get("note")})
+            summary["change_record"] = record
+        elif event.kind == "closure":
+            summary["closure"] = {"actor": event.actor, **d}
+            summary["outcome"] = d.get("outcome", summary["outcome"])
+        elif event.kind == "deployed":
+            summary["deployments"].append({"environment": event.environment, **d})
+        elif event.kind == "rollback":
+            summary["rollbacks"].append({"environment": event.environment, **d})
+            summary["outcome"] = summary["outcome"] or "rolled_back"
+        elif event.kind == "run_state":
+            summary["outcome"] = d.get("state", summary["outcome"])
+    return summary
+
+
+def _statement(document: dict[str, Any]) -> bytes:
+    return canonical({k: v for k, v in document.items() if k != "signature"}).encode("utf-8")
+
+
+def build_evidence(
+    release: str,
+    run_id: str,
+    events: list[LedgerEvent],
+    chain_head: tuple[int, str],
+    private_key: Ed25519PrivateKey,
+) -> dict[str, Any]:
+    if not events:
+        raise EvidenceError(f"the ledger holds no events for release {release!r} run {run_id!r}")
+    document: dict[str, Any] = {
+        "format": FORMAT,
+        "release": release,
+        "run_id": run_id,
+        "generated_at": now_iso(),
+        "chain_head": {"seq": chain_head[0], "hash": chain_head[1]},
+        "events": [event.to_dict() for event in events],
+        "summary": summarise(events),
+        "algorithm": "ed25519",
+        "public_key": public_key_pem(private_key),
+    }
+    document["signature"] = base64.b64encode(private_key.sign(_statement(document))).decode()
+    return document
+
+
+def verify_evidence(document: dict[str, Any], trusted_key_pem: str | None = None) -> list[str]:
+    """Problems found (empty: the bundle is intact and signed by the key)."""
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        return [f"not a {FORMAT} document"]
+    problems: list[str] = []
+    events: list[LedgerEvent] = []
+    for index, raw in enumerate(document.get("events") or []):
+        try:
+            event = LedgerEvent.from_dict(raw)
+        except TypeError as exc:
+            problems.append(f"events[{index}]: malformed: {exc}")
+            continue
+        if compute_hash(event) != event.hash:
+            problems.append(
+                f"events[{index}] (ledger event {event.seq}, {event.kind}): content does not match its hash"
+            )
+        if (event.release, event.run_id) != (document.get("release"), document.get("run_id")):
+            problems.append(f"events[{index}] (ledger event {event.seq}): belongs to another release run")
+        events.append(event)
+    if [e.seq for e in events] != sorted({e.seq for e in events}):
+        problems.append("events are not in ledger order or repeat an event")
+    if canonical(summarise(events)) != canonical(document.get("summary")):
+        problems.append("summary does not match the events")
+    try:
+        key: Ed25519PublicKey = load_public_key(trusted_key_pem or document.get("public_key", ""))
+        key.verify(base64.b64decode(document.get("signature", "")), _statement(document))
+    except BundleError as exc:
+        problems.append(str(exc))
+    except (InvalidSignature, ValueError):
+        problems.append("signature does not match the document (altered, or signed with another key)")
+    return problems

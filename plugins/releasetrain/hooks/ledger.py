@@ -1,0 +1,363 @@
+"""The release ledger's storage: an append-only, hash-chained event table.
+
+Reached through an Airflow connection (default id ``releasetrain_ledger``):
+
+- ``conn_type: sqlite``, ``host`` = the database file (the embedded default; when the
+  connection does not exist the ledger is ``$AIRFLOW_HOME/releasetrain-ledger.db``);
+- ``conn_type: postgres``, ``host``/``port``/``login``/``password``/``schema`` (database).
+
+Appends are serialised by the database (``BEGIN IMMEDIATE`` on SQLite, a row lock on the
+head record on PostgreSQL), so any number of tasks may write at once without forking the
+chain; ``seq`` and ``prev_hash`` are also unique columns, so a fork cannot be stored even
+by a writer that bypasses this code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from releasetrain.core.ledger import GENESIS, LedgerError, LedgerEvent, VerifyResult, new_event, verify_chain
+
+DEFAULT_CONN_ID = "releasetrain_ledger"
+TABLE = "releasetrain_ledger"
+HEAD = "releasetrain_ledger_head"
+_COLUMNS = "seq, at, release, run_id, environment, kind, actor, details, prev_hash, hash"
+
+_SCHEMA = [
+    f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+        seq BIGINT PRIMARY KEY,
+        at TEXT NOT NULL,
+        release TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        details TEXT NOT NULL,
+        prev_hash TEXT NOT NULL UNIQUE,
+        hash TEXT NOT NULL UNIQUE)""",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_run ON {TABLE} (release, run_id)",
+    f"CREATE TABLE IF NOT EXISTS {HEAD} (id INTEGER PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL)",
+]
+
+
+def _row_to_event(row: tuple) -> LedgerEvent:
+    seq, at, release, run_id, environment, kind, actor, details, prev_hash, hash_ = row
+    return LedgerEvent(int(seq), at, release, run_id, environment, kind, actor, json.loads(details), prev_hash, hash_)
+
+
+class LedgerStore:
+    """Common logic; subclasses provide the connection and the locking statement."""
+
+    placeholder = "?"
+    description = "ledger"
+
+    def _connect(self) -> Any:
+        raise NotImplementedError
+
+    def _begin(self, cursor: Any) -> None:
+        raise NotImplementedError
+
+    def _lock_head(self, cursor: Any) -> None:
+        cursor.execute(f"SELECT seq, hash FROM {HEAD} WHERE id = 1")
+
+    def __init__(self) -> None:
+        self._conn: Any = None
+
+    @property
+    def conn(self) -> Any:
+        if self._conn is None:
+            self._conn = self._connect()
+            self._create()
+        return self._conn
+
+    def _create(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def append(
+        self,
+        kind: str,
+        *,
+        release: str,
+        run_id: str = "",
+        environment: str = "",
+        actor: str = "",
+        details: dict[str, Any] | None = None,
+    ) -> LedgerEvent:
+        """Append one event at the head of the chain (atomic; safe with concurrent writers)."""
+        p = self.placeholder
+        for attempt in range(20):
+            cursor = self.conn.cursor()
+            try:
+                self._begin(cursor)
+                self._lock_head(cursor)
+                seq, prev_hash = cursor.fetchone()
+                event = new_event(
+                    seq=int(seq) + 1,
+                    prev_hash=prev_hash,
+                    kind=kind,
+                    release=release,
+                    run_id=run_id,
+                    environment=environment,
+                    actor=actor,
+                    details=details,
+                )
+                cursor.execute(
+                    f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({', '.join([p] * 10)})",
+                    (
+                        event.seq,
+                        event.at,
+                        event.release,
+                        event.run_id,
+                        event.environment,
+                        event.kind,
+                        event.actor,
+                        json.dumps(event.details, sort_keys=True),
+                        event.prev_hash,
+                        event.hash,
+                    ),
+                )
+                cursor.execute(f"UPDATE {HEAD} SET seq = {p}, hash = {p} WHERE id = 1", (event.seq, event.hash))
+                self.conn.commit()
+                return event
+            except LedgerError:
+                self.conn.rollback()
+                raise
+            except Exception as exc:
+                self.conn.rollback()
+                if attempt < 19 and self._is_transient(exc):
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                raise LedgerError(f"{self.description}: could not append a {kind!r} event: {exc}") from exc
+            finally:
+                cursor.close()
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _is_transient(exc: Exception) -> bool:
+        text = str(exc).lower()
+        return "locked" in text or "busy" in text or "deadlock" in text or "could not serialize" in text
+
+    def head(self) -> tuple[int, str]:
+        cursor = self.conn.cursor()
+        cursor.execute(f"SELECT seq, hash FROM {HEAD} WHERE id = 1")
+        seq, hash_ = cursor.fetchone()
+        self.conn.commit()
+        return int(seq), hash_
+
+    def events(
+        self, *, release: str | None = None, run_id: str | None = None, batch: int = 5000
+    ) -> Iterator[LedgerEvent]:
+        """Events in chain order, optionally of one release / one run."""
+        p = self.placeholder
+        where, args = [], []
+        if release is not None:
+            where.append(f"release = {p}")
+            args.append(release)
+        if run_id is not None:
+            where.append(f"run_id = {p}")
+            args.append(run_id)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        last = 0
+        while True:
+            cursor = self.conn.cursor()
+            cursor.execute(
+                f"SELECT {_COLUMNS} FROM {TABLE}{clause}{' AND' if where else ' WHERE'} seq > {p} "
+                f"ORDER BY seq LIMIT {int(batch)}",
+                (*args, last),
+            )
+            rows = cursor.fetchall()
+            cursor.close()
+            self.conn.commit()
+            for row in rows:
+                yield _row_to_event(row)
+            if len(rows) < batch:
+                return
+            last = int(rows[-1][0])
+
+    def verify(self) -> VerifyResult:
+        # Read the head first: events appended meanwhile extend the chain past it, which is fine.
+        head = self.head()
+        return verify_chain(
+            (event for event in self.events() if event.seq <= head[0]),
+            head=head,
+        )
+
+
+class SqliteLedgerStore(LedgerStore):
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.description = f"ledger {self.path}"
+
+    def _connect(self) -> Any:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=60000")
+        return _SqliteTx(conn)
+
+    def _create(self) -> None:
+        raw = self._conn.raw
+        raw.execute("BEGIN IMMEDIATE")
+        for statement in _SCHEMA:
+            raw.execute(statement)
+        raw.execute(f"INSERT OR IGNORE INTO {HEAD} (id, seq, hash) VALUES (1, 0, ?)", (GENESIS,))
+        raw.execute("COMMIT")
+
+    def _begin(self, cursor: Any) -> None:
+        cursor.execute("BEGIN IMMEDIATE")  # take the write lock before reading the head
+
+
+class _SqliteTx:
+    """sqlite3 in autocommit mode with explicit BEGIN/COMMIT (Python's implicit ones get in the way)."""
+
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        self.raw = raw
+
+    def cursor(self) -> sqlite3.Cursor:
+        return self.raw.cursor()
+
+    def commit(self) -> None:
+        if self.raw.in_transaction:
+            self.raw.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.raw.in_transaction:
+            self.raw.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class PostgresLedgerStore(LedgerStore):
+    placeholder = "%s"
+
+    def __init__(self, dsn: str | None = None, **params: Any) -> None:
+        super().__init__()
+        self.dsn = dsn
+        self.params = {k: v for k, v in params.items() if v not in (None, "")}
+        where = f"{self.params.get('host', '')}:{self.params.get('port', '')}/{self.params.get('dbname', '')}"
+        self.description = f"ledger postgres {where if self.params else 'dsn'}"
+
+    def _connect(self) -> Any:
+        try:
+            import psycopg2
+        except ImportError as exc:  # pragma: no cover - psycopg2-binary is a dependency
+            raise LedgerError("a PostgreSQL ledger needs psycopg2 (pip install psycopg2-binary)") from exc
+        try:
+            return psycopg2.connect(self.dsn, **self.params) if self.dsn else psycopg2.connect(**self.params)
+        except psycopg2.Error as exc:
+            raise LedgerError(f"{self.description}: cannot connect: {str(exc).strip()}") from exc
+
+    def _create(self) -> None:
+        cursor = self._conn.cursor()
+        cursor.execute("SELECT pg_advisory_xact_lock(4242001)")  # concurrent first writers create once
+        for statement in _SCHEMA:
+            cursor.execute(statement)
+        cursor.execute(f"INSERT INTO {HEAD} (id, seq, hash) VALUES (1, 0, %s) ON CONFLICT (id) DO NOTHING", (GENESIS,))
+        self._conn.commit()
+        cursor.close()
+
+    def _begin(self, cursor: Any) -> None:
+        pass  # psycopg2 opens a transaction on the first statement
+
+    def _lock_head(self, cursor: Any) -> None:
+        cursor.execute(f"SELECT seq, hash FROM {HEAD} WHERE id = 1 FOR UPDATE")
+
+
+def default_sqlite_path() -> Path:
+    home = os.environ.get("AIRFLOW_HOME") or str(Path.home() / "airflow")
+    return Path(home) / "releasetrain-ledger.db"
+
+
+def store_from_connection(conn: Any) -> LedgerStore:
+    """A store for an Airflow connection (anything with conn_type/host/port/login/password/schema)."""
+    conn_type = (conn.conn_type or "").lower()
+    if conn_type == "sqlite":
+        if not conn.host:
+            raise LedgerError(f"connection {conn.conn_id!r}: a sqlite ledger needs the database file as host")
+        return SqliteLedgerStore(conn.host)
+    if conn_type in ("postgres", "postgresql"):
+        return PostgresLedgerStore(
+            host=conn.host,
+            port=conn.port,
+            user=conn.login,
+            password=conn.password,
+            dbname=conn.schema or "postgres",
+        )
+    raise LedgerError(
+        f"connection {conn.conn_id!r}: conn_type {conn.conn_type!r} cannot hold the ledger (use sqlite or postgres)"
+    )
+
+
+def store_from_url(url: str) -> LedgerStore:
+    """``sqlite:///path`` (or a plain file path) or ``postgresql://user@host:port/db``."""
+    if url.startswith("sqlite:///"):
+        return SqliteLedgerStore(url[len("sqlite:///") :])  # sqlite:////abs/path keeps its leading slash
+    if url.startswith(("postgres://", "postgresql://")):
+        return PostgresLedgerStore(url.replace("postgres://", "postgresql://", 1))
+    if "://" in url:
+        raise LedgerError(f"ledger URL {url!r}: use sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+    return SqliteLedgerStore(url)
+
+
+def _get_connection(conn_id: str) -> Any | None:
+    from airflow.exceptions import AirflowNotFoundException
+    from airflow.sdk import BaseHook
+
+    try:
+        return BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+
+
+class LedgerHook:
+    """The release ledger behind an Airflow connection (see the module docstring).
+
+    Not a subclass of ``BaseHook`` on purpose: it is also used by the CLI and the listener,
+    outside tasks; the connection is looked up through Airflow's ``BaseHook`` all the same.
+    """
+
+    conn_name_attr = "ledger_conn_id"
+    default_conn_name = DEFAULT_CONN_ID
+    hook_name = "Release ledger"
+
+    def __init__(self, ledger_conn_id: str = DEFAULT_CONN_ID) -> None:
+        self.ledger_conn_id = ledger_conn_id
+        self._store: LedgerStore | None = None
+
+    @property
+    def store(self) -> LedgerStore:
+        if self._store is None:
+            conn = _get_connection(self.ledger_conn_id)
+            if conn is None:
+                if self.ledger_conn_id != DEFAULT_CONN_ID:
+                    raise LedgerError(f"ledger connection {self.ledger_conn_id!r} does not exist")
+                self._store = SqliteLedgerStore(default_sqlite_path())
+            else:
+                self._store = store_from_connection(conn)
+        return self._store
+
+    def append(self, kind: str, **fields: Any) -> LedgerEvent:
+        return self.store.append(kind, **fields)
+
+    def events(self, **filters: Any) -> Iterator[LedgerEvent]:
+        return self.store.events(**filters)
+
+    def verify(self) -> VerifyResult:
+        return self.store.verify()
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()

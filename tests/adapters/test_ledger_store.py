@@ -1,0 +1,151 @@
+"""The ledger on a real SQLite file and a real PostgreSQL server: tampering, concurrency, CLI."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sqlite3
+
+import pytest
+
+from releasetrain.cli import main as cli
+from releasetrain.hooks.ledger import TABLE, LedgerHook, store_from_url
+from tests.pg import fresh_database, postgres_answers
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(params=BACKENDS)
+def ledger_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        return
+    if not postgres_answers():
+        pytest.skip("PostgreSQL does not answer on 127.0.0.1:5432 (.ci/run starts it)")
+    with fresh_database("releasetrain_ledger") as dsn:
+        yield dsn
+
+
+def _fill(url: str, n: int = 10) -> None:
+    store = store_from_url(url)
+    for i in range(n):
+        store.append(
+            ["triggered", "approval_given", "deployed"][i % 3],
+            release="storefront",
+            run_id=f"manual__{i // 5}",
+            environment="prod",
+            actor="approver",
+            details={"i": i},
+        )
+    store.close()
+
+
+def _sql(url: str, *statements: str) -> None:
+    if url.startswith("sqlite:///"):
+        conn = sqlite3.connect(url[len("sqlite:///") :])
+        for statement in statements:
+            conn.execute(statement)
+        conn.commit()
+        conn.close()
+        return
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+    conn.commit()
+    conn.close()
+
+
+def verify(url: str, capsys) -> tuple[int, str]:
+    code = cli(["ledger", "verify", "--url", url])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+TAMPERING = {
+    "edit": [f"UPDATE {TABLE} SET actor = 'mallory' WHERE seq = 4"],
+    "edit_details": [f"""UPDATE {TABLE} SET details = '{{"i": 99}}' WHERE seq = 7"""],
+    "delete": [f"DELETE FROM {TABLE} WHERE seq = 5"],
+    "delete_last": [f"DELETE FROM {TABLE} WHERE seq = 10"],
+    "reorder": [
+        f"UPDATE {TABLE} SET seq = -1 WHERE seq = 3",
+        f"UPDATE {TABLE} SET seq = 3 WHERE seq = 6",
+        f"UPDATE {TABLE} SET seq = 6 WHERE seq = -1",
+    ],
+}
+FIRST_BAD = {"edit": 4, "edit_details": 7, "delete": 5, "delete_last": 10, "reorder": 3}
+
+
+def test_intact_ledger_verifies(ledger_url, capsys):
+    _fill(ledger_url)
+    code, output = verify(ledger_url, capsys)
+    assert code == 0, output
+    assert "ledger intact: 10 events" in output
+
+
+@pytest.mark.parametrize("tamper", sorted(TAMPERING))
+def test_ledger_verify_names_the_first_bad_event(ledger_url, tamper, capsys):
+    _fill(ledger_url)
+    _sql(ledger_url, *TAMPERING[tamper])
+    code, output = verify(ledger_url, capsys)
+    assert code == 1
+    assert f"ledger broken at event {FIRST_BAD[tamper]}" in output, output
+
+
+def test_a_fork_cannot_even_be_stored(ledger_url):
+    _fill(ledger_url, 3)
+    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+        _sql(
+            ledger_url,
+            f"INSERT INTO {TABLE} SELECT seq + 100, at, release, run_id, environment, kind, actor, details, "
+            f"prev_hash, hash || 'x' FROM {TABLE} WHERE seq = 2",
+        )
+
+
+def _writer(url: str, writer: int, count: int) -> None:
+    store = store_from_url(url)
+    for i in range(count):
+        store.append("task_state", release=f"rel{writer}", run_id="concurrent", actor=f"w{writer}", details={"i": i})
+    store.close()
+
+
+def test_eight_concurrent_writers_leave_one_intact_chain(ledger_url, capsys):
+    ctx = multiprocessing.get_context("spawn")
+    writers = [ctx.Process(target=_writer, args=(ledger_url, w, 1000)) for w in range(8)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join(600)
+    assert [p.exitcode for p in writers] == [0] * 8
+    store = store_from_url(ledger_url)
+    result = store.verify()
+    assert result.ok, result.message()
+    assert result.count == 8000
+    per_writer = {}
+    for event in store.events():
+        per_writer.setdefault(event.release, []).append(event.details["i"])
+    assert {k: v == list(range(1000)) for k, v in per_writer.items()} == {f"rel{w}": True for w in range(8)}
+    store.close()
+
+
+def test_hook_reads_its_airflow_connection(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "via-conn.db"
+    monkeypatch.setenv("AIRFLOW_CONN_AUDIT_LEDGER", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    hook = LedgerHook("audit_ledger")
+    hook.append("triggered", release="storefront", run_id="r1", actor="author")
+    hook.close()
+    assert path.exists()
+    assert cli(["ledger", "verify", "--conn", "audit_ledger"]) == 0
+    assert "1 events" in capsys.readouterr().out
+    assert cli(["ledger", "verify", "--conn", "no_such_ledger"]) == 2
+    assert "'no_such_ledger' does not exist" in capsys.readouterr().err
+
+
+def test_head_record_is_kept_with_each_append(ledger_url):
+    _fill(ledger_url, 4)
+    store = store_from_url(ledger_url)
+    last = list(store.events())[-1]
+    assert store.head() == (4, last.hash)
+    store.close()
