@@ -33,6 +33,7 @@ test-fast: $(STAMP)
 ## make bench: benchmarks, reported as ratios to baselines measured in the same run
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_windows.py
+	$(BIN)/python benchmarks/bench_ledger.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check plugins tests dags include benchmarks

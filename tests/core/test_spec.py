@@ -67,7 +67,7 @@ def _problems(data):
         ),
         pytest.param(
             lambda d: d["environments"][1].update(approval={"required": True}),
-            "environments[1].approval: an approval that is required needs at least one approver",
+            "environments[1].approval: an approval that is required needs approvers or approver groups",
             id="approval-without-approvers",
         ),
         pytest.param(
@@ -147,7 +147,7 @@ def test_every_example_spec_matches_the_json_schema():
     [
         pytest.param(
             lambda d: d["environments"][0].update(approval={"approvers": ["bob"]}),
-            "environments[0].approval: approvers or timeout_hours are set but required is false",
+            "environments[0].approval: approvers, groups, reviews, quorum or timeout_hours are set but required is false",
             id="approvers-without-required",
         ),
         pytest.param(

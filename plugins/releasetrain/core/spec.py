@@ -108,11 +108,25 @@ class HealthVerification(_Model):
 
 
 class Approval(_Model):
-    """Who may let a release into an environment. The release's author never may."""
+    """Who may let a release into an environment. The release's authors never may.
+
+    ``approvers`` and members of ``groups`` form the pool; ``quorum`` distinct people of
+    the pool must approve, one after the other (each request goes to those who have not
+    approved yet). Every group in ``reviews`` must also approve (a readiness review, asked
+    in parallel), each by a different person. Nobody counts twice.
+    """
 
     required: bool = False
     approvers: list[str] = Field(default_factory=list, description="User ids allowed to approve.")
+    groups: list[str] = Field(default_factory=list, description="Approver groups whose members may approve.")
+    quorum: int = Field(default=1, ge=1, le=5, description="Distinct approvers needed from approvers and groups.")
+    reviews: list[str] = Field(
+        default_factory=list, description="Readiness review: each of these groups must approve (in parallel)."
+    )
     timeout_hours: float | None = Field(default=None, gt=0, description="Unanswered requests are rejected.")
+    on_timeout: Literal["reject"] = Field(
+        default="reject", description="What a timeout means: the release is rejected and the change canceled."
+    )
 
     @field_validator("approvers")
     @classmethod
@@ -124,14 +138,26 @@ class Approval(_Model):
             raise ValueError("approvers are listed more than once")
         return value
 
+    @field_validator("groups", "reviews")
+    @classmethod
+    def _group_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"{name!r} is not a valid group name")
+        if len(set(value)) != len(value):
+            raise ValueError("a group is listed more than once")
+        return value
+
     @model_validator(mode="after")
     def _approvers_when_required(self) -> Approval:
-        if self.required and not self.approvers:
-            raise ValueError("an approval that is required needs at least one approver")
-        if not self.required and (self.approvers or self.timeout_hours):
+        if self.required and not (self.approvers or self.groups):
+            raise ValueError("an approval that is required needs approvers or approver groups")
+        if not self.required and (
+            self.approvers or self.groups or self.reviews or self.timeout_hours or self.quorum != 1
+        ):
             raise ValueError(
-                "approvers or timeout_hours are set but required is false, so no approval would be asked: "
-                "set required: true, or remove them"
+                "approvers, groups, reviews, quorum or timeout_hours are set but required is false, so no "
+                "approval would be asked: set required: true, or remove them"
             )
         return self
 
@@ -151,6 +177,14 @@ class Environment(_Model):
     expected_duration_minutes: int = Field(
         default=30, ge=0, le=24 * 60, description="A deploy starts only with this much time left in its window."
     )
+    owner: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="Group that owns this environment: only its members may approve for it or release into it.",
+    )
+    production: bool | None = Field(
+        default=None, description="Production for risk and change control (default: the last environment)."
+    )
 
     @field_validator("name")
     @classmethod
@@ -158,6 +192,27 @@ class Environment(_Model):
         if value in RESERVED_ENVIRONMENT_NAMES:
             raise ValueError(f"{value!r} is reserved for a task of the release DAG; choose another name")
         return value
+
+
+class ChangePolicy(_Model):
+    """How each release run is recorded as a change (ServiceNow's change state model)."""
+
+    backend: Literal["builtin", "servicenow"] = Field(
+        default="builtin", description="builtin: kept in the release ledger; servicenow: the Table API."
+    )
+    conn_id: str | None = Field(
+        default=None, pattern=CONN_ID_PATTERN, description="Connection of the backend (servicenow: HTTP)."
+    )
+    type: Literal["standard", "normal"] = Field(
+        default="normal",
+        description="standard (pre-approved) is kept only at low risk; emergency runs are emergency changes.",
+    )
+
+    @model_validator(mode="after")
+    def _conn_for_servicenow(self) -> ChangePolicy:
+        if self.backend == "servicenow" and not self.conn_id:
+            raise ValueError("the servicenow backend needs conn_id (an HTTP connection to the instance)")
+        return self
 
 
 class Component(_Model):
@@ -168,6 +223,7 @@ class Component(_Model):
         "root, or an object storage URL (file://, s3://, gs://).",
     )
     version: str | None = Field(default=None, description="Defaults to the release version.")
+    schema_migration: bool = Field(default=False, description="The component changes a database schema.")
 
     @field_validator("version")
     @classmethod
@@ -217,6 +273,11 @@ class ReleaseSpec(_Model):
     depends_on: list[str] = Field(
         default_factory=list, description="Releases this one must not overlap with (shared dependencies)."
     )
+    rollback_plan: str | None = Field(
+        default=None, min_length=10, description="How to back the release out (text or a link to the runbook)."
+    )
+    backout_minutes: int | None = Field(default=None, gt=0, description="Estimated time to back the release out.")
+    change: ChangePolicy = Field(default_factory=lambda: ChangePolicy())
 
     @field_validator("version")
     @classmethod
@@ -247,6 +308,13 @@ class ReleaseSpec(_Model):
         if self.planned_start is not None and self.planned_start.tzinfo is None:
             raise ValueError("planned_start needs an offset or Z, e.g. 2026-12-01T09:00:00+01:00")
         return self
+
+    @property
+    def production_environments(self) -> list[str]:
+        marked = [env.name for env in self.environments if env.production]
+        if marked or any(env.production is False for env in self.environments[-1:]):
+            return marked
+        return [self.environments[-1].name]
 
     @property
     def review_users(self) -> list[str]:
@@ -352,8 +420,10 @@ def load_spec(
     spec = parse_spec(data, source)
     if spec.name != path.stem:
         raise ReleaseSpecError(source, [("name", f"{spec.name!r} must match the file name {path.stem!r}")])
+    library = calendars or CalendarLibrary(display_root or Path.cwd())
     if spec.has_calendar:
-        check_calendars(spec, source, calendars or CalendarLibrary(display_root or Path.cwd()))
+        check_calendars(spec, source, library)
+    check_groups(spec, source, library.groups())
     return spec
 
 
@@ -391,6 +461,97 @@ class CalendarLibrary:
 
     def resolve(self, layers: list[CalendarSpec]) -> ReleaseCalendar:
         return ReleaseCalendar.resolve(layers, self.shared, self.read_text)
+
+    def groups(self) -> dict[str, list[str]]:
+        """Approver groups (``include/groups.yaml`` or ``$RELEASETRAIN_GROUPS_FILE``): name -> user ids."""
+        return load_groups(groups_file(self.project_root), self.project_root)
+
+
+GROUPS_FILE_ENV = "RELEASETRAIN_GROUPS_FILE"
+_GROUPS_CACHE: dict[tuple[str, int, int], dict[str, list[str]]] = {}
+
+
+def groups_file(project_root: Path) -> Path:
+    return Path(os.environ.get(GROUPS_FILE_ENV) or Path(project_root) / "include" / "groups.yaml")
+
+
+def load_groups(path: Path, root: Path) -> dict[str, list[str]]:
+    """``groups: {name: [user, ...]}``; an absent file means no groups."""
+    if not path.is_file():
+        return {}
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _GROUPS_CACHE:
+        source = _display(path, root)
+        data = _read_yaml(path, source)
+        groups = data.get("groups")
+        problems: list[tuple[str, str]] = []
+        if set(data) - {"groups"}:
+            problems.append(("", f"unknown keys {sorted(set(data) - {'groups'})}; only 'groups' is allowed"))
+        if not isinstance(groups, dict):
+            raise ReleaseSpecError(source, problems + [("groups", "must map group names to lists of user ids")])
+        for name, users in groups.items():
+            if not isinstance(name, str) or not re.match(NAME_PATTERN, name):
+                problems.append((f"groups.{name}", "is not a valid group name"))
+            elif not isinstance(users, list) or not users:
+                problems.append((f"groups.{name}", "must be a non-empty list of user ids"))
+            else:
+                bad = [u for u in users if not isinstance(u, str) or not re.match(USER_PATTERN, u)]
+                if bad:
+                    problems.append((f"groups.{name}", f"invalid user ids {bad}"))
+        if problems:
+            raise ReleaseSpecError(source, problems)
+        _GROUPS_CACHE[key] = {name: list(dict.fromkeys(users)) for name, users in groups.items()}
+    return _GROUPS_CACHE[key]
+
+
+def approval_pool(env: Environment, groups: dict[str, list[str]]) -> list[str]:
+    """Everyone who may fill the quorum: approvers, then members of the approver groups;
+    only members of the owning group when the environment has an owner."""
+    pool = list(env.approval.approvers)
+    for name in env.approval.groups:
+        pool += [user for user in groups.get(name, []) if user not in pool]
+    if env.owner:
+        owners = set(groups.get(env.owner, []))
+        pool = [user for user in pool if user in owners]
+    return pool
+
+
+def check_groups(spec: ReleaseSpec, source: str, groups: dict[str, list[str]]) -> None:
+    """Every group a spec names exists, quorums can be met, owners' rules hold."""
+    problems: list[tuple[str, str]] = []
+    for i, env in enumerate(spec.environments):
+        where = f"environments[{i}]"
+        approval = env.approval
+        for field_name in ("groups", "reviews"):
+            for j, name in enumerate(getattr(approval, field_name)):
+                if name not in groups:
+                    problems.append((f"{where}.approval.{field_name}[{j}]", f"no approver group {name!r} is defined"))
+        if env.owner and env.owner not in groups:
+            problems.append((f"{where}.owner", f"no group {env.owner!r} is defined"))
+        if problems:
+            continue
+        pool = approval_pool(env, groups)
+        if approval.required and len(pool) < approval.quorum + 1:
+            problems.append(
+                (
+                    f"{where}.approval.quorum",
+                    f"a quorum of {approval.quorum} needs at least {approval.quorum + 1} possible approvers "
+                    f"(the release's author never counts); found {pool}",
+                )
+            )
+        if env.owner:
+            members = set(groups[env.owner])
+            outsiders = [u for u in approval.approvers if u not in members]
+            if outsiders:
+                problems.append(
+                    (
+                        f"{where}.approval.approvers",
+                        f"{outsiders} are not members of {env.owner!r}, the owner of {env.name!r}",
+                    )
+                )
+    if problems:
+        raise ReleaseSpecError(source, problems)
 
 
 def calendar_dirs(project_root: Path) -> list[Path]:

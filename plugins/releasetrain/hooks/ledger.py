@@ -361,3 +361,139 @@ class LedgerHook:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+
+
+class BuiltinChangeBackend:
+    """Change records kept in the release ledger itself (the default backend).
+
+    The record is the run's ``change_opened`` / ``change_transition`` / ``change_closed``
+    events; its id is the correlation id ``<release>/<run_id>``, its number ``RTC-<seq>``
+    (the ledger sequence of the opening event). It follows the same state model as
+    ServiceNow (:mod:`releasetrain.core.change`), one event per state.
+    """
+
+    name = "builtin"
+
+    def __init__(self, conn_id: str | None = None) -> None:
+        self.ledger = LedgerHook(conn_id or DEFAULT_CONN_ID)
+
+    @staticmethod
+    def _split(correlation_id: str) -> tuple[str, str]:
+        release, _, run_id = correlation_id.partition("/")
+        return release, run_id
+
+    def _find(self, correlation_id: str):
+        from releasetrain.core.change import ChangeRef
+
+        release, run_id = self._split(correlation_id)
+        ref = None
+        for event in self.ledger.events(release=release, run_id=run_id):
+            details = event.details
+            if not event.kind.startswith("change_") or details.get("id") != correlation_id:
+                continue
+            if event.kind == "change_opened":
+                ref = ChangeRef(self.name, correlation_id, details["number"], details["state"], details["change_type"])
+            elif ref is not None:
+                ref = ChangeRef(self.name, ref.id, ref.number, details["state"], ref.change_type)
+        return ref
+
+    def open(
+        self,
+        *,
+        correlation_id: str,
+        change_type: str,
+        short_description: str,
+        description: str,
+        risk: str,
+        planned_start: str | None,
+        planned_end: str | None,
+    ):
+        from releasetrain.core.change import CHANGE_TYPES, ChangeRecordError, ChangeRef, ChangeState
+
+        if change_type not in CHANGE_TYPES:
+            raise ChangeRecordError(f"unknown change type {change_type!r}: expected {', '.join(CHANGE_TYPES)}")
+        existing = self._find(correlation_id)
+        if existing is not None:
+            return existing
+        release, run_id = self._split(correlation_id)
+        seq = self.ledger.store.head()[0] + 1
+        event = self.ledger.append(
+            "change_opened",
+            release=release,
+            run_id=run_id,
+            details={
+                "backend": self.name,
+                "id": correlation_id,
+                "number": f"RTC-{seq:07d}",
+                "change_type": change_type,
+                "state": ChangeState.NEW.value,
+                "risk": risk,
+                "short_description": short_description,
+                "description": description,
+                "planned_start": planned_start,
+                "planned_end": planned_end,
+            },
+        )
+        return ChangeRef(self.name, correlation_id, event.details["number"], ChangeState.NEW, change_type)
+
+    def get(self, ref):
+        from releasetrain.core.change import ChangeRecordError
+
+        current = self._find(ref.id)
+        if current is None:
+            raise ChangeRecordError(f"change record {ref.number} ({ref.id}) is not in the ledger")
+        return current
+
+    def _step(self, current, state, note: str, kind: str = "change_transition", **extra: Any):
+        from releasetrain.core.change import ChangeRef
+
+        release, run_id = self._split(current.id)
+        self.ledger.append(
+            kind,
+            release=release,
+            run_id=run_id,
+            details={
+                "backend": self.name,
+                "id": current.id,
+                "number": current.number,
+                "state": state.value,
+                "note": note,
+                **extra,
+            },
+        )
+        return ChangeRef(self.name, current.id, current.number, state, current.change_type)
+
+    def move_to(self, ref, target, *, note: str):
+        from releasetrain.core.change import path_to
+
+        current = self.get(ref)
+        for state in path_to(current.change_type, current.state, target):
+            current = self._step(current, state, note)
+        return current
+
+    def close(self, ref, *, outcome: str, notes: str):
+        from releasetrain.core.change import ChangeRecordError, ChangeState, close_code, reached
+
+        code = close_code(outcome)
+        if not notes.strip():
+            raise ChangeRecordError(f"closing {ref.number} needs close notes")
+        current = self.get(ref)
+        if current.state == ChangeState.CLOSED:
+            return current
+        if current.state == ChangeState.CANCELED:
+            if code == "unsuccessful":
+                return current
+            raise ChangeRecordError(f"{current.number} was canceled: it cannot be closed as {code}")
+        if code == "unsuccessful" and not reached(current.change_type, current.state, ChangeState.IMPLEMENT):
+            return self._step(current, ChangeState.CANCELED, notes, kind="change_closed", close_code="canceled")
+        current = self.move_to(current, ChangeState.REVIEW, note=notes)
+        return self._step(current, ChangeState.CLOSED, notes, kind="change_closed", close_code=code)
+
+    def cancel(self, ref, *, note: str):
+        from releasetrain.core.change import ChangeState, path_to
+
+        current = self.get(ref)
+        if current.state == ChangeState.CANCELED:
+            return current
+        path_to(current.change_type, current.state, ChangeState.CANCELED)  # refuses a closed change
+        return self._step(current, ChangeState.CANCELED, note, kind="change_closed", close_code="canceled")
