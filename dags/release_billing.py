@@ -28,6 +28,7 @@ billing = (
             "checks": [{"name": "target healthy", "endpoint": "health", "expect_json": {"healthy": True}}],
         },
     )
+    .rollback("Redeploy the previous version with the billing-prod.rollback task", backout_minutes=15)
     .tags("example", "python-builder")
     .build()
 )

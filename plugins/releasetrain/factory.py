@@ -27,14 +27,23 @@ import pendulum
 from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
 
 from releasetrain.cli import POOL_PREFIX
-from releasetrain.core.spec import CalendarLibrary, ReleaseSpec, ReleaseSpecError, discover_specs, load_spec
+from releasetrain.core.risk import HIGH_RISK_QUORUM, SECURITY_REVIEW
+from releasetrain.core.spec import (
+    CalendarLibrary,
+    ReleaseSpec,
+    ReleaseSpecError,
+    approval_pool,
+    discover_specs,
+    load_spec,
+)
 from releasetrain.core.versioning import SEMVER_PATTERN
 from releasetrain.core.windows import CalendarError, iso_z
-from releasetrain.operators._common import PACKAGE_TASK_ID, REQUEST_TASK_ID
+from releasetrain.operators._common import PACKAGE_TASK_ID, REQUEST_TASK_ID, RISK_TASK_ID
 from releasetrain.operators.approval import ReleaseApprovalOperator
 from releasetrain.operators.checks import HealthVerificationOperator, SmokeCheckOperator
 from releasetrain.operators.complete import ReleaseCompleteOperator
 from releasetrain.operators.deploy import EnvironmentDeployOperator
+from releasetrain.operators.governance import CLOSURE_TASK_ID, ReleaseClosureOperator, RiskAssessmentOperator
 from releasetrain.operators.package import BundlePackageOperator
 from releasetrain.operators.request import ReleaseRequestOperator
 from releasetrain.operators.review import PostImplementationReviewOperator
@@ -223,12 +232,33 @@ def build_release_dag(
             artifact_store=spec.artifact_store,
             signing_conn_id=signing_conn_id,
         )
-        request >> package
+        groups = calendars.groups()
+        risk = RiskAssessmentOperator(
+            task_id=RISK_TASK_ID,
+            release=spec.name,
+            environments=[env.name for env in spec.environments],
+            production=spec.production_environments,
+            components=len(spec.components),
+            schema_migration=any(c.schema_migration for c in spec.components),
+            rollback_plan=spec.rollback_plan,
+            backout_minutes=spec.backout_minutes,
+            declared_gates={
+                env.name: {"quorum": env.approval.quorum, "reviews": list(env.approval.reviews)}
+                for env in spec.environments
+                if env.approval.required
+            },
+            available_reviews={env.name: _review_groups(spec, env, groups) for env in spec.environments},
+            change_backend=spec.change.backend,
+            change_conn_id=spec.change.conn_id,
+            change_type=spec.change.type,
+            planned_minutes=spec.planned_duration_minutes,
+        )
+        request >> risk >> package
         upstream: Any = package
         gates: list[str] = []
         windows: list[str] = []
         for env in spec.environments:
-            upstream = _environment_stage(spec, env.name, upstream, gates, signing_conn_id, calendars, windows)
+            upstream = _environment_stage(spec, env.name, upstream, gates, signing_conn_id, calendars, windows, groups)
         # With a post-implementation review (skipped for normal runs), the leaf must run
         # when the review was skipped, and still fail when anything before it failed.
         complete = ReleaseCompleteOperator(
@@ -237,7 +267,9 @@ def build_release_dag(
             gate_task_ids=list(gates),
             trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS if spec.has_calendar else TriggerRule.ALL_SUCCESS,
             review_task_id="post_implementation_review" if spec.has_calendar else None,
+            closure_task_id=CLOSURE_TASK_ID if spec.closure else None,
         )
+        before_closure: Any = upstream
         if spec.has_calendar:
             review = PostImplementationReviewOperator(
                 task_id="post_implementation_review",
@@ -246,8 +278,27 @@ def build_release_dag(
                 gate_task_ids=windows,
             )
             upstream >> review >> complete
+            before_closure = [upstream, review]
+        if spec.closure:
+            closure = ReleaseClosureOperator(
+                task_id=CLOSURE_TASK_ID,
+                release=spec.name,
+                people=spec.review_users,
+                trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+            )
+            before_closure >> closure >> complete
         upstream >> complete
     return dag
+
+
+def _review_groups(spec: ReleaseSpec, env: Any, groups: dict[str, list[str]]) -> list[str]:
+    """Readiness-review tasks of an environment: the spec's, plus security on production (for high risk)."""
+    if not env.approval.required:
+        return []
+    reviews = list(env.approval.reviews)
+    if env.name in spec.production_environments and SECURITY_REVIEW in groups and SECURITY_REVIEW not in reviews:
+        reviews.append(SECURITY_REVIEW)
+    return reviews
 
 
 def _environment_stage(
@@ -258,6 +309,7 @@ def _environment_stage(
     signing_conn_id: str,
     calendars: CalendarLibrary,
     windows: list[str],
+    groups: dict[str, list[str]],
 ) -> Any:
     env = spec.environment(name)
     previous = spec.previous_environment(name)
@@ -270,17 +322,49 @@ def _environment_stage(
             signing_conn_id=signing_conn_id,
         )
         first: Any = verify
-        approval_task_id = window_task_id = None
+        approval_task_ids: list[str] = []
+        approvals: list[Any] = []
+        window_task_id = None
+        pool = approval_pool(env, groups)
+        production = name in spec.production_environments
         if env.approval.required:
-            first = ReleaseApprovalOperator(
-                task_id="approve",
+            slots = max(env.approval.quorum, HIGH_RISK_QUORUM if production else 1)
+            review_groups = _review_groups(spec, env, groups)
+            ids = [_slot_id(i) for i in range(1, slots + 1)] + [f"review_{g}" for g in review_groups]
+            full_ids = [f"{name}.{task_id}" for task_id in ids]
+            common = dict(
                 release=spec.name,
                 environment=name,
-                approvers=env.approval.approvers,
+                quorum=env.approval.quorum,
+                reviews=list(env.approval.reviews),
+                sibling_task_ids=full_ids,
                 passed_task_ids=list(gates),
                 timeout_hours=env.approval.timeout_hours,
             )
-            approval_task_id = first.task_id
+            previous_slot = None
+            for i in range(1, slots + 1):
+                slot = ReleaseApprovalOperator(
+                    task_id=_slot_id(i),
+                    approvers=pool,
+                    slot=i,
+                    trigger_rule=TriggerRule.NONE_FAILED if i > 1 else TriggerRule.ALL_SUCCESS,
+                    **common,
+                )
+                if previous_slot is not None:
+                    previous_slot >> slot
+                previous_slot = slot
+                approvals.append(slot)
+            last_slot = previous_slot
+            reviews = [
+                ReleaseApprovalOperator(
+                    task_id=f"review_{group}", approvers=groups[group], slot=None, review_group=group, **common
+                )
+                for group in review_groups
+            ]
+            approvals += reviews
+            approval_task_ids = full_ids
+            first = [approvals[0], *reviews]
+            gate_done: Any = [last_slot, *reviews]
         layers = spec.calendar_layers(name)
         if layers:
             window = ReleaseWindowSensor(
@@ -294,13 +378,15 @@ def _environment_stage(
             )
             windows.append(window.task_id)
             window_task_id = window.task_id
-            if approval_task_id:
-                first >> window
+            if approval_task_ids:
+                window.trigger_rule = TriggerRule.NONE_FAILED
+                gate_done >> window
             else:
                 first = window
             window >> verify
-        elif approval_task_id:
-            first >> verify
+        elif approval_task_ids:
+            verify.trigger_rule = TriggerRule.NONE_FAILED
+            gate_done >> verify
         deploy = EnvironmentDeployOperator(
             task_id="deploy",
             release=spec.name,
@@ -309,8 +395,13 @@ def _environment_stage(
             verify_task_id=verify.task_id,
             previous_environment=previous.name if previous else None,
             promotion_gate_task_id=gates[-1] if previous else None,
-            approval_task_id=approval_task_id,
-            approvers=env.approval.approvers if approval_task_id else None,
+            approval_task_ids=approval_task_ids,
+            approvers=pool if approval_task_ids else None,
+            review_members={g: groups[g] for g in _review_groups(spec, env, groups)},
+            quorum=env.approval.quorum,
+            reviews=list(env.approval.reviews),
+            owners=groups[env.owner] if env.owner else None,
+            production=production,
             window_task_id=window_task_id,
             deploy_timeout_seconds=env.deploy_timeout_seconds,
             poll_interval=env.poll_interval_seconds,
@@ -354,6 +445,10 @@ def _environment_stage(
     upstream >> first
     gates.append(last.task_id)
     return last
+
+
+def _slot_id(index: int) -> str:
+    return "approve" if index == 1 else f"approve_{index}"
 
 
 def spec_dirs(project_root: Path) -> list[Path]:

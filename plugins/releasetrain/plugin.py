@@ -2,13 +2,15 @@
 point of the installed distribution (never through the plugins folder).
 
 It registers the release-window timetable (without which DAGs using it could not be
-serialized) and a template macro.
+serialized), a template macro, and the listener that records run states and manual
+task state changes in the release ledger.
 """
 
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
+from releasetrain import listener
 from releasetrain.core.versioning import is_semver
 from releasetrain.timetables.release_window import ReleaseWindowTimetable
 
@@ -19,3 +21,4 @@ class ReleaseTrainPlugin(AirflowPlugin):
     name = "releasetrain"
     macros = [is_semver]
     timetables = [ReleaseWindowTimetable]
+    listeners = [listener]

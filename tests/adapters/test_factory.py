@@ -30,16 +30,25 @@ def test_storefront_graph(dagbag):
     assert dag.max_active_runs == 1 and "release" in dag.tags and "team:commerce" in dag.tags
     assert "Promotion path" in dag.doc_md
     tasks = dag.task_dict
-    assert tasks["package"].upstream_task_ids == {"prepare"}
+    assert tasks["assess_risk"].upstream_task_ids == {"prepare"}
+    assert tasks["package"].upstream_task_ids == {"assess_risk"}
     assert tasks["dev.verify"].upstream_task_ids == {"package"}
     for env in ("dev", "staging", "prod"):
         assert tasks[f"{env}.deploy"].upstream_task_ids == {f"{env}.verify"}, "every deploy follows its verify"
         assert tasks[f"{env}.rollback"].trigger_rule == TriggerRule.ONE_FAILED
     assert tasks["staging.verify"].upstream_task_ids == {"dev.smoke"}
     assert tasks["prod.approve"].upstream_task_ids == {"staging.smoke"}
-    assert tasks["prod.verify"].upstream_task_ids == {"prod.approve"}
+    # quorum slots one after the other (the second skips itself below high risk), then a
+    # security readiness review in parallel, because a security group exists
+    assert tasks["prod.approve_2"].upstream_task_ids == {"prod.approve"}
+    assert tasks["prod.review_security"].upstream_task_ids == {"staging.smoke"}
+    assert tasks["prod.verify"].upstream_task_ids == {"prod.approve_2", "prod.review_security"}
+    assert tasks["prod.verify"].trigger_rule == TriggerRule.NONE_FAILED
+    assert tasks["prod.deploy"].approval_task_ids == ["prod.approve", "prod.approve_2", "prod.review_security"]
+    assert tasks["prod.deploy"].production and not tasks["staging.deploy"].production
     assert tasks["prod.rollback"].upstream_task_ids == {"prod.deploy", "prod.smoke", "prod.health"}
-    assert tasks["release_complete"].upstream_task_ids == {"prod.health"}
+    assert tasks["release_complete"].upstream_task_ids == {"prod.health", "closure"}
+    assert tasks["closure"].upstream_task_ids == {"prod.health"}
     assert tasks["release_complete"].trigger_rule == TriggerRule.ALL_SUCCESS
     assert tasks["prod.deploy"].promotion_gate_task_id == "staging.smoke"
     assert tasks["prod.approve"].passed_task_ids == ["dev.smoke", "staging.smoke"]
@@ -83,6 +92,7 @@ def test_builder_gives_the_same_dag_as_yaml():
             health_checks=e.health_checks.model_dump() if e.health_checks else None,
             approvers=e.approval.approvers if e.approval.required else None,
         )
+    built.rollback(yaml_spec.rollback_plan, backout_minutes=yaml_spec.backout_minutes)
     python_spec = built.tags(*yaml_spec.tags).build()
     assert python_spec == yaml_spec
     a = build_release_dag(yaml_spec, project_root=PROJECT_ROOT)

@@ -198,6 +198,12 @@ def event(user, option="Approve", timedout=False):
     }
 
 
+def _ledger(run_id="manual__test"):
+    from releasetrain.hooks.ledger import LedgerHook
+
+    return [e for e in LedgerHook().events(release="storefront", run_id=run_id)]
+
+
 @pytest.mark.parametrize(
     "user, reason",
     [
@@ -206,20 +212,83 @@ def event(user, option="Approve", timedout=False):
         ("mallory", "mallory is not an approver"),
     ],
 )
-def test_response_is_rechecked_for_segregation_of_duties(user, reason):
-    ti = FakeTI({("prepare", "return_value"): REQUEST})
-    with pytest.raises(AirflowFailException, match=f"prod approval refused: {reason}"):
-        approval_op().execute_complete(context(ti), event(user))
+def test_refused_response_is_recorded_and_the_request_asked_again(monkeypatch, user, reason):
+    asked = []
+    monkeypatch.setattr(
+        "releasetrain.operators.approval.ApprovalOperator.execute", lambda self, ctx: asked.append(self.assigned_users)
+    )
+    before = len(_ledger())
+    ti = FakeTI({("prepare", "return_value"): REQUEST, ("package", "return_value"): {"digest": DIGEST}})
+    approval_op().execute_complete(context(ti), event(user))
+    assert asked == [[{"id": "approver", "name": "approver"}]], "asked again, of the eligible approvers only"
+    refused = [e for e in _ledger()[before:] if e.kind == "approval_refused"]
+    assert len(refused) == 1 and refused[0].actor == user and reason in refused[0].details["reason"]
+
+
+def test_same_person_never_counts_twice_across_an_environments_approvals(monkeypatch):
+    asked = []
+    monkeypatch.setattr(
+        "releasetrain.operators.approval.ApprovalOperator.execute", lambda self, ctx: asked.append(self.assigned_users)
+    )
+    slot2 = ReleaseApprovalOperator(
+        task_id="prod.approve_2",
+        release="storefront",
+        environment="prod",
+        approvers=["approver", "approver2", "admin"],
+        slot=2,
+        quorum=2,
+        sibling_task_ids=["prod.approve", "prod.approve_2"],
+    )
+    first = {"chosen_options": ["Approve"], "responded_by_user": {"id": "approver"}}
+    ti = FakeTI(
+        {
+            ("prepare", "return_value"): REQUEST,
+            ("package", "return_value"): {"digest": DIGEST},
+            ("prod.approve", "return_value"): first,
+        }
+    )
+    slot2.execute(context(ti))
+    assert asked[-1] == [{"id": "approver2", "name": "approver2"}, {"id": "admin", "name": "admin"}]
+    slot2.execute_complete(context(ti), event("approver"))  # the first approver again: refused, asked again
+    assert len(asked) == 2
+    assert "already approved prod.approve" in _ledger()[-2].details["reason"]
+    result = slot2.execute_complete(context(ti), event("approver2"))
+    assert result["responded_by_user"]["id"] == "approver2" and result["slot"] == 2
+
+
+def test_slot_beyond_the_quorum_skips_itself():
+    slot2 = ReleaseApprovalOperator(
+        task_id="prod.approve_2", release="storefront", environment="prod", approvers=["a", "b"], slot=2
+    )
+    ti = FakeTI({("prepare", "return_value"): REQUEST, ("assess_risk", "return_value"): {"gates": {}}})
+    with pytest.raises(AirflowSkipException, match="quorum needed: 1"):
+        slot2.execute(context(ti))
+    ti.xcoms[("assess_risk", "return_value")] = {"gates": {"prod": {"quorum": 2, "reviews": ["security"]}}}
+    review = ReleaseApprovalOperator(
+        task_id="prod.review_security",
+        release="storefront",
+        environment="prod",
+        approvers=["secops"],
+        slot=None,
+        review_group="security",
+    )
+    with pytest.raises(Exception, match="SUPERVISOR_COMMS|supervisor|comms"):
+        review.execute(
+            {**context(ti), "task_instance": type("T", (), {"id": "x"})()}
+        )  # needed: asks (no supervisor here)
 
 
 def test_approval_by_an_approver_passes_and_reject_fails_cleanly():
     ti = FakeTI({("prepare", "return_value"): REQUEST, ("package", "return_value"): {"digest": DIGEST}})
     result = approval_op().execute_complete(context(ti), event("approver"))
     assert result["responded_by_user"]["id"] == "approver" and result["digest"] == DIGEST
-    with pytest.raises(AirflowFailException, match="rejected for prod by approver; nothing was deployed to prod"):
+    assert _ledger()[-1].kind == "approval_given" and _ledger()[-1].details["digest"] == DIGEST
+    with pytest.raises(AirflowFailException, match="rejected for prod by approver"):
         approval_op().execute_complete(context(ti), event("approver", "Reject"))
+    assert _ledger()[-1].kind == "approval_rejected"
     with pytest.raises(AirflowFailException, match="no answer before the timeout"):
         approval_op().execute_complete(context(ti), event(None, "Reject", timedout=True))
+    assert _ledger()[-1].kind == "approval_timed_out"
 
 
 def test_request_assigns_only_non_authors(monkeypatch):
@@ -285,47 +354,103 @@ def test_approval_retries_once_for_infrastructure_failures_only():
 
 
 # --- approvals are checked again where they are used ------------------------------------
-def approved_deploy_op():
-    return deploy_op(approval_task_id="prod.approve", approvers=["approver"])
+def approved_deploy_op(**over):
+    options = dict(
+        approval_task_ids=["prod.approve", "prod.approve_2", "prod.review_security"],
+        approvers=["approver", "approver2"],
+        review_members={"security": ["secops", "approver2"]},
+    )
+    return deploy_op(**{**options, **over})
+
+
+def yes(user, digest=DIGEST, group=None):
+    return {"chosen_options": ["Approve"], "responded_by_user": {"id": user}, "digest": digest, "group": group}
+
+
+HIGH = {"gates": {"prod": {"quorum": 2, "reviews": ["security"]}}}
 
 
 @pytest.mark.parametrize(
-    "approval, reason",
+    "approvals, risk, reason",
     [
-        pytest.param(None, "no recorded approval from prod.approve", id="marked-success-by-hand"),
+        pytest.param({}, None, "0 of 1 required distinct approvals", id="marked-success-by-hand"),
         pytest.param(
-            {"chosen_options": ["Reject"], "responded_by_user": {"id": "approver"}},
-            "no recorded approval",
+            {"prod.approve": {"chosen_options": ["Reject"], "responded_by_user": {"id": "approver"}}},
+            None,
+            "0 of 1 required",
             id="rejected",
         ),
+        pytest.param({"prod.approve": yes("author")}, None, "author is an author of this release", id="author"),
         pytest.param(
-            {"chosen_options": ["Approve"], "responded_by_user": {"id": "author"}},
-            "author is an author of this release",
-            id="author",
+            {"prod.approve": yes("approver", digest="sha256:" + "e" * 64)},
+            None,
+            "approved bundle sha256:eee",
+            id="digest-changed-after-approval",
+        ),
+        pytest.param({"prod.approve": yes("approver")}, HIGH, "1 of 2 required distinct approvals", id="quorum"),
+        pytest.param(
+            {"prod.approve": yes("approver"), "prod.approve_2": yes("approver")},
+            HIGH,
+            "one person never counts twice",
+            id="same-user-twice",
+        ),
+        pytest.param(
+            {"prod.approve": yes("approver"), "prod.approve_2": yes("approver2")},
+            HIGH,
+            "readiness review of \\['security'\\] has not approved",
+            id="review-missing",
+        ),
+        pytest.param(
+            {
+                "prod.approve": yes("approver"),
+                "prod.approve_2": yes("approver2"),
+                "prod.review_security": yes("approver2", group="security"),
+            },
+            HIGH,
+            "approver2 gave both",
+            id="review-by-a-quorum-approver",
         ),
     ],
 )
-def test_deploy_refuses_without_a_valid_recorded_approval(monkeypatch, approval, reason):
+def test_deploy_refuses_without_valid_recorded_approvals(monkeypatch, approvals, risk, reason):
     with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
         monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
         ti = deploy_ti()
-        if approval:
-            ti.xcoms[("prod.approve", "return_value")] = approval
+        for task_id, value in approvals.items():
+            ti.xcoms[(task_id, "return_value")] = value
+        if risk:
+            ti.xcoms[("assess_risk", "return_value")] = risk
         with pytest.raises(AirflowFailException, match=reason):
             approved_deploy_op().execute(context(ti))
         assert fleet.deployments == {}
 
 
-def test_deploy_proceeds_with_a_valid_recorded_approval(monkeypatch):
+def test_deploy_proceeds_with_valid_recorded_approvals(monkeypatch):
     with running_fleet(seed={"prod": "1.0.0"}) as (_, url):
         monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
         ti = deploy_ti()
-        ti.xcoms[("prod.approve", "return_value")] = {
-            "chosen_options": ["Approve"],
-            "responded_by_user": {"id": "approver"},
-        }
+        ti.xcoms[("prod.approve", "return_value")] = yes("approver")
         with pytest.raises(TaskDeferred):
             approved_deploy_op().execute(context(ti))
+        ti = deploy_ti()
+        ti.xcoms.update(
+            {
+                ("assess_risk", "return_value"): HIGH,
+                ("prod.approve", "return_value"): yes("approver"),
+                ("prod.approve_2", "return_value"): yes("approver2"),
+                ("prod.review_security", "return_value"): yes("secops", group="security"),
+            }
+        )
+        with pytest.raises(TaskDeferred):
+            approved_deploy_op().execute(context(ti))
+
+
+def test_only_the_owning_team_releases_into_its_environment(monkeypatch):
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        with pytest.raises(AirflowFailException, match="may not release into prod: only its owners"):
+            deploy_op(owners=["approver", "admin"]).execute(context(deploy_ti()))
+        assert fleet.deployments == {}
 
 
 def test_deploy_refuses_what_the_target_did_not_deploy():

@@ -90,7 +90,10 @@ def test_payments_dag_is_scheduled_by_its_windows_and_gated():
     dag = build_release_dag(spec, project_root=PROJECT_ROOT)
     assert isinstance(dag.timetable, ReleaseWindowTimetable)
     tasks = dag.task_dict
-    assert tasks["payments-prod.window"].upstream_task_ids == {"payments-prod.approve"}
+    assert tasks["payments-prod.window"].upstream_task_ids == {
+        "payments-prod.approve_2",
+        "payments-prod.review_security",
+    }
     assert tasks["payments-prod.verify"].upstream_task_ids == {"payments-prod.window"}
     assert tasks["payments-staging.verify"].upstream_task_ids == {"payments-staging.window"}
     assert tasks["payments-prod.deploy"].pool == "releasetrain_target_fleet_payments_prod"

@@ -147,7 +147,8 @@ def test_every_example_spec_matches_the_json_schema():
     [
         pytest.param(
             lambda d: d["environments"][0].update(approval={"approvers": ["bob"]}),
-            "environments[0].approval: approvers, groups, reviews, quorum or timeout_hours are set but required is false",
+            "environments[0].approval: approvers, groups, reviews, quorum or timeout_hours are set but required "
+            "is false",
             id="approvers-without-required",
         ),
         pytest.param(

@@ -67,6 +67,12 @@ class ReleaseBuilder:
         self._data["artifact_store"] = url
         return self
 
+    def rollback(self, plan: str, *, backout_minutes: int) -> ReleaseBuilder:
+        """The rollback plan and backout-time estimate (needed for high-risk releases)."""
+        self._data["rollback_plan"] = plan
+        self._data["backout_minutes"] = backout_minutes
+        return self
+
     def build(self, source: str | None = None) -> ReleaseSpec:
         """Validate and return the spec; errors name ``source`` (default ``python:<name>``)."""
         return parse_spec(self._data, source or f"python:{self._data['name']}")

@@ -278,6 +278,10 @@ class ReleaseSpec(_Model):
     )
     backout_minutes: int | None = Field(default=None, gt=0, description="Estimated time to back the release out.")
     change: ChangePolicy = Field(default_factory=lambda: ChangePolicy())
+    closure: bool = Field(
+        default=True,
+        description="End with a closure step that records the runbook update before the change record closes.",
+    )
 
     @field_validator("version")
     @classmethod

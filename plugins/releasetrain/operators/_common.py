@@ -28,3 +28,41 @@ def release_values(request: dict[str, Any], environment: str, digest: str = "") 
         "environment": environment,
         "digest": digest,
     }
+
+
+RISK_TASK_ID = "assess_risk"
+
+
+def record(
+    context: Any,
+    kind: str,
+    release: str,
+    *,
+    environment: str = "",
+    actor: str = "",
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Append an event of this run to the release ledger (a failure to record fails the task)."""
+    from releasetrain.hooks.ledger import LedgerHook
+
+    hook = LedgerHook()
+    try:
+        hook.append(
+            kind,
+            release=release,
+            run_id=context["run_id"],
+            environment=environment,
+            actor=actor or "",
+            details=details or {},
+        )
+    finally:
+        hook.close()
+
+
+def gates_for(context: Any, environment: str, quorum: int, reviews: list[str]) -> tuple[int, list[str]]:
+    """The quorum and reviews the risk assessment selected for an environment (the spec's without one)."""
+    risk = pull(context, RISK_TASK_ID) or {}
+    gates = (risk.get("gates") or {}).get(environment)
+    if not gates:
+        return quorum, list(reviews)
+    return int(gates["quorum"]), list(gates["reviews"])

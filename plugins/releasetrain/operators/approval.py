@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from releasetrain.core.approval import (
     SegregationOfDutiesError,
@@ -14,7 +14,7 @@ from releasetrain.core.approval import (
     check_responder,
     eligible_approvers,
 )
-from releasetrain.operators._common import PACKAGE_TASK_ID, REQUEST_TASK_ID, pull, require
+from releasetrain.operators._common import PACKAGE_TASK_ID, REQUEST_TASK_ID, gates_for, pull, record, require
 
 
 def assign_non_authors(
@@ -31,22 +31,36 @@ def assign_non_authors(
 
 
 class ReleaseApprovalOperator(ApprovalOperator):
-    """An Airflow HITL approval whose author can never approve.
+    """One approval of an environment, as one Airflow HITL request, with segregation of duties.
 
-    - At request time the assignees are the spec's approvers minus the release's authors
-      (the triggering user and ``requested_by``); Airflow's API refuses anyone else (403).
-    - At response time the responder is checked again; a response that breaks
-      segregation of duties fails the task, so nothing downstream deploys.
-    - The stored request (with its assignees) is reused on retry/clear, and the response
-      check runs again on every resume.
-    - *Reject* (or no answer before the timeout) fails the task with the reason: a
-      rejected release ends ``failed``, never green, with nothing deployed past the gate.
-    - It retries once, only for infrastructure failures (see ``__init__``); a retry asks
-      the same assignees again.
+    An environment's approvals are several of these tasks: quorum slots ``approve``,
+    ``approve_2``, ... (one after the other) and readiness reviews ``review_<group>`` (in
+    parallel). Each one:
+
+    - skips itself when the risk assessment does not need it (a slot beyond the quorum,
+      a review the risk level does not ask for);
+    - at request time, is assigned to the eligible users minus the release's authors
+      (the triggering user and ``requested_by``) minus whoever already approved another of
+      the environment's approvals; Airflow's API refuses anyone else (403);
+    - at response time, checks the responder again (author? eligible? already counted?).
+      A refused response is recorded in the ledger and the request is asked again, so
+      the remaining approvers can still answer;
+    - binds the approval to the bundle digest it was shown (checked again by the deploy);
+    - records request, approval, rejection, refusal and timeout in the release ledger.
+
+    *Reject*, or no answer before ``timeout_hours``, fails the task: the release is
+    rejected and nothing is deployed past the gate. It retries once, only for
+    infrastructure failures (see ``__init__``).
 
     :param release: release name
     :param environment: the environment this approval lets the release into
-    :param approvers: user ids allowed to approve
+    :param approvers: user ids allowed to give this approval (the quorum pool, or the
+        review group's members)
+    :param slot: the quorum slot (1, 2, ...), or None for a readiness review
+    :param review_group: the review group (with ``slot=None``)
+    :param quorum: the spec's quorum (the risk assessment may raise it)
+    :param reviews: the spec's review groups (the risk assessment may add some)
+    :param sibling_task_ids: the environment's other approval tasks
     :param passed_task_ids: gates already passed in this run, shown in the request
     :param timeout_hours: reject when nobody answers in time (None: wait)
     """
@@ -57,16 +71,23 @@ class ReleaseApprovalOperator(ApprovalOperator):
         release: str,
         environment: str,
         approvers: list[str],
+        slot: int | None = 1,
+        review_group: str | None = None,
+        quorum: int = 1,
+        reviews: list[str] | None = None,
+        sibling_task_ids: list[str] | None = None,
         passed_task_ids: list[str] | None = None,
         timeout_hours: float | None = None,
         **kwargs: Any,
     ) -> None:
         if not approvers:
             raise ValueError(f"{environment}: an approval needs at least one approver")
+        if (slot is None) == (review_group is None):
+            raise ValueError("an approval is either a quorum slot or a review group")
         timeout = timedelta(hours=timeout_hours) if timeout_hours else None
         # One retry, for Airflow 3.3's race between a fast answer and the scheduler noticing
         # that the worker parked the task (the task is then failed as "killed externally").
-        # The retry asks again with the stored request; decisions (reject, refusal, timeout)
+        # The retry asks again with the stored request; decisions (reject, timeout)
         # raise AirflowFailException and are never retried.
         kwargs.setdefault("retries", 1)
         kwargs.setdefault("retry_delay", timedelta(seconds=5))
@@ -80,46 +101,130 @@ class ReleaseApprovalOperator(ApprovalOperator):
         self.release = release
         self.environment = environment
         self.approvers = list(approvers)
+        self.slot = slot
+        self.review_group = review_group
+        self.quorum = quorum
+        self.reviews = list(reviews or [])
+        self.sibling_task_ids = [t for t in (sibling_task_ids or []) if t != self.task_id]
         self.passed_task_ids = list(passed_task_ids or [])
+
+    @property
+    def what(self) -> str:
+        if self.review_group:
+            return f"{self.environment} {self.review_group} review"
+        return f"{self.environment} approval" + (f" {self.slot}" if self.slot and self.slot > 1 else "")
+
+    def _needed(self, context: Any) -> tuple[bool, str]:
+        quorum, reviews = gates_for(context, self.environment, self.quorum, self.reviews)
+        if self.review_group:
+            return self.review_group in reviews, f"reviews needed: {reviews or 'none'}"
+        return (self.slot or 1) <= quorum, f"quorum needed: {quorum}"
+
+    def _others(self, context: Any) -> dict[str, str]:
+        """Who already approved one of the environment's other approvals: user -> task."""
+        given = {}
+        for task_id in self.sibling_task_ids:
+            result = pull(context, task_id) or {}
+            approver = (result.get("responded_by_user") or {}).get("id")
+            if approver and result.get("chosen_options") == [self.APPROVE]:
+                given[approver] = task_id
+        return given
 
     def execute(self, context: Any) -> Any:
         request = require(context, REQUEST_TASK_ID, "the release request")
-        excluded, eligible = assign_non_authors(self, request, self.approvers, f"{self.environment} approval")
+        needed, why = self._needed(context)
+        if not needed:
+            raise AirflowSkipException(f"{self.what} is not needed at this release's risk ({why})")
+        excluded, eligible = assign_non_authors(self, request, self.approvers, self.what)
+        others = self._others(context)
+        eligible = [user for user in eligible if user not in others]
+        if not eligible:
+            raise AirflowFailException(
+                f"{self.what}: every eligible approver ({', '.join(self.approvers)}) is an author or has "
+                f"already approved ({', '.join(sorted(others))}); add approvers to the spec"
+            )
+        self.assigned_users = [{"id": user, "name": user} for user in eligible]
         packaged = pull(context, PACKAGE_TASK_ID) or {}
         self.subject = f"Approve {self.release} {request['version']} for {self.environment}?"
+        if self.review_group:
+            self.subject = f"Readiness review ({self.review_group}): {self.release} {request['version']} for " + (
+                f"{self.environment}?"
+            )
         self.body = self._body(context, request, packaged, excluded, eligible)
+        record(
+            context,
+            "approval_requested",
+            self.release,
+            environment=self.environment,
+            details={
+                "task_id": self.task_id,
+                "group": self.review_group,
+                "slot": self.slot,
+                "assigned": eligible,
+                "digest": packaged.get("digest"),
+            },
+        )
         self.log.info(
-            "Approval for %s requested from %s (authors excluded: %s)",
-            self.environment,
+            "%s requested from %s (authors excluded: %s; already approved: %s)",
+            self.what,
             ", ".join(eligible),
             ", ".join(sorted(excluded)) or "none",
+            ", ".join(sorted(others)) or "nobody",
         )
         return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         request = require(context, REQUEST_TASK_ID, "the release request")
+        digest = (pull(context, PACKAGE_TASK_ID) or {}).get("digest")
+        details = {"task_id": self.task_id, "group": self.review_group, "slot": self.slot, "digest": digest}
+        if event.get("timedout") or event.get("error_type") == "timeout":
+            record(context, "approval_timed_out", self.release, environment=self.environment, details=details)
+            raise AirflowFailException(f"{self.what}: no answer before the timeout; the release is rejected")
         result = HITLOperator.execute_complete(self, context=context, event=event)
         chosen = result["chosen_options"][0]
         responder = (result.get("responded_by_user") or {}).get("id")
-        if event.get("timedout"):
-            raise AirflowFailException(
-                f"{self.environment} approval: no answer before the timeout; the release is rejected"
-            )
         excluded = authors(request.get("triggered_by"), request.get("requested_by"))
+        others = self._others(context)
         try:
             check_responder(responder, self.approvers, excluded)
+            if responder in others:
+                raise SegregationOfDutiesError(
+                    f"{responder} already approved {others[responder]}: one person never counts twice"
+                )
         except SegregationOfDutiesError as exc:
-            raise AirflowFailException(f"{self.environment} approval refused: {exc}") from None
-        if chosen != self.APPROVE:
-            raise AirflowFailException(
-                f"{self.release} {request['version']} was rejected for {self.environment} by {responder}; "
-                f"nothing was deployed to {self.environment}"
+            record(
+                context,
+                "approval_refused",
+                self.release,
+                environment=self.environment,
+                actor=responder or "",
+                details={**details, "reason": str(exc), "chosen": chosen},
             )
-        self.log.info("%s approved %s %s for %s", responder, self.release, request["version"], self.environment)
+            self.log.warning("%s: response refused (%s); asking again", self.what, exc)
+            return self.execute(context)  # the request is open again for the others
+        if chosen != self.APPROVE:
+            record(
+                context,
+                "approval_rejected",
+                self.release,
+                environment=self.environment,
+                actor=responder,
+                details={**details, "reason": "rejected"},
+            )
+            raise AirflowFailException(
+                f"{self.release} {request['version']} was rejected for {self.environment} by {responder} "
+                f"({self.what}); nothing was deployed to {self.environment}"
+            )
+        record(context, "approval_given", self.release, environment=self.environment, actor=responder, details=details)
+        self.log.info(
+            "%s approved %s %s for %s (%s)", responder, self.release, request["version"], self.environment, self.what
+        )
         return {
             **result,
             "environment": self.environment,
-            "digest": (pull(context, PACKAGE_TASK_ID) or {}).get("digest"),
+            "digest": digest,
+            "group": self.review_group,
+            "slot": self.slot,
         }
 
     def _body(
@@ -141,12 +246,12 @@ class ReleaseApprovalOperator(ApprovalOperator):
             "",
         ]
         passed = [pull(context, task_id) for task_id in self.passed_task_ids]
-        for record in filter(None, passed):
-            checks = record.get("checks") or []
+        for entry in filter(None, passed):
+            checks = entry.get("checks") or []
             detail = f"{len(checks)} smoke checks passed" if checks else "healthy"
-            if record.get("health"):
-                detail = record["health"].get("reason", detail)
-            lines.append(f"- {record['environment']}: `{record['digest']}` deployed, {detail}")
+            if entry.get("health"):
+                detail = entry["health"].get("reason", detail)
+            lines.append(f"- {entry['environment']}: `{entry['digest']}` deployed, {detail}")
         if not any(passed):
             lines.append("- nothing yet (this is the first environment)")
         run_url = self._run_url(context)

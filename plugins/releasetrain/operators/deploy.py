@@ -8,10 +8,11 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from releasetrain.core.approval import SegregationOfDutiesError, authors, check_responder
+from releasetrain.core.approval import SegregationOfDutiesError, authors, check_approvals
+from releasetrain.core.change import ChangeState
 from releasetrain.core.promotion import PromotionError, check_promotion
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
-from releasetrain.operators._common import REQUEST_TASK_ID, pull, require
+from releasetrain.operators._common import REQUEST_TASK_ID, gates_for, pull, record, require
 from releasetrain.triggers.deployment import DeploymentCompletionTrigger
 
 PRE_DEPLOY_KEY = "pre_deploy"
@@ -33,10 +34,16 @@ class EnvironmentDeployOperator(BaseOperator):
     :param verify_task_id: the task that verified the bundle for this environment
     :param previous_environment: the environment before this one, if any
     :param promotion_gate_task_id: the last gate of the previous environment
-    :param approval_task_id: the environment's approval task, if it needs one; the
-        approval it recorded is checked again here (an approval task marked "success" by
-        hand records no approval and stops the deploy)
-    :param approvers: who may approve (with ``approval_task_id``)
+    :param approval_task_ids: the environment's approval tasks (quorum slots and
+        readiness reviews); the approvals they recorded are checked again here against the
+        gates the risk assessment selected: distinct, non-author, eligible, for this very
+        digest (an approval task marked "success" by hand records no approval and stops
+        the deploy)
+    :param approvers: the quorum pool
+    :param review_members: review group -> members
+    :param quorum: the spec's quorum; ``reviews``: the spec's review groups
+    :param owners: members of the group owning the environment: only they may release into it
+    :param production: a production environment: the change record must be in Implement
     """
 
     ui_color = "#d2e3fc"
@@ -50,8 +57,13 @@ class EnvironmentDeployOperator(BaseOperator):
         verify_task_id: str,
         previous_environment: str | None = None,
         promotion_gate_task_id: str | None = None,
-        approval_task_id: str | None = None,
+        approval_task_ids: list[str] | None = None,
         approvers: list[str] | None = None,
+        review_members: dict[str, list[str]] | None = None,
+        quorum: int = 1,
+        reviews: list[str] | None = None,
+        owners: list[str] | None = None,
+        production: bool = False,
         window_task_id: str | None = None,
         deploy_timeout_seconds: float = 900,
         poll_interval: float = 2.0,
@@ -60,10 +72,15 @@ class EnvironmentDeployOperator(BaseOperator):
         super().__init__(**kwargs)
         if (previous_environment is None) != (promotion_gate_task_id is None):
             raise ValueError("previous_environment and promotion_gate_task_id go together")
-        if approval_task_id and not approvers:
-            raise ValueError("an approval_task_id needs the approvers to check it against")
-        self.approval_task_id = approval_task_id
+        if approval_task_ids and not approvers:
+            raise ValueError("approval_task_ids need the approvers to check them against")
+        self.approval_task_ids = list(approval_task_ids or [])
         self.approvers = list(approvers or [])
+        self.review_members = {k: list(v) for k, v in (review_members or {}).items()}
+        self.quorum = quorum
+        self.reviews = list(reviews or [])
+        self.owners = list(owners) if owners is not None else None
+        self.production = production
         self.window_task_id = window_task_id
         self.release = release
         self.environment = environment
@@ -83,10 +100,17 @@ class EnvironmentDeployOperator(BaseOperator):
             check_promotion(self.environment, digest, self.previous_environment, gate)
         except PromotionError as exc:
             raise AirflowFailException(str(exc)) from None
-        if self.approval_task_id:
-            self._check_approval(context, request)
+        self._check_owner(request)
+        if self.approval_task_ids:
+            self._check_approval(context, request, digest)
         if self.window_task_id:
             self._check_window(context)
+        if self.production:
+            from releasetrain.operators.governance import move_change
+
+            move_change(
+                context, self.release, ChangeState.IMPLEMENT, f"deploying {version} ({digest}) to {self.environment}"
+            )
 
         hook = DeployTargetHook(self.deploy_target_conn_id)
         live = self._call(hook.get_status)
@@ -113,7 +137,7 @@ class EnvironmentDeployOperator(BaseOperator):
             self.log.info(
                 "%s already runs %s %s (%s): nothing to deploy", self.environment, self.release, version, digest
             )
-            return self._result(version, digest, live, deployment_id=None, noop=True)
+            return self._result(version, digest, live, deployment_id=None, noop=True, context=context)
 
         self.log.info(
             "Deploying %s %s (%s) to %s, replacing %s",
@@ -128,7 +152,12 @@ class EnvironmentDeployOperator(BaseOperator):
         )
         if started.get("state") == "succeeded":
             return self._result(
-                version, digest, live, deployment_id=started.get("deployment_id"), noop=bool(started.get("noop"))
+                version,
+                digest,
+                live,
+                deployment_id=started.get("deployment_id"),
+                noop=bool(started.get("noop")),
+                context=context,
             )
         self._wait(str(started["deployment_id"]))
 
@@ -163,7 +192,7 @@ class EnvironmentDeployOperator(BaseOperator):
         self.log.info(
             "%s now runs %s %s (deployment %s)", self.environment, self.release, version, event["deployment_id"]
         )
-        return self._result(version, digest, pre, deployment_id=event["deployment_id"], noop=False)
+        return self._result(version, digest, pre, deployment_id=event["deployment_id"], noop=False, context=context)
 
     def _check_window(self, context: Any) -> None:
         """The window gate's decision, and the window itself, checked again right before deploying."""
@@ -183,26 +212,63 @@ class EnvironmentDeployOperator(BaseOperator):
                 f"nothing is deployed: clear {self.window_task_id} to wait for the next opening"
             )
 
-    def _check_approval(self, context: Any, request: dict[str, Any]) -> None:
-        """The approval this deploy relies on, checked again where it is used."""
-        approval = pull(context, self.approval_task_id) or {}
-        responder = (approval.get("responded_by_user") or {}).get("id")
-        if approval.get("chosen_options") != ["Approve"] or not responder:
+    def _check_owner(self, request: dict[str, Any]) -> None:
+        """Only the owning team releases into its environment (the release's own schedule may too)."""
+        if self.owners is None:
+            return
+        people = {request.get("requested_by"), request.get("triggered_by")} - {None, "scheduler"}
+        outsiders = sorted(p for p in people if p not in set(self.owners))
+        if outsiders:
             raise AirflowFailException(
-                f"{self.environment}: no recorded approval from {self.approval_task_id} in this run "
-                "(was the approval task marked successful by hand?); nothing is deployed"
+                f"{self.environment}: {', '.join(outsiders)} may not release into {self.environment}: only its "
+                f"owners ({', '.join(self.owners)}) may; nothing is deployed"
             )
+
+    def _check_approval(self, context: Any, request: dict[str, Any], digest: str) -> None:
+        """The approvals this deploy relies on, checked again where they are used."""
+        records = []
+        for task_id in self.approval_task_ids:
+            approval = pull(context, task_id) or {}
+            responder = (approval.get("responded_by_user") or {}).get("id")
+            if approval.get("chosen_options") == ["Approve"] and responder:
+                records.append(
+                    {"approver": responder, "digest": approval.get("digest"), "group": approval.get("group")}
+                )
+        quorum, reviews = gates_for(context, self.environment, self.quorum, self.reviews)
         try:
-            check_responder(
-                responder, self.approvers, authors(request.get("triggered_by"), request.get("requested_by"))
+            approvers = check_approvals(
+                records,
+                quorum=quorum,
+                reviews=reviews,
+                pool=self.approvers,
+                review_members=self.review_members,
+                excluded=authors(request.get("triggered_by"), request.get("requested_by")),
+                digest=digest,
             )
         except SegregationOfDutiesError as exc:
-            raise AirflowFailException(f"{self.environment}: {exc}; nothing is deployed") from None
+            record(
+                context,
+                "approval_refused",
+                self.release,
+                environment=self.environment,
+                details={"reason": str(exc), "at": "deploy", "records": records},
+            )
+            raise AirflowFailException(
+                f"{self.environment}: {exc} (was an approval task marked successful by hand?); nothing is deployed"
+            ) from None
+        self.log.info("%s: approvals hold: %s for %s", self.environment, ", ".join(approvers), digest)
 
     def _result(
-        self, version: str, digest: str | None, previous: dict[str, Any], *, deployment_id: Any, noop: bool
+        self,
+        version: str,
+        digest: str | None,
+        previous: dict[str, Any],
+        *,
+        deployment_id: Any,
+        noop: bool,
+        context: Any = None,
     ) -> dict[str, Any]:
-        return {
+        result = {
             "environment": self.environment,
             "version": version,
             "digest": digest,
@@ -211,6 +277,9 @@ class EnvironmentDeployOperator(BaseOperator):
             "previous_version": previous.get("version"),
             "previous_digest": previous.get("digest"),
         }
+        if context is not None:
+            record(context, "deployed", self.release, environment=self.environment, details=result)
+        return result
 
     def _call(self, fn: Any, **kwargs: Any) -> dict[str, Any]:
         try:

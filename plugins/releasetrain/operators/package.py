@@ -80,7 +80,7 @@ class BundlePackageOperator(BaseOperator):
                 len(bundle.archive),
                 location,
             )
-        return {
+        result = {
             "release": self.release,
             "version": version,
             "digest": bundle.digest,
@@ -89,6 +89,10 @@ class BundlePackageOperator(BaseOperator):
             "components": [{"name": c["name"], "version": c["version"]} for c in bundle.manifest["components"]],
             "files": sum(len(c["files"]) for c in bundle.manifest["components"]),
         }
+        from releasetrain.operators._common import record
+
+        record(context, "packaged", self.release, details=result)
+        return result
 
     def _collect(self, component: dict[str, Any], release_version: str) -> ComponentFiles:
         source = component["source"]

@@ -80,4 +80,7 @@ class ReleaseRequestOperator(BaseOperator):
             triggered_by or "the scheduler",
             request["change_summary"],
         )
+        from releasetrain.operators._common import record
+
+        record(context, "triggered", self.release, actor=triggered_by or "scheduler", details=request)
         return request

@@ -9,7 +9,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
-from releasetrain.operators._common import pull
+from releasetrain.operators._common import pull, record
 from releasetrain.operators.deploy import PRE_DEPLOY_KEY
 from releasetrain.triggers.deployment import DeploymentCompletionTrigger
 
@@ -64,7 +64,7 @@ class RollbackOperator(BaseOperator):
         live = self._call(hook.get_status)
         if live.get("version") == before["version"] and live.get("digest") == before.get("digest"):
             self.log.info("%s still runs %s: the failed deploy changed nothing", self.environment, before["version"])
-            return self._verify(hook, before)
+            return self._verify(hook, before, context)
         self.log.warning("ROLLING BACK %s from %s to %s", self.environment, live.get("version"), before["version"])
         started = self._call(
             hook.start_rollback,
@@ -73,7 +73,7 @@ class RollbackOperator(BaseOperator):
             reason=f"release {self.release} run {context['run_id']} failed in {self.environment}",
         )
         if started.get("state") == "succeeded":
-            return self._verify(hook, before)
+            return self._verify(hook, before, context)
         self.defer(
             trigger=DeploymentCompletionTrigger(
                 deploy_target_conn_id=self.deploy_target_conn_id,
@@ -92,9 +92,9 @@ class RollbackOperator(BaseOperator):
                 f"ROLLBACK OF {self.environment} FAILED ({event['state']}): {event['message']}; "
                 "the environment needs manual recovery"
             )
-        return self._verify(DeployTargetHook(self.deploy_target_conn_id), before)
+        return self._verify(DeployTargetHook(self.deploy_target_conn_id), before, context)
 
-    def _verify(self, hook: DeployTargetHook, before: dict[str, Any]) -> dict[str, Any]:
+    def _verify(self, hook: DeployTargetHook, before: dict[str, Any], context: Any) -> dict[str, Any]:
         live = self._call(hook.get_status)
         if live.get("version") != before["version"]:
             raise AirflowException(
@@ -108,12 +108,17 @@ class RollbackOperator(BaseOperator):
                 f"{self.environment} runs {before['version']} again but is still unhealthy: HTTP {status} {health}"
             )
         self.log.info("%s rolled back to %s and healthy", self.environment, before["version"])
-        return {
+        result = {
             "environment": self.environment,
             "restored_version": before["version"],
             "restored_digest": before.get("digest"),
             "healthy": True,
         }
+        record(context, "rollback", self.release, environment=self.environment, details=result)
+        from releasetrain.operators.governance import close_change
+
+        close_change(context, self.release, "rolled_back", f"{self.environment} rolled back to {before['version']}")
+        return result
 
     def _call(self, fn: Any, **kwargs: Any) -> dict[str, Any]:
         try:

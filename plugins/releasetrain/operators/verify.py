@@ -60,4 +60,8 @@ class BundleVerifyOperator(BaseOperator):
         self.log.info(
             "Bundle %s %s verified for %s: digest %s, signature valid", self.release, version, self.environment, digest
         )
-        return {"environment": self.environment, "version": version, "digest": digest, "verified": True}
+        result = {"environment": self.environment, "version": version, "digest": digest, "verified": True}
+        from releasetrain.operators._common import record
+
+        record(context, "verified", self.release, environment=self.environment, details=result)
+        return result

@@ -1,0 +1,124 @@
+"""What happens to a release run outside its tasks goes into the release ledger too.
+
+Registered by the plugin. It records:
+
+- every release run's final state (``run_state``), including runs marked by hand;
+- task states set by hand through the UI or REST (``task_state`` with ``by_hand``),
+  e.g. an approval task marked successful (the deploy refuses it; this is the record);
+- and, when a run ends failed, closes its change record if it is still open
+  (unsuccessful when something was implemented, canceled otherwise).
+
+Listener errors are logged and never break Airflow's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.listeners import hookimpl
+
+log = logging.getLogger(__name__)
+PREFIX = "release_"
+
+
+def _release(dag_id: str) -> str | None:
+    return dag_id[len(PREFIX) :] if dag_id and dag_id.startswith(PREFIX) else None
+
+
+def _append(kind: str, release: str, run_id: str, **fields: Any) -> None:
+    from releasetrain.hooks.ledger import LedgerHook
+
+    hook = LedgerHook()
+    try:
+        hook.append(kind, release=release, run_id=run_id, **fields)
+    finally:
+        hook.close()
+
+
+def _close_open_change(release: str, run_id: str, reason: str) -> None:
+    from releasetrain.core.change import FINAL_STATES, ChangeRef
+    from releasetrain.hooks.change_record import change_backend
+    from releasetrain.hooks.ledger import LedgerHook
+
+    hook = LedgerHook()
+    ref, conn_id = None, None
+    try:
+        for event in hook.events(release=release, run_id=run_id):
+            if event.kind in ("change_opened", "change_transition", "change_closed"):
+                d = event.details
+                ref = ChangeRef(d["backend"], d["id"], d["number"], d["state"], d.get("change_type") or "normal")
+                conn_id = d.get("conn_id", conn_id)
+            if event.kind == "risk_assessed" and event.details.get("change_conn_id"):
+                conn_id = event.details["change_conn_id"]
+    finally:
+        hook.close()
+    if ref is None or ref.state in FINAL_STATES:
+        return
+    backend = change_backend(ref.backend, conn_id)
+    closed = backend.close(ref, outcome="failed", notes=reason)
+    if ref.backend != "builtin":
+        _append(
+            "change_closed",
+            release,
+            run_id,
+            details={
+                "backend": ref.backend,
+                "id": ref.id,
+                "number": ref.number,
+                "state": closed.state.value,
+                "change_type": ref.change_type,
+                "note": reason,
+            },
+        )
+
+
+def _run_ended(dag_run: Any, state: str, msg: str) -> None:
+    release = _release(getattr(dag_run, "dag_id", ""))
+    if not release:
+        return
+    try:
+        _append("run_state", release, dag_run.run_id, actor="airflow", details={"state": state, "message": msg or ""})
+        if state == "failed":
+            _close_open_change(release, dag_run.run_id, f"release run ended failed: {msg or 'see the run'}")
+    except Exception:
+        log.exception("releasetrain: could not record the end of %s %s in the ledger", dag_run.dag_id, dag_run.run_id)
+
+
+@hookimpl
+def on_dag_run_success(dag_run: Any, msg: str) -> None:
+    _run_ended(dag_run, "success", msg)
+
+
+@hookimpl
+def on_dag_run_failed(dag_run: Any, msg: str) -> None:
+    _run_ended(dag_run, "failed", msg)
+
+
+def _by_hand(previous_state: Any, task_instance: Any, state: str) -> None:
+    # The task runner reports its own tasks with their previous state; the API's manual
+    # state changes come with previous_state=None.
+    if previous_state is not None:
+        return
+    release = _release(getattr(task_instance, "dag_id", ""))
+    if not release:
+        return
+    try:
+        _append(
+            "task_state",
+            release,
+            task_instance.run_id,
+            details={"task_id": task_instance.task_id, "state": state, "by_hand": True},
+        )
+    except Exception:
+        log.exception("releasetrain: could not record a manual task state in the ledger")
+
+
+@hookimpl
+def on_task_instance_success(previous_state: Any, task_instance: Any) -> None:
+    _by_hand(previous_state, task_instance, "success")
+
+
+@hookimpl
+def on_task_instance_failed(previous_state: Any, task_instance: Any, error: Any) -> None:
+    _by_hand(previous_state, task_instance, "failed")
