@@ -162,7 +162,7 @@ def _run_demo(stack: DevStack, home: Path) -> int:
 
 def _follow(client: AirflowClient, run_id: str, *, auto_approve: bool, cfg: StackConfig) -> str:
     seen: dict[str, str | None] = {}
-    asked = False
+    asked = closing = False
     while True:
         states = client.task_states(DAG_ID, run_id)
         for task_id, state in states.items():
@@ -176,6 +176,15 @@ def _follow(client: AirflowClient, run_id: str, *, auto_approve: bool, cfg: Stac
                 time.sleep(5)
                 AirflowClient(cfg.api_url, "approver", "approver").answer(DAG_ID, run_id, "prod.approve", "Approve")
                 _say("  -> approved as approver (DEMO_AUTO_APPROVE=1)")
+        if states.get("closure") == "awaiting_input" and not closing:
+            closing = True
+            _say(f"  -> closure: record the runbook update (log in as author at {cfg.api_url}, Required Actions)")
+            if auto_approve:
+                time.sleep(5)
+                client.answer(
+                    DAG_ID, run_id, "closure", "OK", params_input={"runbook_update": "not needed: demo release"}
+                )
+                _say("  -> runbook update recorded as author (DEMO_AUTO_APPROVE=1)")
         run = client.run(DAG_ID, run_id)
         if run["state"] in ("success", "failed"):
             return run["state"]

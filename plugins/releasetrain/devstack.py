@@ -20,10 +20,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
-DEMO_USERS = {"author": "user", "approver": "user", "admin": "admin"}
+DEMO_USERS = {
+    "author": "user",
+    "approver": "user",
+    "admin": "admin",
+    # more people for approval groups (include/groups.yaml): quorums and readiness reviews
+    "approver2": "user",
+    "secops": "user",
+    "ops": "user",
+}
 AIRFLOW_PROCESSES = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 
@@ -54,6 +63,7 @@ class StackConfig:
     fleet_seed: dict[str, str] = field(default_factory=dict)
     fleet_deploy_seconds: float = 1.5
     parallelism: int = 8
+    ledger_conn: dict[str, Any] | None = None  # default: SQLite in the Airflow home
 
     @property
     def api_url(self) -> str:
@@ -128,6 +138,8 @@ class DevStack:
                 ),
             }
         )
+        if cfg.ledger_conn:
+            env["AIRFLOW_CONN_RELEASETRAIN_LEDGER"] = json.dumps(cfg.ledger_conn)
         if cfg.spec_dirs:
             env["RELEASETRAIN_SPEC_DIRS"] = os.pathsep.join(str(p) for p in cfg.spec_dirs)
         if cfg.calendar_dirs:

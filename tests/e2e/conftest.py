@@ -12,6 +12,7 @@ import time
 import uuid
 import warnings
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import requests
@@ -29,6 +30,7 @@ E2E_DAGS = {
     "release_twin-a",
     "release_twin-b",
     "release_windowed",
+    "release_governed",
 }
 
 
@@ -99,18 +101,29 @@ def stack():
             }
         ],
     )
-    db_url, db_name = None, None
+    db_url, db_name, ledger_conn = None, None, None
     if os.environ.get("RELEASETRAIN_E2E_DB", "postgres") != "sqlite" and _postgres_answers():
         db_name = f"releasetrain_e2e_{uuid.uuid4().hex[:8]}"
         _pg(f"CREATE DATABASE {db_name}")
+        _pg(f"CREATE DATABASE {db_name}_ledger")
         base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://")
         db_url = f"{base}/{db_name}"
+        pg = urlparse(PG_ADMIN_DSN)
+        ledger_conn = {
+            "conn_type": "postgres",
+            "host": pg.hostname or "127.0.0.1",
+            "port": pg.port or 5432,
+            "login": pg.username or "postgres",
+            "password": pg.password or "",
+            "schema": f"{db_name}_ledger",
+        }
     config = StackConfig(
         project_root=PROJECT_ROOT,
         home=home,
         api_port=_free_port(),
         fleet_port=_free_port(),
         db_url=db_url,
+        ledger_conn=ledger_conn,
         spec_dirs=[
             PROJECT_ROOT / "include" / "releases",
             PROJECT_ROOT / "tests" / "fixtures" / "releases",
@@ -131,6 +144,8 @@ def stack():
             "windowed-dev",
             "payments-staging",
             "payments-prod",
+            "gov-staging",
+            "gov-prod",
         ],
         fleet_seed={"dev": "1.0.0", "staging": "1.0.0", "prod": "1.0.0"},
         fleet_deploy_seconds=1.0,
@@ -154,6 +169,7 @@ def stack():
         dev_stack.stop()
         if db_name:
             _pg(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
+            _pg(f"DROP DATABASE IF EXISTS {db_name}_ledger WITH (FORCE)")
 
 
 @pytest.fixture(scope="session")

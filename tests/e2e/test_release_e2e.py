@@ -75,11 +75,15 @@ def test_release_reaches_prod_only_after_a_non_author_approves(author, approver,
         author.respond(DAG, run_id, "prod.approve", "Approve")
     assert refused.value.status_code == 403
     assert approver.answer(DAG, run_id, "prod.approve", "Approve") == "success"
+    author.wait_for_approval(DAG, run_id, "closure")
+    assert author.answer(
+        DAG, run_id, "closure", "OK", params_input={"runbook_update": "not needed: no ops change"}
+    ) == ("success")
 
     run = author.wait_for_run(DAG, run_id)
     states = author.task_states(DAG, run_id)
     assert run["state"] == "success", states
-    assert all(states[t] == "success" for t in DEPLOYS + ("prod.smoke", "prod.health", "release_complete"))
+    assert all(states[t] == "success" for t in DEPLOYS + ("prod.smoke", "prod.health", "closure", "release_complete"))
     assert {states[f"{e}.rollback"] for e in ("dev", "staging", "prod")} == {"skipped"}
     prod = fleet("prod")
     assert (prod["version"], prod["digest"], prod["previous_version"]) == ("2.0.0", packaged["digest"], "1.0.0")
@@ -93,6 +97,10 @@ def test_unhealthy_prod_is_rolled_back_and_the_run_fails(author, approver, fleet
     run_id = trigger(author, "2.0.1", change_summary="broken in prod")
     author.wait_for_approval(DAG, run_id, "prod.approve")
     assert approver.answer(DAG, run_id, "prod.approve", "Approve") == "success"
+    author.wait_for_approval(DAG, run_id, "closure")
+    assert author.answer(
+        DAG, run_id, "closure", "OK", params_input={"runbook_update": "not needed: no ops change"}
+    ) == ("success")
 
     run = author.wait_for_run(DAG, run_id)
     states = author.task_states(DAG, run_id)

@@ -536,12 +536,11 @@ def check_groups(spec: ReleaseSpec, source: str, groups: dict[str, list[str]]) -
         if problems:
             continue
         pool = approval_pool(env, groups)
-        if approval.required and len(pool) < approval.quorum + 1:
+        if approval.required and len(pool) < approval.quorum:
             problems.append(
                 (
                     f"{where}.approval.quorum",
-                    f"a quorum of {approval.quorum} needs at least {approval.quorum + 1} possible approvers "
-                    f"(the release's author never counts); found {pool}",
+                    f"a quorum of {approval.quorum} needs at least {approval.quorum} possible approvers; found {pool}",
                 )
             )
         if env.owner:

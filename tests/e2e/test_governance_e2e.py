@@ -1,0 +1,112 @@
+"""Governance on real Airflow: quorum, readiness review, segregation of duties on REST and
+clear, change record through the state model, ledger and evidence."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from releasetrain.client import AirflowAPIError
+
+pytestmark = pytest.mark.e2e
+
+DAG = "release_governed"
+
+
+def assigned(client, run_id: str, task_id: str) -> list[str]:
+    request = client.wait_for_approval(DAG, run_id, task_id)
+    return [u["id"] for u in request["assigned_users"]]
+
+
+def refused(client, run_id: str, task_id: str) -> int:
+    with pytest.raises(AirflowAPIError) as info:
+        client.respond(DAG, run_id, task_id, "Approve")
+    return info.value.status_code
+
+
+def releasetrain(stack, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "releasetrain", *args],
+        env=stack.env(),
+        cwd=stack.config.home,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_quorum_review_and_segregation_of_duties_end_to_end(stack, author, approver, admin, tmp_path):
+    from releasetrain.client import AirflowClient
+
+    url = stack.config.api_url
+    approver2 = AirflowClient(url, "approver2", "approver2")
+    ops = AirflowClient(url, "ops", "ops")
+    run_id = author.trigger(DAG, {"version": "1.0.0", "requested_by": "approver2"})["dag_run_id"]
+
+    # slot 1 and the operations review are asked in parallel; authors are never assigned
+    assert assigned(author, run_id, "gov-prod.approve") == ["approver", "admin"]
+    assert assigned(author, run_id, "gov-prod.review_operations") == ["ops", "admin"]
+    risk = author.xcom(DAG, run_id, "assess_risk")
+    assert risk["level"] == "moderate" and risk["gates"]["gov-prod"] == {"quorum": 2, "reviews": ["operations"]}
+    assert author.task_states(DAG, run_id)["gov-prod.review_security"] == "skipped"  # not needed below high risk
+    # the triggering user and requested_by are refused through REST
+    assert refused(author, run_id, "gov-prod.approve") == 403
+    assert refused(approver2, run_id, "gov-prod.approve") == 403
+    assert approver.answer(DAG, run_id, "gov-prod.approve", "Approve") == "success"
+
+    # the second approval goes to those who have not approved: the same user twice does not count
+    assert assigned(author, run_id, "gov-prod.approve_2") == ["admin"]
+    assert refused(approver, run_id, "gov-prod.approve_2") == 403
+    assert admin.answer(DAG, run_id, "gov-prod.approve_2", "Approve") == "success"
+
+    # the quorum is met, but the readiness review has not approved: nothing is deployed
+    states = author.task_states(DAG, run_id)
+    assert states["gov-prod.review_operations"] == "awaiting_input"
+    assert states["gov-prod.deploy"] in (None, "none", "scheduled")
+    assert ops.answer(DAG, run_id, "gov-prod.review_operations", "Approve") == "success"
+
+    # closure: the runbook update is recorded before the change record closes
+    author.wait_for_approval(DAG, run_id, "closure")
+    assert (
+        author.answer(DAG, run_id, "closure", "OK", params_input={"runbook_update": "https://wiki/runbooks/gov#1.0.0"})
+        == "success"
+    )
+    run = author.wait_for_run(DAG, run_id)
+    assert run["state"] == "success", author.task_states(DAG, run_id)
+    deployed = author.xcom(DAG, run_id, "gov-prod.deploy")
+    packaged = author.xcom(DAG, run_id, "package")
+    assert deployed["digest"] == packaged["digest"]
+
+    # the ledger is intact, and the evidence bundle names both approvers with the digest
+    verify = releasetrain(stack, "ledger", "verify")
+    assert verify.returncode == 0, verify.stderr
+    out = tmp_path / "evidence.json"
+    export = releasetrain(stack, "evidence", "governed", run_id, "--out", str(out))
+    assert export.returncode == 0, export.stderr
+    evidence = json.loads(out.read_text())
+    approvals = {(a["approver"], a["group"], a["digest"]) for a in evidence["summary"]["approvals"]}
+    assert approvals == {
+        ("approver", None, packaged["digest"]),
+        ("admin", None, packaged["digest"]),
+        ("ops", "operations", packaged["digest"]),
+    }
+    walk = [t["state"] for t in evidence["summary"]["change_record"]["transitions"]]
+    assert walk == ["new", "assess", "authorize", "scheduled", "implement", "review", "closed"]
+    assert evidence["summary"]["closure"]["runbook_update"] == "https://wiki/runbooks/gov#1.0.0"
+    assert releasetrain(stack, "evidence", "verify", str(out)).returncode == 0
+    evidence["summary"]["approvals"][0]["approver"] = "mallory"
+    out.write_text(json.dumps(evidence))
+    assert releasetrain(stack, "evidence", "verify", str(out)).returncode == 1
+
+    # clearing the approval does not reopen it to the author
+    admin.request(
+        "POST",
+        f"/dags/{DAG}/clearTaskInstances",
+        json={"dag_run_id": run_id, "task_ids": ["gov-prod.approve"], "only_failed": False, "dry_run": False},
+    )
+    assert "author" not in assigned(author, run_id, "gov-prod.approve")
+    assert refused(author, run_id, "gov-prod.approve") == 403
+    admin.request("PATCH", f"/dags/{DAG}/dagRuns/{run_id}", json={"state": "failed"})
