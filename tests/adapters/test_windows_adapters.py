@@ -81,6 +81,29 @@ def test_timetable_respects_latest_and_serializes():
     assert table.summary == "daily 09:00-10:00 UTC" and "Starts at each opening" in table.description
 
 
+def test_without_catchup_a_window_open_now_is_not_skipped():
+    now = dt.datetime.now(UTC).replace(second=0, microsecond=0)
+    start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(minutes=55)
+    table = ReleaseWindowTimetable(
+        CalendarLibrary(PROJECT_ROOT)
+        .resolve([CalendarSpec.model_validate({"windows": [{"start": f"{start:%H:%M}", "end": f"{end:%H:%M}"}]})])
+        .to_dict(),
+        min_duration_minutes=10,
+    )
+    no_catchup = TimeRestriction(earliest=None, latest=None, catchup=False)
+    # parsed after the window opened, before the scheduler made its run: the run is still due
+    info = table.next_dagrun_info(last_automated_data_interval=None, restriction=no_catchup)
+    assert info.run_after == pendulum.instance(start)
+    # once it ran, the next opening is tomorrow's
+    ran = DataInterval.exact(pendulum.instance(start))
+    info = table.next_dagrun_info(last_automated_data_interval=ran, restriction=no_catchup)
+    assert info.run_after == pendulum.instance(start + dt.timedelta(days=1))
+    # a window with less time left than the release needs is not started
+    short = ReleaseWindowTimetable(table.calendar_data, min_duration_minutes=58)
+    info = short.next_dagrun_info(last_automated_data_interval=None, restriction=no_catchup)
+    assert info.run_after > pendulum.instance(now)
+
+
 def test_timetable_is_registered_by_the_plugin():
     assert ReleaseWindowTimetable in ReleaseTrainPlugin.timetables
 

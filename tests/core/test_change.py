@@ -165,3 +165,29 @@ def test_change_ref_from_bad_dicts():
     with pytest.raises(ChangeRecordError, match="unknown change state 'open'"):
         ChangeRef.from_dict({**good, "state": "open"})
     assert ChangeRef(**{**good, "state": "review"}).state is ChangeState.REVIEW
+
+
+@pytest.mark.parametrize(
+    ("change_type", "state", "outcome", "step"),
+    [
+        ("normal", "implement", "success", "close"),
+        ("normal", "implement", "rolled_back", "close"),
+        ("normal", "review", "failed", "close"),
+        ("normal", "authorize", "failed", "cancel"),
+        ("standard", "scheduled", "rolled_back", "cancel"),
+        ("emergency", "new", "failed", "cancel"),
+        ("normal", "closed", "success", "done"),
+        ("normal", "canceled", "failed", "done"),
+    ],
+)
+def test_closing_decision(change_type, state, outcome, step):
+    from releasetrain.core.change import closing
+
+    assert closing(change_type, state, outcome) == step
+
+
+def test_a_canceled_change_cannot_close_successful():
+    from releasetrain.core.change import ChangeRecordError, closing
+
+    with pytest.raises(ChangeRecordError, match="CHG1 was canceled"):
+        closing("normal", "canceled", "success", "CHG1")

@@ -128,6 +128,28 @@ def close_code(outcome: str) -> str:
         ) from None
 
 
+def closing(change_type: str, current: ChangeState | str, outcome: str, number: str = "the change") -> str:
+    """What closing a change in ``current`` with a release ``outcome`` means:
+
+    - ``"done"``: already closed (or canceled, for an unsuccessful outcome): nothing to do;
+    - ``"cancel"``: unsuccessful and never implemented: cancel it (nothing was changed);
+    - ``"close"``: walk to review, then close with :func:`close_code`.
+
+    :raises ChangeRecordError: closing a canceled change as successful
+    """
+    code = close_code(outcome)
+    current = _state(current)
+    if current == ChangeState.CLOSED:
+        return "done"
+    if current == ChangeState.CANCELED:
+        if code == "unsuccessful":
+            return "done"
+        raise ChangeRecordError(f"{number} was canceled: it cannot be closed as {code}")
+    if code == "unsuccessful" and not reached(change_type, current, ChangeState.IMPLEMENT):
+        return "cancel"
+    return "close"
+
+
 @dataclass(frozen=True)
 class ChangeRef:
     """Where a release's change record lives and the state it was last seen in.

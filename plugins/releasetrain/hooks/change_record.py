@@ -35,8 +35,8 @@ from releasetrain.core.change import (
     ChangeRef,
     ChangeState,
     close_code,
+    closing,
     path_to,
-    reached,
 )
 
 TABLE = "api/now/table/change_request"
@@ -155,21 +155,19 @@ class ServiceNowChangeHook(BaseHook):
         return self._walk(self.get(ref), ChangeState(target), note)
 
     def close(self, ref: ChangeRef, *, outcome: str, notes: str) -> ChangeRef:
-        code = close_code(outcome)
+        code = close_code(outcome)  # an unknown outcome is refused before any request
         if not notes.strip():
             raise ChangeRecordError(f"closing {ref.number} needs close notes")
         current = self.get(ref)
-        if current.state == ChangeState.CLOSED:
+        step = closing(current.change_type, current.state, outcome, current.number)
+        if step == "done":
             return current
-        if current.state == ChangeState.CANCELED:
-            if code == "unsuccessful":
-                return current
-            raise ChangeRecordError(f"{current.number} was canceled: it cannot be closed as {code}")
-        if code == "unsuccessful" and not reached(current.change_type, current.state, ChangeState.IMPLEMENT):
+        if step == "cancel":
             self.log.info("ServiceNow: %s never reached implement; canceling it", current.number)
             return self._step(current, ChangeState.CANCELED, {"work_notes": notes})
         current = self._walk(current, ChangeState.REVIEW, notes)
-        return self._step(current, ChangeState.CLOSED, {"work_notes": notes, "close_code": code, "close_notes": notes})
+        fields = {"work_notes": notes, "close_code": code, "close_notes": notes}
+        return self._step(current, ChangeState.CLOSED, fields)
 
     def cancel(self, ref: ChangeRef, *, note: str) -> ChangeRef:
         return self._walk(self.get(ref), ChangeState.CANCELED, note)

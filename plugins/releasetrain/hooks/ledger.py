@@ -472,19 +472,16 @@ class BuiltinChangeBackend:
         return current
 
     def close(self, ref, *, outcome: str, notes: str):
-        from releasetrain.core.change import ChangeRecordError, ChangeState, close_code, reached
+        from releasetrain.core.change import ChangeRecordError, ChangeState, close_code, closing
 
-        code = close_code(outcome)
+        code = close_code(outcome)  # an unknown outcome is refused before any request
         if not notes.strip():
             raise ChangeRecordError(f"closing {ref.number} needs close notes")
         current = self.get(ref)
-        if current.state == ChangeState.CLOSED:
+        step = closing(current.change_type, current.state, outcome, current.number)
+        if step == "done":
             return current
-        if current.state == ChangeState.CANCELED:
-            if code == "unsuccessful":
-                return current
-            raise ChangeRecordError(f"{current.number} was canceled: it cannot be closed as {code}")
-        if code == "unsuccessful" and not reached(current.change_type, current.state, ChangeState.IMPLEMENT):
+        if step == "cancel":
             return self._step(current, ChangeState.CANCELED, notes, kind="change_closed", close_code="canceled")
         current = self.move_to(current, ChangeState.REVIEW, note=notes)
         return self._step(current, ChangeState.CLOSED, notes, kind="change_closed", close_code=code)

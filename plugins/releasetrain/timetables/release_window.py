@@ -50,6 +50,14 @@ class ReleaseWindowTimetable(Timetable):
     def infer_manual_data_interval(self, *, run_after: pendulum.DateTime) -> DataInterval:
         return DataInterval.exact(run_after)
 
+    def open_window_start(self, now: dt.datetime) -> dt.datetime | None:
+        """The start of the effective window open at ``now`` with enough time left, if any."""
+        duration = dt.timedelta(minutes=self.min_duration_minutes)
+        for window in self.calendar.effective(now - dt.timedelta(days=2), now + duration + dt.timedelta(days=1)):
+            if window.start <= now < window.end and window.end - now >= duration:
+                return window.start
+        return None
+
     def next_opening(self, after: dt.datetime) -> dt.datetime | None:
         """The first opening strictly after ``after`` (searched a year and a month ahead)."""
         duration = dt.timedelta(minutes=self.min_duration_minutes)
@@ -72,6 +80,18 @@ class ReleaseWindowTimetable(Timetable):
         else:
             after = now
         if not restriction.catchup:
+            # Without catch-up a window that is open now still gets its run, even when the
+            # DAG was (re)parsed after the window started and before the scheduler created
+            # the run: moving straight to the next opening would silently skip this window.
+            current = self.open_window_start(now)
+            last_end = last_automated_data_interval.end if last_automated_data_interval else None
+            if (
+                current is not None
+                and (last_end is None or last_end < current)
+                and (restriction.earliest is None or current >= restriction.earliest)
+                and (restriction.latest is None or current <= restriction.latest)
+            ):
+                return DagRunInfo.exact(pendulum.instance(current))
             after = max(after, now)
         if restriction.earliest is not None:
             after = max(after, restriction.earliest - dt.timedelta(microseconds=1))
