@@ -559,3 +559,54 @@ def test_a_retried_deploy_reattaches_to_its_running_deployment(monkeypatch):
             deploy_op().execute(context(deploy_ti()))
         assert again.value.trigger.deployment_id == first.value.trigger.deployment_id
         assert len(fleet.deployments) == 1, "no second deployment was started"
+
+
+# --- risk assessment and change record ----------------------------------------------------
+def risk_op(**over):
+    from releasetrain.operators.governance import RiskAssessmentOperator
+
+    options = dict(
+        task_id="assess_risk",
+        release="storefront",
+        environments=["dev", "staging", "prod"],
+        production=["prod"],
+        components=2,
+        schema_migration=False,
+        rollback_plan="redeploy the previous version with prod.rollback",
+        backout_minutes=10,
+        declared_gates={"prod": {"quorum": 1, "reviews": []}},
+        available_reviews={"prod": ["security"]},
+    )
+    return RiskAssessmentOperator(**{**options, **over})
+
+
+def risk_context():
+    import uuid
+
+    ctx = context(FakeTI({("prepare", "return_value"): REQUEST}))
+    ctx["run_id"] = f"manual__{uuid.uuid4().hex[:8]}"
+    return ctx
+
+
+def test_risk_assessment_opens_the_change_and_selects_gates():
+    ctx = risk_context()
+    result = risk_op().execute(ctx)
+    assert result["level"] == "moderate" and result["gates"]["prod"] == {"quorum": 1, "reviews": []}
+    assert result["change"]["state"] == "authorize" and result["change"]["number"].startswith("RTC-")
+    kinds = [e.kind for e in _ledger(ctx["run_id"])]
+    assert kinds == ["change_opened", "change_transition", "risk_assessed", "change_transition"]
+
+
+def test_high_risk_without_rollback_plan_is_refused_before_packaging_and_its_change_canceled():
+    ctx = risk_context()
+    with pytest.raises(AirflowFailException, match="high risk .* without a rollback plan and without a backout estimate"):
+        risk_op(schema_migration=True, rollback_plan=None, backout_minutes=None).execute(ctx)
+    events = _ledger(ctx["run_id"])
+    assert events[0].kind == "risk_assessed" and "refused" in events[0].details
+    assert events[-1].kind == "change_closed" and events[-1].details["state"] == "canceled"
+
+
+def test_high_risk_with_a_plan_raises_the_production_gates():
+    result = risk_op(schema_migration=True, components=6).execute(risk_context())
+    assert result["level"] == "high"
+    assert result["gates"]["prod"] == {"quorum": 2, "reviews": ["security"]}

@@ -102,9 +102,9 @@ def test_high_risk_keeps_a_larger_declared_quorum_and_existing_reviews():
 @pytest.mark.parametrize(
     ("over", "message"),
     [
-        ({"rollback_plan": False}, "no a rollback plan"),
-        ({"backout_estimate": False}, "no a backout estimate"),
-        ({"rollback_plan": False, "backout_estimate": False}, "and no a backout estimate"),
+        ({"rollback_plan": False}, "without a rollback plan"),
+        ({"backout_estimate": False}, "without a backout estimate"),
+        ({"rollback_plan": False, "backout_estimate": False}, "and without a backout estimate"),
     ],
 )
 def test_high_risk_without_rollback_plan_is_refused(over, message):

@@ -154,7 +154,7 @@ def assess(
         ]
         if missing:
             raise RiskRefusal(
-                f"high risk (score {total}) and no {' and no '.join(missing)}: set rollback_plan and "
+                f"high risk (score {total}) without {' and without '.join(missing)}: set rollback_plan and "
                 f"backout_minutes in the spec; nothing was deployed"
             )
         for env in facts.production:

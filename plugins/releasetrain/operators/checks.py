@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import AirflowException
 from releasetrain.core.checks import render_check
 from releasetrain.core.spec import HttpCheck
 from releasetrain.hooks.http_check import HttpCheckHook
-from releasetrain.operators._common import REQUEST_TASK_ID, release_values, require
+from releasetrain.operators._common import REQUEST_TASK_ID, record, release_values, require
 from releasetrain.triggers.health import HealthVerificationTrigger
 
 
@@ -71,6 +71,13 @@ class SmokeCheckOperator(_EnvironmentCheckOperator):
                 "; ".join(result.failures),
             )
         failed = [r for r in results if not r.passed]
+        record(
+            context,
+            "checks_failed" if failed else "checks_passed",
+            self.release,
+            environment=self.environment,
+            details={"kind": "smoke", "digest": deployed["digest"], "checks": [r.to_dict() for r in results]},
+        )
         if failed:
             raise AirflowException(
                 f"{self.environment}: {len(failed)} of {len(results)} smoke checks failed: "
@@ -124,6 +131,13 @@ class HealthVerificationOperator(_EnvironmentCheckOperator):
         deployed = require(context, self.deploy_task_id, "the deployment")
         for failure in event.get("last_failures", []):
             self.log.warning("health %s: %s", failure["name"], "; ".join(failure["failures"]))
+        record(
+            context,
+            "checks_passed" if event["healthy"] else "checks_failed",
+            self.release,
+            environment=self.environment,
+            details={"kind": "health", "digest": deployed["digest"], "reason": event.get("reason")},
+        )
         if not event["healthy"]:
             raise AirflowException(f"{self.environment} is unhealthy after the deploy: {event['reason']}")
         self.log.info("%s is healthy: %s", self.environment, event["reason"])

@@ -176,6 +176,13 @@ class EnvironmentDeployOperator(BaseOperator):
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         version = require(context, REQUEST_TASK_ID, "the release request")["version"]
         if event["state"] != "succeeded":
+            record(
+                context,
+                "deploy_failed",
+                self.release,
+                environment=self.environment,
+                details={"version": version, "state": event["state"], "message": event.get("message") or ""},
+            )
             raise AirflowException(
                 f"deploying {self.release} {version} to {self.environment} ended {event['state']}: "
                 f"{event['message'] or 'no message from the target'} (deployment {event['deployment_id']})"

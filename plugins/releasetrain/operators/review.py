@@ -10,7 +10,7 @@ from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from releasetrain.core.approval import SegregationOfDutiesError, authors, check_responder
-from releasetrain.operators._common import REQUEST_TASK_ID, pull, require
+from releasetrain.operators._common import REQUEST_TASK_ID, pull, record, require
 from releasetrain.operators.approval import _md, assign_non_authors
 
 
@@ -92,4 +92,5 @@ class PostImplementationReviewOperator(HITLOperator):
                 "post-implementation review: 'findings' must say what was checked (at least 10 characters)"
             )
         self.log.info("Post-implementation review by %s: %s", responder, findings)
+        record(context, "review", self.release, actor=responder or "", details={"findings": findings})
         return {**result, "exceptions": self._exceptions(context)}

@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from releasetrain.core.spec import CalendarLibrary, ReleaseSpecError
 from releasetrain.core.windows import CalendarError, CalendarSpec, iso_z
-from releasetrain.operators._common import REQUEST_TASK_ID, require
+from releasetrain.operators._common import REQUEST_TASK_ID, record, require
 from releasetrain.triggers.window import ReleaseWindowTrigger
 
 
@@ -92,6 +92,14 @@ class ReleaseWindowSensor(BaseOperator):
                 "rules": list(decision.blocking) or ["allowed windows"],
             }
             self.log.warning("EMERGENCY: %s passes its closed release window: %s", self.environment, exception)
+            record(
+                context,
+                "exception",
+                self.release,
+                environment=self.environment,
+                actor=request.get("requested_by") or "",
+                details={"kind": "release_window", **exception},
+            )
             return {
                 "environment": self.environment,
                 "open": False,
