@@ -205,3 +205,29 @@ def fleet(stack):
             return response.json()
 
     return Fleet()
+
+
+@pytest.fixture(scope="session")
+def ledger(stack):
+    """The stack's release ledger, read the way the CLI reads it (its Airflow connection)."""
+    from releasetrain.hooks.ledger import SqliteLedgerStore, store_from_url
+
+    conn = stack.config.ledger_conn
+    if conn:
+        url = f"postgresql://{conn['login']}@{conn['host']}:{conn['port']}/{conn['schema']}"
+        store = store_from_url(url)
+    else:
+        store = SqliteLedgerStore(stack.config.home / "releasetrain-ledger.db")
+
+    class Ledger:
+        def events(self, release: str, run_id: str) -> list:
+            return list(store.events(release=release, run_id=run_id))
+
+        def kinds(self, release: str, run_id: str) -> list[str]:
+            return [e.kind for e in self.events(release, run_id)]
+
+        def verify(self):
+            return store.verify()
+
+    yield Ledger()
+    store.close()

@@ -38,7 +38,7 @@ def releasetrain(stack, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_quorum_review_and_segregation_of_duties_end_to_end(stack, author, approver, admin, tmp_path):
+def test_quorum_review_and_segregation_of_duties_end_to_end(stack, author, approver, admin, ledger, tmp_path):
     from releasetrain.client import AirflowClient
 
     url = stack.config.api_url
@@ -66,6 +66,13 @@ def test_quorum_review_and_segregation_of_duties_end_to_end(stack, author, appro
     states = author.task_states(DAG, run_id)
     assert states["gov-prod.review_operations"] == "awaiting_input"
     assert states["gov-prod.deploy"] in (None, "none", "scheduled")
+    # admin was asked for the review before approving slot 2; the review is refused at
+    # response time (one person never counts twice), recorded, and asked again
+    admin.respond(DAG, run_id, "gov-prod.review_operations", "Approve")
+    author.wait_for_approval(DAG, run_id, "gov-prod.review_operations")
+    refusals = [e for e in ledger.events("governed", run_id) if e.kind == "approval_refused"]
+    assert [(e.actor, e.details["task_id"]) for e in refusals] == [("admin", "gov-prod.review_operations")]
+    assert "already approved gov-prod.approve_2" in refusals[0].details["reason"]
     assert ops.answer(DAG, run_id, "gov-prod.review_operations", "Approve") == "success"
 
     # closure: the runbook update is recorded before the change record closes
@@ -110,3 +117,7 @@ def test_quorum_review_and_segregation_of_duties_end_to_end(stack, author, appro
     assert "author" not in assigned(author, run_id, "gov-prod.approve")
     assert refused(author, run_id, "gov-prod.approve") == 403
     admin.request("PATCH", f"/dags/{DAG}/dagRuns/{run_id}", json={"state": "failed"})
+    # the listener records what happened outside the tasks: the run success, then the hand-made failure
+    states = [e.details["state"] for e in ledger.events("governed", run_id) if e.kind == "run_state"]
+    assert states == ["success", "failed"]
+    assert ledger.verify().ok

@@ -156,7 +156,7 @@ def test_bundle_altered_after_packaging_is_never_deployed(author, approver, flee
         assert fleet(env)["version"] is None and fleet(env)["history"] == []
 
 
-def test_approval_marked_successful_by_hand_deploys_nothing(author, fleet):
+def test_approval_marked_successful_by_hand_deploys_nothing(author, fleet, ledger):
     """Segregation of duties on another path: the author may change task states (role
     ``user``), but a hand-marked approval records no answer, and the deploy checks it."""
     before = fleet("prod")
@@ -169,3 +169,11 @@ def test_approval_marked_successful_by_hand_deploys_nothing(author, fleet):
     assert states["prod.deploy"] == "failed" and states["release_complete"] == "upstream_failed"
     assert fleet("prod")["version"] == before["version"]
     assert "2.3.0" not in [h["version"] for h in fleet("prod")["history"]]
+    # the listener recorded the hand-made state change; the deploy recorded its refusal
+    events = ledger.events("storefront", run_id)
+    by_hand = [e.details for e in events if e.kind == "task_state"]
+    assert {"task_id": "prod.approve", "state": "success", "by_hand": True} in by_hand
+    assert any(e.kind == "approval_refused" and e.details.get("at") == "deploy" for e in events)
+    assert {"state": "failed"}.items() <= next(e.details for e in events if e.kind == "run_state").items()
+    change = [e for e in events if e.kind == "change_closed"]
+    assert change and change[-1].details["state"] == "canceled", "the listener canceled the unimplemented change"
