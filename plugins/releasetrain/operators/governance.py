@@ -159,11 +159,9 @@ class RiskAssessmentOperator(BaseOperator):
             recent_rollbacks=rollbacks,
         )
         declared = {env: EnvironmentGates(**g) for env, g in self.declared_gates.items()}
-        reviews_everywhere = (
-            set.intersection(*(set(self.available_reviews.get(e, [])) for e in self.production))
-            if (self.production)
-            else set()
-        )
+        # reviews that exist as tasks on every production environment
+        production_reviews = [set(self.available_reviews.get(env, [])) for env in self.production]
+        reviews_everywhere = set.intersection(*production_reviews) if production_reviews else set()
         try:
             assessment = assess(
                 facts,
