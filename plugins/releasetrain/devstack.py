@@ -63,7 +63,9 @@ class StackConfig:
     fleet_seed: dict[str, str] = field(default_factory=dict)
     fleet_deploy_seconds: float = 1.5
     parallelism: int = 8
-    ledger_conn: dict[str, Any] | None = None  # default: SQLite in the Airflow home
+    # kept in Airflow's metastore, as operators usually keep connections; None: the
+    # default SQLite ledger in the Airflow home
+    ledger_conn: dict[str, Any] | None = None
 
     @property
     def api_url(self) -> str:
@@ -138,8 +140,6 @@ class DevStack:
                 ),
             }
         )
-        if cfg.ledger_conn:
-            env["AIRFLOW_CONN_RELEASETRAIN_LEDGER"] = json.dumps(cfg.ledger_conn)
         if cfg.spec_dirs:
             env["RELEASETRAIN_SPEC_DIRS"] = os.pathsep.join(str(p) for p in cfg.spec_dirs)
         if cfg.calendar_dirs:
@@ -189,6 +189,15 @@ class DevStack:
         }
         (home / "pools.json").write_text(json.dumps(pools, indent=2))
         self._airflow("pools", "import", str(home / "pools.json"), log="pools-import")
+        if self.config.ledger_conn:
+            self._airflow(
+                "connections",
+                "add",
+                "releasetrain_ledger",
+                "--conn-json",
+                json.dumps(self.config.ledger_conn),
+                log="ledger-connection",
+            )
 
     def _airflow(self, *args: str, log: str) -> None:
         with open(self.logs / f"{log}.log", "w") as out:

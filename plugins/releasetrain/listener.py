@@ -8,18 +8,42 @@ Registered by the plugin. It records:
 - and, when a run ends failed, closes its change record if it is still open
   (unsuccessful when something was implemented, canceled otherwise).
 
-Listener errors are logged and never break Airflow's own bookkeeping.
+Listener errors are logged and never break Airflow's own bookkeeping. The work runs on a
+thread of its own: listeners are called inside the scheduler's (or API server's) database
+session, and looking up the ledger connection in Airflow's metastore from that thread
+would commit and close that session under the scheduler's feet.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from airflow.listeners import hookimpl
 
 log = logging.getLogger(__name__)
 PREFIX = "release_"
+
+
+TIMEOUT_SECONDS = 60.0
+
+
+def _isolated(work: Callable[[], None], what: str) -> None:
+    """Run ``work`` on its own thread (own scoped DB session) and wait for it."""
+
+    def run() -> None:
+        try:
+            work()
+        except Exception:
+            log.exception("releasetrain: could not record %s in the ledger", what)
+
+    thread = threading.Thread(target=run, name="releasetrain-listener", daemon=True)
+    thread.start()
+    thread.join(TIMEOUT_SECONDS)
+    if thread.is_alive():
+        log.error("releasetrain: recording %s in the ledger took over %ss; left running", what, TIMEOUT_SECONDS)
 
 
 def _release(dag_id: str) -> str | None:
@@ -77,12 +101,14 @@ def _run_ended(dag_run: Any, state: str, msg: str) -> None:
     release = _release(getattr(dag_run, "dag_id", ""))
     if not release:
         return
-    try:
-        _append("run_state", release, dag_run.run_id, actor="airflow", details={"state": state, "message": msg or ""})
+    run_id = dag_run.run_id  # read here, in the caller's session
+
+    def work() -> None:
+        _append("run_state", release, run_id, actor="airflow", details={"state": state, "message": msg or ""})
         if state == "failed":
-            _close_open_change(release, dag_run.run_id, f"release run ended failed: {msg or 'see the run'}")
-    except Exception:
-        log.exception("releasetrain: could not record the end of %s %s in the ledger", dag_run.dag_id, dag_run.run_id)
+            _close_open_change(release, run_id, f"release run ended failed: {msg or 'see the run'}")
+
+    _isolated(work, f"the end of {release} {run_id}")
 
 
 @hookimpl
@@ -103,15 +129,9 @@ def _by_hand(previous_state: Any, task_instance: Any, state: str) -> None:
     release = _release(getattr(task_instance, "dag_id", ""))
     if not release:
         return
-    try:
-        _append(
-            "task_state",
-            release,
-            task_instance.run_id,
-            details={"task_id": task_instance.task_id, "state": state, "by_hand": True},
-        )
-    except Exception:
-        log.exception("releasetrain: could not record a manual task state in the ledger")
+    run_id, task_id = task_instance.run_id, task_instance.task_id
+    details = {"task_id": task_id, "state": state, "by_hand": True}
+    _isolated(lambda: _append("task_state", release, run_id, details=details), f"{task_id} set to {state} by hand")
 
 
 @hookimpl

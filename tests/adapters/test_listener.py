@@ -1,0 +1,71 @@
+"""The listener: run states and hand-made task states go to the ledger, off the caller's thread."""
+
+from __future__ import annotations
+
+import json
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from releasetrain import listener
+from releasetrain.core.change import ChangeState
+from releasetrain.hooks.ledger import BuiltinChangeBackend, LedgerHook
+
+
+@pytest.fixture
+def ledger(tmp_path, monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RELEASETRAIN_LEDGER", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "l.db")})
+    )
+    threads = []
+    original = listener._append
+
+    def spy(*args, **kwargs):
+        threads.append(threading.get_ident())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(listener, "_append", spy)
+    yield threads
+
+
+def events(run_id):
+    return list(LedgerHook().events(release="storefront", run_id=run_id))
+
+
+def test_a_failed_run_is_recorded_and_its_open_change_canceled_off_the_callers_thread(ledger):
+    backend = BuiltinChangeBackend()
+    ref = backend.open(
+        correlation_id="storefront/run1",
+        change_type="normal",
+        short_description="x",
+        description="y",
+        risk="low",
+        planned_start=None,
+        planned_end=None,
+    )
+    backend.move_to(ref, ChangeState.AUTHORIZE, note="risk assessed")
+    listener.on_dag_run_failed(SimpleNamespace(dag_id="release_storefront", run_id="run1"), "approval rejected")
+    recorded = events("run1")
+    assert recorded[-2].kind == "run_state" and recorded[-2].details["state"] == "failed"
+    assert recorded[-1].kind == "change_closed" and recorded[-1].details["state"] == "canceled"
+    # listeners run inside the scheduler's DB session: the ledger work must happen on another thread
+    assert ledger and threading.get_ident() not in ledger
+
+
+def test_hand_made_task_states_are_recorded_and_task_runner_reports_are_not(ledger):
+    ti = SimpleNamespace(dag_id="release_storefront", run_id="run2", task_id="prod.approve")
+    listener.on_task_instance_success(previous_state=None, task_instance=ti)  # the API: set by hand
+    listener.on_task_instance_success(previous_state="running", task_instance=ti)  # the task itself
+    listener.on_task_instance_failed(previous_state=None, task_instance=ti, error="marked failed")
+    assert [e.details for e in events("run2")] == [
+        {"task_id": "prod.approve", "state": "success", "by_hand": True},
+        {"task_id": "prod.approve", "state": "failed", "by_hand": True},
+    ]
+
+
+def test_other_dags_are_ignored_and_errors_never_reach_airflow(ledger, monkeypatch):
+    listener.on_dag_run_success(SimpleNamespace(dag_id="etl_daily", run_id="r"), "")
+    assert ledger == []
+    monkeypatch.setenv("AIRFLOW_CONN_RELEASETRAIN_LEDGER", json.dumps({"conn_type": "ftp", "host": "x"}))
+    listener.on_dag_run_success(SimpleNamespace(dag_id="release_storefront", run_id="r3"), "")  # logged, not raised
