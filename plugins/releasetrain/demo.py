@@ -140,6 +140,9 @@ def _run_demo(stack: DevStack, home: Path) -> int:
    curl -X PATCH -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
        '{cfg.api_url}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/prod.approve/-1/hitlDetails' \\
        -d '{{"chosen_options": ["Approve"], "params_input": {{}}}}'
+ After the release reaches prod, it waits at "closure": log in as author and record the
+ runbook update (a link, or "not needed: <why>") on Required Actions.
+ Audit: .venv/bin/releasetrain ledger verify --url sqlite:///.airflow/releasetrain-ledger.db
  Ctrl-C stops everything.
 ================================================================================
 """)
