@@ -121,9 +121,15 @@ def _pools(paths: list[str], root: Path) -> int:
 
 
 def _ledger_store(args: argparse.Namespace):
-    from releasetrain.hooks.ledger import LedgerHook, store_from_url
+    """The ledger to read; a ledger that does not exist is an error, never an empty ledger."""
+    from releasetrain.core.ledger import LedgerError
+    from releasetrain.hooks.ledger import LedgerHook, SqliteLedgerStore, store_from_url
 
-    return store_from_url(args.url) if args.url else LedgerHook(args.conn).store
+    store = store_from_url(args.url) if args.url else LedgerHook(args.conn).store
+    if isinstance(store, SqliteLedgerStore) and not store.path.is_file():
+        where = f"--url {args.url}" if args.url else f"connection {args.conn!r} is not defined; the default"
+        raise LedgerError(f"no ledger at {store.path} ({where})")
+    return store
 
 
 def _ledger(args: argparse.Namespace) -> int:

@@ -66,6 +66,8 @@ class StackConfig:
     # kept in Airflow's metastore, as operators usually keep connections; None: the
     # default SQLite ledger in the Airflow home
     ledger_conn: dict[str, Any] | None = None
+    # more connections for the Airflow processes (conn id -> connection as a dict)
+    connections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
@@ -140,6 +142,8 @@ class DevStack:
                 ),
             }
         )
+        for conn_id, conn in cfg.connections.items():
+            env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
         if cfg.spec_dirs:
             env["RELEASETRAIN_SPEC_DIRS"] = os.pathsep.join(str(p) for p in cfg.spec_dirs)
         if cfg.calendar_dirs:

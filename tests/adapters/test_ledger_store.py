@@ -149,3 +149,9 @@ def test_head_record_is_kept_with_each_append(ledger_url):
     last = list(store.events())[-1]
     assert store.head() == (4, last.hash)
     store.close()
+
+
+def test_a_missing_ledger_is_an_error_not_an_empty_ledger(tmp_path, capsys):
+    assert cli(["ledger", "verify", "--url", f"sqlite:///{tmp_path / 'nowhere.db'}"]) == 2
+    assert "no ledger at" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere.db").exists()

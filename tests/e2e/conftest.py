@@ -20,6 +20,9 @@ import requests
 from releasetrain.client import AirflowClient
 from releasetrain.devstack import DevStack, StackConfig
 from tests.conftest import PROJECT_ROOT
+from tests.servers.servicenow import running_servicenow
+
+SNOW_CREDENTIALS = ("svc-release", "e2e-Sn0w-pass")
 
 PG_ADMIN_DSN = os.environ.get("RELEASETRAIN_E2E_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 E2E_DAGS = {
@@ -117,6 +120,8 @@ def stack():
             "password": pg.password or "",
             "schema": f"{db_name}_ledger",
         }
+    snow_context = running_servicenow(*SNOW_CREDENTIALS)
+    snow, snow_url = snow_context.__enter__()
     config = StackConfig(
         project_root=PROJECT_ROOT,
         home=home,
@@ -124,6 +129,14 @@ def stack():
         fleet_port=_free_port(),
         db_url=db_url,
         ledger_conn=ledger_conn,
+        connections={
+            "servicenow_e2e": {
+                "conn_type": "http",
+                "host": snow_url,
+                "login": SNOW_CREDENTIALS[0],
+                "password": SNOW_CREDENTIALS[1],
+            }
+        },
         spec_dirs=[
             PROJECT_ROOT / "include" / "releases",
             PROJECT_ROOT / "tests" / "fixtures" / "releases",
@@ -152,6 +165,7 @@ def stack():
     )
     dev_stack = DevStack(config)
     dev_stack.calendars = calendars
+    dev_stack.servicenow = snow
     dev_stack.scheduled_windows = (w1, w2)
     try:
         dev_stack.prepare()
@@ -167,6 +181,7 @@ def stack():
         yield dev_stack
     finally:
         dev_stack.stop()
+        snow_context.__exit__(None, None, None)
         if db_name:
             _pg(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
             _pg(f"DROP DATABASE IF EXISTS {db_name}_ledger WITH (FORCE)")

@@ -102,6 +102,14 @@ def test_quorum_review_and_segregation_of_duties_end_to_end(stack, author, appro
     }
     walk = [t["state"] for t in evidence["summary"]["change_record"]["transitions"]]
     assert walk == ["new", "assess", "authorize", "scheduled", "implement", "review", "closed"]
+    # the change record itself lives in ServiceNow and went through every state there
+    change = evidence["summary"]["change_record"]
+    assert change["backend"] == "servicenow" and change["number"].startswith("CHG")
+    record = stack.servicenow.records[change["id"]]
+    assert record["correlation_id"] == f"governed/{run_id}" and record["close_code"] == "successful"
+    assert stack.servicenow.walk(change["id"]) == [
+        "New", "Assess", "Authorize", "Scheduled", "Implement", "Review", "Closed"
+    ]  # fmt: skip
     assert evidence["summary"]["closure"]["runbook_update"] == "https://wiki/runbooks/gov#1.0.0"
     assert releasetrain(stack, "evidence", "verify", str(out)).returncode == 0
     evidence["summary"]["approvals"][0]["approver"] = "mallory"

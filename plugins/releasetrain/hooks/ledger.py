@@ -313,13 +313,28 @@ def store_from_url(url: str) -> LedgerStore:
 
 
 def _get_connection(conn_id: str) -> Any | None:
+    """The Airflow connection, or None when it is not defined.
+
+    Inside a task the Task SDK asks the API server; elsewhere (the CLI, the listener in
+    the scheduler and API server) Airflow's secrets backends are asked directly,
+    metastore included, as ``airflow connections get`` would.
+    """
+    import sys
+
     from airflow.exceptions import AirflowNotFoundException
-    from airflow.sdk import BaseHook
 
     try:
-        return BaseHook.get_connection(conn_id)
+        if hasattr(sys.modules.get("airflow.sdk.execution_time.task_runner"), "SUPERVISOR_COMMS"):
+            from airflow.sdk import BaseHook
+
+            return BaseHook.get_connection(conn_id)
+        from airflow.models.connection import Connection
+
+        return Connection.get_connection_from_secrets(conn_id)
     except AirflowNotFoundException:
         return None
+    except Exception as exc:  # e.g. a metadata database that is not reachable from here
+        raise LedgerError(f"ledger connection {conn_id!r} cannot be looked up: {exc}") from exc
 
 
 class LedgerHook:
