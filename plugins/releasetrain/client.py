@@ -107,10 +107,12 @@ class AirflowClient:
     ) -> dict:
         """Wait until ``task_id`` awaits a human answer, and return its request.
 
-        ``settle``: seconds to wait once the task is parked before returning. Airflow 3.3
-        fails a HITL task whose answer arrives before the scheduler has processed the
-        worker's exit from parking it (usually under a second, seen up to five); people
-        are never that fast, scripts are. :meth:`answer` also recovers when it happens.
+        Airflow 3.3 fails a HITL task whose answer arrives before the scheduler has
+        processed the worker's exit from parking it (usually under a second, seen up to
+        six on a loaded machine); people are never that fast, scripts are. So once the
+        task is parked this waits until the scheduler has gone round its loop a few times
+        (the run's ``last_scheduling_decision`` moves on), and at least ``settle`` seconds.
+        :meth:`answer` also recovers when it happens anyway.
         """
         deadline = time.monotonic() + timeout
         while True:
@@ -119,7 +121,7 @@ class AirflowClient:
                     detail["task_instance"]["task_id"] == task_id
                     and self.task_states(dag_id, run_id).get(task_id) == "awaiting_input"
                 ):
-                    time.sleep(settle)
+                    self.wait_for_scheduler(dag_id, run_id, settle=settle)
                     return detail
             run = self.run(dag_id, run_id)
             if run["state"] in TERMINAL_RUN_STATES:
@@ -130,6 +132,21 @@ class AirflowClient:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{task_id} did not ask for approval within {timeout}s")
             time.sleep(poll)
+
+    def wait_for_scheduler(
+        self, dag_id: str, run_id: str, *, loops: int = 3, settle: float = 3.0, timeout: float = 120
+    ) -> None:
+        """Wait until the scheduler has examined the run ``loops`` more times (and ``settle`` s)."""
+        start = time.monotonic()
+        seen = [self.run(dag_id, run_id).get("last_scheduling_decision")]
+        while len(seen) <= loops and time.monotonic() - start < timeout:
+            time.sleep(0.5)
+            run = self.run(dag_id, run_id)
+            if run["state"] in TERMINAL_RUN_STATES:
+                return
+            if run.get("last_scheduling_decision") != seen[-1]:
+                seen.append(run.get("last_scheduling_decision"))
+        time.sleep(max(0.0, settle - (time.monotonic() - start)))
 
     def respond(
         self,
@@ -163,7 +180,7 @@ class AirflowClient:
         """Answer an approval and wait until the task has acted on it; return its final state.
 
         If Airflow loses the answer to the race described in :meth:`wait_for_approval`,
-        the approval task retries and asks again (the operators retry once for exactly
+        the approval task retries and asks again (the operators retry twice for exactly
         this); the same answer is then given again.
         """
         self.respond(dag_id, run_id, task_id, option, params_input=params_input)
@@ -175,7 +192,7 @@ class AirflowClient:
             if state == "awaiting_input" and any(
                 d["task_instance"]["task_id"] == task_id for d in self.pending_approvals(dag_id, run_id)
             ):
-                time.sleep(settle)
+                self.wait_for_scheduler(dag_id, run_id, settle=settle)
                 self.respond(dag_id, run_id, task_id, option, params_input=params_input)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{task_id} still {state} {timeout}s after the answer")

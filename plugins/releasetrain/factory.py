@@ -33,6 +33,7 @@ from releasetrain.core.spec import (
     ReleaseSpec,
     ReleaseSpecError,
     approval_pool,
+    check_groups,
     discover_specs,
     load_spec,
 )
@@ -233,6 +234,7 @@ def build_release_dag(
             signing_conn_id=signing_conn_id,
         )
         groups = calendars.groups()
+        check_groups(spec, f"release {spec.name}", groups)  # also for specs built in Python
         risk = RiskAssessmentOperator(
             task_id=RISK_TASK_ID,
             release=spec.name,

@@ -128,3 +128,26 @@ def test_parsing_does_no_io(monkeypatch):
     monkeypatch.setattr("airflow.sdk.BaseHook.get_connection", refuse)
     bag = DagBag(str(PROJECT_ROOT / "dags"))
     assert bag.import_errors == {} and "release_storefront" in bag.dag_ids
+
+
+def test_python_built_release_naming_an_unknown_group_is_a_clear_error():
+    from releasetrain.core.builder import ReleaseBuilder
+    from releasetrain.core.spec import ReleaseSpecError
+
+    spec = (
+        ReleaseBuilder("grouped", owner_team="x")
+        .component("web", source="include/demo_fleet/artifacts/storefront-web")
+        .environment("prod", deploy_target="t", approvers=["approver"])
+        .build()
+    )
+    spec = spec.model_copy(
+        update={
+            "environments": [
+                spec.environments[0].model_copy(
+                    update={"approval": spec.environments[0].approval.model_copy(update={"reviews": ["auditors"]})}
+                )
+            ]
+        }
+    )
+    with pytest.raises(ReleaseSpecError, match=r"approval.reviews\[0\]: no approver group 'auditors' is defined"):
+        build_release_dag(spec, project_root=PROJECT_ROOT, auto_register=False)

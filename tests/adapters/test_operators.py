@@ -344,9 +344,9 @@ def test_rollback_starts_and_defers(monkeypatch):
         assert (dep["kind"], dep["version"]) == ("rollback", "1.0.0")
 
 
-def test_approval_retries_once_for_infrastructure_failures_only():
+def test_approval_retries_for_infrastructure_failures_only():
     op = approval_op()
-    assert op.retries == 1
+    assert op.retries == 2
     # decisions raise AirflowFailException, which Airflow never retries
     ti = FakeTI({("prepare", "return_value"): REQUEST})
     with pytest.raises(AirflowFailException):

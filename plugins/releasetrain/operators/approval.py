@@ -49,7 +49,7 @@ class ReleaseApprovalOperator(ApprovalOperator):
     - records request, approval, rejection, refusal and timeout in the release ledger.
 
     *Reject*, or no answer before ``timeout_hours``, fails the task: the release is
-    rejected and nothing is deployed past the gate. It retries once, only for
+    rejected and nothing is deployed past the gate. It retries twice, only for
     infrastructure failures (see ``__init__``).
 
     :param release: release name
@@ -85,11 +85,11 @@ class ReleaseApprovalOperator(ApprovalOperator):
         if (slot is None) == (review_group is None):
             raise ValueError("an approval is either a quorum slot or a review group")
         timeout = timedelta(hours=timeout_hours) if timeout_hours else None
-        # One retry, for Airflow 3.3's race between a fast answer and the scheduler noticing
+        # Two retries, for Airflow 3.3's race between a fast answer and the scheduler noticing
         # that the worker parked the task (the task is then failed as "killed externally").
         # The retry asks again with the stored request; decisions (reject, timeout)
         # raise AirflowFailException and are never retried.
-        kwargs.setdefault("retries", 1)
+        kwargs.setdefault("retries", 2)
         kwargs.setdefault("retry_delay", timedelta(seconds=5))
         super().__init__(
             subject=f"Release {release} to {environment}",

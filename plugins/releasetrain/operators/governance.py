@@ -266,7 +266,7 @@ class ReleaseClosureOperator(HITLEntryOperator):
 
     def __init__(self, *, release: str, people: list[str], **kwargs: Any) -> None:
         kwargs.pop("params", None)  # the DAG's trigger params are not part of the closure form
-        kwargs.setdefault("retries", 1)  # see ReleaseApprovalOperator: Airflow 3.3's fast-answer race
+        kwargs.setdefault("retries", 2)  # see ReleaseApprovalOperator: Airflow 3.3's fast-answer race
         kwargs.setdefault("retry_delay", dt.timedelta(seconds=5))
         super().__init__(
             subject=f"Close release {release}: record the runbook update",

@@ -29,7 +29,7 @@ class PostImplementationReviewOperator(HITLOperator):
 
     def __init__(self, *, release: str, reviewers: list[str], gate_task_ids: list[str], **kwargs: Any) -> None:
         kwargs.pop("params", None)  # the DAG's trigger params are not part of the review form
-        kwargs.setdefault("retries", 1)  # see ReleaseApprovalOperator: Airflow 3.3's fast-answer race
+        kwargs.setdefault("retries", 2)  # see ReleaseApprovalOperator: Airflow 3.3's fast-answer race
         kwargs.setdefault("retry_delay", timedelta(seconds=5))
         super().__init__(
             subject=f"Post-implementation review of emergency release {release}",
