@@ -610,3 +610,34 @@ def test_high_risk_with_a_plan_raises_the_production_gates():
     result = risk_op(schema_migration=True, components=6).execute(risk_context())
     assert result["level"] == "high"
     assert result["gates"]["prod"] == {"quorum": 2, "reviews": ["security"]}
+
+
+@pytest.mark.parametrize(
+    ("emergency", "outcome", "walk", "close_code"),
+    [
+        (False, "success", ["New", "Assess", "Authorize", "Scheduled", "Implement", "Review", "Closed"], "successful"),
+        (True, "rolled_back", ["New", "Authorize", "Scheduled", "Implement", "Review", "Closed"], "unsuccessful"),
+    ],
+)
+def test_a_release_run_drives_its_servicenow_change_through_the_state_model(
+    monkeypatch, emergency, outcome, walk, close_code
+):
+    from releasetrain.core.change import ChangeState
+    from releasetrain.operators.governance import close_change, move_change
+    from tests.servers.servicenow import running_servicenow
+
+    with running_servicenow("svc", "pw") as (snow, url):
+        monkeypatch.setenv("AIRFLOW_CONN_SNOW_OPS", http_connection(url, ("svc", "pw")))
+        ctx = risk_context()
+        request = {**REQUEST, "emergency": emergency}
+        ctx["ti"].xcoms[("prepare", "return_value")] = request
+        risk = risk_op(change_backend="servicenow", change_conn_id="snow_ops").execute(ctx)
+        ctx["ti"].xcoms[("assess_risk", "return_value")] = risk
+        assert risk["change"]["change_type"] == ("emergency" if emergency else "normal")
+        move_change(ctx, "storefront", ChangeState.IMPLEMENT, "deploying to prod")
+        close_change(ctx, "storefront", outcome, "done")
+        sys_id = risk["change"]["id"]
+        assert snow.walk(sys_id) == walk
+        assert snow.records[sys_id]["close_code"] == close_code
+        mirrored = [e.details["state"] for e in _ledger(ctx["run_id"]) if e.kind.startswith("change_")]
+        assert mirrored == [state.lower() for state in walk], "every ServiceNow state is in the ledger too"

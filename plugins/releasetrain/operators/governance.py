@@ -10,7 +10,7 @@ from airflow.sdk import BaseOperator, Param
 from airflow.sdk.exceptions import AirflowFailException
 
 from releasetrain.core.approval import authors
-from releasetrain.core.change import ChangeRecordError, ChangeRef, ChangeState
+from releasetrain.core.change import ChangeRecordError, ChangeRef, ChangeState, closing, lifecycle, path_to
 from releasetrain.core.ledger import LedgerError
 from releasetrain.core.risk import EnvironmentGates, RiskFacts, RiskRefusal, assess
 from releasetrain.operators._common import REQUEST_TASK_ID, RISK_TASK_ID, pull, record, require
@@ -52,6 +52,14 @@ def change_of(context: Any) -> tuple[ChangeRef, str | None] | None:
     return ChangeRef.from_dict(change), risk.get("change_conn_id")
 
 
+def _walk(context: Any, release: str, backend: Any, ref: ChangeRef, target: ChangeState, note: str) -> ChangeRef:
+    """Move a change record one state at a time to ``target``, each step in the ledger."""
+    for state in path_to(ref.change_type, ref.state, target):
+        ref = backend.move_to(ref, state, note=note)
+        _mirror(context, release, ref, "change_transition", note)
+    return ref
+
+
 def move_change(context: Any, release: str, target: ChangeState, note: str) -> ChangeRef | None:
     """Move this run's change record to ``target`` (through the states before it)."""
     found = change_of(context)
@@ -60,22 +68,26 @@ def move_change(context: Any, release: str, target: ChangeState, note: str) -> C
     ref, conn_id = found
     backend = _backend(ref, conn_id)
     try:
-        before = backend.get(ref)
-        moved = backend.move_to(before, target, note=note)
+        return _walk(context, release, backend, backend.get(ref), target, note)
     except (ChangeRecordError, LedgerError) as exc:
         raise AirflowFailException(f"change record {ref.number}: cannot move to {target.value}: {exc}") from None
-    if moved.state != before.state:
-        _mirror(context, release, moved, "change_transition", note)
-    return moved
 
 
 def close_change(context: Any, release: str, outcome: str, notes: str) -> ChangeRef | None:
+    """Close this run's change record with the outcome (cancel it when nothing was implemented)."""
     found = change_of(context)
     if found is None:
         return None
     ref, conn_id = found
+    backend = _backend(ref, conn_id)
     try:
-        closed = _backend(ref, conn_id).close(ref, outcome=outcome, notes=notes)
+        current = backend.get(ref)
+        step = closing(current.change_type, current.state, outcome, current.number)
+        if step == "done":
+            return current
+        if step == "close":
+            current = _walk(context, release, backend, current, ChangeState.REVIEW, notes)
+        closed = backend.close(current, outcome=outcome, notes=notes)
     except (ChangeRecordError, LedgerError) as exc:
         raise AirflowFailException(f"change record {ref.number}: cannot close ({outcome}): {exc}") from None
     _mirror(context, release, closed, "change_closed", notes, outcome=outcome)
@@ -243,17 +255,12 @@ class RiskAssessmentOperator(BaseOperator):
 def move_change_ref(
     context: Any, release: str, ref: ChangeRef, conn_id: str | None, target: ChangeState, note: str
 ) -> ChangeRef:
-    from releasetrain.core.change import lifecycle
-
     if target not in lifecycle(ref.change_type):
         return ref  # e.g. assess does not exist for standard and emergency changes
     try:
-        moved = _backend(ref, conn_id).move_to(ref, target, note=note)
+        return _walk(context, release, _backend(ref, conn_id), ref, target, note)
     except (ChangeRecordError, LedgerError) as exc:
         raise AirflowFailException(f"change record {ref.number}: cannot move to {target.value}: {exc}") from None
-    if moved.state != ref.state:
-        _mirror(context, release, moved, "change_transition", note)
-    return moved
 
 
 class ReleaseClosureOperator(HITLEntryOperator):
