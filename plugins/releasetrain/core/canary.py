@@ -1,0 +1,296 @@
+"""The canary judge: is the new version as good as the one it replaces?
+
+Three levels, after the references the field uses:
+
+1. **Metric** (one measurement interval): a metric's canary samples are checked against
+   absolute bounds (``error_rate <= 0.01``), against the baseline version
+   (``p95 <= baseline x 1.1``) and, with enough samples, by a Mann-Whitney U test of
+   canary vs baseline samples (``scipy.stats.mannwhitneyu``) in the direction that is bad
+   for the metric. No data is handled per metric (``fail``, ``inconclusive`` or ``pass``).
+2. **Measurement** (Kayenta's scoring): metrics are grouped; a group's score is the share
+   of its metrics that passed; the interval's score is the weighted mean of the group
+   scores, 0-100. ``score >= pass`` (default 95) passes, ``>= marginal`` (default 75) is
+   marginal (inconclusive), lower fails. A failing ``critical`` metric fails the
+   interval whatever the score. A provider error makes the measurement an error.
+3. **Analysis** (Argo Rollouts' AnalysisRun semantics): measurements are taken every
+   interval up to ``count``; the analysis fails as soon as more than ``failure_limit``
+   measurements failed, is inconclusive as soon as more than ``inconclusive_limit`` were
+   inconclusive, errs when more than ``consecutive_error_limit`` errors came in a row,
+   and succeeds when ``count`` measurements were taken without crossing a limit.
+   Where several limits are crossed at once, *failed* wins over *error* over
+   *inconclusive* (Argo lets the last check win; a release manager wants a failing
+   canary rolled back, not parked for a human).
+
+Everything returned is JSON-safe (``to_dict``) for the task log and XCom.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Phase = Literal["pass", "fail", "inconclusive", "error"]
+Verdict = Literal["pass", "marginal", "fail", "error"]
+Outcome = Literal["running", "successful", "failed", "inconclusive", "error"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Bounds(_Model):
+    min: float | None = Field(default=None, description="The canary value must be at least this.")
+    max: float | None = Field(default=None, description="The canary value must be at most this.")
+
+
+class Relative(_Model):
+    max_ratio: float | None = Field(default=None, gt=0, description="canary <= baseline x max_ratio")
+    min_ratio: float | None = Field(default=None, gt=0, description="canary >= baseline x min_ratio")
+
+
+class Compare(_Model):
+    """Mann-Whitney U test of canary vs baseline samples."""
+
+    bad: Literal["increase", "decrease", "either"] = Field(
+        default="increase", description="Which direction of change is bad for this metric."
+    )
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Significance level.")
+    tolerance: float = Field(
+        default=0.1, ge=0, description="A significant shift of the medians smaller than this fraction is tolerated."
+    )
+    min_samples: int = Field(default=5, ge=3, description="Fewer samples on either side: inconclusive.")
+
+
+class MetricCheck(_Model):
+    name: str = Field(min_length=1)
+    query: str = Field(default="", description="Provider query; ${version}/${baseline_version} substituted.")
+    group: str | None = Field(default=None, description="Metric group for scoring (default: the metric name).")
+    weight: float = Field(default=1.0, gt=0, description="Weight of the metric's group (first one given wins).")
+    critical: bool = Field(default=False, description="A failure fails the interval whatever the score.")
+    absolute: Bounds | None = None
+    relative: Relative | None = None
+    compare: Compare | None = None
+    no_data: Literal["fail", "inconclusive", "pass"] = "inconclusive"
+
+    @model_validator(mode="after")
+    def _some_criterion(self) -> MetricCheck:
+        if self.absolute is None and self.relative is None and self.compare is None:
+            raise ValueError(f"metric {self.name!r} has no criterion: set absolute, relative or compare")
+        return self
+
+    @property
+    def group_name(self) -> str:
+        return self.group or self.name
+
+
+class AnalysisPolicy(_Model):
+    interval_seconds: int = Field(default=30, ge=1, le=3600)
+    count: int = Field(default=3, ge=1, le=1000)
+    failure_limit: int = Field(default=0, ge=0)
+    inconclusive_limit: int = Field(default=0, ge=0)
+    consecutive_error_limit: int = Field(default=4, ge=0)
+    pass_score: float = Field(default=95.0, ge=0, le=100)
+    marginal_score: float = Field(default=75.0, ge=0, le=100)
+    metrics: list[MetricCheck] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> AnalysisPolicy:
+        if self.marginal_score > self.pass_score:
+            raise ValueError(f"marginal_score {self.marginal_score} is above pass_score {self.pass_score}")
+        names = [m.name for m in self.metrics]
+        if len(set(names)) != len(names):
+            raise ValueError("metric names must be unique")
+        return self
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    name: str
+    group: str
+    phase: Phase
+    reasons: list[str]
+    canary: float | None = None
+    baseline: float | None = None
+    ratio: float | None = None
+    p_value: float | None = None
+    samples: tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    verdict: Verdict
+    score: float | None
+    metrics: list[MetricResult]
+    reason: str
+    groups: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(asdict(self))
+
+
+@dataclass(frozen=True)
+class AnalysisState:
+    outcome: Outcome
+    reason: str
+    measurements: list[Measurement]
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome != "running"
+
+    def to_dict(self) -> dict[str, Any]:
+        counts = {v: sum(1 for m in self.measurements if m.verdict == v) for v in ("pass", "marginal", "fail", "error")}
+        return _json_safe(
+            {
+                "outcome": self.outcome,
+                "reason": self.reason,
+                "counts": counts,
+                "measurements": [m.to_dict() for m in self.measurements],
+            }
+        )
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _mean(samples: Sequence[float]) -> float | None:
+    return statistics.fmean(samples) if samples else None
+
+
+def judge_metric(check: MetricCheck, canary: Sequence[float], baseline: Sequence[float] = ()) -> MetricResult:
+    """One metric in one interval: pass, fail or inconclusive, with the reasons and the values."""
+    canary = [float(v) for v in canary if v is not None and math.isfinite(float(v))]
+    baseline = [float(v) for v in baseline if v is not None and math.isfinite(float(v))]
+    samples = (len(canary), len(baseline))
+    if not canary:
+        phase: Phase = check.no_data
+        return MetricResult(check.name, check.group_name, phase, [f"no data for the canary (no_data: {phase})"])
+    value, base = _mean(canary), _mean(baseline)
+    failures: list[str] = []
+    unsure: list[str] = []
+    ratio = None
+    if check.absolute:
+        if check.absolute.max is not None and value > check.absolute.max:
+            failures.append(f"{check.name} {value:.4g} > {check.absolute.max:g}")
+        if check.absolute.min is not None and value < check.absolute.min:
+            failures.append(f"{check.name} {value:.4g} < {check.absolute.min:g}")
+    if check.relative:
+        if base is None:
+            unsure.append(f"no baseline data for {check.name} (relative check)")
+        else:
+            ratio = (value / base) if base else (1.0 if value == 0 else math.inf)
+            said = f"{check.name} {value:.4g} is {ratio:.3g}x the baseline {base:.4g}"
+            if check.relative.max_ratio is not None and ratio > check.relative.max_ratio:
+                failures.append(f"{said} (max {check.relative.max_ratio:g}x)")
+            if check.relative.min_ratio is not None and ratio < check.relative.min_ratio:
+                failures.append(f"{said} (min {check.relative.min_ratio:g}x)")
+    p_value = None
+    if check.compare:
+        p_value, verdict = _compare(check.compare, canary, baseline)
+        if verdict:
+            (failures if verdict.startswith("fail:") else unsure).append(verdict.split(":", 1)[1])
+    phase = "fail" if failures else "inconclusive" if unsure else "pass"
+    return MetricResult(check.name, check.group_name, phase, failures + unsure, value, base, ratio, p_value, samples)
+
+
+def _compare(compare: Compare, canary: list[float], baseline: list[float]) -> tuple[float | None, str]:
+    from scipy.stats import mannwhitneyu
+
+    if len(canary) < compare.min_samples or len(baseline) < compare.min_samples:
+        return None, (
+            f"unsure:too few samples for a Mann-Whitney test ({len(canary)} canary, {len(baseline)} baseline; "
+            f"{compare.min_samples} needed each)"
+        )
+    alternative = {"increase": "greater", "decrease": "less", "either": "two-sided"}[compare.bad]
+    p_value = float(mannwhitneyu(canary, baseline, alternative=alternative).pvalue)
+    med_c, med_b = statistics.median(canary), statistics.median(baseline)
+    shift = (
+        (med_c - med_b) / abs(med_b) if med_b else (0.0 if med_c == med_b else math.copysign(math.inf, med_c - med_b))
+    )
+    bad_shift = {"increase": shift, "decrease": -shift, "either": abs(shift)}[compare.bad]
+    if p_value < compare.alpha and bad_shift > compare.tolerance:
+        return p_value, (
+            f"fail:canary median {med_c:.4g} vs baseline {med_b:.4g} ({shift:+.1%}), "
+            f"Mann-Whitney p={p_value:.3g} < {compare.alpha:g}"
+        )
+    return p_value, ""
+
+
+def score_measurement(policy: AnalysisPolicy, results: Iterable[MetricResult], error: str | None = None) -> Measurement:
+    """Kayenta-style score of one interval's metric results."""
+    results = list(results)
+    if error:
+        return Measurement("error", None, results, f"measurement error: {error}")
+    weights: dict[str, float] = {}
+    for check in policy.metrics:
+        weights.setdefault(check.group_name, check.weight)
+    groups: dict[str, list[MetricResult]] = {}
+    for result in results:
+        groups.setdefault(result.group, []).append(result)
+    group_scores = {
+        name: 100.0 * sum(1 for r in members if r.phase == "pass") / len(members) for name, members in groups.items()
+    }
+    total_weight = sum(weights.get(name, 1.0) for name in group_scores)
+    score = sum(weights.get(name, 1.0) * s for name, s in group_scores.items()) / total_weight if total_weight else 0.0
+    critical = {c.name for c in policy.metrics if c.critical}
+    failed_critical = [r.name for r in results if r.name in critical and r.phase == "fail"]
+    problems = "; ".join(reason for r in results for reason in r.reasons)
+    if failed_critical:
+        return Measurement(
+            "fail", score, results, f"critical metric failed: {', '.join(failed_critical)}: {problems}", group_scores
+        )
+    if score >= policy.pass_score:
+        verdict: Verdict = "pass"
+    elif score >= policy.marginal_score:
+        verdict = "marginal"
+    else:
+        verdict = "fail"
+    reason = f"score {score:.1f} ({verdict}; pass >= {policy.pass_score:g}, marginal >= {policy.marginal_score:g})"
+    return Measurement(verdict, score, results, reason + (f": {problems}" if problems else ""), group_scores)
+
+
+def assess(policy: AnalysisPolicy, measurements: Sequence[Measurement]) -> AnalysisState:
+    """Where the analysis stands after these measurements (Argo's limits; see the module doc)."""
+    measurements = list(measurements)
+    failed = sum(1 for m in measurements if m.verdict == "fail")
+    inconclusive = sum(1 for m in measurements if m.verdict == "marginal")
+    consecutive_errors = 0
+    for m in reversed(measurements):
+        if m.verdict != "error":
+            break
+        consecutive_errors += 1
+    if failed > policy.failure_limit:
+        last = next(m for m in reversed(measurements) if m.verdict == "fail")
+        return AnalysisState(
+            "failed", f"failed ({failed}) > failure_limit ({policy.failure_limit}): {last.reason}", measurements
+        )
+    if consecutive_errors > policy.consecutive_error_limit:
+        return AnalysisState(
+            "error",
+            f"consecutive errors ({consecutive_errors}) > consecutive_error_limit ({policy.consecutive_error_limit}): "
+            f"{measurements[-1].reason}",
+            measurements,
+        )
+    if inconclusive > policy.inconclusive_limit:
+        last = next(m for m in reversed(measurements) if m.verdict == "marginal")
+        return AnalysisState(
+            "inconclusive",
+            f"inconclusive ({inconclusive}) > inconclusive_limit ({policy.inconclusive_limit}): {last.reason}",
+            measurements,
+        )
+    taken = sum(1 for m in measurements if m.verdict != "error")
+    if taken >= policy.count:
+        return AnalysisState("successful", f"{taken} of {policy.count} measurements within the limits", measurements)
+    return AnalysisState("running", f"{taken} of {policy.count} measurements taken", measurements)
