@@ -76,7 +76,9 @@ def measure(pol: AnalysisPolicy, phases: dict[str, str]) -> Measurement:
     [
         (None, {}, "pass", 100.0),
         (None, {"error_rate": "fail"}, "fail", 200 / 3),
-        (None, {"error_rate": "inconclusive"}, "fail", 200 / 3),  # not passed is not passed
+        # an inconclusive metric is left out of the score but keeps the interval from passing
+        (None, {"error_rate": "inconclusive"}, "marginal", 100.0),
+        (None, {"error_rate": "inconclusive", "p95_ms": "fail"}, "fail", 50.0),
         # 20 equally weighted metrics, one failing: 95 -> still a pass (Kayenta's default)
         ([{"name": f"m{i}", "absolute": {"max": 1}} for i in range(20)], {"m0": "fail"}, "pass", 95.0),
         ([{"name": f"m{i}", "absolute": {"max": 1}} for i in range(10)], {"m0": "fail"}, "marginal", 90.0),
@@ -98,6 +100,12 @@ def test_scoring(metrics, phases, verdict, score):
     m = measure(pol, phases)
     assert m.verdict == verdict, m.reason
     assert m.score == pytest.approx(score, abs=1e-6)
+
+
+def test_an_interval_without_any_conclusive_metric_is_marginal():
+    pol = policy(metrics=[ERRORS])
+    m = measure(pol, {"error_rate": "inconclusive"})
+    assert (m.verdict, m.score) == ("marginal", None) and "no metric was conclusive" in m.reason
 
 
 def test_a_provider_error_is_an_error_measurement():

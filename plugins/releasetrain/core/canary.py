@@ -10,8 +10,10 @@ Three levels, after the references the field uses:
 2. **Measurement** (Kayenta's scoring): metrics are grouped; a group's score is the share
    of its metrics that passed; the interval's score is the weighted mean of the group
    scores, 0-100. ``score >= pass`` (default 95) passes, ``>= marginal`` (default 75) is
-   marginal (inconclusive), lower fails. A failing ``critical`` metric fails the
-   interval whatever the score. A provider error makes the measurement an error.
+   marginal (inconclusive), lower fails. Inconclusive metrics are left out of the score
+   (Kayenta's NoData), but an interval with one never passes: it is marginal at best,
+   so a human decides. A failing ``critical`` metric fails the interval whatever the
+   score. A provider error makes the measurement an error.
 3. **Analysis** (Argo Rollouts' AnalysisRun semantics): measurements are taken every
    interval up to ``count``; the analysis fails as soon as more than ``failure_limit``
    measurements failed, is inconclusive as soon as more than ``inconclusive_limit`` were
@@ -68,7 +70,10 @@ class Compare(_Model):
 
 class MetricCheck(_Model):
     name: str = Field(min_length=1)
-    query: str = Field(default="", description="Provider query; ${version}/${baseline_version} substituted.")
+    query: str = Field(default="", description="Provider query for the canary; ${version} etc. substituted.")
+    baseline_query: str | None = Field(
+        default=None, description="Query for the baseline (default: the query with the baseline version)."
+    )
     group: str | None = Field(default=None, description="Metric group for scoring (default: the metric name).")
     weight: float = Field(default=1.0, gt=0, description="Weight of the metric's group (first one given wins).")
     critical: bool = Field(default=False, description="A failure fails the interval whatever the score.")
@@ -155,6 +160,26 @@ class AnalysisState:
         )
 
 
+def render_query(check: MetricCheck, values: dict[str, str], *, baseline: bool) -> str:
+    """The metric's query with ``${version}``, ``${baseline_version}``, ``${environment}``... filled in.
+
+    For the baseline, ``baseline_query`` when given, else the query run for the baseline
+    version (``${version}`` becomes the baseline version).
+    """
+    text = (check.baseline_query or check.query) if baseline else check.query
+    filled = dict(values)
+    if baseline and not check.baseline_query:
+        filled["version"] = values.get("baseline_version", "")
+    for key, value in filled.items():
+        text = text.replace("${" + key + "}", str(value))
+    return text
+
+
+def measurement_from_dict(data: dict[str, Any]) -> Measurement:
+    results = [MetricResult(**{**r, "samples": tuple(r.get("samples") or (0, 0))}) for r in data.get("metrics", [])]
+    return Measurement(data["verdict"], data.get("score"), results, data.get("reason", ""), data.get("groups", {}))
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
@@ -236,21 +261,27 @@ def score_measurement(policy: AnalysisPolicy, results: Iterable[MetricResult], e
     weights: dict[str, float] = {}
     for check in policy.metrics:
         weights.setdefault(check.group_name, check.weight)
+    # Inconclusive metrics (no data, no baseline, too few samples) are left out of the score,
+    # like Kayenta's NoData; they can still keep the interval from passing (see below).
     groups: dict[str, list[MetricResult]] = {}
     for result in results:
-        groups.setdefault(result.group, []).append(result)
+        if result.phase != "inconclusive":
+            groups.setdefault(result.group, []).append(result)
     group_scores = {
         name: 100.0 * sum(1 for r in members if r.phase == "pass") / len(members) for name, members in groups.items()
     }
     total_weight = sum(weights.get(name, 1.0) for name in group_scores)
-    score = sum(weights.get(name, 1.0) * s for name, s in group_scores.items()) / total_weight if total_weight else 0.0
+    score = sum(weights.get(name, 1.0) * s for name, s in group_scores.items()) / total_weight if total_weight else None
     critical = {c.name for c in policy.metrics if c.critical}
     failed_critical = [r.name for r in results if r.name in critical and r.phase == "fail"]
+    unsure = [r.name for r in results if r.phase == "inconclusive"]
     problems = "; ".join(reason for r in results for reason in r.reasons)
     if failed_critical:
         return Measurement(
             "fail", score, results, f"critical metric failed: {', '.join(failed_critical)}: {problems}", group_scores
         )
+    if score is None:
+        return Measurement("marginal", None, results, f"no metric was conclusive: {problems}", group_scores)
     if score >= policy.pass_score:
         verdict: Verdict = "pass"
     elif score >= policy.marginal_score:
@@ -258,6 +289,10 @@ def score_measurement(policy: AnalysisPolicy, results: Iterable[MetricResult], e
     else:
         verdict = "fail"
     reason = f"score {score:.1f} ({verdict}; pass >= {policy.pass_score:g}, marginal >= {policy.marginal_score:g})"
+    if verdict == "pass" and unsure:
+        # a canary never passes on metrics that could not be judged: a human decides
+        verdict = "marginal"
+        reason = f"score {score:.1f} on the conclusive metrics, but {', '.join(unsure)} inconclusive"
     return Measurement(verdict, score, results, reason + (f": {problems}" if problems else ""), group_scores)
 
 

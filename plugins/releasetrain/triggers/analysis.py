@@ -1,0 +1,112 @@
+"""Canary analysis, measured without a worker: one measurement per interval until the verdict."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from releasetrain.core.canary import (
+    AnalysisPolicy,
+    assess,
+    judge_metric,
+    measurement_from_dict,
+    render_query,
+    score_measurement,
+)
+
+
+def metrics_provider(provider: dict[str, Any]) -> Any:
+    """``{"kind": "prometheus", "conn_id": ...}`` or ``{"kind": "json", "conn_id", "endpoint", "path"}``."""
+    from releasetrain.hooks.metrics import JsonMetricsHook, MetricsError, PrometheusHook
+
+    kind = provider.get("kind")
+    if kind == "prometheus":
+        return PrometheusHook(provider["conn_id"])
+    if kind == "json":
+        return JsonMetricsHook(
+            provider["conn_id"], endpoint=provider.get("endpoint", ""), path=provider.get("path", "")
+        )
+    raise MetricsError(f"unknown metrics provider kind {kind!r}: expected prometheus or json")
+
+
+class CanaryAnalysisTrigger(BaseTrigger):
+    """Measure every ``interval_seconds``; fire once the analysis is no longer running.
+
+    The event is :meth:`AnalysisState.to_dict` (outcome, reason, every measurement with
+    its metric values). Measurements taken so far are part of the serialized trigger, so
+    a triggerer restart continues the analysis instead of starting it over.
+
+    :param policy: ``AnalysisPolicy`` as a dict
+    :param provider: see :func:`metrics_provider`
+    :param values: query placeholders (``version``, ``baseline_version``, ``environment``, ...)
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: dict[str, Any],
+        provider: dict[str, Any],
+        values: dict[str, str],
+        measurements: list[dict[str, Any]] | None = None,
+        next_at: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.policy = AnalysisPolicy.model_validate(policy).model_dump(mode="json")
+        self.provider = dict(provider)
+        self.values = dict(values)
+        self.measurements = list(measurements or [])
+        self.next_at = float(next_at if next_at is not None else time.time() + self.policy["interval_seconds"])
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "releasetrain.triggers.analysis.CanaryAnalysisTrigger",
+            {
+                "policy": self.policy,
+                "provider": self.provider,
+                "values": self.values,
+                "measurements": self.measurements,
+                "next_at": self.next_at,
+            },
+        )
+
+    def _measure(self, policy: AnalysisPolicy, end: float) -> dict[str, Any]:
+        """One interval: every metric's canary and baseline samples, judged and scored."""
+        from releasetrain.hooks.metrics import MetricsError
+
+        interval = policy.interval_seconds
+        start, step = end - interval, max(1.0, interval / 10)
+        try:
+            provider = metrics_provider(self.provider)
+            results = []
+            for check in policy.metrics:
+                canary = provider.samples(render_query(check, self.values, baseline=False), start, end, step)
+                needs_baseline = check.relative is not None or check.compare is not None
+                baseline = (
+                    provider.samples(render_query(check, self.values, baseline=True), start, end, step)
+                    if needs_baseline
+                    else []
+                )
+                results.append(judge_metric(check, canary, baseline))
+        except MetricsError as exc:
+            return score_measurement(policy, [], error=str(exc)).to_dict()
+        return score_measurement(policy, results).to_dict()
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        policy = AnalysisPolicy.model_validate(self.policy)
+        while True:
+            state = assess(policy, [measurement_from_dict(m) for m in self.measurements])
+            if state.finished:
+                yield TriggerEvent(state.to_dict())
+                return
+            await asyncio.sleep(max(0.0, self.next_at - time.time()))
+            measured_at = time.time()
+            measurement = await asyncio.to_thread(self._measure, policy, measured_at)
+            self.measurements.append(measurement)
+            self.next_at = measured_at + policy.interval_seconds
+            self.log.info(
+                "canary analysis %d/%d: %s", len(self.measurements), policy.count, measurement.get("reason", "")
+            )

@@ -1,0 +1,124 @@
+"""Canary analysis trigger against a real Prometheus scraping the demo fleet.
+
+The fleet runs the baseline (1.0.0) in ``prod`` and the canary (2.0.0) in ``canary``; a
+thread sends traffic to both, so Prometheus holds request metrics per version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+import requests
+
+from releasetrain.triggers.analysis import CanaryAnalysisTrigger
+from tests.helpers import running_fleet
+from tests.servers.prometheus import running_prometheus
+
+AUTH = ("deployer", "s3cret-pass")
+ERROR_RATE = (
+    '(sum(increase(fleet_requests_total{version="${version}",code=~"5.."}[10s])) or vector(0))'
+    ' / sum(increase(fleet_requests_total{version="${version}"}[10s]))'
+)
+
+
+@pytest.fixture(scope="module")
+def world():
+    with running_fleet(seed={"prod": "1.0.0", "canary": "2.0.0"}) as (fleet, url):
+        stop = threading.Event()
+
+        def traffic():
+            while not stop.is_set():
+                for env in ("prod", "canary"):
+                    requests.get(f"{url}/environments/{env}/app/checkout", auth=AUTH, timeout=5)
+                stop.wait(0.05)
+
+        thread = threading.Thread(target=traffic, daemon=True)
+        thread.start()
+        with running_prometheus([f"{url}/metrics"], scrape_interval="1s") as prom:
+            # a canary is analysed while traffic flows: wait until Prometheus has a window of it
+            deadline = time.monotonic() + 60
+            query = 'sum(increase(fleet_requests_total{version="2.0.0"}[10s]))'
+            while not requests.get(f"{prom}/api/v1/query", params={"query": query}, timeout=5).json()["data"]["result"]:
+                assert time.monotonic() < deadline, "Prometheus never scraped the fleet"
+                time.sleep(1)
+            time.sleep(3)
+            yield fleet, url, prom
+        stop.set()
+
+
+def run_trigger(trigger: CanaryAnalysisTrigger) -> dict:
+    async def first_event():
+        async for event in trigger.run():
+            return event.payload
+
+    return asyncio.run(asyncio.wait_for(first_event(), 120))
+
+
+def policy(**metric) -> dict:
+    check = {"name": "error_rate", "query": ERROR_RATE, "absolute": {"max": 0.01}, **metric}
+    return {"interval_seconds": 3, "count": 2, "metrics": [check]}
+
+
+@pytest.fixture
+def prometheus_conn(world, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_PROM_A", json.dumps({"conn_type": "http", "host": world[2]}))
+    requests.delete(f"{world[1]}/faults", auth=AUTH, timeout=5)
+    return {"kind": "prometheus", "conn_id": "prom_a"}
+
+
+VALUES = {"version": "2.0.0", "baseline_version": "1.0.0", "environment": "canary"}
+
+
+def test_a_healthy_canary_passes_every_measurement(world, prometheus_conn):
+    result = run_trigger(CanaryAnalysisTrigger(policy=policy(), provider=prometheus_conn, values=VALUES))
+    assert result["outcome"] == "successful", result["reason"]
+    assert result["counts"]["pass"] == 2
+    assert result["measurements"][0]["metrics"][0]["canary"] == 0.0
+
+
+def test_a_failing_canary_fails_at_the_first_measurement(world, prometheus_conn):
+    requests.post(
+        f"{world[1]}/faults",
+        json={"environment": "canary", "version": "2.0.0", "error_rate": 1.0},
+        auth=AUTH,
+        timeout=5,
+    )
+    result = run_trigger(CanaryAnalysisTrigger(policy=policy(), provider=prometheus_conn, values=VALUES))
+    assert result["outcome"] == "failed", result["reason"]
+    assert len(result["measurements"]) == 1
+    assert "error_rate" in result["reason"] and "> 0.01" in result["reason"]
+
+
+def test_relative_to_the_baseline_and_no_data(world, prometheus_conn):
+    relative = policy(absolute=None, relative={"max_ratio": 1.5})
+    relative["metrics"][0]["query"] = 'sum(rate(fleet_requests_total{version="${version}"}[10s]))'
+    result = run_trigger(CanaryAnalysisTrigger(policy=relative, provider=prometheus_conn, values=VALUES))
+    assert result["outcome"] == "successful", result["reason"]  # same traffic for both versions
+    assert result["measurements"][0]["metrics"][0]["ratio"] == pytest.approx(1.0, abs=0.3)
+    unknown = {**VALUES, "version": "9.9.9"}
+    result = run_trigger(CanaryAnalysisTrigger(policy=relative, provider=prometheus_conn, values=unknown))
+    assert result["outcome"] == "inconclusive" and "no data for the canary" in result["reason"]
+
+
+def test_provider_errors_are_error_measurements(world, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_PROM_DOWN", json.dumps({"conn_type": "http", "host": "http://127.0.0.1:9"}))
+    limited = {**policy(), "interval_seconds": 1, "consecutive_error_limit": 1}
+    trigger = CanaryAnalysisTrigger(
+        policy=limited, provider={"kind": "prometheus", "conn_id": "prom_down"}, values=VALUES
+    )
+    result = run_trigger(trigger)
+    assert result["outcome"] == "error" and result["counts"]["error"] == 2
+    assert "prom_down" in result["reason"]
+
+
+def test_the_trigger_resumes_from_its_serialized_measurements(world, prometheus_conn):
+    first = CanaryAnalysisTrigger(policy=policy(), provider=prometheus_conn, values=VALUES)
+    result = run_trigger(first)
+    path, kwargs = first.serialize()
+    assert path == "releasetrain.triggers.analysis.CanaryAnalysisTrigger"
+    resumed = CanaryAnalysisTrigger(**json.loads(json.dumps(kwargs)))
+    assert run_trigger(resumed)["counts"] == result["counts"]  # nothing measured again
