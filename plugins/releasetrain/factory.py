@@ -442,6 +442,8 @@ def _environment_stage(
             poll_interval=env.poll_interval_seconds,
             pool=target_pool(env.deploy_target),
             trigger_rule=TriggerRule.ONE_FAILED,
+            notifications=[n.model_dump(mode="json") for n in spec.notifications],
+            artifact_store=spec.artifact_store,
         )
         watched >> rollback
     upstream >> first

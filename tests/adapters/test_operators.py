@@ -641,3 +641,90 @@ def test_a_release_run_drives_its_servicenow_change_through_the_state_model(
         assert snow.records[sys_id]["close_code"] == close_code
         mirrored = [e.details["state"] for e in _ledger(ctx["run_id"]) if e.kind.startswith("change_")]
         assert mirrored == [state.lower() for state in walk], "every ServiceNow state is in the ledger too"
+
+
+class _Receiver:
+    """A local webhook receiver that keeps what it was sent."""
+
+    def __init__(self, status: int = 200):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server API
+                received.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+def test_every_rollback_leaves_snapshot_postmortem_and_notification(monkeypatch, tmp_path):
+    import time
+    import uuid
+
+    receiver, broken = _Receiver(), _Receiver(status=500)
+    monkeypatch.setenv("AIRFLOW_CONN_HOOK_OK", json.dumps({"conn_type": "http", "host": receiver.url}))
+    monkeypatch.setenv("AIRFLOW_CONN_HOOK_BROKEN", json.dumps({"conn_type": "http", "host": broken.url}))
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        old = fleet.env("prod")["digest"]
+        fleet.env("prod").update(version="2.0.0", digest=DIGEST)
+        op = RollbackOperator(
+            task_id="prod.rollback",
+            release="storefront",
+            environment="prod",
+            deploy_target_conn_id="t_prod",
+            deploy_task_id="prod.deploy",
+            notifications=[{"conn_id": "hook_ok", "endpoint": "incidents"}, {"conn_id": "hook_broken"}],
+            artifact_store=f"file://{tmp_path}",
+        )
+        ti = FakeTI(
+            {
+                ("prepare", "return_value"): REQUEST,
+                ("prod.deploy", PRE_DEPLOY_KEY): {"version": "1.0.0", "digest": old, "noop": False},
+                ("prod.deploy", "return_value"): {"version": "2.0.0", "digest": DIGEST, "deployment_id": None},
+            }
+        )
+        ctx = context(ti)
+        ctx["run_id"] = f"manual__{uuid.uuid4().hex[:6]}"
+        from releasetrain.operators._common import record
+
+        record(
+            ctx,
+            "checks_failed",
+            "storefront",
+            environment="prod",
+            details={"kind": "health", "reason": "5 of 5 rounds failed"},
+        )
+        with pytest.raises(TaskDeferred):
+            op.execute(ctx)
+        # the snapshot exists before anything was rolled back, and shows what ran then
+        snapshot_path = ti.xcoms[("__self__", "snapshot")]
+        ti.xcoms[("prod.rollback", "snapshot")] = snapshot_path
+        snapshot = json.loads(open(snapshot_path.removeprefix("file://")).read())
+        assert snapshot["target_status"]["version"] == "2.0.0"
+        assert any(e["kind"] == "checks_failed" for e in snapshot["ledger_events"])
+        deadline = time.monotonic() + 10
+        from releasetrain.hooks.deploy_target import DeployTargetHook
+
+        while DeployTargetHook("t_prod").get_status()["version"] != "1.0.0":  # the fleet finishes on reads
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        result = op.execute_complete(ctx, {"state": "succeeded", "message": "", "deployment_id": "x"})
+    postmortem = open(result["postmortem"].removeprefix("file://")).read()
+    assert "storefront 2.0.0 rolled back in prod" in postmortem and "5 of 5 rounds failed" in postmortem
+    assert "## Timeline" in postmortem and "health checks FAILED" in postmortem
+    [(path, payload)] = receiver.received
+    assert path == "/incidents" and payload["event"] == "releasetrain.rollback"
+    assert payload["restored_version"] == "1.0.0" and payload["snapshot"] == snapshot_path
+    assert result["notified"] == ["hook_ok"] and "HTTP 500" in result["notification_errors"][0]
+    last = _ledger(ctx["run_id"])[-1]
+    assert last.kind == "rollback" and last.details["postmortem"] == result["postmortem"]

@@ -111,6 +111,11 @@ def test_unhealthy_prod_is_rolled_back_and_the_run_fails(author, approver, fleet
     assert prod["history"][-1]["kind"] == "rollback"
     restored = author.xcom(DAG, run_id, "prod.rollback")
     assert restored["restored_version"] == before["version"]
+    # the state before the rollback and a postmortem draft are preserved in the artifact store
+    snapshot = json.loads(Path(restored["snapshot"].removeprefix("file://")).read_text())
+    assert snapshot["target_status"]["version"] == "2.0.1" and snapshot["target_health"]["http_status"] == 503
+    postmortem = Path(restored["postmortem"].removeprefix("file://")).read_text()
+    assert "storefront 2.0.1 rolled back in prod" in postmortem and "health checks FAILED" in postmortem
 
 
 def test_rejected_release_deploys_nothing_to_prod(author, approver, fleet):

@@ -215,6 +215,14 @@ class ChangePolicy(_Model):
         return self
 
 
+class Notification(_Model):
+    """Who is told after a rollback: a webhook (HTTP connection) receives a JSON document."""
+
+    kind: Literal["webhook"] = "webhook"
+    conn_id: str = Field(pattern=CONN_ID_PATTERN, description="HTTP connection of the receiver.")
+    endpoint: str = Field(default="", description="Path relative to the connection's base URL.")
+
+
 class Component(_Model):
     name: str = Field(pattern=NAME_PATTERN)
     source: str = Field(
@@ -278,6 +286,9 @@ class ReleaseSpec(_Model):
     )
     backout_minutes: int | None = Field(default=None, gt=0, description="Estimated time to back the release out.")
     change: ChangePolicy = Field(default_factory=lambda: ChangePolicy())
+    notifications: list[Notification] = Field(
+        default_factory=list, description="Told after every rollback (what failed, measurements, links)."
+    )
     closure: bool = Field(
         default=True,
         description="End with a closure step that records the runbook update before the change record closes.",

@@ -50,6 +50,11 @@ class BundleStoreHook(BaseHook):
     def location(self, release: str, version: str) -> ObjectStoragePath:
         return self.base() / release / version
 
+    def incident_folder(self, release: str, run_id: str, environment: str) -> ObjectStoragePath:
+        """Where a rollback's snapshot and postmortem draft go."""
+        safe_run = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+        return self.base() / release / "incidents" / safe_run / environment
+
     def read_signature(self, release: str, version: str) -> dict[str, Any] | None:
         path = self.location(release, version) / self.SIGNATURE
         if not path.exists():

@@ -23,7 +23,17 @@ class RollbackOperator(BaseOperator):
     (deferred), and checks that the target runs it again and is healthy. The release run
     still ends ``failed``: a rollback is never a green release.
 
+    Before it changes anything it writes a **snapshot** (the target's status and health,
+    what this run deployed, what the ledger recorded for the environment, the deployment
+    record) to ``<artifact store>/<release>/incidents/<run>/<environment>/snapshot.json``;
+    after the rollback, a **postmortem draft** (``postmortem.md``, with the run's timeline
+    from the ledger) next to it, and a **notification** to every webhook in
+    ``notifications``. A notification that fails is logged and recorded in the ledger; it
+    does not undo a successful rollback.
+
     :param deploy_task_id: the deploy task whose ``pre_deploy`` record says where to return
+    :param notifications: ``[{"conn_id": ..., "endpoint": ...}]`` webhooks to tell
+    :param artifact_store: where snapshots and postmortems go (default: the bundle store's)
     """
 
     ui_color = "#f28b82"
@@ -37,9 +47,13 @@ class RollbackOperator(BaseOperator):
         deploy_task_id: str,
         deploy_timeout_seconds: float = 900,
         poll_interval: float = 2.0,
+        notifications: list[dict[str, Any]] | None = None,
+        artifact_store: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.notifications = list(notifications or [])
+        self.artifact_store = artifact_store
         self.release = release
         self.environment = environment
         self.deploy_target_conn_id = deploy_target_conn_id
@@ -64,8 +78,11 @@ class RollbackOperator(BaseOperator):
         live = self._call(hook.get_status)
         if live.get("version") == before["version"] and live.get("digest") == before.get("digest"):
             self.log.info("%s still runs %s: the failed deploy changed nothing", self.environment, before["version"])
-            return self._verify(hook, before, context)
+            result = self._verify(hook, before, context)
+            record(context, "rollback", self.release, environment=self.environment, details={**result, "noop": True})
+            return result
         self.log.warning("ROLLING BACK %s from %s to %s", self.environment, live.get("version"), before["version"])
+        self._snapshot(context, hook, live)
         started = self._call(
             hook.start_rollback,
             version=before["version"],
@@ -73,7 +90,7 @@ class RollbackOperator(BaseOperator):
             reason=f"release {self.release} run {context['run_id']} failed in {self.environment}",
         )
         if started.get("state") == "succeeded":
-            return self._verify(hook, before, context)
+            return self._after_rollback(context, before, self._verify(hook, before, context))
         self.defer(
             trigger=DeploymentCompletionTrigger(
                 deploy_target_conn_id=self.deploy_target_conn_id,
@@ -92,7 +109,113 @@ class RollbackOperator(BaseOperator):
                 f"ROLLBACK OF {self.environment} FAILED ({event['state']}): {event['message']}; "
                 "the environment needs manual recovery"
             )
-        return self._verify(DeployTargetHook(self.deploy_target_conn_id), before, context)
+        result = self._verify(DeployTargetHook(self.deploy_target_conn_id), before, context)
+        return self._after_rollback(context, before, result)
+
+    # --- preserved state, postmortem, notification ------------------------------------------
+    def _incident_folder(self, context: Any) -> Any:
+        from releasetrain.hooks.bundle_store import BundleStoreHook
+
+        return BundleStoreHook(self.artifact_store).incident_folder(self.release, context["run_id"], self.environment)
+
+    def _ledger_events(self, context: Any) -> list[Any]:
+        from releasetrain.hooks.ledger import LedgerHook
+
+        hook = LedgerHook()
+        try:
+            return list(hook.events(release=self.release, run_id=context["run_id"]))
+        finally:
+            hook.close()
+
+    def _snapshot(self, context: Any, hook: DeployTargetHook, live: dict[str, Any]) -> None:
+        """Everything the postmortem needs that the rollback is about to overwrite."""
+        import datetime as dt
+        import json
+
+        try:
+            health_status, health = hook.get_health()
+        except DeployTargetError as exc:
+            health_status, health = None, str(exc)
+        deployed = pull(context, self.deploy_task_id) or {}
+        deployment = None
+        if deployed.get("deployment_id"):
+            try:
+                deployment = hook.get_deployment(str(deployed["deployment_id"]))
+            except DeployTargetError as exc:
+                deployment = {"error": str(exc)}
+        events = [e.to_dict() for e in self._ledger_events(context) if e.environment in (self.environment, "")]
+        snapshot = {
+            "taken_at": dt.datetime.now(dt.UTC).isoformat(),
+            "release": self.release,
+            "run_id": context["run_id"],
+            "environment": self.environment,
+            "target_status": live,
+            "target_health": {"http_status": health_status, "body": health},
+            "deployed_by_this_run": deployed,
+            "deployment": deployment,
+            "ledger_events": events,
+        }
+        folder = self._incident_folder(context)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "snapshot.json"
+        path.write_text(json.dumps(snapshot, indent=2, sort_keys=True, default=str))
+        context["ti"].xcom_push(key="snapshot", value=str(path))
+        self.log.info("Pre-rollback snapshot of %s written to %s", self.environment, path)
+
+    def _after_rollback(self, context: Any, before: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        import datetime as dt
+
+        from releasetrain.core.incident import notification_payload, postmortem_markdown, timeline
+
+        events = self._ledger_events(context)
+        deployed = pull(context, self.deploy_task_id) or {}
+        request = pull(context, "prepare") or {}
+        failures = [
+            f"{e.environment}: {e.kind.replace('_', ' ')}: "
+            f"{e.details.get('reason') or e.details.get('message') or e.details.get('kind') or ''}".rstrip(": ")
+            for e in events
+            if e.kind in ("checks_failed", "deploy_failed") and e.environment == self.environment
+        ]
+        folder = self._incident_folder(context)
+        incident = {
+            "release": self.release,
+            "run_id": context["run_id"],
+            "environment": self.environment,
+            "failed_version": request.get("version") or deployed.get("version"),
+            "failed_digest": deployed.get("digest"),
+            "restored_version": before["version"],
+            "restored_digest": before.get("digest"),
+            "rolled_back_at": dt.datetime.now(dt.UTC).isoformat(),
+            "failures": failures or [f"{self.environment}: a deploy, smoke or health gate failed (see the run)"],
+            "snapshot": pull(context, self.task_id, key="snapshot"),
+            "postmortem": str(folder / "postmortem.md"),
+            "timeline": timeline(events),
+            "run_url": _run_url(context),
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "postmortem.md").write_text(postmortem_markdown(incident))
+        notified, notify_errors = self._notify(context, notification_payload(incident))
+        result = {**result, "snapshot": incident["snapshot"], "postmortem": incident["postmortem"]}
+        result["notified"] = notified
+        if notify_errors:
+            result["notification_errors"] = notify_errors
+        record(context, "rollback", self.release, environment=self.environment, details=result)
+        return result
+
+    def _notify(self, context: Any, payload: dict[str, Any]) -> tuple[list[str], list[str]]:
+        from releasetrain.notifiers.webhook import WebhookError, WebhookNotifier
+
+        notified, errors = [], []
+        for target in self.notifications:
+            try:
+                WebhookNotifier(
+                    http_conn_id=target["conn_id"], payload=payload, endpoint=target.get("endpoint", "")
+                ).notify(context)
+                notified.append(target["conn_id"])
+            except WebhookError as exc:
+                self.log.error("Rollback notification failed: %s", exc)
+                errors.append(str(exc))
+        return notified, errors
 
     def _verify(self, hook: DeployTargetHook, before: dict[str, Any], context: Any) -> dict[str, Any]:
         live = self._call(hook.get_status)
@@ -114,7 +237,6 @@ class RollbackOperator(BaseOperator):
             "restored_digest": before.get("digest"),
             "healthy": True,
         }
-        record(context, "rollback", self.release, environment=self.environment, details=result)
         from releasetrain.operators.governance import close_change
 
         close_change(context, self.release, "rolled_back", f"{self.environment} rolled back to {before['version']}")
@@ -125,3 +247,13 @@ class RollbackOperator(BaseOperator):
             return fn(**kwargs)
         except DeployTargetError as exc:
             raise AirflowException(f"rollback of {self.environment}: {exc}") from None
+
+
+def _run_url(context: Any) -> str | None:
+    from airflow.sdk.configuration import conf
+
+    base = conf.get("api", "base_url", fallback=None)
+    dag = context.get("dag")
+    if not base or dag is None:
+        return None
+    return f"{base.rstrip('/')}/dags/{dag.dag_id}/runs/{context['run_id']}"

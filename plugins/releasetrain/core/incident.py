@@ -1,0 +1,112 @@
+"""What a rollback leaves behind: the timeline, a postmortem draft, the notification payload."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from releasetrain.core.ledger import LedgerEvent
+
+_SUMMARY = {
+    "triggered": lambda d: f"triggered: {d.get('version')} ({d.get('change_summary') or 'no summary'})",
+    "risk_assessed": lambda d: f"risk {d.get('level')} (score {d.get('score')})" if "level" in d else "risk refused",
+    "packaged": lambda d: f"packaged {d.get('version')} {d.get('digest')}",
+    "verified": lambda d: f"bundle verified {d.get('digest')}",
+    "approval_given": lambda d: f"approved ({d.get('group') or 'approval'}) for {d.get('digest')}",
+    "approval_refused": lambda d: f"approval refused: {d.get('reason')}",
+    "approval_rejected": lambda d: "rejected",
+    "deployed": lambda d: f"deployed {d.get('version')} (before: {d.get('previous_version')})",
+    "deploy_failed": lambda d: f"deploy failed: {d.get('message') or d.get('state')}",
+    "checks_passed": lambda d: f"{d.get('kind')} checks passed",
+    "checks_failed": lambda d: f"{d.get('kind')} checks FAILED: {d.get('reason') or _failed_checks(d)}",
+    "exception": lambda d: f"exception: {d.get('kind')} ({d.get('justification')})",
+    "rollback": lambda d: f"rolled back to {d.get('restored_version')}",
+    "change_transition": lambda d: f"change {d.get('number')} -> {d.get('state')}",
+    "change_closed": lambda d: f"change {d.get('number')} {d.get('state')}",
+    "run_state": lambda d: f"run {d.get('state')}",
+    "task_state": lambda d: f"{d.get('task_id')} set to {d.get('state')} by hand",
+}
+
+
+def _failed_checks(details: dict[str, Any]) -> str:
+    failed = [c for c in details.get("checks") or [] if not c.get("passed")]
+    return "; ".join(f"{c.get('name')}: {', '.join(c.get('failures') or [])}" for c in failed) or "see the task log"
+
+
+def timeline(events: Iterable[LedgerEvent]) -> list[dict[str, str]]:
+    """The run's ledger events as timeline rows: at, environment, actor, what."""
+    rows = []
+    for event in events:
+        summarise = _SUMMARY.get(event.kind)
+        what = summarise(event.details) if summarise else event.kind.replace("_", " ")
+        rows.append({"at": event.at, "environment": event.environment, "actor": event.actor, "what": what})
+    return rows
+
+
+def postmortem_markdown(incident: dict[str, Any]) -> str:
+    """A blameless postmortem draft: what happened, when, what the data said, what to ask next."""
+    lines = [
+        f"# Postmortem draft: {incident['release']} {incident['failed_version']} rolled back in "
+        f"{incident['environment']}",
+        "",
+        "_Draft written by releasetrain when the rollback finished. Blameless: it asks what in the process "
+        "let this reach the environment, not who._",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Release run | {incident['run_id']} |",
+        f"| Environment | {incident['environment']} |",
+        f"| Failed version | {incident['failed_version']} ({incident.get('failed_digest') or '-'}) |",
+        f"| Restored version | {incident['restored_version']} ({incident.get('restored_digest') or '-'}) |",
+        f"| Rolled back at | {incident['rolled_back_at']} |",
+        f"| Snapshot | {incident.get('snapshot') or '-'} |",
+    ]
+    if incident.get("run_url"):
+        lines.append(f"| Run | [{incident['run_id']}]({incident['run_url']}) |")
+    lines += ["", "## What failed", ""]
+    lines += [f"- {reason}" for reason in incident.get("failures") or ["(no failure recorded in the ledger)"]]
+    if incident.get("measurements"):
+        lines += ["", "## Measurements", "", "```json", incident["measurements"], "```"]
+    lines += ["", "## Timeline (UTC)", "", "| at | environment | who | what |", "|---|---|---|---|"]
+    for row in incident.get("timeline") or []:
+        what = str(row["what"]).replace("|", "\\|")
+        lines.append(f"| {row['at']} | {row['environment'] or '-'} | {row['actor'] or '-'} | {what} |")
+    lines += [
+        "",
+        "## Questions for the review",
+        "",
+        "- Which check would have caught this before this environment (staging gate, canary analysis)?",
+        "- Was the rollback plan followed, and how long did the backout take against its estimate?",
+        "- Does this release roll back often? (Frequent rollbacks raise its risk score.)",
+        "- What changes in the runbook?",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def notification_payload(incident: dict[str, Any]) -> dict[str, Any]:
+    """What a webhook receives after a rollback (JSON)."""
+    return {
+        "event": "releasetrain.rollback",
+        "text": (
+            f"{incident['release']} {incident['failed_version']} was rolled back in {incident['environment']} "
+            f"to {incident['restored_version']}: {'; '.join(incident.get('failures') or ['see the run'])}"
+        ),
+        **{
+            key: incident.get(key)
+            for key in (
+                "release",
+                "run_id",
+                "environment",
+                "failed_version",
+                "failed_digest",
+                "restored_version",
+                "restored_digest",
+                "failures",
+                "snapshot",
+                "postmortem",
+                "run_url",
+                "rolled_back_at",
+            )
+        },
+    }
