@@ -20,7 +20,6 @@ so moves are walked state by state (see :func:`releasetrain.core.change.path_to`
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
@@ -38,6 +37,8 @@ from releasetrain.core.change import (
     closing,
     path_to,
 )
+from releasetrain.hooks._http import json_or_text as _json_or_text
+from releasetrain.hooks._http import short as _short
 
 TABLE = "api/now/table/change_request"
 #: releasetrain's risk levels as ServiceNow's ``change_request.risk`` choice values.
@@ -282,15 +283,3 @@ def _error(payload: Any) -> str:
         detail = error.get("detail")
         return _short(f"{error['message']} ({detail})" if detail else str(error["message"]))
     return _short(payload)
-
-
-def _json_or_text(text: str) -> Any:
-    try:
-        return json.loads(text) if text else {}
-    except ValueError:
-        return text
-
-
-def _short(payload: Any, limit: int = 300) -> str:
-    text = payload if isinstance(payload, str) else json.dumps(payload)
-    return text if len(text) <= limit else text[:limit] + "..."

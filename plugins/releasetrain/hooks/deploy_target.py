@@ -23,11 +23,13 @@ HTTP basic auth. Relative to that base URL:
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from airflow.providers.http.hooks.http import HttpAsyncHook, HttpHook
 from airflow.sdk import BaseHook
+
+from releasetrain.hooks._http import json_or_text as _json_or_text
+from releasetrain.hooks._http import short as _short
 
 
 class DeployTargetError(RuntimeError):
@@ -133,15 +135,3 @@ def _started(conn_id: str, call: str, payload: dict[str, Any]) -> dict[str, Any]
             f"deploy target {conn_id!r}: {call} answered without a deployment_id: {_short(payload)}"
         )
     return payload
-
-
-def _json_or_text(text: str) -> Any:
-    try:
-        return json.loads(text) if text else {}
-    except ValueError:
-        return text
-
-
-def _short(payload: Any, limit: int = 300) -> str:
-    text = payload if isinstance(payload, str) else json.dumps(payload)
-    return text if len(text) <= limit else text[:limit] + "..."
