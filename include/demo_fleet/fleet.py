@@ -11,14 +11,28 @@ Deploy-target contract (per environment, under ``/environments/{env}/``):
   POST rollback               {version, digest, reason} -> 202 {deployment_id}
                               (409 if that version never ran there)
   GET  health                 200 {healthy: true} / 503 {healthy: false}
+Progressive delivery (two colours per environment, blue and green):
+  POST deployments            with {"slot": "idle"}: deploys to the idle colour, which gets
+                              no traffic (status "idle": {colour, version, digest, weight})
+  POST traffic                {weight: 0..100}: share of application traffic for the idle colour
+  POST promote                the idle colour becomes live (100%); the old live colour stays,
+                              idle, for a switch back (promote again)
+  POST abort                  the idle colour gets no traffic and is discarded
 Demo extras:
   GET  /environments/{env}    same as status (version, previous_version, healthy, ...)
-  GET  /environments/{env}/app/...   the "application": serves its version, fails with the
-                              fault's error rate, counts requests per environment and version
-  POST /faults                {environment, version, error_rate, fail_deploy?}: that version
-                              is unhealthy (and its requests fail) once deployed there
+  GET|POST /environments/{env}/app/...   the "application" (live traffic, split between the
+                              colours by weight): serves its version, fails with the fault's
+                              error rate, counts requests per environment, version and route
+  GET|POST /environments/{env}/preview/...   the idle colour only (blue-green pre-promotion)
+  POST /faults                {environment, version, error_rate, fail_deploy?, latency_ms?,
+                              scope: all|live}: that version is unhealthy (and its requests
+                              fail) once deployed there; scope "live" spares preview traffic
+  --traffic RPS               synthetic traffic: RPS live requests per second to every
+                              environment, and as many to its idle colour's preview
   DELETE /faults              clear all faults
-  GET  /metrics               Prometheus text: requests per environment, version and code
+  GET  /metrics               Prometheus text: requests per environment, version, route and
+                              code; a latency histogram per environment and version; the
+                              idle colour's traffic weight
 Basic auth is required on everything but /metrics and /healthz when --user/--password
 (or FLEET_USER/FLEET_PASSWORD) are set.
 """
@@ -42,6 +56,8 @@ from typing import Any
 
 ENV_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 UNHEALTHY_ERROR_RATE = 0.05
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+COLOURS = ("blue", "green")
 
 
 class Fleet:
@@ -51,8 +67,10 @@ class Fleet:
         self.environments: dict[str, dict[str, Any]] = {}
         self.deployments: dict[str, dict[str, Any]] = {}
         self.faults: dict[tuple[str, str], dict[str, Any]] = {}
-        self.requests: dict[tuple[str, str, int], int] = {}
+        self.requests: dict[tuple[str, str, str, int], int] = {}
         self.latency_sum: dict[tuple[str, str], float] = {}
+        self.latency_buckets: dict[tuple[str, str], list[int]] = {}
+        self.traffic_thread: threading.Thread | None = None
         for env, version in (seed or {}).items():
             state = self.env(env)
             digest = "sha256:" + hashlib.sha256(f"seed {env} {version}".encode()).hexdigest()
@@ -71,6 +89,8 @@ class Fleet:
                 "previous_digest": None,
                 "deployment_id": None,
                 "run_id": None,
+                "active_colour": COLOURS[0],
+                "idle": None,
                 "history": [],
             }
         return self.environments[name]
@@ -87,6 +107,20 @@ class Fleet:
             if fault.get("fail_deploy"):
                 dep.update(state="failed", message=f"{dep['version']} failed to start in {dep['environment']}")
                 continue
+            if dep["kind"] == "deploy_idle":
+                colour = COLOURS[1] if env["active_colour"] == COLOURS[0] else COLOURS[0]
+                env["idle"] = {
+                    "colour": colour,
+                    "version": dep["version"],
+                    "digest": dep["digest"],
+                    "weight": 0,
+                    "run_id": dep.get("run_id"),
+                }
+                env["history"].append(
+                    {"version": dep["version"], "digest": dep["digest"], "at": now, "kind": "deploy_idle"}
+                )
+                dep.update(state="succeeded", message=f"{dep['environment']} {colour} (idle) runs {dep['version']}")
+                continue
             if env["version"] != dep["version"] or env["digest"] != dep["digest"]:
                 env["previous_version"], env["previous_digest"] = env["version"], env["digest"]
             env.update(
@@ -98,16 +132,18 @@ class Fleet:
             env["history"].append({"version": dep["version"], "digest": dep["digest"], "at": now, "kind": dep["kind"]})
             dep.update(state="succeeded", message=f"{dep['environment']} runs {dep['version']}")
 
-    def error_rate(self, env: str, version: str | None) -> float:
+    def error_rate(self, env: str, version: str | None, route: str = "live") -> float:
         fault = self.faults.get((env, version or ""))
-        return float(fault["error_rate"]) if fault else 0.0
+        if not fault or (route == "preview" and fault.get("scope") == "live"):
+            return 0.0
+        return float(fault["error_rate"])
 
     def view(self, name: str) -> dict[str, Any]:
         env = self.env(name)
         rate = self.error_rate(name, env["version"])
         running = self.deployments.get(env["deployment_id"] or "")
         return {
-            "in_progress": {k: running[k] for k in ("deployment_id", "version", "digest", "run_id")}
+            "in_progress": {k: running[k] for k in ("deployment_id", "version", "digest", "run_id", "kind")}
             if running
             else None,
             **{k: v for k, v in env.items() if k != "history"},
@@ -120,18 +156,36 @@ class Fleet:
     def start(self, name: str, body: dict[str, Any], kind: str) -> tuple[int, dict[str, Any]]:
         env = self.env(name)
         version, digest = body.get("version"), body.get("digest")
+        slot = body.get("slot", "live")
+        if slot not in ("live", "idle"):
+            return 400, {"error": "'slot' must be live or idle"}
+        if kind == "deploy" and slot == "idle":
+            kind = "deploy_idle"
+        idle = env["idle"]
         if not isinstance(version, str) or not version:
             return 400, {"error": "'version' is required"}
-        if kind == "deploy" and (not isinstance(digest, str) or not digest.startswith("sha256:")):
+        if kind != "rollback" and (not isinstance(digest, str) or not digest.startswith("sha256:")):
             return 400, {"error": "'digest' must be a sha256: digest"}
         if env["deployment_id"]:
             return 409, {"error": f"deployment {env['deployment_id']} is in progress in {name}"}
+        if kind != "deploy_idle" and idle and idle["weight"] > 0:
+            return 409, {
+                "error": f"{idle['version']} takes {idle['weight']}% of {name}'s traffic on {idle['colour']}: "
+                "promote or abort it first"
+            }
+        if kind == "deploy_idle" and idle and (idle["version"], idle["digest"]) == (version, digest):
+            return 200, {
+                "deployment_id": None,
+                "state": "succeeded",
+                "noop": True,
+                "message": f"{name} {idle['colour']} (idle) already runs {version}",
+            }
         if kind == "rollback":
             known = {h["version"]: h["digest"] for h in env["history"]}
             if version not in known:
                 return 409, {"error": f"{version} never ran in {name}: cannot roll back to it"}
             digest = digest or known[version]
-        if env["version"] == version and env["digest"] == digest:
+        if kind != "deploy_idle" and env["version"] == version and env["digest"] == digest:
             return 200, {
                 "deployment_id": None,
                 "run_id": None,
@@ -158,40 +212,146 @@ class Fleet:
         env["deployment_id"] = dep_id
         return 202, {"deployment_id": dep_id, "state": "in_progress"}
 
-    def app_request(self, name: str, path: str) -> tuple[int, dict[str, Any]]:
-        env = self.env(name)
-        version = env["version"] or "none"
-        started = time.perf_counter()
-        if env["version"] is None:
-            code, body = 503, {"error": f"nothing is deployed in {name}"}
-        elif path == "version":
-            code, body = 200, {"environment": name, "version": env["version"], "digest": env["digest"]}
-        elif random.random() < self.error_rate(name, env["version"]):
-            code, body = 500, {"error": "injected fault", "version": version}
+    def traffic(self, name: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        env, idle = self.env(name), self.env(name)["idle"]
+        weight = body.get("weight")
+        if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 100:
+            return 400, {"error": "'weight' must be an integer from 0 to 100"}
+        if idle is None:
+            return 409, {"error": f"{name} has no idle colour to send traffic to: deploy with slot idle first"}
+        idle["weight"] = weight
+        env["history"].append({"version": idle["version"], "at": time.time(), "kind": "traffic", "weight": weight})
+        return 200, {"state": "succeeded", "deployment_id": None, "idle": dict(idle), "version": env["version"]}
+
+    def promote(self, name: str) -> tuple[int, dict[str, Any]]:
+        env, idle = self.env(name), self.env(name)["idle"]
+        if idle is None:
+            return 409, {"error": f"{name} has no idle colour to promote"}
+        if env["deployment_id"]:
+            return 409, {"error": f"deployment {env['deployment_id']} is in progress in {name}"}
+        old = {"colour": env["active_colour"], "version": env["version"], "digest": env["digest"]}
+        env["previous_version"], env["previous_digest"] = env["version"], env["digest"]
+        env.update(
+            version=idle["version"], digest=idle["digest"], active_colour=idle["colour"], run_id=idle.get("run_id")
+        )
+        env["idle"] = {**old, "weight": 0, "run_id": None} if old["version"] else None
+        env["history"].append(
+            {"version": idle["version"], "digest": idle["digest"], "at": time.time(), "kind": "promote"}
+        )
+        return 200, {
+            "state": "succeeded",
+            "deployment_id": None,
+            "message": f"{name} now serves {idle['version']} from {idle['colour']}",
+            "version": env["version"],
+        }
+
+    def abort(self, name: str) -> tuple[int, dict[str, Any]]:
+        env, idle = self.env(name), self.env(name)["idle"]
+        if idle is None:
+            return 200, {
+                "state": "succeeded",
+                "deployment_id": None,
+                "noop": True,
+                "message": f"{name} has no idle colour",
+            }
+        env["idle"] = None
+        env["history"].append({"version": idle["version"], "at": time.time(), "kind": "abort"})
+        return 200, {
+            "state": "succeeded",
+            "deployment_id": None,
+            "message": f"{idle['version']} on {idle['colour']} discarded; {name} serves only {env['version']}",
+            "version": env["version"],
+        }
+
+    def app_request(self, name: str, path: str, route: str = "live", method: str = "GET") -> tuple[int, dict[str, Any]]:
+        env, idle = self.env(name), self.env(name)["idle"]
+        if route == "preview":
+            version, digest = (idle["version"], idle["digest"]) if idle else (None, None)
+        elif idle and idle["weight"] > 0 and random.random() * 100 < idle["weight"]:
+            version, digest = idle["version"], idle["digest"]
         else:
-            code, body = 200, {"environment": name, "version": version, "path": path, "ok": True}
-        key = (name, version, code)
+            version, digest = env["version"], env["digest"]
+        label = version or "none"
+        fault = self.faults.get((name, label), {})
+        latency = random.uniform(0.004, 0.012) + float(fault.get("latency_ms", 0)) / 1000
+        if version is None:
+            code, body = (
+                503,
+                {"error": f"nothing is deployed in {name}" + (" (idle colour)" if route == "preview" else "")},
+            )
+        elif path == "version":
+            code, body = 200, {"environment": name, "version": version, "digest": digest}
+        elif random.random() < self.error_rate(name, version, route):
+            code, body = 500, {"error": "injected fault", "version": label}
+        else:
+            code, body = 200, {"environment": name, "version": label, "path": path, "ok": True}
+            if method == "POST":
+                body["id"] = uuid.uuid4().hex[:12]
+        key = (name, label, route, code)
         self.requests[key] = self.requests.get(key, 0) + 1
-        self.latency_sum[(name, version)] = self.latency_sum.get((name, version), 0.0) + (time.perf_counter() - started)
+        self.latency_sum[(name, label)] = self.latency_sum.get((name, label), 0.0) + latency
+        buckets = self.latency_buckets.setdefault((name, label), [0] * (len(LATENCY_BUCKETS) + 1))
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if latency <= bound:
+                buckets[i] += 1
+        buckets[-1] += 1
         return code, body
+
+    def start_traffic(self, rps: float) -> None:
+        """Synthetic users: ``rps`` live requests per second to every environment that runs
+        something, and as many to the preview of its idle colour."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(1.0 / rps)
+                with self.lock:
+                    self.advance()
+                    for name, env in list(self.environments.items()):
+                        if env["version"]:
+                            self.app_request(name, "synthetic")
+                        if env["idle"]:
+                            self.app_request(name, "synthetic", "preview")
+
+        self.traffic_thread = threading.Thread(target=loop, name="synthetic-traffic", daemon=True)
+        self.traffic_thread.start()
 
     def metrics(self) -> str:
         lines = [
             "# HELP fleet_requests_total Application requests by environment, version and status code.",
             "# TYPE fleet_requests_total counter",
         ]
-        for (env, version, code), count in sorted(self.requests.items()):
-            lines.append(f'fleet_requests_total{{environment="{env}",version="{version}",code="{code}"}} {count}')
+        for (env, version, route, code), count in sorted(self.requests.items()):
+            lines.append(
+                f'fleet_requests_total{{environment="{env}",version="{version}",route="{route}",code="{code}"}} {count}'
+            )
         lines += [
             "# HELP fleet_request_seconds_sum Total time spent serving application requests.",
             "# TYPE fleet_request_seconds_sum counter",
         ]
         for (env, version), total in sorted(self.latency_sum.items()):
             lines.append(f'fleet_request_seconds_sum{{environment="{env}",version="{version}"}} {total:.6f}')
+        lines += [
+            "# HELP fleet_request_duration_seconds Application request latency.",
+            "# TYPE fleet_request_duration_seconds histogram",
+        ]
+        for (env, version), buckets in sorted(self.latency_buckets.items()):
+            labels = f'environment="{env}",version="{version}"'
+            for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), buckets, strict=True):
+                lines.append(f'fleet_request_duration_seconds_bucket{{{labels},le="{bound}"}} {count}')
+            lines.append(f"fleet_request_duration_seconds_sum{{{labels}}} {self.latency_sum[(env, version)]:.6f}")
+            lines.append(f"fleet_request_duration_seconds_count{{{labels}}} {buckets[-1]}")
         lines += ["# HELP fleet_deployed_info Version running in each environment.", "# TYPE fleet_deployed_info gauge"]
         for name, env in sorted(self.environments.items()):
             if env["version"]:
                 lines.append(f'fleet_deployed_info{{environment="{name}",version="{env["version"]}"}} 1')
+        lines += ["# HELP fleet_traffic_weight Share of live traffic per colour.", "# TYPE fleet_traffic_weight gauge"]
+        for name, env in sorted(self.environments.items()):
+            idle = env["idle"]
+            weight = idle["weight"] if idle else 0
+            if env["version"]:
+                lines.append(f'fleet_traffic_weight{{environment="{name}",version="{env["version"]}"}} {100 - weight}')
+            if idle:
+                lines.append(f'fleet_traffic_weight{{environment="{name}",version="{idle["version"]}"}} {weight}')
         return "\n".join(lines) + "\n"
 
 
@@ -271,8 +431,12 @@ def make_handler(fleet: Fleet, credentials: tuple[str, str] | None):
                     if not 0 <= rate <= 1:
                         return 400, {"error": "error_rate must be between 0 and 1"}
                     fault = {"error_rate": rate, "fail_deploy": bool(body.get("fail_deploy", False))}
-                    if body.get("deploy_seconds") is not None:
-                        fault["deploy_seconds"] = float(body["deploy_seconds"])
+                    if body.get("scope", "all") not in ("all", "live"):
+                        return 400, {"error": "scope must be all or live"}
+                    fault["scope"] = body.get("scope", "all")
+                    for key in ("deploy_seconds", "latency_ms"):
+                        if body.get(key) is not None:
+                            fault[key] = float(body[key])
                     fleet.faults[(body["environment"], body["version"])] = fault
                     return 201, {"environment": body["environment"], "version": body["version"], **fault}
             if path == "/environments" and method == "GET":
@@ -299,8 +463,18 @@ def make_handler(fleet: Fleet, credentials: tuple[str, str] | None):
                 if not dep or dep["environment"] != name:
                     return 404, {"error": f"no deployment {rest[1]} in {name}"}
                 return 200, {k: v for k, v in dep.items() if k != "finish_at"}
-            if method == "GET" and rest[:1] == ["app"]:
-                return fleet.app_request(name, "/".join(rest[1:]))
+            if method == "POST" and rest in (["traffic"], ["promote"], ["abort"]):
+                body = self._body()
+                if body is None:
+                    return 400, {"error": "body must be a JSON object"}
+                if rest == ["traffic"]:
+                    return fleet.traffic(name, body)
+                return fleet.promote(name) if rest == ["promote"] else fleet.abort(name)
+            if method in ("GET", "POST") and rest[:1] in (["app"], ["preview"]):
+                if method == "POST":
+                    self._body()  # read (and ignore) the request body
+                route = "live" if rest[0] == "app" else "preview"
+                return fleet.app_request(name, "/".join(rest[1:]), route, method)
             return 404, {"error": f"no route {method} {path}"}
 
         def do_GET(self) -> None:  # noqa: N802
@@ -329,10 +503,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", default="", help="initial versions, e.g. dev=1.0.0,staging=1.0.0,prod=1.0.0")
     parser.add_argument("--user", default=os.environ.get("FLEET_USER"))
     parser.add_argument("--password", default=os.environ.get("FLEET_PASSWORD"))
+    parser.add_argument("--traffic", type=float, default=0.0, help="synthetic requests per second per environment")
     args = parser.parse_args(argv)
     seed = dict(item.split("=", 1) for item in args.seed.split(",") if "=" in item)
     credentials = (args.user, args.password) if args.user and args.password else None
-    server = serve(args.host, args.port, Fleet(args.deploy_seconds, seed), credentials)
+    fleet = Fleet(args.deploy_seconds, seed)
+    if args.traffic > 0:
+        fleet.start_traffic(args.traffic)
+    server = serve(args.host, args.port, fleet, credentials)
     print(f"demo fleet listening on http://{args.host}:{args.port}", flush=True)
     try:
         server.serve_forever()

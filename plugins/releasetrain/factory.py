@@ -46,6 +46,14 @@ from releasetrain.operators.complete import ReleaseCompleteOperator
 from releasetrain.operators.deploy import EnvironmentDeployOperator
 from releasetrain.operators.governance import CLOSURE_TASK_ID, ReleaseClosureOperator, RiskAssessmentOperator
 from releasetrain.operators.package import BundlePackageOperator
+from releasetrain.operators.progressive import (
+    ABORT_TASK_ID,
+    AnalysisDecisionOperator,
+    EnvironmentPassedOperator,
+    PromoteOperator,
+    RolloutAbortOperator,
+    TrafficAnalysisOperator,
+)
 from releasetrain.operators.request import ReleaseRequestOperator
 from releasetrain.operators.review import PostImplementationReviewOperator
 from releasetrain.operators.rollback import RollbackOperator
@@ -389,8 +397,10 @@ def _environment_stage(
         elif approval_task_ids:
             verify.trigger_rule = TriggerRule.NONE_FAILED
             gate_done >> verify
+        strategy = env.strategy
         deploy = EnvironmentDeployOperator(
             task_id="deploy",
+            slot="idle" if strategy.progressive else None,
             release=spec.name,
             environment=name,
             deploy_target_conn_id=env.deploy_target,
@@ -416,10 +426,72 @@ def _environment_stage(
             deploy_task_id=deploy.task_id,
             http_conn_id=env.deploy_target,
             checks=[c.model_dump(mode="json") for c in env.smoke_checks],
+            journeys=_journey_files(spec, env, env.journeys, calendars.project_root),
         )
-        verify >> deploy >> smoke
+        watched: list[Any] = [deploy, smoke]
+        owners = groups[env.owner] if env.owner else []
+        deciders = pool or owners or spec.review_users
+        # by default on production rollouts that take time (steps, analyses): a rolling deploy is over in seconds
+        long_rollout = strategy.progressive or strategy.watch is not None
+        abort_enabled = strategy.abort if strategy.abort is not None else (production and long_rollout)
+        abort_task_id = f"{name}.{ABORT_TASK_ID}" if abort_enabled else None
+        journeys = _journeys(spec, env, calendars.project_root)
+        common = dict(
+            release=spec.name,
+            environment=name,
+            deploy_target_conn_id=env.deploy_target,
+            deploy_task_id=deploy.task_id,
+            journey=journeys,
+            abort_task_id=abort_task_id,
+        )
+
+        def analysed(task_id: str, analysis: Any, stage: str, weight: int | None, route: str) -> tuple[Any, Any]:
+            check = TrafficAnalysisOperator(
+                task_id=task_id,
+                analysis=analysis.model_dump(mode="json"),
+                stage=stage,
+                weight=weight,
+                route=route,
+                trigger_rule=TriggerRule.NONE_FAILED,
+                **common,
+            )
+            decide = AnalysisDecisionOperator(
+                task_id=f"decide_{task_id.removeprefix('canary_')}",
+                release=spec.name,
+                environment=name,
+                analysis_task_id=check.task_id,
+                deciders=deciders,
+                timeout_hours=strategy.decision_timeout_hours,
+            )
+            check >> decide
+            watched.extend([check, decide])
+            return check, decide
+
+        verify >> deploy
+        tail: Any = deploy
+        if strategy.progressive:
+            if strategy.kind == "canary":
+                for weight in strategy.weights:
+                    check, decide = analysed(f"canary_{weight}", strategy.analysis, f"canary {weight}%", weight, "app")
+                    tail >> check
+                    tail = decide
+            else:
+                check, decide = analysed("analysis", strategy.analysis, "pre-promotion", None, "preview")
+                tail >> check
+                tail = decide
+            promote = PromoteOperator(
+                task_id="promote",
+                release=spec.name,
+                environment=name,
+                deploy_target_conn_id=env.deploy_target,
+                abort_task_id=abort_task_id,
+                trigger_rule=TriggerRule.NONE_FAILED,
+            )
+            watched.append(promote)
+            tail >> promote
+            tail = promote
+        tail >> smoke
         last: Any = smoke
-        watched = [deploy, smoke]
         if env.health_checks:
             health = HealthVerificationOperator(
                 task_id="health",
@@ -432,6 +504,32 @@ def _environment_stage(
             smoke >> health
             last = health
             watched.append(health)
+        watch = strategy.watch or (strategy.analysis if strategy.kind == "blue_green" else None)
+        if watch is not None:
+            stage = "post-promotion" if strategy.progressive else "post-deploy"
+            check, decide = analysed("watch", watch, stage, None, "app")
+            last >> check
+            last = decide
+        if watch is not None or strategy.progressive:
+            passed = EnvironmentPassedOperator(
+                task_id="passed",
+                release=spec.name,
+                environment=name,
+                verify_task_id=verify.task_id,
+                trigger_rule=TriggerRule.NONE_FAILED,
+            )
+            last >> passed
+            last = passed
+        if abort_task_id:
+            abort = RolloutAbortOperator(
+                task_id=ABORT_TASK_ID,
+                release=spec.name,
+                environment=name,
+                people=sorted(set(pool) | set(owners)),
+                phase_task_ids=[last.task_id],
+            )
+            verify >> abort
+            watched.append(abort)
         rollback = RollbackOperator(
             task_id="rollback",
             release=spec.name,
@@ -449,6 +547,33 @@ def _environment_stage(
     upstream >> first
     gates.append(last.task_id)
     return last
+
+
+def _journeys(spec: ReleaseSpec, env: Any, project_root: Path) -> dict[str, Any] | None:
+    """Journey metrics of an environment's analyses: their files, checked to exist."""
+    strategy = env.strategy
+    names = {
+        m.journey
+        for analysis in (strategy.analysis, strategy.watch)
+        if analysis is not None
+        for m in analysis.metrics
+        if m.journey
+    }
+    if not names:
+        return None
+    return {"conn_id": env.deploy_target, "files": _journey_files(spec, env, names, project_root)}
+
+
+def _journey_files(spec: ReleaseSpec, env: Any, names: Iterable[str], project_root: Path) -> dict[str, str]:
+    """``include/journeys/<name>.yaml`` per journey name; a missing file is a spec error."""
+    files = {name: project_root / "include" / "journeys" / f"{name}.yaml" for name in sorted(set(names))}
+    missing = [name for name, path in files.items() if not path.is_file()]
+    if missing:
+        raise ReleaseSpecError(
+            f"release {spec.name}",
+            [(f"environments.{env.name}", f"journey not found: {', '.join(missing)} (looked in include/journeys/)")],
+        )
+    return {name: str(path) for name, path in files.items()}
 
 
 def _slot_id(index: int) -> str:

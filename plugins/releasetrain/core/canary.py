@@ -81,11 +81,22 @@ class MetricCheck(_Model):
     relative: Relative | None = None
     compare: Compare | None = None
     no_data: Literal["fail", "inconclusive", "pass"] = "inconclusive"
+    journey: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Instead of a query: run this synthetic journey (include/journeys/<name>.yaml) against the "
+        "environment; the value is the share of runs that failed.",
+    )
+    runs: int = Field(default=3, ge=1, le=100, description="journey: runs per measurement.")
 
     @model_validator(mode="after")
     def _some_criterion(self) -> MetricCheck:
         if self.absolute is None and self.relative is None and self.compare is None:
             raise ValueError(f"metric {self.name!r} has no criterion: set absolute, relative or compare")
+        if self.journey and self.query:
+            raise ValueError(f"metric {self.name!r} has a query and a journey: give one of them")
+        if self.journey and (self.relative or self.compare):
+            raise ValueError(f"metric {self.name!r}: a journey has no baseline; use absolute bounds")
         return self
 
     @property

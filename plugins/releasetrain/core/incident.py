@@ -67,6 +67,17 @@ def postmortem_markdown(incident: dict[str, Any]) -> str:
     lines += [f"- {reason}" for reason in incident.get("failures") or ["(no failure recorded in the ledger)"]]
     if incident.get("measurements"):
         lines += ["", "## Measurements", "", "```json", incident["measurements"], "```"]
+    if incident.get("analysis"):
+        lines += ["", "## Canary analysis", ""]
+        for analysis in incident["analysis"]:
+            weight = f" at {analysis['weight']}% traffic" if analysis.get("weight") is not None else ""
+            lines += [f"**{analysis.get('stage')}{weight}: {analysis.get('outcome')}**: {analysis.get('reason')}", ""]
+            lines += ["| # | verdict | score | reason |", "|---|---|---|---|"]
+            for i, m in enumerate(analysis.get("measurements") or [], start=1):
+                score = m.get("score")
+                reason = str(m.get("reason") or "").replace("|", "\\|")
+                lines.append(f"| {i} | {m.get('verdict')} | {'-' if score is None else f'{score:.1f}'} | {reason} |")
+            lines.append("")
     lines += ["", "## Timeline (UTC)", "", "| at | environment | who | what |", "|---|---|---|---|"]
     for row in incident.get("timeline") or []:
         what = str(row["what"]).replace("|", "\\|")
@@ -104,6 +115,7 @@ def notification_payload(incident: dict[str, Any]) -> dict[str, Any]:
                 "restored_digest",
                 "failures",
                 "snapshot",
+                "analysis",
                 "postmortem",
                 "run_url",
                 "rolled_back_at",

@@ -47,6 +47,12 @@ EVENT_KINDS = frozenset(
         "run_state",
         "task_state",
         "review",
+        "traffic_shifted",
+        "analysis",
+        "analysis_decision",
+        "promoted",
+        "aborted",
+        "rollback_requested",
     }
 )
 

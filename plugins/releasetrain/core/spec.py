@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from releasetrain.core.canary import AnalysisPolicy
 from releasetrain.core.versioning import SEMVER_PATTERN, is_semver
 from releasetrain.core.windows import CalendarError, CalendarSpec, IcsBlackout, ReleaseCalendar, SharedCalendar
 
@@ -162,12 +163,82 @@ class Approval(_Model):
         return self
 
 
+class MetricsProvider(_Model):
+    """Where an analysis reads its metrics: a Prometheus HTTP API or any JSON endpoint."""
+
+    kind: Literal["prometheus", "json"] = "prometheus"
+    conn_id: str = Field(pattern=CONN_ID_PATTERN, description="Airflow HTTP connection of the provider.")
+    endpoint: str = Field(default="", description="json: the endpoint, relative to the connection's host.")
+    path: str = Field(default="", description="json: dotted path of the sample list in the answer.")
+
+
+class Analysis(AnalysisPolicy):
+    """A canary analysis: metrics judged against bounds and the baseline version."""
+
+    provider: MetricsProvider
+
+
+class Strategy(_Model):
+    """How a new version takes over an environment's traffic."""
+
+    kind: Literal["rolling", "canary", "blue_green"] = Field(
+        default="rolling",
+        description="rolling: replace in place; canary: shift traffic in steps with an analysis after each; "
+        "blue_green: deploy to the idle colour, analyse, switch, analyse again, switch back on failure.",
+    )
+    steps: list[int] | None = Field(
+        default=None, description="canary: traffic weights in percent, increasing, ending at 100 (default 10, 50, 100)."
+    )
+    analysis: Analysis | None = Field(
+        default=None, description="canary: after each step; blue_green: before the switch (on the idle colour)."
+    )
+    watch: Analysis | None = Field(
+        default=None,
+        description="After the new version is live (blue_green: the post-promotion analysis; any strategy: error "
+        "rate within a time window): a failure rolls back.",
+    )
+    decision_timeout_hours: float = Field(
+        default=4, gt=0, le=24 * 7, description="Inconclusive analysis: no decision in this time rolls back."
+    )
+    abort: bool | None = Field(
+        default=None, description="Offer a manual abort while the new version rolls out (default: on production)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Strategy:
+        if self.kind == "canary":
+            weights = self.weights
+            if any(not 1 <= w <= 100 for w in weights):
+                raise ValueError(f"steps must be percentages from 1 to 100, got {weights}")
+            if any(b <= a for a, b in zip(weights, weights[1:], strict=False)) or weights[-1] != 100:
+                raise ValueError(f"steps must increase and end at 100, got {weights}")
+        elif self.steps is not None:
+            raise ValueError(f"steps are for the canary strategy, not {self.kind}")
+        if self.kind in ("canary", "blue_green") and self.analysis is None:
+            raise ValueError(f"the {self.kind} strategy needs an analysis")
+        if self.kind == "rolling" and self.analysis is not None:
+            raise ValueError("a rolling deploy has no pre-promotion analysis: use watch for checks after it")
+        return self
+
+    @property
+    def weights(self) -> list[int]:
+        return list(self.steps) if self.steps is not None else ([10, 50, 100] if self.kind == "canary" else [])
+
+    @property
+    def progressive(self) -> bool:
+        return self.kind != "rolling"
+
+
 class Environment(_Model):
     name: str = Field(pattern=NAME_PATTERN)
 
     deploy_target: str = Field(pattern=CONN_ID_PATTERN, description="Airflow connection id of the target.")
     approval: Approval = Field(default_factory=Approval)
     smoke_checks: list[HttpCheck] = Field(default_factory=list)
+    journeys: list[str] = Field(
+        default_factory=list,
+        description="Synthetic journeys (include/journeys/<name>.yaml) run with the smoke checks.",
+    )
     health_checks: HealthVerification | None = None
     deploy_timeout_seconds: int = Field(default=900, ge=1)
     poll_interval_seconds: float = Field(default=2.0, gt=0, le=300)
@@ -185,6 +256,7 @@ class Environment(_Model):
     production: bool | None = Field(
         default=None, description="Production for risk and change control (default: the last environment)."
     )
+    strategy: Strategy = Field(default_factory=Strategy)
 
     @field_validator("name")
     @classmethod

@@ -19,6 +19,23 @@ HTTP basic auth. Relative to that base URL:
                                     state}``, ``409`` when the version was never deployed there
 ``GET  health``                     ``200 {healthy: true, ...}`` or ``503 {healthy: false, ...}``
 ==================================  ===========================================================
+
+Targets that support progressive delivery (``canary`` and ``blue_green`` strategies) run
+two colours and implement four more things:
+
+==================================  ===========================================================
+``POST deployments``                with ``"slot": "idle"``: deploy to the idle colour, which
+                                    takes no live traffic; ``GET status`` then shows ``idle:
+                                    {colour, version, digest, weight}``
+``POST traffic``                    ``{weight: 0..100}``: share of live traffic for the idle
+                                    colour; ``200 {state: "succeeded", idle}``, ``409`` without
+                                    an idle colour
+``POST promote``                    the idle colour becomes live (all traffic); the old live
+                                    colour stays idle, so promoting again switches back;
+                                    ``200 {state: "succeeded", version}``
+``POST abort``                      the idle colour takes no traffic and is discarded;
+                                    ``200 {state: "succeeded"}``
+==================================  ===========================================================
 """
 
 from __future__ import annotations
@@ -79,8 +96,12 @@ class DeployTargetHook(BaseHook):
     def get_status(self) -> dict[str, Any]:
         return self._expect("GET", "status", None, (200,))
 
-    def start_deployment(self, *, release: str, version: str, digest: str, run_id: str) -> dict[str, Any]:
+    def start_deployment(
+        self, *, release: str, version: str, digest: str, run_id: str, slot: str | None = None
+    ) -> dict[str, Any]:
         body = {"release": release, "version": version, "digest": digest, "run_id": run_id}
+        if slot:
+            body["slot"] = slot
         return _started(
             self.deploy_target_conn_id, "POST deployments", self._expect("POST", "deployments", body, (200, 201, 202))
         )
@@ -93,6 +114,18 @@ class DeployTargetHook(BaseHook):
         return _started(
             self.deploy_target_conn_id, "POST rollback", self._expect("POST", "rollback", body, (200, 201, 202))
         )
+
+    def set_traffic(self, weight: int) -> dict[str, Any]:
+        """Send ``weight`` percent of live traffic to the idle colour (the canary)."""
+        return self._expect("POST", "traffic", {"weight": int(weight)}, (200,))
+
+    def promote(self) -> dict[str, Any]:
+        """Make the idle colour live; promoting again switches back."""
+        return self._expect("POST", "promote", {}, (200,))
+
+    def abort(self) -> dict[str, Any]:
+        """Take all traffic off the idle colour and discard it."""
+        return self._expect("POST", "abort", {}, (200,))
 
     def get_health(self) -> tuple[int, Any]:
         return self._request("GET", "health")

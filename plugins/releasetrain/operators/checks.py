@@ -49,18 +49,35 @@ class SmokeCheckOperator(_EnvironmentCheckOperator):
     ``{"environment", "digest", "passed": True, "checks": [...]}``.
 
     :param checks: ``HttpCheck`` dicts from the spec
+    :param journeys: synthetic journeys to run after the checks: name -> YAML file
     """
 
     ui_color = "#fce8e6"
 
-    def __init__(self, *, checks: list[dict[str, Any]], **kwargs: Any) -> None:
+    def __init__(self, *, checks: list[dict[str, Any]], journeys: dict[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.checks = [HttpCheck.model_validate(c).model_dump(mode="json") for c in checks]
+        self.journeys = dict(journeys or {})
+
+    def _journeys(self, values: dict[str, str]) -> list[Any]:
+        from releasetrain.core.journey import JourneyError, load_journey
+        from releasetrain.hooks.journey import JourneyHook
+
+        results = []
+        for name, path in self.journeys.items():
+            try:
+                result = JourneyHook(self.http_conn_id).run(load_journey(path), values={**values, "route": "app"})
+            except JourneyError as exc:
+                raise AirflowException(f"{self.environment}: journey {name} cannot run: {exc}") from None
+            self.log.info("journey %-28s %s  %s", name, "PASS" if result.ok else "FAIL", result.summary)
+            results.append(result)
+        return results
 
     def execute(self, context: Any) -> dict[str, Any]:
         deployed, values = self._values(context)
         hook = HttpCheckHook(self.http_conn_id)
         results = [hook.run_check(check) for check in _rendered(self.checks, values)]
+        journeys = self._journeys(values)
         for result in results:
             self.log.info(
                 "smoke %-30s %s  %s %s ms %s",
@@ -71,17 +88,27 @@ class SmokeCheckOperator(_EnvironmentCheckOperator):
                 "; ".join(result.failures),
             )
         failed = [r for r in results if not r.passed]
+        failed_journeys = [j for j in journeys if not j.ok]
         record(
             context,
-            "checks_failed" if failed else "checks_passed",
+            "checks_failed" if failed or failed_journeys else "checks_passed",
             self.release,
             environment=self.environment,
-            details={"kind": "smoke", "digest": deployed["digest"], "checks": [r.to_dict() for r in results]},
+            details={
+                "kind": "smoke",
+                "digest": deployed["digest"],
+                "checks": [r.to_dict() for r in results],
+                "journeys": [j.to_dict() for j in journeys],
+            },
         )
-        if failed:
+        if failed or failed_journeys:
             raise AirflowException(
-                f"{self.environment}: {len(failed)} of {len(results)} smoke checks failed: "
-                + " | ".join(f"{r.name}: {'; '.join(r.failures)}" for r in failed)
+                f"{self.environment}: {len(failed) + len(failed_journeys)} of {len(results) + len(journeys)} smoke "
+                "checks failed: "
+                + " | ".join(
+                    [f"{r.name}: {'; '.join(r.failures)}" for r in failed]
+                    + [f"journey {j.journey}: {j.summary}" for j in failed_journeys]
+                )
             )
         if not results:
             self.log.warning("%s declares no smoke checks", self.environment)
@@ -90,6 +117,7 @@ class SmokeCheckOperator(_EnvironmentCheckOperator):
             "digest": deployed["digest"],
             "passed": True,
             "checks": [r.to_dict() for r in results],
+            "journeys": [j.to_dict() for j in journeys],
         }
 
 

@@ -44,6 +44,8 @@ class EnvironmentDeployOperator(BaseOperator):
     :param quorum: the spec's quorum; ``reviews``: the spec's review groups
     :param owners: members of the group owning the environment: only they may release into it
     :param production: a production environment: the change record must be in Implement
+    :param slot: ``idle`` for progressive strategies: the new version goes to the target's
+        idle colour and takes no traffic until the rollout's steps move it
     """
 
     ui_color = "#d2e3fc"
@@ -67,9 +69,11 @@ class EnvironmentDeployOperator(BaseOperator):
         window_task_id: str | None = None,
         deploy_timeout_seconds: float = 900,
         poll_interval: float = 2.0,
+        slot: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.slot = slot
         if (previous_environment is None) != (promotion_gate_task_id is None):
             raise ValueError("previous_environment and promotion_gate_task_id go together")
         if approval_task_ids and not approvers:
@@ -140,15 +144,21 @@ class EnvironmentDeployOperator(BaseOperator):
             return self._result(version, digest, live, deployment_id=None, noop=True, context=context)
 
         self.log.info(
-            "Deploying %s %s (%s) to %s, replacing %s",
+            "Deploying %s %s (%s) to %s%s, replacing %s",
             self.release,
             version,
             digest,
             self.environment,
+            " (idle colour, no traffic yet)" if self.slot == "idle" else "",
             live.get("version") or "nothing",
         )
         started = self._call(
-            hook.start_deployment, release=self.release, version=version, digest=digest, run_id=context["run_id"]
+            hook.start_deployment,
+            release=self.release,
+            version=version,
+            digest=digest,
+            run_id=context["run_id"],
+            slot=self.slot,
         )
         if started.get("state") == "succeeded":
             return self._result(

@@ -61,8 +61,16 @@ class RollbackOperator(BaseOperator):
         self.deploy_timeout_seconds = deploy_timeout_seconds
         self.poll_interval = poll_interval
 
+    def _target(self, context: Any) -> dict[str, Any] | None:
+        """Where to return: what the environment ran before this run's deploy."""
+        return pull(context, self.deploy_task_id, key=PRE_DEPLOY_KEY)
+
+    def _failed_version(self, context: Any, live: dict[str, Any] | None = None) -> str | None:
+        request = pull(context, "prepare") or {}
+        return request.get("version") or (pull(context, self.deploy_task_id) or {}).get("version")
+
     def execute(self, context: Any) -> dict[str, Any] | None:
-        before = pull(context, self.deploy_task_id, key=PRE_DEPLOY_KEY)
+        before = self._target(context)
         if not before:
             raise AirflowSkipException(f"this run deployed nothing to {self.environment}: nothing to roll back")
         if before.get("noop"):
@@ -76,7 +84,22 @@ class RollbackOperator(BaseOperator):
             )
         hook = DeployTargetHook(self.deploy_target_conn_id)
         live = self._call(hook.get_status)
-        if live.get("version") == before["version"] and live.get("digest") == before.get("digest"):
+        running = live.get("in_progress") or {}
+        if running.get("deployment_id") and running.get("run_id") == context["run_id"]:
+            # aborted while this run's deployment was still going: let it finish, then roll back
+            self.log.warning("%s: waiting for deployment %s to end first", self.environment, running["deployment_id"])
+            self._wait(str(running["deployment_id"]), "execute_after_deployment")
+        version = self._failed_version(context, live)
+        idle = live.get("idle") or {}
+        same_live = live.get("version") == before["version"] and live.get("digest") == before.get("digest")
+        if version and idle.get("version") == version and same_live:
+            # a canary (or an idle colour) that never became live: take it out of traffic
+            self.log.warning("ABORTING %s in %s: traffic back to %s", version, self.environment, before["version"])
+            return self._instant(context, hook, live, before, hook.abort, "traffic taken off the canary")
+        if version and live.get("version") == version and idle.get("version") == before["version"]:
+            self.log.warning("SWITCHING BACK %s from %s to %s", self.environment, version, before["version"])
+            return self._instant(context, hook, live, before, hook.promote, "switched back to the previous colour")
+        if same_live:
             self.log.info("%s still runs %s: the failed deploy changed nothing", self.environment, before["version"])
             result = self._verify(hook, before, context)
             record(context, "rollback", self.release, environment=self.environment, details={**result, "noop": True})
@@ -91,19 +114,35 @@ class RollbackOperator(BaseOperator):
         )
         if started.get("state") == "succeeded":
             return self._after_rollback(context, before, self._verify(hook, before, context))
+        self._wait(str(started["deployment_id"]), "execute_complete")
+
+    def _wait(self, deployment_id: str, method_name: str) -> None:
         self.defer(
             trigger=DeploymentCompletionTrigger(
                 deploy_target_conn_id=self.deploy_target_conn_id,
-                deployment_id=str(started["deployment_id"]),
+                deployment_id=deployment_id,
                 poll_interval=self.poll_interval,
                 timeout_seconds=self.deploy_timeout_seconds,
             ),
-            method_name="execute_complete",
+            method_name=method_name,
             timeout=timedelta(seconds=self.deploy_timeout_seconds + 60),
         )
 
+    def execute_after_deployment(self, context: Any, event: dict[str, Any]) -> dict[str, Any] | None:
+        self.log.info("the deployment ended %s: rolling back now", event.get("state"))
+        return self.execute(context)
+
+    def _instant(
+        self, context: Any, hook: DeployTargetHook, live: dict[str, Any], before: dict[str, Any], action: Any, what: str
+    ) -> dict[str, Any]:
+        """A rollback that is a traffic change (abort the canary, switch the colours back)."""
+        self._snapshot(context, hook, live)
+        self._call(action)
+        result = self._verify(hook, before, context)
+        return self._after_rollback(context, before, {**result, "action": what})
+
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
-        before = pull(context, self.deploy_task_id, key=PRE_DEPLOY_KEY)
+        before = self._target(context)
         if event["state"] != "succeeded":
             raise AirflowException(
                 f"ROLLBACK OF {self.environment} FAILED ({event['state']}): {event['message']}; "
@@ -154,6 +193,8 @@ class RollbackOperator(BaseOperator):
             "deployed_by_this_run": deployed,
             "deployment": deployment,
             "ledger_events": events,
+            "analysis": [e["details"] for e in events if e["kind"] == "analysis"],
+            "logs": self._task_logs(context),
         }
         folder = self._incident_folder(context)
         folder.mkdir(parents=True, exist_ok=True)
@@ -162,6 +203,29 @@ class RollbackOperator(BaseOperator):
         context["ti"].xcom_push(key="snapshot", value=str(path))
         self.log.info("Pre-rollback snapshot of %s written to %s", self.environment, path)
 
+    def _task_logs(self, context: Any, lines: int = 200) -> dict[str, str]:
+        """The tail of this environment's task logs in this run, where the logs are local files."""
+        from pathlib import Path
+
+        from airflow.sdk.configuration import conf
+
+        base = conf.get("logging", "base_log_folder", fallback=None)
+        dag = context.get("dag")
+        if not base or dag is None:
+            return {}
+        run = Path(base) / f"dag_id={dag.dag_id}" / f"run_id={context['run_id']}"
+        logs = {}
+        for path in sorted(run.glob(f"task_id={self.environment}.*/attempt=*.log")):
+            task_id = path.parent.name.removeprefix("task_id=")
+            if task_id == self.task_id:
+                continue
+            try:
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                continue
+            logs[f"{task_id}/{path.name}"] = "\n".join(text)
+        return logs
+
     def _after_rollback(self, context: Any, before: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         import datetime as dt
 
@@ -169,19 +233,24 @@ class RollbackOperator(BaseOperator):
 
         events = self._ledger_events(context)
         deployed = pull(context, self.deploy_task_id) or {}
-        request = pull(context, "prepare") or {}
         failures = [
-            f"{e.environment}: {e.kind.replace('_', ' ')}: "
+            f"{e.environment}: {_failure_label(e)}: "
             f"{e.details.get('reason') or e.details.get('message') or e.details.get('kind') or ''}".rstrip(": ")
             for e in events
-            if e.kind in ("checks_failed", "deploy_failed") and e.environment == self.environment
+            if e.environment == self.environment
+            and (
+                e.kind in ("checks_failed", "deploy_failed", "aborted", "rollback_requested")
+                or (e.kind == "analysis" and e.details.get("outcome") in ("failed", "error", "aborted"))
+                or (e.kind == "analysis_decision" and e.details.get("choice") == "Roll back")
+            )
         ]
+        analyses = [e.details for e in events if e.kind == "analysis" and e.environment == self.environment]
         folder = self._incident_folder(context)
         incident = {
             "release": self.release,
             "run_id": context["run_id"],
             "environment": self.environment,
-            "failed_version": request.get("version") or deployed.get("version"),
+            "failed_version": self._failed_version(context),
             "failed_digest": deployed.get("digest"),
             "restored_version": before["version"],
             "restored_digest": before.get("digest"),
@@ -190,6 +259,10 @@ class RollbackOperator(BaseOperator):
             "snapshot": pull(context, self.task_id, key="snapshot"),
             "postmortem": str(folder / "postmortem.md"),
             "timeline": timeline(events),
+            "analysis": [
+                {k: a.get(k) for k in ("stage", "weight", "outcome", "reason", "counts", "measurements")}
+                for a in analyses
+            ],
             "run_url": _run_url(context),
         }
         folder.mkdir(parents=True, exist_ok=True)
@@ -247,6 +320,18 @@ class RollbackOperator(BaseOperator):
             return fn(**kwargs)
         except DeployTargetError as exc:
             raise AirflowException(f"rollback of {self.environment}: {exc}") from None
+
+
+def _failure_label(event: Any) -> str:
+    if event.kind == "analysis":
+        return f"{event.details.get('stage')} analysis {event.details.get('outcome')}"
+    if event.kind == "analysis_decision":
+        return f"rolled back by {event.actor} after an inconclusive analysis"
+    if event.kind == "aborted":
+        return f"aborted by {event.actor}"
+    if event.kind == "rollback_requested":
+        return f"manual rollback requested by {event.actor}"
+    return event.kind.replace("_", " ")
 
 
 def _run_url(context: Any) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -43,6 +44,8 @@ class CanaryAnalysisTrigger(BaseTrigger):
     :param policy: ``AnalysisPolicy`` as a dict
     :param provider: see :func:`metrics_provider`
     :param values: query placeholders (``version``, ``baseline_version``, ``environment``, ...)
+    :param abort: ``{"dag_id", "run_id", "task_id"}`` of the run's manual-abort task: when it
+        has failed (a human aborted the rollout), the analysis stops with outcome ``aborted``
     """
 
     def __init__(
@@ -53,12 +56,16 @@ class CanaryAnalysisTrigger(BaseTrigger):
         values: dict[str, str],
         measurements: list[dict[str, Any]] | None = None,
         next_at: float | None = None,
+        abort: dict[str, str] | None = None,
+        journey: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.policy = AnalysisPolicy.model_validate(policy).model_dump(mode="json")
         self.provider = dict(provider)
         self.values = dict(values)
         self.measurements = list(measurements or [])
+        self.abort = dict(abort) if abort else None
+        self.journey = dict(journey) if journey else None
         self.next_at = float(next_at if next_at is not None else time.time() + self.policy["interval_seconds"])
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -70,6 +77,8 @@ class CanaryAnalysisTrigger(BaseTrigger):
                 "values": self.values,
                 "measurements": self.measurements,
                 "next_at": self.next_at,
+                "abort": self.abort,
+                "journey": self.journey,
             },
         )
 
@@ -83,6 +92,9 @@ class CanaryAnalysisTrigger(BaseTrigger):
             provider = metrics_provider(self.provider)
             results = []
             for check in policy.metrics:
+                if check.journey:
+                    results.append(self._journey_metric(check))
+                    continue
                 canary = provider.samples(render_query(check, self.values, baseline=False), start, end, step)
                 needs_baseline = check.relative is not None or check.compare is not None
                 baseline = (
@@ -95,6 +107,35 @@ class CanaryAnalysisTrigger(BaseTrigger):
             return score_measurement(policy, [], error=str(exc)).to_dict()
         return score_measurement(policy, results).to_dict()
 
+    def _journey_metric(self, check: Any) -> Any:
+        """A synthetic journey run ``runs`` times against the environment: the share that failed."""
+        from releasetrain.core.journey import load_journey
+        from releasetrain.hooks.journey import JourneyHook
+
+        spec = self.journey or {}
+        journey = load_journey(spec["files"][check.journey])
+        hook = JourneyHook(spec["conn_id"])
+        results = [hook.run(journey, values=self.values) for _ in range(check.runs)]
+        failed = [r for r in results if not r.ok]
+        metric = judge_metric(check, [len(failed) / len(results)])
+        if failed:
+            step = failed[-1]
+            reason = f"journey {journey.name}: {len(failed)}/{len(results)} failed (last at {step.failed_step})"
+            metric = dataclasses.replace(metric, reasons=[*metric.reasons, reason])
+        return metric
+
+    async def _aborted(self) -> bool:
+        if not self.abort:
+            return False
+        from releasetrain.triggers.phase import task_states
+
+        try:
+            states = await task_states(self.abort["dag_id"], self.abort["run_id"], [self.abort["task_id"]])
+        except Exception as exc:  # the supervisor is not reachable: keep measuring
+            self.log.warning("could not read the abort task's state: %s", exc)
+            return False
+        return states.get(self.abort["task_id"]) == "failed"
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         policy = AnalysisPolicy.model_validate(self.policy)
         while True:
@@ -102,7 +143,12 @@ class CanaryAnalysisTrigger(BaseTrigger):
             if state.finished:
                 yield TriggerEvent(state.to_dict())
                 return
-            await asyncio.sleep(max(0.0, self.next_at - time.time()))
+            while (wait := self.next_at - time.time()) > 0:
+                if await self._aborted():
+                    payload = state.to_dict()
+                    yield TriggerEvent({**payload, "outcome": "aborted", "reason": "the rollout was aborted by hand"})
+                    return
+                await asyncio.sleep(min(wait, 2.0))
             measured_at = time.time()
             measurement = await asyncio.to_thread(self._measure, policy, measured_at)
             self.measurements.append(measurement)

@@ -1,0 +1,478 @@
+"""Progressive delivery: traffic steps with canary analysis, human decisions on
+inconclusive analyses, promotion (the blue-green switch), and the manual abort.
+
+The environment's deploy task puts the new version on the target's idle colour (no
+traffic). Then, per strategy:
+
+- ``canary``: ``canary_<w>`` per traffic step (weight ``w`` percent to the new version,
+  then an analysis), each followed by ``decide_<w>``; then ``promote``;
+- ``blue_green``: ``analysis`` (pre-promotion, on the idle colour's preview traffic),
+  ``decide_analysis``, ``promote`` (the switch), and after the smoke and health gates
+  ``watch`` (post-promotion analysis) with ``decide_watch``.
+
+An analysis that fails (or errs) fails its task: the environment's ``rollback`` runs,
+which takes the traffic off the canary, or switches back. An inconclusive analysis
+passes to its ``decide_*`` task: a HITL request where a human chooses *Promote* or
+*Roll back*, with the measurements in the request body (every ``decide_*`` task skips
+itself when its analysis was conclusive). ``abort`` runs beside the whole rollout: a
+HITL request that anyone allowed to release or approve may answer to abort and roll back;
+it ends by itself when the rollout is over.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.providers.standard.operators.hitl import HITLOperator
+from airflow.sdk import BaseOperator, Param
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+
+from releasetrain.core.approval import SegregationOfDutiesError, authors, check_responder
+from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
+from releasetrain.operators._common import REQUEST_TASK_ID, pull, record, require
+from releasetrain.operators.deploy import PRE_DEPLOY_KEY
+
+ABORT_TASK_ID = "abort"
+ABORTED_KEY = "aborted"
+PROMOTE, ROLL_BACK = "Promote", "Roll back"
+
+
+def _aborted(context: Any, abort_task_id: str | None) -> None:
+    """Refuse to move traffic once a human has aborted the rollout."""
+    if not abort_task_id:
+        return
+    aborted = pull(context, abort_task_id, key=ABORTED_KEY)
+    if aborted:
+        raise AirflowFailException(
+            f"the rollout was aborted by {aborted.get('by')}: {aborted.get('reason') or 'no reason given'}"
+        )
+
+
+def _version(context: Any) -> str:
+    return require(context, REQUEST_TASK_ID, "the release request")["version"]
+
+
+class TrafficAnalysisOperator(BaseOperator):
+    """Optionally shift traffic, then analyse the new version without a worker slot.
+
+    :param weight: percent of live traffic for the new version (``None``: leave as is)
+    :param analysis: the spec's analysis (``AnalysisPolicy`` fields plus ``provider``)
+    :param stage: what is analysed, for people (``canary 10%``, ``pre-promotion``, ...)
+    :param route: ``app`` (live traffic) or ``preview`` (the idle colour only); the
+        ``${route}`` placeholder of queries and journeys
+    :param journey: ``{"conn_id", "files": {name: path}}`` for journey metrics
+    :param abort_task_id: the run's manual-abort task, if any
+    """
+
+    ui_color = "#fce8b2"
+
+    def __init__(
+        self,
+        *,
+        release: str,
+        environment: str,
+        deploy_target_conn_id: str,
+        deploy_task_id: str,
+        analysis: dict[str, Any],
+        stage: str,
+        weight: int | None = None,
+        route: str = "app",
+        journey: dict[str, Any] | None = None,
+        abort_task_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.release = release
+        self.environment = environment
+        self.deploy_target_conn_id = deploy_target_conn_id
+        self.deploy_task_id = deploy_task_id
+        self.analysis = dict(analysis)
+        self.stage = stage
+        self.weight = weight
+        self.route = route
+        self.journey = journey
+        self.abort_task_id = abort_task_id
+
+    def execute(self, context: Any) -> dict[str, Any] | None:
+        from releasetrain.triggers.analysis import CanaryAnalysisTrigger
+
+        _aborted(context, self.abort_task_id)
+        version = _version(context)
+        before = pull(context, self.deploy_task_id, key=PRE_DEPLOY_KEY) or {}
+        hook = DeployTargetHook(self.deploy_target_conn_id)
+        if self.weight is not None:
+            status = self._call(hook.get_status)
+            idle = status.get("idle") or {}
+            if status.get("version") == version and idle.get("version") != version:
+                self.log.info("%s already serves %s on its live colour: no traffic to shift", self.environment, version)
+                return {"outcome": "skipped", "reason": f"{version} was already live", "stage": self.stage}
+            if idle.get("version") != version:
+                raise AirflowFailException(
+                    f"{self.environment}: {version} is not on the target's idle colour (idle: "
+                    f"{idle.get('version') or 'none'}); the deploy task puts it there"
+                )
+            self._call(hook.set_traffic, weight=self.weight)
+            record(
+                context,
+                "traffic_shifted",
+                self.release,
+                environment=self.environment,
+                details={"version": version, "weight": self.weight, "stage": self.stage},
+            )
+            self.log.info("%s: %d%% of live traffic now goes to %s", self.environment, self.weight, version)
+        values = {
+            "release": self.release,
+            "version": version,
+            "baseline_version": before.get("version") or "",
+            "environment": self.environment,
+            "route": self.route,
+        }
+        policy = {k: v for k, v in self.analysis.items() if k != "provider"}
+        abort = (
+            {"dag_id": context["dag"].dag_id, "run_id": context["run_id"], "task_id": self.abort_task_id}
+            if self.abort_task_id
+            else None
+        )
+        self.log.info(
+            "Analysing %s %s (%s): %d measurements every %ss",
+            self.environment,
+            version,
+            self.stage,
+            policy.get("count", 3),
+            policy.get("interval_seconds", 30),
+        )
+        interval, count = int(policy.get("interval_seconds", 30)), int(policy.get("count", 3))
+        self.defer(
+            trigger=CanaryAnalysisTrigger(
+                policy=policy, provider=self.analysis["provider"], values=values, abort=abort, journey=self.journey
+            ),
+            method_name="execute_complete",
+            # errors do not count toward `count`; leave room for them, never wait forever
+            timeout=timedelta(seconds=interval * (count + 10) * 2 + 300),
+        )
+        return None
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        version = _version(context)
+        result = {**event, "stage": self.stage, "weight": self.weight, "version": version}
+        for i, measurement in enumerate(event.get("measurements") or [], start=1):
+            self.log.info("measurement %d: %s: %s", i, measurement.get("verdict"), measurement.get("reason"))
+        record(
+            context,
+            "analysis",
+            self.release,
+            environment=self.environment,
+            details={
+                "stage": self.stage,
+                "weight": self.weight,
+                "version": version,
+                "outcome": event["outcome"],
+                "reason": event.get("reason", ""),
+                "counts": event.get("counts", {}),
+                "measurements": event.get("measurements", []),
+            },
+        )
+        outcome = event["outcome"]
+        self.log.info("Analysis of %s %s (%s): %s: %s", self.environment, version, self.stage, outcome, event["reason"])
+        if outcome == "aborted":
+            raise AirflowFailException(f"{self.environment} {self.stage}: {event['reason']}")
+        if outcome in ("failed", "error"):
+            context["ti"].xcom_push(key="return_value", value=result)
+            raise AirflowFailException(
+                f"{self.environment} {self.stage} analysis {outcome}: {event['reason']}; the rollback follows"
+            )
+        return result
+
+    def _call(self, fn: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return fn(**kwargs)
+        except DeployTargetError as exc:
+            raise AirflowException(f"{self.environment}: {exc}") from None
+
+
+def measurements_markdown(result: dict[str, Any]) -> str:
+    """An analysis result as a Markdown table, for the people who decide on it."""
+    lines = ["| # | Verdict | Score | Metrics |", "|---|---|---|---|"]
+    for i, m in enumerate(result.get("measurements") or [], start=1):
+        metrics = "; ".join(
+            f"{r['name']}: {r['phase']}"
+            + (f" ({r['canary']:.4g}" if isinstance(r.get("canary"), int | float) else " (no data")
+            + (f" vs {r['baseline']:.4g})" if isinstance(r.get("baseline"), int | float) else ")")
+            for r in m.get("metrics") or []
+        )
+        score = m.get("score")
+        lines.append(
+            f"| {i} | {m.get('verdict')} | {'-' if score is None else f'{score:.1f}'} | {metrics or m.get('reason')} |"
+        )
+    return "\n".join(lines)
+
+
+class AnalysisDecisionOperator(HITLOperator):
+    """A human decides on an inconclusive analysis: *Promote* or *Roll back*.
+
+    Skips itself unless ``analysis_task_id`` ended inconclusive. Asked of ``deciders``
+    minus the release's authors (re-checked at response time; a refused answer is recorded
+    and the request is asked again). No answer before the timeout rolls back.
+    """
+
+    ui_color = "#fde293"
+
+    def __init__(
+        self,
+        *,
+        release: str,
+        environment: str,
+        analysis_task_id: str,
+        deciders: list[str],
+        timeout_hours: float = 4,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("retries", 2)  # the fast-answer race, as for approvals
+        kwargs.setdefault("retry_delay", timedelta(seconds=5))
+        super().__init__(
+            subject=f"Inconclusive analysis of {release} in {environment}",
+            options=[PROMOTE, ROLL_BACK],
+            defaults=[ROLL_BACK],
+            response_timeout=timedelta(hours=timeout_hours),
+            **kwargs,
+        )
+        self.release = release
+        self.environment = environment
+        self.analysis_task_id = analysis_task_id
+        self.deciders = list(deciders)
+
+    def execute(self, context: Any) -> Any:
+        result = pull(context, self.analysis_task_id) or {}
+        if result.get("outcome") != "inconclusive":
+            raise AirflowSkipException(
+                f"{self.analysis_task_id} was {result.get('outcome') or 'not run'}: no decision needed"
+            )
+        request = require(context, REQUEST_TASK_ID, "the release request")
+        excluded = authors(request.get("triggered_by"), request.get("requested_by"))
+        eligible = [user for user in self.deciders if user not in excluded]
+        if not eligible:
+            raise AirflowFailException(
+                f"{self.environment}: nobody may decide on the inconclusive analysis (deciders "
+                f"{', '.join(self.deciders) or 'none'} are all authors); rolling back"
+            )
+        self.assigned_users = [{"id": user, "name": user} for user in eligible]
+        self.subject = (
+            f"{self.release} {request['version']} in {self.environment}: the {result.get('stage')} analysis is "
+            "inconclusive. Promote or roll back?"
+        )
+        self.body = "\n".join(
+            [
+                f"**{result.get('reason')}**",
+                "",
+                measurements_markdown(result),
+                "",
+                f"May decide: {', '.join(eligible)} (authors cannot). No answer rolls back.",
+            ]
+        )
+        record(
+            context,
+            "approval_requested",
+            self.release,
+            environment=self.environment,
+            details={"task_id": self.task_id, "decision": "inconclusive analysis", "assigned": eligible},
+        )
+        return super().execute(context)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        request = require(context, REQUEST_TASK_ID, "the release request")
+        if event.get("timedout") or event.get("error_type") == "timeout":
+            record(
+                context,
+                "analysis_decision",
+                self.release,
+                environment=self.environment,
+                details={"task_id": self.task_id, "choice": ROLL_BACK, "timed_out": True},
+            )
+            raise AirflowFailException(f"{self.environment}: nobody decided on the inconclusive analysis; rolling back")
+        result = HITLOperator.execute_complete(self, context=context, event=event)
+        choice = result["chosen_options"][0]
+        responder = (result.get("responded_by_user") or {}).get("id")
+        try:
+            check_responder(responder, self.deciders, authors(request.get("triggered_by"), request.get("requested_by")))
+        except SegregationOfDutiesError as exc:
+            record(
+                context,
+                "approval_refused",
+                self.release,
+                environment=self.environment,
+                actor=responder or "",
+                details={"task_id": self.task_id, "reason": str(exc), "chosen": choice},
+            )
+            self.log.warning("decision refused (%s); asking again", exc)
+            return self.execute(context)
+        record(
+            context,
+            "analysis_decision",
+            self.release,
+            environment=self.environment,
+            actor=responder,
+            details={"task_id": self.task_id, "choice": choice, "analysis_task_id": self.analysis_task_id},
+        )
+        if choice == ROLL_BACK:
+            raise AirflowFailException(
+                f"{responder} chose to roll back {self.release} {request['version']} in {self.environment} "
+                "after an inconclusive analysis"
+            )
+        self.log.info("%s chose to promote despite the inconclusive analysis", responder)
+        return {**result, "choice": choice}
+
+
+class PromoteOperator(BaseOperator):
+    """Make the new version live: the last canary step's promotion, or the blue-green switch."""
+
+    ui_color = "#ceead6"
+
+    def __init__(
+        self,
+        *,
+        release: str,
+        environment: str,
+        deploy_target_conn_id: str,
+        abort_task_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.release = release
+        self.environment = environment
+        self.deploy_target_conn_id = deploy_target_conn_id
+        self.abort_task_id = abort_task_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        _aborted(context, self.abort_task_id)
+        version = _version(context)
+        hook = DeployTargetHook(self.deploy_target_conn_id)
+        try:
+            status = hook.get_status()
+            idle = status.get("idle") or {}
+            if status.get("version") == version and idle.get("version") != version:
+                self.log.info("%s already serves %s: nothing to promote", self.environment, version)
+                return {"environment": self.environment, "version": version, "noop": True}
+            if idle.get("version") != version:
+                raise AirflowFailException(
+                    f"{self.environment}: {version} is not on the idle colour (idle: {idle.get('version') or 'none'})"
+                )
+            hook.promote()
+            after = hook.get_status()
+        except DeployTargetError as exc:
+            raise AirflowException(f"{self.environment}: {exc}") from None
+        if after.get("version") != version:
+            raise AirflowException(
+                f"{self.environment}: promoted, but the target serves {after.get('version')}, not {version}"
+            )
+        details = {
+            "version": version,
+            "colour": idle.get("colour"),
+            "replaced": status.get("version"),
+        }
+        record(context, "promoted", self.release, environment=self.environment, details=details)
+        self.log.info("%s now serves %s from %s", self.environment, version, idle.get("colour"))
+        return {"environment": self.environment, "noop": False, **details}
+
+
+class RolloutAbortOperator(HITLOperator):
+    """A standing "abort" request beside the rollout of a new version.
+
+    Anyone in ``people`` (the environment's approvers and owners, and the release's
+    authors: stopping one's own rollout is always allowed) may answer it in the Airflow UI
+    (Required Actions) or over REST, with a reason. The answer resumes this task directly;
+    it records who aborted and why, and fails, which starts the environment's rollback;
+    the running analysis stops at once and no later step moves traffic. When the rollout
+    ends first (``phase_task_ids`` finished), the request closes and the task skips.
+    """
+
+    ui_color = "#f6aea9"
+
+    def __init__(
+        self,
+        *,
+        release: str,
+        environment: str,
+        people: list[str],
+        phase_task_ids: list[str],
+        poll_interval: float = 3.0,
+        **kwargs: Any,
+    ) -> None:
+        params = kwargs.pop("params", None) or {}
+        params["reason"] = Param("", type="string", title="Why", maxLength=2000)
+        super().__init__(
+            subject=f"Abort the rollout of {release} in {environment}?",
+            options=["Abort and roll back"],
+            params=params,
+            **kwargs,
+        )
+        self.release = release
+        self.environment = environment
+        self.people = list(people)
+        self.phase_task_ids = list(phase_task_ids)
+        self.poll_interval = poll_interval
+
+    def execute(self, context: Any) -> None:
+        from airflow.sdk.execution_time.hitl import upsert_hitl_detail
+
+        from releasetrain.triggers.phase import PhaseEndTrigger
+
+        request = require(context, REQUEST_TASK_ID, "the release request")
+        people = sorted(
+            set(self.people) | (authors(request.get("triggered_by"), request.get("requested_by")) - {"scheduler"})
+        )
+        self.subject = f"Abort the rollout of {self.release} {request['version']} in {self.environment}?"
+        upsert_hitl_detail(
+            ti_id=context["task_instance"].id,
+            options=self.options,
+            subject=self.subject,
+            body=(
+                f"{self.release} {request['version']} is rolling out in **{self.environment}**. Answer to stop it: "
+                "the analysis stops, no more traffic moves, and the environment is rolled back. This request "
+                "closes by itself when the rollout is over."
+            ),
+            defaults=None,
+            multiple=False,
+            params=self.serialized_params,
+            assigned_users=[{"id": p, "name": p} for p in people] or None,
+        )
+        self.defer(
+            trigger=PhaseEndTrigger(
+                dag_id=context["dag"].dag_id,
+                run_id=context["run_id"],
+                task_ids=self.phase_task_ids,
+                poll_interval=self.poll_interval,
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> None:
+        if event.get("phase_over"):
+            raise AirflowSkipException(f"the rollout in {self.environment} is over ({event.get('states')}): no abort")
+        by = (event.get("responded_by_user") or {}).get("id") or "unknown"
+        reason = str((event.get("params_input") or {}).get("reason") or "").strip()
+        details = {"by": by, "reason": reason, "version": _version(context)}
+        context["ti"].xcom_push(key=ABORTED_KEY, value=details)
+        record(context, "aborted", self.release, environment=self.environment, actor=by, details=details)
+        raise AirflowFailException(
+            f"{by} aborted the rollout in {self.environment}: {reason or 'no reason given'}; rolling back"
+        )
+
+
+class EnvironmentPassedOperator(BaseOperator):
+    """The environment's last gate after a progressive rollout or a watch: records that it
+    passed, with the digest the next environment must receive (``decide_*`` tasks skip)."""
+
+    ui_color = "#ceead6"
+
+    def __init__(self, *, release: str, environment: str, verify_task_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.release = release
+        self.environment = environment
+        self.verify_task_id = verify_task_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        digest = require(context, self.verify_task_id, "the verified bundle")["digest"]
+        version = _version(context)
+        self.log.info("%s passed with %s (%s)", self.environment, version, digest)
+        return {"environment": self.environment, "digest": digest, "version": version, "passed": True}
