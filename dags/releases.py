@@ -1,4 +1,5 @@
-"""Every valid release spec in include/releases/ becomes one Airflow DAG: ``release_<name>``.
+"""Every valid release spec in include/releases/ becomes two Airflow DAGs: ``release_<name>``
+(the release) and ``rollback_<name>`` (its manual rollback, for incidents).
 
 Broken specs are reported by ``release_spec_errors.py`` as that file's import error, so
 they never take the valid releases down. Set RELEASETRAIN_SPEC_DIRS (os.pathsep-separated)

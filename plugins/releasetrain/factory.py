@@ -45,6 +45,7 @@ from releasetrain.operators.checks import HealthVerificationOperator, SmokeCheck
 from releasetrain.operators.complete import ReleaseCompleteOperator
 from releasetrain.operators.deploy import EnvironmentDeployOperator
 from releasetrain.operators.governance import CLOSURE_TASK_ID, ReleaseClosureOperator, RiskAssessmentOperator
+from releasetrain.operators.manual_rollback import PLAN_TASK_ID, ManualRollbackOperator, ManualRollbackPlanOperator
 from releasetrain.operators.package import BundlePackageOperator
 from releasetrain.operators.progressive import (
     ABORT_TASK_ID,
@@ -298,6 +299,78 @@ def build_release_dag(
             )
             before_closure >> closure >> complete
         upstream >> complete
+    return dag
+
+
+def rollback_dag_id(spec: ReleaseSpec) -> str:
+    return f"rollback_{spec.name}"
+
+
+def build_rollback_dag(spec: ReleaseSpec, *, auto_register: bool = True) -> DAG:
+    """The release's manual rollback DAG: for incidents, from the UI form or REST.
+
+    ``plan`` picks the version (the form's, else the last good one from the ledger) and
+    records who asked and why; then the chosen environment's rollback task returns it to
+    that version (the other environments' tasks skip), with the same snapshot,
+    postmortem draft and notifications as a release's rollback.
+    """
+    names = [env.name for env in spec.environments]
+    doc = (
+        f"# Manual rollback of `{spec.name}`\n\nFor incidents: return one environment to a known good version. "
+        "Without a version, the last good one is used: the newest version a release run deployed there and "
+        "kept (from the release ledger), else the target's previous version. The run is recorded in the "
+        "ledger like a release (who asked, why, from, to), and leaves a snapshot, a postmortem draft and "
+        "notifications.\n\n"
+        f'REST: `POST /api/v2/dags/{rollback_dag_id(spec)}/dagRuns` with `{{"logical_date": null, "conf": '
+        f'{{"environment": "{names[-1]}", "reason": "..."}}}}`.\n'
+    )
+    with DAG(
+        dag_id=rollback_dag_id(spec),
+        dag_display_name=f"Rollback {spec.name}",
+        description=f"Manual rollback of {spec.name} (incidents)"[:200],
+        schedule=None,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        tags=sorted({"rollback", f"team:{spec.owner_team}", *spec.tags}),
+        doc_md=doc,
+        params={
+            "environment": Param(
+                names[-1], type="string", enum=names, title="Environment", description="Where to roll back."
+            ),
+            "version": Param(
+                None,
+                type=["null", "string"],
+                pattern=SEMVER_PATTERN,
+                title="Version",
+                description="Version to return to (it must have run there). Empty: the last good version.",
+            ),
+            "reason": Param(
+                type="string",
+                minLength=10,
+                maxLength=2000,
+                title="Reason",
+                description="The incident: why this rollback (recorded in the ledger and the postmortem).",
+            ),
+        },
+        default_args={"owner": spec.owner_team, "retries": 0},
+        auto_register=auto_register,
+    ) as dag:
+        plan = ManualRollbackPlanOperator(
+            task_id=PLAN_TASK_ID, release=spec.name, targets={env.name: env.deploy_target for env in spec.environments}
+        )
+        for env in spec.environments:
+            plan >> ManualRollbackOperator(
+                task_id=f"rollback_{env.name}",
+                release=spec.name,
+                environment=env.name,
+                deploy_target_conn_id=env.deploy_target,
+                deploy_timeout_seconds=env.deploy_timeout_seconds,
+                poll_interval=env.poll_interval_seconds,
+                pool=target_pool(env.deploy_target),
+                notifications=[n.model_dump(mode="json") for n in spec.notifications],
+                artifact_store=spec.artifact_store,
+            )
     return dag
 
 
@@ -612,6 +685,7 @@ def _build_all(
     for spec in specs:
         try:
             dags[spec.dag_id] = build_release_dag(spec, project_root=project_root, auto_register=register)
+            dags[rollback_dag_id(spec)] = build_rollback_dag(spec, auto_register=register)
         except Exception as exc:  # one release's problem never takes the others down
             errors.append(f"release {spec.name!r} cannot be built: {type(exc).__name__}: {exc}")
     return dags, errors

@@ -25,6 +25,7 @@ from airflow.listeners import hookimpl
 
 log = logging.getLogger(__name__)
 PREFIX = "release_"
+ROLLBACK_PREFIX = "rollback_"  # the manual rollback DAG of a release
 
 
 TIMEOUT_SECONDS = 60.0
@@ -47,7 +48,10 @@ def _isolated(work: Callable[[], None], what: str) -> None:
 
 
 def _release(dag_id: str) -> str | None:
-    return dag_id[len(PREFIX) :] if dag_id and dag_id.startswith(PREFIX) else None
+    for prefix in (PREFIX, ROLLBACK_PREFIX):
+        if dag_id and dag_id.startswith(prefix):
+            return dag_id[len(prefix) :]
+    return None
 
 
 def _append(kind: str, release: str, run_id: str, **fields: Any) -> None:

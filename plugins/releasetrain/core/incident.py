@@ -122,3 +122,33 @@ def notification_payload(incident: dict[str, Any]) -> dict[str, Any]:
             )
         },
     }
+
+
+def last_good_version(events: Iterable[Any], environment: str, current: str | None) -> dict[str, Any] | None:
+    """The newest version a release run deployed to ``environment`` and kept there.
+
+    A version counts as good when the run that deployed it ended ``success`` (its
+    ``run_state``) or, for runs still open, was never rolled back there. The version live
+    now (``current``) is never the answer. Returns ``{"version", "digest", "run_id", "seq"}``.
+    """
+    deployed: dict[str, dict[str, Any]] = {}
+    rolled_back: set[str] = set()
+    ended: dict[str, str] = {}
+    for event in events:
+        if event.kind == "deployed" and event.environment == environment and not event.details.get("noop"):
+            deployed[event.run_id] = {
+                "version": event.details.get("version"),
+                "digest": event.details.get("digest"),
+                "run_id": event.run_id,
+                "seq": event.seq,
+            }
+        elif event.kind == "rollback" and event.environment == environment:
+            rolled_back.add(event.run_id)
+        elif event.kind == "run_state":
+            ended[event.run_id] = event.details.get("state", "")
+    good = [
+        d
+        for run_id, d in deployed.items()
+        if run_id not in rolled_back and ended.get(run_id, "success") == "success" and d["version"] != current
+    ]
+    return max(good, key=lambda d: d["seq"]) if good else None

@@ -69,6 +69,9 @@ class RollbackOperator(BaseOperator):
         request = pull(context, "prepare") or {}
         return request.get("version") or (pull(context, self.deploy_task_id) or {}).get("version")
 
+    def _failed_digest(self, context: Any) -> str | None:
+        return (pull(context, self.deploy_task_id) or {}).get("digest")
+
     def execute(self, context: Any) -> dict[str, Any] | None:
         before = self._target(context)
         if not before:
@@ -232,7 +235,6 @@ class RollbackOperator(BaseOperator):
         from releasetrain.core.incident import notification_payload, postmortem_markdown, timeline
 
         events = self._ledger_events(context)
-        deployed = pull(context, self.deploy_task_id) or {}
         failures = [
             f"{e.environment}: {_failure_label(e)}: "
             f"{e.details.get('reason') or e.details.get('message') or e.details.get('kind') or ''}".rstrip(": ")
@@ -251,7 +253,7 @@ class RollbackOperator(BaseOperator):
             "run_id": context["run_id"],
             "environment": self.environment,
             "failed_version": self._failed_version(context),
-            "failed_digest": deployed.get("digest"),
+            "failed_digest": self._failed_digest(context),
             "restored_version": before["version"],
             "restored_digest": before.get("digest"),
             "rolled_back_at": dt.datetime.now(dt.UTC).isoformat(),
