@@ -165,6 +165,31 @@ class AirflowClient:
             expect=expect,
         )
 
+    def abort(
+        self, dag_id: str, run_id: str, environment: str, reason: str, *, timeout: float = 600, poll: float = 1.0
+    ) -> str:
+        """Abort a rollout in progress: answer its ``<environment>.abort`` request with a reason.
+
+        Waits until the request is open (the task is deferred beside the rollout), answers
+        it, and returns the abort task's final state (``failed`` when the abort took effect,
+        ``skipped`` when the rollout ended first).
+        """
+        task_id = f"{environment}.abort"
+        deadline = time.monotonic() + timeout
+        while not (
+            self.task_states(dag_id, run_id).get(task_id) == "deferred"
+            and any(d["task_instance"]["task_id"] == task_id for d in self.pending_approvals(dag_id, run_id))
+        ):
+            if self.run(dag_id, run_id)["state"] in TERMINAL_RUN_STATES or time.monotonic() > deadline:
+                raise RuntimeError(f"{task_id} is not waiting in {dag_id} {run_id}: {self.task_states(dag_id, run_id)}")
+            time.sleep(poll)
+        self.respond(dag_id, run_id, task_id, "Abort and roll back", params_input={"reason": reason})
+        while (state := self.task_states(dag_id, run_id).get(task_id)) not in ("success", "failed", "skipped"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{task_id} still {state} after the abort")
+            time.sleep(poll)
+        return state
+
     def answer(
         self,
         dag_id: str,

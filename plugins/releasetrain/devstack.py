@@ -62,6 +62,8 @@ class StackConfig:
     )
     fleet_seed: dict[str, str] = field(default_factory=dict)
     fleet_deploy_seconds: float = 1.5
+    # synthetic requests per second to every environment of the fleet (metrics for canary analysis)
+    fleet_traffic: float = 0.0
     parallelism: int = 8
     # kept in Airflow's metastore, as operators usually keep connections; None: the
     # default SQLite ledger in the Airflow home
@@ -241,6 +243,8 @@ class DevStack:
                 seed,
                 "--deploy-seconds",
                 str(cfg.fleet_deploy_seconds),
+                "--traffic",
+                str(cfg.fleet_traffic),
             ],
             env=self.fleet_env(),
         )

@@ -598,7 +598,7 @@ def _environment_stage(
                 task_id=ABORT_TASK_ID,
                 release=spec.name,
                 environment=name,
-                people=sorted(set(pool) | set(owners)),
+                people=sorted(set(pool) | set(owners) | set(spec.review_users)),
                 phase_task_ids=[last.task_id],
             )
             verify >> abort

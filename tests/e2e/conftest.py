@@ -20,7 +20,9 @@ import requests
 from releasetrain.client import AirflowClient
 from releasetrain.devstack import DevStack, StackConfig
 from tests.conftest import PROJECT_ROOT
+from tests.servers.prometheus import running_prometheus
 from tests.servers.servicenow import running_servicenow
+from tests.servers.webhook import running_receiver
 
 SNOW_CREDENTIALS = ("svc-release", "e2e-Sn0w-pass")
 
@@ -34,7 +36,14 @@ E2E_DAGS = {
     "release_twin-b",
     "release_windowed",
     "release_governed",
+    "release_canary",
+    "release_canary-bad",
+    "release_canary-unsure",
+    "release_canary-abort",
+    "release_bluegreen",
+    "rollback_canary",
 }
+PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg"]
 
 
 def write_calendar(folder: Path, name: str, **body) -> None:
@@ -122,11 +131,17 @@ def stack():
         }
     snow_context = running_servicenow(*SNOW_CREDENTIALS)
     snow, snow_url = snow_context.__enter__()
+    fleet_port = _free_port()
+    # a real Prometheus scraping the demo fleet every second, for the canary analyses
+    prometheus_context = running_prometheus([f"http://127.0.0.1:{fleet_port}/metrics"], scrape_interval="1s")
+    prometheus_url = prometheus_context.__enter__()
+    receiver_context = running_receiver()
+    receiver, receiver_url = receiver_context.__enter__()
     config = StackConfig(
         project_root=PROJECT_ROOT,
         home=home,
         api_port=_free_port(),
-        fleet_port=_free_port(),
+        fleet_port=fleet_port,
         db_url=db_url,
         ledger_conn=ledger_conn,
         connections={
@@ -135,7 +150,9 @@ def stack():
                 "host": snow_url,
                 "login": SNOW_CREDENTIALS[0],
                 "password": SNOW_CREDENTIALS[1],
-            }
+            },
+            "prometheus_e2e": {"conn_type": "http", "host": prometheus_url},
+            "webhook_e2e": {"conn_type": "http", "host": receiver_url},
         },
         spec_dirs=[
             PROJECT_ROOT / "include" / "releases",
@@ -159,13 +176,22 @@ def stack():
             "payments-prod",
             "gov-staging",
             "gov-prod",
+            *PROGRESSIVE_ENVIRONMENTS,
         ],
-        fleet_seed={"dev": "1.0.0", "staging": "1.0.0", "prod": "1.0.0"},
+        fleet_seed={
+            "dev": "1.0.0",
+            "staging": "1.0.0",
+            "prod": "1.0.0",
+            **dict.fromkeys(PROGRESSIVE_ENVIRONMENTS, "1.0.0"),
+        },
         fleet_deploy_seconds=1.0,
+        fleet_traffic=20.0,
     )
     dev_stack = DevStack(config)
     dev_stack.calendars = calendars
     dev_stack.servicenow = snow
+    dev_stack.prometheus_url = prometheus_url
+    dev_stack.receiver = receiver
     dev_stack.scheduled_windows = (w1, w2)
     try:
         dev_stack.prepare()
@@ -182,6 +208,8 @@ def stack():
     finally:
         dev_stack.stop()
         snow_context.__exit__(None, None, None)
+        prometheus_context.__exit__(None, None, None)
+        receiver_context.__exit__(None, None, None)
         if db_name:
             _pg(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
             _pg(f"DROP DATABASE IF EXISTS {db_name}_ledger WITH (FORCE)")
