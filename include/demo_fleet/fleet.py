@@ -30,7 +30,7 @@ Demo extras:
   --traffic RPS               synthetic traffic: RPS live requests per second to every
                               environment, and as many to its idle colour's preview
   DELETE /faults              clear all faults
-  GET  /metrics               Prometheus text: requests per environment, version, route and
+  GET  /metrics               Prometheus text: requests per environment, version, route (app|preview) and
                               code; a latency histogram per environment and version; the
                               idle colour's traffic weight
 Basic auth is required on everything but /metrics and /healthz when --user/--password
@@ -132,7 +132,7 @@ class Fleet:
             env["history"].append({"version": dep["version"], "digest": dep["digest"], "at": now, "kind": dep["kind"]})
             dep.update(state="succeeded", message=f"{dep['environment']} runs {dep['version']}")
 
-    def error_rate(self, env: str, version: str | None, route: str = "live") -> float:
+    def error_rate(self, env: str, version: str | None, route: str = "app") -> float:
         fault = self.faults.get((env, version or ""))
         if not fault or (route == "preview" and fault.get("scope") == "live"):
             return 0.0
@@ -263,7 +263,7 @@ class Fleet:
             "version": env["version"],
         }
 
-    def app_request(self, name: str, path: str, route: str = "live", method: str = "GET") -> tuple[int, dict[str, Any]]:
+    def app_request(self, name: str, path: str, route: str = "app", method: str = "GET") -> tuple[int, dict[str, Any]]:
         env, idle = self.env(name), self.env(name)["idle"]
         if route == "preview":
             version, digest = (idle["version"], idle["digest"]) if idle else (None, None)
@@ -473,7 +473,7 @@ def make_handler(fleet: Fleet, credentials: tuple[str, str] | None):
             if method in ("GET", "POST") and rest[:1] in (["app"], ["preview"]):
                 if method == "POST":
                     self._body()  # read (and ignore) the request body
-                route = "live" if rest[0] == "app" else "preview"
+                route = rest[0]  # "app" (live traffic) or "preview"
                 return fleet.app_request(name, "/".join(rest[1:]), route, method)
             return 404, {"error": f"no route {method} {path}"}
 

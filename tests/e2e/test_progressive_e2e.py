@@ -63,7 +63,7 @@ def rollback_evidence(stack, author, dag_id: str, run_id: str, environment: str,
 
 def test_a_healthy_canary_goes_10_50_100_and_succeeds(stack, author, fleet, ledger, rollouts):
     dag, run_id = "release_canary", rollouts["canary"]
-    run = author.wait_for_run(dag, run_id)
+    run = author.wait_for_run(dag, run_id, timeout=300)
     states = author.task_states(dag, run_id)
     assert run["state"] == "success", states
     assert [states[f"cn-ok.canary_{w}"] for w in (10, 50, 100)] == ["success"] * 3
@@ -94,7 +94,7 @@ def test_a_healthy_canary_goes_10_50_100_and_succeeds(stack, author, fleet, ledg
 
 def test_an_unhealthy_canary_is_rolled_back_at_the_first_analysis(stack, author, fleet, ledger, rollouts):
     dag, run_id = "release_canary-bad", rollouts["canary-bad"]
-    run = author.wait_for_run(dag, run_id)
+    run = author.wait_for_run(dag, run_id, timeout=300)
     states = author.task_states(dag, run_id)
     assert run["state"] == "failed", states
     assert states["cn-bad.canary_10"] == "failed"
@@ -137,7 +137,7 @@ def test_an_inconclusive_canary_waits_for_a_human_and_follows_the_choice(
     assert fleet("cn-unsure")["idle"]["weight"] == 50
     author.wait_for_approval(dag, run_id, "cn-unsure.decide_100")
     assert approver.answer(dag, run_id, "cn-unsure.decide_100", "Roll back") == "failed"
-    run = author.wait_for_run(dag, run_id)
+    run = author.wait_for_run(dag, run_id, timeout=300)
     states = author.task_states(dag, run_id)
     assert run["state"] == "failed" and states["cn-unsure.promote"] == "upstream_failed", states
     assert states["cn-unsure.rollback"] == "success"
@@ -160,7 +160,7 @@ def test_a_human_aborts_a_rollout_over_rest(stack, author, approver, fleet, ledg
         time.sleep(1)
     assert fleet("cn-abort")["idle"]["weight"] == 10
     assert approver.abort(dag, run_id, "cn-abort", "checkout errors reported by support") == "failed"
-    run = author.wait_for_run(dag, run_id)
+    run = author.wait_for_run(dag, run_id, timeout=300)
     states = author.task_states(dag, run_id)
     assert run["state"] == "failed", states
     assert states["cn-abort.canary_10"] == "failed"  # the running analysis stopped
@@ -175,7 +175,7 @@ def test_a_human_aborts_a_rollout_over_rest(stack, author, approver, fleet, ledg
 
 def test_blue_green_switches_back_when_the_post_promotion_analysis_fails(stack, author, fleet, ledger, rollouts):
     dag, run_id = "release_bluegreen", rollouts["bluegreen"]
-    run = author.wait_for_run(dag, run_id)
+    run = author.wait_for_run(dag, run_id, timeout=300)
     states = author.task_states(dag, run_id)
     assert run["state"] == "failed", states
     assert states["bg.analysis"] == "success" and states["bg.promote"] == "success"  # preview traffic was fine
@@ -195,7 +195,7 @@ def test_blue_green_switches_back_when_the_post_promotion_analysis_fails(stack, 
 def test_the_manual_rollback_dag_returns_to_the_last_good_version_over_rest(
     stack, author, admin, fleet, ledger, rollouts
 ):
-    author.wait_for_run("release_canary", rollouts["canary"])
+    author.wait_for_run("release_canary", rollouts["canary"], timeout=300)
     assert fleet("cn-ok")["version"] == NEW
     # a wrong environment is refused by the form's schema (HTTP 400), nothing runs
     from releasetrain.client import AirflowAPIError
@@ -206,7 +206,7 @@ def test_the_manual_rollback_dag_returns_to_the_last_good_version_over_rest(
     run_id = admin.trigger("rollback_canary", {"environment": "cn-ok", "reason": "incident 4711: checkout errors"})[
         "dag_run_id"
     ]
-    run = admin.wait_for_run("rollback_canary", run_id)
+    run = admin.wait_for_run("rollback_canary", run_id, timeout=300)
     assert run["state"] == "success", admin.task_states("rollback_canary", run_id)
     plan = admin.xcom("rollback_canary", run_id, "plan")
     assert (plan["from_version"], plan["version"], plan["requested_by"]) == (NEW, OLD, "admin")
