@@ -72,6 +72,12 @@ class EnvironmentDeployOperator(BaseOperator):
         slot: str | None = None,
         **kwargs: Any,
     ) -> None:
+        # Retried only for infrastructure trouble and Airflow 3.3's race between a fast
+        # trigger and the scheduler noticing the deferral ("killed externally"): a retry
+        # re-attaches to the running deployment or finds the version live. A deployment
+        # that failed, or a refused gate, raises AirflowFailException: never retried.
+        kwargs.setdefault("retries", 2)
+        kwargs.setdefault("retry_delay", timedelta(seconds=3))
         super().__init__(**kwargs)
         self.slot = slot
         if (previous_environment is None) != (promotion_gate_task_id is None):
@@ -193,14 +199,14 @@ class EnvironmentDeployOperator(BaseOperator):
                 environment=self.environment,
                 details={"version": version, "state": event["state"], "message": event.get("message") or ""},
             )
-            raise AirflowException(
+            raise AirflowFailException(
                 f"deploying {self.release} {version} to {self.environment} ended {event['state']}: "
                 f"{event['message'] or 'no message from the target'} (deployment {event['deployment_id']})"
             )
         deployment = event["deployment"]
         digest = require(context, self.verify_task_id, "the verified bundle")["digest"]
         if (deployment.get("version"), deployment.get("digest")) != (version, digest):
-            raise AirflowException(
+            raise AirflowFailException(
                 f"{self.environment}: the target reports {deployment.get('version')} "
                 f"({deployment.get('digest')}) for deployment {event['deployment_id']}, "
                 f"but {version} ({digest}) was deployed"

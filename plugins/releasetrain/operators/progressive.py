@@ -34,6 +34,12 @@ from releasetrain.operators._common import REQUEST_TASK_ID, pull, record, requir
 from releasetrain.operators.deploy import PRE_DEPLOY_KEY
 
 ABORT_TASK_ID = "abort"
+# Airflow 3.3 can fail a deferred task "externally" when its trigger fires before the
+# scheduler has processed the worker's exit from deferring (seen after 6 s on a loaded
+# 2-core machine). These tasks are safe to run again (a weight already set is not set
+# again; a promoted version is not promoted twice), so they retry; decisions raise
+# AirflowFailException, which is never retried.
+RACE_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=3)}
 ABORTED_KEY = "aborted"
 PROMOTE, ROLL_BACK = "Promote", "Roll back"
 
@@ -82,7 +88,7 @@ class TrafficAnalysisOperator(BaseOperator):
         abort_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**{**RACE_RETRIES, **kwargs})
         self.release = release
         self.environment = environment
         self.deploy_target_conn_id = deploy_target_conn_id
@@ -112,15 +118,10 @@ class TrafficAnalysisOperator(BaseOperator):
                     f"{self.environment}: {version} is not on the target's idle colour (idle: "
                     f"{idle.get('version') or 'none'}); the deploy task puts it there"
                 )
-            self._call(hook.set_traffic, weight=self.weight)
-            record(
-                context,
-                "traffic_shifted",
-                self.release,
-                environment=self.environment,
-                details={"version": version, "weight": self.weight, "stage": self.stage},
-            )
-            self.log.info("%s: %d%% of live traffic now goes to %s", self.environment, self.weight, version)
+            if idle.get("weight") == self.weight:  # an earlier try set it: say so once
+                self.log.info("%s: %d%% of live traffic already goes to %s", self.environment, self.weight, version)
+            else:
+                self._shift(context, hook, version)
         values = {
             "release": self.release,
             "version": version,
@@ -152,6 +153,12 @@ class TrafficAnalysisOperator(BaseOperator):
             timeout=timedelta(seconds=interval * (count + 10) * 2 + 300),
         )
         return None
+
+    def _shift(self, context: Any, hook: DeployTargetHook, version: str) -> None:
+        self._call(hook.set_traffic, weight=self.weight)
+        details = {"version": version, "weight": self.weight, "stage": self.stage}
+        record(context, "traffic_shifted", self.release, environment=self.environment, details=details)
+        self.log.info("%s: %d%% of live traffic now goes to %s", self.environment, self.weight, version)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         version = _version(context)
@@ -337,7 +344,7 @@ class PromoteOperator(BaseOperator):
         abort_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**{**RACE_RETRIES, **kwargs})
         self.release = release
         self.environment = environment
         self.deploy_target_conn_id = deploy_target_conn_id
