@@ -30,6 +30,9 @@ Demo extras:
   --traffic RPS               synthetic traffic: RPS live requests per second to every
                               environment, and as many to its idle colour's preview
   DELETE /faults              clear all faults
+  GET  /stats?query=...&start=&end=&step=   JSON {"values": [...]}, one value per step for
+                              "error_rate|requests|latency_ms environment=E version=V route=R"
+                              (the generic JSON metrics provider reads it; no Prometheus needed)
   GET  /metrics               Prometheus text: requests per environment, version, route (app|preview) and
                               code; a latency histogram per environment and version; the
                               idle colour's traffic weight
@@ -70,6 +73,8 @@ class Fleet:
         self.requests: dict[tuple[str, str, str, int], int] = {}
         self.latency_sum: dict[tuple[str, str], float] = {}
         self.latency_buckets: dict[tuple[str, str], list[int]] = {}
+        # per second: (environment, version, route) -> {second: [requests, errors, latency_sum]}
+        self.seconds: dict[tuple[str, str, str], dict[int, list[float]]] = {}
         self.traffic_thread: threading.Thread | None = None
         for env, version in (seed or {}).items():
             state = self.env(env)
@@ -289,6 +294,15 @@ class Fleet:
                 body["id"] = uuid.uuid4().hex[:12]
         key = (name, label, route, code)
         self.requests[key] = self.requests.get(key, 0) + 1
+        now = int(time.time())
+        series = self.seconds.setdefault((name, label, route), {})
+        second = series.setdefault(now, [0, 0, 0.0])
+        second[0] += 1
+        second[1] += code >= 500
+        second[2] += latency
+        if len(series) > 900:  # keep 15 minutes
+            for old in [s for s in series if s < now - 900]:
+                del series[old]
         self.latency_sum[(name, label)] = self.latency_sum.get((name, label), 0.0) + latency
         buckets = self.latency_buckets.setdefault((name, label), [0] * (len(LATENCY_BUCKETS) + 1))
         for i, bound in enumerate(LATENCY_BUCKETS):
@@ -314,6 +328,43 @@ class Fleet:
 
         self.traffic_thread = threading.Thread(target=loop, name="synthetic-traffic", daemon=True)
         self.traffic_thread.start()
+
+    def stats(self, query: str, start: float, end: float, step: float) -> tuple[int, dict[str, Any]]:
+        """One value per ``step`` seconds from ``start`` to ``end``; steps without requests have none."""
+        metric, *pairs = query.split()
+        labels = dict(p.split("=", 1) for p in pairs if "=" in p)
+        if metric not in ("error_rate", "requests", "latency_ms") or not {"environment", "version"} <= set(labels):
+            return 400, {
+                "error": "query is 'error_rate|requests|latency_ms environment=E version=V [route=app|preview]'"
+            }
+        if not 0 < step <= 3600 or end < start or (end - start) / step > 11000:
+            return 400, {"error": "need start <= end and 0 < step, at most 11000 steps"}
+        routes = [labels["route"]] if "route" in labels else ["app", "preview"]
+        merged: dict[int, list[float]] = {}
+        for route in routes:
+            for sec, (count, errors, latency) in self.seconds.get(
+                (labels["environment"], labels["version"], route), {}
+            ).items():
+                total = merged.setdefault(sec, [0, 0, 0.0])
+                total[0] += count
+                total[1] += errors
+                total[2] += latency
+        # a second S of the counters stands for [S, S+1): it counts in the step holding S + 0.5
+        edges = [start + i * step for i in range(int((end - start) / step) + 1)]
+        if edges[-1] < end:
+            edges.append(end)
+        values = []
+        for low, high in zip(edges, edges[1:], strict=False):
+            count = errors = latency = 0.0
+            for sec in range(int(low) - 1, int(high) + 1):
+                if low <= sec + 0.5 < high and sec in merged:
+                    c, e, lat = merged[sec]
+                    count, errors, latency = count + c, errors + e, latency + lat
+            if count:
+                values.append(
+                    {"error_rate": errors / count, "requests": count, "latency_ms": 1000 * latency / count}[metric]
+                )
+        return 200, {"query": query, "values": values}
 
     def metrics(self) -> str:
         lines = [
@@ -412,6 +463,16 @@ def make_handler(fleet: Fleet, credentials: tuple[str, str] | None):
                 return 200, {"ok": True}
             if path == "/metrics" and method == "GET":
                 return 200, fleet.metrics()
+            if path == "/stats" and method == "GET":
+                from urllib.parse import parse_qs, urlparse
+
+                args = {k: v[-1] for k, v in parse_qs(urlparse(self.path).query).items()}
+                try:
+                    start, end = float(args["start"]), float(args["end"])
+                    step = float(args.get("step", 1))
+                except (KeyError, ValueError):
+                    return 400, {"error": "start and end (epoch seconds) are required, step is optional"}
+                return fleet.stats(args.get("query", ""), start, end, step)
             if path == "/faults":
                 if method == "GET":
                     return 200, {

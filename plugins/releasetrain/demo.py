@@ -23,7 +23,11 @@ from releasetrain.core.versioning import Version
 from releasetrain.devstack import DevStack, StackConfig
 
 DAG_ID = "release_storefront"
+CANARY_DAG_ID = "release_checkout"  # a canary in production, judged at each traffic step
+CHECKOUT = ["checkout-staging", "checkout-prod"]
 SEED = {
+    "checkout-staging": "1.0.0",
+    "checkout-prod": "1.0.0",
     "dev": "1.0.0",
     "staging": "1.0.0",
     "prod": "1.0.0",
@@ -86,7 +90,15 @@ def main() -> int:
             return 1
     home = root / ".airflow"
     stack = DevStack(
-        StackConfig(project_root=root, home=home, api_port=api_port, fleet_port=fleet_port, fleet_seed=SEED)
+        StackConfig(
+            project_root=root,
+            home=home,
+            api_port=api_port,
+            fleet_port=fleet_port,
+            fleet_seed=SEED,
+            fleet_environments=[*StackConfig.__dataclass_fields__["fleet_environments"].default_factory(), *CHECKOUT],
+            fleet_traffic=10.0,  # synthetic users: metrics for the canary analysis
+        )
     )
     # Ctrl-C and SIGTERM both end the demo through the same clean-up path, also when the
     # demo was started in the background (where SIGINT starts out ignored).
@@ -112,6 +124,7 @@ def _run_demo(stack: DevStack, home: Path) -> int:
     cfg = stack.config
     author = AirflowClient(cfg.api_url, "author", "author")
     _wait_for_dag(author, DAG_ID)
+    _wait_for_dag(author, CANARY_DAG_ID)
     admin = AirflowClient(cfg.api_url, "admin", "admin")
     for dag_id in admin.dag_ids():
         if dag_id.startswith("release_"):
@@ -123,6 +136,12 @@ def _run_demo(stack: DevStack, home: Path) -> int:
         note="Triggered by make demo",
     )
     run_id = run["dag_run_id"]
+    canary_version = _next_version(home / "artifacts" / "checkout")
+    canary_run_id = author.trigger(
+        CANARY_DAG_ID,
+        {"version": canary_version, "requested_by": "author", "change_summary": "Demo: faster cart"},
+        note="Triggered by make demo",
+    )["dag_run_id"]
     _say(f"""
 ================================================================================
  releasetrain demo is up
@@ -132,6 +151,8 @@ def _run_demo(stack: DevStack, home: Path) -> int:
                    admin/admin     - administrator, also an approver
    Demo fleet      {cfg.fleet_url}/environments
    Release         {DAG_ID}, version {version}, run {run_id}
+   Canary release  {CANARY_DAG_ID}, version {canary_version}: production takes 25% then 100%
+                   of the traffic, the error rate judged after each step (checkout-prod.canary_*)
 
  Next: log in as approver, open "Required Actions" (or the run's prod.approve task)
  and approve. Or from a shell:
@@ -146,14 +167,16 @@ def _run_demo(stack: DevStack, home: Path) -> int:
  Ctrl-C stops everything.
 ================================================================================
 """)
-    state = _follow(author, run_id, auto_approve=os.environ.get("DEMO_AUTO_APPROVE") == "1", cfg=cfg)
-    prod = requests.get(f"{cfg.fleet_url}/environments/prod", auth=stack.fleet_auth(), timeout=10).json()
-    _say(
-        f"\nRun {run_id} ended {state.upper()}. The fleet's prod runs {prod.get('version')} "
-        f"(previous {prod.get('previous_version')})."
-    )
+    auto = os.environ.get("DEMO_AUTO_APPROVE") == "1"
+    states = _follow(author, {DAG_ID: run_id, CANARY_DAG_ID: canary_run_id}, auto_approve=auto, cfg=cfg)
+    for dag_id, environment in ((DAG_ID, "prod"), (CANARY_DAG_ID, "checkout-prod")):
+        live = requests.get(f"{cfg.fleet_url}/environments/{environment}", auth=stack.fleet_auth(), timeout=10).json()
+        _say(
+            f"\n{dag_id} ended {states[dag_id].upper()}. The fleet's {environment} runs {live.get('version')} "
+            f"(previous {live.get('previous_version')})."
+        )
     if os.environ.get("DEMO_EXIT") == "1":
-        return 0 if state == "success" else 1
+        return 0 if set(states.values()) == {"success"} else 1
     _say("The stack stays up: trigger more releases from the UI. Ctrl-C stops everything.")
     while True:
         for name, proc in stack.processes.items():
@@ -163,35 +186,47 @@ def _run_demo(stack: DevStack, home: Path) -> int:
         time.sleep(5)
 
 
-def _follow(client: AirflowClient, run_id: str, *, auto_approve: bool, cfg: StackConfig) -> str:
-    seen: dict[str, str | None] = {}
-    asked = closing = False
-    while True:
-        states = client.task_states(DAG_ID, run_id)
-        for task_id, state in states.items():
-            if state and seen.get(task_id) != state:
-                _say(f"  {time.strftime('%H:%M:%S')}  {task_id:<18} {state}")
-                seen[task_id] = state
-        if states.get("prod.approve") == "awaiting_input" and not asked:
-            asked = True
-            _say(f"  -> waiting for approval of prod: log in as approver at {cfg.api_url} (Required Actions)")
-            if auto_approve:
-                time.sleep(5)
-                AirflowClient(cfg.api_url, "approver", "approver").answer(DAG_ID, run_id, "prod.approve", "Approve")
-                _say("  -> approved as approver (DEMO_AUTO_APPROVE=1)")
-        if states.get("closure") == "awaiting_input" and not closing:
-            closing = True
-            _say(f"  -> closure: record the runbook update (log in as author at {cfg.api_url}, Required Actions)")
-            if auto_approve:
-                time.sleep(5)
-                client.answer(
-                    DAG_ID, run_id, "closure", "OK", params_input={"runbook_update": "not needed: demo release"}
-                )
-                _say("  -> runbook update recorded as author (DEMO_AUTO_APPROVE=1)")
-        run = client.run(DAG_ID, run_id)
-        if run["state"] in ("success", "failed"):
-            return run["state"]
+def _follow(client: AirflowClient, runs: dict[str, str], *, auto_approve: bool, cfg: StackConfig) -> dict[str, str]:
+    """Print every task state change of the runs (dag id -> run id); answer for the demo when asked."""
+    seen: dict[tuple[str, str], str | None] = {}
+    asked: set[tuple[str, str]] = set()
+    ended: dict[str, str] = {}
+    approver = AirflowClient(cfg.api_url, "approver", "approver")
+    while len(ended) < len(runs):
+        for dag_id, run_id in runs.items():
+            if dag_id in ended:
+                continue
+            release = dag_id.removeprefix("release_")
+            states = client.task_states(dag_id, run_id)
+            for task_id, state in states.items():
+                if state and seen.get((dag_id, task_id)) != state:
+                    _say(f"  {time.strftime('%H:%M:%S')}  {release:<11} {task_id:<26} {state}")
+                    seen[(dag_id, task_id)] = state
+            for task_id, state in states.items():
+                if state != "awaiting_input" or (dag_id, task_id) in asked:
+                    continue
+                asked.add((dag_id, task_id))
+                if task_id == "closure":
+                    _say(f"  -> {release}: record the runbook update (log in as author, Required Actions)")
+                    if auto_approve:
+                        time.sleep(5)
+                        client.answer(
+                            dag_id, run_id, task_id, "OK", params_input={"runbook_update": "not needed: demo release"}
+                        )
+                        _say(f"  -> {release}: runbook update recorded as author (DEMO_AUTO_APPROVE=1)")
+                elif task_id.endswith(".approve"):
+                    _say(f"  -> {release}: waiting for approval of {task_id}: log in as approver at {cfg.api_url}")
+                    if auto_approve:
+                        time.sleep(5)
+                        approver.answer(dag_id, run_id, task_id, "Approve")
+                        _say(f"  -> {release}: approved as approver (DEMO_AUTO_APPROVE=1)")
+                else:
+                    _say(f"  -> {release}: {task_id} asks a human (Required Actions)")
+            run = client.run(dag_id, run_id)
+            if run["state"] in ("success", "failed"):
+                ended[dag_id] = run["state"]
         time.sleep(2)
+    return ended
 
 
 if __name__ == "__main__":

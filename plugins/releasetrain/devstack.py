@@ -150,6 +150,10 @@ class DevStack:
             env["RELEASETRAIN_SPEC_DIRS"] = os.pathsep.join(str(p) for p in cfg.spec_dirs)
         if cfg.calendar_dirs:
             env["RELEASETRAIN_CALENDAR_DIRS"] = os.pathsep.join(str(p) for p in cfg.calendar_dirs)
+        # the fleet's JSON statistics, for the generic JSON metrics provider
+        env["AIRFLOW_CONN_FLEET_METRICS"] = json.dumps(
+            {"conn_type": "http", "host": cfg.fleet_url, "login": sec["fleet_user"], "password": sec["fleet_password"]}
+        )
         for environment in cfg.fleet_environments:
             env[f"AIRFLOW_CONN_{fleet_conn_id(environment).upper()}"] = json.dumps(
                 {

@@ -338,3 +338,28 @@ def test_manual_rollback_acts_only_on_its_environment(fleet):
     op = rollback_op(ManualRollbackOperator)
     with pytest.raises(AirflowSkipException, match="for staging, not prod"):
         op.execute(context(ti))
+
+
+def test_fleet_json_stats_feed_the_json_metrics_provider(fleet, monkeypatch):
+    """The demo's canary reads the fleet's /stats through the generic JSON metrics provider."""
+    from releasetrain.hooks.metrics import JsonMetricsHook, MetricsError
+
+    state, url = fleet
+    monkeypatch.setenv("AIRFLOW_CONN_FLEET_STATS", http_connection(url))
+    requests.post(f"{url}/faults", json={"environment": "prod", "version": "1.0.0", "error_rate": 1.0}, auth=AUTH)
+    start = time.time() - 1
+    for _ in range(10):
+        requests.get(f"{url}/environments/prod/app/x", auth=AUTH, timeout=5)
+    requests.delete(f"{url}/faults", auth=AUTH, timeout=5)
+    time.sleep(1.1)
+    for _ in range(10):
+        requests.get(f"{url}/environments/prod/app/x", auth=AUTH, timeout=5)
+    end = time.time() + 1
+    hook = JsonMetricsHook("fleet_stats", endpoint="stats", path="values")
+    rates = hook.samples("error_rate environment=prod version=1.0.0 route=app", start, end, 1)
+    assert rates[0] == 1.0 and rates[-1] == 0.0, rates
+    counts = hook.samples("requests environment=prod version=1.0.0", start, end, end - start)
+    assert counts == [20]
+    assert hook.samples("error_rate environment=prod version=9.9.9", start, end, 1) == []  # no data
+    with pytest.raises(MetricsError, match="HTTP 400"):
+        hook.samples("nonsense", start, end, 1)

@@ -402,7 +402,7 @@ class RolloutAbortOperator(HITLOperator):
         environment: str,
         people: list[str],
         phase_task_ids: list[str],
-        poll_interval: float = 3.0,
+        poll_interval: float = 5.0,
         **kwargs: Any,
     ) -> None:
         params = kwargs.pop("params", None) or {}

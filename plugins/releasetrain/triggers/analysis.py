@@ -34,6 +34,11 @@ def metrics_provider(provider: dict[str, Any]) -> Any:
     raise MetricsError(f"unknown metrics provider kind {kind!r}: expected prometheus or json")
 
 
+# how often a running analysis looks whether a human aborted the rollout (one small
+# request to the API server each time, per waiting analysis)
+ABORT_POLL_SECONDS = 5.0
+
+
 class CanaryAnalysisTrigger(BaseTrigger):
     """Measure every ``interval_seconds``; fire once the analysis is no longer running.
 
@@ -148,7 +153,7 @@ class CanaryAnalysisTrigger(BaseTrigger):
                     payload = state.to_dict()
                     yield TriggerEvent({**payload, "outcome": "aborted", "reason": "the rollout was aborted by hand"})
                     return
-                await asyncio.sleep(min(wait, 2.0))
+                await asyncio.sleep(min(wait, ABORT_POLL_SECONDS))
             measured_at = time.time()
             measurement = await asyncio.to_thread(self._measure, policy, measured_at)
             self.measurements.append(measurement)

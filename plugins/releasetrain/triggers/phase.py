@@ -31,7 +31,7 @@ class PhaseEndTrigger(BaseTrigger):
     HITL response handler), and the end of the rollout phase ends the wait.
     """
 
-    def __init__(self, *, dag_id: str, run_id: str, task_ids: list[str], poll_interval: float = 3.0) -> None:
+    def __init__(self, *, dag_id: str, run_id: str, task_ids: list[str], poll_interval: float = 5.0) -> None:
         super().__init__()
         self.dag_id = dag_id
         self.run_id = run_id
