@@ -111,6 +111,7 @@ def release_spec(interval: int, count: int) -> dict[str, Any]:
                                 "name": "error_rate",
                                 "query": QUERY,
                                 "absolute": {"max": THRESHOLD},
+                                "aggregate": "last",
                                 "no_data": "inconclusive",
                             }
                         ],

@@ -42,6 +42,12 @@ BASE = [100, 102, 98, 101, 99, 100, 103, 97, 100, 101]
         ({**ERRORS, "no_data": "fail"}, [], [], "fail", "no data"),
         ({**ERRORS, "no_data": "pass"}, [], [], "pass", None),
         (ERRORS, [float("nan"), None], [], "inconclusive", "no data"),
+        # a failure that began late in the interval: the mean hides it, the value at measurement time does not
+        (ERRORS, [0, 0, 0, 0, 0.04], [], "pass", None),
+        ({**ERRORS, "aggregate": "last"}, [0, 0, 0, 0, 0.04], [], "fail", "error_rate 0.04 > 0.01"),
+        ({**ERRORS, "aggregate": "max"}, [0, 0.04, 0], [], "fail", "error_rate 0.04 > 0.01"),
+        ({"name": "rps", "absolute": {"min": 10}, "aggregate": "min"}, [20, 5, 20], [], "fail", "rps 5 < 10"),
+        ({**P95, "aggregate": "last"}, [100, 200], [100, 104], "fail", "2x the baseline 104"),
     ],
 )
 def test_metric_criteria(check, canary, baseline, phase, reason):

@@ -81,6 +81,12 @@ class MetricCheck(_Model):
     relative: Relative | None = None
     compare: Compare | None = None
     no_data: Literal["fail", "inconclusive", "pass"] = "inconclusive"
+    aggregate: Literal["mean", "last", "max", "min"] = Field(
+        default="mean",
+        description="The canary value the absolute and relative criteria judge, from the interval's samples: "
+        "mean (Kayenta), last (the value at measurement time, like Argo's instant query: a new failure is "
+        "seen soonest), max or min.",
+    )
     journey: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9_.-]+$",
@@ -201,8 +207,10 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _mean(samples: Sequence[float]) -> float | None:
-    return statistics.fmean(samples) if samples else None
+def _aggregate(how: str, samples: Sequence[float]) -> float | None:
+    if not samples:
+        return None
+    return {"mean": statistics.fmean, "last": lambda s: s[-1], "max": max, "min": min}[how](samples)
 
 
 def judge_metric(check: MetricCheck, canary: Sequence[float], baseline: Sequence[float] = ()) -> MetricResult:
@@ -213,7 +221,7 @@ def judge_metric(check: MetricCheck, canary: Sequence[float], baseline: Sequence
     if not canary:
         phase: Phase = check.no_data
         return MetricResult(check.name, check.group_name, phase, [f"no data for the canary (no_data: {phase})"])
-    value, base = _mean(canary), _mean(baseline)
+    value, base = _aggregate(check.aggregate, canary), _aggregate(check.aggregate, baseline)
     failures: list[str] = []
     unsure: list[str] = []
     ratio = None

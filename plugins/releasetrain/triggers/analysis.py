@@ -43,8 +43,9 @@ class CanaryAnalysisTrigger(BaseTrigger):
     """Measure every ``interval_seconds``; fire once the analysis is no longer running.
 
     The event is :meth:`AnalysisState.to_dict` (outcome, reason, every measurement with
-    its metric values). Measurements taken so far are part of the serialized trigger, so
-    a triggerer restart continues the analysis instead of starting it over.
+    its metric values). ``measurements`` and ``next_at`` can be given to continue an
+    analysis; note that Airflow stores a trigger's arguments once, when the task defers,
+    so after a triggerer restart the analysis starts over (its first measurement at once).
 
     :param policy: ``AnalysisPolicy`` as a dict
     :param provider: see :func:`metrics_provider`
