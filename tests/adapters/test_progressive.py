@@ -363,3 +363,69 @@ def test_fleet_json_stats_feed_the_json_metrics_provider(fleet, monkeypatch):
     assert hook.samples("error_rate environment=prod version=9.9.9", start, end, 1) == []  # no data
     with pytest.raises(MetricsError, match="HTTP 400"):
         hook.samples("nonsense", start, end, 1)
+
+
+class RecordingNotifier:
+    """Stands in for a provider's notifier (Slack, SMTP): built from the spec's args."""
+
+    sent: list[dict] = []
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    def notify(self, context):
+        RecordingNotifier.sent.append(self.kwargs)
+
+
+def test_rollback_notifies_any_airflow_notifier_and_a_failing_one_is_recorded(fleet):
+    from releasetrain.core.spec import Notification, ReleaseSpecError  # noqa: F401
+
+    RecordingNotifier.sent.clear()
+    op = rollback_op(
+        notifications=[
+            Notification(
+                kind="notifier",
+                notifier="tests.adapters.test_progressive.RecordingNotifier",
+                args={"text": ":rotating_light: ${text}", "channel": "#releases", "blocks": ["${json}"]},
+            ).model_dump(mode="json"),
+            {"kind": "notifier", "notifier": "tests.adapters.test_progressive.NoSuchNotifier", "args": {}},
+        ]
+    )
+    payload = {"text": "shop 2.0.0 was rolled back in prod", "release": "shop"}
+    notified, errors = op._notify({}, payload)
+    assert notified == ["tests.adapters.test_progressive.RecordingNotifier"]
+    [sent] = RecordingNotifier.sent
+    assert sent["text"] == ":rotating_light: shop 2.0.0 was rolled back in prod" and sent["channel"] == "#releases"
+    assert json.loads(sent["blocks"][0]) == payload
+    assert len(errors) == 1 and "NoSuchNotifier" in errors[0]
+    with pytest.raises(ValueError, match="needs notifier"):
+        Notification(kind="notifier")
+
+
+def test_manifest_diff_names_what_changed():
+    from releasetrain.core.bundle import manifest_diff
+
+    def manifest(version, files, component_version=None):
+        return {
+            "version": version,
+            "components": [
+                {
+                    "name": "web",
+                    "version": component_version or version,
+                    "files": [{"path": f"web/{p}", "sha256": h} for p, h in files.items()],
+                }
+            ],
+        }
+
+    diff = manifest_diff(
+        manifest("1.0.0", {"index.html": "a", "app.js": "b", "old.css": "c"}),
+        manifest("2.0.0", {"index.html": "a", "app.js": "B", "new.css": "d"}),
+    )
+    assert diff == {
+        "from": "1.0.0",
+        "to": "2.0.0",
+        "components": {"web": ["1.0.0", "2.0.0"]},
+        "added": ["web/new.css"],
+        "removed": ["web/old.css"],
+        "changed": ["web/app.js"],
+    }

@@ -290,3 +290,28 @@ def verify_signed_bundle(
     except (InvalidSignature, ValueError):
         raise BundleError("signature does not match the bundle (wrong key or altered bundle)") from None
     return manifest
+
+
+def manifest_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """What changed from bundle ``old`` to bundle ``new``: component versions and files."""
+
+    def files(manifest: Mapping[str, Any]) -> dict[str, str]:
+        return {f["path"]: f["sha256"] for c in manifest.get("components", []) for f in c.get("files", [])}
+
+    def versions(manifest: Mapping[str, Any]) -> dict[str, Any]:
+        return {c["name"]: c.get("version") for c in manifest.get("components", [])}
+
+    before, after = files(old), files(new)
+    old_versions, new_versions = versions(old), versions(new)
+    return {
+        "from": old.get("version"),
+        "to": new.get("version"),
+        "components": {
+            name: [old_versions.get(name), new_versions.get(name)]
+            for name in sorted(set(old_versions) | set(new_versions))
+            if old_versions.get(name) != new_versions.get(name) or (name in old_versions) != (name in new_versions)
+        },
+        "added": sorted(set(after) - set(before)),
+        "removed": sorted(set(before) - set(after)),
+        "changed": sorted(p for p in set(before) & set(after) if before[p] != after[p]),
+    }

@@ -65,6 +65,20 @@ def postmortem_markdown(incident: dict[str, Any]) -> str:
         lines.append(f"| Run | [{incident['run_id']}]({incident['run_url']}) |")
     lines += ["", "## What failed", ""]
     lines += [f"- {reason}" for reason in incident.get("failures") or ["(no failure recorded in the ledger)"]]
+    diff = incident.get("diff")
+    if diff:
+        lines += ["", "## What changed", ""]
+        if isinstance(diff, str):
+            lines.append(f"- {diff}")
+        else:
+            lines.append(f"From {diff['from']} to {diff['to']}:")
+            for name, (was, now) in diff["components"].items():
+                lines.append(f"- component `{name}`: {was or '-'} -> {now or '-'}")
+            for kind in ("added", "removed", "changed"):
+                shown = diff[kind][:20]
+                more = f" (and {len(diff[kind]) - 20} more)" if len(diff[kind]) > 20 else ""
+                if shown:
+                    lines.append(f"- {kind}: " + ", ".join(f"`{p}`" for p in shown) + more)
     if incident.get("measurements"):
         lines += ["", "## Measurements", "", "```json", incident["measurements"], "```"]
     if incident.get("analysis"):
@@ -116,6 +130,7 @@ def notification_payload(incident: dict[str, Any]) -> dict[str, Any]:
                 "failures",
                 "snapshot",
                 "analysis",
+                "diff",
                 "postmortem",
                 "run_url",
                 "rolled_back_at",

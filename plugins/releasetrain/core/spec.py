@@ -288,11 +288,32 @@ class ChangePolicy(_Model):
 
 
 class Notification(_Model):
-    """Who is told after a rollback: a webhook (HTTP connection) receives a JSON document."""
+    """Who is told after a rollback.
 
-    kind: Literal["webhook"] = "webhook"
-    conn_id: str = Field(pattern=CONN_ID_PATTERN, description="HTTP connection of the receiver.")
-    endpoint: str = Field(default="", description="Path relative to the connection's base URL.")
+    ``webhook`` (the default): the HTTP connection ``conn_id`` receives the JSON document.
+    ``notifier``: any Airflow notifier class (e.g. the Slack or SMTP provider's), built
+    with ``args``; in their strings ``${text}`` is the notification's one-line summary and
+    ``${json}`` the whole document.
+    """
+
+    kind: Literal["webhook", "notifier"] = "webhook"
+    conn_id: str | None = Field(default=None, pattern=CONN_ID_PATTERN, description="webhook: HTTP connection.")
+    endpoint: str = Field(default="", description="webhook: path relative to the connection's base URL.")
+    notifier: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$",
+        description="notifier: import path of an Airflow notifier, e.g. "
+        "airflow.providers.slack.notifications.slack.SlackNotifier.",
+    )
+    args: dict[str, Any] = Field(default_factory=dict, description="notifier: its keyword arguments.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> Notification:
+        if self.kind == "webhook" and not self.conn_id:
+            raise ValueError("a webhook notification needs conn_id")
+        if self.kind == "notifier" and not self.notifier:
+            raise ValueError("a notifier notification needs notifier (the class's import path)")
+        return self
 
 
 class Component(_Model):

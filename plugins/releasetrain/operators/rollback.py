@@ -248,11 +248,13 @@ class RollbackOperator(BaseOperator):
         ]
         analyses = [e.details for e in events if e.kind == "analysis" and e.environment == self.environment]
         folder = self._incident_folder(context)
+        failed_version = self._failed_version(context)
         incident = {
             "release": self.release,
             "run_id": context["run_id"],
             "environment": self.environment,
-            "failed_version": self._failed_version(context),
+            "failed_version": failed_version,
+            "diff": self._bundle_diff(before["version"], failed_version),
             "failed_digest": self._failed_digest(context),
             "restored_version": before["version"],
             "restored_digest": before.get("digest"),
@@ -277,19 +279,39 @@ class RollbackOperator(BaseOperator):
         record(context, "rollback", self.release, environment=self.environment, details=result)
         return result
 
+    def _bundle_diff(self, restored: str | None, failed: str | None) -> dict[str, Any] | str:
+        """What the rolled-back version changed against the restored one (their bundle manifests)."""
+        import json
+
+        from releasetrain.core.bundle import manifest_diff
+        from releasetrain.hooks.bundle_store import BundleStoreHook
+
+        store = BundleStoreHook(self.artifact_store)
+        manifests = {}
+        for version in (restored, failed):
+            path = store.location(self.release, version or "") / store.MANIFEST if version else None
+            if path is None or not path.exists():
+                return f"no bundle manifest of {self.release} {version} in the artifact store: no diff"
+            manifests[version] = json.loads(path.read_text())
+        return manifest_diff(manifests[restored], manifests[failed])
+
     def _notify(self, context: Any, payload: dict[str, Any]) -> tuple[list[str], list[str]]:
-        from releasetrain.notifiers.webhook import WebhookError, WebhookNotifier
+        from releasetrain.notifiers.webhook import WebhookNotifier
 
         notified, errors = [], []
         for target in self.notifications:
+            name = target.get("conn_id") or target.get("notifier") or "?"
             try:
-                WebhookNotifier(
-                    http_conn_id=target["conn_id"], payload=payload, endpoint=target.get("endpoint", "")
-                ).notify(context)
-                notified.append(target["conn_id"])
-            except WebhookError as exc:
-                self.log.error("Rollback notification failed: %s", exc)
-                errors.append(str(exc))
+                if target.get("kind") == "notifier":
+                    _build_notifier(target, payload).notify(context)
+                else:
+                    WebhookNotifier(
+                        http_conn_id=target["conn_id"], payload=payload, endpoint=target.get("endpoint", "")
+                    ).notify(context)
+                notified.append(name)
+            except Exception as exc:  # a notifier's failure never undoes the rollback; it is recorded
+                self.log.error("Rollback notification through %s failed: %s", name, exc)
+                errors.append(f"{name}: {exc}")
         return notified, errors
 
     def _verify(self, hook: DeployTargetHook, before: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -322,6 +344,26 @@ class RollbackOperator(BaseOperator):
             return fn(**kwargs)
         except DeployTargetError as exc:
             raise AirflowException(f"rollback of {self.environment}: {exc}") from None
+
+
+def _build_notifier(target: dict[str, Any], payload: dict[str, Any]) -> Any:
+    """An Airflow notifier from the spec: ``${text}`` / ``${json}`` filled into its string args."""
+    import importlib
+    import json
+
+    module, _, name = target["notifier"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("${text}", payload.get("text", "")).replace("${json}", json.dumps(payload, indent=2))
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        return value
+
+    return cls(**fill(dict(target.get("args") or {})))
 
 
 def _failure_label(event: Any) -> str:
