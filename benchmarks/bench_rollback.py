@@ -23,7 +23,8 @@ Baselines measured in the same run, at the same moments:
 - the detection floor: from ``t0`` until Prometheus' instant query of the analysis'
   expression exceeds 0.05 (polled every 0.2 s); and the *window* floor: until the
   measurement the analysis would take at that instant (the same range query: the last
-  interval, step ``max(1, interval / 10)``, mean of the samples) exceeds 0.05. No
+  interval, step ``max(1, interval / 10)``, judged like the spec's ``aggregate: last``:
+  the newest sample) exceeds 0.05. No
   analysis on these metrics can see the fault earlier.
 
 Decomposition from the trigger's log (when readable): the wait for the measurement that
@@ -144,7 +145,7 @@ def _window(prom: str, query: str, interval: int) -> float | None:
     data = requests.get(f"{prom}/api/v1/query_range", params=params, timeout=5).json()["data"]["result"]
     samples = [float(v) for r in data for _, v in r["values"]]
     samples = [v for v in samples if v == v and abs(v) != float("inf")]
-    return statistics.fmean(samples) if samples else None
+    return samples[-1] if samples else None  # aggregate: last, as the benchmark's spec says
 
 
 class DetectionFloor(threading.Thread):

@@ -429,3 +429,31 @@ def test_manifest_diff_names_what_changed():
         "removed": ["web/old.css"],
         "changed": ["web/app.js"],
     }
+
+
+def test_blue_green_analysis_needs_the_new_version_on_the_idle_colour(fleet):
+    state, url = fleet
+    analysis = {
+        "provider": {"kind": "prometheus", "conn_id": "nowhere"},
+        "metrics": [{"name": "error_rate", "query": "q", "absolute": {"max": 0.01}}],
+    }
+    op = TrafficAnalysisOperator(
+        task_id="prod.analysis",
+        release="shop",
+        environment="prod",
+        deploy_target_conn_id="t_prod",
+        deploy_task_id="prod.deploy",
+        analysis=analysis,
+        stage="pre-promotion",
+        route="preview",
+    )
+    with pytest.raises(AirflowFailException, match="2.0.0 is not on the target's idle colour"):
+        op.execute(context(rollback_ti()))
+    hook = DeployTargetHook("t_prod")
+    idle_deploy(state, hook)
+    with pytest.raises(TaskDeferred):
+        op.execute(context(rollback_ti()))
+    assert hook.get_status()["idle"]["weight"] == 0  # analysed on preview traffic, no live traffic moved
+    hook.promote()
+    hook.abort()
+    assert op.execute(context(rollback_ti()))["outcome"] == "skipped"  # already live: nothing to analyse

@@ -107,7 +107,7 @@ class TrafficAnalysisOperator(BaseOperator):
         version = _version(context)
         before = pull(context, self.deploy_task_id, key=PRE_DEPLOY_KEY) or {}
         hook = DeployTargetHook(self.deploy_target_conn_id)
-        if self.weight is not None:
+        if self.weight is not None or self.route == "preview":  # the new version must be on the idle colour
             status = self._call(hook.get_status)
             idle = status.get("idle") or {}
             if status.get("version") == version and idle.get("version") != version:
@@ -118,7 +118,9 @@ class TrafficAnalysisOperator(BaseOperator):
                     f"{self.environment}: {version} is not on the target's idle colour (idle: "
                     f"{idle.get('version') or 'none'}); the deploy task puts it there"
                 )
-            if idle.get("weight") == self.weight:  # an earlier try set it: say so once
+            if self.weight is None:
+                pass  # blue-green: the idle colour is analysed on its preview traffic
+            elif idle.get("weight") == self.weight:  # an earlier try set it: say so once
                 self.log.info("%s: %d%% of live traffic already goes to %s", self.environment, self.weight, version)
             else:
                 self._shift(context, hook, version)
