@@ -35,10 +35,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from releasetrain.core.spec import NAME_PATTERN
+from releasetrain.core.checks import _MISSING, json_path
+from releasetrain.core.spec import NAME_PATTERN, _read_yaml
 
 __all__ = [
     "Expectation",
@@ -55,11 +55,9 @@ __all__ = [
     "run_journey",
 ]
 
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
 VARIABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # ``$${`` (an escaped, literal ``${``) or ``${name}``; anything else that starts with ``${`` is malformed
 _PLACEHOLDER = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
-_MISSING = object()
 
 #: ``send(method, path, headers, json) -> (status, text, elapsed_ms)``: one HTTP request, done by an adapter.
 Send = Callable[[str, str, dict[str, str], Any], tuple[int, str, float]]
@@ -333,19 +331,6 @@ class JourneyResult:
         }
 
 
-def json_path(document: Any, dotted: str) -> Any:
-    """``a.b.0.c`` into nested dicts and lists; :data:`_MISSING` when absent."""
-    current = document
-    for part in dotted.split("."):
-        if isinstance(current, Mapping) and part in current:
-            current = current[part]
-        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
-            current = current[int(part)]
-        else:
-            return _MISSING
-    return current
-
-
 def _same(actual: Any, expected: Any) -> bool:
     """Equality that tells ``true`` from ``1`` (JSON does)."""
     if isinstance(actual, bool) or isinstance(expected, bool):
@@ -499,17 +484,7 @@ def load_journey(path: Path | str, display_root: Path | str | None = None) -> Jo
     path = Path(path)
     root = Path(display_root) if display_root is not None else None
     source = str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise JourneyError(source, [("", f"cannot be read: {exc.strerror}")]) from None
-    try:
-        data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise JourneyError(source, [("", f"{where}invalid YAML: {problem}")]) from None
+    data = _read_yaml(path, source, JourneyError)
     journey = parse_journey(data, source)
     if journey.name != path.stem:
         raise JourneyError(source, [("name", f"{journey.name!r} must match the file name {path.stem!r}")])

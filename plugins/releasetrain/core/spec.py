@@ -501,20 +501,21 @@ def parse_spec(data: Any, source: str = "<spec>") -> ReleaseSpec:
         raise ReleaseSpecError(source, _problems(exc)) from None
 
 
-def _read_yaml(path: Path, source: str) -> Any:
+def _read_yaml(path: Path, source: str, error: type[ValueError] = ReleaseSpecError) -> Any:
+    """A YAML mapping from ``path``; ``error(source, [(field, reason)])`` names what is wrong and where."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ReleaseSpecError(source, [("", f"cannot be read: {exc.strerror}")]) from None
+        raise error(source, [("", f"cannot be read: {exc.strerror}")]) from None
     try:
         data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ReleaseSpecError(source, [("", f"{where}invalid YAML: {problem}")]) from None
+        raise error(source, [("", f"{where}invalid YAML: {problem}")]) from None
     if not isinstance(data, dict):
-        raise ReleaseSpecError(source, [("", "must be a YAML mapping")])
+        raise error(source, [("", "must be a YAML mapping")])
     return data
 
 

@@ -18,7 +18,36 @@ from releasetrain.triggers.deployment import DeploymentCompletionTrigger
 PRE_DEPLOY_KEY = "pre_deploy"
 
 
-class EnvironmentDeployOperator(BaseOperator):
+class DeployTargetCalls:
+    """What operators that talk to a deploy target share: target errors named with the
+    environment (``call_prefix`` first), and deferred waits for a deployment to end."""
+
+    call_prefix = ""
+    environment: str
+    deploy_target_conn_id: str
+    deploy_timeout_seconds: float = 900
+    poll_interval: float = 2.0
+
+    def _call(self, fn: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return fn(**kwargs)
+        except DeployTargetError as exc:
+            raise AirflowException(f"{self.call_prefix}{self.environment}: {exc}") from None
+
+    def _wait(self, deployment_id: str, method_name: str = "execute_complete") -> None:
+        self.defer(  # type: ignore[attr-defined]
+            trigger=DeploymentCompletionTrigger(
+                deploy_target_conn_id=self.deploy_target_conn_id,
+                deployment_id=deployment_id,
+                poll_interval=self.poll_interval,
+                timeout_seconds=self.deploy_timeout_seconds,
+            ),
+            method_name=method_name,
+            timeout=timedelta(seconds=self.deploy_timeout_seconds + 60),
+        )
+
+
+class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
     """Deploy version + digest to one environment.
 
     - Promotion: the digest must be the one that passed ``previous_environment``
@@ -177,18 +206,6 @@ class EnvironmentDeployOperator(BaseOperator):
             )
         self._wait(str(started["deployment_id"]))
 
-    def _wait(self, deployment_id: str) -> None:
-        self.defer(
-            trigger=DeploymentCompletionTrigger(
-                deploy_target_conn_id=self.deploy_target_conn_id,
-                deployment_id=deployment_id,
-                poll_interval=self.poll_interval,
-                timeout_seconds=self.deploy_timeout_seconds,
-            ),
-            method_name="execute_complete",
-            timeout=timedelta(seconds=self.deploy_timeout_seconds + 60),
-        )
-
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         version = require(context, REQUEST_TASK_ID, "the release request")["version"]
         if event["state"] != "succeeded":
@@ -303,9 +320,3 @@ class EnvironmentDeployOperator(BaseOperator):
         if context is not None:
             record(context, "deployed", self.release, environment=self.environment, details=result)
         return result
-
-    def _call(self, fn: Any, **kwargs: Any) -> dict[str, Any]:
-        try:
-            return fn(**kwargs)
-        except DeployTargetError as exc:
-            raise AirflowException(f"{self.environment}: {exc}") from None

@@ -31,7 +31,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 from releasetrain.core.approval import SegregationOfDutiesError, authors, check_responder
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
 from releasetrain.operators._common import REQUEST_TASK_ID, pull, record, require
-from releasetrain.operators.deploy import PRE_DEPLOY_KEY
+from releasetrain.operators.deploy import PRE_DEPLOY_KEY, DeployTargetCalls
 
 ABORT_TASK_ID = "abort"
 # Airflow 3.3 can fail a deferred task "externally" when its trigger fires before the
@@ -59,7 +59,7 @@ def _version(context: Any) -> str:
     return require(context, REQUEST_TASK_ID, "the release request")["version"]
 
 
-class TrafficAnalysisOperator(BaseOperator):
+class TrafficAnalysisOperator(DeployTargetCalls, BaseOperator):
     """Optionally shift traffic, then analyse the new version without a worker slot.
 
     :param weight: percent of live traffic for the new version (``None``: leave as is)
@@ -192,12 +192,6 @@ class TrafficAnalysisOperator(BaseOperator):
                 f"{self.environment} {self.stage} analysis {outcome}: {event['reason']}; the rollback follows"
             )
         return result
-
-    def _call(self, fn: Any, **kwargs: Any) -> dict[str, Any]:
-        try:
-            return fn(**kwargs)
-        except DeployTargetError as exc:
-            raise AirflowException(f"{self.environment}: {exc}") from None
 
 
 def measurements_markdown(result: dict[str, Any]) -> str:

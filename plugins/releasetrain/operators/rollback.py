@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -10,11 +9,10 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
 from releasetrain.operators._common import pull, record
-from releasetrain.operators.deploy import PRE_DEPLOY_KEY
-from releasetrain.triggers.deployment import DeploymentCompletionTrigger
+from releasetrain.operators.deploy import PRE_DEPLOY_KEY, DeployTargetCalls
 
 
-class RollbackOperator(BaseOperator):
+class RollbackOperator(DeployTargetCalls, BaseOperator):
     """Roll an environment back after its deploy, smoke or health gate failed.
 
     Runs with ``trigger_rule=one_failed``. It acts only on what this run changed: if this
@@ -37,6 +35,7 @@ class RollbackOperator(BaseOperator):
     """
 
     ui_color = "#f28b82"
+    call_prefix = "rollback of "
 
     def __init__(
         self,
@@ -118,18 +117,6 @@ class RollbackOperator(BaseOperator):
         if started.get("state") == "succeeded":
             return self._after_rollback(context, before, self._verify(hook, before, context))
         self._wait(str(started["deployment_id"]), "execute_complete")
-
-    def _wait(self, deployment_id: str, method_name: str) -> None:
-        self.defer(
-            trigger=DeploymentCompletionTrigger(
-                deploy_target_conn_id=self.deploy_target_conn_id,
-                deployment_id=deployment_id,
-                poll_interval=self.poll_interval,
-                timeout_seconds=self.deploy_timeout_seconds,
-            ),
-            method_name=method_name,
-            timeout=timedelta(seconds=self.deploy_timeout_seconds + 60),
-        )
 
     def execute_after_deployment(self, context: Any, event: dict[str, Any]) -> dict[str, Any] | None:
         self.log.info("the deployment ended %s: rolling back now", event.get("state"))
@@ -338,12 +325,6 @@ class RollbackOperator(BaseOperator):
 
         close_change(context, self.release, "rolled_back", f"{self.environment} rolled back to {before['version']}")
         return result
-
-    def _call(self, fn: Any, **kwargs: Any) -> dict[str, Any]:
-        try:
-            return fn(**kwargs)
-        except DeployTargetError as exc:
-            raise AirflowException(f"rollback of {self.environment}: {exc}") from None
 
 
 def _build_notifier(target: dict[str, Any], payload: dict[str, Any]) -> Any:
