@@ -38,7 +38,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from releasetrain.core.checks import _MISSING, json_path
-from releasetrain.core.spec import NAME_PATTERN, _read_yaml
+from releasetrain.core.spec import NAME_PATTERN, _read_yaml, unique_names
 
 __all__ = [
     "Expectation",
@@ -165,12 +165,7 @@ class Journey(_Model):
     @field_validator("steps")
     @classmethod
     def _unique_steps(cls, value: list[JourneyStep]) -> list[JourneyStep]:
-        seen: set[str] = set()
-        for step in value:
-            if step.name in seen:
-                raise ValueError(f"step name {step.name!r} is used more than once")
-            seen.add(step.name)
-        return value
+        return unique_names(value, "step name")
 
     def inputs(self) -> list[str]:
         """Placeholders that neither ``variables`` nor an earlier step's ``extract`` fill:

@@ -30,6 +30,16 @@ CONN_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
 USER_PATTERN = r"^[A-Za-z0-9_.@+-]+$"
 
 
+def unique_names(items: list[Any], what: str = "name") -> list[Any]:
+    """``items`` (with ``.name``) unchanged, or a ValueError naming the first repeated name."""
+    seen: set[str] = set()
+    for item in items:
+        if item.name in seen:
+            raise ValueError(f"{what} {item.name!r} is used more than once")
+        seen.add(item.name)
+    return items
+
+
 class ReleaseSpecError(ValueError):
     """A release spec that cannot be used. ``str()`` is the message a release manager reads."""
 
@@ -397,12 +407,7 @@ class ReleaseSpec(_Model):
     @field_validator("components", "environments")
     @classmethod
     def _unique_names(cls, value: list[Any]) -> list[Any]:
-        seen: set[str] = set()
-        for item in value:
-            if item.name in seen:
-                raise ValueError(f"name {item.name!r} is used more than once")
-            seen.add(item.name)
-        return value
+        return unique_names(value)
 
     @model_validator(mode="after")
     def _schedulable(self) -> ReleaseSpec:
