@@ -38,7 +38,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from releasetrain.core.checks import _MISSING, json_path
-from releasetrain.core.spec import NAME_PATTERN, _read_yaml, unique_names
+from releasetrain.core.spec import NAME_PATTERN, _problems, _read_yaml, unique_names
 
 __all__ = [
     "Expectation",
@@ -442,24 +442,6 @@ def run_journey(journey: Journey, send: Send, values: Mapping[str, Any] | None =
 # -- loading -------------------------------------------------------------------------------------
 
 
-def _format_location(loc: tuple[Any, ...]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path
-
-
-def _reason(error: Any) -> str:
-    if error["type"] == "missing":
-        return "field required"
-    if error["type"] == "extra_forbidden":
-        return "unknown field (check the spelling)"
-    return str(error["msg"]).removeprefix("Value error, ")
-
-
 def parse_journey(data: Any, source: str = "<journey>") -> Journey:
     """Validate already-loaded data; raise :class:`JourneyError` naming field paths."""
     if not isinstance(data, dict):
@@ -467,11 +449,7 @@ def parse_journey(data: Any, source: str = "<journey>") -> Journey:
     try:
         return Journey.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-            problems.append((_format_location(loc), _reason(error)))
-        raise JourneyError(source, problems) from None
+        raise JourneyError(source, _problems(exc, hint="")) from None
 
 
 def load_journey(path: Path | str, display_root: Path | str | None = None) -> Journey:

@@ -478,21 +478,25 @@ def _format_location(loc: Iterable[Any]) -> str:
     return path
 
 
-def _reason(error: dict[str, Any]) -> str:
+SPEC_SCHEMA_HINT = "; see include/schema/release-spec.schema.json"
+
+
+def _reason(error: dict[str, Any], hint: str = SPEC_SCHEMA_HINT) -> str:
     kind = error["type"]
     if kind == "missing":
         return "field required"
     if kind == "extra_forbidden":
-        return "unknown field (check the spelling; see include/schema/release-spec.schema.json)"
+        return f"unknown field (check the spelling{hint})"
     message = error["msg"]
     return message.removeprefix("Value error, ")
 
 
-def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+def _problems(exc: ValidationError, hint: str = SPEC_SCHEMA_HINT) -> list[tuple[str, str]]:
+    """(field path, reason) per validation error; ``hint`` follows "unknown field"."""
     problems = []
     for error in exc.errors():
         loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
-        problems.append((_format_location(loc), _reason(error)))
+        problems.append((_format_location(loc), _reason(error, hint)))
     return problems
 
 
