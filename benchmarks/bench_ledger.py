@@ -119,13 +119,14 @@ def _bulk_fill(store, n: int) -> None:
                 json.dumps(event.details, sort_keys=True),
                 event.prev_hash,
                 event.hash,
+                event.dag_id,
             )
         )
     cur = store.conn.cursor()
     if hasattr(store.conn, "raw"):
         cur.execute("BEGIN IMMEDIATE")
-    cur.executemany(f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({', '.join([p] * 10)})", rows)
-    cur.execute(f"UPDATE {HEAD} SET seq = {p}, hash = {p} WHERE id = 1", (rows[-1][0], rows[-1][-1]))
+    cur.executemany(f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({', '.join([p] * 11)})", rows)
+    cur.execute(f"UPDATE {HEAD} SET seq = {p}, hash = {p} WHERE id = 1", (rows[-1][0], rows[-1][9]))
     store.conn.commit()
 
 

@@ -25,9 +25,8 @@ import sys
 from pathlib import Path
 
 from releasetrain.core.spec import CalendarLibrary, ReleaseSpec, ReleaseSpecError, json_schema_text, load_spec
+from releasetrain.core.vocabulary import POOL_PREFIX  # noqa: E402
 from releasetrain.core.windows import CalendarError, iso_z
-
-POOL_PREFIX = "releasetrain_target_"
 
 
 def _load(paths: list[str], root: Path) -> tuple[list[ReleaseSpec], list[str]]:

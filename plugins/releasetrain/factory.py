@@ -26,7 +26,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
 
-from releasetrain.cli import POOL_PREFIX
+from releasetrain.core import vocabulary as v
 from releasetrain.core.risk import HIGH_RISK_QUORUM, SECURITY_REVIEW
 from releasetrain.core.spec import (
     CalendarLibrary,
@@ -39,16 +39,15 @@ from releasetrain.core.spec import (
 )
 from releasetrain.core.versioning import SEMVER_PATTERN
 from releasetrain.core.windows import CalendarError, iso_z
-from releasetrain.operators._common import PACKAGE_TASK_ID, REQUEST_TASK_ID, RISK_TASK_ID
 from releasetrain.operators.approval import ReleaseApprovalOperator
 from releasetrain.operators.checks import HealthVerificationOperator, SmokeCheckOperator
 from releasetrain.operators.complete import ReleaseCompleteOperator
 from releasetrain.operators.deploy import EnvironmentDeployOperator
-from releasetrain.operators.governance import CLOSURE_TASK_ID, ReleaseClosureOperator, RiskAssessmentOperator
-from releasetrain.operators.manual_rollback import PLAN_TASK_ID, ManualRollbackOperator, ManualRollbackPlanOperator
+from releasetrain.operators.governance import ReleaseClosureOperator, RiskAssessmentOperator
+from releasetrain.operators.lock import TargetLockOperator, TargetUnlockOperator
+from releasetrain.operators.manual_rollback import ManualRollbackOperator, ManualRollbackPlanOperator
 from releasetrain.operators.package import BundlePackageOperator
 from releasetrain.operators.progressive import (
-    ABORT_TASK_ID,
     AnalysisDecisionOperator,
     EnvironmentPassedOperator,
     PromoteOperator,
@@ -67,9 +66,7 @@ START_DATE = pendulum.datetime(2024, 1, 1, tz="UTC")
 USER_PATTERN = r"^[A-Za-z0-9_.@+-]{1,100}$"
 
 
-def target_pool(deploy_target: str) -> str:
-    """The pool that serialises deploys to one deploy target (one slot, deferred tasks count)."""
-    return f"{POOL_PREFIX}{deploy_target}"
+target_pool = v.target_pool
 
 
 def release_params(spec: ReleaseSpec) -> dict[str, Param]:
@@ -233,9 +230,9 @@ def build_release_dag(
         default_args={"owner": spec.owner_team, "retries": 0},
         auto_register=auto_register,
     ) as dag:
-        request = ReleaseRequestOperator(task_id=REQUEST_TASK_ID, release=spec.name, planned_version=spec.version)
+        request = ReleaseRequestOperator(task_id=v.PREPARE, release=spec.name, planned_version=spec.version)
         package = BundlePackageOperator(
-            task_id=PACKAGE_TASK_ID,
+            task_id=v.PACKAGE,
             release=spec.name,
             components=[c.model_dump(mode="json") for c in spec.components],
             project_root=str(project_root),
@@ -245,7 +242,7 @@ def build_release_dag(
         groups = calendars.groups()
         check_groups(spec, f"release {spec.name}", groups)  # also for specs built in Python
         risk = RiskAssessmentOperator(
-            task_id=RISK_TASK_ID,
+            task_id=v.ASSESS_RISK,
             release=spec.name,
             environments=[env.name for env in spec.environments],
             production=spec.production_environments,
@@ -273,17 +270,18 @@ def build_release_dag(
         # With a post-implementation review (skipped for normal runs), the leaf must run
         # when the review was skipped, and still fail when anything before it failed.
         complete = ReleaseCompleteOperator(
-            task_id="release_complete",
+            task_id=v.RELEASE_COMPLETE,
             release=spec.name,
             gate_task_ids=list(gates),
+            environments=[env.name for env in spec.environments],
             trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS if spec.has_calendar else TriggerRule.ALL_SUCCESS,
-            review_task_id="post_implementation_review" if spec.has_calendar else None,
-            closure_task_id=CLOSURE_TASK_ID if spec.closure else None,
+            review_task_id=v.POST_IMPLEMENTATION_REVIEW if spec.has_calendar else None,
+            closure_task_id=v.CLOSURE if spec.closure else None,
         )
         before_closure: Any = upstream
         if spec.has_calendar:
             review = PostImplementationReviewOperator(
-                task_id="post_implementation_review",
+                task_id=v.POST_IMPLEMENTATION_REVIEW,
                 release=spec.name,
                 reviewers=spec.review_users,
                 gate_task_ids=windows,
@@ -292,7 +290,7 @@ def build_release_dag(
             before_closure = [upstream, review]
         if spec.closure:
             closure = ReleaseClosureOperator(
-                task_id=CLOSURE_TASK_ID,
+                task_id=v.CLOSURE,
                 release=spec.name,
                 people=spec.review_users,
                 trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
@@ -303,7 +301,7 @@ def build_release_dag(
 
 
 def rollback_dag_id(spec: ReleaseSpec) -> str:
-    return f"rollback_{spec.name}"
+    return v.rollback_dag_id(spec.name)
 
 
 def build_rollback_dag(spec: ReleaseSpec, *, auto_register: bool = True) -> DAG:
@@ -357,11 +355,13 @@ def build_rollback_dag(spec: ReleaseSpec, *, auto_register: bool = True) -> DAG:
         auto_register=auto_register,
     ) as dag:
         plan = ManualRollbackPlanOperator(
-            task_id=PLAN_TASK_ID, release=spec.name, targets={env.name: env.deploy_target for env in spec.environments}
+            task_id=v.ROLLBACK_PLAN,
+            release=spec.name,
+            targets={env.name: env.deploy_target for env in spec.environments},
         )
         for env in spec.environments:
             plan >> ManualRollbackOperator(
-                task_id=f"rollback_{env.name}",
+                task_id=v.manual_rollback_task(env.name),
                 release=spec.name,
                 environment=env.name,
                 deploy_target_conn_id=env.deploy_target,
@@ -398,7 +398,7 @@ def _environment_stage(
     previous = spec.previous_environment(name)
     with TaskGroup(group_id=name, tooltip=f"Deploy {spec.name} to {name}"):
         verify = BundleVerifyOperator(
-            task_id="verify",
+            task_id=v.VERIFY,
             release=spec.name,
             environment=name,
             artifact_store=spec.artifact_store,
@@ -413,7 +413,7 @@ def _environment_stage(
         if env.approval.required:
             slots = max(env.approval.quorum, HIGH_RISK_QUORUM if production else 1)
             review_groups = _review_groups(spec, env, groups)
-            ids = [_slot_id(i) for i in range(1, slots + 1)] + [f"review_{g}" for g in review_groups]
+            ids = [v.approval_slot(i) for i in range(1, slots + 1)] + [v.review_task(g) for g in review_groups]
             full_ids = [f"{name}.{task_id}" for task_id in ids]
             common = dict(
                 release=spec.name,
@@ -427,7 +427,7 @@ def _environment_stage(
             previous_slot = None
             for i in range(1, slots + 1):
                 slot = ReleaseApprovalOperator(
-                    task_id=_slot_id(i),
+                    task_id=v.approval_slot(i),
                     approvers=pool,
                     slot=i,
                     trigger_rule=TriggerRule.NONE_FAILED if i > 1 else TriggerRule.ALL_SUCCESS,
@@ -440,7 +440,7 @@ def _environment_stage(
             last_slot = previous_slot
             reviews = [
                 ReleaseApprovalOperator(
-                    task_id=f"review_{group}", approvers=groups[group], slot=None, review_group=group, **common
+                    task_id=v.review_task(group), approvers=groups[group], slot=None, review_group=group, **common
                 )
                 for group in review_groups
             ]
@@ -451,7 +451,7 @@ def _environment_stage(
         layers = spec.calendar_layers(name)
         if layers:
             window = ReleaseWindowSensor(
-                task_id="window",
+                task_id=v.WINDOW,
                 release=spec.name,
                 environment=name,
                 layers=[layer.model_dump(mode="json") for layer in layers],
@@ -472,7 +472,7 @@ def _environment_stage(
             gate_done >> verify
         strategy = env.strategy
         deploy = EnvironmentDeployOperator(
-            task_id="deploy",
+            task_id=v.DEPLOY,
             slot="idle" if strategy.progressive else None,
             release=spec.name,
             environment=name,
@@ -491,9 +491,11 @@ def _environment_stage(
             deploy_timeout_seconds=env.deploy_timeout_seconds,
             poll_interval=env.poll_interval_seconds,
             pool=target_pool(env.deploy_target),
+            locked=True,
         )
+        lock = TargetLockOperator(task_id=v.LOCK, release=spec.name, environment=name, target=env.deploy_target)
         smoke = SmokeCheckOperator(
-            task_id="smoke",
+            task_id=v.SMOKE,
             release=spec.name,
             environment=name,
             deploy_task_id=deploy.task_id,
@@ -507,7 +509,8 @@ def _environment_stage(
         # by default on production rollouts that take time (steps, analyses): a rolling deploy is over in seconds
         long_rollout = strategy.progressive or strategy.watch is not None
         abort_enabled = strategy.abort if strategy.abort is not None else (production and long_rollout)
-        abort_task_id = f"{name}.{ABORT_TASK_ID}" if abort_enabled else None
+        abort_task_id = v.env_task(name, v.ABORT) if abort_enabled else None
+        analyses: list[str] = []  # full ids of the stage's analyses, in order
         journeys = _journeys(spec, env, calendars.project_root)
         common = dict(
             release=spec.name,
@@ -516,6 +519,7 @@ def _environment_stage(
             deploy_task_id=deploy.task_id,
             journey=journeys,
             abort_task_id=abort_task_id,
+            locked=True,
         )
 
         def analysed(task_id: str, analysis: Any, stage: str, weight: int | None, route: str) -> tuple[Any, Any]:
@@ -525,11 +529,13 @@ def _environment_stage(
                 stage=stage,
                 weight=weight,
                 route=route,
+                prior_task_ids=list(analyses),
                 trigger_rule=TriggerRule.NONE_FAILED,
                 **common,
             )
+            analyses.append(v.env_task(name, task_id))
             decide = AnalysisDecisionOperator(
-                task_id=f"decide_{task_id.removeprefix('canary_')}",
+                task_id=v.decide_task(task_id),
                 release=spec.name,
                 environment=name,
                 analysis_task_id=check.task_id,
@@ -540,24 +546,28 @@ def _environment_stage(
             watched.extend([check, decide])
             return check, decide
 
-        verify >> deploy
+        verify >> lock >> deploy
         tail: Any = deploy
         if strategy.progressive:
             if strategy.kind == "canary":
                 for weight in strategy.weights:
-                    check, decide = analysed(f"canary_{weight}", strategy.analysis, f"canary {weight}%", weight, "app")
+                    check, decide = analysed(
+                        v.canary_task(weight), strategy.analysis, f"canary {weight}%", weight, "app"
+                    )
                     tail >> check
                     tail = decide
             else:
-                check, decide = analysed("analysis", strategy.analysis, "pre-promotion", None, "preview")
+                check, decide = analysed(v.ANALYSIS, strategy.analysis, "pre-promotion", None, "preview")
                 tail >> check
                 tail = decide
             promote = PromoteOperator(
-                task_id="promote",
+                task_id=v.PROMOTE,
                 release=spec.name,
                 environment=name,
                 deploy_target_conn_id=env.deploy_target,
                 abort_task_id=abort_task_id,
+                analysis_task_ids=list(analyses),
+                locked=True,
                 trigger_rule=TriggerRule.NONE_FAILED,
             )
             watched.append(promote)
@@ -567,7 +577,7 @@ def _environment_stage(
         last: Any = smoke
         if env.health_checks:
             health = HealthVerificationOperator(
-                task_id="health",
+                task_id=v.HEALTH,
                 release=spec.name,
                 environment=name,
                 deploy_task_id=deploy.task_id,
@@ -580,22 +590,25 @@ def _environment_stage(
         watch = strategy.watch or (strategy.analysis if strategy.kind == "blue_green" else None)
         if watch is not None:
             stage = "post-promotion" if strategy.progressive else "post-deploy"
-            check, decide = analysed("watch", watch, stage, None, "app")
+            check, decide = analysed(v.WATCH, watch, stage, None, "app")
             last >> check
             last = decide
-        if watch is not None or strategy.progressive:
-            passed = EnvironmentPassedOperator(
-                task_id="passed",
-                release=spec.name,
-                environment=name,
-                verify_task_id=verify.task_id,
-                trigger_rule=TriggerRule.NONE_FAILED,
-            )
-            last >> passed
-            last = passed
+        proofs = [verify.task_id, deploy.task_id, *analyses[: len(analyses) - (watch is not None)]]
+        proofs += [promote.task_id] if strategy.progressive else []
+        proofs += [smoke.task_id] + ([v.env_task(name, v.HEALTH)] if env.health_checks else [])
+        proofs += analyses[len(analyses) - 1 :] if watch is not None else []
+        passed = EnvironmentPassedOperator(
+            task_id=v.PASSED,
+            release=spec.name,
+            environment=name,
+            proof_task_ids=proofs,
+            trigger_rule=TriggerRule.NONE_FAILED,
+        )
+        last >> passed
+        last = passed
         if abort_task_id:
             abort = RolloutAbortOperator(
-                task_id=ABORT_TASK_ID,
+                task_id=v.ABORT,
                 release=spec.name,
                 environment=name,
                 people=sorted(set(pool) | set(owners) | set(spec.review_users)),
@@ -604,7 +617,7 @@ def _environment_stage(
             verify >> abort
             watched.append(abort)
         rollback = RollbackOperator(
-            task_id="rollback",
+            task_id=v.ROLLBACK,
             release=spec.name,
             environment=name,
             deploy_target_conn_id=env.deploy_target,
@@ -615,8 +628,17 @@ def _environment_stage(
             trigger_rule=TriggerRule.ONE_FAILED,
             notifications=[n.model_dump(mode="json") for n in spec.notifications],
             artifact_store=spec.artifact_store,
+            locked=True,
         )
         watched >> rollback
+        unlock = TargetUnlockOperator(
+            task_id=v.UNLOCK,
+            release=spec.name,
+            environment=name,
+            target=env.deploy_target,
+            trigger_rule=TriggerRule.ALL_DONE,
+        )
+        [lock, last, rollback, *([abort] if abort_task_id else [])] >> unlock
     upstream >> first
     gates.append(last.task_id)
     return last
@@ -647,10 +669,6 @@ def _journey_files(spec: ReleaseSpec, env: Any, names: Iterable[str], project_ro
             [(f"environments.{env.name}", f"journey not found: {', '.join(missing)} (looked in include/journeys/)")],
         )
     return {name: str(path) for name, path in files.items()}
-
-
-def _slot_id(index: int) -> str:
-    return "approve" if index == 1 else f"approve_{index}"
 
 
 def spec_dirs(project_root: Path) -> list[Path]:

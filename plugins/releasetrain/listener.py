@@ -23,9 +23,9 @@ from typing import Any
 
 from airflow.listeners import hookimpl
 
+from releasetrain.core.vocabulary import Event, release_of_dag
+
 log = logging.getLogger(__name__)
-PREFIX = "release_"
-ROLLBACK_PREFIX = "rollback_"  # the manual rollback DAG of a release
 
 
 TIMEOUT_SECONDS = 60.0
@@ -47,24 +47,19 @@ def _isolated(work: Callable[[], None], what: str) -> None:
         log.error("releasetrain: recording %s in the ledger took over %ss; left running", what, TIMEOUT_SECONDS)
 
 
-def _release(dag_id: str) -> str | None:
-    for prefix in (PREFIX, ROLLBACK_PREFIX):
-        if dag_id and dag_id.startswith(prefix):
-            return dag_id[len(prefix) :]
-    return None
-
-
-def _append(kind: str, release: str, run_id: str, **fields: Any) -> None:
+def _append(kind: str, release: str, dag_id: str, run_id: str, **fields: Any) -> None:
     from releasetrain.hooks.ledger import LedgerHook
 
     hook = LedgerHook()
     try:
-        hook.append(kind, release=release, run_id=run_id, **fields)
+        hook.append(kind, release=release, run_id=run_id, dag_id=dag_id, **fields)
     finally:
         hook.close()
 
 
-def _close_open_change(release: str, run_id: str, reason: str) -> None:
+def _close_open_change(release: str, dag_id: str, run_id: str, reason: str) -> None:
+    """Close the change record of this very run (keyed by DAG id and run id: a manual rollback
+    run that reuses a release run's id never touches the release's change record)."""
     from releasetrain.core.change import FINAL_STATES, ChangeRef
     from releasetrain.hooks.change_record import change_backend
     from releasetrain.hooks.ledger import LedgerHook
@@ -72,12 +67,12 @@ def _close_open_change(release: str, run_id: str, reason: str) -> None:
     hook = LedgerHook()
     ref, conn_id = None, None
     try:
-        for event in hook.events(release=release, run_id=run_id):
-            if event.kind in ("change_opened", "change_transition", "change_closed"):
+        for event in hook.events(release=release, run_id=run_id, dag_id=dag_id):
+            if event.kind in (Event.CHANGE_OPENED, Event.CHANGE_TRANSITION, Event.CHANGE_CLOSED):
                 d = event.details
                 ref = ChangeRef(d["backend"], d["id"], d["number"], d["state"], d.get("change_type") or "normal")
                 conn_id = d.get("conn_id", conn_id)
-            if event.kind == "risk_assessed" and event.details.get("change_conn_id"):
+            if event.kind == Event.RISK_ASSESSED and event.details.get("change_conn_id"):
                 conn_id = event.details["change_conn_id"]
     finally:
         hook.close()
@@ -87,8 +82,9 @@ def _close_open_change(release: str, run_id: str, reason: str) -> None:
     closed = backend.close(ref, outcome="failed", notes=reason)
     if ref.backend != "builtin":
         _append(
-            "change_closed",
+            Event.CHANGE_CLOSED,
             release,
+            dag_id,
             run_id,
             details={
                 "backend": ref.backend,
@@ -102,17 +98,34 @@ def _close_open_change(release: str, run_id: str, reason: str) -> None:
 
 
 def _run_ended(dag_run: Any, state: str, msg: str) -> None:
-    release = _release(getattr(dag_run, "dag_id", ""))
+    dag_id = getattr(dag_run, "dag_id", "")
+    release = release_of_dag(dag_id)
     if not release:
         return
     run_id = dag_run.run_id  # read here, in the caller's session
 
     def work() -> None:
-        _append("run_state", release, run_id, actor="airflow", details={"state": state, "message": msg or ""})
+        details = {"state": state, "message": msg or ""}
+        _append(Event.RUN_STATE, release, dag_id, run_id, actor="airflow", details=details)
+        _release_locks(dag_id, run_id)
         if state == "failed":
-            _close_open_change(release, run_id, f"release run ended failed: {msg or 'see the run'}")
+            _close_open_change(release, dag_id, run_id, f"run ended failed: {msg or 'see the run'}")
 
     _isolated(work, f"the end of {release} {run_id}")
+
+
+def _release_locks(dag_id: str, run_id: str) -> None:
+    """A run that ended (however) holds no deploy target any more."""
+    from releasetrain.hooks.ledger import LedgerHook
+
+    hook = LedgerHook()
+    try:
+        released = hook.store.unlock(f"{dag_id}/{run_id}")
+    finally:
+        hook.close()
+    release = release_of_dag(dag_id) or ""
+    for target in released:
+        _append(Event.LOCK_RELEASED, release, dag_id, run_id, actor="airflow", details={"target": target})
 
 
 @hookimpl
@@ -130,12 +143,16 @@ def _by_hand(previous_state: Any, task_instance: Any, state: str) -> None:
     # state changes come with previous_state=None.
     if previous_state is not None:
         return
-    release = _release(getattr(task_instance, "dag_id", ""))
+    dag_id = getattr(task_instance, "dag_id", "")
+    release = release_of_dag(dag_id)
     if not release:
         return
     run_id, task_id = task_instance.run_id, task_instance.task_id
     details = {"task_id": task_id, "state": state, "by_hand": True}
-    _isolated(lambda: _append("task_state", release, run_id, details=details), f"{task_id} set to {state} by hand")
+    _isolated(
+        lambda: _append(Event.TASK_STATE, release, dag_id, run_id, details=details),
+        f"{task_id} set to {state} by hand",
+    )
 
 
 @hookimpl

@@ -2,7 +2,7 @@
 
 An event's hash is ``sha256(prev_hash + canonical_json(content))`` where the content is
 everything but the hash itself: ``seq``, ``at``, ``release``, ``run_id``, ``environment``,
-``kind``, ``actor``, ``details`` and ``prev_hash``. The first event's ``prev_hash`` is
+``kind``, ``actor``, ``details``, ``prev_hash`` and ``dag_id`` (when set). The first event's ``prev_hash`` is
 :data:`GENESIS`. Editing an event changes its hash; deleting or reordering events breaks
 ``seq`` or ``prev_hash``; deleting the newest events is caught by the store's head record
 (sequence and hash of the last event, written in the same transaction as each append).
@@ -19,42 +19,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-GENESIS = "0" * 64
+from releasetrain.core.vocabulary import EVENT_KINDS, Event  # noqa: F401  (Event re-exported)
 
-# What a release manager finds in the ledger. Free-form kinds are refused so that an
-# auditor's query for e.g. "approval_refused" finds every refusal.
-EVENT_KINDS = frozenset(
-    {
-        "triggered",
-        "packaged",
-        "verified",
-        "deployed",
-        "deploy_failed",
-        "checks_passed",
-        "checks_failed",
-        "approval_requested",
-        "approval_given",
-        "approval_refused",
-        "approval_rejected",
-        "approval_timed_out",
-        "risk_assessed",
-        "exception",
-        "rollback",
-        "change_opened",
-        "change_transition",
-        "change_closed",
-        "closure",
-        "run_state",
-        "task_state",
-        "review",
-        "traffic_shifted",
-        "analysis",
-        "analysis_decision",
-        "promoted",
-        "aborted",
-        "rollback_requested",
-    }
-)
+GENESIS = "0" * 64
 
 
 class LedgerError(RuntimeError):
@@ -73,10 +40,13 @@ class LedgerEvent:
     details: dict[str, Any] = field(default_factory=dict)
     prev_hash: str = GENESIS
     hash: str = ""
+    dag_id: str = ""  # with run_id, the run's key (a release DAG and its rollback DAG can share run ids)
 
     def content(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("hash")
+        if not data["dag_id"]:
+            data.pop("dag_id")  # events written before runs were keyed by DAG keep their hashes
         return data
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,6 +81,7 @@ def new_event(
     actor: str = "",
     details: dict[str, Any] | None = None,
     at: str | None = None,
+    dag_id: str = "",
 ) -> LedgerEvent:
     """The next event of the chain, hashed. ``details`` must be JSON-safe."""
     if kind not in EVENT_KINDS:
@@ -129,6 +100,7 @@ def new_event(
         actor=actor or "",
         details=clean,
         prev_hash=prev_hash,
+        dag_id=dag_id or "",
     )
     return LedgerEvent(**{**event.to_dict(), "hash": compute_hash(event)})
 

@@ -27,7 +27,8 @@ from releasetrain.core.ledger import GENESIS, LedgerError, LedgerEvent, VerifyRe
 DEFAULT_CONN_ID = "releasetrain_ledger"
 TABLE = "releasetrain_ledger"
 HEAD = "releasetrain_ledger_head"
-_COLUMNS = "seq, at, release, run_id, environment, kind, actor, details, prev_hash, hash"
+LOCKS = "releasetrain_target_locks"
+_COLUMNS = "seq, at, release, run_id, environment, kind, actor, details, prev_hash, hash, dag_id"
 
 _SCHEMA = [
     f"""CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -40,15 +41,24 @@ _SCHEMA = [
         actor TEXT NOT NULL,
         details TEXT NOT NULL,
         prev_hash TEXT NOT NULL UNIQUE,
-        hash TEXT NOT NULL UNIQUE)""",
+        hash TEXT NOT NULL UNIQUE,
+        dag_id TEXT NOT NULL DEFAULT '')""",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_run ON {TABLE} (release, run_id)",
     f"CREATE TABLE IF NOT EXISTS {HEAD} (id INTEGER PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL)",
+    # Which run holds each deploy target, from its deploy to its last check (see operators/lock.py).
+    f"CREATE TABLE IF NOT EXISTS {LOCKS} (target TEXT PRIMARY KEY, holder TEXT NOT NULL, acquired_at TEXT NOT NULL)",
 ]
 
 
+# Ledgers created before runs were keyed by DAG id get the column (their events keep dag_id '').
+_ADD_DAG_ID = f"ALTER TABLE {TABLE} ADD COLUMN dag_id TEXT NOT NULL DEFAULT ''"
+
+
 def _row_to_event(row: tuple) -> LedgerEvent:
-    seq, at, release, run_id, environment, kind, actor, details, prev_hash, hash_ = row
-    return LedgerEvent(int(seq), at, release, run_id, environment, kind, actor, json.loads(details), prev_hash, hash_)
+    seq, at, release, run_id, environment, kind, actor, details, prev_hash, hash_, dag_id = row
+    return LedgerEvent(
+        int(seq), at, release, run_id, environment, kind, actor, json.loads(details), prev_hash, hash_, dag_id or ""
+    )
 
 
 class LedgerStore:
@@ -93,6 +103,7 @@ class LedgerStore:
         environment: str = "",
         actor: str = "",
         details: dict[str, Any] | None = None,
+        dag_id: str = "",
     ) -> LedgerEvent:
         """Append one event at the head of the chain (atomic; safe with concurrent writers)."""
         p = self.placeholder
@@ -111,9 +122,10 @@ class LedgerStore:
                     environment=environment,
                     actor=actor,
                     details=details,
+                    dag_id=dag_id,
                 )
                 cursor.execute(
-                    f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({', '.join([p] * 10)})",
+                    f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({', '.join([p] * 11)})",
                     (
                         event.seq,
                         event.at,
@@ -125,6 +137,7 @@ class LedgerStore:
                         json.dumps(event.details, sort_keys=True),
                         event.prev_hash,
                         event.hash,
+                        event.dag_id,
                     ),
                 )
                 cursor.execute(f"UPDATE {HEAD} SET seq = {p}, hash = {p} WHERE id = 1", (event.seq, event.hash))
@@ -156,11 +169,23 @@ class LedgerStore:
         return int(seq), hash_
 
     def events(
-        self, *, release: str | None = None, run_id: str | None = None, batch: int = 5000
+        self,
+        *,
+        release: str | None = None,
+        run_id: str | None = None,
+        dag_id: str | None = None,
+        kind: str | None = None,
+        batch: int = 5000,
     ) -> Iterator[LedgerEvent]:
-        """Events in chain order, optionally of one release / one run."""
+        """Events in chain order, optionally of one release / one run (``dag_id`` + ``run_id``) / one kind."""
         p = self.placeholder
         where, args = [], []
+        if dag_id is not None:
+            where.append(f"dag_id = {p}")
+            args.append(dag_id)
+        if kind is not None:
+            where.append(f"kind = {p}")
+            args.append(kind)
         if release is not None:
             where.append(f"release = {p}")
             args.append(release)
@@ -184,6 +209,56 @@ class LedgerStore:
             if len(rows) < batch:
                 return
             last = int(rows[-1][0])
+
+    # --- deploy-target locks --------------------------------------------------------------------
+    def try_lock(self, target: str, holder: str) -> str:
+        """Take ``target`` for ``holder`` unless someone holds it; returns who holds it now."""
+        from releasetrain.core.ledger import now_iso
+
+        p = self.placeholder
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(
+                f"INSERT INTO {LOCKS} (target, holder, acquired_at) VALUES ({p}, {p}, {p}) "
+                "ON CONFLICT (target) DO NOTHING",
+                (target, holder, now_iso()),
+            )
+            cursor.execute(f"SELECT holder FROM {LOCKS} WHERE target = {p}", (target,))
+            row = cursor.fetchone()
+            self.conn.commit()
+        except Exception as exc:
+            self.conn.rollback()
+            raise LedgerError(f"{self.description}: could not lock {target!r}: {exc}") from exc
+        finally:
+            cursor.close()
+        return row[0] if row else ""
+
+    def lock_holder(self, target: str) -> str | None:
+        cursor = self.conn.cursor()
+        cursor.execute(f"SELECT holder FROM {LOCKS} WHERE target = {self.placeholder}", (target,))
+        row = cursor.fetchone()
+        cursor.close()
+        self.conn.commit()
+        return row[0] if row else None
+
+    def unlock(self, holder: str, target: str | None = None) -> list[str]:
+        """Release what ``holder`` holds (one target, or all of them); returns the targets released."""
+        p = self.placeholder
+        where, args = f"holder = {p}", [holder]
+        if target is not None:
+            where, args = f"{where} AND target = {p}", [holder, target]
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(f"SELECT target FROM {LOCKS} WHERE {where}", args)
+            targets = [row[0] for row in cursor.fetchall()]
+            cursor.execute(f"DELETE FROM {LOCKS} WHERE {where}", args)
+            self.conn.commit()
+        except Exception as exc:
+            self.conn.rollback()
+            raise LedgerError(f"{self.description}: could not unlock for {holder!r}: {exc}") from exc
+        finally:
+            cursor.close()
+        return targets
 
     def verify(self) -> VerifyResult:
         # Read the head first: events appended meanwhile extend the chain past it, which is fine.
@@ -212,6 +287,8 @@ class SqliteLedgerStore(LedgerStore):
         raw.execute("BEGIN IMMEDIATE")
         for statement in _SCHEMA:
             raw.execute(statement)
+        if "dag_id" not in {row[1] for row in raw.execute(f"PRAGMA table_info({TABLE})")}:
+            raw.execute(_ADD_DAG_ID)
         raw.execute(f"INSERT OR IGNORE INTO {HEAD} (id, seq, hash) VALUES (1, 0, ?)", (GENESIS,))
         raw.execute("COMMIT")
 
@@ -265,6 +342,7 @@ class PostgresLedgerStore(LedgerStore):
         cursor.execute("SELECT pg_advisory_xact_lock(4242001)")  # concurrent first writers create once
         for statement in _SCHEMA:
             cursor.execute(statement)
+        cursor.execute(_ADD_DAG_ID.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))
         cursor.execute(f"INSERT INTO {HEAD} (id, seq, hash) VALUES (1, 0, %s) ON CONFLICT (id) DO NOTHING", (GENESIS,))
         self._conn.commit()
         cursor.close()
@@ -335,6 +413,20 @@ def _get_connection(conn_id: str) -> Any | None:
         return None
     except Exception as exc:  # e.g. a metadata database that is not reachable from here
         raise LedgerError(f"ledger connection {conn_id!r} cannot be looked up: {exc}") from exc
+
+
+async def astore(conn_id: str = DEFAULT_CONN_ID) -> LedgerStore:
+    """The ledger store, for triggers: the connection is looked up the async way (triggerer)."""
+    from airflow.exceptions import AirflowNotFoundException
+    from airflow.sdk import BaseHook
+
+    try:
+        conn = await BaseHook.aget_connection(conn_id)
+    except AirflowNotFoundException:
+        if conn_id != DEFAULT_CONN_ID:
+            raise LedgerError(f"ledger connection {conn_id!r} does not exist") from None
+        return SqliteLedgerStore(default_sqlite_path())
+    return store_from_connection(conn)
 
 
 class LedgerHook:

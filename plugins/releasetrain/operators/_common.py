@@ -1,36 +1,99 @@
+"""What every release operator shares: the run's request (from the DAG run), its ledger
+records, the gatekeeper's decisions enforced, and XCom for display only.
+
+Trust: XCom and task states can be written by any UI/REST user, so nothing here decides
+from them. :func:`release_request` reads the DAG run Airflow created; :func:`run_ledger`
+reads what this run's tasks wrote to the ledger; :func:`enforce` fails the task with the
+gatekeeper's reasons and records the refusal.
+"""
+
 from __future__ import annotations
 
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-REQUEST_TASK_ID = "prepare"
-PACKAGE_TASK_ID = "package"
+from releasetrain.core.gatekeeper import Decision, RunLedger
+from releasetrain.core.ledger import LedgerError
+from releasetrain.core.request import ReleaseRequest, ReleaseRequestError, build_request
+from releasetrain.core.vocabulary import Event
 
 
 def pull(context: Any, task_id: str, key: str = "return_value") -> Any:
+    """An earlier task's XCom: for display and convenience only, never for a gate."""
     return context["ti"].xcom_pull(task_ids=task_id, key=key)
 
 
 def require(context: Any, task_id: str, what: str) -> dict[str, Any]:
-    """An earlier task's result that this task cannot do without."""
+    """An earlier task's result that this task cannot do without (display data, not a gate)."""
     value = pull(context, task_id)
     if not value:
         raise AirflowFailException(f"{what} is missing: task {task_id!r} recorded no result in this run")
     return value
 
 
-def release_values(request: dict[str, Any], environment: str, digest: str = "") -> dict[str, str]:
+def _dag_id(context: Any) -> str:
+    dag = context.get("dag")
+    if dag is not None:
+        return dag.dag_id
+    return getattr(context.get("dag_run"), "dag_id", "") or ""
+
+
+def run_ledger(context: Any, release: str) -> RunLedger:
+    """This run's ledger events (keyed by DAG id and run id)."""
+    from releasetrain.hooks.ledger import LedgerHook
+
+    hook = LedgerHook()
+    try:
+        return RunLedger(hook.events(release=release, run_id=context["run_id"], dag_id=_dag_id(context)))
+    except LedgerError as exc:
+        raise AirflowFailException(f"the release ledger cannot be read: {exc}") from None
+    finally:
+        hook.close()
+
+
+def release_request(
+    context: Any, release: str, *, planned_version: str | None = None, candidate: Any = None
+) -> ReleaseRequest:
+    """The run's request, from the DAG run Airflow created (never from XCom).
+
+    A scheduled train's version and author come from what ``prepare`` pinned in the ledger
+    (``candidate`` is given only by ``prepare`` itself, from the published variable).
+    """
+    dag_run = context["dag_run"]
+    run_type = str(getattr(dag_run, "run_type", "") or "")
+    if candidate is None and run_type.lower().endswith("scheduled") and not context["params"].get("version"):
+        pinned = run_ledger(context, release).request()
+        if pinned is None:
+            raise AirflowFailException(
+                "the release request is missing: prepare recorded nothing in the ledger for this run "
+                "(was it marked successful by hand?)"
+            )
+        candidate = {"version": pinned.get("version"), "published_by": pinned.get("requested_by")}
+    try:
+        return build_request(
+            release=release,
+            dag_id=_dag_id(context),
+            run_id=context["run_id"],
+            params=context["params"],
+            conf=getattr(dag_run, "conf", None) or {},
+            triggering_user=dag_run.triggering_user_name,
+            run_type=run_type,
+            planned_version=planned_version,
+            candidate=candidate,
+        )
+    except ReleaseRequestError as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+def release_values(request: ReleaseRequest, environment: str, digest: str = "") -> dict[str, str]:
     """Placeholders available to checks: ``${release}``, ``${version}``, ``${environment}``, ``${digest}``."""
     return {
-        "release": request["release"],
-        "version": request["version"],
+        "release": request.release,
+        "version": request.version,
         "environment": environment,
         "digest": digest,
     }
-
-
-RISK_TASK_ID = "assess_risk"
 
 
 def record(
@@ -42,27 +105,56 @@ def record(
     actor: str = "",
     details: dict[str, Any] | None = None,
 ) -> None:
-    """Append an event of this run to the release ledger (a failure to record fails the task)."""
+    """Append an event of this run to the release ledger, naming the task that saw it.
+
+    A failure to record fails the task; callers that record a *decision* use
+    :func:`record_decision`, which never lets a retry ask again.
+    """
     from releasetrain.hooks.ledger import LedgerHook
 
+    details = dict(details or {})
+    ti = context.get("ti")
+    if getattr(ti, "task_id", None):
+        details.setdefault("task_id", ti.task_id)
     hook = LedgerHook()
     try:
         hook.append(
             kind,
             release=release,
             run_id=context["run_id"],
+            dag_id=_dag_id(context),
             environment=environment,
             actor=actor or "",
-            details=details or {},
+            details=details,
         )
     finally:
         hook.close()
 
 
-def gates_for(context: Any, environment: str, quorum: int, reviews: list[str]) -> tuple[int, list[str]]:
-    """The quorum and reviews the risk assessment selected for an environment (the spec's without one)."""
-    risk = pull(context, RISK_TASK_ID) or {}
-    gates = (risk.get("gates") or {}).get(environment)
-    if not gates:
-        return quorum, list(reviews)
-    return int(gates["quorum"]), list(gates["reviews"])
+def record_decision(context: Any, kind: str, release: str, **fields: Any) -> None:
+    """Record a human decision; when the ledger refuses, fail without retry (never ask again)."""
+    try:
+        record(context, kind, release, **fields)
+    except Exception as exc:
+        raise AirflowFailException(
+            f"the {kind} decision could not be recorded in the release ledger ({exc}); the task fails "
+            "without asking again: trigger a new run once the ledger is back"
+        ) from None
+
+
+def enforce(context: Any, decision: Decision, release: str, environment: str = "") -> None:
+    """Fail the task when the gatekeeper refused, after recording the refusal with its reasons."""
+    if decision.allowed:
+        return
+    unrecorded = ""
+    try:
+        record(
+            context,
+            Event.GATE_REFUSED,
+            release,
+            environment=environment,
+            details={"step": decision.step, "reasons": list(decision.reasons)},
+        )
+    except Exception as exc:  # the refusal stands even when it cannot be recorded
+        unrecorded = f" (the refusal could not be recorded: {exc})"
+    raise AirflowFailException(decision.message() + "; nothing was changed" + unrecorded)

@@ -8,20 +8,19 @@ from typing import Any
 from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from releasetrain.core.approval import (
-    SegregationOfDutiesError,
-    authors,
-    check_responder,
-    eligible_approvers,
-)
-from releasetrain.operators._common import PACKAGE_TASK_ID, REQUEST_TASK_ID, gates_for, pull, record, require
+from releasetrain.core import gatekeeper
+from releasetrain.core.approval import SegregationOfDutiesError, check_responder, eligible_approvers
+from releasetrain.core.gatekeeper import Decision, RunLedger
+from releasetrain.core.request import ReleaseRequest
+from releasetrain.core.vocabulary import ASSESS_RISK, Event
+from releasetrain.operators._common import enforce, pull, record, record_decision, release_request, run_ledger
 
 
 def assign_non_authors(
-    operator: HITLOperator, request: dict[str, Any], users: list[str], what: str
+    operator: HITLOperator, request: ReleaseRequest, users: list[str], what: str
 ) -> tuple[set[str], list[str]]:
     """Assign a HITL request to ``users`` minus the release's authors (fails when none is left)."""
-    excluded = authors(request.get("triggered_by"), request.get("requested_by"))
+    excluded = set(request.authors)
     try:
         eligible = eligible_approvers(users, excluded)
     except SegregationOfDutiesError as exc:
@@ -114,29 +113,38 @@ class ReleaseApprovalOperator(ApprovalOperator):
             return f"{self.environment} {self.review_group} review"
         return f"{self.environment} approval" + (f" {self.slot}" if self.slot and self.slot > 1 else "")
 
-    def _needed(self, context: Any) -> tuple[bool, str]:
-        quorum, reviews = gates_for(context, self.environment, self.quorum, self.reviews)
+    def _needed(self, context: Any, run: RunLedger) -> tuple[bool, str]:
+        gates = gatekeeper.risk_gates(run, self.environment, self.quorum, self.reviews, assess_task_id=ASSESS_RISK)
+        if isinstance(gates, Decision):
+            enforce(context, gates, self.release, self.environment)
+        quorum, reviews = gates  # type: ignore[misc]
         if self.review_group:
             return self.review_group in reviews, f"reviews needed: {reviews or 'none'}"
         return (self.slot or 1) <= quorum, f"quorum needed: {quorum}"
 
-    def _others(self, context: Any) -> dict[str, str]:
-        """Who already approved one of the environment's other approvals: user -> task."""
-        given = {}
-        for task_id in self.sibling_task_ids:
-            result = pull(context, task_id) or {}
-            approver = (result.get("responded_by_user") or {}).get("id")
-            if approver and result.get("chosen_options") == [self.APPROVE]:
-                given[approver] = task_id
-        return given
+    def _others(self, run: RunLedger) -> dict[str, str]:
+        """Who already approved one of the environment's other approvals (the ledger): user -> task."""
+        return {
+            e.actor: e.details.get("task_id", "")
+            for e in run.of(Event.APPROVAL_GIVEN, environment=self.environment)
+            if e.actor and e.details.get("task_id") != self.task_id
+        }
+
+    @staticmethod
+    def _digest(run: RunLedger) -> str | None:
+        """The bundle this run packaged (the ledger's record, not the package task's XCom)."""
+        packaged = run.last(Event.PACKAGED)
+        return packaged.details.get("digest") if packaged else None
 
     def execute(self, context: Any) -> Any:
-        request = require(context, REQUEST_TASK_ID, "the release request")
-        needed, why = self._needed(context)
+        request = release_request(context, self.release)
+        run = run_ledger(context, self.release)
+        enforce(context, gatekeeper.not_rejected(run, self.task_id), self.release, self.environment)
+        needed, why = self._needed(context, run)
         if not needed:
             raise AirflowSkipException(f"{self.what} is not needed at this release's risk ({why})")
         excluded, eligible = assign_non_authors(self, request, self.approvers, self.what)
-        others = self._others(context)
+        others = self._others(run)
         eligible = [user for user in eligible if user not in others]
         if not eligible:
             raise AirflowFailException(
@@ -144,16 +152,16 @@ class ReleaseApprovalOperator(ApprovalOperator):
                 f"already approved ({', '.join(sorted(others))}); add approvers to the spec"
             )
         self.assigned_users = [{"id": user, "name": user} for user in eligible]
-        packaged = pull(context, PACKAGE_TASK_ID) or {}
-        self.subject = f"Approve {self.release} {request['version']} for {self.environment}?"
+        packaged = {"digest": self._digest(run)} if self._digest(run) else {}
+        self.subject = f"Approve {self.release} {request.version} for {self.environment}?"
         if self.review_group:
-            self.subject = f"Readiness review ({self.review_group}): {self.release} {request['version']} for " + (
+            self.subject = f"Readiness review ({self.review_group}): {self.release} {request.version} for " + (
                 f"{self.environment}?"
             )
         self.body = self._body(context, request, packaged, excluded, eligible)
         record(
             context,
-            "approval_requested",
+            Event.APPROVAL_REQUESTED,
             self.release,
             environment=self.environment,
             details={
@@ -174,17 +182,20 @@ class ReleaseApprovalOperator(ApprovalOperator):
         return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
-        request = require(context, REQUEST_TASK_ID, "the release request")
-        digest = (pull(context, PACKAGE_TASK_ID) or {}).get("digest")
+        request = release_request(context, self.release)
+        run = run_ledger(context, self.release)
+        digest = self._digest(run)
         details = {"task_id": self.task_id, "group": self.review_group, "slot": self.slot, "digest": digest}
         if event.get("timedout") or event.get("error_type") == "timeout":
-            record(context, "approval_timed_out", self.release, environment=self.environment, details=details)
+            record_decision(
+                context, Event.APPROVAL_TIMED_OUT, self.release, environment=self.environment, details=details
+            )
             raise AirflowFailException(f"{self.what}: no answer before the timeout; the release is rejected")
         result = HITLOperator.execute_complete(self, context=context, event=event)
         chosen = result["chosen_options"][0]
         responder = (result.get("responded_by_user") or {}).get("id")
-        excluded = authors(request.get("triggered_by"), request.get("requested_by"))
-        others = self._others(context)
+        excluded = set(request.authors)
+        others = self._others(run)
         try:
             check_responder(responder, self.approvers, excluded)
             if responder in others:
@@ -192,9 +203,9 @@ class ReleaseApprovalOperator(ApprovalOperator):
                     f"{responder} already approved {others[responder]}: one person never counts twice"
                 )
         except SegregationOfDutiesError as exc:
-            record(
+            record_decision(
                 context,
-                "approval_refused",
+                Event.APPROVAL_REFUSED,
                 self.release,
                 environment=self.environment,
                 actor=responder or "",
@@ -203,21 +214,23 @@ class ReleaseApprovalOperator(ApprovalOperator):
             self.log.warning("%s: response refused (%s); asking again", self.what, exc)
             return self.execute(context)  # the request is open again for the others
         if chosen != self.APPROVE:
-            record(
+            record_decision(
                 context,
-                "approval_rejected",
+                Event.APPROVAL_REJECTED,
                 self.release,
                 environment=self.environment,
                 actor=responder,
                 details={**details, "reason": "rejected"},
             )
             raise AirflowFailException(
-                f"{self.release} {request['version']} was rejected for {self.environment} by {responder} "
+                f"{self.release} {request.version} was rejected for {self.environment} by {responder} "
                 f"({self.what}); nothing was deployed to {self.environment}"
             )
-        record(context, "approval_given", self.release, environment=self.environment, actor=responder, details=details)
+        record_decision(
+            context, Event.APPROVAL_GIVEN, self.release, environment=self.environment, actor=responder, details=details
+        )
         self.log.info(
-            "%s approved %s %s for %s (%s)", responder, self.release, request["version"], self.environment, self.what
+            "%s approved %s %s for %s (%s)", responder, self.release, request.version, self.environment, self.what
         )
         return {
             **result,
@@ -228,18 +241,18 @@ class ReleaseApprovalOperator(ApprovalOperator):
         }
 
     def _body(
-        self, context: Any, request: dict[str, Any], packaged: dict[str, Any], excluded: set[str], eligible: list[str]
+        self, context: Any, request: ReleaseRequest, packaged: dict[str, Any], excluded: set[str], eligible: list[str]
     ) -> str:
         lines = [
-            f"**{self.release} {request['version']}** is ready for **{self.environment}**.",
+            f"**{self.release} {request.version}** is ready for **{self.environment}**.",
             "",
             "| | |",
             "|---|---|",
-            f"| Version | `{request['version']}` |",
+            f"| Version | `{request.version}` |",
             f"| Bundle digest | `{packaged.get('digest', 'not packaged')}` |",
-            f"| Requested by | {_md(request.get('requested_by') or '-')} |",
-            f"| Triggered by | {_md(request.get('triggered_by') or 'scheduler')} |",
-            f"| Change | {_md(request.get('change_summary') or '-')} |",
+            f"| Requested by | {_md(request.requested_by or '-')} |",
+            f"| Triggered by | {_md(request.triggered_by or 'scheduler')} |",
+            f"| Change | {_md(request.change_summary or '-')} |",
             f"| May approve | {', '.join(eligible)} (authors cannot: {', '.join(sorted(excluded)) or '-'}) |",
             "",
             "**Passed so far**",

@@ -9,9 +9,11 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
 from releasetrain.core.checks import render_check
+from releasetrain.core.gatekeeper import Decision
 from releasetrain.core.spec import HttpCheck
+from releasetrain.core.vocabulary import Event
 from releasetrain.hooks.http_check import HttpCheckHook
-from releasetrain.operators._common import REQUEST_TASK_ID, record, release_values, require
+from releasetrain.operators._common import enforce, record, release_request, release_values, run_ledger
 from releasetrain.triggers.health import HealthVerificationTrigger
 
 
@@ -37,9 +39,18 @@ class _EnvironmentCheckOperator(BaseOperator):
 
     def _values(self, context: Any) -> tuple[dict[str, Any], dict[str, str]]:
         """The deployment record and the ``${...}`` placeholder values for the checks."""
-        request = require(context, REQUEST_TASK_ID, "the release request")
-        deployed = require(context, self.deploy_task_id, "the deployment")
+        request = release_request(context, self.release)
+        deployed = self._deployed(context)
         return deployed, release_values(request, self.environment, deployed["digest"])
+
+    def _deployed(self, context: Any) -> dict[str, Any]:
+        """What this run's deploy task recorded in the ledger (a deploy marked successful by hand did not)."""
+        run = run_ledger(context, self.release)
+        deployed = run.last(Event.DEPLOYED, environment=self.environment, task_id=self.deploy_task_id)
+        if deployed is None:
+            refusal = Decision.refuse(self.task_id, run.missing(self.deploy_task_id, "deployment"))
+            enforce(context, refusal, self.release, self.environment)
+        return dict(deployed.details)  # type: ignore[union-attr]
 
 
 class SmokeCheckOperator(_EnvironmentCheckOperator):
@@ -156,12 +167,12 @@ class HealthVerificationOperator(_EnvironmentCheckOperator):
         )
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
-        deployed = require(context, self.deploy_task_id, "the deployment")
+        deployed = self._deployed(context)
         for failure in event.get("last_failures", []):
             self.log.warning("health %s: %s", failure["name"], "; ".join(failure["failures"]))
         record(
             context,
-            "checks_passed" if event["healthy"] else "checks_failed",
+            Event.CHECKS_PASSED if event["healthy"] else Event.CHECKS_FAILED,
             self.release,
             environment=self.environment,
             details={"kind": "health", "digest": deployed["digest"], "reason": event.get("reason")},

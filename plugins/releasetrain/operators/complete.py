@@ -5,18 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
 
-from releasetrain.operators._common import PACKAGE_TASK_ID, REQUEST_TASK_ID, pull, record
+from releasetrain.core import gatekeeper
+from releasetrain.core.gatekeeper import Decision
+from releasetrain.core.vocabulary import PACKAGE, Event
+from releasetrain.operators._common import enforce, record, release_request, run_ledger
 
 
 class ReleaseCompleteOperator(BaseOperator):
-    """Summarise the released version and where it runs.
+    """Summarise the released version and where it runs, once the ledger shows it passed.
 
     It is the run's non-rollback leaf: when any gate fails it is ``upstream_failed``,
-    which keeps the run ``failed`` even when a rollback succeeds.
+    which keeps the run ``failed`` even when a rollback succeeds. Its own gate reads the
+    ledger, not task states: every environment recorded its pass with the packaged digest,
+    an emergency run recorded its post-implementation review, and the closure (when the
+    release has one) was recorded. A gate marked successful by hand recorded none of that.
 
-    :param gate_task_ids: each environment's last gate, in promotion order
+    :param environments: the release's environments, in promotion order
+    :param gate_task_ids: each environment's last gate (``<env>.passed``), in promotion order
     """
 
     ui_color = "#ceead6"
@@ -26,6 +32,7 @@ class ReleaseCompleteOperator(BaseOperator):
         *,
         release: str,
         gate_task_ids: list[str],
+        environments: list[str] | None = None,
         review_task_id: str | None = None,
         closure_task_id: str | None = None,
         **kwargs: Any,
@@ -33,41 +40,37 @@ class ReleaseCompleteOperator(BaseOperator):
         super().__init__(**kwargs)
         self.closure_task_id = closure_task_id
         self.release = release
-        self.gate_task_ids = gate_task_ids
+        self.gate_task_ids = list(gate_task_ids)
+        self.environments = list(environments or [t.split(".", 1)[0] for t in gate_task_ids])
         self.review_task_id = review_task_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        request = pull(context, REQUEST_TASK_ID) or {}
-        if request.get("emergency") and self.review_task_id:
-            review = pull(context, self.review_task_id) or {}
-            if not (review.get("responded_by_user") or {}).get("id"):
-                raise AirflowFailException(
-                    f"emergency release {self.release}: no post-implementation review is recorded "
-                    f"(was {self.review_task_id} marked by hand?); the release cannot end successful"
-                )
+        request = release_request(context, self.release)
+        run = run_ledger(context, self.release)
+        packaged = run.last(Event.PACKAGED, task_id=PACKAGE)
+        digest = packaged.details.get("digest") if packaged else ""
+        decisions = [
+            gatekeeper.environment_passed(run, env, digest or "", gate_task_id=gate)
+            for env, gate in zip(self.environments, self.gate_task_ids, strict=True)
+        ]
+        if request.emergency and self.review_task_id:
+            decisions.append(
+                gatekeeper.recorded_person(run, Event.REVIEW, self.review_task_id, "post-implementation review")
+            )
         if self.closure_task_id:
-            if not (pull(context, self.closure_task_id) or {}).get("runbook_update"):
-                raise AirflowFailException(
-                    f"{self.release}: no runbook update is recorded by {self.closure_task_id} "
-                    "(was it marked by hand?); the release cannot end successful"
-                )
-        else:
+            decisions.append(gatekeeper.recorded_person(run, Event.CLOSURE, self.closure_task_id, "runbook update"))
+        enforce(context, Decision.combine(f"{self.release} complete", decisions), self.release)
+        if not self.closure_task_id:
             from releasetrain.operators.governance import close_change
 
-            close_change(context, self.release, "success", f"released {request.get('version')}")
-            record(context, "closure", self.release, details={"version": request.get("version"), "outcome": "success"})
-        packaged = pull(context, PACKAGE_TASK_ID) or {}
-        environments = [pull(context, task_id)["environment"] for task_id in self.gate_task_ids]
+            close_change(context, self.release, "success", f"released {request.version}")
+            record(context, Event.CLOSURE, self.release, details={"version": request.version, "outcome": "success"})
         self.log.info(
-            "Released %s %s (%s) to %s",
-            self.release,
-            request.get("version"),
-            packaged.get("digest"),
-            " -> ".join(environments),
+            "Released %s %s (%s) to %s", self.release, request.version, digest, " -> ".join(self.environments)
         )
         return {
             "release": self.release,
-            "version": request.get("version"),
-            "digest": packaged.get("digest"),
-            "environments": environments,
+            "version": request.version,
+            "digest": digest,
+            "environments": self.environments,
         }

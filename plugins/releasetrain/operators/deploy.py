@@ -8,14 +8,22 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from releasetrain.core.approval import SegregationOfDutiesError, authors, check_approvals
+from releasetrain.core import gatekeeper
 from releasetrain.core.change import ChangeState
-from releasetrain.core.promotion import PromotionError, check_promotion
+from releasetrain.core.gatekeeper import Decision, RunLedger
+from releasetrain.core.request import ReleaseRequest
+from releasetrain.core.vocabulary import ASSESS_RISK, Event
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
-from releasetrain.operators._common import REQUEST_TASK_ID, gates_for, pull, record, require
+from releasetrain.operators._common import enforce, record, release_request, run_ledger
 from releasetrain.triggers.deployment import DeploymentCompletionTrigger
 
 PRE_DEPLOY_KEY = "pre_deploy"
+
+
+def pre_deploy(run: RunLedger, environment: str, deploy_task_id: str) -> dict[str, Any] | None:
+    """What ``environment`` ran before this run's deploy task first touched it (the ledger)."""
+    started = run.of(Event.DEPLOY_STARTED, environment=environment, task_id=deploy_task_id)
+    return dict(started[0].details["before"]) if started else None
 
 
 class DeployTargetCalls:
@@ -48,13 +56,19 @@ class DeployTargetCalls:
 
 
 class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
-    """Deploy version + digest to one environment.
+    """Deploy version + digest to one environment, once the gatekeeper allows it.
+
+    Every gate is decided from the run's ledger (:mod:`releasetrain.core.gatekeeper`),
+    never from XCom or task states: the verified digest, the previous environment's pass
+    with that digest, the approvals against the risk assessment's gates, the window
+    decision, the owners. A refusal is recorded (``gate_refused``) and fails the task.
 
     - Promotion: the digest must be the one that passed ``previous_environment``
-      (read from ``promotion_gate_task_id``).
+      (its ``environment_passed`` record, written by ``promotion_gate_task_id``).
     - Idempotent: if the target already runs this version and digest, nothing is sent.
-    - Before changing anything, the target's current version is recorded (XCom key
-      ``pre_deploy``) so that a rollback knows where to return.
+    - Before changing anything, the target's current version is recorded in the ledger
+      (``deploy_started``; XCom ``pre_deploy`` for display) so that a rollback knows where
+      to return, whatever a later try or a user does.
     - Waiting for the target is deferred to :class:`DeploymentCompletionTrigger`.
 
     :param release: release name
@@ -75,6 +89,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
     :param production: a production environment: the change record must be in Implement
     :param slot: ``idle`` for progressive strategies: the new version goes to the target's
         idle colour and takes no traffic until the rollout's steps move it
+    :param locked: the stage takes the target's lock first; the deploy refuses without it
     """
 
     ui_color = "#d2e3fc"
@@ -99,6 +114,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         deploy_timeout_seconds: float = 900,
         poll_interval: float = 2.0,
         slot: str | None = None,
+        locked: bool = False,
         **kwargs: Any,
     ) -> None:
         # Retried only for infrastructure trouble and Airflow 3.3's race between a fast
@@ -109,6 +125,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         kwargs.setdefault("retry_delay", timedelta(seconds=3))
         super().__init__(**kwargs)
         self.slot = slot
+        self.locked = locked
         if (previous_environment is None) != (promotion_gate_task_id is None):
             raise ValueError("previous_environment and promotion_gate_task_id go together")
         if approval_task_ids and not approvers:
@@ -131,19 +148,13 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         self.poll_interval = poll_interval
 
     def execute(self, context: Any) -> dict[str, Any]:
-        request = require(context, REQUEST_TASK_ID, "the release request")
-        version = request["version"]
-        digest = require(context, self.verify_task_id, "the verified bundle")["digest"]
-        gate = pull(context, self.promotion_gate_task_id) if self.promotion_gate_task_id else None
-        try:
-            check_promotion(self.environment, digest, self.previous_environment, gate)
-        except PromotionError as exc:
-            raise AirflowFailException(str(exc)) from None
-        self._check_owner(request)
-        if self.approval_task_ids:
-            self._check_approval(context, request, digest)
+        request = release_request(context, self.release)
+        version = request.version
+        run = run_ledger(context, self.release)
+        digest = self._verified_digest(context, run)
+        enforce(context, self._gates(context, run, request, digest), self.release, self.environment)
         if self.window_task_id:
-            self._check_window(context)
+            self._check_window_now(run)
         if self.production:
             from releasetrain.operators.governance import move_change
 
@@ -154,12 +165,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         hook = DeployTargetHook(self.deploy_target_conn_id)
         live = self._call(hook.get_status)
         already_live = live.get("version") == version and live.get("digest") == digest
-        if already_live and live.get("run_id") == context["run_id"]:
-            # this run deployed it in an earlier try (retry or clear): a rollback returns to what ran before
-            before = {"version": live.get("previous_version"), "digest": live.get("previous_digest"), "noop": False}
-        else:
-            before = {"version": live.get("version"), "digest": live.get("digest"), "noop": already_live}
-        context["ti"].xcom_push(key=PRE_DEPLOY_KEY, value=before)
+        before = self._before(context, run, live, version, digest, already_live)
         running = live.get("in_progress") or {}
         if (running.get("version"), running.get("digest"), running.get("run_id")) == (
             version,
@@ -176,7 +182,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
             self.log.info(
                 "%s already runs %s %s (%s): nothing to deploy", self.environment, self.release, version, digest
             )
-            return self._result(version, digest, live, deployment_id=None, noop=True, context=context)
+            return self._result(version, digest, before, deployment_id=None, noop=True, context=context)
 
         self.log.info(
             "Deploying %s %s (%s) to %s%s, replacing %s",
@@ -207,11 +213,11 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         self._wait(str(started["deployment_id"]))
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
-        version = require(context, REQUEST_TASK_ID, "the release request")["version"]
+        version = release_request(context, self.release).version
         if event["state"] != "succeeded":
             record(
                 context,
-                "deploy_failed",
+                Event.DEPLOY_FAILED,
                 self.release,
                 environment=self.environment,
                 details={"version": version, "state": event["state"], "message": event.get("message") or ""},
@@ -221,30 +227,90 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
                 f"{event['message'] or 'no message from the target'} (deployment {event['deployment_id']})"
             )
         deployment = event["deployment"]
-        digest = require(context, self.verify_task_id, "the verified bundle")["digest"]
+        digest = self._verified_digest(context, run_ledger(context, self.release))
         if (deployment.get("version"), deployment.get("digest")) != (version, digest):
             raise AirflowFailException(
                 f"{self.environment}: the target reports {deployment.get('version')} "
                 f"({deployment.get('digest')}) for deployment {event['deployment_id']}, "
                 f"but {version} ({digest}) was deployed"
             )
-        pre = pull(context, self.task_id, key=PRE_DEPLOY_KEY) or {}
+        pre = pre_deploy(run_ledger(context, self.release), self.environment, self.task_id) or {}
         self.log.info(
             "%s now runs %s %s (deployment %s)", self.environment, self.release, version, event["deployment_id"]
         )
         return self._result(version, digest, pre, deployment_id=event["deployment_id"], noop=False, context=context)
 
-    def _check_window(self, context: Any) -> None:
-        """The window gate's decision, and the window itself, checked again right before deploying."""
-        gate = pull(context, self.window_task_id) or {}
-        if not gate:
-            raise AirflowFailException(
-                f"{self.environment}: no decision recorded by {self.window_task_id} in this run "
-                "(was the window gate marked successful by hand?); nothing is deployed"
+    def _before(
+        self, context: Any, run: RunLedger, live: dict[str, Any], version: str, digest: str, already_live: bool
+    ) -> dict[str, Any]:
+        """What the environment ran before this run touched it: recorded in the ledger before the
+        first try changes anything, and read back from there by every later try and the rollback."""
+        before = pre_deploy(run, self.environment, self.task_id)
+        if before is None:
+            before = {"version": live.get("version"), "digest": live.get("digest"), "noop": already_live}
+            record(
+                context,
+                Event.DEPLOY_STARTED,
+                self.release,
+                environment=self.environment,
+                details={"version": version, "digest": digest, "before": before},
             )
-        if gate.get("emergency_exception"):
+        context["ti"].xcom_push(key=PRE_DEPLOY_KEY, value=before)  # display only
+        return before
+
+    def _verified_digest(self, context: Any, run: RunLedger) -> str:
+        """The digest this environment's verify task checked (its ledger record, not its XCom)."""
+        verified = run.last(Event.VERIFIED, environment=self.environment, task_id=self.verify_task_id)
+        if verified is None or not verified.details.get("digest"):
+            enforce(
+                context,
+                Decision.refuse(self.task_id, run.missing(self.verify_task_id, "verified bundle")),
+                self.release,
+                self.environment,
+            )
+        return str(verified.details["digest"])  # type: ignore[union-attr]
+
+    def _gates(self, context: Any, run: RunLedger, request: ReleaseRequest, digest: str) -> Decision:
+        """Everything this deploy relies on, decided by the gatekeeper from the run's ledger."""
+        decisions = [self._owner(request)]
+        if self.locked:
+            from releasetrain.operators.lock import lock_decision
+
+            decisions.append(lock_decision(context, self.deploy_target_conn_id, self.task_id))
+        if self.previous_environment and self.promotion_gate_task_id:
+            decisions.append(
+                gatekeeper.environment_passed(
+                    run, self.previous_environment, digest, gate_task_id=self.promotion_gate_task_id
+                )
+            )
+        if self.approval_task_ids:
+            gates = gatekeeper.risk_gates(run, self.environment, self.quorum, self.reviews, assess_task_id=ASSESS_RISK)
+            if isinstance(gates, Decision):
+                decisions.append(gates)
+            else:
+                quorum, reviews = gates
+                decisions.append(
+                    gatekeeper.approvals(
+                        run,
+                        self.environment,
+                        digest=digest,
+                        quorum=quorum,
+                        reviews=reviews,
+                        pool=self.approvers,
+                        review_members=self.review_members,
+                        authors=request.authors,
+                        step=f"{self.environment} approvals",
+                    )
+                )
+        if self.window_task_id:
+            decisions.append(gatekeeper.window(run, self.environment, self.window_task_id))
+        return Decision.combine(self.task_id, decisions)
+
+    def _check_window_now(self, run: RunLedger) -> None:
+        """The window itself, checked again right before deploying (a recorded emergency exception passes)."""
+        if run.of(Event.EXCEPTION, environment=self.environment, task_id=self.window_task_id):
             return
-        window = context["dag"].get_task(self.window_task_id)
+        window = self.dag.get_task(self.window_task_id)
         decision = window.decide_now()
         if not decision.open:
             raise AirflowFailException(
@@ -252,51 +318,18 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
                 f"nothing is deployed: clear {self.window_task_id} to wait for the next opening"
             )
 
-    def _check_owner(self, request: dict[str, Any]) -> None:
+    def _owner(self, request: ReleaseRequest) -> Decision:
         """Only the owning team releases into its environment (the release's own schedule may too)."""
         if self.owners is None:
-            return
-        people = {request.get("requested_by"), request.get("triggered_by")} - {None, "scheduler"}
-        outsiders = sorted(p for p in people if p not in set(self.owners))
+            return Decision.allow(self.task_id)
+        outsiders = sorted(p for p in request.authors if p not in set(self.owners))
         if outsiders:
-            raise AirflowFailException(
-                f"{self.environment}: {', '.join(outsiders)} may not release into {self.environment}: only its "
-                f"owners ({', '.join(self.owners)}) may; nothing is deployed"
+            return Decision.refuse(
+                self.task_id,
+                f"{', '.join(outsiders)} may not release into {self.environment}: only its "
+                f"owners ({', '.join(self.owners)}) may",
             )
-
-    def _check_approval(self, context: Any, request: dict[str, Any], digest: str) -> None:
-        """The approvals this deploy relies on, checked again where they are used."""
-        records = []
-        for task_id in self.approval_task_ids:
-            approval = pull(context, task_id) or {}
-            responder = (approval.get("responded_by_user") or {}).get("id")
-            if approval.get("chosen_options") == ["Approve"] and responder:
-                records.append(
-                    {"approver": responder, "digest": approval.get("digest"), "group": approval.get("group")}
-                )
-        quorum, reviews = gates_for(context, self.environment, self.quorum, self.reviews)
-        try:
-            approvers = check_approvals(
-                records,
-                quorum=quorum,
-                reviews=reviews,
-                pool=self.approvers,
-                review_members=self.review_members,
-                excluded=authors(request.get("triggered_by"), request.get("requested_by")),
-                digest=digest,
-            )
-        except SegregationOfDutiesError as exc:
-            record(
-                context,
-                "approval_refused",
-                self.release,
-                environment=self.environment,
-                details={"reason": str(exc), "at": "deploy", "records": records},
-            )
-            raise AirflowFailException(
-                f"{self.environment}: {exc} (was an approval task marked successful by hand?); nothing is deployed"
-            ) from None
-        self.log.info("%s: approvals hold: %s for %s", self.environment, ", ".join(approvers), digest)
+        return Decision.allow(self.task_id)
 
     def _result(
         self,
@@ -318,5 +351,5 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
             "previous_digest": previous.get("digest"),
         }
         if context is not None:
-            record(context, "deployed", self.release, environment=self.environment, details=result)
+            record(context, Event.DEPLOYED, self.release, environment=self.environment, details=result)
         return result

@@ -9,13 +9,12 @@ from airflow.providers.standard.operators.hitl import HITLEntryOperator
 from airflow.sdk import BaseOperator, Param
 from airflow.sdk.exceptions import AirflowFailException
 
-from releasetrain.core.approval import authors
 from releasetrain.core.change import ChangeRecordError, ChangeRef, ChangeState, closing, lifecycle, path_to
 from releasetrain.core.ledger import LedgerError
+from releasetrain.core.request import ReleaseRequest
 from releasetrain.core.risk import EnvironmentGates, RiskFacts, RiskRefusal, assess
-from releasetrain.operators._common import REQUEST_TASK_ID, RISK_TASK_ID, pull, record, require
-
-CLOSURE_TASK_ID = "closure"
+from releasetrain.core.vocabulary import ASSESS_RISK, SCHEDULER, Event
+from releasetrain.operators._common import record, record_decision, release_request, run_ledger
 
 
 def _backend(ref: ChangeRef, conn_id: str | None) -> Any:
@@ -44,25 +43,26 @@ def _mirror(context: Any, release: str, ref: ChangeRef, kind: str, note: str, **
     )
 
 
-def change_of(context: Any) -> tuple[ChangeRef, str | None] | None:
-    risk = pull(context, RISK_TASK_ID) or {}
-    change = risk.get("change")
-    if not change:
-        return None
-    return ChangeRef.from_dict(change), risk.get("change_conn_id")
+def change_of(context: Any, release: str) -> tuple[ChangeRef, str | None] | None:
+    """This run's change record, as the risk assessment recorded it in the ledger (not its XCom)."""
+    for event in reversed(run_ledger(context, release).of(Event.RISK_ASSESSED, task_id=ASSESS_RISK)):
+        change = event.details.get("change")
+        if change:
+            return ChangeRef.from_dict(change), event.details.get("change_conn_id")
+    return None
 
 
 def _walk(context: Any, release: str, backend: Any, ref: ChangeRef, target: ChangeState, note: str) -> ChangeRef:
     """Move a change record one state at a time to ``target``, each step in the ledger."""
     for state in path_to(ref.change_type, ref.state, target):
         ref = backend.move_to(ref, state, note=note)
-        _mirror(context, release, ref, "change_transition", note)
+        _mirror(context, release, ref, Event.CHANGE_TRANSITION, note)
     return ref
 
 
 def move_change(context: Any, release: str, target: ChangeState, note: str) -> ChangeRef | None:
     """Move this run's change record to ``target`` (through the states before it)."""
-    found = change_of(context)
+    found = change_of(context, release)
     if found is None:
         return None
     ref, conn_id = found
@@ -75,7 +75,7 @@ def move_change(context: Any, release: str, target: ChangeState, note: str) -> C
 
 def close_change(context: Any, release: str, outcome: str, notes: str) -> ChangeRef | None:
     """Close this run's change record with the outcome (cancel it when nothing was implemented)."""
-    found = change_of(context)
+    found = change_of(context, release)
     if found is None:
         return None
     ref, conn_id = found
@@ -90,7 +90,7 @@ def close_change(context: Any, release: str, outcome: str, notes: str) -> Change
         closed = backend.close(current, outcome=outcome, notes=notes)
     except (ChangeRecordError, LedgerError) as exc:
         raise AirflowFailException(f"change record {ref.number}: cannot close ({outcome}): {exc}") from None
-    _mirror(context, release, closed, "change_closed", notes, outcome=outcome)
+    _mirror(context, release, closed, Event.CHANGE_CLOSED, notes, outcome=outcome)
     return closed
 
 
@@ -157,13 +157,13 @@ class RiskAssessmentOperator(BaseOperator):
         return previous, rollbacks
 
     def execute(self, context: Any) -> dict[str, Any]:
-        request = require(context, REQUEST_TASK_ID, "the release request")
+        request = release_request(context, self.release)
         previous, rollbacks = self._history(context)
         facts = RiskFacts(
             environments=self.environments,
             production=self.production,
             components=self.components,
-            version=request["version"],
+            version=request.version,
             previous_version=previous,
             schema_migration=self.schema_migration,
             rollback_plan=bool(self.rollback_plan),
@@ -179,19 +179,19 @@ class RiskAssessmentOperator(BaseOperator):
                 facts,
                 declared,
                 change_type=self.change_type,
-                emergency=bool(request.get("emergency")),
+                emergency=request.emergency,
                 available_reviews=reviews_everywhere,
             )
         except RiskRefusal as exc:
-            record(context, "risk_assessed", self.release, details={"refused": str(exc), "facts": facts.__dict__})
-            kind = "emergency" if request.get("emergency") else "normal"
+            record(context, Event.RISK_ASSESSED, self.release, details={"refused": str(exc), "facts": facts.__dict__})
+            kind = "emergency" if request.emergency else "normal"
             ref = self._open_change(context, request, kind, "high")
             self._cancel(context, ref, f"refused by the risk assessment: {exc}")
-            raise AirflowFailException(f"{self.release} {request['version']}: {exc}") from None
+            raise AirflowFailException(f"{self.release} {request.version}: {exc}") from None
         ref = self._open_change(context, request, assessment.change_type, assessment.level)
         record(
             context,
-            "risk_assessed",
+            Event.RISK_ASSESSED,
             self.release,
             details={
                 "score": assessment.score,
@@ -200,13 +200,14 @@ class RiskAssessmentOperator(BaseOperator):
                 "gates": assessment.to_dict()["gates"],
                 "change_type": assessment.change_type,
                 "change_conn_id": self.change_conn_id,
+                "change": ref.to_dict(),
                 "notes": assessment.notes,
             },
         )
         self.log.info(
             "Risk of %s %s: %s (score %s): %s",
             self.release,
-            request["version"],
+            request.version,
             assessment.level,
             assessment.score,
             "; ".join(f"+{f['points']} {f['reason']}" for f in assessment.factors) or "no risk factors",
@@ -219,7 +220,7 @@ class RiskAssessmentOperator(BaseOperator):
         result.update({"change": ref.to_dict(), "change_conn_id": self.change_conn_id, "previous_version": previous})
         return result
 
-    def _open_change(self, context: Any, request: dict[str, Any], change_type: str, risk: str) -> ChangeRef:
+    def _open_change(self, context: Any, request: ReleaseRequest, change_type: str, risk: str) -> ChangeRef:
         from releasetrain.hooks.change_record import change_backend
 
         backend = change_backend(self.change_backend, self.change_conn_id)
@@ -228,11 +229,11 @@ class RiskAssessmentOperator(BaseOperator):
             ref = backend.open(
                 correlation_id=f"{self.release}/{context['run_id']}",
                 change_type=change_type,
-                short_description=f"Release {self.release} {request['version']}",
+                short_description=f"Release {self.release} {request.version}",
                 description=(
-                    f"releasetrain run {context['run_id']}: {self.release} {request['version']} to "
-                    f"{', '.join(self.environments)}; requested by {request.get('requested_by')}; "
-                    f"{request.get('change_summary') or ''}"
+                    f"releasetrain run {context['run_id']}: {self.release} {request.version} to "
+                    f"{', '.join(self.environments)}; requested by {request.requested_by}; "
+                    f"{request.change_summary or ''}"
                 ),
                 risk=risk,
                 planned_start=start.isoformat(),
@@ -240,7 +241,7 @@ class RiskAssessmentOperator(BaseOperator):
             )
         except (ChangeRecordError, LedgerError) as exc:
             raise AirflowFailException(f"change record for {self.release}: cannot open: {exc}") from None
-        _mirror(context, self.release, ref, "change_opened", "opened")
+        _mirror(context, self.release, ref, Event.CHANGE_OPENED, "opened")
         return move_change_ref(context, self.release, ref, self.change_conn_id, ChangeState.ASSESS, "assessing risk")
 
     def _cancel(self, context: Any, ref: ChangeRef, note: str) -> None:
@@ -249,7 +250,7 @@ class RiskAssessmentOperator(BaseOperator):
         except (ChangeRecordError, LedgerError) as exc:
             self.log.error("change record %s could not be canceled: %s", ref.number, exc)
             return
-        _mirror(context, self.release, canceled, "change_closed", note)
+        _mirror(context, self.release, canceled, Event.CHANGE_CLOSED, note)
 
 
 def move_change_ref(
@@ -292,15 +293,13 @@ class ReleaseClosureOperator(HITLEntryOperator):
         self.people = list(people)
 
     def execute(self, context: Any) -> Any:
-        request = require(context, REQUEST_TASK_ID, "the release request")
-        users = list(
-            dict.fromkeys([*sorted(authors(request.get("triggered_by"), request.get("requested_by"))), *self.people])
-        )
-        users = [u for u in users if u != "scheduler"]
+        request = release_request(context, self.release)
+        users = list(dict.fromkeys([*sorted(request.authors), *self.people]))
+        users = [u for u in users if u != SCHEDULER]
         self.assigned_users = [{"id": u, "name": u} for u in users]
-        self.subject = f"Close {self.release} {request['version']}: record the runbook update"
+        self.subject = f"Close {self.release} {request.version}: record the runbook update"
         self.body = (
-            f"{self.release} {request['version']} is live and verified. Before its change record closes, record "
+            f"{self.release} {request.version} is live and verified. Before its change record closes, record "
             "the runbook / operational documentation update: a link, or `not needed: <why>`."
         )
         return super().execute(context)
@@ -311,14 +310,14 @@ class ReleaseClosureOperator(HITLEntryOperator):
         responder = (result.get("responded_by_user") or {}).get("id")
         if len(update) < 8:
             raise AirflowFailException("closure: the runbook update must be a link or 'not needed: <why>'")
-        request = require(context, REQUEST_TASK_ID, "the release request")
-        record(
+        request = release_request(context, self.release)
+        record_decision(
             context,
-            "closure",
+            Event.CLOSURE,
             self.release,
             actor=responder or "",
-            details={"runbook_update": update, "version": request["version"], "outcome": "success"},
+            details={"runbook_update": update, "version": request.version, "outcome": "success"},
         )
-        closed = close_change(context, self.release, "success", f"released {request['version']}; runbook: {update}")
+        closed = close_change(context, self.release, "success", f"released {request.version}; runbook: {update}")
         self.log.info("Closure recorded by %s: %s; change %s closed", responder, update, closed and closed.number)
         return {"runbook_update": update, "by": responder, "change": closed.to_dict() if closed else None}

@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from releasetrain.core.bundle import BundleError, ComponentFiles, build_bundle, sign_bundle
 from releasetrain.hooks.bundle_store import BundleStoreHook, SigningKeyHook
-from releasetrain.operators._common import REQUEST_TASK_ID, require
+from releasetrain.operators._common import release_request
 
 
 class BundlePackageOperator(BaseOperator):
@@ -50,7 +50,7 @@ class BundlePackageOperator(BaseOperator):
         self.signing_conn_id = signing_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        version = require(context, REQUEST_TASK_ID, "the release request")["version"]
+        version = release_request(context, self.release).version
         try:
             bundle = build_bundle(self.release, version, [self._collect(c, version) for c in self.components])
         except BundleError as exc:

@@ -28,12 +28,14 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import BaseOperator, Param
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from releasetrain.core.approval import SegregationOfDutiesError, authors, check_responder
+from releasetrain.core import gatekeeper
+from releasetrain.core.approval import SegregationOfDutiesError, check_responder
+from releasetrain.core.gatekeeper import Decision, RunLedger
+from releasetrain.core.vocabulary import OPTION_ABORT, OPTION_PROMOTE, OPTION_ROLL_BACK, VERIFY, Event, env_task
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
-from releasetrain.operators._common import REQUEST_TASK_ID, pull, record, require
-from releasetrain.operators.deploy import PRE_DEPLOY_KEY, DeployTargetCalls
+from releasetrain.operators._common import enforce, record, record_decision, release_request, run_ledger
+from releasetrain.operators.deploy import DeployTargetCalls, pre_deploy
 
-ABORT_TASK_ID = "abort"
 # Airflow 3.3 can fail a deferred task "externally" when its trigger fires before the
 # scheduler has processed the worker's exit from deferring (seen after 6 s on a loaded
 # 2-core machine). These tasks are safe to run again (a weight already set is not set
@@ -41,22 +43,20 @@ ABORT_TASK_ID = "abort"
 # AirflowFailException, which is never retried.
 RACE_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=3)}
 ABORTED_KEY = "aborted"
-PROMOTE, ROLL_BACK = "Promote", "Roll back"
+PROMOTE, ROLL_BACK = OPTION_PROMOTE, OPTION_ROLL_BACK
 
 
-def _aborted(context: Any, abort_task_id: str | None) -> None:
-    """Refuse to move traffic once a human has aborted the rollout."""
-    if not abort_task_id:
-        return
-    aborted = pull(context, abort_task_id, key=ABORTED_KEY)
-    if aborted:
-        raise AirflowFailException(
-            f"the rollout was aborted by {aborted.get('by')}: {aborted.get('reason') or 'no reason given'}"
-        )
+def _guard(context: Any, operator: Any, run: RunLedger, prior_task_ids: list[str]) -> None:
+    """Refuse to move traffic once the rollout was aborted, without the target's lock, or
+    before the steps before this one left their analysis verdicts in the ledger (a step
+    marked successful by hand left none)."""
+    from releasetrain.operators.lock import lock_decision
 
-
-def _version(context: Any) -> str:
-    return require(context, REQUEST_TASK_ID, "the release request")["version"]
+    decisions = [gatekeeper.not_aborted(run, operator.environment, operator.task_id)]
+    if getattr(operator, "locked", False):
+        decisions.append(lock_decision(context, operator.deploy_target_conn_id, operator.task_id))
+    decisions += [gatekeeper.analysis_proof(run, task_id, operator.environment) for task_id in prior_task_ids]
+    enforce(context, Decision.combine(operator.task_id, decisions), operator.release, operator.environment)
 
 
 class TrafficAnalysisOperator(DeployTargetCalls, BaseOperator):
@@ -69,6 +69,8 @@ class TrafficAnalysisOperator(DeployTargetCalls, BaseOperator):
         ``${route}`` placeholder of queries and journeys
     :param journey: ``{"conn_id", "files": {name: path}}`` for journey metrics
     :param abort_task_id: the run's manual-abort task, if any
+    :param prior_task_ids: the analyses before this one, whose verdicts (or a human's
+        decision to promote) must be in the ledger before traffic moves on
     """
 
     ui_color = "#fce8b2"
@@ -86,13 +88,17 @@ class TrafficAnalysisOperator(DeployTargetCalls, BaseOperator):
         route: str = "app",
         journey: dict[str, Any] | None = None,
         abort_task_id: str | None = None,
+        prior_task_ids: list[str] | None = None,
+        locked: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**{**RACE_RETRIES, **kwargs})
+        self.locked = locked
         self.release = release
         self.environment = environment
         self.deploy_target_conn_id = deploy_target_conn_id
         self.deploy_task_id = deploy_task_id
+        self.prior_task_ids = list(prior_task_ids or [])
         self.analysis = dict(analysis)
         self.stage = stage
         self.weight = weight
@@ -103,16 +109,19 @@ class TrafficAnalysisOperator(DeployTargetCalls, BaseOperator):
     def execute(self, context: Any) -> dict[str, Any] | None:
         from releasetrain.triggers.analysis import CanaryAnalysisTrigger
 
-        _aborted(context, self.abort_task_id)
-        version = _version(context)
-        before = pull(context, self.deploy_task_id, key=PRE_DEPLOY_KEY) or {}
+        run = run_ledger(context, self.release)
+        _guard(context, self, run, self.prior_task_ids)
+        version = release_request(context, self.release).version
+        before = pre_deploy(run, self.environment, self.deploy_task_id) or {}
         hook = DeployTargetHook(self.deploy_target_conn_id)
         if self.weight is not None or self.route == "preview":  # the new version must be on the idle colour
             status = self._call(hook.get_status)
             idle = status.get("idle") or {}
             if status.get("version") == version and idle.get("version") != version:
                 self.log.info("%s already serves %s on its live colour: no traffic to shift", self.environment, version)
-                return {"outcome": "skipped", "reason": f"{version} was already live", "stage": self.stage}
+                skipped = {"outcome": "skipped", "reason": f"{version} was already live", "stage": self.stage}
+                record(context, Event.ANALYSIS, self.release, environment=self.environment, details=skipped)
+                return skipped
             if idle.get("version") != version:
                 raise AirflowFailException(
                     f"{self.environment}: {version} is not on the target's idle colour (idle: "
@@ -159,17 +168,17 @@ class TrafficAnalysisOperator(DeployTargetCalls, BaseOperator):
     def _shift(self, context: Any, hook: DeployTargetHook, version: str) -> None:
         self._call(hook.set_traffic, weight=self.weight)
         details = {"version": version, "weight": self.weight, "stage": self.stage}
-        record(context, "traffic_shifted", self.release, environment=self.environment, details=details)
+        record(context, Event.TRAFFIC_SHIFTED, self.release, environment=self.environment, details=details)
         self.log.info("%s: %d%% of live traffic now goes to %s", self.environment, self.weight, version)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
-        version = _version(context)
+        version = release_request(context, self.release).version
         result = {**event, "stage": self.stage, "weight": self.weight, "version": version}
         for i, measurement in enumerate(event.get("measurements") or [], start=1):
             self.log.info("measurement %d: %s: %s", i, measurement.get("verdict"), measurement.get("reason"))
-        record(
+        record_decision(
             context,
-            "analysis",
+            Event.ANALYSIS,
             self.release,
             environment=self.environment,
             details={
@@ -246,13 +255,17 @@ class AnalysisDecisionOperator(HITLOperator):
         self.deciders = list(deciders)
 
     def execute(self, context: Any) -> Any:
-        result = pull(context, self.analysis_task_id) or {}
+        run = run_ledger(context, self.release)
+        verdict = run.last(Event.ANALYSIS, environment=self.environment, task_id=self.analysis_task_id)
+        result = verdict.details if verdict else {}
         if result.get("outcome") != "inconclusive":
+            # the next step checks the ledger's verdict itself: a missing one is refused there
             raise AirflowSkipException(
-                f"{self.analysis_task_id} was {result.get('outcome') or 'not run'}: no decision needed"
+                f"{self.analysis_task_id} was {result.get('outcome') or 'not recorded'}: no decision needed"
             )
-        request = require(context, REQUEST_TASK_ID, "the release request")
-        excluded = authors(request.get("triggered_by"), request.get("requested_by"))
+        enforce(context, gatekeeper.not_rejected(run, self.task_id), self.release, self.environment)
+        request = release_request(context, self.release)
+        excluded = set(request.authors)
         eligible = [user for user in self.deciders if user not in excluded]
         if not eligible:
             raise AirflowFailException(
@@ -261,7 +274,7 @@ class AnalysisDecisionOperator(HITLOperator):
             )
         self.assigned_users = [{"id": user, "name": user} for user in eligible]
         self.subject = (
-            f"{self.release} {request['version']} in {self.environment}: the {result.get('stage')} analysis is "
+            f"{self.release} {request.version} in {self.environment}: the {result.get('stage')} analysis is "
             "inconclusive. Promote or roll back?"
         )
         self.body = "\n".join(
@@ -275,7 +288,7 @@ class AnalysisDecisionOperator(HITLOperator):
         )
         record(
             context,
-            "approval_requested",
+            Event.APPROVAL_REQUESTED,
             self.release,
             environment=self.environment,
             details={"task_id": self.task_id, "decision": "inconclusive analysis", "assigned": eligible},
@@ -283,11 +296,11 @@ class AnalysisDecisionOperator(HITLOperator):
         return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
-        request = require(context, REQUEST_TASK_ID, "the release request")
+        request = release_request(context, self.release)
         if event.get("timedout") or event.get("error_type") == "timeout":
-            record(
+            record_decision(
                 context,
-                "analysis_decision",
+                Event.ANALYSIS_DECISION,
                 self.release,
                 environment=self.environment,
                 details={"task_id": self.task_id, "choice": ROLL_BACK, "timed_out": True},
@@ -297,11 +310,11 @@ class AnalysisDecisionOperator(HITLOperator):
         choice = result["chosen_options"][0]
         responder = (result.get("responded_by_user") or {}).get("id")
         try:
-            check_responder(responder, self.deciders, authors(request.get("triggered_by"), request.get("requested_by")))
+            check_responder(responder, self.deciders, set(request.authors))
         except SegregationOfDutiesError as exc:
-            record(
+            record_decision(
                 context,
-                "approval_refused",
+                Event.APPROVAL_REFUSED,
                 self.release,
                 environment=self.environment,
                 actor=responder or "",
@@ -309,9 +322,9 @@ class AnalysisDecisionOperator(HITLOperator):
             )
             self.log.warning("decision refused (%s); asking again", exc)
             return self.execute(context)
-        record(
+        record_decision(
             context,
-            "analysis_decision",
+            Event.ANALYSIS_DECISION,
             self.release,
             environment=self.environment,
             actor=responder,
@@ -319,7 +332,7 @@ class AnalysisDecisionOperator(HITLOperator):
         )
         if choice == ROLL_BACK:
             raise AirflowFailException(
-                f"{responder} chose to roll back {self.release} {request['version']} in {self.environment} "
+                f"{responder} chose to roll back {self.release} {request.version} in {self.environment} "
                 "after an inconclusive analysis"
             )
         self.log.info("%s chose to promote despite the inconclusive analysis", responder)
@@ -338,17 +351,21 @@ class PromoteOperator(BaseOperator):
         environment: str,
         deploy_target_conn_id: str,
         abort_task_id: str | None = None,
+        analysis_task_ids: list[str] | None = None,
+        locked: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**{**RACE_RETRIES, **kwargs})
+        self.locked = locked
         self.release = release
         self.environment = environment
         self.deploy_target_conn_id = deploy_target_conn_id
         self.abort_task_id = abort_task_id
+        self.analysis_task_ids = list(analysis_task_ids or [])
 
     def execute(self, context: Any) -> dict[str, Any]:
-        _aborted(context, self.abort_task_id)
-        version = _version(context)
+        _guard(context, self, run_ledger(context, self.release), self.analysis_task_ids)
+        version = release_request(context, self.release).version
         hook = DeployTargetHook(self.deploy_target_conn_id)
         try:
             status = hook.get_status()
@@ -373,7 +390,7 @@ class PromoteOperator(BaseOperator):
             "colour": idle.get("colour"),
             "replaced": status.get("version"),
         }
-        record(context, "promoted", self.release, environment=self.environment, details=details)
+        record(context, Event.PROMOTED, self.release, environment=self.environment, details=details)
         self.log.info("%s now serves %s from %s", self.environment, version, idle.get("colour"))
         return {"environment": self.environment, "noop": False, **details}
 
@@ -405,7 +422,7 @@ class RolloutAbortOperator(HITLOperator):
         params["reason"] = Param("", type="string", title="Why", maxLength=2000)
         super().__init__(
             subject=f"Abort the rollout of {release} in {environment}?",
-            options=["Abort and roll back"],
+            options=[OPTION_ABORT],
             params=params,
             **kwargs,
         )
@@ -420,17 +437,15 @@ class RolloutAbortOperator(HITLOperator):
 
         from releasetrain.triggers.phase import PhaseEndTrigger
 
-        request = require(context, REQUEST_TASK_ID, "the release request")
-        people = sorted(
-            set(self.people) | (authors(request.get("triggered_by"), request.get("requested_by")) - {"scheduler"})
-        )
-        self.subject = f"Abort the rollout of {self.release} {request['version']} in {self.environment}?"
+        request = release_request(context, self.release)
+        people = sorted(set(self.people) | set(request.authors))
+        self.subject = f"Abort the rollout of {self.release} {request.version} in {self.environment}?"
         upsert_hitl_detail(
             ti_id=context["task_instance"].id,
             options=self.options,
             subject=self.subject,
             body=(
-                f"{self.release} {request['version']} is rolling out in **{self.environment}**. Answer to stop it: "
+                f"{self.release} {request.version} is rolling out in **{self.environment}**. Answer to stop it: "
                 "the analysis stops, no more traffic moves, and the environment is rolled back. This request "
                 "closes by itself when the rollout is over."
             ),
@@ -454,28 +469,42 @@ class RolloutAbortOperator(HITLOperator):
             raise AirflowSkipException(f"the rollout in {self.environment} is over ({event.get('states')}): no abort")
         by = (event.get("responded_by_user") or {}).get("id") or "unknown"
         reason = str((event.get("params_input") or {}).get("reason") or "").strip()
-        details = {"by": by, "reason": reason, "version": _version(context)}
-        context["ti"].xcom_push(key=ABORTED_KEY, value=details)
-        record(context, "aborted", self.release, environment=self.environment, actor=by, details=details)
+        details = {"by": by, "reason": reason, "version": release_request(context, self.release).version}
+        context["ti"].xcom_push(key=ABORTED_KEY, value=details)  # display; the steps read the ledger
+        record_decision(context, Event.ABORTED, self.release, environment=self.environment, actor=by, details=details)
         raise AirflowFailException(
             f"{by} aborted the rollout in {self.environment}: {reason or 'no reason given'}; rolling back"
         )
 
 
 class EnvironmentPassedOperator(BaseOperator):
-    """The environment's last gate after a progressive rollout or a watch: records that it
-    passed, with the digest the next environment must receive (``decide_*`` tasks skip)."""
+    """The environment's last gate: the gatekeeper checks that every step of the stage left
+    its record in the ledger (deploy, checks, analyses or decisions, promotion), then it
+    records ``environment_passed`` with the digest the next environment must receive.
+
+    A step marked successful by hand left no record: the environment does not pass.
+
+    :param proof_task_ids: the stage's steps whose success must be on record
+    """
 
     ui_color = "#ceead6"
 
-    def __init__(self, *, release: str, environment: str, verify_task_id: str, **kwargs: Any) -> None:
+    def __init__(self, *, release: str, environment: str, proof_task_ids: list[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.release = release
         self.environment = environment
-        self.verify_task_id = verify_task_id
+        self.proof_task_ids = list(proof_task_ids)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        digest = require(context, self.verify_task_id, "the verified bundle")["digest"]
-        version = _version(context)
+        run = run_ledger(context, self.release)
+        version = release_request(context, self.release).version
+        verified = run.last(Event.VERIFIED, environment=self.environment, task_id=env_task(self.environment, VERIFY))
+        digest = verified.details.get("digest") if verified else None
+        decision = gatekeeper.steps_passed(
+            run, self.environment, self.proof_task_ids, digest=digest, step=f"{self.environment} pass"
+        )
+        enforce(context, decision, self.release, self.environment)
+        result = {"environment": self.environment, "digest": digest, "version": version, "passed": True}
+        record(context, Event.ENVIRONMENT_PASSED, self.release, environment=self.environment, details=result)
         self.log.info("%s passed with %s (%s)", self.environment, version, digest)
-        return {"environment": self.environment, "digest": digest, "version": version, "passed": True}
+        return result

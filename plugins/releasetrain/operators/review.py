@@ -9,8 +9,9 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from releasetrain.core.approval import SegregationOfDutiesError, authors, check_responder
-from releasetrain.operators._common import REQUEST_TASK_ID, pull, record, require
+from releasetrain.core.approval import SegregationOfDutiesError, check_responder
+from releasetrain.core.vocabulary import OPTION_REVIEWED, Event
+from releasetrain.operators._common import record_decision, release_request, run_ledger
 from releasetrain.operators.approval import _md, assign_non_authors
 
 
@@ -25,7 +26,7 @@ class PostImplementationReviewOperator(HITLOperator):
     :param gate_task_ids: the window gates whose exceptions are reviewed
     """
 
-    REVIEWED = "Reviewed"
+    REVIEWED = OPTION_REVIEWED
 
     def __init__(self, *, release: str, reviewers: list[str], gate_task_ids: list[str], **kwargs: Any) -> None:
         kwargs.pop("params", None)  # the DAG's trigger params are not part of the review form
@@ -49,18 +50,19 @@ class PostImplementationReviewOperator(HITLOperator):
         self.gate_task_ids = list(gate_task_ids)
 
     def _exceptions(self, context: Any) -> list[dict[str, Any]]:
-        records = [pull(context, task_id) or {} for task_id in self.gate_task_ids]
-        return [r["emergency_exception"] for r in records if r.get("emergency_exception")]
+        """The window exceptions the run's gates recorded in the ledger."""
+        run = run_ledger(context, self.release)
+        return [e.details for task_id in self.gate_task_ids for e in run.of(Event.EXCEPTION, task_id=task_id)]
 
     def execute(self, context: Any) -> Any:
-        request = require(context, REQUEST_TASK_ID, "the release request")
-        if not request.get("emergency"):
+        request = release_request(context, self.release)
+        if not request.emergency:
             raise AirflowSkipException("not an emergency change: no post-implementation review needed")
         assign_non_authors(self, request, self.reviewers, "post-implementation review")
         lines = [
-            f"Emergency release **{self.release} {request['version']}** ran with this justification:",
+            f"Emergency release **{self.release} {request.version}** ran with this justification:",
             "",
-            f"> {_md(request.get('emergency_justification') or '-')}",
+            f"> {_md(request.emergency_justification or '-')}",
             "",
             "**Exceptions recorded**",
             "",
@@ -77,13 +79,11 @@ class PostImplementationReviewOperator(HITLOperator):
         return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
-        request = require(context, REQUEST_TASK_ID, "the release request")
+        request = release_request(context, self.release)
         result = super().execute_complete(context=context, event=event)
         responder = (result.get("responded_by_user") or {}).get("id")
         try:
-            check_responder(
-                responder, self.reviewers, authors(request.get("triggered_by"), request.get("requested_by"))
-            )
+            check_responder(responder, self.reviewers, set(request.authors))
         except SegregationOfDutiesError as exc:
             raise AirflowFailException(f"post-implementation review refused: {exc}") from None
         findings = " ".join(str(result["params_input"].get("findings") or "").split())
@@ -92,5 +92,5 @@ class PostImplementationReviewOperator(HITLOperator):
                 "post-implementation review: 'findings' must say what was checked (at least 10 characters)"
             )
         self.log.info("Post-implementation review by %s: %s", responder, findings)
-        record(context, "review", self.release, actor=responder or "", details={"findings": findings})
+        record_decision(context, Event.REVIEW, self.release, actor=responder or "", details={"findings": findings})
         return {**result, "exceptions": self._exceptions(context)}

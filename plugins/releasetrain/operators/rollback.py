@@ -7,9 +7,10 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
+from releasetrain.core.vocabulary import Event
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
-from releasetrain.operators._common import pull, record
-from releasetrain.operators.deploy import PRE_DEPLOY_KEY, DeployTargetCalls
+from releasetrain.operators._common import pull, record, release_request, run_ledger
+from releasetrain.operators.deploy import DeployTargetCalls, pre_deploy
 
 
 class RollbackOperator(DeployTargetCalls, BaseOperator):
@@ -48,9 +49,11 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         poll_interval: float = 2.0,
         notifications: list[dict[str, Any]] | None = None,
         artifact_store: str | None = None,
+        locked: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.locked = locked
         self.notifications = list(notifications or [])
         self.artifact_store = artifact_store
         self.release = release
@@ -61,15 +64,16 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         self.poll_interval = poll_interval
 
     def _target(self, context: Any) -> dict[str, Any] | None:
-        """Where to return: what the environment ran before this run's deploy."""
-        return pull(context, self.deploy_task_id, key=PRE_DEPLOY_KEY)
+        """Where to return: what the environment ran before this run's deploy (the ledger, never XCom)."""
+        return pre_deploy(run_ledger(context, self.release), self.environment, self.deploy_task_id)
 
     def _failed_version(self, context: Any, live: dict[str, Any] | None = None) -> str | None:
-        request = pull(context, "prepare") or {}
-        return request.get("version") or (pull(context, self.deploy_task_id) or {}).get("version")
+        return release_request(context, self.release).version
 
     def _failed_digest(self, context: Any) -> str | None:
-        return (pull(context, self.deploy_task_id) or {}).get("digest")
+        run = run_ledger(context, self.release)
+        started = run.of(Event.DEPLOY_STARTED, environment=self.environment, task_id=self.deploy_task_id)
+        return started[0].details.get("digest") if started else None
 
     def execute(self, context: Any) -> dict[str, Any] | None:
         before = self._target(context)
@@ -84,6 +88,12 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
                 f"{self.environment} ran no version before this release: there is nothing to roll back to; "
                 "the environment needs manual recovery"
             )
+        if self.locked:
+            from releasetrain.operators._common import enforce
+            from releasetrain.operators.lock import lock_decision
+
+            # without the lock, what runs there now may be another run's deploy: never undo it
+            enforce(context, lock_decision(context, self.deploy_target_conn_id, self.task_id), self.release)
         hook = DeployTargetHook(self.deploy_target_conn_id)
         live = self._call(hook.get_status)
         running = live.get("in_progress") or {}
@@ -104,7 +114,7 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         if same_live:
             self.log.info("%s still runs %s: the failed deploy changed nothing", self.environment, before["version"])
             result = self._verify(hook, before, context)
-            record(context, "rollback", self.release, environment=self.environment, details={**result, "noop": True})
+            record_rollback(context, self.release, self.environment, {**result, "noop": True}, version)
             return result
         self.log.warning("ROLLING BACK %s from %s to %s", self.environment, live.get("version"), before["version"])
         self._snapshot(context, hook, live)
@@ -148,13 +158,7 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         return BundleStoreHook(self.artifact_store).incident_folder(self.release, context["run_id"], self.environment)
 
     def _ledger_events(self, context: Any) -> list[Any]:
-        from releasetrain.hooks.ledger import LedgerHook
-
-        hook = LedgerHook()
-        try:
-            return list(hook.events(release=self.release, run_id=context["run_id"]))
-        finally:
-            hook.close()
+        return run_ledger(context, self.release).events
 
     def _snapshot(self, context: Any, hook: DeployTargetHook, live: dict[str, Any]) -> None:
         """Everything the postmortem needs that the rollback is about to overwrite."""
@@ -263,7 +267,7 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         result["notified"] = notified
         if notify_errors:
             result["notification_errors"] = notify_errors
-        record(context, "rollback", self.release, environment=self.environment, details=result)
+        record_rollback(context, self.release, self.environment, result, failed_version)
         return result
 
     def _bundle_diff(self, restored: str | None, failed: str | None) -> dict[str, Any] | str:
@@ -325,6 +329,23 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
 
         close_change(context, self.release, "rolled_back", f"{self.environment} rolled back to {before['version']}")
         return result
+
+
+def record_rollback(
+    context: Any, release: str, environment: str, result: dict[str, Any], failed_version: str | None
+) -> None:
+    """The rollback's record, retried (a completed rollback is never reported failed for a ledger hiccup)."""
+    import time
+
+    details = {**result, "failed_version": failed_version}
+    for attempt in range(3):
+        try:
+            record(context, Event.ROLLBACK, release, environment=environment, details=details)
+            return
+        except Exception:
+            if attempt == 2:
+                raise
+            time.sleep(1 + attempt)
 
 
 def _build_notifier(target: dict[str, Any], payload: dict[str, Any]) -> Any:

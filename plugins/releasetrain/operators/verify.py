@@ -8,8 +8,10 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from releasetrain.core.bundle import BundleError, verify_signed_bundle
+from releasetrain.core.gatekeeper import Decision
+from releasetrain.core.vocabulary import PACKAGE, Event
 from releasetrain.hooks.bundle_store import BundleStoreHook, SigningKeyHook
-from releasetrain.operators._common import PACKAGE_TASK_ID, require
+from releasetrain.operators._common import enforce, record, run_ledger
 
 
 class BundleVerifyOperator(BaseOperator):
@@ -40,8 +42,12 @@ class BundleVerifyOperator(BaseOperator):
         self.signing_conn_id = signing_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        packaged = require(context, PACKAGE_TASK_ID, "the packaged bundle")
-        version, digest = packaged["version"], packaged["digest"]
+        run = run_ledger(context, self.release)
+        packaged = run.last(Event.PACKAGED, task_id=PACKAGE)
+        if packaged is None:
+            refusal = Decision.refuse(self.task_id, run.missing(PACKAGE, "packaged bundle"))
+            enforce(context, refusal, self.release, self.environment)
+        version, digest = packaged.details["version"], packaged.details["digest"]  # type: ignore[union-attr]
         try:
             archive, signature = BundleStoreHook(self.artifact_store).read(self.release, version)
             verify_signed_bundle(
@@ -61,7 +67,5 @@ class BundleVerifyOperator(BaseOperator):
             "Bundle %s %s verified for %s: digest %s, signature valid", self.release, version, self.environment, digest
         )
         result = {"environment": self.environment, "version": version, "digest": digest, "verified": True}
-        from releasetrain.operators._common import record
-
-        record(context, "verified", self.release, environment=self.environment, details=result)
+        record(context, Event.VERIFIED, self.release, environment=self.environment, details=result)
         return result

@@ -9,9 +9,11 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from releasetrain.core.request import ReleaseRequest
 from releasetrain.core.spec import CalendarLibrary, ReleaseSpecError
+from releasetrain.core.vocabulary import Event
 from releasetrain.core.windows import CalendarError, CalendarSpec, iso_z
-from releasetrain.operators._common import REQUEST_TASK_ID, record, require
+from releasetrain.operators._common import record, release_request
 from releasetrain.triggers.window import ReleaseWindowTrigger
 
 
@@ -66,38 +68,39 @@ class ReleaseWindowSensor(BaseOperator):
         return self._decision(dt.datetime.now(dt.UTC))
 
     def execute(self, context: Any) -> dict[str, Any]:
-        request = require(context, REQUEST_TASK_ID, "the release request")
-        return self._gate(context, request)
+        return self._gate(context, release_request(context, self.release))
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         self.log.info(
             "%s opened at %s (%s); checking the current calendar", self.environment, event["at"], event["reason"]
         )
-        return self._gate(context, require(context, REQUEST_TASK_ID, "the release request"))
+        return self._gate(context, release_request(context, self.release))
 
-    def _gate(self, context: Any, request: dict[str, Any]) -> dict[str, Any]:
+    def _gate(self, context: Any, request: ReleaseRequest) -> dict[str, Any]:
         now = dt.datetime.now(dt.UTC)
         decision = self._decision(now)
         if decision.open:
             self.log.info("%s is open: %s", self.environment, decision.reason)
-            return {"environment": self.environment, "open": True, "at": iso_z(now), "reason": decision.reason}
-        if request.get("emergency"):
+            result = {"environment": self.environment, "open": True, "at": iso_z(now), "reason": decision.reason}
+            record(context, Event.WINDOW_PASSED, self.release, environment=self.environment, details=result)
+            return result
+        if request.emergency:
             exception = {
                 "environment": self.environment,
-                "requested_by": request.get("requested_by"),
-                "triggered_by": request.get("triggered_by"),
+                "requested_by": request.requested_by,
+                "triggered_by": request.triggered_by,
                 "at": iso_z(now),
-                "justification": request.get("emergency_justification"),
+                "justification": request.emergency_justification,
                 "bypassed": decision.reason,
                 "rules": list(decision.blocking) or ["allowed windows"],
             }
             self.log.warning("EMERGENCY: %s passes its closed release window: %s", self.environment, exception)
             record(
                 context,
-                "exception",
+                Event.EXCEPTION,
                 self.release,
                 environment=self.environment,
-                actor=request.get("requested_by") or "",
+                actor=request.requested_by or "",
                 details={"kind": "release_window", **exception},
             )
             return {

@@ -1,0 +1,289 @@
+"""The one place that decides gates: allow or refuse a step from a run's ledger events.
+
+Only authoritative records count. XCom and task states can be written by any UI or REST
+user; the ledger is written by the task that saw the event happen (an approval from the
+HITL response Airflow's API recorded, an analysis verdict from the trigger's
+measurements). A task marked ``success`` by hand writes nothing, so whatever depends on
+it finds no record here and is refused, naming the task.
+
+Every decision is a :class:`Decision` with reasons; adapters turn a refusal into a failed
+task and record it (``gate_refused``). Nothing here imports Airflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from releasetrain.core.approval import SegregationOfDutiesError, check_approvals
+from releasetrain.core.versioning import Version
+from releasetrain.core.vocabulary import (
+    ANALYSIS,
+    DEPLOY,
+    HEALTH,
+    OPTION_PROMOTE,
+    OPTION_ROLL_BACK,
+    PROMOTE,
+    SMOKE,
+    VERIFY,
+    WATCH,
+    Event,
+    decide_task,
+)
+
+
+class EventLike(Protocol):
+    kind: str
+    environment: str
+    actor: str
+    at: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A gate's answer: ``allowed``, or refused with the reasons (each names the missing record)."""
+
+    step: str
+    allowed: bool
+    reasons: tuple[str, ...] = ()
+
+    @classmethod
+    def allow(cls, step: str) -> Decision:
+        return cls(step, True)
+
+    @classmethod
+    def refuse(cls, step: str, *reasons: str) -> Decision:
+        return cls(step, False, tuple(reasons))
+
+    @classmethod
+    def combine(cls, step: str, decisions: Iterable[Decision]) -> Decision:
+        reasons = tuple(r for d in decisions if not d.allowed for r in d.reasons)
+        return cls(step, not reasons, reasons)
+
+    def message(self) -> str:
+        if self.allowed:
+            return f"{self.step}: allowed"
+        return f"{self.step} refused: " + "; ".join(self.reasons)
+
+
+class RunLedger:
+    """The ledger events of one run (one DAG id and run id), read as facts."""
+
+    def __init__(self, events: Iterable[EventLike]) -> None:
+        self.events = list(events)
+
+    def of(self, kind: str, *, environment: str | None = None, task_id: str | None = None) -> list[EventLike]:
+        return [
+            e
+            for e in self.events
+            if e.kind == kind
+            and (environment is None or e.environment == environment)
+            and (task_id is None or e.details.get("task_id") == task_id)
+        ]
+
+    def last(self, kind: str, **filters: Any) -> EventLike | None:
+        found = self.of(kind, **filters)
+        return found[-1] if found else None
+
+    def set_by_hand(self, task_id: str) -> bool:
+        """Whether a user set the task's state by hand (the listener's record)."""
+        return any(e.details.get("by_hand") for e in self.of(Event.TASK_STATE, task_id=task_id))
+
+    def missing(self, task_id: str, what: str) -> str:
+        """A refusal reason naming the task whose record is missing, and saying when it was set by hand."""
+        how = (
+            "it was set to success by hand, which proves nothing"
+            if self.set_by_hand(task_id)
+            else "was it marked successful by hand?"
+        )
+        return f"no {what} recorded in the ledger by {task_id} in this run ({how})"
+
+    def request(self) -> Mapping[str, Any] | None:
+        """What ``prepare`` recorded (the version a scheduled train pinned, its author)."""
+        event = self.last(Event.TRIGGERED)
+        return event.details if event else None
+
+
+# --- proof that a step succeeded ---------------------------------------------------------------
+def step_kind(task_id: str) -> str:
+    """What a stage's task is, from its id (``prod.canary_10`` -> ``analysis``)."""
+    name = task_id.rsplit(".", 1)[-1]
+    if name.startswith("canary_") or name in (ANALYSIS, WATCH):
+        return ANALYSIS
+    return name
+
+
+def step_proof(run: RunLedger, task_id: str, environment: str, *, digest: str | None = None) -> Decision:
+    """The record a successful run of ``task_id`` leaves; refused (named) when there is none."""
+    kind = step_kind(task_id)
+    if kind == ANALYSIS:
+        return analysis_proof(run, task_id, environment)
+    expected = {
+        VERIFY: Event.VERIFIED,
+        DEPLOY: Event.DEPLOYED,
+        SMOKE: Event.CHECKS_PASSED,
+        HEALTH: Event.CHECKS_PASSED,
+        PROMOTE: Event.PROMOTED,
+    }.get(kind)
+    if expected is None:
+        raise ValueError(f"{task_id}: no proof is defined for a {kind!r} step")
+    found = run.of(expected, environment=environment, task_id=task_id)
+    if not found:
+        return Decision.refuse(task_id, run.missing(task_id, f"'{expected.value}'"))
+    if digest and kind in (VERIFY, DEPLOY) and found[-1].details.get("digest") != digest:
+        return Decision.refuse(task_id, f"{task_id} recorded digest {found[-1].details.get('digest')}, not {digest}")
+    return Decision.allow(task_id)
+
+
+def analysis_proof(run: RunLedger, task_id: str, environment: str) -> Decision:
+    """An analysis passed, or was inconclusive and a human chose to promote (``decide_*``)."""
+    verdict = run.last(Event.ANALYSIS, environment=environment, task_id=task_id)
+    if verdict is None:
+        return Decision.refuse(task_id, run.missing(task_id, "analysis verdict"))
+    outcome = verdict.details.get("outcome")
+    if outcome in ("passed", "skipped"):
+        return Decision.allow(task_id)
+    if outcome == "inconclusive":
+        decider = f"{task_id.rsplit('.', 1)[0]}.{decide_task(task_id)}" if "." in task_id else decide_task(task_id)
+        decision = run.last(Event.ANALYSIS_DECISION, environment=environment, task_id=decider)
+        if decision is None:
+            return Decision.refuse(
+                task_id, f"{task_id} was inconclusive and " + run.missing(decider, "decision to promote")
+            )
+        if decision.details.get("choice") == OPTION_PROMOTE:
+            return Decision.allow(task_id)
+        return Decision.refuse(task_id, f"{decision.actor} chose {OPTION_ROLL_BACK!r} at {decider}")
+    return Decision.refuse(task_id, f"{task_id}'s analysis {outcome}: {verdict.details.get('reason') or ''}".strip())
+
+
+def steps_passed(
+    run: RunLedger, environment: str, task_ids: Sequence[str], *, digest: str | None = None, step: str = ""
+) -> Decision:
+    """Every step in ``task_ids`` left its proof."""
+    return Decision.combine(
+        step or f"{environment} steps", (step_proof(run, t, environment, digest=digest) for t in task_ids)
+    )
+
+
+# --- the gates -----------------------------------------------------------------------------------
+def risk_gates(
+    run: RunLedger, environment: str, quorum: int, reviews: Sequence[str], *, assess_task_id: str
+) -> tuple[int, list[str]] | Decision:
+    """The quorum and reviews the recorded risk assessment chose (the spec's when it chose none)."""
+    assessed = [e for e in run.of(Event.RISK_ASSESSED, task_id=assess_task_id) if "level" in e.details]
+    if not assessed:
+        return Decision.refuse(environment, run.missing(assess_task_id, "risk assessment"))
+    gates = (assessed[-1].details.get("gates") or {}).get(environment)
+    if not gates:
+        return int(quorum), list(reviews)
+    return int(gates["quorum"]), list(gates["reviews"])
+
+
+def approvals(
+    run: RunLedger,
+    environment: str,
+    *,
+    digest: str,
+    quorum: int,
+    reviews: Sequence[str],
+    pool: Iterable[str],
+    review_members: Mapping[str, list[str]],
+    authors: Iterable[str],
+    step: str,
+) -> Decision:
+    """The environment's approvals, as recorded by the approval tasks, add up to what it needs."""
+    records = [
+        {"approver": e.actor, "digest": e.details.get("digest"), "group": e.details.get("group")}
+        for e in run.of(Event.APPROVAL_GIVEN, environment=environment)
+    ]
+    try:
+        check_approvals(
+            records,
+            quorum=quorum,
+            reviews=list(reviews),
+            pool=pool,
+            review_members=dict(review_members),
+            excluded=set(authors),
+            digest=digest,
+        )
+    except SegregationOfDutiesError as exc:
+        return Decision.refuse(step, f"approvals in the ledger do not hold: {exc}")
+    return Decision.allow(step)
+
+
+def window(run: RunLedger, environment: str, window_task_id: str) -> Decision:
+    """The window gate recorded that it let the run through (open, or an emergency exception)."""
+    if run.of(Event.WINDOW_PASSED, environment=environment, task_id=window_task_id):
+        return Decision.allow(window_task_id)
+    if run.of(Event.EXCEPTION, environment=environment, task_id=window_task_id):
+        return Decision.allow(window_task_id)
+    return Decision.refuse(window_task_id, run.missing(window_task_id, "window decision"))
+
+
+def environment_passed(run: RunLedger, environment: str, digest: str, *, gate_task_id: str) -> Decision:
+    """The environment recorded that it passed, with this digest."""
+    passed = run.of(Event.ENVIRONMENT_PASSED, environment=environment)
+    if not passed:
+        return Decision.refuse(gate_task_id, run.missing(gate_task_id, f"pass of {environment}"))
+    if passed[-1].details.get("digest") != digest:
+        return Decision.refuse(
+            gate_task_id,
+            f"digest {digest} is not the digest that passed {environment} ({passed[-1].details.get('digest')})",
+        )
+    return Decision.allow(gate_task_id)
+
+
+def not_rejected(run: RunLedger, task_id: str) -> Decision:
+    """A rejection (or timeout) is final for the run: the request is never asked again."""
+    for kind in (Event.APPROVAL_REJECTED, Event.APPROVAL_TIMED_OUT):
+        found = run.of(kind, task_id=task_id)
+        if found:
+            by = f" by {found[-1].actor}" if found[-1].actor else ""
+            what = "rejected" if kind == Event.APPROVAL_REJECTED else "timed out"
+            return Decision.refuse(
+                task_id,
+                f"{task_id} was {what}{by} at {found[-1].at}: a rejection is final for this run; "
+                "trigger a new run to ask again",
+            )
+    return Decision.allow(task_id)
+
+
+def not_aborted(run: RunLedger, environment: str, step: str) -> Decision:
+    aborted = run.last(Event.ABORTED, environment=environment)
+    if aborted is None:
+        return Decision.allow(step)
+    return Decision.refuse(
+        step, f"the rollout was aborted by {aborted.actor}: {aborted.details.get('reason') or 'no reason given'}"
+    )
+
+
+def recorded_person(run: RunLedger, kind: str, task_id: str, what: str) -> Decision:
+    """A human record (closure, review) exists for the task."""
+    if run.of(kind, task_id=task_id):
+        return Decision.allow(task_id)
+    return Decision.refuse(task_id, run.missing(task_id, what))
+
+
+# --- manual rollback -----------------------------------------------------------------------------
+def rollback_candidates(events: Iterable[EventLike], environment: str, live_version: str | None) -> list[dict]:
+    """Versions a manual rollback may return ``environment`` to, newest first.
+
+    A version qualifies when a release run passed in the environment with it, it is older
+    than the live version, and it was never rolled back there for being bad.
+    """
+    passed: dict[str, dict] = {}
+    bad: set[str] = set()
+    for e in events:
+        if e.environment != environment:
+            continue
+        if e.kind == Event.ENVIRONMENT_PASSED and e.details.get("version"):
+            passed[e.details["version"]] = {"version": e.details["version"], "digest": e.details.get("digest")}
+        elif e.kind == Event.ROLLBACK and e.details.get("failed_version"):
+            bad.add(e.details["failed_version"])
+    live = Version.parse(live_version) if live_version else None
+    good = [
+        v for version, v in passed.items() if version not in bad and (live is None or Version.parse(version) < live)
+    ]
+    return sorted(good, key=lambda v: Version.parse(v["version"])._key(), reverse=True)

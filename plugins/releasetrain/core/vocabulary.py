@@ -1,0 +1,145 @@
+"""The words releasetrain's floors share: task ids, DAG-id prefixes, the pool prefix,
+HITL options and ledger event kinds. Named once here; no literal elsewhere.
+
+Task ids inside an environment's stage are relative to its task group (``deploy``);
+:func:`env_task` gives the full id (``prod.deploy``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+# --- DAG ids and pools ----------------------------------------------------------------------
+RELEASE_DAG_PREFIX = "release_"
+ROLLBACK_DAG_PREFIX = "rollback_"
+POOL_PREFIX = "releasetrain_target_"
+
+
+def release_dag_id(release: str) -> str:
+    return f"{RELEASE_DAG_PREFIX}{release}"
+
+
+def rollback_dag_id(release: str) -> str:
+    return f"{ROLLBACK_DAG_PREFIX}{release}"
+
+
+def release_of_dag(dag_id: str) -> str | None:
+    """The release a release or manual-rollback DAG belongs to (None for other DAGs)."""
+    for prefix in (RELEASE_DAG_PREFIX, ROLLBACK_DAG_PREFIX):
+        if dag_id and dag_id.startswith(prefix):
+            return dag_id[len(prefix) :]
+    return None
+
+
+def target_pool(deploy_target: str) -> str:
+    """The pool that serialises work on one deploy target (one slot, deferred tasks count)."""
+    return f"{POOL_PREFIX}{deploy_target}"
+
+
+# --- task ids -------------------------------------------------------------------------------
+PREPARE = "prepare"
+ASSESS_RISK = "assess_risk"
+PACKAGE = "package"
+POST_IMPLEMENTATION_REVIEW = "post_implementation_review"
+CLOSURE = "closure"
+RELEASE_COMPLETE = "release_complete"
+ROLLBACK_PLAN = "plan"
+ROLLBACK_APPROVAL = "approve_rollback"
+ROLLBACK_REVIEW = "rollback_review"
+
+# inside an environment's task group
+APPROVE = "approve"
+WINDOW = "window"
+VERIFY = "verify"
+LOCK = "lock"
+DEPLOY = "deploy"
+SMOKE = "smoke"
+HEALTH = "health"
+PROMOTE = "promote"
+ANALYSIS = "analysis"
+WATCH = "watch"
+PASSED = "passed"
+ABORT = "abort"
+ROLLBACK = "rollback"
+UNLOCK = "unlock"
+
+
+def env_task(environment: str, task_id: str) -> str:
+    return f"{environment}.{task_id}"
+
+
+def approval_slot(index: int) -> str:
+    """Quorum slot ``index`` (1-based): ``approve``, ``approve_2``, ..."""
+    return APPROVE if index == 1 else f"{APPROVE}_{index}"
+
+
+def review_task(group: str) -> str:
+    return f"review_{group}"
+
+
+def canary_task(weight: int) -> str:
+    return f"canary_{weight}"
+
+
+def decide_task(analysis_task_id: str) -> str:
+    """The decision on an inconclusive analysis: ``decide_10`` for ``canary_10``."""
+    return f"decide_{analysis_task_id.rsplit('.', 1)[-1].removeprefix('canary_')}"
+
+
+def manual_rollback_task(environment: str) -> str:
+    return f"rollback_{environment}"
+
+
+# --- HITL options ---------------------------------------------------------------------------
+OPTION_APPROVE = "Approve"  # the standard provider's ApprovalOperator.APPROVE
+OPTION_REJECT = "Reject"
+OPTION_PROMOTE = "Promote"
+OPTION_ROLL_BACK = "Roll back"
+OPTION_ABORT = "Abort and roll back"
+OPTION_REVIEWED = "Reviewed"
+
+SCHEDULER = "scheduler"  # the author of a scheduled run nobody published a version for
+
+
+# --- ledger event kinds ---------------------------------------------------------------------
+class Event(StrEnum):
+    """What a release manager finds in the ledger. Free-form kinds are refused so that an
+    auditor's query for e.g. ``approval_refused`` finds every refusal."""
+
+    TRIGGERED = "triggered"
+    PACKAGED = "packaged"
+    VERIFIED = "verified"
+    DEPLOY_STARTED = "deploy_started"
+    DEPLOYED = "deployed"
+    DEPLOY_FAILED = "deploy_failed"
+    CHECKS_PASSED = "checks_passed"
+    CHECKS_FAILED = "checks_failed"
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVAL_GIVEN = "approval_given"
+    APPROVAL_REFUSED = "approval_refused"
+    APPROVAL_REJECTED = "approval_rejected"
+    APPROVAL_TIMED_OUT = "approval_timed_out"
+    RISK_ASSESSED = "risk_assessed"
+    EXCEPTION = "exception"
+    WINDOW_PASSED = "window_passed"
+    ROLLBACK = "rollback"
+    CHANGE_OPENED = "change_opened"
+    CHANGE_TRANSITION = "change_transition"
+    CHANGE_CLOSED = "change_closed"
+    CLOSURE = "closure"
+    RUN_STATE = "run_state"
+    TASK_STATE = "task_state"
+    REVIEW = "review"
+    TRAFFIC_SHIFTED = "traffic_shifted"
+    ANALYSIS = "analysis"
+    ANALYSIS_DECISION = "analysis_decision"
+    PROMOTED = "promoted"
+    ENVIRONMENT_PASSED = "environment_passed"
+    ABORTED = "aborted"
+    ROLLBACK_REQUESTED = "rollback_requested"
+    GATE_REFUSED = "gate_refused"
+    LOCK_ACQUIRED = "lock_acquired"
+    LOCK_RELEASED = "lock_released"
+
+
+EVENT_KINDS = frozenset(kind.value for kind in Event)
