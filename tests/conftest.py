@@ -14,3 +14,19 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "dags")
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ.pop("RELEASETRAIN_SPEC_DIRS", None)
+
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def fresh_ledger(request, tmp_path_factory, monkeypatch):
+    """Every unit and adapter test gets a ledger of its own (gates read the ledger; nothing may
+    leak between tests). End-to-end tests use their stack's ledger."""
+    if request.node.get_closest_marker("e2e"):
+        return None
+    path = tmp_path_factory.mktemp("ledger") / "ledger.db"
+    monkeypatch.setenv("AIRFLOW_CONN_RELEASETRAIN_LEDGER", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    return path

@@ -74,6 +74,51 @@ class AirflowClient:
         )
         return data["value"]
 
+    def set_xcom(self, dag_id: str, run_id: str, task_id: str, value: Any, key: str = "return_value") -> None:
+        """Create or overwrite a task's XCom entry, as any ``user``-role account may over REST."""
+        base = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries"
+        try:
+            self.request("PATCH", f"{base}/{key}", json={"value": value}, expect=(200,))
+        except AirflowAPIError as exc:
+            if exc.status_code != 404:
+                raise
+            self.request("POST", base, json={"key": key, "value": value}, expect=(201,))
+
+    def set_task_state(self, dag_id: str, run_id: str, task_id: str, state: str) -> Any:
+        """Set a task instance's state by hand (the UI's "Mark as success/failed")."""
+        return self.request(
+            "PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}", json={"new_state": state}
+        )
+
+    def clear_tasks(self, dag_id: str, run_id: str, task_ids: list[str], *, only_failed: bool = False) -> Any:
+        return self.request(
+            "POST",
+            f"/dags/{dag_id}/clearTaskInstances",
+            json={"dag_run_id": run_id, "task_ids": task_ids, "only_failed": only_failed, "dry_run": False},
+        )
+
+    def wait_for_task(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        states: tuple[str, ...],
+        *,
+        timeout: float = 600,
+        poll: float = 1.0,
+    ) -> str:
+        """Wait until ``task_id`` is in one of ``states`` (or the run ends); return its state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.task_states(dag_id, run_id).get(task_id)
+            if state in states:
+                return state
+            if self.run(dag_id, run_id)["state"] in TERMINAL_RUN_STATES:
+                return str(state)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{task_id} still {state} after {timeout}s: {self.task_states(dag_id, run_id)}")
+            time.sleep(poll)
+
     def wait_for_run(self, dag_id: str, run_id: str, *, timeout: float = 600, poll: float = 2.0) -> dict:
         deadline = time.monotonic() + timeout
         while True:

@@ -34,6 +34,9 @@ DEMO_USERS = {
     "ops": "user",
 }
 AIRFLOW_PROCESSES = ("api-server", "scheduler", "dag-processor", "triggerer")
+SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+FAB_ROLES = {"viewer": "Viewer", "user": "User", "op": "Op", "admin": "Admin"}
 
 
 def fleet_conn_id(environment: str) -> str:
@@ -70,6 +73,9 @@ class StackConfig:
     ledger_conn: dict[str, Any] | None = None
     # more connections for the Airflow processes (conn id -> connection as a dict)
     connections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # "simple" (user ids are names) or "fab" (FAB auth manager: numeric user ids; the demo
+    # users are created in DEMO_USERS order and the people directory maps their ids to names)
+    auth_manager: str = "simple"
 
     @property
     def api_url(self) -> str:
@@ -123,9 +129,7 @@ class DevStack:
                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": str(cfg.parallelism),
                 "AIRFLOW__CORE__FERNET_KEY": sec["fernet_key"],
-                "AIRFLOW__CORE__AUTH_MANAGER": (
-                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-                ),
+                "AIRFLOW__CORE__AUTH_MANAGER": FAB_AUTH_MANAGER if cfg.auth_manager == "fab" else SIMPLE_AUTH_MANAGER,
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in DEMO_USERS.items()),
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{cfg.api_url}/execution/",
@@ -150,6 +154,8 @@ class DevStack:
             env["RELEASETRAIN_SPEC_DIRS"] = os.pathsep.join(str(p) for p in cfg.spec_dirs)
         if cfg.calendar_dirs:
             env["RELEASETRAIN_CALENDAR_DIRS"] = os.pathsep.join(str(p) for p in cfg.calendar_dirs)
+        if cfg.auth_manager == "fab":
+            env["RELEASETRAIN_GROUPS_FILE"] = str(home / "groups.yaml")
         # the fleet's JSON statistics, for the generic JSON metrics provider
         env["AIRFLOW_CONN_FLEET_METRICS"] = json.dumps(
             {"conn_type": "http", "host": cfg.fleet_url, "login": sec["fleet_user"], "password": sec["fleet_password"]}
@@ -186,6 +192,8 @@ class DevStack:
         self.logs.mkdir(parents=True, exist_ok=True)
         (home / "passwords.json").write_text(json.dumps({u: u for u in DEMO_USERS}))
         self._airflow("db", "migrate", log="db-migrate")
+        if self.config.auth_manager == "fab":
+            self._fab_users()
         # One pool per deploy target: two runs never deploy to the same target at once.
         from releasetrain.cli import POOL_PREFIX
 
@@ -208,6 +216,34 @@ class DevStack:
                 json.dumps(self.config.ledger_conn),
                 log="ledger-connection",
             )
+
+    def _fab_users(self) -> None:
+        """FAB's tables and the demo users (password = name); their numeric ids go into the
+        people directory (``users:`` of the stack's groups file)."""
+        import yaml
+
+        self._airflow("fab-db", "migrate", log="fab-db-migrate")
+        for user, role in DEMO_USERS.items():
+            self._airflow(
+                "users", "create", "--username", user, "--password", user, "--role", FAB_ROLES[role],
+                "--email", f"{user}@example.com", "--firstname", user, "--lastname", "demo",
+                log=f"fab-user-{user}",
+            )  # fmt: skip
+        listing = subprocess.run(
+            [str(Path(sys.executable).parent / "airflow"), "users", "list", "--output", "json"],
+            env=self.env(),
+            cwd=self.config.home,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        start = listing.stdout.index("[")
+        users = {str(u["id"]): u["username"] for u in json.loads(listing.stdout[start:])}
+        self.fab_ids = {name: uid for uid, name in users.items()}
+        source = self.config.project_root / "include" / "groups.yaml"
+        groups = yaml.safe_load(source.read_text()).get("groups", {}) if source.is_file() else {}
+        ids = {name: [self.fab_ids.get(u, u) for u in members] for name, members in groups.items()}
+        (self.config.home / "groups.yaml").write_text(yaml.safe_dump({"groups": ids, "users": users}))
 
     def _airflow(self, *args: str, log: str) -> None:
         with open(self.logs / f"{log}.log", "w") as out:

@@ -45,7 +45,12 @@ from releasetrain.operators.complete import ReleaseCompleteOperator
 from releasetrain.operators.deploy import EnvironmentDeployOperator
 from releasetrain.operators.governance import ReleaseClosureOperator, RiskAssessmentOperator
 from releasetrain.operators.lock import TargetLockOperator, TargetUnlockOperator
-from releasetrain.operators.manual_rollback import ManualRollbackOperator, ManualRollbackPlanOperator
+from releasetrain.operators.manual_rollback import (
+    ManualRollbackOperator,
+    ManualRollbackPlanOperator,
+    RollbackApprovalOperator,
+    RollbackReviewOperator,
+)
 from releasetrain.operators.package import BundlePackageOperator
 from releasetrain.operators.progressive import (
     AnalysisDecisionOperator,
@@ -297,28 +302,40 @@ def build_release_dag(
             )
             before_closure >> closure >> complete
         upstream >> complete
+    _give_people(dag, calendars.people())
     return dag
+
+
+def _give_people(dag: DAG, people: dict[str, str]) -> None:
+    """Every task gets the people directory (user id -> name): identities are compared by id,
+    and a DAG run only knows its triggering user's name."""
+    for task in dag.tasks:
+        task.people = dict(people)
 
 
 def rollback_dag_id(spec: ReleaseSpec) -> str:
     return v.rollback_dag_id(spec.name)
 
 
-def build_rollback_dag(spec: ReleaseSpec, *, auto_register: bool = True) -> DAG:
+def build_rollback_dag(spec: ReleaseSpec, *, auto_register: bool = True, project_root: Path | str | None = None) -> DAG:
     """The release's manual rollback DAG: for incidents, from the UI form or REST.
 
-    ``plan`` picks the version (the form's, else the last good one from the ledger) and
-    records who asked and why; then the chosen environment's rollback task returns it to
-    that version (the other environments' tasks skip), with the same snapshot,
-    postmortem draft and notifications as a release's rollback.
+    ``plan`` picks the version (the form's, else the newest good one from the ledger),
+    records who asked and why and opens an emergency change; ``approve_rollback`` (with
+    ``rollback_approvers``) asks a second person; then the chosen environment's rollback
+    task returns it to that version under the target's lock (the other environments' tasks
+    skip), with the same snapshot, postmortem draft and notifications as a release's
+    rollback; ``rollback_review`` asks for the post-implementation review.
     """
     names = [env.name for env in spec.environments]
     doc = (
         f"# Manual rollback of `{spec.name}`\n\nFor incidents: return one environment to a known good version. "
-        "Without a version, the last good one is used: the newest version a release run deployed there and "
-        "kept (from the release ledger), else the target's previous version. The run is recorded in the "
-        "ledger like a release (who asked, why, from, to), and leaves a snapshot, a postmortem draft and "
-        "notifications.\n\n"
+        "Only a version that passed in that environment, is older than the live one and was never rolled "
+        "back there may be chosen; without a version, the newest such version is used (from the release "
+        "ledger). The rollback is an emergency change with the incident's reason"
+        + (f", approved first by one of {', '.join(spec.rollback_approvers)}" if spec.rollback_approvers else "")
+        + ", waits for the deploy target's lock, and ends with a post-implementation review by someone other "
+        "than the person who triggered it. It leaves a snapshot, a postmortem draft and notifications.\n\n"
         f'REST: `POST /api/v2/dags/{rollback_dag_id(spec)}/dagRuns` with `{{"logical_date": null, "conf": '
         f'{{"environment": "{names[-1]}", "reason": "..."}}}}`.\n'
     )
@@ -358,19 +375,39 @@ def build_rollback_dag(spec: ReleaseSpec, *, auto_register: bool = True) -> DAG:
             task_id=v.ROLLBACK_PLAN,
             release=spec.name,
             targets={env.name: env.deploy_target for env in spec.environments},
+            change_backend=spec.change.backend,
+            change_conn_id=spec.change.conn_id,
+        )
+        first: Any = plan
+        if spec.rollback_approvers:
+            first = RollbackApprovalOperator(
+                task_id=v.ROLLBACK_APPROVAL, release=spec.name, approvers=list(spec.rollback_approvers)
+            )
+            plan >> first
+        review = RollbackReviewOperator(
+            task_id=v.ROLLBACK_REVIEW,
+            release=spec.name,
+            reviewers=spec.review_users,
+            trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
         )
         for env in spec.environments:
-            plan >> ManualRollbackOperator(
-                task_id=v.manual_rollback_task(env.name),
-                release=spec.name,
-                environment=env.name,
-                deploy_target_conn_id=env.deploy_target,
-                deploy_timeout_seconds=env.deploy_timeout_seconds,
-                poll_interval=env.poll_interval_seconds,
-                pool=target_pool(env.deploy_target),
-                notifications=[n.model_dump(mode="json") for n in spec.notifications],
-                artifact_store=spec.artifact_store,
+            (
+                first
+                >> ManualRollbackOperator(
+                    task_id=v.manual_rollback_task(env.name),
+                    approval_task_id=v.ROLLBACK_APPROVAL if spec.rollback_approvers else None,
+                    release=spec.name,
+                    environment=env.name,
+                    deploy_target_conn_id=env.deploy_target,
+                    deploy_timeout_seconds=env.deploy_timeout_seconds,
+                    poll_interval=env.poll_interval_seconds,
+                    pool=target_pool(env.deploy_target),
+                    notifications=[n.model_dump(mode="json") for n in spec.notifications],
+                    artifact_store=spec.artifact_store,
+                )
+                >> review
             )
+    _give_people(dag, CalendarLibrary(Path(project_root)).people() if project_root else {})
     return dag
 
 
@@ -703,7 +740,7 @@ def _build_all(
     for spec in specs:
         try:
             dags[spec.dag_id] = build_release_dag(spec, project_root=project_root, auto_register=register)
-            dags[rollback_dag_id(spec)] = build_rollback_dag(spec, auto_register=register)
+            dags[rollback_dag_id(spec)] = build_rollback_dag(spec, auto_register=register, project_root=project_root)
         except Exception as exc:  # one release's problem never takes the others down
             errors.append(f"release {spec.name!r} cannot be built: {type(exc).__name__}: {exc}")
     return dags, errors

@@ -34,29 +34,38 @@ def test_storefront_graph(dagbag):
     assert tasks["package"].upstream_task_ids == {"assess_risk"}
     assert tasks["dev.verify"].upstream_task_ids == {"package"}
     for env in ("dev", "staging", "prod"):
-        assert tasks[f"{env}.deploy"].upstream_task_ids == {f"{env}.verify"}, "every deploy follows its verify"
+        # the target's lock is taken after the bundle is verified and held until the stage is over
+        assert tasks[f"{env}.lock"].upstream_task_ids == {f"{env}.verify"}
+        assert tasks[f"{env}.deploy"].upstream_task_ids == {f"{env}.lock"}, "every deploy follows its lock"
+        assert tasks[f"{env}.deploy"].locked and tasks[f"{env}.rollback"].locked
         assert tasks[f"{env}.rollback"].trigger_rule == TriggerRule.ONE_FAILED
-    assert tasks["staging.verify"].upstream_task_ids == {"dev.smoke"}
-    assert tasks["prod.approve"].upstream_task_ids == {"staging.smoke"}
+        assert tasks[f"{env}.unlock"].trigger_rule == TriggerRule.ALL_DONE
+        assert tasks[f"{env}.unlock"].upstream_task_ids == {f"{env}.lock", f"{env}.passed", f"{env}.rollback"}
+        # every environment ends in `passed`, which checks the stage's records in the ledger
+        assert tasks[f"{env}.passed"].proof_task_ids[:3] == [f"{env}.verify", f"{env}.deploy", f"{env}.smoke"]
+    assert tasks["prod.passed"].proof_task_ids == ["prod.verify", "prod.deploy", "prod.smoke", "prod.health"]
+    assert tasks["staging.verify"].upstream_task_ids == {"dev.passed"}
+    assert tasks["prod.approve"].upstream_task_ids == {"staging.passed"}
     # quorum slots one after the other (the second skips itself below high risk), then a
     # security readiness review in parallel, because a security group exists
     assert tasks["prod.approve_2"].upstream_task_ids == {"prod.approve"}
-    assert tasks["prod.review_security"].upstream_task_ids == {"staging.smoke"}
+    assert tasks["prod.review_security"].upstream_task_ids == {"staging.passed"}
     assert tasks["prod.verify"].upstream_task_ids == {"prod.approve_2", "prod.review_security"}
     assert tasks["prod.verify"].trigger_rule == TriggerRule.NONE_FAILED
     assert tasks["prod.deploy"].approval_task_ids == ["prod.approve", "prod.approve_2", "prod.review_security"]
     assert tasks["prod.deploy"].production and not tasks["staging.deploy"].production
     assert tasks["prod.rollback"].upstream_task_ids == {"prod.deploy", "prod.smoke", "prod.health"}
-    assert tasks["release_complete"].upstream_task_ids == {"prod.health", "closure"}
-    assert tasks["closure"].upstream_task_ids == {"prod.health"}
+    assert tasks["release_complete"].upstream_task_ids == {"prod.passed", "closure"}
+    assert tasks["closure"].upstream_task_ids == {"prod.passed"}
     assert tasks["release_complete"].trigger_rule == TriggerRule.ALL_SUCCESS
-    assert tasks["prod.deploy"].promotion_gate_task_id == "staging.smoke"
-    assert tasks["prod.approve"].passed_task_ids == ["dev.smoke", "staging.smoke"]
+    assert tasks["release_complete"].gate_task_ids == ["dev.passed", "staging.passed", "prod.passed"]
+    assert tasks["prod.deploy"].promotion_gate_task_id == "staging.passed"
+    assert tasks["prod.approve"].passed_task_ids == ["dev.passed", "staging.passed"]
     leaves = {t.task_id for t in dag.tasks if not t.downstream_task_ids}
     assert "release_complete" in leaves and leaves - {"release_complete"} == {
-        "dev.rollback",
-        "staging.rollback",
-        "prod.rollback",
+        "dev.unlock",
+        "staging.unlock",
+        "prod.unlock",
     }
 
 

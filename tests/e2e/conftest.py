@@ -42,8 +42,16 @@ E2E_DAGS = {
     "release_canary-abort",
     "release_bluegreen",
     "rollback_canary",
+    # issue 10: the gates attacked over REST
+    "release_guarded",
+    "rollback_guarded",
+    "release_canary-hand",
+    "rollback_canary-hand",
+    "release_locked-a",
+    "release_locked-b",
 }
-PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg"]
+PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
+GATE_ENVIRONMENTS = ["guard-staging", "guard-prod", "shared"]
 
 
 def write_calendar(folder: Path, name: str, **body) -> None:
@@ -177,12 +185,14 @@ def stack():
             "gov-staging",
             "gov-prod",
             *PROGRESSIVE_ENVIRONMENTS,
+            *GATE_ENVIRONMENTS,
         ],
         fleet_seed={
             "dev": "1.0.0",
             "staging": "1.0.0",
             "prod": "1.0.0",
             **dict.fromkeys(PROGRESSIVE_ENVIRONMENTS, "1.0.0"),
+            **dict.fromkeys(GATE_ENVIRONMENTS, "1.0.0"),
         },
         fleet_deploy_seconds=1.0,
         fleet_traffic=20.0,
@@ -226,6 +236,11 @@ def approver(stack) -> AirflowClient:
 
 
 @pytest.fixture(scope="session")
+def approver2_client(stack) -> AirflowClient:
+    return AirflowClient(stack.config.api_url, "approver2", "approver2")
+
+
+@pytest.fixture(scope="session")
 def admin(stack) -> AirflowClient:
     return AirflowClient(stack.config.api_url, "admin", "admin")
 
@@ -263,8 +278,20 @@ def ledger(stack):
         store = SqliteLedgerStore(stack.config.home / "releasetrain-ledger.db")
 
     class Ledger:
-        def events(self, release: str, run_id: str) -> list:
-            return list(store.events(release=release, run_id=run_id))
+        def events(self, release: str, run_id: str, dag_id: str | None = None) -> list:
+            return list(store.events(release=release, run_id=run_id, dag_id=dag_id))
+
+        def wait_for(self, release: str, run_id: str, kind: str, *, dag_id: str | None = None, timeout: float = 60):
+            """The run's events once one of ``kind`` is there (the listener writes run states a little later)."""
+            deadline = time.monotonic() + timeout
+            while True:
+                events = self.events(release, run_id, dag_id)
+                if any(e.kind == kind for e in events):
+                    return events
+                assert time.monotonic() < deadline, (
+                    f"no {kind} event for {release} {run_id}: {[e.kind for e in events]}"
+                )
+                time.sleep(1)
 
         def kinds(self, release: str, run_id: str) -> list[str]:
             return [e.kind for e in self.events(release, run_id)]

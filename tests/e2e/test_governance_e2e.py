@@ -106,7 +106,7 @@ def test_quorum_review_and_segregation_of_duties_end_to_end(stack, author, appro
     change = evidence["summary"]["change_record"]
     assert change["backend"] == "servicenow" and change["number"].startswith("CHG")
     record = stack.servicenow.records[change["id"]]
-    assert record["correlation_id"] == f"governed/{run_id}" and record["close_code"] == "successful"
+    assert record["correlation_id"] == f"governed/release_governed/{run_id}" and record["close_code"] == "successful"
     assert stack.servicenow.walk(change["id"]) == [
         "New", "Assess", "Authorize", "Scheduled", "Implement", "Review", "Closed"
     ]  # fmt: skip

@@ -193,7 +193,7 @@ def test_blue_green_switches_back_when_the_post_promotion_analysis_fails(stack, 
 
 
 def test_the_manual_rollback_dag_returns_to_the_last_good_version_over_rest(
-    stack, author, admin, fleet, ledger, rollouts
+    stack, author, admin, approver, fleet, ledger, rollouts
 ):
     author.wait_for_run("release_canary", rollouts["canary"], timeout=300)
     assert fleet("cn-ok")["version"] == NEW
@@ -206,6 +206,12 @@ def test_the_manual_rollback_dag_returns_to_the_last_good_version_over_rest(
     run_id = admin.trigger("rollback_canary", {"environment": "cn-ok", "reason": "incident 4711: checkout errors"})[
         "dag_run_id"
     ]
+    # the rollback is an emergency change: it ends with a review by someone other than admin
+    review = admin.wait_for_approval("rollback_canary", run_id, "rollback_review", timeout=300)
+    assert "admin" not in [u["id"] for u in review["assigned_users"]]
+    assert fleet("cn-ok")["version"] == OLD, "rolled back before the review is asked"
+    findings = {"findings": "checkout error rate back to normal after the rollback"}
+    assert approver.answer("rollback_canary", run_id, "rollback_review", "Reviewed", params_input=findings) == "success"
     run = admin.wait_for_run("rollback_canary", run_id, timeout=300)
     assert run["state"] == "success", admin.task_states("rollback_canary", run_id)
     plan = admin.xcom("rollback_canary", run_id, "plan")
@@ -220,7 +226,12 @@ def test_the_manual_rollback_dag_returns_to_the_last_good_version_over_rest(
             break
         assert time.monotonic() < deadline, kinds  # the listener records the run's end
         time.sleep(1)
-    assert kinds.index("rollback_requested") < kinds.index("rollback") < kinds.index("run_state")
+    assert (
+        kinds.index("rollback_requested") < kinds.index("rollback") < kinds.index("review") < kinds.index("run_state")
+    )
     requested = next(e for e in events if e.kind == "rollback_requested")
     assert requested.actor == "admin" and requested.details["reason"] == "incident 4711: checkout errors"
+    assert requested.details["change"]["change_type"] == "emergency"
+    change = [e.details["state"] for e in events if e.kind.startswith("change_")]
+    assert change[0] == "new" and change[-1] == "closed", change
     assert ledger.verify().ok

@@ -270,8 +270,9 @@ def recorded_person(run: RunLedger, kind: str, task_id: str, what: str) -> Decis
 def rollback_candidates(events: Iterable[EventLike], environment: str, live_version: str | None) -> list[dict]:
     """Versions a manual rollback may return ``environment`` to, newest first.
 
-    A version qualifies when a release run passed in the environment with it, it is older
-    than the live version, and it was never rolled back there for being bad.
+    A version qualifies when it is older than the live version, was never rolled back there
+    for being bad, and either a release run passed in the environment with it or it was
+    live there when a release run started deploying (the version in service before it).
     """
     passed: dict[str, dict] = {}
     bad: set[str] = set()
@@ -280,6 +281,10 @@ def rollback_candidates(events: Iterable[EventLike], environment: str, live_vers
             continue
         if e.kind == Event.ENVIRONMENT_PASSED and e.details.get("version"):
             passed[e.details["version"]] = {"version": e.details["version"], "digest": e.details.get("digest")}
+        elif e.kind == Event.DEPLOY_STARTED:
+            before = e.details.get("before") or {}
+            if before.get("version") and not before.get("noop"):
+                passed.setdefault(before["version"], {"version": before["version"], "digest": before.get("digest")})
         elif e.kind == Event.ROLLBACK and e.details.get("failed_version"):
             bad.add(e.details["failed_version"])
     live = Version.parse(live_version) if live_version else None

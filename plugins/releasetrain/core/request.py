@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from releasetrain.core.identity import Directory
 from releasetrain.core.versioning import is_semver
 from releasetrain.core.vocabulary import SCHEDULER
 
@@ -24,9 +25,11 @@ class ReleaseRequestError(ValueError):
 class ReleaseRequest:
     """One release run's request.
 
-    ``triggered_by`` is the user Airflow authenticated when the run was created (None for
-    scheduled runs); ``requested_by`` is the change owner (the ``requested_by`` param, else
-    the triggering user, else whoever published the candidate version for a scheduled run).
+    ``triggered_by`` is the name of the user Airflow authenticated when the run was created
+    (None for scheduled runs) and ``triggered_by_id`` its user id (from the people
+    directory); ``requested_by`` is the change owner's user id (the ``requested_by`` param,
+    else the triggering user, else whoever published the candidate version for a scheduled
+    run). Identity is by id; names are for display.
     """
 
     release: str
@@ -39,11 +42,14 @@ class ReleaseRequest:
     emergency: bool = False
     emergency_justification: str = ""
     scheduled: bool = False
+    triggered_by_id: str | None = None
 
     @property
     def authors(self) -> frozenset[str]:
-        """The people who asked for the release: they may never approve or review it."""
-        return frozenset(p for p in (self.triggered_by, self.requested_by) if p and p != SCHEDULER)
+        """The ids of the people who asked for the release: they may never approve or review it
+        (the triggering user's name too, so a directory gap can never let an author through)."""
+        people = (self.triggered_by_id, self.triggered_by, self.requested_by)
+        return frozenset(p for p in people if p and p != SCHEDULER)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +66,7 @@ def build_request(
     run_type: str,
     planned_version: str | None = None,
     candidate: Mapping[str, Any] | None = None,
+    people: Mapping[str, str] | None = None,
 ) -> ReleaseRequest:
     """The request of a run, from what Airflow recorded when it created the run.
 
@@ -69,6 +76,7 @@ def build_request(
     :param run_type: ``dag_run.run_type`` (``scheduled``, ``manual``, ...)
     :param candidate: for scheduled trains, the published candidate:
         ``{"version": ..., "published_by": ...}``
+    :param people: the people directory (user id -> name)
     :raises ReleaseRequestError: naming the param that is wrong
     """
     unknown = sorted(set(conf or {}) - set(params))
@@ -86,9 +94,10 @@ def build_request(
             f"param 'version': {release} is a planned release of {planned_version}; "
             f"{version} cannot be released through it"
         )
+    triggering_user_id = Directory(people or {}).id_of(triggering_user)
     requested_by = (
         str(params.get("requested_by") or "").strip()
-        or triggering_user
+        or triggering_user_id
         or str(candidate.get("published_by") or "").strip()
         or (SCHEDULER if scheduled else "")
     )
@@ -108,6 +117,7 @@ def build_request(
         dag_id=dag_id,
         run_id=run_id,
         triggered_by=triggering_user,
+        triggered_by_id=triggering_user_id,
         requested_by=requested_by,
         change_summary=str(params.get("change_summary") or ""),
         emergency=emergency,

@@ -387,6 +387,11 @@ class ReleaseSpec(_Model):
     rollback_plan: str | None = Field(
         default=None, min_length=10, description="How to back the release out (text or a link to the runbook)."
     )
+    rollback_approvers: list[str] = Field(
+        default_factory=list,
+        description="Who must approve a manual rollback before it changes anything (never the person who "
+        "triggers it). Empty: a manual rollback needs no second person before it, only the review after.",
+    )
     backout_minutes: int | None = Field(default=None, gt=0, description="Estimated time to back the release out.")
     change: ChangePolicy = Field(default_factory=lambda: ChangePolicy())
     notifications: list[Notification] = Field(
@@ -584,6 +589,10 @@ class CalendarLibrary:
         """Approver groups (``include/groups.yaml`` or ``$RELEASETRAIN_GROUPS_FILE``): name -> user ids."""
         return load_groups(groups_file(self.project_root), self.project_root)
 
+    def people(self) -> dict[str, str]:
+        """The people directory of the groups file (``users: {<id>: <name>}``): user id -> name."""
+        return load_people(groups_file(self.project_root), self.project_root)
+
 
 GROUPS_FILE_ENV = "RELEASETRAIN_GROUPS_FILE"
 _GROUPS_CACHE: dict[tuple[str, int, int], dict[str, list[str]]] = {}
@@ -604,8 +613,9 @@ def load_groups(path: Path, root: Path) -> dict[str, list[str]]:
         data = _read_yaml(path, source)
         groups = data.get("groups")
         problems: list[tuple[str, str]] = []
-        if set(data) - {"groups"}:
-            problems.append(("", f"unknown keys {sorted(set(data) - {'groups'})}; only 'groups' is allowed"))
+        if set(data) - {"groups", "users"}:
+            unknown = sorted(set(data) - {"groups", "users"})
+            problems.append(("", f"unknown keys {unknown}; only 'groups' and 'users' are allowed"))
         if not isinstance(groups, dict):
             raise ReleaseSpecError(source, problems + [("groups", "must map group names to lists of user ids")])
         for name, users in groups.items():
@@ -621,6 +631,25 @@ def load_groups(path: Path, root: Path) -> dict[str, list[str]]:
             raise ReleaseSpecError(source, problems)
         _GROUPS_CACHE[key] = {name: list(dict.fromkeys(users)) for name, users in groups.items()}
     return _GROUPS_CACHE[key]
+
+
+def load_people(path: Path, root: Path) -> dict[str, str]:
+    """``users: {<user id>: <name>}`` of the groups file; absent: nobody (ids are names)."""
+    if not path.is_file():
+        return {}
+    source = _display(path, root)
+    users = _read_yaml(path, source).get("users") or {}
+    if not isinstance(users, dict):
+        raise ReleaseSpecError(source, [("users", "must map user ids to names")])
+    people = {str(uid): str(name) for uid, name in users.items()}
+    bad = [uid for uid in people if not re.match(USER_PATTERN, uid)]
+    if bad:
+        raise ReleaseSpecError(source, [("users", f"invalid user ids {bad}")])
+    names = list(people.values())
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ReleaseSpecError(source, [("users", f"names {twice} belong to more than one user id")])
+    return people
 
 
 def approval_pool(env: Environment, groups: dict[str, list[str]]) -> list[str]:

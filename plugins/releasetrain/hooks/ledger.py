@@ -474,7 +474,8 @@ class BuiltinChangeBackend:
     """Change records kept in the release ledger itself (the default backend).
 
     The record is the run's ``change_opened`` / ``change_transition`` / ``change_closed``
-    events; its id is the correlation id ``<release>/<run_id>``, its number ``RTC-<seq>``
+    events; its id is the correlation id ``<release>/<dag_id>/<run_id>`` (``<release>/<run_id>``
+    for records opened before runs were keyed by DAG id), its number ``RTC-<seq>``
     (the ledger sequence of the opening event). It follows the same state model as
     ServiceNow (:mod:`releasetrain.core.change`), one event per state.
     """
@@ -485,16 +486,19 @@ class BuiltinChangeBackend:
         self.ledger = LedgerHook(conn_id or DEFAULT_CONN_ID)
 
     @staticmethod
-    def _split(correlation_id: str) -> tuple[str, str]:
-        release, _, run_id = correlation_id.partition("/")
-        return release, run_id
+    def _split(correlation_id: str) -> tuple[str, str, str]:
+        """``(release, dag_id, run_id)``; release names and DAG ids never contain ``/``."""
+        parts = correlation_id.split("/", 2)
+        if len(parts) == 3:
+            return parts[0], parts[1], parts[2]
+        return parts[0], "", parts[1] if len(parts) > 1 else ""
 
     def _find(self, correlation_id: str):
         from releasetrain.core.change import ChangeRef
 
-        release, run_id = self._split(correlation_id)
+        release, dag_id, run_id = self._split(correlation_id)
         ref = None
-        for event in self.ledger.events(release=release, run_id=run_id):
+        for event in self.ledger.events(release=release, run_id=run_id, dag_id=dag_id):
             details = event.details
             if not event.kind.startswith("change_") or details.get("id") != correlation_id:
                 continue
@@ -522,12 +526,13 @@ class BuiltinChangeBackend:
         existing = self._find(correlation_id)
         if existing is not None:
             return existing
-        release, run_id = self._split(correlation_id)
+        release, dag_id, run_id = self._split(correlation_id)
         seq = self.ledger.store.head()[0] + 1
         event = self.ledger.append(
             "change_opened",
             release=release,
             run_id=run_id,
+            dag_id=dag_id,
             details={
                 "backend": self.name,
                 "id": correlation_id,
@@ -554,11 +559,12 @@ class BuiltinChangeBackend:
     def _step(self, current, state, note: str, kind: str = "change_transition", **extra: Any):
         from releasetrain.core.change import ChangeRef
 
-        release, run_id = self._split(current.id)
+        release, dag_id, run_id = self._split(current.id)
         self.ledger.append(
             kind,
             release=release,
             run_id=run_id,
+            dag_id=dag_id,
             details={
                 "backend": self.name,
                 "id": current.id,

@@ -32,7 +32,7 @@ def require(context: Any, task_id: str, what: str) -> dict[str, Any]:
     return value
 
 
-def _dag_id(context: Any) -> str:
+def dag_id_of(context: Any) -> str:
     dag = context.get("dag")
     if dag is not None:
         return dag.dag_id
@@ -45,7 +45,7 @@ def run_ledger(context: Any, release: str) -> RunLedger:
 
     hook = LedgerHook()
     try:
-        return RunLedger(hook.events(release=release, run_id=context["run_id"], dag_id=_dag_id(context)))
+        return RunLedger(hook.events(release=release, run_id=context["run_id"], dag_id=dag_id_of(context)))
     except LedgerError as exc:
         raise AirflowFailException(f"the release ledger cannot be read: {exc}") from None
     finally:
@@ -70,10 +70,12 @@ def release_request(
                 "(was it marked successful by hand?)"
             )
         candidate = {"version": pinned.get("version"), "published_by": pinned.get("requested_by")}
+    people = getattr(context.get("task"), "people", None)  # the directory the factory gave the task
     try:
         return build_request(
             release=release,
-            dag_id=_dag_id(context),
+            people=people,
+            dag_id=dag_id_of(context),
             run_id=context["run_id"],
             params=context["params"],
             conf=getattr(dag_run, "conf", None) or {},
@@ -84,6 +86,26 @@ def release_request(
         )
     except ReleaseRequestError as exc:
         raise AirflowFailException(str(exc)) from None
+
+
+def assigned(context_or_task: Any, user_ids: list[str]) -> list[dict[str, str]]:
+    """HITL ``assigned_users`` by id, named from the people directory the factory gave the task."""
+    from releasetrain.core.identity import Directory
+
+    task = context_or_task.get("task") if isinstance(context_or_task, dict) else context_or_task
+    return Directory(getattr(task, "people", None) or {}).assigned(user_ids)
+
+
+def responder(result: dict[str, Any], request: ReleaseRequest | None = None) -> str | None:
+    """The id of who answered a HITL request (as Airflow authenticated them).
+
+    When the responder's *name* is one of the request's authors (a user the directory does
+    not know under that id), the name is returned, so segregation of duties still catches it.
+    """
+    user = result.get("responded_by_user") or {}
+    if request is not None and user.get("name") in request.authors:
+        return user.get("name")
+    return user.get("id")
 
 
 def release_values(request: ReleaseRequest, environment: str, digest: str = "") -> dict[str, str]:
@@ -122,7 +144,7 @@ def record(
             kind,
             release=release,
             run_id=context["run_id"],
-            dag_id=_dag_id(context),
+            dag_id=dag_id_of(context),
             environment=environment,
             actor=actor or "",
             details=details,

@@ -13,7 +13,16 @@ from releasetrain.core.approval import SegregationOfDutiesError, check_responder
 from releasetrain.core.gatekeeper import Decision, RunLedger
 from releasetrain.core.request import ReleaseRequest
 from releasetrain.core.vocabulary import ASSESS_RISK, Event
-from releasetrain.operators._common import enforce, pull, record, record_decision, release_request, run_ledger
+from releasetrain.operators._common import (
+    assigned,
+    enforce,
+    pull,
+    record,
+    record_decision,
+    release_request,
+    run_ledger,
+)
+from releasetrain.operators._common import responder as responder_of
 
 
 def assign_non_authors(
@@ -25,7 +34,7 @@ def assign_non_authors(
         eligible = eligible_approvers(users, excluded)
     except SegregationOfDutiesError as exc:
         raise AirflowFailException(f"{what}: {exc}") from None
-    operator.assigned_users = [{"id": user, "name": user} for user in eligible]
+    operator.assigned_users = assigned(operator, eligible)
     return excluded, eligible
 
 
@@ -151,7 +160,7 @@ class ReleaseApprovalOperator(ApprovalOperator):
                 f"{self.what}: every eligible approver ({', '.join(self.approvers)}) is an author or has "
                 f"already approved ({', '.join(sorted(others))}); add approvers to the spec"
             )
-        self.assigned_users = [{"id": user, "name": user} for user in eligible]
+        self.assigned_users = assigned(self, eligible)
         packaged = {"digest": self._digest(run)} if self._digest(run) else {}
         self.subject = f"Approve {self.release} {request.version} for {self.environment}?"
         if self.review_group:
@@ -193,7 +202,7 @@ class ReleaseApprovalOperator(ApprovalOperator):
             raise AirflowFailException(f"{self.what}: no answer before the timeout; the release is rejected")
         result = HITLOperator.execute_complete(self, context=context, event=event)
         chosen = result["chosen_options"][0]
-        responder = (result.get("responded_by_user") or {}).get("id")
+        responder = responder_of(result, request)
         excluded = set(request.authors)
         others = self._others(run)
         try:

@@ -14,7 +14,7 @@ from releasetrain.core.ledger import LedgerError
 from releasetrain.core.request import ReleaseRequest
 from releasetrain.core.risk import EnvironmentGates, RiskFacts, RiskRefusal, assess
 from releasetrain.core.vocabulary import ASSESS_RISK, SCHEDULER, Event
-from releasetrain.operators._common import record, record_decision, release_request, run_ledger
+from releasetrain.operators._common import assigned, dag_id_of, record, record_decision, release_request, run_ledger
 
 
 def _backend(ref: ChangeRef, conn_id: str | None) -> Any:
@@ -227,7 +227,7 @@ class RiskAssessmentOperator(BaseOperator):
         start = dt.datetime.now(dt.UTC)
         try:
             ref = backend.open(
-                correlation_id=f"{self.release}/{context['run_id']}",
+                correlation_id=f"{self.release}/{dag_id_of(context)}/{context['run_id']}",
                 change_type=change_type,
                 short_description=f"Release {self.release} {request.version}",
                 description=(
@@ -296,7 +296,7 @@ class ReleaseClosureOperator(HITLEntryOperator):
         request = release_request(context, self.release)
         users = list(dict.fromkeys([*sorted(request.authors), *self.people]))
         users = [u for u in users if u != SCHEDULER]
-        self.assigned_users = [{"id": u, "name": u} for u in users]
+        self.assigned_users = assigned(self, users)
         self.subject = f"Close {self.release} {request.version}: record the runbook update"
         self.body = (
             f"{self.release} {request.version} is live and verified. Before its change record closes, record "

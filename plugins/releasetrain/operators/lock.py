@@ -12,16 +12,14 @@ from airflow.sdk.exceptions import AirflowFailException
 from releasetrain.core.gatekeeper import Decision
 from releasetrain.core.ledger import LedgerError
 from releasetrain.core.vocabulary import Event
-from releasetrain.operators._common import record
+from releasetrain.operators._common import dag_id_of, record
 
 LEDGER_CONN_ID = "releasetrain_ledger"
 
 
 def holder_of(context: Any) -> str:
     """The lock holder's name for this run: ``<dag_id>/<run_id>`` (run ids repeat across DAGs)."""
-    dag = context.get("dag")
-    dag_id = dag.dag_id if dag is not None else getattr(context.get("dag_run"), "dag_id", "")
-    return f"{dag_id}/{context['run_id']}"
+    return f"{dag_id_of(context)}/{context['run_id']}"
 
 
 def lock_decision(context: Any, target: str, step: str) -> Decision:

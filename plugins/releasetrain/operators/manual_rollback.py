@@ -1,47 +1,120 @@
 """The manual rollback DAG's operators: an incident commander returns an environment to a
-known good version, through the UI form or REST, and it is recorded like a release."""
+known good version, through the UI form or REST, governed and recorded like a release.
+
+Governance (nothing here trusts XCom or task states):
+
+- the target version is one that *passed* in that environment (its ``environment_passed``
+  record), is older than the live version, and was never rolled back there for being bad;
+- the rollback is an emergency change: a change record of type ``emergency`` is opened with
+  the incident's reason and closed with the outcome;
+- ``rollback_approvers`` in the spec adds a second person before anything changes;
+- a post-implementation review by someone other than the person who triggered it is
+  required before the run can end ``success``.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.providers.standard.operators.hitl import HITLOperator
+from airflow.sdk import BaseOperator, Param
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
+from releasetrain.core import gatekeeper
+from releasetrain.core.approval import SegregationOfDutiesError, check_responder
+from releasetrain.core.change import ChangeRecordError, ChangeRef, ChangeState, path_to
+from releasetrain.core.gatekeeper import Decision
+from releasetrain.core.ledger import LedgerError
+from releasetrain.core.vocabulary import (
+    OPTION_APPROVE,
+    OPTION_REJECT,
+    OPTION_REVIEWED,
+    ROLLBACK_PLAN,
+    Event,
+    release_dag_id,
+)
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
-from releasetrain.operators._common import pull, record
+from releasetrain.operators._common import assigned, dag_id_of, enforce, record, record_decision, run_ledger
 from releasetrain.operators.rollback import RollbackOperator
 
-PLAN_TASK_ID = "plan"
+PLAN_TASK_ID = ROLLBACK_PLAN
+
+
+def _requester(context: Any) -> str:
+    """Who triggered the rollback run: the user Airflow authenticated (never a form field)."""
+    return context["dag_run"].triggering_user_name or "unknown"
+
+
+def _requesters(context: Any) -> set[str]:
+    """The triggering user's name and id (people directory): never their own second person."""
+    from releasetrain.core.identity import Directory
+
+    name = _requester(context)
+    people = getattr(context.get("task"), "people", None) or {}
+    return {name, Directory(people).id_of(name) or name}
+
+
+def _responder(result: dict[str, Any], context: Any) -> str | None:
+    user = result.get("responded_by_user") or {}
+    return user.get("name") if user.get("name") in _requesters(context) else user.get("id")
+
+
+def recorded_plan(context: Any, release: str) -> dict[str, Any]:
+    """The plan as ``plan`` recorded it in the ledger (its XCom is display only)."""
+    event = run_ledger(context, release).last(Event.ROLLBACK_REQUESTED, task_id=ROLLBACK_PLAN)
+    if event is None:
+        enforce(context, Decision.refuse("rollback", "no rollback plan recorded in the ledger by plan"), release)
+    return dict(event.details)  # type: ignore[union-attr]
 
 
 class ManualRollbackPlanOperator(BaseOperator):
     """Decide what the rollback does: which environment, from which version, to which.
 
-    The target version is the form's ``version``, or else the last good one: the newest
-    version that a release run deployed to the environment and kept (the ledger), else
-    what the target reports as its previous version. The version must have run there
-    before (the target refuses others). Records ``rollback_requested`` (who, why, from,
-    to) before anything changes.
+    The target version is the form's ``version``, or else the newest good one. Good means:
+    a release run passed in the environment with it (the ledger), it is older than the live
+    version, and it was never rolled back there. Anything else is refused, with the reason
+    and the versions that would be allowed. Records ``rollback_requested`` (who, why, from,
+    to) and opens the emergency change before anything changes.
 
     :param targets: environment -> deploy target connection id
+    :param change_backend: the release's change-record backend; ``change_conn_id`` its connection
     """
 
     ui_color = "#f28b82"
 
-    def __init__(self, *, release: str, targets: dict[str, str], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        release: str,
+        targets: dict[str, str],
+        change_backend: str = "builtin",
+        change_conn_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.release = release
         self.targets = dict(targets)
+        self.change_backend = change_backend
+        self.change_conn_id = change_conn_id
 
-    def execute(self, context: Any) -> dict[str, Any]:
-        from releasetrain.core.incident import last_good_version
+    def _release_events(self) -> list[Any]:
         from releasetrain.hooks.ledger import LedgerHook
 
+        ledger = LedgerHook()
+        try:
+            return list(ledger.events(release=self.release, dag_id=release_dag_id(self.release)))
+        except LedgerError as exc:
+            raise AirflowFailException(f"the release ledger cannot be read: {exc}") from None
+        finally:
+            ledger.close()
+
+    def execute(self, context: Any) -> dict[str, Any]:
         params = context["params"]
         environment, wanted = params["environment"], params.get("version")
         reason = " ".join(str(params.get("reason") or "").split())
-        by = context["dag_run"].triggering_user_name or "unknown"
+        by = _requester(context)
         if environment not in self.targets:
             raise AirflowFailException(
                 f"environment {environment!r} is not one of {self.release}'s: {', '.join(self.targets)}"
@@ -51,72 +124,165 @@ class ManualRollbackPlanOperator(BaseOperator):
         except DeployTargetError as exc:
             raise AirflowException(f"{environment}: {exc}") from None
         current = live.get("version")
-        ledger = LedgerHook()
-        try:
-            events = list(ledger.events(release=self.release))
-        finally:
-            ledger.close()
-        good = last_good_version(events, environment, current)
+        candidates = gatekeeper.rollback_candidates(self._release_events(), environment, current)
+        allowed = ", ".join(c["version"] for c in candidates) or "none"
         if wanted:
-            digest = next(
-                (
-                    e.details.get("digest")
-                    for e in reversed(events)
-                    if e.kind == "deployed" and e.environment == environment and e.details.get("version") == wanted
-                ),
-                None,
-            )
-            target, source = {"version": wanted, "digest": digest}, "asked for in the form"
-        elif good:
-            target, source = good, f"last good version (run {good['run_id']})"
-        elif live.get("previous_version"):
-            target = {"version": live["previous_version"], "digest": live.get("previous_digest")}
-            source = "the target's previous version (no good version in the ledger)"
+            target = next((c for c in candidates if c["version"] == wanted), None)
+            if target is None:
+                refusal = Decision.refuse(
+                    "rollback",
+                    f"{wanted} may not be rolled back to in {environment}: a rollback returns only to a version "
+                    f"that passed there, is older than the live {current}, and was never rolled back there "
+                    f"(allowed: {allowed})",
+                )
+                enforce(context, refusal, self.release, environment)
+            source = "asked for in the form"
+        elif candidates:
+            target, source = candidates[0], "the newest good version"
         else:
             raise AirflowFailException(
-                f"{environment}: no version to roll back to: the ledger has no good version other than {current} "
-                "and the target reports no previous version; give one in the form"
+                f"{environment}: no version to roll back to: no version older than {current} passed there and "
+                "kept its place; recover by hand (and record it) or release a fix"
             )
-        if target["version"] == current and target.get("digest") in (None, live.get("digest")):
-            raise AirflowFailException(f"{environment} already runs {current}: nothing to roll back")
         plan = {
             "environment": environment,
             "from_version": current,
             "from_digest": live.get("digest"),
-            "version": target["version"],
-            "digest": target.get("digest"),
+            "version": target["version"],  # type: ignore[index]
+            "digest": target.get("digest"),  # type: ignore[union-attr]
             "source": source,
             "reason": reason,
             "requested_by": by,
         }
-        record(context, "rollback_requested", self.release, environment=environment, actor=by, details=plan)
+        plan["change"] = self._open_change(context, plan).to_dict()
+        plan["change_conn_id"] = self.change_conn_id
+        record(context, Event.ROLLBACK_REQUESTED, self.release, environment=environment, actor=by, details=plan)
         self.log.warning(
             "MANUAL ROLLBACK of %s in %s: %s -> %s (%s), requested by %s: %s",
             self.release,
             environment,
             current,
-            target["version"],
+            plan["version"],
             source,
             by,
             reason,
         )
         return plan
 
+    def _open_change(self, context: Any, plan: dict[str, Any]) -> ChangeRef:
+        """The rollback is an emergency change, opened with the incident's reason."""
+        from releasetrain.hooks.change_record import change_backend
+
+        backend = change_backend(self.change_backend, self.change_conn_id)
+        start = dt.datetime.now(dt.UTC)
+        try:
+            ref = backend.open(
+                correlation_id=f"{self.release}/{dag_id_of(context)}/{context['run_id']}",
+                change_type="emergency",
+                short_description=f"Rollback {self.release} in {plan['environment']} to {plan['version']}",
+                description=(
+                    f"Manual rollback of {self.release} in {plan['environment']} from {plan['from_version']} to "
+                    f"{plan['version']}, requested by {plan['requested_by']}: {plan['reason']}"
+                ),
+                risk="high",
+                planned_start=start.isoformat(),
+                planned_end=(start + dt.timedelta(minutes=30)).isoformat(),
+            )
+        except (ChangeRecordError, LedgerError) as exc:
+            raise AirflowFailException(f"emergency change for the rollback: cannot open: {exc}") from None
+        return ref
+
+
+def _move(context: Any, release: str, ref: ChangeRef, conn_id: str | None, target: ChangeState, note: str) -> None:
+    from releasetrain.hooks.change_record import change_backend
+
+    backend = change_backend(ref.backend, conn_id)
+    try:
+        current = backend.get(ref)
+        for state in path_to(current.change_type, current.state, target):
+            current = backend.move_to(current, state, note=note)
+    except (ChangeRecordError, LedgerError) as exc:
+        raise AirflowFailException(f"emergency change {ref.number}: cannot move to {target.value}: {exc}") from None
+
+
+class RollbackApprovalOperator(HITLOperator):
+    """A second person before a manual rollback changes anything (``rollback_approvers``).
+
+    Asked of the rollback approvers minus the person who triggered the run; the responder is
+    checked again, the decision is recorded, and a rejection ends the run (never asked again).
+    """
+
+    ui_color = "#fde293"
+
+    def __init__(self, *, release: str, approvers: list[str], **kwargs: Any) -> None:
+        kwargs.setdefault("retries", 2)  # Airflow 3.3's fast-answer race, as for release approvals
+        kwargs.setdefault("retry_delay", timedelta(seconds=5))
+        super().__init__(subject=f"Approve a rollback of {release}?", options=[OPTION_APPROVE, OPTION_REJECT], **kwargs)
+        self.release = release
+        self.approvers = list(approvers)
+
+    def execute(self, context: Any) -> Any:
+        run = run_ledger(context, self.release)
+        enforce(context, gatekeeper.not_rejected(run, self.task_id), self.release)
+        plan = recorded_plan(context, self.release)
+        eligible = [u for u in self.approvers if u not in _requesters(context)]
+        if not eligible:
+            raise AirflowFailException(
+                f"rollback approval: every rollback approver ({', '.join(self.approvers)}) triggered this run"
+            )
+        self.assigned_users = assigned(self, eligible)
+        self.subject = f"Roll {self.release} back in {plan['environment']} to {plan['version']}?"
+        self.body = (
+            f"**{plan['requested_by']}** asks to roll **{plan['environment']}** back from "
+            f"`{plan['from_version']}` to `{plan['version']}`.\n\nReason: {plan['reason']}"
+        )
+        return super().execute(context)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        plan = recorded_plan(context, self.release)
+        details = {"version": plan["version"], "digest": plan.get("digest")}
+        if event.get("timedout") or event.get("error_type") == "timeout":
+            record_decision(context, Event.APPROVAL_TIMED_OUT, self.release, environment=plan["environment"])
+            raise AirflowFailException("rollback approval: no answer before the timeout")
+        result = HITLOperator.execute_complete(self, context=context, event=event)
+        chosen = result["chosen_options"][0]
+        responder = _responder(result, context)
+        try:
+            check_responder(responder, self.approvers, _requesters(context))
+        except SegregationOfDutiesError as exc:
+            record_decision(
+                context,
+                Event.APPROVAL_REFUSED,
+                self.release,
+                environment=plan["environment"],
+                actor=responder or "",
+                details={**details, "reason": str(exc)},
+            )
+            return self.execute(context)
+        kind = Event.APPROVAL_GIVEN if chosen == OPTION_APPROVE else Event.APPROVAL_REJECTED
+        record_decision(context, kind, self.release, environment=plan["environment"], actor=responder, details=details)
+        if kind == Event.APPROVAL_REJECTED:
+            raise AirflowFailException(f"{responder} rejected the rollback; nothing was changed")
+        return result
+
 
 class ManualRollbackOperator(RollbackOperator):
     """The rollback of one environment in the manual rollback DAG (skips for the others).
 
     Same work as a release's rollback (snapshot, rollback deploy deferred, health check,
-    postmortem draft, notifications, ledger), aimed at the version the plan chose.
+    postmortem draft, notifications, ledger), aimed at the version the recorded plan chose,
+    under the deploy target's lock (waiting for it deferred), after the rollback approval
+    when the release has ``rollback_approvers``.
     """
 
-    def __init__(self, *, plan_task_id: str = PLAN_TASK_ID, **kwargs: Any) -> None:
+    def __init__(self, *, plan_task_id: str = PLAN_TASK_ID, approval_task_id: str | None = None, **kwargs: Any):
         kwargs.setdefault("deploy_task_id", plan_task_id)
         super().__init__(**kwargs)
         self.plan_task_id = plan_task_id
+        self.approval_task_id = approval_task_id
 
     def _plan(self, context: Any) -> dict[str, Any]:
-        return pull(context, self.plan_task_id) or {}
+        return recorded_plan(context, self.release)
 
     def _target(self, context: Any) -> dict[str, Any] | None:
         plan = self._plan(context)
@@ -132,4 +298,128 @@ class ManualRollbackOperator(RollbackOperator):
         plan = self._plan(context)
         if plan.get("environment") != self.environment:
             raise AirflowSkipException(f"this rollback is for {plan.get('environment')}, not {self.environment}")
+        if self.approval_task_id:
+            approved = run_ledger(context, self.release).of(Event.APPROVAL_GIVEN, task_id=self.approval_task_id)
+            if not approved:
+                run = run_ledger(context, self.release)
+                enforce(
+                    context,
+                    Decision.refuse(self.task_id, run.missing(self.approval_task_id, "rollback approval")),
+                    self.release,
+                    self.environment,
+                )
+        self._take_lock(context)
+        change = plan.get("change")
+        if change:
+            conn_id = plan.get("change_conn_id")
+            _move(context, self.release, ChangeRef.from_dict(change), conn_id, ChangeState.IMPLEMENT, "rolling back")
         return super().execute(context)
+
+    def execute_locked(self, context: Any, event: dict[str, Any]) -> dict[str, Any] | None:
+        if not event.get("acquired"):
+            raise AirflowFailException(f"{self.environment}: could not lock {self.deploy_target_conn_id}: {event}")
+        return self.execute(context)
+
+    def _take_lock(self, context: Any) -> None:
+        """Hold the deploy target like a release does: never in the middle of another run's stage."""
+        from releasetrain.hooks.ledger import LedgerHook
+        from releasetrain.operators.lock import LEDGER_CONN_ID, holder_of
+        from releasetrain.triggers.lock import TargetLockTrigger
+
+        me = holder_of(context)
+        hook = LedgerHook()
+        try:
+            holder = hook.store.try_lock(self.deploy_target_conn_id, me)
+        finally:
+            hook.close()
+        if holder != me:
+            self.log.warning("%s is held by %s: waiting for it (deferred)", self.deploy_target_conn_id, holder)
+            self.defer(
+                trigger=TargetLockTrigger(
+                    target=self.deploy_target_conn_id, holder=me, ledger_conn_id=LEDGER_CONN_ID, poll_interval=2.0
+                ),
+                method_name="execute_locked",
+            )
+
+    def _after_rollback(self, context: Any, before: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        out = super()._after_rollback(context, before, result)
+        plan = self._plan(context)
+        if plan.get("change"):
+            ref = ChangeRef.from_dict(plan["change"])
+            _move(context, self.release, ref, plan.get("change_conn_id"), ChangeState.REVIEW, "rolled back")
+        return out
+
+
+class RollbackReviewOperator(HITLOperator):
+    """The post-implementation review of a manual rollback, by someone other than the person
+    who triggered it; only then does the emergency change close and the run succeed."""
+
+    ui_color = "#fde293"
+
+    def __init__(self, *, release: str, reviewers: list[str], **kwargs: Any) -> None:
+        kwargs.pop("params", None)
+        kwargs.setdefault("retries", 2)
+        kwargs.setdefault("retry_delay", timedelta(seconds=5))
+        super().__init__(
+            subject=f"Post-implementation review of a rollback of {release}",
+            options=[OPTION_REVIEWED],
+            params={"findings": Param(None, type=["null", "string"], title="Findings")},
+            **kwargs,
+        )
+        self.release = release
+        self.reviewers = list(reviewers)
+
+    def execute(self, context: Any) -> Any:
+        plan = recorded_plan(context, self.release)
+        run = run_ledger(context, self.release)
+        if not run.of(Event.ROLLBACK, environment=plan["environment"]):
+            enforce(
+                context,
+                Decision.refuse(self.task_id, f"no rollback of {plan['environment']} is recorded in this run"),
+                self.release,
+            )
+        eligible = [u for u in self.reviewers if u not in _requesters(context)]
+        if not eligible:
+            raise AirflowFailException(
+                f"rollback review: nobody but the person who triggered it ({_requester(context)}) may review; "
+                "set reviewers in the spec"
+            )
+        self.assigned_users = assigned(self, eligible)
+        self.subject = f"Review the rollback of {self.release} in {plan['environment']} to {plan['version']}"
+        self.body = (
+            f"**{plan['requested_by']}** rolled **{plan['environment']}** back from `{plan['from_version']}` to "
+            f"`{plan['version']}` as an emergency change.\n\nReason: {plan['reason']}\n\n"
+            "Confirm what was checked afterwards (findings); the emergency change closes with your review."
+        )
+        return super().execute(context)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        result = super().execute_complete(context=context, event=event)
+        responder = _responder(result, context)
+        try:
+            check_responder(responder, self.reviewers, _requesters(context))
+        except SegregationOfDutiesError as exc:
+            raise AirflowFailException(f"rollback review refused: {exc}") from None
+        findings = " ".join(str((result.get("params_input") or {}).get("findings") or "").split())
+        if len(findings) < 10:
+            raise AirflowFailException("rollback review: 'findings' must say what was checked (10+ characters)")
+        plan = recorded_plan(context, self.release)
+        record_decision(
+            context,
+            Event.REVIEW,
+            self.release,
+            environment=plan["environment"],
+            actor=responder or "",
+            details={"findings": findings, "of": "manual rollback"},
+        )
+        change = plan.get("change")
+        if change:
+            from releasetrain.hooks.change_record import change_backend
+
+            ref = ChangeRef.from_dict(change)
+            backend = change_backend(ref.backend, plan.get("change_conn_id"))
+            try:
+                backend.close(backend.get(ref), outcome="success", notes=f"reviewed by {responder}: {findings}")
+            except (ChangeRecordError, LedgerError) as exc:
+                raise AirflowFailException(f"emergency change {ref.number}: cannot close: {exc}") from None
+        return {**result, "findings": findings}

@@ -33,7 +33,8 @@ from releasetrain.core.approval import SegregationOfDutiesError, check_responder
 from releasetrain.core.gatekeeper import Decision, RunLedger
 from releasetrain.core.vocabulary import OPTION_ABORT, OPTION_PROMOTE, OPTION_ROLL_BACK, VERIFY, Event, env_task
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
-from releasetrain.operators._common import enforce, record, record_decision, release_request, run_ledger
+from releasetrain.operators._common import assigned, enforce, record, record_decision, release_request, run_ledger
+from releasetrain.operators._common import responder as responder_of
 from releasetrain.operators.deploy import DeployTargetCalls, pre_deploy
 
 # Airflow 3.3 can fail a deferred task "externally" when its trigger fires before the
@@ -272,7 +273,7 @@ class AnalysisDecisionOperator(HITLOperator):
                 f"{self.environment}: nobody may decide on the inconclusive analysis (deciders "
                 f"{', '.join(self.deciders) or 'none'} are all authors); rolling back"
             )
-        self.assigned_users = [{"id": user, "name": user} for user in eligible]
+        self.assigned_users = assigned(self, eligible)
         self.subject = (
             f"{self.release} {request.version} in {self.environment}: the {result.get('stage')} analysis is "
             "inconclusive. Promote or roll back?"
@@ -308,7 +309,7 @@ class AnalysisDecisionOperator(HITLOperator):
             raise AirflowFailException(f"{self.environment}: nobody decided on the inconclusive analysis; rolling back")
         result = HITLOperator.execute_complete(self, context=context, event=event)
         choice = result["chosen_options"][0]
-        responder = (result.get("responded_by_user") or {}).get("id")
+        responder = responder_of(result, request)
         try:
             check_responder(responder, self.deciders, set(request.authors))
         except SegregationOfDutiesError as exc:
@@ -452,7 +453,7 @@ class RolloutAbortOperator(HITLOperator):
             defaults=None,
             multiple=False,
             params=self.serialized_params,
-            assigned_users=[{"id": p, "name": p} for p in people] or None,
+            assigned_users=assigned(self, people) or None,
         )
         self.defer(
             trigger=PhaseEndTrigger(

@@ -12,6 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from releasetrain.core.approval import SegregationOfDutiesError, check_responder
 from releasetrain.core.vocabulary import OPTION_REVIEWED, Event
 from releasetrain.operators._common import record_decision, release_request, run_ledger
+from releasetrain.operators._common import responder as responder_of
 from releasetrain.operators.approval import _md, assign_non_authors
 
 
@@ -81,7 +82,7 @@ class PostImplementationReviewOperator(HITLOperator):
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         request = release_request(context, self.release)
         result = super().execute_complete(context=context, event=event)
-        responder = (result.get("responded_by_user") or {}).get("id")
+        responder = responder_of(result, request)
         try:
             check_responder(responder, self.reviewers, set(request.authors))
         except SegregationOfDutiesError as exc:

@@ -1,0 +1,206 @@
+"""The gatekeeper decides from ledger events only; every refusal names the missing record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from releasetrain.core import gatekeeper
+from releasetrain.core.gatekeeper import Decision, RunLedger
+from releasetrain.core.request import ReleaseRequestError, build_request
+from releasetrain.core.vocabulary import Event, decide_task
+
+DIGEST = "sha256:" + "a" * 64
+
+
+@dataclass
+class E:
+    kind: str
+    environment: str = ""
+    actor: str = ""
+    at: str = "2026-11-28T10:00:00Z"
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def ev(kind: str, task_id: str = "", environment: str = "", actor: str = "", **details: Any) -> E:
+    if task_id:
+        details["task_id"] = task_id
+    return E(kind, environment, actor, details=details)
+
+
+RISK = ev(Event.RISK_ASSESSED, "assess_risk", level="moderate", gates={"prod": {"quorum": 2, "reviews": ["ops"]}})
+
+
+def approval(actor: str, task: str, group: str | None = None, digest: str = DIGEST) -> E:
+    return ev(Event.APPROVAL_GIVEN, task, "prod", actor, digest=digest, group=group)
+
+
+def approvals(run: RunLedger) -> Decision:
+    gates = gatekeeper.risk_gates(run, "prod", 1, [], assess_task_id="assess_risk")
+    if isinstance(gates, Decision):
+        return gates
+    quorum, reviews = gates
+    return gatekeeper.approvals(
+        run,
+        "prod",
+        digest=DIGEST,
+        quorum=quorum,
+        reviews=reviews,
+        pool=["approver", "admin", "author"],
+        review_members={"ops": ["ops"]},
+        authors={"author"},
+        step="prod.deploy",
+    )
+
+
+def test_approvals_hold_only_with_the_recorded_quorum_and_review():
+    events = [RISK, approval("approver", "prod.approve"), approval("admin", "prod.approve_2")]
+    refused = approvals(RunLedger(events))
+    assert not refused.allowed and "readiness review of ['ops']" in refused.message()
+    assert approvals(RunLedger([*events, approval("ops", "prod.review_ops", "ops")])).allowed
+
+
+@pytest.mark.parametrize(
+    ("events", "reason"),
+    [
+        pytest.param([approval("approver", "prod.approve")], "no risk assessment recorded", id="no-risk-record"),
+        pytest.param([RISK, approval("approver", "prod.approve")], "1 of 2 required", id="quorum-from-ledger"),
+        pytest.param(
+            [RISK, approval("approver", "a"), approval("author", "b"), approval("ops", "c", "ops")],
+            "author is an author",
+            id="author",
+        ),
+        pytest.param(
+            [
+                RISK,
+                approval("approver", "a"),
+                approval("admin", "b", digest="sha256:other"),
+                approval("ops", "c", "ops"),
+            ],
+            "an approval is for one artifact only",
+            id="other-digest",
+        ),
+    ],
+)
+def test_approvals_refused_name_the_problem(events, reason):
+    decision = approvals(RunLedger(events))
+    assert not decision.allowed and reason in decision.message()
+
+
+def test_a_step_set_by_hand_is_named_as_such():
+    run = RunLedger([ev(Event.TASK_STATE, "prod.smoke", state="success", by_hand=True)])
+    decision = gatekeeper.step_proof(run, "prod.smoke", "prod")
+    assert not decision.allowed
+    assert "no 'checks_passed' recorded in the ledger by prod.smoke" in decision.message()
+    assert "set to success by hand" in decision.message()
+
+
+@pytest.mark.parametrize(
+    ("events", "allowed", "reason"),
+    [
+        pytest.param([ev(Event.ANALYSIS, "cn.canary_10", "cn", outcome="passed")], True, "", id="passed"),
+        pytest.param(
+            [ev(Event.ANALYSIS, "cn.canary_10", "cn", outcome="failed", reason="5xx")], False, "failed", id="failed"
+        ),
+        pytest.param([], False, "no analysis verdict recorded", id="missing"),
+        pytest.param(
+            [ev(Event.ANALYSIS, "cn.canary_10", "cn", outcome="inconclusive")],
+            False,
+            "no decision to promote recorded in the ledger by cn.decide_10",
+            id="inconclusive-undecided",
+        ),
+        pytest.param(
+            [
+                ev(Event.ANALYSIS, "cn.canary_10", "cn", outcome="inconclusive"),
+                ev(Event.ANALYSIS_DECISION, "cn.decide_10", "cn", "approver", choice="Promote"),
+            ],
+            True,
+            "",
+            id="inconclusive-promoted",
+        ),
+        pytest.param(
+            [ev(Event.ANALYSIS, "cn.canary_10", "other-env", outcome="passed")], False, "no analysis", id="other-env"
+        ),
+    ],
+)
+def test_traffic_moves_on_only_with_the_earlier_verdicts(events, allowed, reason):
+    decision = gatekeeper.analysis_proof(RunLedger(events), "cn.canary_10", "cn")
+    assert decision.allowed is allowed
+    assert reason in decision.message()
+
+
+def test_decide_task_names():
+    assert decide_task("cn.canary_10") == "decide_10"
+    assert decide_task("watch") == "decide_watch"
+
+
+def test_a_rejection_is_final():
+    run = RunLedger([ev(Event.APPROVAL_REJECTED, "prod.approve", "prod", "approver")])
+    decision = gatekeeper.not_rejected(run, "prod.approve")
+    assert not decision.allowed and "rejected by approver" in decision.message() and "final" in decision.message()
+    assert gatekeeper.not_rejected(run, "prod.approve_2").allowed
+
+
+def test_promotion_needs_the_recorded_pass_with_the_same_digest():
+    run = RunLedger([ev(Event.ENVIRONMENT_PASSED, "staging.passed", "staging", digest=DIGEST)])
+    assert gatekeeper.environment_passed(run, "staging", DIGEST, gate_task_id="staging.passed").allowed
+    other = gatekeeper.environment_passed(run, "staging", "sha256:b", gate_task_id="staging.passed")
+    assert not other.allowed and "not the digest that passed staging" in other.message()
+    missing = gatekeeper.environment_passed(RunLedger([]), "staging", DIGEST, gate_task_id="staging.passed")
+    assert "no pass of staging recorded in the ledger by staging.passed" in missing.message()
+
+
+def test_rollback_candidates_are_passed_older_and_never_rolled_back():
+    events = [
+        ev(Event.ENVIRONMENT_PASSED, environment="prod", version="1.0.0", digest="d1"),
+        ev(Event.ENVIRONMENT_PASSED, environment="prod", version="1.1.0", digest="d11"),
+        ev(Event.ENVIRONMENT_PASSED, environment="prod", version="1.2.0", digest="d12"),
+        ev(Event.ROLLBACK, environment="prod", failed_version="1.1.0"),
+        ev(Event.DEPLOYED, environment="prod", version="0.9.0"),  # deployed, never passed
+        ev(Event.ENVIRONMENT_PASSED, environment="staging", version="1.1.5"),
+    ]
+    assert [c["version"] for c in gatekeeper.rollback_candidates(events, "prod", "1.2.0")] == ["1.0.0"]
+    # what was in service before a release run deployed counts (never a no-op's "before")
+    started = ev(Event.DEPLOY_STARTED, environment="prod", version="1.0.0", before={"version": "0.8.0", "noop": False})
+    noop = ev(Event.DEPLOY_STARTED, environment="prod", version="1.0.0", before={"version": "0.9.5", "noop": True})
+    assert [c["version"] for c in gatekeeper.rollback_candidates([*events, started, noop], "prod", "1.2.0")] == [
+        "1.0.0",
+        "0.8.0",
+    ]
+    assert [c["version"] for c in gatekeeper.rollback_candidates(events, "prod", "2.0.0")] == ["1.2.0", "1.0.0"]
+
+
+def test_request_comes_from_the_run_and_names_bad_params():
+    request = build_request(
+        release="r",
+        dag_id="release_r",
+        run_id="x",
+        params={"version": "1.2.3", "requested_by": "dev"},
+        conf={"version": "1.2.3"},
+        triggering_user="alice",
+        run_type="manual",
+    )
+    assert request.authors == {"alice", "dev"} and request.version == "1.2.3"
+    with pytest.raises(ReleaseRequestError, match="unknown trigger param"):
+        build_request(
+            release="r",
+            dag_id="d",
+            run_id="x",
+            params={},
+            conf={"triggered_by": "x"},
+            triggering_user="a",
+            run_type="manual",
+        )
+    scheduled = build_request(
+        release="r",
+        dag_id="d",
+        run_id="x",
+        params={"version": None},
+        conf={},
+        triggering_user=None,
+        run_type="DagRunType.SCHEDULED",
+        candidate={"version": "2.0.0", "published_by": "ci-bot"},
+    )
+    assert scheduled.version == "2.0.0" and scheduled.requested_by == "ci-bot" and scheduled.authors == {"ci-bot"}
