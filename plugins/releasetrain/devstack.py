@@ -237,8 +237,8 @@ class DevStack:
             text=True,
             check=True,
         )
-        start = listing.stdout.index("[")
-        users = {str(u["id"]): u["username"] for u in json.loads(listing.stdout[start:])}
+        rows = next(line for line in listing.stdout.splitlines() if line.startswith("[{"))  # past the warnings
+        users = {str(u["id"]): u["username"] for u in json.loads(rows)}
         self.fab_ids = {name: uid for uid, name in users.items()}
         source = self.config.project_root / "include" / "groups.yaml"
         groups = yaml.safe_load(source.read_text()).get("groups", {}) if source.is_file() else {}

@@ -100,7 +100,7 @@ def test_a_fork_cannot_even_be_stored(ledger_url):
         _sql(
             ledger_url,
             f"INSERT INTO {TABLE} SELECT seq + 100, at, release, run_id, environment, kind, actor, details, "
-            f"prev_hash, hash || 'x' FROM {TABLE} WHERE seq = 2",
+            f"prev_hash, hash || 'x', dag_id FROM {TABLE} WHERE seq = 2",
         )
 
 

@@ -36,7 +36,7 @@ def events(run_id):
 def test_a_failed_run_is_recorded_and_its_open_change_canceled_off_the_callers_thread(ledger):
     backend = BuiltinChangeBackend()
     ref = backend.open(
-        correlation_id="storefront/run1",
+        correlation_id="storefront/release_storefront/run1",
         change_type="normal",
         short_description="x",
         description="y",
@@ -51,6 +51,24 @@ def test_a_failed_run_is_recorded_and_its_open_change_canceled_off_the_callers_t
     assert recorded[-1].kind == "change_closed" and recorded[-1].details["state"] == "canceled"
     # listeners run inside the scheduler's DB session: the ledger work must happen on another thread
     assert ledger and threading.get_ident() not in ledger
+
+
+def test_a_rollback_run_reusing_a_release_run_id_never_closes_the_release_change(ledger):
+    backend = BuiltinChangeBackend()
+    ref = backend.open(
+        correlation_id="storefront/release_storefront/run7",
+        change_type="normal",
+        short_description="x",
+        description="y",
+        risk="low",
+        planned_start=None,
+        planned_end=None,
+    )
+    backend.move_to(ref, ChangeState.AUTHORIZE, note="risk assessed")
+    listener.on_dag_run_failed(SimpleNamespace(dag_id="rollback_storefront", run_id="run7"), "no version")
+    assert backend.get(ref).state == ChangeState.AUTHORIZE, "runs are keyed by DAG id and run id"
+    [ended] = [e for e in events("run7") if e.kind == "run_state"]
+    assert ended.dag_id == "rollback_storefront"
 
 
 def test_hand_made_task_states_are_recorded_and_task_runner_reports_are_not(ledger):

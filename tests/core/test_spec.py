@@ -168,9 +168,32 @@ def test_every_example_spec_matches_the_json_schema():
             "max_failures 2 allows every one of the 2 health rounds to fail",
             id="health-never-fails",
         ),
+        pytest.param(
+            lambda d: d["environments"][1].update(
+                production=True, approval={}, smoke_checks=[{"name": "up", "endpoint": "health"}]
+            ),
+            "environments[1]: production needs at least one human approval",
+            id="production-without-approval",
+        ),
+        pytest.param(
+            lambda d: d["environments"][1].update(production=True),
+            "environments[1]: production needs at least one smoke check",
+            id="production-without-smoke-check",
+        ),
     ],
 )
 def test_specs_that_would_silently_weaken_a_gate_are_refused(mutate, expected):
     data = minimal()
     mutate(data)
     assert expected in _problems(data)
+
+
+def test_production_may_opt_out_of_approval_in_writing():
+    data = minimal()
+    data["environments"][1].update(
+        production=True,
+        approval={"required": False, "reason": "fully automated: change advisory board waiver CAB-12"},
+        smoke_checks=[{"name": "up", "endpoint": "health"}],
+    )
+    spec = parse_spec(data)
+    assert spec.environment("prod").approval.reason.startswith("fully automated")

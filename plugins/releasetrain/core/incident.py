@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from releasetrain.core.ledger import LedgerEvent
+from releasetrain.core.vocabulary import Event
 
 _SUMMARY = {
     "triggered": lambda d: f"triggered: {d.get('version')} ({d.get('change_summary') or 'no summary'})",
@@ -150,7 +151,7 @@ def last_good_version(events: Iterable[Any], environment: str, current: str | No
     rolled_back: set[str] = set()
     ended: dict[str, str] = {}
     for event in events:
-        if event.kind == "deployed" and event.environment == environment and not event.details.get("noop"):
+        if event.kind == Event.DEPLOYED and event.environment == environment and not event.details.get("noop"):
             deployed[event.run_id] = {
                 "version": event.details.get("version"),
                 "digest": event.details.get("digest"),

@@ -138,6 +138,12 @@ class Approval(_Model):
     on_timeout: Literal["reject"] = Field(
         default="reject", description="What a timeout means: the release is rejected and the change canceled."
     )
+    reason: str | None = Field(
+        default=None,
+        min_length=10,
+        description="Why an environment marked production needs no human approval (required: false): the "
+        "written opt-out that production environments need.",
+    )
 
     @field_validator("approvers")
     @classmethod
@@ -274,6 +280,19 @@ class Environment(_Model):
         if value in RESERVED_ENVIRONMENT_NAMES:
             raise ValueError(f"{value!r} is reserved for a task of the release DAG; choose another name")
         return value
+
+    @model_validator(mode="after")
+    def _safe_production(self) -> Environment:
+        """Safe defaults for environments marked ``production: true``."""
+        if self.production:
+            if not self.approval.required and not self.approval.reason:
+                raise ValueError(
+                    "production needs at least one human approval: set approval.required: true with "
+                    "approvers, or opt out in writing with approval: {required: false, reason: ...}"
+                )
+            if not self.smoke_checks and not self.journeys:
+                raise ValueError("production needs at least one smoke check (smoke_checks or journeys)")
+        return self
 
 
 class ChangePolicy(_Model):

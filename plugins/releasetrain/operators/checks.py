@@ -102,7 +102,7 @@ class SmokeCheckOperator(_EnvironmentCheckOperator):
         failed_journeys = [j for j in journeys if not j.ok]
         record(
             context,
-            "checks_failed" if failed or failed_journeys else "checks_passed",
+            Event.CHECKS_FAILED if failed or failed_journeys else Event.CHECKS_PASSED,
             self.release,
             environment=self.environment,
             details={

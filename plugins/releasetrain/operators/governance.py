@@ -148,9 +148,9 @@ class RiskAssessmentOperator(BaseOperator):
             for event in hook.events(release=self.release):
                 if event.run_id == context["run_id"]:
                     continue
-                if event.kind == "deployed" and event.environment in self.production:
+                if event.kind == Event.DEPLOYED and event.environment in self.production:
                     previous = event.details.get("version") or previous
-                elif event.kind == "rollback" and event.at >= since:
+                elif event.kind == Event.ROLLBACK and event.at >= since:
                     rollbacks += 1
         finally:
             hook.close()

@@ -10,6 +10,7 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
 from releasetrain.core.bundle import BundleError, ComponentFiles, build_bundle, sign_bundle
+from releasetrain.core.vocabulary import Event
 from releasetrain.hooks.bundle_store import BundleStoreHook, SigningKeyHook
 from releasetrain.operators._common import release_request
 
@@ -91,7 +92,7 @@ class BundlePackageOperator(BaseOperator):
         }
         from releasetrain.operators._common import record
 
-        record(context, "packaged", self.release, details=result)
+        record(context, Event.PACKAGED, self.release, details=result)
         return result
 
     def _collect(self, component: dict[str, Any], release_version: str) -> ComponentFiles:

@@ -7,7 +7,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from releasetrain.core.vocabulary import Event
+from releasetrain.core.vocabulary import OPTION_ROLL_BACK, Event
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
 from releasetrain.operators._common import pull, record, release_request, run_ledger
 from releasetrain.operators.deploy import DeployTargetCalls, pre_deploy
@@ -232,12 +232,12 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
             for e in events
             if e.environment == self.environment
             and (
-                e.kind in ("checks_failed", "deploy_failed", "aborted", "rollback_requested")
-                or (e.kind == "analysis" and e.details.get("outcome") in ("failed", "error", "aborted"))
-                or (e.kind == "analysis_decision" and e.details.get("choice") == "Roll back")
+                e.kind in (Event.CHECKS_FAILED, Event.DEPLOY_FAILED, Event.ABORTED, Event.ROLLBACK_REQUESTED)
+                or (e.kind == Event.ANALYSIS and e.details.get("outcome") in ("failed", "error", "aborted"))
+                or (e.kind == Event.ANALYSIS_DECISION and e.details.get("choice") == OPTION_ROLL_BACK)
             )
         ]
-        analyses = [e.details for e in events if e.kind == "analysis" and e.environment == self.environment]
+        analyses = [e.details for e in events if e.kind == Event.ANALYSIS and e.environment == self.environment]
         folder = self._incident_folder(context)
         failed_version = self._failed_version(context)
         incident = {
@@ -369,13 +369,13 @@ def _build_notifier(target: dict[str, Any], payload: dict[str, Any]) -> Any:
 
 
 def _failure_label(event: Any) -> str:
-    if event.kind == "analysis":
+    if event.kind == Event.ANALYSIS:
         return f"{event.details.get('stage')} analysis {event.details.get('outcome')}"
-    if event.kind == "analysis_decision":
+    if event.kind == Event.ANALYSIS_DECISION:
         return f"rolled back by {event.actor} after an inconclusive analysis"
-    if event.kind == "aborted":
+    if event.kind == Event.ABORTED:
         return f"aborted by {event.actor}"
-    if event.kind == "rollback_requested":
+    if event.kind == Event.ROLLBACK_REQUESTED:
         return f"manual rollback requested by {event.actor}"
     return event.kind.replace("_", " ")
 
