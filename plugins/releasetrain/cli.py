@@ -10,8 +10,9 @@ releasetrain schema                the release spec's JSON Schema
 releasetrain ledger verify [--conn CONN_ID | --url URL]
                                    check the ledger's hash chain; exit 1 naming the first
                                    bad event
-releasetrain evidence RELEASE RUN_ID --out FILE [--conn CONN_ID | --url URL]
-                                   export a signed evidence bundle for one release run
+releasetrain evidence RELEASE RUN_ID --out FILE [--dag-id DAG_ID] [--conn CONN_ID | --url URL]
+                                   export a signed evidence bundle for one release run (runs are
+                                   keyed by DAG id and run id; default DAG: release_<RELEASE>)
 releasetrain evidence verify FILE [--public-key PEM_FILE]
                                    verify an evidence bundle offline; exit 1 naming problems
 """
@@ -25,7 +26,7 @@ import sys
 from pathlib import Path
 
 from releasetrain.core.spec import CalendarLibrary, ReleaseSpec, ReleaseSpecError, json_schema_text, load_spec
-from releasetrain.core.vocabulary import POOL_PREFIX  # noqa: E402
+from releasetrain.core.vocabulary import POOL_PREFIX, release_dag_id  # noqa: E402
 from releasetrain.core.windows import CalendarError, iso_z
 
 
@@ -179,7 +180,9 @@ def _evidence(args: argparse.Namespace) -> int:
     try:
         store = _ledger_store(args)
         head = store.head()
-        events = list(store.events(release=release, run_id=run_id))
+        dag_id = args.dag_id or release_dag_id(release)
+        # events written before runs were keyed by DAG id carry none
+        events = [e for e in store.events(release=release, run_id=run_id) if e.dag_id in (dag_id, "")]
         document = build_evidence(release, run_id, events, head, SigningKeyHook(args.signing_conn).private_key())
     except (LedgerError, EvidenceError, ValueError) as exc:
         print(f"evidence: {exc}", file=sys.stderr)
@@ -211,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     evidence = commands.add_parser("evidence", help="export or verify a signed evidence bundle")
     evidence.add_argument("items", nargs="+", metavar="RELEASE RUN_ID | verify FILE")
     evidence.add_argument("--out", metavar="FILE")
+    evidence.add_argument(
+        "--dag-id", help="the run's DAG (default release_<RELEASE>; rollback_<RELEASE> for rollbacks)"
+    )
     evidence.add_argument("--public-key", metavar="PEM_FILE", help="trusted key for `evidence verify`")
     evidence.add_argument("--signing-conn", default="releasetrain_signing", help="connection holding the key")
     for sub in (ledger, evidence):

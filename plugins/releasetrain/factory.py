@@ -215,6 +215,7 @@ def build_release_dag(
     """Turn one validated spec into its DAG (no network; shared calendars are read)."""
     project_root = Path(project_root)
     calendars = calendars or CalendarLibrary(project_root)
+    spec = calendars.binding(spec)  # company-wide calendars (applies_to: all) bind every release
     schedule = None
     if spec.schedule == "windows":
         schedule = ReleaseWindowTimetable(

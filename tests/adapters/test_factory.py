@@ -160,3 +160,21 @@ def test_python_built_release_naming_an_unknown_group_is_a_clear_error():
     )
     with pytest.raises(ReleaseSpecError, match=r"approval.reviews\[0\]: no approver group 'auditors' is defined"):
         build_release_dag(spec, project_root=PROJECT_ROOT, auto_register=False)
+
+
+def test_a_company_wide_freeze_binds_every_release_without_the_spec_naming_it(tmp_path: Path):
+    from releasetrain.core.spec import CalendarLibrary
+
+    (tmp_path / "company-freeze.yaml").write_text(
+        "name: company-freeze\napplies_to: all\ntimezone: UTC\n"
+        "blackouts:\n  - {name: year end, start: '2030-12-20T00:00', end: '2031-01-04T00:00'}\n"
+    )
+    (tmp_path / "team-window.yaml").write_text("name: team-window\ntimezone: UTC\nblackouts: []\n")
+    spec = load_spec(PROJECT_ROOT / "include" / "releases" / "storefront.yaml")
+    assert spec.calendar is None and not spec.has_calendar
+    library = CalendarLibrary(PROJECT_ROOT, [tmp_path])
+    dag = build_release_dag(spec, project_root=PROJECT_ROOT, calendars=library, auto_register=False)
+    for env in ("dev", "staging", "prod"):
+        window = dag.task_dict[f"{env}.window"]
+        assert [layer["use"] for layer in window.layers] == [["company-freeze"]], "only the calendar for all"
+    assert "post_implementation_review" in dag.task_dict and "emergency" in dag.params

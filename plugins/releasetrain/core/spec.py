@@ -604,6 +604,23 @@ class CalendarLibrary:
     def resolve(self, layers: list[CalendarSpec]) -> ReleaseCalendar:
         return ReleaseCalendar.resolve(layers, self.shared, self.read_text)
 
+    def binding_all(self) -> list[str]:
+        """Names of the shared calendars marked ``applies_to: all`` (first folder wins on a name)."""
+        names: dict[str, str] = {}
+        for directory in self.directories:
+            for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+                if path.stem not in names:
+                    names[path.stem] = _load_shared(path, self.project_root).applies_to
+        return [name for name, applies in names.items() if applies == "all"]
+
+    def binding(self, spec: ReleaseSpec) -> ReleaseSpec:
+        """The spec with every ``applies_to: all`` calendar added to its release-level calendar."""
+        missing = [name for name in self.binding_all() if not (spec.calendar and name in spec.calendar.use)]
+        if not missing:
+            return spec
+        calendar = spec.calendar or CalendarSpec()
+        return spec.model_copy(update={"calendar": calendar.model_copy(update={"use": [*missing, *calendar.use]})})
+
     def groups(self) -> dict[str, list[str]]:
         """Approver groups (``include/groups.yaml`` or ``$RELEASETRAIN_GROUPS_FILE``): name -> user ids."""
         return load_groups(groups_file(self.project_root), self.project_root)

@@ -367,6 +367,11 @@ class SharedCalendar(CalendarSpec):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
     description: str = ""
     use: list[str] = Field(default_factory=list, max_length=0, description="Shared calendars do not nest.")
+    applies_to: Literal["named", "all"] = Field(
+        default="named",
+        description="named: binds the releases whose specs use it; all: binds every release (a company-wide "
+        "freeze), whether its spec names it or not.",
+    )
 
 
 # --- holidays, business days, ICS ----------------------------------------------------------
