@@ -1,10 +1,17 @@
 """Operators called directly with a task context: packaging, verification, deploy,
-approval and rollback decisions (the end-to-end tests run them inside Airflow)."""
+approval and rollback decisions (the end-to-end tests run them inside Airflow).
+
+Gates read the run's ledger, never XCom: each test seeds the ledger records the earlier
+tasks would have written (:func:`tests.helpers.seed`) and builds the request from the DAG
+run's params (:func:`tests.helpers.context`). XCom appears only where a test shows that a
+forged or edited XCom changes nothing.
+"""
 
 from __future__ import annotations
 
 import datetime
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -18,16 +25,18 @@ from releasetrain.operators.rollback import RollbackOperator
 from releasetrain.operators.verify import BundleVerifyOperator
 from releasetrain.triggers.deployment import DeploymentCompletionTrigger
 from tests.conftest import PROJECT_ROOT
-from tests.helpers import FakeTI, context, http_connection, running_fleet, tamper_bundle
+from tests.helpers import (
+    PARAMS,
+    RUN_ID,
+    FakeTI,
+    context,
+    http_connection,
+    run_events,
+    running_fleet,
+    seed,
+    tamper_bundle,
+)
 
-REQUEST = {
-    "release": "storefront",
-    "version": "2.0.0",
-    "triggered_by": "author",
-    "requested_by": "dev-lead",
-    "change_summary": "x",
-    "run_id": "manual__test",
-}
 COMPONENTS = [{"name": "storefront-web", "source": "include/demo_fleet/artifacts/storefront-web", "version": None}]
 
 
@@ -52,12 +61,12 @@ def package(store: str) -> dict:
         project_root=str(PROJECT_ROOT),
         artifact_store=store,
     )
-    return op.execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
+    return op.execute(context(FakeTI(), task_id="package"))
 
 
-def verify(store: str, packaged: dict) -> dict:
+def verify(store: str, xcoms: dict | None = None) -> dict:
     op = BundleVerifyOperator(task_id="dev.verify", release="storefront", environment="dev", artifact_store=store)
-    return op.execute(context(FakeTI({("package", "return_value"): packaged})))
+    return op.execute(context(FakeTI(xcoms), task_id="dev.verify"))
 
 
 def test_package_then_verify(signing, store, tmp_path):
@@ -65,24 +74,54 @@ def test_package_then_verify(signing, store, tmp_path):
     folder = tmp_path / "artifacts" / "storefront" / "2.0.0"
     assert sorted(p.name for p in folder.iterdir()) == ["bundle.sig.json", "bundle.tar.gz", "manifest.json"]
     assert packaged["files"] == 2 and packaged["digest"].startswith("sha256:")
-    assert verify(store, packaged) == {
+    [recorded] = run_events("packaged")
+    assert recorded.details["task_id"] == "package" and recorded.details["digest"] == packaged["digest"]
+    assert verify(store) == {
         "environment": "dev",
         "version": "2.0.0",
         "digest": packaged["digest"],
         "verified": True,
     }
+    [verified] = run_events("verified")
+    assert (verified.environment, verified.details["task_id"]) == ("dev", "dev.verify")
+    assert verified.details["digest"] == packaged["digest"]
     assert package(store)["digest"] == packaged["digest"], "re-packaging the same inputs reuses the bundle"
 
 
-def test_bundle_altered_after_packaging_fails_verification(signing, store, tmp_path):
+def test_verify_reads_the_packaged_record_not_the_package_xcom(signing, store):
     packaged = package(store)
+    forged = {("package", "return_value"): {**packaged, "digest": "sha256:" + "0" * 64}}
+    assert verify(store, forged)["digest"] == packaged["digest"], "an edited XCom digest is ignored"
+
+
+def test_verify_refuses_a_bundle_only_xcom_says_was_packaged(signing, store):
+    op = BundlePackageOperator(
+        task_id="package",
+        release="storefront",
+        components=COMPONENTS,
+        project_root=str(PROJECT_ROOT),
+        artifact_store=store,
+    )
+    other_run = context(FakeTI(), task_id="package")
+    other_run["run_id"] = "manual__other"
+    packaged = op.execute(other_run)  # a valid bundle in the store, packaged by another run
+    with pytest.raises(AirflowFailException, match="no packaged bundle recorded in the ledger by package in this run"):
+        verify(store, {("package", "return_value"): packaged})
+    assert not run_events("verified")
+    [refused] = run_events("gate_refused")
+    assert refused.details["task_id"] == "dev.verify"
+
+
+def test_bundle_altered_after_packaging_fails_verification(signing, store, tmp_path):
+    package(store)
     tamper_bundle(tmp_path / "artifacts" / "storefront" / "2.0.0" / "bundle.tar.gz")
     with pytest.raises(
         AirflowFailException,
         match="dev: bundle storefront 2.0.0 failed verification, nothing will "
         "be deployed: file storefront-web/index.html was changed",
     ):
-        verify(store, packaged)
+        verify(store)
+    assert not run_events("verified")
 
 
 def test_released_versions_are_immutable(signing, store, tmp_path):
@@ -98,7 +137,7 @@ def test_released_versions_are_immutable(signing, store, tmp_path):
         artifact_store=store,
     )
     with pytest.raises(AirflowFailException, match="already packaged .* Released versions are immutable"):
-        op.execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
+        op.execute(context(FakeTI(), task_id="package"))
 
 
 def test_missing_signing_key_is_named(monkeypatch, store):
@@ -116,7 +155,7 @@ def test_missing_component_source_is_named(signing, store):
         artifact_store=store,
     )
     with pytest.raises(AirflowFailException, match="component 'web': source include/nowhere does not exist"):
-        op.execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
+        op.execute(context(FakeTI(), task_id="package"))
 
 
 # --- deploy -----------------------------------------------------------------------------
@@ -131,61 +170,131 @@ def deploy_op(**kw):
         deploy_target_conn_id="t_prod",
         verify_task_id="prod.verify",
         previous_environment="staging",
-        promotion_gate_task_id="staging.smoke",
+        promotion_gate_task_id="staging.passed",
         poll_interval=0.1,
     )
     return EnvironmentDeployOperator(**{**defaults, **kw})
 
 
-def deploy_ti(gate_digest=DIGEST):
-    return FakeTI(
-        {
-            ("prepare", "return_value"): REQUEST,
-            ("prod.verify", "return_value"): {"digest": DIGEST},
-            ("staging.smoke", "return_value"): {"environment": "staging", "digest": gate_digest, "passed": True},
-        }
-    )
+def deploy_ready(gate_digest=DIGEST) -> None:
+    """What the run recorded before prod's deploy: prod verified DIGEST, staging passed ``gate_digest``."""
+    seed("verified", environment="prod", task_id="prod.verify", version="2.0.0", digest=DIGEST, verified=True)
+    seed("environment_passed", environment="staging", task_id="staging.passed", version="2.0.0", digest=gate_digest)
+
+
+def deploy_ctx(xcoms: dict | None = None, **kw) -> dict:
+    return context(FakeTI(xcoms), task_id="prod.deploy", **kw)
+
+
+def refusals(task_id: str = "prod.deploy") -> list[str]:
+    """The reasons recorded with this run's refusals by ``task_id`` (``gate_refused``)."""
+    return [" ".join(e.details["reasons"]) for e in run_events("gate_refused") if e.details["task_id"] == task_id]
 
 
 def test_deploy_defers_and_records_what_ran_before(monkeypatch):
-    with running_fleet(seed={"prod": "1.0.0"}) as (_, url):
+    deploy_ready()
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
         monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
-        ti = deploy_ti()
+        ctx = deploy_ctx()
         with pytest.raises(TaskDeferred) as info:
-            deploy_op().execute(context(ti))
+            deploy_op().execute(ctx)
         assert isinstance(info.value.trigger, DeploymentCompletionTrigger)
         assert info.value.method_name == "execute_complete"
-        assert ti.xcoms[("__self__", PRE_DEPLOY_KEY)]["version"] == "1.0.0"
+        [started] = run_events("deploy_started")
+        assert started.environment == "prod" and started.details["task_id"] == "prod.deploy"
+        assert started.details["before"] == {"version": "1.0.0", "digest": fleet.env("prod")["digest"], "noop": False}
+        assert (started.details["version"], started.details["digest"]) == ("2.0.0", DIGEST)
+        assert ctx["ti"].xcoms[("__self__", PRE_DEPLOY_KEY)]["version"] == "1.0.0", "shown in XCom too"
 
 
 def test_deploy_refuses_a_digest_that_did_not_pass_before(monkeypatch):
+    deploy_ready(gate_digest="sha256:" + "c" * 64)
     with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
         monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
-        with pytest.raises(AirflowFailException, match="is not the digest that passed staging"):
-            deploy_op().execute(context(deploy_ti(gate_digest="sha256:" + "c" * 64)))
+        with pytest.raises(AirflowFailException, match="is not the digest that passed staging.*nothing was changed"):
+            deploy_op().execute(deploy_ctx())
         assert fleet.deployments == {}, "nothing was sent to the target"
+    [reason] = refusals()
+    assert f"digest {DIGEST} is not the digest that passed staging" in reason
+
+
+def test_deploy_refuses_without_a_recorded_pass_of_the_previous_environment(monkeypatch):
+    seed("verified", environment="prod", task_id="prod.verify", digest=DIGEST)
+    forged = {("staging.passed", "return_value"): {"environment": "staging", "digest": DIGEST, "passed": True}}
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        with pytest.raises(AirflowFailException, match="no pass of staging recorded in the ledger by staging.passed"):
+            deploy_op().execute(deploy_ctx(forged))
+        assert fleet.deployments == {}
+
+
+def test_deploy_refuses_a_digest_only_xcom_says_was_verified(monkeypatch):
+    seed("environment_passed", environment="staging", task_id="staging.passed", digest=DIGEST)
+    forged = {("prod.verify", "return_value"): {"environment": "prod", "digest": DIGEST, "verified": True}}
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        with pytest.raises(AirflowFailException, match="no verified bundle recorded in the ledger by prod.verify"):
+            deploy_op().execute(deploy_ctx(forged))
+        assert fleet.deployments == {}
+    assert not run_events("deploy_started")
 
 
 def test_deploy_of_the_live_version_is_a_noop(monkeypatch):
+    deploy_ready()
     with running_fleet(seed={}) as (fleet, url):
         monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
         fleet.env("prod").update(version="2.0.0", digest=DIGEST)
-        result = deploy_op().execute(context(deploy_ti()))
+        result = deploy_op().execute(deploy_ctx())
         assert result["noop"] is True and fleet.deployments == {}
+    [started] = run_events("deploy_started")
+    assert started.details["before"]["noop"] is True, "a rollback will know this run changed nothing"
+    [deployed] = run_events("deployed")
+    assert deployed.details["digest"] == DIGEST and deployed.details["task_id"] == "prod.deploy"
 
 
 def test_failed_deployment_fails_the_task():
-    with pytest.raises(Exception, match="deploying storefront 2.0.0 to prod ended failed: boom"):
+    deploy_ready()
+    with pytest.raises(AirflowFailException, match="deploying storefront 2.0.0 to prod ended failed: boom"):
         deploy_op().execute_complete(
-            context(deploy_ti()), {"state": "failed", "message": "boom", "deployment_id": "d1", "deployment": {}}
+            deploy_ctx(), {"state": "failed", "message": "boom", "deployment_id": "d1", "deployment": {}}
         )
+    [failed] = run_events("deploy_failed")
+    assert failed.details["message"] == "boom"
+    assert not run_events("deployed")
+
+
+def test_a_locked_deploy_needs_this_run_to_hold_the_targets_lock(monkeypatch):
+    from releasetrain.hooks.ledger import LedgerHook
+
+    deploy_ready()
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        hook = LedgerHook()
+        try:
+            hook.store.try_lock("t_prod", "release_storefront/manual__other")
+        finally:
+            hook.close()
+        with pytest.raises(AirflowFailException, match="does not hold the lock of deploy target t_prod"):
+            deploy_op(locked=True).execute(deploy_ctx())
+        assert fleet.deployments == {}
+        assert "held by release_storefront/manual__other" in refusals()[0]
+        hook = LedgerHook()
+        try:
+            hook.store.unlock("release_storefront/manual__other", "t_prod")
+            assert hook.store.try_lock("t_prod", f"release_storefront/{RUN_ID}") == f"release_storefront/{RUN_ID}"
+        finally:
+            hook.close()
+        with pytest.raises(TaskDeferred):
+            deploy_op(locked=True).execute(deploy_ctx())
+        assert len(fleet.deployments) == 1
 
 
 # --- approval ---------------------------------------------------------------------------
-def approval_op():
-    return ReleaseApprovalOperator(
+def approval_op(**kw):
+    options = dict(
         task_id="prod.approve", release="storefront", environment="prod", approvers=["author", "dev-lead", "approver"]
     )
+    return ReleaseApprovalOperator(**{**options, **kw})
 
 
 def event(user, option="Approve", timedout=False):
@@ -198,10 +307,28 @@ def event(user, option="Approve", timedout=False):
     }
 
 
-def _ledger(run_id="manual__test"):
-    from releasetrain.hooks.ledger import LedgerHook
+def assessed(gates: dict | None = None, level: str = "moderate") -> None:
+    """The risk assessment's ledger record (``gates``: environment -> {quorum, reviews})."""
+    seed("risk_assessed", task_id="assess_risk", level=level, gates=gates or {})
 
-    return [e for e in LedgerHook().events(release="storefront", run_id=run_id)]
+
+def packaged() -> None:
+    seed("packaged", task_id="package", version="2.0.0", digest=DIGEST)
+
+
+def approval_ctx(task_id: str = "prod.approve", xcoms: dict | None = None, **kw) -> dict:
+    return context(FakeTI(xcoms), task_id=task_id, **kw)
+
+
+@pytest.fixture
+def asked(monkeypatch) -> list:
+    """Who each HITL request was assigned to (Airflow's own request is not made)."""
+    calls: list = []
+    monkeypatch.setattr(
+        "releasetrain.operators.approval.ApprovalOperator.execute",
+        lambda self, ctx: calls.append(self.assigned_users),
+    )
+    return calls
 
 
 @pytest.mark.parametrize(
@@ -212,24 +339,20 @@ def _ledger(run_id="manual__test"):
         ("mallory", "mallory is not an approver"),
     ],
 )
-def test_refused_response_is_recorded_and_the_request_asked_again(monkeypatch, user, reason):
-    asked = []
-    monkeypatch.setattr(
-        "releasetrain.operators.approval.ApprovalOperator.execute", lambda self, ctx: asked.append(self.assigned_users)
-    )
-    before = len(_ledger())
-    ti = FakeTI({("prepare", "return_value"): REQUEST, ("package", "return_value"): {"digest": DIGEST}})
-    approval_op().execute_complete(context(ti), event(user))
+def test_refused_response_is_recorded_and_the_request_asked_again(asked, user, reason):
+    assessed()
+    packaged()
+    approval_op().execute_complete(approval_ctx(), event(user))
     assert asked == [[{"id": "approver", "name": "approver"}]], "asked again, of the eligible approvers only"
-    refused = [e for e in _ledger()[before:] if e.kind == "approval_refused"]
-    assert len(refused) == 1 and refused[0].actor == user and reason in refused[0].details["reason"]
+    [refused] = run_events("approval_refused")
+    assert refused.actor == user and reason in refused.details["reason"]
+    assert not run_events("approval_given")
 
 
-def test_same_person_never_counts_twice_across_an_environments_approvals(monkeypatch):
-    asked = []
-    monkeypatch.setattr(
-        "releasetrain.operators.approval.ApprovalOperator.execute", lambda self, ctx: asked.append(self.assigned_users)
-    )
+def test_same_person_never_counts_twice_across_an_environments_approvals(asked):
+    assessed()  # no gates for prod: the spec's quorum of 2 applies
+    packaged()
+    seed("approval_given", environment="prod", actor="approver", task_id="prod.approve", digest=DIGEST, group=None)
     slot2 = ReleaseApprovalOperator(
         task_id="prod.approve_2",
         release="storefront",
@@ -239,31 +362,27 @@ def test_same_person_never_counts_twice_across_an_environments_approvals(monkeyp
         quorum=2,
         sibling_task_ids=["prod.approve", "prod.approve_2"],
     )
-    first = {"chosen_options": ["Approve"], "responded_by_user": {"id": "approver"}}
-    ti = FakeTI(
-        {
-            ("prepare", "return_value"): REQUEST,
-            ("package", "return_value"): {"digest": DIGEST},
-            ("prod.approve", "return_value"): first,
-        }
-    )
-    slot2.execute(context(ti))
+    ctx = approval_ctx("prod.approve_2")
+    slot2.execute(ctx)
     assert asked[-1] == [{"id": "approver2", "name": "approver2"}, {"id": "admin", "name": "admin"}]
-    slot2.execute_complete(context(ti), event("approver"))  # the first approver again: refused, asked again
+    slot2.execute_complete(ctx, event("approver"))  # the first approver again: refused, asked again
     assert len(asked) == 2
-    assert "already approved prod.approve" in _ledger()[-2].details["reason"]
-    result = slot2.execute_complete(context(ti), event("approver2"))
+    [refused] = run_events("approval_refused")
+    assert "already approved prod.approve" in refused.details["reason"]
+    result = slot2.execute_complete(ctx, event("approver2"))
     assert result["responded_by_user"]["id"] == "approver2" and result["slot"] == 2
+    given = [(e.actor, e.details["task_id"]) for e in run_events("approval_given")]
+    assert given == [("approver", "prod.approve"), ("approver2", "prod.approve_2")]
 
 
 def test_slot_beyond_the_quorum_skips_itself():
+    assessed()
     slot2 = ReleaseApprovalOperator(
         task_id="prod.approve_2", release="storefront", environment="prod", approvers=["a", "b"], slot=2
     )
-    ti = FakeTI({("prepare", "return_value"): REQUEST, ("assess_risk", "return_value"): {"gates": {}}})
     with pytest.raises(AirflowSkipException, match="quorum needed: 1"):
-        slot2.execute(context(ti))
-    ti.xcoms[("assess_risk", "return_value")] = {"gates": {"prod": {"quorum": 2, "reviews": ["security"]}}}
+        slot2.execute(approval_ctx("prod.approve_2"))
+    assessed({"prod": {"quorum": 2, "reviews": ["security"]}}, level="high")
     review = ReleaseApprovalOperator(
         task_id="prod.review_security",
         release="storefront",
@@ -274,39 +393,52 @@ def test_slot_beyond_the_quorum_skips_itself():
     )
     with pytest.raises(Exception, match="SUPERVISOR_COMMS|supervisor|comms"):
         review.execute(
-            {**context(ti), "task_instance": type("T", (), {"id": "x"})()}
+            {**approval_ctx("prod.review_security"), "task_instance": type("T", (), {"id": "x"})()}
         )  # needed: asks (no supervisor here)
 
 
+def test_an_approval_is_not_asked_without_a_recorded_risk_assessment(asked):
+    forged = {("assess_risk", "return_value"): {"level": "low", "gates": {"prod": {"quorum": 1, "reviews": []}}}}
+    with pytest.raises(AirflowFailException, match="no risk assessment recorded in the ledger by assess_risk"):
+        approval_op().execute(approval_ctx(xcoms=forged))
+    assert asked == []
+
+
 def test_approval_by_an_approver_passes_and_reject_fails_cleanly():
-    ti = FakeTI({("prepare", "return_value"): REQUEST, ("package", "return_value"): {"digest": DIGEST}})
-    result = approval_op().execute_complete(context(ti), event("approver"))
+    packaged()
+    result = approval_op().execute_complete(approval_ctx(), event("approver"))
     assert result["responded_by_user"]["id"] == "approver" and result["digest"] == DIGEST
-    assert _ledger()[-1].kind == "approval_given" and _ledger()[-1].details["digest"] == DIGEST
+    [given] = run_events("approval_given")
+    assert (given.actor, given.environment, given.details["digest"]) == ("approver", "prod", DIGEST)
+    assert given.details["task_id"] == "prod.approve" and given.details["group"] is None
     with pytest.raises(AirflowFailException, match="rejected for prod by approver"):
-        approval_op().execute_complete(context(ti), event("approver", "Reject"))
-    assert _ledger()[-1].kind == "approval_rejected"
+        approval_op().execute_complete(approval_ctx(), event("approver", "Reject"))
+    assert run_events()[-1].kind == "approval_rejected"
     with pytest.raises(AirflowFailException, match="no answer before the timeout"):
-        approval_op().execute_complete(context(ti), event(None, "Reject", timedout=True))
-    assert _ledger()[-1].kind == "approval_timed_out"
+        approval_op().execute_complete(approval_ctx(), event(None, "Reject", timedout=True))
+    assert run_events()[-1].kind == "approval_timed_out"
 
 
 def test_request_assigns_only_non_authors(monkeypatch):
+    assessed()
+    packaged()
     captured = {}
     monkeypatch.setattr(
         "releasetrain.operators.approval.ApprovalOperator.execute",
         lambda self, ctx: captured.update(users=self.assigned_users, body=self.body),
     )
-    ti = FakeTI({("prepare", "return_value"): REQUEST, ("package", "return_value"): {"digest": DIGEST}})
-    approval_op().execute({**context(ti), "dag": None})
+    approval_op().execute({**approval_ctx(), "dag": None})
     assert captured["users"] == [{"id": "approver", "name": "approver"}]
     assert DIGEST in captured["body"] and "2.0.0" in captured["body"]
+    [requested] = run_events("approval_requested")
+    assert requested.details["assigned"] == ["approver"] and requested.details["digest"] == DIGEST
 
 
 def test_request_without_eligible_approver_fails():
+    assessed()
     op = ReleaseApprovalOperator(task_id="a", release="storefront", environment="prod", approvers=["author"])
     with pytest.raises(AirflowFailException, match="no eligible approver"):
-        op.execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
+        op.execute(approval_ctx("a"))
 
 
 # --- rollback ---------------------------------------------------------------------------
@@ -321,14 +453,20 @@ def rollback_op():
     )
 
 
+def deploy_started(before: dict) -> None:
+    """The deploy's record of what prod ran before it touched it."""
+    seed("deploy_started", environment="prod", task_id="prod.deploy", version="2.0.0", digest=DIGEST, before=before)
+
+
 @pytest.mark.parametrize(
     "pre, reason",
     [(None, "deployed nothing to prod"), ({"version": "2.0.0", "digest": DIGEST, "noop": True}, "changed nothing")],
 )
 def test_rollback_only_undoes_what_this_run_did(pre, reason):
-    ti = FakeTI({("prod.deploy", PRE_DEPLOY_KEY): pre} if pre else {})
+    if pre:
+        deploy_started(pre)
     with pytest.raises(AirflowSkipException, match=reason):
-        rollback_op().execute(context(ti))
+        rollback_op().execute(context(FakeTI(), task_id="prod.rollback"))
 
 
 def test_rollback_starts_and_defers(monkeypatch):
@@ -337,9 +475,22 @@ def test_rollback_starts_and_defers(monkeypatch):
         old = fleet.env("prod")["digest"]
         fleet.env("prod")["history"].append({"version": "2.0.0", "digest": DIGEST})
         fleet.env("prod").update(version="2.0.0", digest=DIGEST)
-        ti = FakeTI({("prod.deploy", PRE_DEPLOY_KEY): {"version": "1.0.0", "digest": old, "noop": False}})
+        deploy_started({"version": "1.0.0", "digest": old, "noop": False})
         with pytest.raises(TaskDeferred):
-            rollback_op().execute(context(ti))
+            rollback_op().execute(context(FakeTI(), task_id="prod.rollback"))
+        [dep] = fleet.deployments.values()
+        assert (dep["kind"], dep["version"], dep["digest"]) == ("rollback", "1.0.0", old)
+
+
+def test_rollback_returns_to_the_recorded_version_not_an_edited_xcom(monkeypatch):
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        old = fleet.env("prod")["digest"]
+        fleet.env("prod").update(version="2.0.0", digest=DIGEST)
+        deploy_started({"version": "1.0.0", "digest": old, "noop": False})
+        edited = {("prod.deploy", PRE_DEPLOY_KEY): {"version": "2.0.0", "digest": DIGEST, "noop": True}}
+        with pytest.raises(TaskDeferred):  # an XCom saying "nothing changed" would have skipped
+            rollback_op().execute(context(FakeTI(edited), task_id="prod.rollback"))
         [dep] = fleet.deployments.values()
         assert (dep["kind"], dep["version"]) == ("rollback", "1.0.0")
 
@@ -348,9 +499,8 @@ def test_approval_retries_for_infrastructure_failures_only():
     op = approval_op()
     assert op.retries == 2
     # decisions raise AirflowFailException, which Airflow never retries
-    ti = FakeTI({("prepare", "return_value"): REQUEST})
-    with pytest.raises(AirflowFailException):
-        op.execute_complete(context(ti), event("approver", "Reject"))
+    with pytest.raises(AirflowFailException, match="was rejected for prod by approver"):
+        op.execute_complete(approval_ctx(), event("approver", "Reject"))
 
 
 # --- approvals are checked again where they are used ------------------------------------
@@ -363,49 +513,54 @@ def approved_deploy_op(**over):
     return deploy_op(**{**options, **over})
 
 
-def yes(user, digest=DIGEST, group=None):
-    return {"chosen_options": ["Approve"], "responded_by_user": {"id": user}, "digest": digest, "group": group}
+def yes(user, task_id="prod.approve", digest=DIGEST, group=None) -> tuple:
+    """An approval as the approval task ``task_id`` records it in the ledger."""
+    return ("approval_given", user, task_id, digest, group)
 
 
-HIGH = {"gates": {"prod": {"quorum": 2, "reviews": ["security"]}}}
+def no(user, task_id="prod.approve") -> tuple:
+    return ("approval_rejected", user, task_id, DIGEST, None)
+
+
+HIGH = {"prod": {"quorum": 2, "reviews": ["security"]}}
+
+
+def seed_approvals(approvals: list[tuple]) -> None:
+    for kind, user, task_id, digest, group in approvals:
+        seed(kind, environment="prod", actor=user, task_id=task_id, digest=digest, group=group)
 
 
 @pytest.mark.parametrize(
     "approvals, risk, reason",
     [
-        pytest.param({}, None, "0 of 1 required distinct approvals", id="marked-success-by-hand"),
+        pytest.param([], None, "0 of 1 required distinct approvals recorded", id="marked-success-by-hand"),
+        pytest.param([no("approver")], None, "0 of 1 required distinct approvals recorded", id="rejected"),
+        pytest.param([yes("author")], None, "author is an author of this release", id="author"),
         pytest.param(
-            {"prod.approve": {"chosen_options": ["Reject"], "responded_by_user": {"id": "approver"}}},
-            None,
-            "0 of 1 required",
-            id="rejected",
-        ),
-        pytest.param({"prod.approve": yes("author")}, None, "author is an author of this release", id="author"),
-        pytest.param(
-            {"prod.approve": yes("approver", digest="sha256:" + "e" * 64)},
+            [yes("approver", digest="sha256:" + "e" * 64)],
             None,
             "approved bundle sha256:eee",
             id="digest-changed-after-approval",
         ),
-        pytest.param({"prod.approve": yes("approver")}, HIGH, "1 of 2 required distinct approvals", id="quorum"),
+        pytest.param([yes("approver")], HIGH, "1 of 2 required distinct approvals", id="quorum"),
         pytest.param(
-            {"prod.approve": yes("approver"), "prod.approve_2": yes("approver")},
+            [yes("approver"), yes("approver", "prod.approve_2")],
             HIGH,
             "one person never counts twice",
             id="same-user-twice",
         ),
         pytest.param(
-            {"prod.approve": yes("approver"), "prod.approve_2": yes("approver2")},
+            [yes("approver"), yes("approver2", "prod.approve_2")],
             HIGH,
             "readiness review of \\['security'\\] has not approved",
             id="review-missing",
         ),
         pytest.param(
-            {
-                "prod.approve": yes("approver"),
-                "prod.approve_2": yes("approver2"),
-                "prod.review_security": yes("approver2", group="security"),
-            },
+            [
+                yes("approver"),
+                yes("approver2", "prod.approve_2"),
+                yes("approver2", "prod.review_security", group="security"),
+            ],
             HIGH,
             "approver2 gave both",
             id="review-by-a-quorum-approver",
@@ -413,65 +568,176 @@ HIGH = {"gates": {"prod": {"quorum": 2, "reviews": ["security"]}}}
     ],
 )
 def test_deploy_refuses_without_valid_recorded_approvals(monkeypatch, approvals, risk, reason):
+    deploy_ready()
+    assessed(risk, level="high" if risk else "moderate")
+    seed_approvals(approvals)
     with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
         monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
-        ti = deploy_ti()
-        for task_id, value in approvals.items():
-            ti.xcoms[(task_id, "return_value")] = value
-        if risk:
-            ti.xcoms[("assess_risk", "return_value")] = risk
-        with pytest.raises(AirflowFailException, match=reason):
-            approved_deploy_op().execute(context(ti))
+        with pytest.raises(AirflowFailException, match=f"prod.deploy refused: .*{reason}.*nothing was changed"):
+            approved_deploy_op().execute(deploy_ctx())
+        assert fleet.deployments == {}
+    [recorded] = refusals()
+    assert "approvals in the ledger do not hold" in recorded
+    assert re.search(reason, recorded), recorded
+    assert not run_events("deploy_started"), "nothing was recorded as started"
+
+
+def test_an_approval_task_marked_success_by_hand_is_named_in_the_refusal(monkeypatch):
+    """The listener recorded that prod.approve was set to success by hand; it recorded no approval."""
+    deploy_ready()
+    assessed()
+    seed("task_state", task_id="prod.approve", state="success", by_hand=True)
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        with pytest.raises(AirflowFailException, match="prod.deploy refused: .*0 of 1 required distinct approvals"):
+            approved_deploy_op().execute(deploy_ctx())
+        assert fleet.deployments == {}
+    [refused] = run_events("gate_refused")
+    assert refused.details["task_id"] == "prod.deploy" and refused.details["step"] == "prod.deploy"
+    assert refused.environment == "prod"
+
+
+@pytest.mark.parametrize(
+    "risk, approvals",
+    [
+        pytest.param(None, [yes("approver")], id="spec-quorum"),
+        pytest.param(
+            HIGH,
+            [
+                yes("approver"),
+                yes("approver2", "prod.approve_2"),
+                yes("secops", "prod.review_security", group="security"),
+            ],
+            id="high-risk-gates",
+        ),
+    ],
+)
+def test_deploy_proceeds_with_valid_recorded_approvals(monkeypatch, risk, approvals):
+    deploy_ready()
+    assessed(risk, level="high" if risk else "moderate")
+    seed_approvals(approvals)
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        with pytest.raises(TaskDeferred):
+            approved_deploy_op().execute(deploy_ctx())
+        assert len(fleet.deployments) == 1
+    assert not run_events("gate_refused")
+
+
+# --- the trust model: XCom is display only ------------------------------------------------
+def test_an_approval_forged_in_xcom_is_refused_by_the_deploy(monkeypatch):
+    deploy_ready()
+    assessed()
+    forged = {
+        ("prod.approve", "return_value"): {
+            "chosen_options": ["Approve"],
+            "params_input": {},
+            "responded_by_user": {"id": "approver", "name": "approver"},
+            "timedout": False,
+            "environment": "prod",
+            "digest": DIGEST,
+            "group": None,
+            "slot": 1,
+        }
+    }
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        with pytest.raises(AirflowFailException, match="approvals in the ledger do not hold"):
+            approved_deploy_op().execute(deploy_ctx(forged))
+        assert fleet.deployments == {}, "nothing reached production"
+    [refused] = run_events("gate_refused")
+    assert refused.details["task_id"] == "prod.deploy"
+    [reason] = refused.details["reasons"]
+    assert "0 of 1 required distinct approvals recorded (none)" in reason, "names the missing approval record"
+    assert not run_events("deploy_started")
+
+
+def test_a_risk_result_edited_in_xcom_does_not_lower_the_gates(monkeypatch, asked):
+    deploy_ready()
+    assessed(HIGH, level="high")
+    seed_approvals([yes("approver")])
+    edited = {("assess_risk", "return_value"): {"level": "low", "gates": {"prod": {"quorum": 0, "reviews": []}}}}
+    # the second quorum slot is asked all the same ...
+    slot2 = approval_op(task_id="prod.approve_2", approvers=["approver", "approver2"], slot=2)
+    slot2.execute(approval_ctx("prod.approve_2", xcoms=edited))
+    assert asked == [[{"id": "approver2", "name": "approver2"}]]
+    # ... and the deploy still needs two approvals and the security review
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        with pytest.raises(AirflowFailException, match="1 of 2 required distinct approvals recorded"):
+            approved_deploy_op().execute(deploy_ctx(edited))
         assert fleet.deployments == {}
 
 
-def test_deploy_proceeds_with_valid_recorded_approvals(monkeypatch):
-    with running_fleet(seed={"prod": "1.0.0"}) as (_, url):
-        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
-        ti = deploy_ti()
-        ti.xcoms[("prod.approve", "return_value")] = yes("approver")
-        with pytest.raises(TaskDeferred):
-            approved_deploy_op().execute(context(ti))
-        ti = deploy_ti()
-        ti.xcoms.update(
-            {
-                ("assess_risk", "return_value"): HIGH,
-                ("prod.approve", "return_value"): yes("approver"),
-                ("prod.approve_2", "return_value"): yes("approver2"),
-                ("prod.review_security", "return_value"): yes("secops", group="security"),
-            }
-        )
-        with pytest.raises(TaskDeferred):
-            approved_deploy_op().execute(context(ti))
+def test_a_rejection_is_final_a_cleared_approval_never_asks_again(asked):
+    assessed()
+    packaged()
+    seed("approval_rejected", environment="prod", actor="approver", task_id="prod.approve", digest=DIGEST)
+    with pytest.raises(AirflowFailException, match="prod.approve was rejected by approver .*a rejection is final"):
+        approval_op().execute(approval_ctx())  # the approval task cleared and run again
+    assert asked == [], "the request was never asked again"
+    assert not run_events("approval_requested")
+    [refused] = run_events("gate_refused")
+    assert refused.details["task_id"] == "prod.approve" and "trigger a new run" in refused.details["reasons"][0]
+
+
+@pytest.mark.parametrize(
+    "user, option, kind",
+    [("approver", "Reject", "approval_rejected"), ("author", "Approve", "approval_refused")],
+    ids=["reject", "refused-response"],
+)
+def test_a_decision_the_ledger_cannot_record_fails_without_asking_again(monkeypatch, asked, user, option, kind):
+    from releasetrain.hooks.ledger import LedgerHook
+
+    assessed()
+    packaged()
+
+    def broken(self, kind, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(LedgerHook, "append", broken)
+    with pytest.raises(AirflowFailException, match=f"the {kind} decision could not be recorded .*disk full") as info:
+        approval_op().execute_complete(approval_ctx(), event(user, option))
+    assert type(info.value) is AirflowFailException, "never retried: a retry would ask again"
+    assert "without asking again" in str(info.value)
+    assert asked == [], "the request was not re-opened"
+    monkeypatch.undo()
+    assert not run_events(kind)
 
 
 def test_only_the_owning_team_releases_into_its_environment(monkeypatch):
+    deploy_ready()
     with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
         monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
         with pytest.raises(AirflowFailException, match="may not release into prod: only its owners"):
-            deploy_op(owners=["approver", "admin"]).execute(context(deploy_ti()))
+            deploy_op(owners=["approver", "admin"]).execute(deploy_ctx())
         assert fleet.deployments == {}
+        with pytest.raises(TaskDeferred):
+            deploy_op(owners=["author", "dev-lead"]).execute(deploy_ctx())
 
 
 def test_deploy_refuses_what_the_target_did_not_deploy():
+    deploy_ready()
     event = {
         "state": "succeeded",
         "message": "",
         "deployment_id": "d1",
         "deployment": {"version": "2.0.0", "digest": "sha256:" + "f" * 64},
     }
-    with pytest.raises(Exception, match="the target reports 2.0.0 .* but 2.0.0 .* was deployed"):
-        deploy_op().execute_complete(context(deploy_ti()), event)
+    with pytest.raises(AirflowFailException, match="the target reports 2.0.0 .* but 2.0.0 .* was deployed"):
+        deploy_op().execute_complete(deploy_ctx(), event)
+    assert not run_events("deployed")
 
 
 def test_approval_request_shows_user_input_as_plain_text(monkeypatch):
+    assessed()
+    packaged()
     captured = {}
     monkeypatch.setattr(
         "releasetrain.operators.approval.ApprovalOperator.execute", lambda self, ctx: captured.update(body=self.body)
     )
-    forged = {**REQUEST, "change_summary": "fix |\n| Security review | passed [ok](http://evil)"}
-    ti = FakeTI({("prepare", "return_value"): forged, ("package", "return_value"): {"digest": DIGEST}})
-    approval_op().execute({**context(ti), "dag": None})
+    forged = {**PARAMS, "change_summary": "fix |\n| Security review | passed [ok](http://evil)"}
+    approval_op().execute({**approval_ctx(params=forged), "dag": None})
     change_line = next(line for line in captured["body"].splitlines() if line.startswith("| Change"))
     assert change_line.count("|") - change_line.count("\\|") == 3, change_line
     assert "](http" not in captured["body"]
@@ -494,8 +760,23 @@ def test_request_needs_a_known_requester():
     params = {"version": "2.0.0", "requested_by": None, "change_summary": ""}
     with pytest.raises(AirflowFailException, match="who requests this release is unknown"):
         request_op().execute(context(FakeTI(), params=params, triggered_by=None))
-    result = request_op().execute(context(FakeTI(), params=params, triggered_by="author"))
+    result = request_op().execute(context(FakeTI(), params=params, triggered_by="author", task_id="prepare"))
     assert (result["requested_by"], result["triggered_by"], result["version"]) == ("author", "author", "2.0.0")
+    [triggered] = run_events("triggered")
+    assert triggered.actor == "author" and triggered.details["requested_by"] == "author"
+
+
+def test_the_request_comes_from_the_dag_run_not_the_prepare_xcom(asked):
+    """An author who rewrites prepare's XCom to name someone else can still not approve."""
+    assessed()
+    packaged()
+    rewritten = {("prepare", "return_value"): {"version": "2.0.0", "triggered_by": "x", "requested_by": "x"}}
+    op = approval_op(approvers=["author", "approver"])
+    op.execute({**approval_ctx(xcoms=rewritten), "dag": None})
+    assert asked == [[{"id": "approver", "name": "approver"}]], "the DAG run says who triggered it"
+    op.execute_complete(approval_ctx(xcoms=rewritten), event("author"))
+    [refused] = run_events("approval_refused")
+    assert refused.actor == "author" and "author is an author of this release" in refused.details["reason"]
 
 
 # --- packaging stays inside the project ----------------------------------------------------
@@ -509,7 +790,7 @@ def test_package_refuses_sources_outside_the_project(signing, store, tmp_path):
         artifact_store=store,
     )
     with pytest.raises(AirflowFailException, match="lies outside the project"):
-        op.execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
+        op.execute(context(FakeTI(), task_id="package"))
 
 
 def test_package_refuses_symlinks(signing, store, tmp_path):
@@ -525,38 +806,62 @@ def test_package_refuses_symlinks(signing, store, tmp_path):
         artifact_store=store,
     )
     with pytest.raises(AirflowFailException, match="is a symbolic link"):
-        op.execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
+        op.execute(context(FakeTI(), task_id="package"))
 
 
 def test_deploy_refuses_without_a_window_decision(monkeypatch):
+    deploy_ready()
     with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
         monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
-        with pytest.raises(AirflowFailException, match="no decision recorded by prod.window"):
-            deploy_op(window_task_id="prod.window").execute(context(deploy_ti()))
+        with pytest.raises(AirflowFailException, match="no window decision recorded in the ledger by prod.window"):
+            deploy_op(window_task_id="prod.window").execute(deploy_ctx())
+        assert fleet.deployments == {}
+    # a window decision recorded by another task (or for another environment) is no decision
+    seed("window_passed", environment="prod", task_id="prod.other")
+    seed("window_passed", environment="staging", task_id="prod.window")
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        with pytest.raises(AirflowFailException, match="no window decision recorded in the ledger by prod.window"):
+            deploy_op(window_task_id="prod.window").execute(deploy_ctx())
         assert fleet.deployments == {}
 
 
+def test_a_recorded_emergency_exception_passes_the_window_gate(monkeypatch):
+    deploy_ready()
+    seed("exception", environment="prod", task_id="prod.window", reason="incident 42")
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        with pytest.raises(TaskDeferred):
+            deploy_op(window_task_id="prod.window").execute(deploy_ctx())
+        assert len(fleet.deployments) == 1
+
+
 def test_a_cleared_deploy_still_knows_what_to_roll_back_to(monkeypatch):
-    """A deploy task run again (retry/clear) after it succeeded: the target says this run
-    deployed the live version, so the rollback point is what ran before it."""
+    """A deploy task run again (retry/clear) after it succeeded: the ledger's ``deploy_started``
+    record of its first try says what ran before, not the target (which now runs the new version)."""
+    deploy_ready()
     with running_fleet(seed={"prod": "1.0.0"}, deploy_seconds=0) as (fleet, url):
         monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
         seed_digest = fleet.env("prod")["digest"]
         with pytest.raises(TaskDeferred):
-            deploy_op().execute(context(deploy_ti()))
-        ti = deploy_ti()
-        result = deploy_op().execute(context(ti))  # the earlier try's deployment finished meanwhile
+            deploy_op().execute(deploy_ctx())
+        ctx = deploy_ctx()  # a new try: nothing in XCom
+        result = deploy_op().execute(ctx)  # the earlier try's deployment finished meanwhile
         assert result["noop"] is True
-        assert ti.xcoms[("__self__", PRE_DEPLOY_KEY)] == {"version": "1.0.0", "digest": seed_digest, "noop": False}
+        assert (result["previous_version"], result["previous_digest"]) == ("1.0.0", seed_digest)
+        assert ctx["ti"].xcoms[("__self__", PRE_DEPLOY_KEY)] == {"version": "1.0.0", "digest": seed_digest, "noop": False}
+    [started] = run_events("deploy_started")  # recorded once, by the first try
+    assert started.details["before"] == {"version": "1.0.0", "digest": seed_digest, "noop": False}
 
 
 def test_a_retried_deploy_reattaches_to_its_running_deployment(monkeypatch):
+    deploy_ready()
     with running_fleet(seed={"prod": "1.0.0"}, deploy_seconds=60) as (fleet, url):
         monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
         with pytest.raises(TaskDeferred) as first:
-            deploy_op().execute(context(deploy_ti()))
+            deploy_op().execute(deploy_ctx())
         with pytest.raises(TaskDeferred) as again:
-            deploy_op().execute(context(deploy_ti()))
+            deploy_op().execute(deploy_ctx())
         assert again.value.trigger.deployment_id == first.value.trigger.deployment_id
         assert len(fleet.deployments) == 1, "no second deployment was started"
 
@@ -580,29 +885,28 @@ def risk_op(**over):
     return RiskAssessmentOperator(**{**options, **over})
 
 
-def risk_context():
-    import uuid
-
-    ctx = context(FakeTI({("prepare", "return_value"): REQUEST}))
-    ctx["run_id"] = f"manual__{uuid.uuid4().hex[:8]}"
-    return ctx
+def risk_context(params: dict | None = None):
+    return context(FakeTI(), task_id="assess_risk", params=params)
 
 
 def test_risk_assessment_opens_the_change_and_selects_gates():
-    ctx = risk_context()
-    result = risk_op().execute(ctx)
+    result = risk_op().execute(risk_context())
     assert result["level"] == "moderate" and result["gates"]["prod"] == {"quorum": 1, "reviews": []}
     assert result["change"]["state"] == "authorize" and result["change"]["number"].startswith("RTC-")
-    kinds = [e.kind for e in _ledger(ctx["run_id"])]
+    kinds = [e.kind for e in run_events()]
     assert kinds == ["change_opened", "change_transition", "risk_assessed", "change_transition"]
+    [assessment] = run_events("risk_assessed")
+    assert assessment.details["task_id"] == "assess_risk" and assessment.details["level"] == "moderate"
+    assert assessment.details["gates"]["prod"] == {"quorum": 1, "reviews": []}
+    assert assessment.details["change"]["number"] == result["change"]["number"]
 
 
 def test_high_risk_without_rollback_plan_is_refused_before_packaging_and_its_change_canceled():
-    ctx = risk_context()
     with pytest.raises(AirflowFailException, match="without a rollback plan and without a backout estimate"):
-        risk_op(schema_migration=True, rollback_plan=None, backout_minutes=None).execute(ctx)
-    events = _ledger(ctx["run_id"])
+        risk_op(schema_migration=True, rollback_plan=None, backout_minutes=None).execute(risk_context())
+    events = run_events()
     assert events[0].kind == "risk_assessed" and "refused" in events[0].details
+    assert "level" not in events[0].details, "a refused assessment selects no gates"
     assert events[-1].kind == "change_closed" and events[-1].details["state"] == "canceled"
 
 
@@ -610,6 +914,8 @@ def test_high_risk_with_a_plan_raises_the_production_gates():
     result = risk_op(schema_migration=True, components=6).execute(risk_context())
     assert result["level"] == "high"
     assert result["gates"]["prod"] == {"quorum": 2, "reviews": ["security"]}
+    [assessment] = run_events("risk_assessed")
+    assert assessment.details["gates"]["prod"] == {"quorum": 2, "reviews": ["security"]}
 
 
 @pytest.mark.parametrize(
@@ -628,18 +934,22 @@ def test_a_release_run_drives_its_servicenow_change_through_the_state_model(
 
     with running_servicenow("svc", "pw") as (snow, url):
         monkeypatch.setenv("AIRFLOW_CONN_SNOW_OPS", http_connection(url, ("svc", "pw")))
-        ctx = risk_context()
-        request = {**REQUEST, "emergency": emergency}
-        ctx["ti"].xcoms[("prepare", "return_value")] = request
+        params = {
+            **PARAMS,
+            "emergency": emergency,
+            "emergency_justification": "incident 42: checkout is down for every customer" if emergency else "",
+        }
+        ctx = risk_context(params)
         risk = risk_op(change_backend="servicenow", change_conn_id="snow_ops").execute(ctx)
-        ctx["ti"].xcoms[("assess_risk", "return_value")] = risk
         assert risk["change"]["change_type"] == ("emergency" if emergency else "normal")
-        move_change(ctx, "storefront", ChangeState.IMPLEMENT, "deploying to prod")
-        close_change(ctx, "storefront", outcome, "done")
+        # later tasks find the change through the risk assessment's ledger record, not its XCom
+        later = context(FakeTI(), params=params, task_id="prod.deploy")
+        move_change(later, "storefront", ChangeState.IMPLEMENT, "deploying to prod")
+        close_change(later, "storefront", outcome, "done")
         sys_id = risk["change"]["id"]
         assert snow.walk(sys_id) == walk
         assert snow.records[sys_id]["close_code"] == close_code
-        mirrored = [e.details["state"] for e in _ledger(ctx["run_id"]) if e.kind.startswith("change_")]
+        mirrored = [e.details["state"] for e in run_events() if e.kind.startswith("change_")]
         assert mirrored == [state.lower() for state in walk], "every ServiceNow state is in the ledger too"
 
 
@@ -668,7 +978,6 @@ class _Receiver:
 
 def test_every_rollback_leaves_snapshot_postmortem_and_notification(monkeypatch, tmp_path):
     import time
-    import uuid
 
     receiver, broken = _Receiver(), _Receiver(status=500)
     monkeypatch.setenv("AIRFLOW_CONN_HOOK_OK", json.dumps({"conn_type": "http", "host": receiver.url}))
@@ -686,24 +995,19 @@ def test_every_rollback_leaves_snapshot_postmortem_and_notification(monkeypatch,
             notifications=[{"conn_id": "hook_ok", "endpoint": "incidents"}, {"conn_id": "hook_broken"}],
             artifact_store=f"file://{tmp_path}",
         )
-        ti = FakeTI(
-            {
-                ("prepare", "return_value"): REQUEST,
-                ("prod.deploy", PRE_DEPLOY_KEY): {"version": "1.0.0", "digest": old, "noop": False},
-                ("prod.deploy", "return_value"): {"version": "2.0.0", "digest": DIGEST, "deployment_id": None},
-            }
-        )
-        ctx = context(ti)
-        ctx["run_id"] = f"manual__{uuid.uuid4().hex[:6]}"
+        deploy_started({"version": "1.0.0", "digest": old, "noop": False})
         from releasetrain.operators._common import record
 
-        record(
-            ctx,
+        record(  # as prod.health records it (``seed`` cannot take a ``kind`` detail)
+            context(FakeTI(), task_id="prod.health"),
             "checks_failed",
             "storefront",
             environment="prod",
             details={"kind": "health", "reason": "5 of 5 rounds failed"},
         )
+        # the deploy's result stays in XCom for the snapshot's display
+        ti = FakeTI({("prod.deploy", "return_value"): {"version": "2.0.0", "digest": DIGEST, "deployment_id": None}})
+        ctx = context(ti, task_id="prod.rollback")
         with pytest.raises(TaskDeferred):
             op.execute(ctx)
         # the snapshot exists before anything was rolled back, and shows what ran then
@@ -726,5 +1030,6 @@ def test_every_rollback_leaves_snapshot_postmortem_and_notification(monkeypatch,
     assert path == "/incidents" and payload["event"] == "releasetrain.rollback"
     assert payload["restored_version"] == "1.0.0" and payload["snapshot"] == snapshot_path
     assert result["notified"] == ["hook_ok"] and "HTTP 500" in result["notification_errors"][0]
-    last = _ledger(ctx["run_id"])[-1]
+    last = run_events()[-1]
     assert last.kind == "rollback" and last.details["postmortem"] == result["postmortem"]
+    assert last.details["failed_version"] == "2.0.0" and last.details["task_id"] == "prod.rollback"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from releasetrain.core.risk import (
@@ -118,3 +120,17 @@ def test_high_risk_needs_approvals_and_a_security_group():
         assess(high, {})
     with pytest.raises(RiskRefusal, match="'security' approver group"):
         assess(high, DECLARED, available_reviews=set())
+
+
+def test_whether_a_plan_is_required_is_decided_before_its_own_points():
+    # moderate on its other facts (6): a missing plan adds its points (9, high gates) ...
+    without = assess(
+        facts(version="2.0.0", rollback_plan=False, backout_estimate=False), DECLARED, available_reviews={"security"}
+    )
+    assert without.level == "high" and without.gates["prod"] == EnvironmentGates(quorum=2, reviews=["security"])
+    # ... and high on its other facts, a plan is required: a placeholder is the only way past,
+    # and it cannot lower the level (the score is the same as the other facts alone)
+    high = facts(version="2.0.0", schema_migration=True)
+    with pytest.raises(RiskRefusal, match="without a rollback plan"):
+        assess(dataclasses.replace(high, rollback_plan=False), DECLARED, available_reviews={"security"})
+    assert assess(high, DECLARED, available_reviews={"security"}).level == "high"

@@ -21,8 +21,12 @@ Gates by level (on production environments that ask for approval; others keep th
 
 - low: the spec's quorum and reviews; a ``standard`` change stays standard.
 - moderate: the spec's quorum and reviews; a ``standard`` change becomes ``normal``.
-- high: a quorum of at least 2 plus a ``security`` readiness review; a rollback plan and a
-  backout estimate are mandatory: without them the release is refused before any deploy.
+- high: a quorum of at least 2 plus a ``security`` readiness review.
+
+A rollback plan and a backout estimate are mandatory when the release is high risk *on its
+other facts*: whether they are required is decided before their own points are counted,
+so writing a placeholder plan can never lower the level that requires one. Without them
+such a release is refused before any deploy. (Missing, they still add their points.)
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from releasetrain.core.versioning import VersionClass, classify_change
 
 Level = Literal["low", "moderate", "high"]
 SECURITY_REVIEW = "security"
+PLAN_FACTORS = ("rollback_plan", "backout_estimate")  # never decide whether they are required
 HIGH_RISK_QUORUM = 2
 
 
@@ -143,7 +148,8 @@ def assess(
     level = level_of(total)
     notes: list[str] = []
     gates = dict(declared)
-    if level == "high":
+    own = sum(f["points"] for f in factors if f["factor"] in PLAN_FACTORS)
+    if level_of(total - own) == "high":  # decided before the plan's and estimate's own points
         missing = [
             what
             for what, present in (
@@ -157,6 +163,7 @@ def assess(
                 f"high risk (score {total}) without {' and without '.join(missing)}: set rollback_plan and "
                 f"backout_minutes in the spec; nothing was deployed"
             )
+    if level == "high":
         for env in facts.production:
             if env not in declared:
                 raise RiskRefusal(
