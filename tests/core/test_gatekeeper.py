@@ -100,7 +100,7 @@ def test_a_step_set_by_hand_is_named_as_such():
 @pytest.mark.parametrize(
     ("events", "allowed", "reason"),
     [
-        pytest.param([ev(Event.ANALYSIS, "cn.canary_10", "cn", outcome="passed")], True, "", id="passed"),
+        pytest.param([ev(Event.ANALYSIS, "cn.canary_10", "cn", outcome="successful")], True, "", id="passed"),
         pytest.param(
             [ev(Event.ANALYSIS, "cn.canary_10", "cn", outcome="failed", reason="5xx")], False, "failed", id="failed"
         ),
@@ -121,7 +121,7 @@ def test_a_step_set_by_hand_is_named_as_such():
             id="inconclusive-promoted",
         ),
         pytest.param(
-            [ev(Event.ANALYSIS, "cn.canary_10", "other-env", outcome="passed")], False, "no analysis", id="other-env"
+            [ev(Event.ANALYSIS, "cn.canary_10", "other-env", outcome="successful")], False, "no analysis", id="other-env"
         ),
     ],
 )
@@ -204,3 +204,11 @@ def test_request_comes_from_the_run_and_names_bad_params():
         candidate={"version": "2.0.0", "published_by": "ci-bot"},
     )
     assert scheduled.version == "2.0.0" and scheduled.requested_by == "ci-bot" and scheduled.authors == {"ci-bot"}
+
+
+def test_passing_outcomes_are_the_canary_judges_words():
+    from typing import get_args
+
+    from releasetrain.core.canary import Outcome
+
+    assert gatekeeper.PASSING_OUTCOMES - {"skipped"} == {"successful"} <= set(get_args(Outcome))

@@ -33,6 +33,11 @@ from releasetrain.core.vocabulary import (
 )
 
 
+# An analysis that lets the rollout go on: the canary judge's "successful", or "skipped"
+# (the version was already live: nothing to analyse).
+PASSING_OUTCOMES = frozenset({"successful", "skipped"})
+
+
 class EventLike(Protocol):
     kind: str
     environment: str
@@ -143,7 +148,7 @@ def analysis_proof(run: RunLedger, task_id: str, environment: str) -> Decision:
     if verdict is None:
         return Decision.refuse(task_id, run.missing(task_id, "analysis verdict"))
     outcome = verdict.details.get("outcome")
-    if outcome in ("passed", "skipped"):
+    if outcome in PASSING_OUTCOMES:
         return Decision.allow(task_id)
     if outcome == "inconclusive":
         decider = f"{task_id.rsplit('.', 1)[0]}.{decide_task(task_id)}" if "." in task_id else decide_task(task_id)
