@@ -582,8 +582,9 @@ def test_deploy_refuses_without_valid_recorded_approvals(monkeypatch, approvals,
     assert not run_events("deploy_started"), "nothing was recorded as started"
 
 
-def test_an_approval_task_marked_success_by_hand_is_named_in_the_refusal(monkeypatch):
-    """The listener recorded that prod.approve was set to success by hand; it recorded no approval."""
+def test_an_approval_task_set_to_success_by_hand_counts_for_nothing(monkeypatch):
+    """The listener recorded that prod.approve was set to success by hand; it recorded no approval,
+    so the deploy refuses, and its ``gate_refused`` record names the deploy task and the missing approvals."""
     deploy_ready()
     assessed()
     seed("task_state", task_id="prod.approve", state="success", by_hand=True)
@@ -595,6 +596,10 @@ def test_an_approval_task_marked_success_by_hand_is_named_in_the_refusal(monkeyp
     [refused] = run_events("gate_refused")
     assert refused.details["task_id"] == "prod.deploy" and refused.details["step"] == "prod.deploy"
     assert refused.environment == "prod"
+    assert any(
+        "no approval recorded in the ledger by prod.approve in this run (it was set to success by hand" in reason
+        for reason in refused.details["reasons"]
+    ), refused.details["reasons"]
 
 
 @pytest.mark.parametrize(
@@ -647,8 +652,9 @@ def test_an_approval_forged_in_xcom_is_refused_by_the_deploy(monkeypatch):
         assert fleet.deployments == {}, "nothing reached production"
     [refused] = run_events("gate_refused")
     assert refused.details["task_id"] == "prod.deploy"
-    [reason] = refused.details["reasons"]
+    reason, named = refused.details["reasons"]
     assert "0 of 1 required distinct approvals recorded (none)" in reason, "names the missing approval record"
+    assert "no approval recorded in the ledger by prod.approve" in named, "names the approval task"
     assert not run_events("deploy_started")
 
 
@@ -849,9 +855,10 @@ def test_a_cleared_deploy_still_knows_what_to_roll_back_to(monkeypatch):
         result = deploy_op().execute(ctx)  # the earlier try's deployment finished meanwhile
         assert result["noop"] is True
         assert (result["previous_version"], result["previous_digest"]) == ("1.0.0", seed_digest)
-        assert ctx["ti"].xcoms[("__self__", PRE_DEPLOY_KEY)] == {"version": "1.0.0", "digest": seed_digest, "noop": False}
+        before = {"version": "1.0.0", "digest": seed_digest, "noop": False}
+        assert ctx["ti"].xcoms[("__self__", PRE_DEPLOY_KEY)] == before, "shown in XCom too"
     [started] = run_events("deploy_started")  # recorded once, by the first try
-    assert started.details["before"] == {"version": "1.0.0", "digest": seed_digest, "noop": False}
+    assert started.details["before"] == before
 
 
 def test_a_retried_deploy_reattaches_to_its_running_deployment(monkeypatch):

@@ -121,7 +121,10 @@ def test_a_step_set_by_hand_is_named_as_such():
             id="inconclusive-promoted",
         ),
         pytest.param(
-            [ev(Event.ANALYSIS, "cn.canary_10", "other-env", outcome="successful")], False, "no analysis", id="other-env"
+            [ev(Event.ANALYSIS, "cn.canary_10", "other-env", outcome="successful")],
+            False,
+            "no analysis",
+            id="other-env",
         ),
     ],
 )

@@ -32,7 +32,6 @@ from releasetrain.core.vocabulary import (
     decide_task,
 )
 
-
 # An analysis that lets the rollout go on: the canary judge's "successful", or "skipped"
 # (the version was already live: nothing to analyse).
 PASSING_OUTCOMES = frozenset({"successful", "skipped"})
@@ -197,8 +196,13 @@ def approvals(
     review_members: Mapping[str, list[str]],
     authors: Iterable[str],
     step: str,
+    task_ids: Sequence[str] = (),
 ) -> Decision:
-    """The environment's approvals, as recorded by the approval tasks, add up to what it needs."""
+    """The environment's approvals, as recorded by the approval tasks, add up to what it needs.
+
+    A refusal names the approval tasks (``task_ids``) that recorded nothing although they
+    were set to success by hand, or the first one when no approval was recorded at all.
+    """
     records = [
         {"approver": e.actor, "digest": e.details.get("digest"), "group": e.details.get("group")}
         for e in run.of(Event.APPROVAL_GIVEN, environment=environment)
@@ -214,7 +218,11 @@ def approvals(
             digest=digest,
         )
     except SegregationOfDutiesError as exc:
-        return Decision.refuse(step, f"approvals in the ledger do not hold: {exc}")
+        given = {e.details.get("task_id") for e in run.of(Event.APPROVAL_GIVEN, environment=environment)}
+        silent = [t for t in task_ids if t not in given and (run.set_by_hand(t) or (not given and t == task_ids[0]))]
+        return Decision.refuse(
+            step, f"approvals in the ledger do not hold: {exc}", *(run.missing(t, "approval") for t in silent)
+        )
     return Decision.allow(step)
 
 

@@ -300,6 +300,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
                         review_members=self.review_members,
                         authors=request.authors,
                         step=f"{self.environment} approvals",
+                        task_ids=self.approval_task_ids,
                     )
                 )
         if self.window_task_id:
