@@ -311,7 +311,7 @@ def _give_people(dag: DAG, people: dict[str, str]) -> None:
     """Every task gets the people directory (user id -> name): identities are compared by id,
     and a DAG run only knows its triggering user's name."""
     for task in dag.tasks:
-        task.people = dict(people)
+        task.user_directory = dict(people)
 
 
 def rollback_dag_id(spec: ReleaseSpec) -> str:

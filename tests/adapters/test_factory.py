@@ -178,3 +178,12 @@ def test_a_company_wide_freeze_binds_every_release_without_the_spec_naming_it(tm
         window = dag.task_dict[f"{env}.window"]
         assert [layer["use"] for layer in window.layers] == [["company-freeze"]], "only the calendar for all"
     assert "post_implementation_review" in dag.task_dict and "emergency" in dag.params
+
+
+def test_the_people_directory_reaches_every_task_and_clobbers_nothing(dagbag):
+    dag = dagbag.dags["release_checkout"] if "release_checkout" in dagbag.dags else dagbag.dags["release_storefront"]
+    assert all(isinstance(task.user_directory, dict) for task in dag.tasks)
+    closure = dagbag.dags["release_storefront"].task_dict["closure"]
+    assert isinstance(closure.people, list), "the closure's people are users, not the directory"
+    aborts = [t for d in dagbag.dags.values() for t in d.tasks if t.task_id.endswith(".abort")]
+    assert aborts and all(isinstance(t.people, list) for t in aborts)

@@ -13,13 +13,14 @@ from airflow.timetables.base import DataInterval, TimeRestriction
 from releasetrain.core.spec import CalendarLibrary, load_spec
 from releasetrain.core.windows import CalendarSpec
 from releasetrain.factory import build_release_dag
+from releasetrain.operators._common import record
 from releasetrain.operators.review import PostImplementationReviewOperator
 from releasetrain.operators.window import ReleaseWindowSensor
 from releasetrain.plugin import ReleaseTrainPlugin
 from releasetrain.timetables.release_window import ReleaseWindowTimetable
 from releasetrain.triggers.window import ReleaseWindowTrigger
 from tests.conftest import PROJECT_ROOT
-from tests.helpers import FakeTI, context
+from tests.helpers import PARAMS, RELEASE, FakeTI, context, run_events, seed
 
 UTC = dt.UTC
 
@@ -121,21 +122,25 @@ def test_payments_dag_is_scheduled_by_its_windows_and_gated():
     assert tasks["payments-staging.verify"].upstream_task_ids == {"payments-staging.window"}
     assert tasks["payments-prod.deploy"].pool == "releasetrain_target_fleet_payments_prod"
     assert tasks["payments-prod.rollback"].pool == "releasetrain_target_fleet_payments_prod"
-    assert tasks["post_implementation_review"].upstream_task_ids == {"payments-prod.smoke"}
+    # the review follows prod's last gate (its recorded pass), not just the smoke checks
+    assert tasks["post_implementation_review"].upstream_task_ids == {"payments-prod.passed"}
+    assert tasks["post_implementation_review"].gate_task_ids == ["payments-staging.window", "payments-prod.window"]
     assert tasks["release_complete"].trigger_rule == "none_failed_min_one_success"
     assert {"emergency", "emergency_justification"} <= set(dag.params)
     assert "## Release windows" in dag.doc_md and "next openings" in dag.doc_md
 
 
 # --- the gate ------------------------------------------------------------------------------
-REQUEST = {"release": "shop", "version": "1.0.0", "triggered_by": "author", "requested_by": "author"}
+# The run's request is its DAG run's params (never XCom): the author asks, "author" triggers.
+NORMAL = {**PARAMS, "requested_by": "author"}
+EMERGENCY = {**NORMAL, "emergency": True, "emergency_justification": "payment outage INC-4711 needs the fix now"}
 
 
 def gate(blackouts=(), windows=(), minutes=30) -> ReleaseWindowSensor:
     layer = {"timezone": "UTC", "windows": list(windows), "blackouts": list(blackouts)}
     return ReleaseWindowSensor(
         task_id="prod.window",
-        release="shop",
+        release=RELEASE,
         environment="prod",
         layers=[layer],
         calendar_dirs=[],
@@ -151,15 +156,18 @@ def blackout(minutes_from_now: float, minutes_long: float, name="change freeze")
 
 
 def test_gate_passes_an_open_environment():
-    result = gate().execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
+    result = gate().execute(context(FakeTI(), params=NORMAL, task_id="prod.window"))
     assert result["open"] is True and "emergency_exception" not in result
+    [passed] = run_events("window_passed")  # what the deploy's window gate reads
+    assert (passed.environment, passed.details["task_id"]) == ("prod", "prod.window") and not run_events("exception")
 
 
 def test_gate_defers_in_a_blackout_and_says_why():
     with pytest.raises(TaskDeferred) as info:
-        gate([blackout(-5, 60)]).execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
+        gate([blackout(-5, 60)]).execute(context(FakeTI(), params=NORMAL, task_id="prod.window"))
     assert isinstance(info.value.trigger, ReleaseWindowTrigger)
     assert info.value.method_name == "execute_complete"
+    assert not run_events("window_passed") and not run_events("exception")
 
 
 def test_gate_needs_the_expected_duration_left():
@@ -171,25 +179,35 @@ def test_gate_needs_the_expected_duration_left():
     if window["end"] < window["start"]:
         pytest.skip("window would cross midnight UTC")
     with pytest.raises(TaskDeferred):
-        gate(windows=[window], minutes=30).execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
-    assert gate(windows=[window], minutes=5).execute(context(FakeTI({("prepare", "return_value"): REQUEST})))["open"]
+        gate(windows=[window], minutes=30).execute(context(FakeTI(), params=NORMAL))
+    assert gate(windows=[window], minutes=5).execute(context(FakeTI(), params=NORMAL))["open"]
 
 
 def test_emergency_passes_a_closed_gate_with_the_exception_recorded():
-    request = {**REQUEST, "emergency": True, "emergency_justification": "payment outage INC-4711 needs the fix now"}
-    result = gate([blackout(-5, 60)]).execute(context(FakeTI({("prepare", "return_value"): request})))
+    result = gate([blackout(-5, 60)]).execute(context(FakeTI(), params=EMERGENCY, task_id="prod.window"))
     exception = result["emergency_exception"]
     assert exception["rules"] == ["change freeze"] and exception["requested_by"] == "author"
     assert (
         exception["justification"].startswith("payment outage")
         and "blacked out by change freeze" in exception["bypassed"]
     )
+    # recorded in the ledger by the window task: the deploy's gate and the review read it there
+    [recorded] = run_events("exception")
+    assert (recorded.environment, recorded.actor, recorded.details["task_id"]) == ("prod", "author", "prod.window")
+    assert recorded.details["rules"] == ["change freeze"] and not run_events("window_passed")
+
+
+def test_an_emergency_param_without_a_justification_is_refused():
+    with pytest.raises(AirflowFailException, match="emergency_justification"):
+        gate([blackout(-5, 60)]).execute(context(FakeTI(), params={**EMERGENCY, "emergency_justification": "now"}))
+    assert not run_events("exception")
 
 
 def test_gate_resume_checks_the_calendar_again():
-    ti = FakeTI({("prepare", "return_value"): REQUEST})
     with pytest.raises(TaskDeferred):
-        gate([blackout(-5, 60)]).execute_complete(context(ti), {"open": True, "at": "x", "reason": "r"})
+        gate([blackout(-5, 60)]).execute_complete(
+            context(FakeTI(), params=NORMAL), {"open": True, "at": "x", "reason": "r"}
+        )
 
 
 def test_trigger_fires_when_the_blackout_ends():
@@ -217,7 +235,7 @@ def test_trigger_fires_when_the_blackout_ends():
 def review() -> PostImplementationReviewOperator:
     return PostImplementationReviewOperator(
         task_id="post_implementation_review",
-        release="shop",
+        release=RELEASE,
         reviewers=["author", "approver"],
         gate_task_ids=["prod.window"],
     )
@@ -225,7 +243,14 @@ def review() -> PostImplementationReviewOperator:
 
 def test_review_skips_normal_runs():
     with pytest.raises(AirflowSkipException, match="not an emergency"):
-        review().execute(context(FakeTI({("prepare", "return_value"): REQUEST})))
+        review().execute(context(FakeTI(), params=NORMAL))
+
+
+def window_exception(exception: dict, task_id: str) -> None:
+    """The ``exception`` event a window task records (its details name the environment too)."""
+    details = {"kind": "release_window", **exception}
+    ti = FakeTI(task_id=task_id)
+    record(context(ti, params=EMERGENCY), "exception", RELEASE, environment="prod", actor="author", details=details)
 
 
 def test_review_is_asked_of_non_authors_with_the_exceptions(monkeypatch):
@@ -234,7 +259,6 @@ def test_review_is_asked_of_non_authors_with_the_exceptions(monkeypatch):
         "releasetrain.operators.review.HITLOperator.execute",
         lambda self, ctx: captured.update(users=self.assigned_users, body=self.body),
     )
-    request = {**REQUEST, "emergency": True, "emergency_justification": "outage"}
     exception = {
         "environment": "prod",
         "at": "2026-01-01T00:00:00Z",
@@ -242,16 +266,18 @@ def test_review_is_asked_of_non_authors_with_the_exceptions(monkeypatch):
         "rules": ["change freeze"],
         "bypassed": "blacked out",
     }
-    ti = FakeTI(
-        {("prepare", "return_value"): request, ("prod.window", "return_value"): {"emergency_exception": exception}}
-    )
-    review().execute(context(ti))
+    # the window task's ledger record is what is reviewed; a forged XCom exception is not
+    window_exception(exception, "prod.window")
+    forged = {**exception, "rules": ["forged freeze"]}
+    window_exception(forged, "prod.other")  # not a gate of the review
+    ti = FakeTI({("prod.window", "return_value"): {"emergency_exception": forged}})
+    review().execute(context(ti, params=EMERGENCY, task_id="post_implementation_review"))
     assert captured["users"] == [{"id": "approver", "name": "approver"}]
-    assert "change freeze" in captured["body"]
+    assert "change freeze" in captured["body"] and "forged freeze" not in captured["body"]
+    assert "payment outage INC" in captured["body"]
 
 
 def test_review_by_an_author_is_refused():
-    request = {**REQUEST, "emergency": True}
     event = {
         "chosen_options": ["Reviewed"],
         "params_input": {"findings": "all fine, checked logs"},
@@ -259,42 +285,74 @@ def test_review_by_an_author_is_refused():
         "responded_by_user": {"id": "author", "name": "a"},
     }
     with pytest.raises(AirflowFailException, match="author is an author"):
-        review().execute_complete(context(FakeTI({("prepare", "return_value"): request})), event)
+        review().execute_complete(context(FakeTI(), params=EMERGENCY, task_id="post_implementation_review"), event)
+    assert not run_events("review")
 
 
 def test_review_needs_findings():
-    request = {**REQUEST, "emergency": True}
     event = {
         "chosen_options": ["Reviewed"],
         "params_input": {"findings": "ok"},
         "responded_at": dt.datetime(2026, 1, 1, tzinfo=UTC),
         "responded_by_user": {"id": "approver", "name": "a"},
     }
+    ti = FakeTI(task_id="post_implementation_review")
     with pytest.raises(AirflowFailException, match="'findings' must say what was checked"):
-        review().execute_complete(context(FakeTI({("prepare", "return_value"): request})), event)
+        review().execute_complete(context(ti, params=EMERGENCY), event)
+    assert not run_events("review")
     event["params_input"] = {"findings": "Logs and metrics checked, no side effects"}
-    result = review().execute_complete(context(FakeTI({("prepare", "return_value"): request})), event)
+    result = review().execute_complete(context(ti, params=EMERGENCY), event)
     assert result["responded_by_user"]["id"] == "approver"
+    [recorded] = run_events("review")  # what release_complete reads
+    assert (recorded.actor, recorded.details["task_id"]) == ("approver", "post_implementation_review")
+    assert recorded.details["findings"] == "Logs and metrics checked, no side effects"
 
 
 def test_gate_fails_when_the_calendar_never_opens_long_enough():
     with pytest.raises(AirflowFailException, match="never opens long enough"):
-        gate(windows=[{"start": "09:00", "end": "09:30"}], minutes=45).execute(
-            context(FakeTI({("prepare", "return_value"): REQUEST}))
-        )
+        gate(windows=[{"start": "09:00", "end": "09:30"}], minutes=45).execute(context(FakeTI(), params=NORMAL))
 
 
 def test_completion_of_an_emergency_needs_the_recorded_review():
     from releasetrain.operators.complete import ReleaseCompleteOperator
 
+    digest = "sha256:" + "a" * 64
     op = ReleaseCompleteOperator(
-        task_id="release_complete", release="shop", gate_task_ids=[], review_task_id="post_implementation_review"
+        task_id="release_complete",
+        release=RELEASE,
+        gate_task_ids=["prod.passed"],
+        review_task_id="post_implementation_review",
     )
-    request = {**REQUEST, "emergency": True}
-    with pytest.raises(AirflowFailException, match="no post-implementation review is recorded"):
-        op.execute(context(FakeTI({("prepare", "return_value"): request})))
-    reviewed = {
-        ("prepare", "return_value"): request,
-        ("post_implementation_review", "return_value"): {"responded_by_user": {"id": "approver"}},
-    }
-    assert op.execute(context(FakeTI(reviewed)))["release"] == "shop"
+    seed("packaged", task_id="package", version="2.0.0", digest=digest)
+    seed("environment_passed", environment="prod", task_id="prod.passed", version="2.0.0", digest=digest)
+    # a review "result" in XCom (forged, or the task marked success by hand) is no review
+    forged = FakeTI({("post_implementation_review", "return_value"): {"responded_by_user": {"id": "approver"}}})
+    with pytest.raises(
+        AirflowFailException,
+        match="complete refused: no post-implementation review recorded in the ledger by post_implementation_review",
+    ):
+        op.execute(context(forged, params=EMERGENCY, task_id="release_complete"))
+    assert not run_events("closure")
+    seed("review", actor="approver", task_id="post_implementation_review", findings="Logs checked, all fine")
+    result = op.execute(context(forged, params=EMERGENCY, task_id="release_complete"))
+    assert (result["release"], result["digest"], result["environments"]) == (RELEASE, digest, ["prod"])
+    assert [e.details["outcome"] for e in run_events("closure")] == ["success"]
+
+
+def test_completion_of_a_normal_run_owes_no_review_but_every_pass():
+    from releasetrain.operators.complete import ReleaseCompleteOperator
+
+    digest = "sha256:" + "a" * 64
+    op = ReleaseCompleteOperator(
+        task_id="release_complete",
+        release=RELEASE,
+        gate_task_ids=["staging.passed", "prod.passed"],
+        review_task_id="post_implementation_review",
+    )
+    seed("packaged", task_id="package", version="2.0.0", digest=digest)
+    seed("environment_passed", environment="staging", task_id="staging.passed", version="2.0.0", digest=digest)
+    with pytest.raises(AirflowFailException, match="no pass of prod recorded in the ledger by prod.passed"):
+        op.execute(context(FakeTI(), params=NORMAL, task_id="release_complete"))
+    seed("environment_passed", environment="prod", task_id="prod.passed", version="2.0.0", digest=digest)
+    result = op.execute(context(FakeTI(), params=NORMAL, task_id="release_complete"))
+    assert result["environments"] == ["staging", "prod"] and not run_events("review")

@@ -8,6 +8,7 @@ reason, naming the authoritative record that was missing.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -117,26 +118,94 @@ def test_a_deploy_marked_successful_by_hand_proves_nothing(author, fleet, ledger
     assert author.wait_for_run(DAG, run_id, timeout=300)["state"] == "failed"
     states = author.task_states(DAG, run_id)
     assert states["guard-staging.smoke"] == "failed" and states["guard-prod.approve"] == "upstream_failed"
-    assert fleet("guard-staging")["version"] == OLD and fleet("guard-prod")["version"] == OLD
+    for environment in ("guard-staging", "guard-prod"):
+        assert "2.2.0" not in [h["version"] for h in fleet(environment)["history"]], "nothing reached it"
     [smoke] = refusals(ledger, "guarded", run_id, DAG, "guard-staging.smoke")
     assert "no deployment recorded in the ledger by guard-staging.deploy" in smoke
 
 
-def test_canary_steps_marked_successful_by_hand_promote_nothing_and_the_bad_version_cannot_come_back(
-    author, fleet, ledger
-):
+class Scenario(threading.Thread):
+    """A scenario driven over REST in the background while the guarded-release tests run
+    (the stack has room for several releases at once; the suite's time does not)."""
+
+    def __init__(self, drive, *args):
+        super().__init__(daemon=True)
+        self.drive, self.args, self.seen, self.error = drive, args, {}, None
+
+    def run(self):
+        try:
+            self.drive(self.seen, *self.args)
+        except BaseException as exc:  # reported by the test that joins it
+            self.error = exc
+
+    def result(self, timeout: float = 900) -> dict:
+        self.join(timeout)
+        assert not self.is_alive(), "the scenario did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.seen
+
+
+def _hand_marked_canary(seen: dict, author, fleet) -> None:
     dag = "release_canary-hand"
     fleet.post("/faults", {"environment": "cn-hand", "version": "2.0.0", "error_rate": 1.0})
-    run_id = author.trigger(dag, {"version": "2.0.0", "change_summary": "attack 4"})["dag_run_id"]
+    run_id = seen["run_id"] = author.trigger(dag, {"version": "2.0.0", "change_summary": "attack 4"})["dag_run_id"]
     # attack 4: the failing version's first canary step is marked successful while it is analysed
-    assert author.wait_for_task(dag, run_id, "cn-hand.canary_10", ("deferred",), timeout=240) == "deferred"
+    seen["canary_10"] = author.wait_for_task(dag, run_id, "cn-hand.canary_10", ("deferred",), timeout=300)
     author.set_task_state(dag, run_id, "cn-hand.canary_10", "success")
-    run = author.wait_for_run(dag, run_id, timeout=300)
-    states = author.task_states(dag, run_id)
-    assert run["state"] == "failed", states
+    seen["run"] = author.wait_for_run(dag, run_id, timeout=400)
+    seen["states"] = author.task_states(dag, run_id)
+    seen["fleet"] = fleet("cn-hand")
+    # attack 5: a manual rollback "back" to the version just rolled back for being bad
+    rollback = "rollback_canary-hand"
+    conf = {"environment": "cn-hand", "version": "2.0.0", "reason": "incident 7: undo it"}
+    rb_id = seen["rollback_run_id"] = author.trigger(rollback, conf)["dag_run_id"]
+    seen["rollback_run"] = author.wait_for_run(rollback, rb_id, timeout=300)
+    seen["fleet_after_rollback"] = fleet("cn-hand")
+
+
+def _two_releases_on_one_target(seen: dict, author, fleet) -> None:
+    a = seen["a"] = author.trigger("release_locked-a", {"version": "2.0.0"})["dag_run_id"]
+    seen["a_health"] = author.wait_for_task("release_locked-a", a, "shared.health", ("deferred",), timeout=300)
+    b = seen["b"] = author.trigger("release_locked-b", {"version": "3.0.0"})["dag_run_id"]
+    # attack 8: b's deploy would land while a still checks its deploy
+    seen["b_lock"] = author.wait_for_task("release_locked-b", b, "shared.lock", ("deferred",), timeout=180)
+    seen["a_health_meanwhile"] = author.task_states("release_locked-a", a)["shared.health"]
+    seen["live_meanwhile"] = fleet("shared")["version"]
+    seen["a_run"] = author.wait_for_run("release_locked-a", a, timeout=400)
+    seen["b_run"] = author.wait_for_run("release_locked-b", b, timeout=400)
+    seen["history"] = fleet("shared")["history"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def background(stack, fleet):
+    """Attacks 4, 5 and 8 start with the module and run beside the guarded-release tests
+    (each with a REST session of its own, as the demo's author)."""
+
+    def author() -> AirflowClient:
+        return AirflowClient(stack.config.api_url, "author", "author")
+
+    scenarios = {
+        "canary": Scenario(_hand_marked_canary, author(), fleet),
+        "lock": Scenario(_two_releases_on_one_target, author(), fleet),
+    }
+    for scenario in scenarios.values():
+        scenario.start()
+    yield scenarios
+    for scenario in scenarios.values():
+        scenario.join(5)
+
+
+def test_canary_steps_marked_successful_by_hand_promote_nothing_and_the_bad_version_cannot_come_back(
+    background, ledger
+):
+    dag, seen = "release_canary-hand", background["canary"].result()
+    run_id, states = seen["run_id"], seen["states"]
+    assert seen["canary_10"] == "deferred"
+    assert seen["run"]["state"] == "failed", states
     assert states["cn-hand.canary_50"] == "failed" and states["cn-hand.promote"] == "upstream_failed"
     assert states["cn-hand.rollback"] == "success"
-    status = fleet("cn-hand")
+    status = seen["fleet"]
     assert status["version"] == OLD and (status.get("idle") or {}).get("weight", 0) == 0
     events = ledger.events("canary-hand", run_id, dag)
     assert [e.details["weight"] for e in events if e.kind == "traffic_shifted"] == [10], "traffic never moved on"
@@ -144,31 +213,25 @@ def test_canary_steps_marked_successful_by_hand_promote_nothing_and_the_bad_vers
     [reason] = refusals(ledger, "canary-hand", run_id, dag, "cn-hand.canary_50")
     assert "no analysis verdict recorded in the ledger by cn-hand.canary_10" in reason
 
-    # attack 5: a manual rollback "back" to the version just rolled back for being bad
-    rollback = "rollback_canary-hand"
-    rb_id = author.trigger(rollback, {"environment": "cn-hand", "version": "2.0.0", "reason": "incident 7: undo it"})[
-        "dag_run_id"
-    ]
-    assert author.wait_for_run(rollback, rb_id, timeout=180)["state"] == "failed"
-    assert fleet("cn-hand")["version"] == OLD
+    # attack 5: the manual rollback to the bad version is refused, nothing changes
+    rollback, rb_id = "rollback_canary-hand", seen["rollback_run_id"]
+    assert seen["rollback_run"]["state"] == "failed"
+    assert seen["fleet_after_rollback"]["version"] == OLD
     [reason] = refusals(ledger, "canary-hand", rb_id, rollback)
     assert "2.0.0 may not be rolled back to in cn-hand" in reason
     kinds = [e.kind for e in ledger.events("canary-hand", rb_id, rollback)]
     assert "rollback_requested" not in kinds and "rollback" not in kinds
 
 
-def test_no_other_deploy_lands_between_a_deploy_and_its_last_check(author, fleet, ledger):
-    a = author.trigger("release_locked-a", {"version": "2.0.0"})["dag_run_id"]
-    assert author.wait_for_task("release_locked-a", a, "shared.health", ("deferred",), timeout=180) == "deferred"
-    b = author.trigger("release_locked-b", {"version": "3.0.0"})["dag_run_id"]
-    # attack 8: b's deploy waits (deferred, no worker slot) while a still checks its deploy
-    assert author.wait_for_task("release_locked-b", b, "shared.lock", ("deferred",), timeout=120) == "deferred"
-    assert author.task_states("release_locked-a", a)["shared.health"] == "deferred"
-    assert fleet("shared")["version"] == "2.0.0"
-    assert author.wait_for_run("release_locked-a", a, timeout=300)["state"] == "success"
-    assert author.wait_for_run("release_locked-b", b, timeout=300)["state"] == "success"
-    deploys = [(h["kind"], h["version"]) for h in fleet("shared")["history"] if h["kind"] != "seed"]
+def test_no_other_deploy_lands_between_a_deploy_and_its_last_check(background, ledger):
+    seen = background["lock"].result()
+    assert seen["a_health"] == "deferred"
+    # b's lock waited (deferred, no worker slot) while a still checked its deploy
+    assert seen["b_lock"] == "deferred" and seen["a_health_meanwhile"] == "deferred"
+    assert seen["live_meanwhile"] == "2.0.0"
+    assert seen["a_run"]["state"] == "success" and seen["b_run"]["state"] == "success"
+    deploys = [(h["kind"], h["version"]) for h in seen["history"] if h["kind"] != "seed"]
     assert deploys == [("deploy", "2.0.0"), ("deploy", "3.0.0")]
-    released = next(e.seq for e in ledger.events("locked-a", a) if e.kind == "lock_released")
-    acquired = next(e.seq for e in ledger.events("locked-b", b) if e.kind == "lock_acquired")
+    released = next(e.seq for e in ledger.events("locked-a", seen["a"]) if e.kind == "lock_released")
+    acquired = next(e.seq for e in ledger.events("locked-b", seen["b"]) if e.kind == "lock_acquired")
     assert released < acquired, "b took the target only after a released it"

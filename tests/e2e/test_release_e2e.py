@@ -178,7 +178,8 @@ def test_approval_marked_successful_by_hand_deploys_nothing(author, fleet, ledge
     events = ledger.events("storefront", run_id)
     by_hand = [e.details for e in events if e.kind == "task_state"]
     assert {"task_id": "prod.approve", "state": "success", "by_hand": True} in by_hand
-    assert any(e.kind == "approval_refused" and e.details.get("at") == "deploy" for e in events)
+    [refused] = [e for e in events if e.kind == "gate_refused" and e.details["task_id"] == "prod.deploy"]
+    assert any("no approval recorded in the ledger by prod.approve" in r for r in refused.details["reasons"])
     assert {"state": "failed"}.items() <= next(e.details for e in events if e.kind == "run_state").items()
     change = [e for e in events if e.kind == "change_closed"]
     assert change and change[-1].details["state"] == "canceled", "the listener canceled the unimplemented change"

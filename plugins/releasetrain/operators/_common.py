@@ -70,7 +70,7 @@ def release_request(
                 "(was it marked successful by hand?)"
             )
         candidate = {"version": pinned.get("version"), "published_by": pinned.get("requested_by")}
-    people = getattr(context.get("task"), "people", None)  # the directory the factory gave the task
+    people = getattr(context.get("task"), "user_directory", None)  # the directory the factory gave the task
     try:
         return build_request(
             release=release,
@@ -93,7 +93,7 @@ def assigned(context_or_task: Any, user_ids: list[str]) -> list[dict[str, str]]:
     from releasetrain.core.identity import Directory
 
     task = context_or_task.get("task") if isinstance(context_or_task, dict) else context_or_task
-    return Directory(getattr(task, "people", None) or {}).assigned(user_ids)
+    return Directory(getattr(task, "user_directory", None) or {}).assigned(user_ids)
 
 
 def responder(result: dict[str, Any], request: ReleaseRequest | None = None) -> str | None:

@@ -52,7 +52,7 @@ def _requesters(context: Any) -> set[str]:
     from releasetrain.core.identity import Directory
 
     name = _requester(context)
-    people = getattr(context.get("task"), "people", None) or {}
+    people = getattr(context.get("task"), "user_directory", None) or {}
     return {name, Directory(people).id_of(name) or name}
 
 

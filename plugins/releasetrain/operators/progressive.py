@@ -42,7 +42,7 @@ from releasetrain.operators.deploy import DeployTargetCalls, pre_deploy
 # 2-core machine). These tasks are safe to run again (a weight already set is not set
 # again; a promoted version is not promoted twice), so they retry; decisions raise
 # AirflowFailException, which is never retried.
-RACE_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=3)}
+RACE_RETRIES = {"retries": 4, "retry_delay": timedelta(seconds=3)}
 ABORTED_KEY = "aborted"
 PROMOTE, ROLL_BACK = OPTION_PROMOTE, OPTION_ROLL_BACK
 
