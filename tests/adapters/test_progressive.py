@@ -645,6 +645,17 @@ def test_promote_goes_on_from_the_verdicts(fleet, records):
     assert promoted.details["task_id"] == "prod.promote" and promoted.details["replaced"] == "1.0.0"
 
 
+def test_a_retried_promote_after_the_switch_still_leaves_its_proof(fleet):
+    state, url = fleet
+    canary_at_10(state)
+    verdict("successful")
+    op = promote_op(analysis_task_ids=["prod.canary_10"])
+    op.execute(context(FakeTI(), task_id="prod.promote"))
+    again = op.execute(context(FakeTI(), task_id="prod.promote"))  # a retry finds 2.0.0 already live
+    assert again["noop"] is True
+    assert [e.details.get("noop", False) for e in run_events("promoted")] == [False, True]
+
+
 # --- the environment's last gate -------------------------------------------------------------
 PROOFS = ["prod.verify", "prod.deploy", "prod.canary_10", "prod.promote", "prod.smoke"]
 PROOF_RECORDS = {

@@ -373,7 +373,10 @@ class PromoteOperator(BaseOperator):
             idle = status.get("idle") or {}
             if status.get("version") == version and idle.get("version") != version:
                 self.log.info("%s already serves %s: nothing to promote", self.environment, version)
-                return {"environment": self.environment, "version": version, "noop": True}
+                # seen on the target itself (a retry after the switch): the stage's proof all the same
+                done = {"version": version, "noop": True}
+                record(context, Event.PROMOTED, self.release, environment=self.environment, details=done)
+                return {"environment": self.environment, **done}
             if idle.get("version") != version:
                 raise AirflowFailException(
                     f"{self.environment}: {version} is not on the idle colour (idle: {idle.get('version') or 'none'})"
