@@ -676,7 +676,9 @@ def _environment_stage(
             target=env.deploy_target,
             trigger_rule=TriggerRule.ALL_DONE,
         )
-        [lock, last, rollback, *([abort] if abort_task_id else [])] >> unlock
+        # after every step of the stage: marking a few of them done by hand frees nothing early
+        ends = {t.task_id: t for t in [lock, *watched, last, rollback, *([abort] if abort_task_id else [])]}
+        list(ends.values()) >> unlock
     upstream >> first
     gates.append(last.task_id)
     return last

@@ -2,6 +2,8 @@
 
 Registered by the plugin. It records:
 
+- every release run's start (``run_started``, with its clear number: a deleted run
+  triggered again under the same id is told apart from a cleared one);
 - every release run's final state (``run_state``), including runs marked by hand;
 - task states set by hand through the UI or REST (``task_state`` with ``by_hand``),
   e.g. an approval task marked successful (the deploy refuses it; this is the record);
@@ -120,12 +122,31 @@ def _release_locks(dag_id: str, run_id: str) -> None:
 
     hook = LedgerHook()
     try:
-        released = hook.store.unlock(f"{dag_id}/{run_id}")
+        released = hook.store.unlock_run(f"{dag_id}/{run_id}")
     finally:
         hook.close()
     release = release_of_dag(dag_id) or ""
     for target in released:
         _append(Event.LOCK_RELEASED, release, dag_id, run_id, actor="airflow", details={"target": target})
+
+
+@hookimpl
+def on_dag_run_running(dag_run: Any, msg: str) -> None:
+    """A run starts (or, cleared, starts again): its clear number tells a new run from a
+    cleared one, so a run deleted and triggered again under the same id inherits nothing."""
+    dag_id = getattr(dag_run, "dag_id", "")
+    release = release_of_dag(dag_id)
+    if not release:
+        return
+    run_id = dag_run.run_id  # read here, in the caller's session
+    clear_number = int(getattr(dag_run, "clear_number", 0) or 0)
+    created = getattr(dag_run, "queued_at", None) or getattr(dag_run, "start_date", None)
+    key = f"{getattr(dag_run, 'id', '')}:{created.isoformat() if created else ''}"
+    details = {"clear_number": clear_number, "dag_run_key": key}
+    _isolated(
+        lambda: _append(Event.RUN_STARTED, release, dag_id, run_id, actor="airflow", details=details),
+        f"the start of {release} {run_id}",
+    )
 
 
 @hookimpl

@@ -40,7 +40,14 @@ def test_storefront_graph(dagbag):
         assert tasks[f"{env}.deploy"].locked and tasks[f"{env}.rollback"].locked
         assert tasks[f"{env}.rollback"].trigger_rule == TriggerRule.ONE_FAILED
         assert tasks[f"{env}.unlock"].trigger_rule == TriggerRule.ALL_DONE
-        assert tasks[f"{env}.unlock"].upstream_task_ids == {f"{env}.lock", f"{env}.passed", f"{env}.rollback"}
+        # after every step of the stage: marking passed and rollback done by hand frees nothing early
+        assert tasks[f"{env}.unlock"].upstream_task_ids >= {
+            f"{env}.lock",
+            f"{env}.deploy",
+            f"{env}.smoke",
+            f"{env}.passed",
+            f"{env}.rollback",
+        }
         # every environment ends in `passed`, which checks the stage's records in the ledger
         assert tasks[f"{env}.passed"].proof_task_ids[:3] == [f"{env}.verify", f"{env}.deploy", f"{env}.smoke"]
     assert tasks["prod.passed"].proof_task_ids == ["prod.verify", "prod.deploy", "prod.smoke", "prod.health"]

@@ -573,6 +573,16 @@ REFUSED_PRIORS = [
         r"approver chose 'Roll back' at prod.decide_10",
         id="inconclusive-rolled-back",
     ),
+    pytest.param(  # the analysis cleared and run again until it passed: the failure stands
+        [lambda: verdict("failed", reason="too many errors"), lambda: verdict("successful")],
+        r"prod.canary_10's analysis failed: too many errors .*final for prod in this run",
+        id="failed-then-rerun-until-it-passed",
+    ),
+    pytest.param(  # the decision cleared and answered again: the Roll back stands
+        [lambda: verdict("inconclusive"), lambda: decided("Roll back"), lambda: decided("Promote")],
+        r"approver chose 'Roll back' at prod.decide_10 .*final for prod in this run",
+        id="rolled-back-then-promoted",
+    ),
 ]
 ALLOWED_PRIORS = [
     pytest.param([lambda: verdict("successful")], id="successful"),

@@ -27,6 +27,9 @@ from releasetrain.core.bundle import BundleError, load_public_key, public_key_pe
 from releasetrain.core.ledger import LedgerEvent, canonical, compute_hash, now_iso
 
 FORMAT = "releasetrain.evidence/v1"
+# The outcome of a run Airflow ended "success" although no completion was recorded (no
+# closure by release_complete, no review of a manual rollback): marked successful by hand.
+UNPROVEN_SUCCESS = "success_not_recorded"
 
 
 class EvidenceError(ValueError):
@@ -46,6 +49,7 @@ def summarise(events: Iterable[LedgerEvent]) -> dict[str, Any]:
         "rollbacks": [],
         "outcome": None,
     }
+    completed = False
     for event in events:
         d = event.details
         if event.kind == "approval_given":
@@ -75,13 +79,21 @@ def summarise(events: Iterable[LedgerEvent]) -> dict[str, Any]:
         elif event.kind == "closure":
             summary["closure"] = {"actor": event.actor, **d}
             summary["outcome"] = d.get("outcome", summary["outcome"])
+            completed = completed or d.get("outcome") == "success"
         elif event.kind == "deployed":
             summary["deployments"].append({"environment": event.environment, **d})
         elif event.kind == "rollback":
             summary["rollbacks"].append({"environment": event.environment, **d})
             summary["outcome"] = summary["outcome"] or "rolled_back"
+        elif event.kind == "review" and d.get("of") == "manual rollback":
+            completed = True
         elif event.kind == "run_state":
-            summary["outcome"] = d.get("state", summary["outcome"])
+            state = d.get("state", summary["outcome"])
+            if state == "success" and not completed:
+                # Airflow says success, but the run's last task recorded no completion: the
+                # run (or its last tasks) was marked successful by hand
+                state = UNPROVEN_SUCCESS
+            summary["outcome"] = state
     return summary
 
 

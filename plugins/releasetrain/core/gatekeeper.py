@@ -72,11 +72,40 @@ class Decision:
         return f"{self.step} refused: " + "; ".join(self.reasons)
 
 
+def current_incarnation(events: Iterable[EventLike]) -> list[EventLike]:
+    """The events of the run that exists now under a DAG id and run id.
+
+    A run deleted through the API and triggered again under the same run id is a new run:
+    it must not inherit the old one's approvals, verdicts or locks. The listener records
+    ``run_started`` with the run's clear number each time a run starts running; a start
+    with clear number 0 is a new run (a clear always increments it), so everything before
+    the last such start belonged to a deleted run.
+    """
+    events = list(events)
+    starts = [
+        i for i, e in enumerate(events) if e.kind == Event.RUN_STARTED and not int(e.details.get("clear_number") or 0)
+    ]
+    return events[starts[-1] :] if starts else events
+
+
 class RunLedger:
-    """The ledger events of one run (one DAG id and run id), read as facts."""
+    """The ledger events of one run (one DAG id and run id), read as facts.
+
+    Only the current incarnation of the run counts (see :func:`current_incarnation`).
+    """
 
     def __init__(self, events: Iterable[EventLike]) -> None:
-        self.events = list(events)
+        self.events = current_incarnation(events)
+
+    @property
+    def incarnation(self) -> str:
+        """What tells this run from a deleted one of the same id: when it first started ("" unknown)."""
+        started = [e for e in self.events if e.kind == Event.RUN_STARTED]
+        return str(started[0].details.get("dag_run_key") or started[0].at) if started else ""
+
+    def ended(self) -> EventLike | None:
+        """The run's end, when it already ended once (a finished run that was cleared)."""
+        return self.last(Event.RUN_STATE)
 
     def of(self, kind: str, *, environment: str | None = None, task_id: str | None = None) -> list[EventLike]:
         return [
@@ -141,8 +170,39 @@ def step_proof(run: RunLedger, task_id: str, environment: str, *, digest: str | 
     return Decision.allow(task_id)
 
 
+# An analysis outcome that condemns the version for the rest of the run in that environment
+# ("error" is not one: the metrics could not be read, nothing was judged).
+CONDEMNING_OUTCOMES = frozenset({"failed", "aborted"})
+
+
+def condemned(run: RunLedger, environment: str, step: str) -> Decision:
+    """A failed analysis, or a human's "Roll back", is final for the environment in this run:
+    clearing the step and running it again until it passes proves nothing."""
+    for e in run.of(Event.ANALYSIS, environment=environment):
+        if e.details.get("outcome") in CONDEMNING_OUTCOMES:
+            reason = f": {e.details['reason']}" if e.details.get("reason") else ""
+            return Decision.refuse(
+                step,
+                f"{e.details.get('task_id')}'s analysis {e.details.get('outcome')}{reason} ({e.at}); a failed "
+                f"analysis is final for {environment} in this run: trigger a new run",
+            )
+    for e in run.of(Event.ANALYSIS_DECISION, environment=environment):
+        if e.details.get("choice") == OPTION_ROLL_BACK:
+            who = e.actor or "nobody (timed out)"
+            return Decision.refuse(
+                step,
+                f"{who} chose {OPTION_ROLL_BACK!r} at {e.details.get('task_id')} ({e.at}): final for {environment} "
+                "in this run; trigger a new run",
+            )
+    return Decision.allow(step)
+
+
 def analysis_proof(run: RunLedger, task_id: str, environment: str) -> Decision:
-    """An analysis passed, or was inconclusive and a human chose to promote (``decide_*``)."""
+    """An analysis passed, or was inconclusive and a human chose to promote (``decide_*``);
+    never after a verdict in the environment condemned the version (:func:`condemned`)."""
+    final = condemned(run, environment, task_id)
+    if not final.allowed:
+        return final
     verdict = run.last(Event.ANALYSIS, environment=environment, task_id=task_id)
     if verdict is None:
         return Decision.refuse(task_id, run.missing(task_id, "analysis verdict"))
@@ -203,6 +263,9 @@ def approvals(
     A refusal names the approval tasks (``task_ids``) that recorded nothing although they
     were set to success by hand, or the first one when no approval was recorded at all.
     """
+    final = not_rejected(run, step, environment=environment)
+    if not final.allowed:
+        return final
     records = [
         {"approver": e.actor, "digest": e.details.get("digest"), "group": e.details.get("group")}
         for e in run.of(Event.APPROVAL_GIVEN, environment=environment)
@@ -248,17 +311,22 @@ def environment_passed(run: RunLedger, environment: str, digest: str, *, gate_ta
     return Decision.allow(gate_task_id)
 
 
-def not_rejected(run: RunLedger, task_id: str) -> Decision:
-    """A rejection (or timeout) is final for the run: the request is never asked again."""
+def not_rejected(run: RunLedger, task_id: str, *, environment: str | None = None) -> Decision:
+    """A rejection (or timeout) is final for the run: the request is never asked again.
+
+    With ``environment``, a rejection of *any* of the environment's approvals is final for
+    all of them (one approver's Reject is not outvoted by clearing the slot and asking
+    someone else)."""
     for kind in (Event.APPROVAL_REJECTED, Event.APPROVAL_TIMED_OUT):
-        found = run.of(kind, task_id=task_id)
+        found = run.of(kind, environment=environment) if environment is not None else run.of(kind, task_id=task_id)
         if found:
             by = f" by {found[-1].actor}" if found[-1].actor else ""
             what = "rejected" if kind == Event.APPROVAL_REJECTED else "timed out"
+            where = found[-1].details.get("task_id") or task_id
             return Decision.refuse(
                 task_id,
-                f"{task_id} was {what}{by} at {found[-1].at}: a rejection is final for this run; "
-                "trigger a new run to ask again",
+                f"{where} was {what}{by} at {found[-1].at}: a rejection is final for "
+                f"{environment + ' in ' if environment else ''}this run; trigger a new run to ask again",
             )
     return Decision.allow(task_id)
 
@@ -283,17 +351,20 @@ def recorded_person(run: RunLedger, kind: str, task_id: str, what: str) -> Decis
 def rollback_candidates(events: Iterable[EventLike], environment: str, live_version: str | None) -> list[dict]:
     """Versions a manual rollback may return ``environment`` to, newest first.
 
-    A version qualifies when it is older than the live version, was never rolled back there
-    for being bad, and either a release run passed in the environment with it or it was
-    live there when a release run started deploying (the version in service before it).
+    A version qualifies when it is older than the live version, was not rolled back there
+    since it last passed (by a release's rollback or a manual one: ``events`` are all of the
+    release's, from its release DAG and its rollback DAG), and either a release run passed
+    in the environment with it or it was live there when a release run started deploying
+    (the version in service before it).
     """
     passed: dict[str, dict] = {}
     bad: set[str] = set()
-    for e in events:
+    for e in events:  # in ledger order: a version that passes again after its rollback is good again
         if e.environment != environment:
             continue
         if e.kind == Event.ENVIRONMENT_PASSED and e.details.get("version"):
             passed[e.details["version"]] = {"version": e.details["version"], "digest": e.details.get("digest")}
+            bad.discard(e.details["version"])
         elif e.kind == Event.DEPLOY_STARTED:
             before = e.details.get("before") or {}
             if before.get("version") and not before.get("noop"):

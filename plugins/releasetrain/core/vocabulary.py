@@ -127,6 +127,7 @@ class Event(StrEnum):
     CHANGE_TRANSITION = "change_transition"
     CHANGE_CLOSED = "change_closed"
     CLOSURE = "closure"
+    RUN_STARTED = "run_started"
     RUN_STATE = "run_state"
     TASK_STATE = "task_state"
     REVIEW = "review"

@@ -260,6 +260,43 @@ class LedgerStore:
             cursor.close()
         return targets
 
+    def unlock_run(self, run: str) -> list[str]:
+        """Release what any incarnation of a run holds (``run`` is ``<dag_id>/<run_id>``)."""
+        p = self.placeholder
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(f"SELECT target, holder FROM {LOCKS}")
+            held = [(t, h) for t, h in cursor.fetchall() if h == run or h.startswith(run + "@")]
+            for target, holder in held:
+                cursor.execute(f"DELETE FROM {LOCKS} WHERE target = {p} AND holder = {p}", (target, holder))
+            self.conn.commit()
+        except Exception as exc:
+            self.conn.rollback()
+            raise LedgerError(f"{self.description}: could not unlock for {run!r}: {exc}") from exc
+        finally:
+            cursor.close()
+        return [target for target, _ in held]
+
+    def take_over(self, target: str, stale: str, holder: str) -> bool:
+        """Give ``target`` to ``holder`` if ``stale`` still holds it (a run that ended or was deleted)."""
+        from releasetrain.core.ledger import now_iso
+
+        p = self.placeholder
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(
+                f"UPDATE {LOCKS} SET holder = {p}, acquired_at = {p} WHERE target = {p} AND holder = {p}",
+                (holder, now_iso(), target, stale),
+            )
+            taken = cursor.rowcount == 1
+            self.conn.commit()
+        except Exception as exc:
+            self.conn.rollback()
+            raise LedgerError(f"{self.description}: could not take {target!r} over from {stale!r}: {exc}") from exc
+        finally:
+            cursor.close()
+        return taken
+
     def verify(self) -> VerifyResult:
         # Read the head first: events appended meanwhile extend the chain past it, which is fine.
         head = self.head()

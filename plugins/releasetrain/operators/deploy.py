@@ -276,7 +276,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         if self.locked:
             from releasetrain.operators.lock import lock_decision
 
-            decisions.append(lock_decision(context, self.deploy_target_conn_id, self.task_id))
+            decisions.append(lock_decision(context, self.deploy_target_conn_id, self.task_id, self.release))
         if self.previous_environment and self.promotion_gate_task_id:
             decisions.append(
                 gatekeeper.environment_passed(

@@ -9,20 +9,38 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from releasetrain.core.gatekeeper import Decision
+from releasetrain.core.gatekeeper import Decision, RunLedger
 from releasetrain.core.ledger import LedgerError
 from releasetrain.core.vocabulary import Event
-from releasetrain.operators._common import dag_id_of, record
+from releasetrain.operators._common import dag_id_of, enforce, record, run_ledger
 
 LEDGER_CONN_ID = "releasetrain_ledger"
 
 
-def holder_of(context: Any) -> str:
-    """The lock holder's name for this run: ``<dag_id>/<run_id>`` (run ids repeat across DAGs)."""
+def run_key(context: Any) -> str:
+    """``<dag_id>/<run_id>``: a run, across its incarnations."""
     return f"{dag_id_of(context)}/{context['run_id']}"
 
 
-def lock_decision(context: Any, target: str, step: str) -> Decision:
+def holder_of(context: Any, release: str) -> str:
+    """The lock holder's name for this run: ``<dag_id>/<run_id>@<incarnation>``.
+
+    Run ids repeat across DAGs, and a deleted run triggered again under its old id is a new
+    run: the incarnation (when the run first started, from the listener's ledger record)
+    keeps it from inheriting the deleted run's lock.
+    """
+    incarnation = run_ledger(context, release).incarnation
+    return f"{run_key(context)}@{incarnation}" if incarnation else run_key(context)
+
+
+def parse_holder(holder: str) -> tuple[str, str, str]:
+    """``(dag_id, run_id, incarnation)`` of a holder name (DAG ids never contain ``/``)."""
+    dag_id, _, rest = holder.partition("/")
+    run_id, _, incarnation = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    return dag_id, run_id, incarnation
+
+
+def lock_decision(context: Any, target: str, step: str, release: str) -> Decision:
     """Allowed only while this run holds ``target``'s lock (read from the lock table, not XCom)."""
     from releasetrain.hooks.ledger import LedgerHook
 
@@ -33,11 +51,95 @@ def lock_decision(context: Any, target: str, step: str) -> Decision:
         return Decision.refuse(step, f"the lock of {target} cannot be read: {exc}")
     finally:
         hook.close()
-    me = holder_of(context)
+    me = holder_of(context, release)
     if holder == me:
         return Decision.allow(step)
     who = f"held by {holder}" if holder else "not held by anyone"
     return Decision.refuse(step, f"this run does not hold the lock of deploy target {target} ({who})")
+
+
+def may_lock(run: RunLedger, environment: str, target: str, step: str) -> Decision:
+    """A run takes a target's lock for an environment once: never again after it released it,
+    nor after the run ended (a finished run that is cleared must not deploy, or roll back,
+    again: trigger a new run)."""
+    released = [
+        e
+        for e in run.of(Event.LOCK_RELEASED)
+        if e.details.get("target") == target and e.environment in (environment, "")
+    ]
+    if released:
+        return Decision.refuse(
+            step,
+            f"this run already held and released deploy target {target} for {environment} ({released[-1].at}): "
+            "a run's stage is not run again after it ended; trigger a new run",
+        )
+    ended = run.ended()
+    if ended is not None:
+        return Decision.refuse(
+            step,
+            f"this run already ended {ended.details.get('state')} at {ended.at}: a cleared run does not deploy or roll "
+            "back again; trigger a new run",
+        )
+    return Decision.allow(step)
+
+
+def _stale(context: Any, holder: str, me: str) -> str:
+    """Why ``holder`` no longer holds anything ("" when it may still): its run ended without
+    releasing, was deleted, or was deleted and triggered again under the same id."""
+    from releasetrain.core.gatekeeper import RunLedger
+    from releasetrain.core.vocabulary import release_of_dag
+    from releasetrain.hooks.ledger import LedgerHook
+
+    dag_id, run_id, incarnation = parse_holder(holder)
+    if not dag_id or not run_id:
+        return ""
+    if f"{dag_id}/{run_id}" == run_key(context) and holder != me:
+        return f"{holder} is an earlier run under this run's id (deleted)"
+    try:
+        active = context["ti"].get_dr_count(dag_id=dag_id, run_ids=[run_id], states=["queued", "running"])
+    except Exception:  # cannot tell: the holder keeps the lock
+        return ""
+    if not active:
+        return f"the run {dag_id}/{run_id} ended or was deleted without releasing it"
+    if incarnation and release_of_dag(dag_id):
+        hook = LedgerHook()
+        try:
+            now = RunLedger(hook.events(release=release_of_dag(dag_id), run_id=run_id, dag_id=dag_id)).incarnation
+        except LedgerError:
+            return ""
+        finally:
+            hook.close()
+        if now and now != incarnation:
+            return f"{holder} was deleted; {dag_id}/{run_id} is a new run"
+    return ""
+
+
+def try_acquire(context: Any, *, release: str, environment: str, target: str, step: str) -> tuple[bool, str]:
+    """Take ``target`` for this run if it may (:func:`may_lock`; refused otherwise), taking it
+    over from a stale holder; returns (acquired, this run's holder name)."""
+    from releasetrain.hooks.ledger import LedgerHook
+
+    run = run_ledger(context, release)
+    enforce(context, may_lock(run, environment, target, step), release, environment)
+    me = holder_of(context, release)
+    hook = LedgerHook()
+    try:
+        holder = hook.store.try_lock(target, me)
+        stale = _stale(context, holder, me) if holder != me else ""
+        if stale and hook.store.take_over(target, holder, me):
+            record(
+                context,
+                Event.LOCK_ACQUIRED,
+                release,
+                environment=environment,
+                details={"target": target, "holder": me, "taken_over_from": holder, "why": stale},
+            )
+            holder = me
+    except LedgerError as exc:
+        raise AirflowFailException(f"{environment}: cannot lock deploy target {target}: {exc}") from None
+    finally:
+        hook.close()
+    return holder == me, me
 
 
 class TargetLockOperator(BaseOperator):
@@ -61,20 +163,14 @@ class TargetLockOperator(BaseOperator):
         self.poll_interval = poll_interval
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from releasetrain.hooks.ledger import LedgerHook
         from releasetrain.triggers.lock import TargetLockTrigger
 
-        me = holder_of(context)
-        hook = LedgerHook()
-        try:
-            holder = hook.store.try_lock(self.target, me)
-        except LedgerError as exc:
-            raise AirflowFailException(f"{self.environment}: cannot lock deploy target {self.target}: {exc}") from None
-        finally:
-            hook.close()
-        if holder == me:
+        acquired, me = try_acquire(
+            context, release=self.release, environment=self.environment, target=self.target, step=self.task_id
+        )
+        if acquired:
             return self._acquired(context)
-        self.log.info("%s: deploy target %s is held by %s; waiting (deferred)", self.environment, self.target, holder)
+        self.log.info("%s: deploy target %s is held by another run; waiting (deferred)", self.environment, self.target)
         self.defer(
             trigger=TargetLockTrigger(
                 target=self.target, holder=me, ledger_conn_id=LEDGER_CONN_ID, poll_interval=self.poll_interval
@@ -84,12 +180,14 @@ class TargetLockOperator(BaseOperator):
         return {}
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        if event.get("recheck"):  # waited a while: is the holder still alive? (then wait again)
+            return self.execute(context)
         if not event.get("acquired"):
             raise AirflowFailException(f"{self.environment}: could not lock {self.target}: {event.get('error')}")
         return self._acquired(context)
 
     def _acquired(self, context: Any) -> dict[str, Any]:
-        details = {"target": self.target, "holder": holder_of(context)}
+        details = {"target": self.target, "holder": holder_of(context, self.release)}
         record(context, Event.LOCK_ACQUIRED, self.release, environment=self.environment, details=details)
         self.log.info("%s: this run holds deploy target %s", self.environment, self.target)
         return details
@@ -111,13 +209,14 @@ class TargetUnlockOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from releasetrain.hooks.ledger import LedgerHook
 
+        me = holder_of(context, self.release)
         hook = LedgerHook()
         try:
-            released = hook.store.unlock(holder_of(context), self.target)
+            released = hook.store.unlock(me, self.target)
         finally:
             hook.close()
         if released:
-            details = {"target": self.target, "holder": holder_of(context)}
+            details = {"target": self.target, "holder": me}
             record(context, Event.LOCK_RELEASED, self.release, environment=self.environment, details=details)
             self.log.info("%s: deploy target %s released", self.environment, self.target)
         return {"target": self.target, "released": bool(released)}

@@ -34,12 +34,15 @@ from releasetrain.core.vocabulary import (
     ROLLBACK_PLAN,
     Event,
     release_dag_id,
+    rollback_dag_id,
 )
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
 from releasetrain.operators._common import assigned, dag_id_of, enforce, record, record_decision, run_ledger
 from releasetrain.operators.rollback import RollbackOperator
 
 PLAN_TASK_ID = ROLLBACK_PLAN
+# what a rollback approval approves: the plan's environment, from what, to what
+PLAN_KEYS = ("environment", "from_version", "from_digest", "version", "digest")
 
 
 def _requester(context: Any) -> str:
@@ -104,7 +107,8 @@ class ManualRollbackPlanOperator(BaseOperator):
 
         ledger = LedgerHook()
         try:
-            return list(ledger.events(release=self.release, dag_id=release_dag_id(self.release)))
+            ours = {release_dag_id(self.release), rollback_dag_id(self.release), ""}
+            return [e for e in ledger.events(release=self.release) if e.dag_id in ours]
         except LedgerError as exc:
             raise AirflowFailException(f"the release ledger cannot be read: {exc}") from None
         finally:
@@ -240,7 +244,7 @@ class RollbackApprovalOperator(HITLOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         plan = recorded_plan(context, self.release)
-        details = {"version": plan["version"], "digest": plan.get("digest")}
+        details = {k: plan.get(k) for k in PLAN_KEYS}
         if event.get("timedout") or event.get("error_type") == "timeout":
             record_decision(context, Event.APPROVAL_TIMED_OUT, self.release, environment=plan["environment"])
             raise AirflowFailException("rollback approval: no answer before the timeout")
@@ -299,15 +303,7 @@ class ManualRollbackOperator(RollbackOperator):
         if plan.get("environment") != self.environment:
             raise AirflowSkipException(f"this rollback is for {plan.get('environment')}, not {self.environment}")
         if self.approval_task_id:
-            approved = run_ledger(context, self.release).of(Event.APPROVAL_GIVEN, task_id=self.approval_task_id)
-            if not approved:
-                run = run_ledger(context, self.release)
-                enforce(
-                    context,
-                    Decision.refuse(self.task_id, run.missing(self.approval_task_id, "rollback approval")),
-                    self.release,
-                    self.environment,
-                )
+            enforce(context, self._approved(context, plan), self.release, self.environment)
         self._take_lock(context)
         change = plan.get("change")
         if change:
@@ -316,30 +312,66 @@ class ManualRollbackOperator(RollbackOperator):
         return super().execute(context)
 
     def execute_locked(self, context: Any, event: dict[str, Any]) -> dict[str, Any] | None:
+        if event.get("recheck"):
+            return self.execute(context)
         if not event.get("acquired"):
             raise AirflowFailException(f"{self.environment}: could not lock {self.deploy_target_conn_id}: {event}")
         return self.execute(context)
 
+    def _approved(self, context: Any, plan: dict[str, Any]) -> Decision:
+        """The rollback approval was given for *this* plan (environment, from and to), after it."""
+        run = run_ledger(context, self.release)
+        planned = run.last(Event.ROLLBACK_REQUESTED, task_id=PLAN_TASK_ID)
+        after = run.events[run.events.index(planned) :] if planned is not None else []
+        given = [
+            e for e in after if e.kind == Event.APPROVAL_GIVEN and e.details.get("task_id") == self.approval_task_id
+        ]
+        if not given:
+            return Decision.refuse(self.task_id, run.missing(self.approval_task_id, "rollback approval of this plan"))
+        approved = given[-1].details
+        what = {k: plan.get(k) for k in PLAN_KEYS}
+        if {k: approved.get(k) for k in PLAN_KEYS} != what:
+            return Decision.refuse(
+                self.task_id,
+                f"the rollback approval by {given[-1].actor} was for {approved.get('environment')} "
+                f"{approved.get('from_version')} -> {approved.get('version')}, not the plan's "
+                f"{plan.get('environment')} {plan.get('from_version')} -> {plan.get('version')}",
+            )
+        return Decision.allow(self.task_id)
+
     def _take_lock(self, context: Any) -> None:
         """Hold the deploy target like a release does: never in the middle of another run's stage."""
-        from releasetrain.hooks.ledger import LedgerHook
-        from releasetrain.operators.lock import LEDGER_CONN_ID, holder_of
+        from releasetrain.operators.lock import LEDGER_CONN_ID, try_acquire
         from releasetrain.triggers.lock import TargetLockTrigger
 
-        me = holder_of(context)
+        target = self.deploy_target_conn_id
+        acquired, me = try_acquire(
+            context, release=self.release, environment=self.environment, target=target, step=self.task_id
+        )
+        if acquired:
+            details = {"target": target, "holder": me}
+            record(context, Event.LOCK_ACQUIRED, self.release, environment=self.environment, details=details)
+            return
+        self.log.warning("%s is held by another run: waiting for it (deferred)", target)
+        self.defer(
+            trigger=TargetLockTrigger(target=target, holder=me, ledger_conn_id=LEDGER_CONN_ID, poll_interval=2.0),
+            method_name="execute_locked",
+        )
+
+    def _release_lock(self, context: Any) -> None:
+        """The rollback is over: the target is free again (the review may take days)."""
+        from releasetrain.hooks.ledger import LedgerHook
+        from releasetrain.operators.lock import holder_of
+
+        me = holder_of(context, self.release)
         hook = LedgerHook()
         try:
-            holder = hook.store.try_lock(self.deploy_target_conn_id, me)
+            released = hook.store.unlock(me, self.deploy_target_conn_id)
         finally:
             hook.close()
-        if holder != me:
-            self.log.warning("%s is held by %s: waiting for it (deferred)", self.deploy_target_conn_id, holder)
-            self.defer(
-                trigger=TargetLockTrigger(
-                    target=self.deploy_target_conn_id, holder=me, ledger_conn_id=LEDGER_CONN_ID, poll_interval=2.0
-                ),
-                method_name="execute_locked",
-            )
+        if released:
+            details = {"target": self.deploy_target_conn_id, "holder": me}
+            record(context, Event.LOCK_RELEASED, self.release, environment=self.environment, details=details)
 
     def _after_rollback(self, context: Any, before: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         out = super()._after_rollback(context, before, result)
@@ -347,6 +379,7 @@ class ManualRollbackOperator(RollbackOperator):
         if plan.get("change"):
             ref = ChangeRef.from_dict(plan["change"])
             _move(context, self.release, ref, plan.get("change_conn_id"), ChangeState.REVIEW, "rolled back")
+        self._release_lock(context)
         return out
 
 

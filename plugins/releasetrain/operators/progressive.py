@@ -55,7 +55,7 @@ def _guard(context: Any, operator: Any, run: RunLedger, prior_task_ids: list[str
 
     decisions = [gatekeeper.not_aborted(run, operator.environment, operator.task_id)]
     if getattr(operator, "locked", False):
-        decisions.append(lock_decision(context, operator.deploy_target_conn_id, operator.task_id))
+        decisions.append(lock_decision(context, operator.deploy_target_conn_id, operator.task_id, operator.release))
     decisions += [gatekeeper.analysis_proof(run, task_id, operator.environment) for task_id in prior_task_ids]
     enforce(context, Decision.combine(operator.task_id, decisions), operator.release, operator.environment)
 

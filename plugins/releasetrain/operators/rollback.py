@@ -7,9 +7,10 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
+from releasetrain.core.gatekeeper import Decision
 from releasetrain.core.vocabulary import OPTION_ROLL_BACK, Event
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
-from releasetrain.operators._common import pull, record, release_request, run_ledger
+from releasetrain.operators._common import enforce, pull, record, release_request, run_ledger
 from releasetrain.operators.deploy import DeployTargetCalls, pre_deploy
 
 
@@ -89,11 +90,12 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
                 "the environment needs manual recovery"
             )
         if self.locked:
-            from releasetrain.operators._common import enforce
             from releasetrain.operators.lock import lock_decision
 
             # without the lock, what runs there now may be another run's deploy: never undo it
-            enforce(context, lock_decision(context, self.deploy_target_conn_id, self.task_id), self.release)
+            enforce(
+                context, lock_decision(context, self.deploy_target_conn_id, self.task_id, self.release), self.release
+            )
         hook = DeployTargetHook(self.deploy_target_conn_id)
         live = self._call(hook.get_status)
         running = live.get("in_progress") or {}
@@ -104,6 +106,7 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         version = self._failed_version(context, live)
         idle = live.get("idle") or {}
         same_live = live.get("version") == before["version"] and live.get("digest") == before.get("digest")
+        enforce(context, self._still_ours(context, live, before, version, same_live), self.release, self.environment)
         if version and idle.get("version") == version and same_live:
             # a canary (or an idle colour) that never became live: take it out of traffic
             self.log.warning("ABORTING %s in %s: traffic back to %s", version, self.environment, before["version"])
@@ -127,6 +130,25 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         if started.get("state") == "succeeded":
             return self._after_rollback(context, before, self._verify(hook, before, context))
         self._wait(str(started["deployment_id"]), "execute_complete")
+
+    def _still_ours(
+        self, context: Any, live: dict[str, Any], before: dict[str, Any], version: str | None, same_live: bool
+    ) -> Decision:
+        """Roll back only what this run put there: the target runs what it ran before this run
+        (nothing to undo, or only a canary to take out), or the version and digest this run
+        deployed (for a manual rollback: what its plan saw). Anything else is someone else's
+        change, and undoing it silently is worse than stopping."""
+        digest = self._failed_digest(context)
+        if same_live:
+            return Decision.allow(self.task_id)
+        if version and live.get("version") == version and (not digest or live.get("digest") == digest):
+            return Decision.allow(self.task_id)
+        return Decision.refuse(
+            self.task_id,
+            f"{self.environment} runs {live.get('version')} ({live.get('digest')}), neither {version} ({digest}), "
+            f"which this rollback is to replace, nor {before['version']}, which it would restore: rolling back would "
+            "undo a change this run did not make; the environment needs a human",
+        )
 
     def execute_after_deployment(self, context: Any, event: dict[str, Any]) -> dict[str, Any] | None:
         self.log.info("the deployment ended %s: rolling back now", event.get("state"))

@@ -13,6 +13,7 @@ class LockEvent(TypedDict):
     """``acquired`` is True once the lock is this holder's; ``error`` says why not otherwise."""
 
     acquired: bool
+    recheck: bool
     target: str
     holder: str
     error: str
@@ -26,9 +27,20 @@ class TargetLockTrigger(BaseTrigger):
     :param holder: ``<dag_id>/<run_id>`` of the waiting run
     :param ledger_conn_id: the ledger's connection (the lock table lives beside the ledger)
     :param poll_interval: seconds between tries
+    :param recheck_after: seconds after which the trigger hands back to the task
+        (``recheck``) so it can ask Airflow whether the holder's run still exists: a run
+        deleted through the API releases nothing
     """
 
-    def __init__(self, *, target: str, holder: str, ledger_conn_id: str, poll_interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        target: str,
+        holder: str,
+        ledger_conn_id: str,
+        poll_interval: float = 5.0,
+        recheck_after: float = 120.0,
+    ) -> None:
         super().__init__()
         if not target or not holder:
             raise ValueError("target and holder are required")
@@ -38,6 +50,7 @@ class TargetLockTrigger(BaseTrigger):
         self.holder = holder
         self.ledger_conn_id = ledger_conn_id
         self.poll_interval = float(poll_interval)
+        self.recheck_after = float(recheck_after)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -47,11 +60,18 @@ class TargetLockTrigger(BaseTrigger):
                 "holder": self.holder,
                 "ledger_conn_id": self.ledger_conn_id,
                 "poll_interval": self.poll_interval,
+                "recheck_after": self.recheck_after,
             },
         )
 
-    def _event(self, acquired: bool, error: str = "") -> TriggerEvent:
-        payload: LockEvent = {"acquired": acquired, "target": self.target, "holder": self.holder, "error": error}
+    def _event(self, acquired: bool, error: str = "", recheck: bool = False) -> TriggerEvent:
+        payload: LockEvent = {
+            "acquired": acquired,
+            "recheck": recheck,
+            "target": self.target,
+            "holder": self.holder,
+            "error": error,
+        }
         return TriggerEvent(payload)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -63,6 +83,8 @@ class TargetLockTrigger(BaseTrigger):
         except LedgerError as exc:
             yield self._event(False, str(exc))
             return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.recheck_after
         try:
             while True:
                 try:
@@ -72,6 +94,9 @@ class TargetLockTrigger(BaseTrigger):
                     holder = ""
                 if holder == self.holder:
                     yield self._event(True)
+                    return
+                if loop.time() >= deadline:
+                    yield self._event(False, f"still held by {holder}", recheck=True)
                     return
                 self.log.info("%s is held by %s; waiting", self.target, holder or "nobody (retrying)")
                 await asyncio.sleep(self.poll_interval)
