@@ -90,12 +90,17 @@ class AirflowClient:
             "PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}", json={"new_state": state}
         )
 
-    def clear_tasks(self, dag_id: str, run_id: str, task_ids: list[str], *, only_failed: bool = False) -> Any:
-        return self.request(
-            "POST",
-            f"/dags/{dag_id}/clearTaskInstances",
-            json={"dag_run_id": run_id, "task_ids": task_ids, "only_failed": only_failed, "dry_run": False},
-        )
+    def clear_tasks(
+        self, dag_id: str, run_id: str, task_ids: list[str], *, only_failed: bool = False, downstream: bool = False
+    ) -> Any:
+        body = {
+            "dag_run_id": run_id,
+            "task_ids": task_ids,
+            "only_failed": only_failed,
+            "include_downstream": downstream,
+            "dry_run": False,
+        }
+        return self.request("POST", f"/dags/{dag_id}/clearTaskInstances", json=body)
 
     def wait_for_task(
         self,

@@ -146,6 +146,83 @@ def test_a_rejection_is_final():
     assert gatekeeper.not_rejected(run, "prod.approve_2").allowed
 
 
+def test_a_rejection_of_any_approval_is_final_for_the_environment():
+    """A quorum slot rejected, then another slot (or the same, cleared) approved by someone else."""
+    run = RunLedger(
+        [
+            ev(Event.APPROVAL_REJECTED, "prod.approve", "prod", "approver"),
+            approval("approver2", "prod.approve_2"),
+        ]
+    )
+    slot = gatekeeper.not_rejected(run, "prod.approve_2", environment="prod")
+    assert not slot.allowed and "prod.approve was rejected by approver" in slot.message()
+    assert "final for prod in this run" in slot.message()
+    assert gatekeeper.not_rejected(run, "staging.approve", environment="staging").allowed
+    deploy = gatekeeper.approvals(
+        run,
+        "prod",
+        digest=DIGEST,
+        quorum=1,
+        reviews=[],
+        pool=["approver", "approver2"],
+        review_members={},
+        authors=["author"],
+        step="prod.deploy",
+    )
+    assert not deploy.allowed and "rejected by approver" in deploy.message()
+
+
+@pytest.mark.parametrize(
+    "events, reason",
+    [
+        (
+            [
+                ev(Event.ANALYSIS, "prod.canary_10", "prod", outcome="failed", reason="5xx"),
+                ev(Event.ANALYSIS, "prod.canary_10", "prod", outcome="successful"),
+            ],
+            "prod.canary_10's analysis failed: 5xx",
+        ),
+        (
+            [
+                ev(Event.ANALYSIS, "prod.canary_10", "prod", outcome="inconclusive"),
+                ev(Event.ANALYSIS_DECISION, "prod.decide_10", "prod", "approver", choice="Roll back"),
+                ev(Event.ANALYSIS_DECISION, "prod.decide_10", "prod", "approver2", choice="Promote"),
+            ],
+            "approver chose 'Roll back' at prod.decide_10",
+        ),
+        (
+            [
+                ev(Event.ANALYSIS, "prod.canary_10", "prod", outcome="inconclusive"),
+                ev(Event.ANALYSIS_DECISION, "prod.decide_10", "prod", choice="Roll back", timed_out=True),
+            ],
+            "nobody \\(timed out\\) chose 'Roll back'",
+        ),
+    ],
+    ids=["failed-then-passed", "rolled-back-then-promoted", "timed-out"],
+)
+def test_a_condemning_verdict_is_final_for_the_environment(events, reason):
+    import re
+
+    run = RunLedger(events)
+    for step in ("prod.canary_50", "prod.promote"):
+        decision = gatekeeper.analysis_proof(run, "prod.canary_10", "prod")
+        assert not decision.allowed and re.search(reason, decision.message()), decision.message()
+        assert not gatekeeper.condemned(run, "prod", step).allowed
+    assert gatekeeper.condemned(run, "staging", "staging.promote").allowed
+    error = RunLedger([ev(Event.ANALYSIS, "prod.canary_10", "prod", outcome="error")])
+    assert gatekeeper.condemned(error, "prod", "prod.canary_50").allowed, "an unreadable metric judges nothing"
+
+
+def test_only_the_run_that_exists_now_counts():
+    """A run deleted and triggered again under its id starts over; a cleared run does not."""
+    old = [ev(Event.RUN_STARTED, clear_number=0, dag_run_key="1:a"), approval("approver", "prod.approve")]
+    cleared = [*old, ev(Event.RUN_STARTED, clear_number=1, dag_run_key="1:a")]
+    assert RunLedger(cleared).of(Event.APPROVAL_GIVEN) and RunLedger(cleared).incarnation == "1:a"
+    again = [*cleared, ev(Event.RUN_STARTED, clear_number=0, dag_run_key="2:b")]
+    assert not RunLedger(again).of(Event.APPROVAL_GIVEN) and RunLedger(again).incarnation == "2:b"
+    assert RunLedger([approval("approver", "prod.approve")]).incarnation == ""  # no listener record: all count
+
+
 def test_promotion_needs_the_recorded_pass_with_the_same_digest():
     run = RunLedger([ev(Event.ENVIRONMENT_PASSED, "staging.passed", "staging", digest=DIGEST)])
     assert gatekeeper.environment_passed(run, "staging", DIGEST, gate_task_id="staging.passed").allowed
@@ -173,6 +250,19 @@ def test_rollback_candidates_are_passed_older_and_never_rolled_back():
         "0.8.0",
     ]
     assert [c["version"] for c in gatekeeper.rollback_candidates(events, "prod", "2.0.0")] == ["1.2.0", "1.0.0"]
+
+
+def test_a_version_a_manual_rollback_left_is_no_candidate_until_it_passes_again():
+    events = [
+        ev(Event.ENVIRONMENT_PASSED, environment="prod", version="1.0.0", digest="d1"),
+        ev(Event.ENVIRONMENT_PASSED, environment="prod", version="2.0.0", digest="d2"),
+        # the rollback DAG's record: prod rolled back from 2.0.0 to 1.0.0 in an incident
+        ev(Event.ROLLBACK, "rollback_prod", "prod", failed_version="2.0.0", restored_version="1.0.0"),
+        ev(Event.ENVIRONMENT_PASSED, environment="prod", version="3.0.0", digest="d3"),
+    ]
+    assert [c["version"] for c in gatekeeper.rollback_candidates(events, "prod", "3.0.0")] == ["1.0.0"]
+    passed_again = [*events, ev(Event.ENVIRONMENT_PASSED, environment="prod", version="2.0.0", digest="d2")]
+    assert [c["version"] for c in gatekeeper.rollback_candidates(passed_again, "prod", "3.0.0")] == ["2.0.0", "1.0.0"]
 
 
 def test_request_comes_from_the_run_and_names_bad_params():

@@ -108,7 +108,7 @@ def test_a_rewritten_author_a_cleared_rejection_and_a_rollback_run_reusing_the_r
     assert author.wait_for_run(DAG, run_id, timeout=180)["state"] == "failed"
     assert fleet("guard-prod")["version"] == OLD
     [reason] = refusals(ledger, "guarded", run_id, DAG, "guard-prod.approve")
-    assert "rejected by approver2" in reason and "a rejection is final for this run" in reason
+    assert "rejected by approver2" in reason and "a rejection is final for guard-prod in this run" in reason
 
 
 def test_a_deploy_marked_successful_by_hand_proves_nothing(author, fleet, ledger):
@@ -175,6 +175,13 @@ def _two_releases_on_one_target(seen: dict, author, fleet) -> None:
     seen["a_run"] = author.wait_for_run("release_locked-a", a, timeout=400)
     seen["b_run"] = author.wait_for_run("release_locked-b", b, timeout=400)
     seen["history"] = fleet("shared")["history"]
+    # the old run's lock and everything after it cleared: its deploy, and its rollback
+    # (to what ran before a: 1.0.0) would act again on today's target, undoing b's 3.0.0
+    author.clear_tasks("release_locked-a", a, ["shared.lock"], downstream=True)
+    assert author.wait_for_task("release_locked-a", a, "shared.lock", ("queued", "running", "failed"), timeout=60)
+    seen["a_cleared_run"] = author.wait_for_run("release_locked-a", a, timeout=300)
+    seen["a_cleared_states"] = author.task_states("release_locked-a", a)
+    seen["after_clear"] = fleet("shared")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -235,3 +242,12 @@ def test_no_other_deploy_lands_between_a_deploy_and_its_last_check(background, l
     released = next(e.seq for e in ledger.events("locked-a", seen["a"]) if e.kind == "lock_released")
     acquired = next(e.seq for e in ledger.events("locked-b", seen["b"]) if e.kind == "lock_acquired")
     assert released < acquired, "b took the target only after a released it"
+
+    # the finished run cleared from its lock on: it takes nothing, deploys and rolls back nothing
+    states = seen["a_cleared_states"]
+    assert seen["a_cleared_run"]["state"] == "failed", states
+    assert states["shared.lock"] == "failed" and states["shared.deploy"] == "upstream_failed", states
+    assert seen["after_clear"]["version"] == "3.0.0", "b's release was undone"
+    assert seen["after_clear"]["history"] == seen["history"], "the target saw another deployment"
+    reasons = refusals(ledger, "locked-a", seen["a"], "release_locked-a", "shared.lock")
+    assert reasons and "already held and released deploy target fleet_shared for shared" in reasons[-1]

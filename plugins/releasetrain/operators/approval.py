@@ -148,7 +148,8 @@ class ReleaseApprovalOperator(ApprovalOperator):
     def execute(self, context: Any) -> Any:
         request = release_request(context, self.release)
         run = run_ledger(context, self.release)
-        enforce(context, gatekeeper.not_rejected(run, self.task_id), self.release, self.environment)
+        decision = gatekeeper.not_rejected(run, self.task_id, environment=self.environment)
+        enforce(context, decision, self.release, self.environment)
         needed, why = self._needed(context, run)
         if not needed:
             raise AirflowSkipException(f"{self.what} is not needed at this release's risk ({why})")

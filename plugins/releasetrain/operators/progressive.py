@@ -264,7 +264,8 @@ class AnalysisDecisionOperator(HITLOperator):
             raise AirflowSkipException(
                 f"{self.analysis_task_id} was {result.get('outcome') or 'not recorded'}: no decision needed"
             )
-        enforce(context, gatekeeper.not_rejected(run, self.task_id), self.release, self.environment)
+        # a "Roll back" (or a failed analysis) is final for the environment: never asked again
+        enforce(context, gatekeeper.condemned(run, self.environment, self.task_id), self.release, self.environment)
         request = release_request(context, self.release)
         excluded = set(request.authors)
         eligible = [user for user in self.deciders if user not in excluded]
