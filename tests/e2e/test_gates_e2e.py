@@ -251,3 +251,9 @@ def test_no_other_deploy_lands_between_a_deploy_and_its_last_check(background, l
     assert seen["after_clear"]["history"] == seen["history"], "the target saw another deployment"
     reasons = refusals(ledger, "locked-a", seen["a"], "release_locked-a", "shared.lock")
     assert reasons and "already held and released deploy target fleet_shared for shared" in reasons[-1]
+    # the listener told the cleared run from a new one: its clear number, recorded at each start
+    events = ledger.events("locked-a", seen["a"], "release_locked-a")
+    starts = [e.details["clear_number"] for e in events if e.kind == "run_started"]
+    assert starts[0] == 0 and starts[-1] >= 1, starts
+    [held] = [e.details["holder"] for e in events if e.kind == "lock_acquired"]
+    assert held.startswith(f"release_locked-a/{seen['a']}@"), "the holder names the run's incarnation"
