@@ -174,6 +174,7 @@ def _evidence(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from releasetrain.core.gatekeeper import current_incarnation
     from releasetrain.hooks.bundle_store import SigningKeyHook
 
     release, run_id = args.items
@@ -183,6 +184,11 @@ def _evidence(args: argparse.Namespace) -> int:
         dag_id = args.dag_id or release_dag_id(release)
         # events written before runs were keyed by DAG id carry none
         events = [e for e in store.events(release=release, run_id=run_id) if e.dag_id in (dag_id, "")]
+        earlier = len(events)
+        events = current_incarnation(events)  # a deleted run under the same id is not this run
+        earlier -= len(events)
+        if earlier:
+            print(f"evidence: {earlier} events of an earlier, deleted run under this id are left out", file=sys.stderr)
         document = build_evidence(release, run_id, events, head, SigningKeyHook(args.signing_conn).private_key())
     except (LedgerError, EvidenceError, ValueError) as exc:
         print(f"evidence: {exc}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 Registered by the plugin. It records:
 
-- every release run's start (``run_started``, with its clear number: a deleted run
+- every release run's start (``run_started``, with the DAG run's row key: a deleted run
   triggered again under the same id is told apart from a cleared one);
 - every release run's final state (``run_state``), including runs marked by hand;
 - task states set by hand through the UI or REST (``task_state`` with ``by_hand``),
@@ -132,15 +132,17 @@ def _release_locks(dag_id: str, run_id: str) -> None:
 
 @hookimpl
 def on_dag_run_running(dag_run: Any, msg: str) -> None:
-    """A run starts (or, cleared, starts again): its clear number tells a new run from a
-    cleared one, so a run deleted and triggered again under the same id inherits nothing."""
+    """A run starts (or, cleared, starts again): its row key tells a new run from a cleared
+    one, so a run deleted and triggered again under the same id inherits nothing."""
     dag_id = getattr(dag_run, "dag_id", "")
     release = release_of_dag(dag_id)
     if not release:
         return
     run_id = dag_run.run_id  # read here, in the caller's session
     clear_number = int(getattr(dag_run, "clear_number", 0) or 0)
-    created = getattr(dag_run, "queued_at", None) or getattr(dag_run, "start_date", None)
+    # the DAG run's row: its id (reused by SQLite after a delete) and creation time, which no
+    # clear and no state change through the API alters (queued_at and start_date do change)
+    created = getattr(dag_run, "created_at", None)
     key = f"{getattr(dag_run, 'id', '')}:{created.isoformat() if created else ''}"
     details = {"clear_number": clear_number, "dag_run_key": key}
     _isolated(

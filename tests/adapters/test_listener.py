@@ -87,3 +87,18 @@ def test_other_dags_are_ignored_and_errors_never_reach_airflow(ledger, monkeypat
     assert ledger == []
     monkeypatch.setenv("AIRFLOW_CONN_RELEASETRAIN_LEDGER", json.dumps({"conn_type": "ftp", "host": "x"}))
     listener.on_dag_run_success(SimpleNamespace(dag_id="release_storefront", run_id="r3"), "")  # logged, not raised
+
+
+def test_a_run_start_is_recorded_with_its_row_key(ledger):
+    import datetime as dt
+
+    created = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
+    run = SimpleNamespace(dag_id="release_storefront", run_id="run9", id=41, created_at=created, clear_number=3)
+    listener.on_dag_run_running(run, "started")
+    [started] = events("run9")
+    assert started.kind == "run_started" and started.details == {
+        "clear_number": 3,
+        "dag_run_key": "41:2026-11-28T10:00:00+00:00",
+    }
+    listener.on_dag_run_running(SimpleNamespace(dag_id="some_other_dag", run_id="run9"), "started")
+    assert len(events("run9")) == 1, "only release DAGs are recorded"

@@ -337,3 +337,21 @@ def test_evidence_does_not_call_a_run_marked_successful_by_hand_a_success():
         _event(3, "run_state", state="success"),
     ]
     assert summarise(completed)["outcome"] == "success"
+
+
+def test_a_manual_rollback_that_finds_nothing_to_do_frees_the_target_too(monkeypatch):
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        one = dict(fleet.env("prod"))
+        planned(fleet, from_version="1.0.0", from_digest=one["digest"], digest=one["digest"])
+        manual_op().execute(manual_ctx())  # prod already runs 1.0.0: verified, recorded, done
+        assert fleet.deployments == {} and holder() is None
+        assert run_events_of(ROLLBACK_DAG, "lock_released")
+
+
+def run_events_of(dag_id: str, kind: str) -> list:
+    hook = store()
+    try:
+        return list(hook.events(release=RELEASE, run_id=RUN_ID, dag_id=dag_id, kind=kind))
+    finally:
+        hook.close()

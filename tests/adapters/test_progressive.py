@@ -28,7 +28,7 @@ from releasetrain.operators.progressive import (
     measurements_markdown,
 )
 from releasetrain.operators.rollback import RollbackOperator
-from tests.helpers import RELEASE, FakeTI, context, http_connection, run_events, running_fleet, seed
+from tests.helpers import PARAMS, RELEASE, FakeTI, context, http_connection, run_events, running_fleet, seed
 
 NEW = "sha256:" + "b" * 64
 AUTH = ("deployer", "s3cret-pass")
@@ -721,3 +721,22 @@ def test_environment_pass_records_the_verified_digest_and_refuses_another():
     assert result == {"environment": "prod", "digest": NEW, "version": "2.0.0", "passed": True}
     [passed] = run_events("environment_passed")
     assert (passed.environment, passed.details["digest"], passed.details["task_id"]) == ("prod", NEW, "prod.passed")
+
+
+def test_a_run_that_ended_records_no_pass_again():
+    """Attack: an old run's prod.passed cleared after its version was rolled back would record
+    a fresh pass (a rollback candidate); and a backfill's new conf never names the version."""
+    for write in PROOF_RECORDS.values():
+        write()
+    seed("run_state", actor="airflow", state="success", message="")
+    with pytest.raises(AirflowFailException, match="prod pass refused: this run already ended success"):
+        passed_op().execute(context(FakeTI(), task_id="prod.passed"))
+    assert not run_events("environment_passed")
+
+
+def test_the_pass_names_the_version_the_deploy_recorded_not_the_conf():
+    for write in PROOF_RECORDS.values():
+        write()
+    rewritten = {**PARAMS, "version": "9.9.9"}
+    result = passed_op().execute(context(FakeTI(), task_id="prod.passed", params=rewritten))
+    assert result["version"] == "2.0.0"

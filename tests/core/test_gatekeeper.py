@@ -221,6 +221,42 @@ def test_only_the_run_that_exists_now_counts():
     again = [*cleared, ev(Event.RUN_STARTED, clear_number=0, dag_run_key="2:b")]
     assert not RunLedger(again).of(Event.APPROVAL_GIVEN) and RunLedger(again).incarnation == "2:b"
     assert RunLedger([approval("approver", "prod.approve")]).incarnation == ""  # no listener record: all count
+    # a run set back to queued through the API starts again with clear number 0, same row: same run
+    requeued = [*old, ev(Event.RUN_STARTED, clear_number=0, dag_run_key="1:a")]
+    assert RunLedger(requeued).of(Event.APPROVAL_GIVEN) and RunLedger(requeued).incarnation == "1:a"
+
+
+def test_a_retried_completion_recording_one_answer_twice_is_one_approval():
+    """Airflow 3.3's fast-answer race can run an approval's completion twice (seen in the
+    governance end-to-end test under load): one person's one answer is not 'both'."""
+    run = RunLedger([RISK, approval("admin", "prod.approve_2"), approval("admin", "prod.approve_2")])
+    decision = gatekeeper.approvals(
+        run,
+        "prod",
+        digest=DIGEST,
+        quorum=1,
+        reviews=[],
+        pool=["admin"],
+        review_members={},
+        authors=["author"],
+        step="prod.deploy",
+    )
+    assert decision.allowed, decision.message()
+    twice = RunLedger([RISK, approval("admin", "prod.approve"), approval("admin", "prod.approve_2")])
+    assert (
+        "one person never counts twice"
+        in gatekeeper.approvals(
+            twice,
+            "prod",
+            digest=DIGEST,
+            quorum=2,
+            reviews=[],
+            pool=["admin", "x"],
+            review_members={},
+            authors=["author"],
+            step="prod.deploy",
+        ).message()
+    )
 
 
 def test_promotion_needs_the_recorded_pass_with_the_same_digest():
@@ -252,7 +288,7 @@ def test_rollback_candidates_are_passed_older_and_never_rolled_back():
     assert [c["version"] for c in gatekeeper.rollback_candidates(events, "prod", "2.0.0")] == ["1.2.0", "1.0.0"]
 
 
-def test_a_version_a_manual_rollback_left_is_no_candidate_until_it_passes_again():
+def test_a_version_a_manual_rollback_left_is_never_a_candidate_again():
     events = [
         ev(Event.ENVIRONMENT_PASSED, environment="prod", version="1.0.0", digest="d1"),
         ev(Event.ENVIRONMENT_PASSED, environment="prod", version="2.0.0", digest="d2"),
@@ -261,8 +297,9 @@ def test_a_version_a_manual_rollback_left_is_no_candidate_until_it_passes_again(
         ev(Event.ENVIRONMENT_PASSED, environment="prod", version="3.0.0", digest="d3"),
     ]
     assert [c["version"] for c in gatekeeper.rollback_candidates(events, "prod", "3.0.0")] == ["1.0.0"]
+    # a pass recorded again later (e.g. an old run's prod.passed cleared) does not clear the record
     passed_again = [*events, ev(Event.ENVIRONMENT_PASSED, environment="prod", version="2.0.0", digest="d2")]
-    assert [c["version"] for c in gatekeeper.rollback_candidates(passed_again, "prod", "3.0.0")] == ["2.0.0", "1.0.0"]
+    assert [c["version"] for c in gatekeeper.rollback_candidates(passed_again, "prod", "3.0.0")] == ["1.0.0"]
 
 
 def test_request_comes_from_the_run_and_names_bad_params():

@@ -77,15 +77,18 @@ def current_incarnation(events: Iterable[EventLike]) -> list[EventLike]:
 
     A run deleted through the API and triggered again under the same run id is a new run:
     it must not inherit the old one's approvals, verdicts or locks. The listener records
-    ``run_started`` with the run's clear number each time a run starts running; a start
-    with clear number 0 is a new run (a clear always increments it), so everything before
-    the last such start belonged to a deleted run.
+    ``run_started`` each time a run starts running, with the DAG run's database key (its
+    id and creation time, which neither a clear nor a state change through the API
+    alters); everything before the first start under the last key belonged to a deleted run.
     """
     events = list(events)
-    starts = [
-        i for i, e in enumerate(events) if e.kind == Event.RUN_STARTED and not int(e.details.get("clear_number") or 0)
-    ]
-    return events[starts[-1] :] if starts else events
+    begin, key = 0, None
+    for i, e in enumerate(events):
+        if e.kind != Event.RUN_STARTED or not e.details.get("dag_run_key"):
+            continue
+        if e.details["dag_run_key"] != key:
+            begin, key = i, e.details["dag_run_key"]
+    return events[begin:]
 
 
 class RunLedger:
@@ -99,9 +102,13 @@ class RunLedger:
 
     @property
     def incarnation(self) -> str:
-        """What tells this run from a deleted one of the same id: when it first started ("" unknown)."""
-        started = [e for e in self.events if e.kind == Event.RUN_STARTED]
-        return str(started[0].details.get("dag_run_key") or started[0].at) if started else ""
+        """What tells this run from a deleted one of the same id: its DAG run's key ("" unknown)."""
+        keys = [
+            e.details["dag_run_key"]
+            for e in self.events
+            if e.kind == Event.RUN_STARTED and e.details.get("dag_run_key")
+        ]
+        return str(keys[-1]) if keys else ""
 
     def ended(self) -> EventLike | None:
         """The run's end, when it already ended once (a finished run that was cleared)."""
@@ -266,10 +273,14 @@ def approvals(
     final = not_rejected(run, step, environment=environment)
     if not final.allowed:
         return final
-    records = [
-        {"approver": e.actor, "digest": e.details.get("digest"), "group": e.details.get("group")}
-        for e in run.of(Event.APPROVAL_GIVEN, environment=environment)
-    ]
+    records, answered = [], set()
+    for e in run.of(Event.APPROVAL_GIVEN, environment=environment):
+        # one person's answer to one request, recorded twice (a completion retried after
+        # Airflow's fast-answer race), is one approval, not "both"
+        if (e.actor, e.details.get("task_id")) in answered:
+            continue
+        answered.add((e.actor, e.details.get("task_id")))
+        records.append({"approver": e.actor, "digest": e.details.get("digest"), "group": e.details.get("group")})
     try:
         check_approvals(
             records,
@@ -351,20 +362,19 @@ def recorded_person(run: RunLedger, kind: str, task_id: str, what: str) -> Decis
 def rollback_candidates(events: Iterable[EventLike], environment: str, live_version: str | None) -> list[dict]:
     """Versions a manual rollback may return ``environment`` to, newest first.
 
-    A version qualifies when it is older than the live version, was not rolled back there
-    since it last passed (by a release's rollback or a manual one: ``events`` are all of the
-    release's, from its release DAG and its rollback DAG), and either a release run passed
+    A version qualifies when it is older than the live version, was never rolled back there
+    (by a release's rollback or a manual one: ``events`` are all of the release's, from its
+    release DAG and its rollback DAG; a later pass does not clear that), and either a release run passed
     in the environment with it or it was live there when a release run started deploying
     (the version in service before it).
     """
     passed: dict[str, dict] = {}
     bad: set[str] = set()
-    for e in events:  # in ledger order: a version that passes again after its rollback is good again
+    for e in events:
         if e.environment != environment:
             continue
         if e.kind == Event.ENVIRONMENT_PASSED and e.details.get("version"):
             passed[e.details["version"]] = {"version": e.details["version"], "digest": e.details.get("digest")}
-            bad.discard(e.details["version"])
         elif e.kind == Event.DEPLOY_STARTED:
             before = e.details.get("before") or {}
             if before.get("version") and not before.get("noop"):

@@ -20,7 +20,7 @@ from typing import Any
 
 from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import BaseOperator, Param
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException, TaskDeferred
 
 from releasetrain.core import gatekeeper
 from releasetrain.core.approval import SegregationOfDutiesError, check_responder
@@ -309,7 +309,26 @@ class ManualRollbackOperator(RollbackOperator):
         if change:
             conn_id = plan.get("change_conn_id")
             _move(context, self.release, ChangeRef.from_dict(change), conn_id, ChangeState.IMPLEMENT, "rolling back")
-        return super().execute(context)
+        return self._freeing(context, super().execute)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        return self._freeing(context, lambda c: super(ManualRollbackOperator, self).execute_complete(c, event))
+
+    def _freeing(self, context: Any, work: Any) -> Any:
+        """Run ``work``; unless it defers, free the target whatever the outcome (the review
+        that follows may take days, and a failed rollback is for a human, not a lock)."""
+        try:
+            result = work(context)
+        except TaskDeferred:
+            raise
+        except BaseException:
+            try:
+                self._release_lock(context)
+            except Exception as exc:  # the listener frees it at the run's end
+                self.log.error("could not free %s: %s", self.deploy_target_conn_id, exc)
+            raise
+        self._release_lock(context)
+        return result
 
     def execute_locked(self, context: Any, event: dict[str, Any]) -> dict[str, Any] | None:
         if event.get("recheck"):
@@ -379,7 +398,6 @@ class ManualRollbackOperator(RollbackOperator):
         if plan.get("change"):
             ref = ChangeRef.from_dict(plan["change"])
             _move(context, self.release, ref, plan.get("change_conn_id"), ChangeState.REVIEW, "rolled back")
-        self._release_lock(context)
         return out
 
 

@@ -502,13 +502,24 @@ class EnvironmentPassedOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         run = run_ledger(context, self.release)
-        version = release_request(context, self.release).version
+        step = f"{self.environment} pass"
+        ended = run.ended()
+        if ended is not None:  # a pass feeds the rollback candidates: never re-recorded by a cleared run
+            enforce(
+                context,
+                Decision.refuse(step, f"this run already ended {ended.details.get('state')} at {ended.at}"),
+                self.release,
+                self.environment,
+            )
         verified = run.last(Event.VERIFIED, environment=self.environment, task_id=env_task(self.environment, VERIFY))
         digest = verified.details.get("digest") if verified else None
-        decision = gatekeeper.steps_passed(
-            run, self.environment, self.proof_task_ids, digest=digest, step=f"{self.environment} pass"
-        )
+        decision = gatekeeper.steps_passed(run, self.environment, self.proof_task_ids, digest=digest, step=step)
         enforce(context, decision, self.release, self.environment)
+        # the version the deploy recorded (a backfill can rewrite a run's conf, never the ledger)
+        deployed = run.last(Event.DEPLOYED, environment=self.environment)
+        version = (deployed.details.get("version") if deployed else None) or release_request(
+            context, self.release
+        ).version
         result = {"environment": self.environment, "digest": digest, "version": version, "passed": True}
         record(context, Event.ENVIRONMENT_PASSED, self.release, environment=self.environment, details=result)
         self.log.info("%s passed with %s (%s)", self.environment, version, digest)
