@@ -801,8 +801,22 @@ def test_package_refuses_sources_outside_the_project(signing, store, tmp_path):
         components=[{"name": "web", "source": "../"}],
         artifact_store=store,
     )
-    with pytest.raises(AirflowFailException, match="lies outside the project"):
+    with pytest.raises(AirflowFailException, match="stay inside the project"):
         op.execute(context(FakeTI(), task_id="package"))
+
+
+def test_package_refuses_a_source_url_outside_the_configured_roots(signing, store, tmp_path):
+    """Issue 11 finding 4: a file:// source packaged the process environment (keys, secrets)."""
+    op = BundlePackageOperator(
+        task_id="package",
+        release="storefront",
+        project_root=str(tmp_path),
+        components=[{"name": "web", "source": "file:///proc/self/environ"}],
+        artifact_store=store,
+    )
+    with pytest.raises(AirflowFailException, match="not under a configured source root"):
+        op.execute(context(FakeTI(), task_id="package"))
+    assert not run_events("packaged") and not list((tmp_path / "artifacts").glob("**/bundle.tar.gz"))
 
 
 def test_package_refuses_symlinks(signing, store, tmp_path):

@@ -320,8 +320,9 @@ class Notification(_Model):
     """Who is told after a rollback.
 
     ``webhook`` (the default): the HTTP connection ``conn_id`` receives the JSON document.
-    ``notifier``: any Airflow notifier class (e.g. the Slack or SMTP provider's), built
-    with ``args``; in their strings ``${text}`` is the notification's one-line summary and
+    ``notifier``: an Airflow notifier class from the deployment's allow-list (the Slack,
+    SMTP and Apprise providers' by default; see ``releasetrain.core.policy``), built with
+    ``args``; in their strings ``${text}`` is the notification's one-line summary and
     ``${json}`` the whole document.
     """
 
@@ -331,7 +332,7 @@ class Notification(_Model):
     notifier: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$",
-        description="notifier: import path of an Airflow notifier, e.g. "
+        description="notifier: import path of an Airflow notifier on the deployment's allow-list, e.g. "
         "airflow.providers.slack.notifications.slack.SlackNotifier.",
     )
     args: dict[str, Any] = Field(default_factory=dict, description="notifier: its keyword arguments.")
@@ -349,8 +350,9 @@ class Component(_Model):
     name: str = Field(pattern=NAME_PATTERN)
     source: str = Field(
         min_length=1,
-        description="Folder or file with the component's artifacts: a path relative to the project "
-        "root, or an object storage URL (file://, s3://, gs://).",
+        description="Folder or file with the component's artifacts: a path inside the project "
+        "(relative), or an object storage URL (s3://, gs://, file://) under a source root the "
+        "deployment configured (AIRFLOW__RELEASETRAIN__SOURCE_ROOTS).",
     )
     version: str | None = Field(default=None, description="Defaults to the release version.")
     schema_migration: bool = Field(default=False, description="The component changes a database schema.")
@@ -560,6 +562,11 @@ def load_spec(
     source = _display(path, display_root) if display_root else str(path)
     data = _read_yaml(path, source)
     spec = parse_spec(data, source)
+    from releasetrain.core.policy import check_policy
+
+    problems = check_policy(spec, data)
+    if problems:
+        raise ReleaseSpecError(source, problems)
     if spec.name != path.stem:
         raise ReleaseSpecError(source, [("name", f"{spec.name!r} must match the file name {path.stem!r}")])
     library = calendars or CalendarLibrary(display_root or Path.cwd())

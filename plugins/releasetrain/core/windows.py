@@ -409,9 +409,32 @@ def parse_ics(text: str, where: str = "calendar"):
         calendar = icalendar.Calendar.from_ical(text)
     except Exception as exc:
         raise CalendarError(f"{where} is not a valid iCalendar file: {exc}") from None
-    if not any(True for _ in calendar.walk("VEVENT")) and "BEGIN:VCALENDAR" not in text:
+    events = list(calendar.walk("VEVENT"))
+    if not events and "BEGIN:VCALENDAR" not in text:
         raise CalendarError(f"{where} is not a valid iCalendar file")
+    if len(events) > MAX_ICS_EVENTS:
+        raise CalendarError(f"{where}: {len(events)} events, more than the {MAX_ICS_EVENTS} a calendar may hold")
+    for event in events:
+        for rule in event.get("RRULE") and _as_list(event.get("RRULE")) or []:
+            freq = str((rule.get("FREQ") or [""])[0]).upper()
+            if freq not in ICS_FREQUENCIES:
+                summary = str(event.get("SUMMARY") or event.get("UID") or "an event")
+                raise CalendarError(
+                    f"{where}: {summary!r} repeats {freq or 'without a frequency'}; blackouts may repeat "
+                    f"{', '.join(sorted(ICS_FREQUENCIES))} only (finer rules cannot be expanded within "
+                    "DAG parsing's time budget)"
+                )
     return calendar
+
+
+# Limits that keep expanding a calendar (at DAG-parse time, for the timetable) cheap: a
+# blackout repeats at most daily, and a file holds a bounded number of events.
+ICS_FREQUENCIES = frozenset({"DAILY", "WEEKLY", "MONTHLY", "YEARLY"})
+MAX_ICS_EVENTS = 5000
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 # --- the resolved calendar ----------------------------------------------------------------

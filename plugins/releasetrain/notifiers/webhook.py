@@ -14,18 +14,20 @@ class WebhookError(RuntimeError):
 
 
 class WebhookNotifier(BaseNotifier):
-    """POST ``payload`` (templated) as JSON to ``<connection host>/<endpoint>``.
+    """POST ``payload`` as JSON to ``<connection host>/<endpoint>``.
 
     Works as an Airflow callback (``on_failure_callback=WebhookNotifier(...)``) and is
     what releasetrain uses after a rollback. Slack, Teams or a chat bridge take the
     ``text`` field; anything else gets the whole document.
 
     :param http_conn_id: HTTP connection of the receiver (host = base URL; auth from it)
-    :param payload: JSON-safe document; strings are Jinja-templated against the context
+    :param payload: JSON-safe document, sent as it is (never rendered as a template)
     :param endpoint: path relative to the connection's base URL
     """
 
-    template_fields = ("payload", "endpoint")
+    # nothing is rendered: the payload holds text from the ledger and the application
+    # (failure reasons), which must never be evaluated as a template with the task's context
+    template_fields = ()
 
     def __init__(self, *, http_conn_id: str, payload: dict[str, Any], endpoint: str = "", timeout: float = 15.0):
         super().__init__()

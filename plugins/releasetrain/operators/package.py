@@ -28,7 +28,7 @@ class BundlePackageOperator(BaseOperator):
     :param signing_conn_id: connection holding the Ed25519 private key
     """
 
-    template_fields = ("artifact_store",)
+    template_fields = ()  # nothing from a spec is rendered: a spec is data
     ui_color = "#fef7e0"
 
     def __init__(
@@ -98,6 +98,11 @@ class BundlePackageOperator(BaseOperator):
     def _collect(self, component: dict[str, Any], release_version: str) -> ComponentFiles:
         source = component["source"]
         name = component["name"]
+        from releasetrain.core.policy import Policy
+
+        problem = Policy.from_environment().source_problem(source)
+        if problem:  # the spec loader refuses it too
+            raise AirflowFailException(f"component {name!r}: {problem}")
         if "://" in source:
             root: Any = ObjectStoragePath(source)
         else:

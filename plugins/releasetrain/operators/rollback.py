@@ -375,8 +375,17 @@ def _build_notifier(target: dict[str, Any], payload: dict[str, Any]) -> Any:
     import importlib
     import json
 
+    from airflow.sdk.bases.notifier import BaseNotifier
+
+    from releasetrain.core.policy import Policy
+
+    policy = Policy.from_environment()
+    if not policy.notifier_allowed(target["notifier"]):  # the spec loader refuses it too
+        raise ValueError(f"{target['notifier']} is not an allowed notifier ({', '.join(policy.allowed_notifiers)})")
     module, _, name = target["notifier"].rpartition(".")
     cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, BaseNotifier)):
+        raise ValueError(f"{target['notifier']} is not an Airflow notifier (BaseNotifier)")
 
     def fill(value: Any) -> Any:
         if isinstance(value, str):

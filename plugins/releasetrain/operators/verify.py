@@ -23,7 +23,7 @@ class BundleVerifyOperator(BaseOperator):
     :param environment: the environment about to receive the bundle
     """
 
-    template_fields = ("artifact_store",)
+    template_fields = ()  # nothing from a spec is rendered: a spec is data
     ui_color = "#e6f4ea"
 
     def __init__(

@@ -1,0 +1,134 @@
+"""What a release spec may reach, decided by the deployment, never by the spec.
+
+A spec is data that release managers edit; the people who run Airflow are trusted, spec
+authors are not trusted with code. So a spec may name:
+
+- **notifiers** only from an allow-list of Airflow notifier classes, configured by the
+  deployment (``AIRFLOW__RELEASETRAIN__ALLOWED_NOTIFIERS`` or ``RELEASETRAIN_ALLOWED_NOTIFIERS``,
+  comma-separated import paths; default: :data:`DEFAULT_NOTIFIERS`);
+- **component sources** as paths inside the project, or URLs under a configured root
+  (``..._SOURCE_ROOTS``, comma-separated URL prefixes such as ``s3://artifacts/``;
+  default: none, so ``file:///proc/self/environ`` is refused);
+- **no templates**: no string anywhere in a spec may hold Jinja markers (``{{``, ``{%``),
+  since some reach paths and stores that Airflow would render with the task context
+  (connections, variables).
+
+:func:`check_policy` returns ``(field path, reason)`` problems; the spec loader turns
+them into a :class:`~releasetrain.core.spec.ReleaseSpecError`. Nothing here imports Airflow.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_NOTIFIERS = (
+    "airflow.providers.slack.notifications.slack.SlackNotifier",
+    "airflow.providers.slack.notifications.slack_webhook.SlackWebhookNotifier",
+    "airflow.providers.smtp.notifications.smtp.SmtpNotifier",
+    "airflow.providers.apprise.notifications.apprise.AppriseNotifier",
+    "releasetrain.notifiers.webhook.WebhookNotifier",
+)
+TEMPLATE_MARKERS = ("{{", "{%", "{#")
+
+
+def _setting(name: str) -> str | None:
+    for key in (f"AIRFLOW__RELEASETRAIN__{name}", f"RELEASETRAIN_{name}"):
+        if os.environ.get(key) is not None:
+            return os.environ[key]
+    return None
+
+
+def _items(value: str | None) -> tuple[str, ...]:
+    return tuple(item.strip() for item in (value or "").split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The deployment's limits on specs."""
+
+    allowed_notifiers: tuple[str, ...] = DEFAULT_NOTIFIERS
+    source_roots: tuple[str, ...] = ()
+
+    @classmethod
+    def from_environment(cls) -> Policy:
+        notifiers = _setting("ALLOWED_NOTIFIERS")
+        return cls(
+            allowed_notifiers=_items(notifiers) if notifiers is not None else DEFAULT_NOTIFIERS,
+            source_roots=_items(_setting("SOURCE_ROOTS")),
+        )
+
+    def notifier_allowed(self, path: str) -> bool:
+        return path in self.allowed_notifiers
+
+    def source_problem(self, source: str) -> str | None:
+        """Why a component source URL may not be read ("" / None: it may)."""
+        if "://" not in source:
+            parts = source.replace("\\", "/").split("/")
+            if source.startswith(("/", "~")) or ".." in parts or ":" in parts[0]:
+                return "a source path must be relative and stay inside the project (no '/', '~' or '..')"
+            return None
+        parts = urlsplit(source)
+        if parts.username or parts.password:
+            return "a source URL may not carry credentials (use a connection)"
+        segments = parts.path.split("/")
+        if ".." in segments or "." in segments:
+            return "a source URL may not contain '.' or '..' segments"
+        normal = f"{parts.scheme}://{parts.netloc}{posixpath.normpath(parts.path or '/')}"
+        for root in self.source_roots:
+            r = urlsplit(root)
+            base = f"{r.scheme}://{r.netloc}{posixpath.normpath(r.path or '/')}".rstrip("/")
+            if normal == base or normal.startswith(base + "/"):
+                return None
+        roots = ", ".join(self.source_roots) or "none are configured"
+        return (
+            f"{source} is not under a configured source root ({roots}); the deployment sets them "
+            "with AIRFLOW__RELEASETRAIN__SOURCE_ROOTS"
+        )
+
+
+def _strings(data: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(data, str):
+        yield path, data
+    elif isinstance(data, Mapping):
+        for key, value in data.items():
+            yield from _strings(key, path)
+            yield from _strings(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(data, list | tuple):
+        for i, value in enumerate(data):
+            yield from _strings(value, f"{path}[{i}]")
+
+
+def template_problems(data: Any) -> list[tuple[str, str]]:
+    """Every string of the raw spec that holds a Jinja marker, by field path."""
+    return [
+        (path, f"templates are not allowed in a spec ({marker!r} found): a spec is data")
+        for path, text in _strings(data)
+        for marker in TEMPLATE_MARKERS
+        if marker in text
+    ][:20]
+
+
+def check_policy(spec: Any, raw: Any, policy: Policy | None = None) -> list[tuple[str, str]]:
+    """Problems of a parsed spec (and its raw data) against the deployment's policy."""
+    policy = policy or Policy.from_environment()
+    problems = template_problems(raw)
+    for i, notification in enumerate(spec.notifications):
+        if notification.kind == "notifier" and not policy.notifier_allowed(notification.notifier or ""):
+            problems.append(
+                (
+                    f"notifications[{i}].notifier",
+                    f"{notification.notifier} is not an allowed notifier (allowed: "
+                    f"{', '.join(policy.allowed_notifiers) or 'none'}); the deployment sets the list with "
+                    "AIRFLOW__RELEASETRAIN__ALLOWED_NOTIFIERS",
+                )
+            )
+    for i, component in enumerate(spec.components):
+        problem = policy.source_problem(component.source)
+        if problem:
+            problems.append((f"components[{i}].source", problem))
+    return problems
