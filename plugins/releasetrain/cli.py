@@ -13,8 +13,9 @@ releasetrain ledger verify [--conn CONN_ID | --url URL]
 releasetrain evidence RELEASE RUN_ID --out FILE [--dag-id DAG_ID] [--conn CONN_ID | --url URL]
                                    export a signed evidence bundle for one release run (runs are
                                    keyed by DAG id and run id; default DAG: release_<RELEASE>)
-releasetrain evidence verify FILE [--public-key PEM_FILE]
-                                   verify an evidence bundle offline; exit 1 naming problems
+releasetrain evidence verify FILE (--public-key PEM_FILE | --key-conn CONN_ID)
+                                   verify an evidence bundle offline against a pinned key;
+                                   exit 1 naming problems (and without a pinned key)
 """
 
 from __future__ import annotations
@@ -145,6 +146,17 @@ def _ledger(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _trusted_key(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The pinned public key: a PEM file, or a connection's ``extra.public_key`` (never the file's own)."""
+    if args.public_key:
+        return Path(args.public_key).read_text(), f"the key in {args.public_key}"
+    if args.key_conn:
+        from releasetrain.hooks.bundle_store import SigningKeyHook, public_key_pem_of
+
+        return public_key_pem_of(SigningKeyHook(args.key_conn).public_key()), f"the key pinned in {args.key_conn}"
+    return None, ""
+
+
 def _evidence(args: argparse.Namespace) -> int:
     from releasetrain.core.evidence import EvidenceError, build_evidence, verify_evidence
     from releasetrain.core.ledger import LedgerError
@@ -156,16 +168,19 @@ def _evidence(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"{path}: cannot read the evidence bundle: {exc}", file=sys.stderr)
             return 1
-        trusted = Path(args.public_key).read_text() if args.public_key else None
+        try:
+            trusted, source = _trusted_key(args)
+        except (OSError, ValueError) as exc:
+            print(f"{path}: cannot read the trusted key: {exc}", file=sys.stderr)
+            return 1
         problems = verify_evidence(document, trusted)
         for problem in problems:
             print(f"{path}: {problem}", file=sys.stderr)
         if problems:
             return 1
-        source = "the given public key" if trusted else "the public key embedded in the bundle (pass --public-key)"
         print(
             f"{path}: intact: {len(document['events'])} events of {document['release']} {document['run_id']}, "
-            f"signed by {source}"
+            f"one unbroken chain, signed with {source}"
         )
         return 0
     if len(args.items) != 2 or not args.out:
@@ -175,7 +190,7 @@ def _evidence(args: argparse.Namespace) -> int:
         )
         return 2
     from releasetrain.core.gatekeeper import current_incarnation
-    from releasetrain.hooks.bundle_store import SigningKeyHook
+    from releasetrain.hooks.bundle_store import BUNDLE_KEY_CONN, LEDGER_KEY_CONN, SigningKeyHook, keys_apart
 
     release, run_id = args.items
     try:
@@ -189,7 +204,10 @@ def _evidence(args: argparse.Namespace) -> int:
         earlier -= len(events)
         if earlier:
             print(f"evidence: {earlier} events of an earlier, deleted run under this id are left out", file=sys.stderr)
-        document = build_evidence(release, run_id, events, head, SigningKeyHook(args.signing_conn).private_key())
+        keys_apart(BUNDLE_KEY_CONN, LEDGER_KEY_CONN, args.signing_conn)
+        chain = [e for e in store.events() if events and events[0].seq <= e.seq <= events[-1].seq]
+        key = SigningKeyHook(args.signing_conn).private_key()
+        document = build_evidence(release, run_id, events, head, key, chain)
     except (LedgerError, EvidenceError, ValueError) as exc:
         print(f"evidence: {exc}", file=sys.stderr)
         return 1
@@ -223,8 +241,16 @@ def main(argv: list[str] | None = None) -> int:
     evidence.add_argument(
         "--dag-id", help="the run's DAG (default release_<RELEASE>; rollback_<RELEASE> for rollbacks)"
     )
-    evidence.add_argument("--public-key", metavar="PEM_FILE", help="trusted key for `evidence verify`")
-    evidence.add_argument("--signing-conn", default="releasetrain_signing", help="connection holding the key")
+    trusted = evidence.add_mutually_exclusive_group()
+    trusted.add_argument("--public-key", metavar="PEM_FILE", help="pinned key for `evidence verify`")
+    trusted.add_argument(
+        "--key-conn", metavar="CONN_ID", help="`evidence verify` with the key pinned in this connection's public_key"
+    )
+    evidence.add_argument(
+        "--signing-conn",
+        default="releasetrain_evidence_signing",
+        help="connection holding the evidence key (never the bundle signing key)",
+    )
     for sub in (ledger, evidence):
         where = sub.add_mutually_exclusive_group()
         where.add_argument("--conn", default="releasetrain_ledger", metavar="CONN_ID", help="ledger connection id")

@@ -103,6 +103,8 @@ class DevStack:
 
         values = {
             "signing_key": generate_private_key_pem(),
+            "evidence_key": generate_private_key_pem(),
+            "ledger_key": generate_private_key_pem(),
             "fleet_user": "deployer",
             "fleet_password": secrets.token_urlsafe(18),
             "jwt_secret": secrets.token_urlsafe(32),
@@ -143,11 +145,16 @@ class DevStack:
                 "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
                 "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-                "AIRFLOW_CONN_RELEASETRAIN_SIGNING": json.dumps(
-                    {"conn_type": "generic", "password": sec["signing_key"]}
-                ),
             }
         )
+        # a key per purpose, each with its public key pinned for verifiers
+        for conn_id, name in (
+            ("RELEASETRAIN_SIGNING", "signing_key"),
+            ("RELEASETRAIN_EVIDENCE_SIGNING", "evidence_key"),
+            ("RELEASETRAIN_LEDGER_SIGNING", "ledger_key"),
+        ):
+            if name in sec:  # a home made before keys were kept apart has the bundle key only
+                env[f"AIRFLOW_CONN_{conn_id}"] = signing_connection(sec[name])
         for conn_id, conn in cfg.connections.items():
             env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
         if cfg.spec_dirs:
@@ -170,6 +177,12 @@ class DevStack:
                 }
             )
         return env
+
+    def public_key(self, name: str = "signing_key") -> str:
+        """A key's public half (PEM), e.g. for the fleet, which verifies bundles."""
+        from releasetrain.core.bundle import load_private_key, public_key_pem
+
+        return public_key_pem(load_private_key(self.secrets()[name]))
 
     def fleet_env(self) -> dict[str, str]:
         """The fleet sees its own credentials only, none of Airflow's secrets."""
@@ -331,3 +344,11 @@ class DevStack:
                 except ProcessLookupError:
                     pass
         self.processes.clear()
+
+
+def signing_connection(private_pem: str) -> str:
+    """A signing key connection: the private key (password) and its pinned public key (extra)."""
+    from releasetrain.core.bundle import load_private_key, public_key_pem
+
+    public = public_key_pem(load_private_key(private_pem))
+    return json.dumps({"conn_type": "generic", "password": private_pem, "extra": {"public_key": public}})

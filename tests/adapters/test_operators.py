@@ -42,10 +42,9 @@ COMPONENTS = [{"name": "storefront-web", "source": "include/demo_fleet/artifacts
 
 @pytest.fixture
 def signing(monkeypatch):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_RELEASETRAIN_SIGNING",
-        json.dumps({"conn_type": "generic", "password": generate_private_key_pem()}),
-    )
+    from releasetrain.devstack import signing_connection
+
+    monkeypatch.setenv("AIRFLOW_CONN_RELEASETRAIN_SIGNING", signing_connection(generate_private_key_pem()))
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import time
 
 import pytest
 import requests
+from airflow.sdk import BaseNotifier
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, TaskDeferred
 
 from releasetrain.core.incident import last_good_version
@@ -432,21 +433,25 @@ def test_fleet_json_stats_feed_the_json_metrics_provider(fleet, monkeypatch):
         hook.samples("nonsense", start, end, 1)
 
 
-class RecordingNotifier:
+class RecordingNotifier(BaseNotifier):
     """Stands in for a provider's notifier (Slack, SMTP): built from the spec's args."""
 
     sent: list[dict] = []
 
     def __init__(self, **kwargs):
+        super().__init__()
         self.kwargs = kwargs
 
     def notify(self, context):
         RecordingNotifier.sent.append(self.kwargs)
 
 
-def test_rollback_notifies_any_airflow_notifier_and_a_failing_one_is_recorded(fleet):
+def test_rollback_notifies_an_allowed_airflow_notifier_and_a_failing_one_is_recorded(fleet, monkeypatch):
     from releasetrain.core.spec import Notification, ReleaseSpecError  # noqa: F401
 
+    # the deployment allows the notifier (a spec cannot)
+    allowed = "tests.adapters.test_progressive.RecordingNotifier,tests.adapters.test_progressive.NoSuchNotifier"
+    monkeypatch.setenv("AIRFLOW__RELEASETRAIN__ALLOWED_NOTIFIERS", allowed)
     RecordingNotifier.sent.clear()
     op = rollback_op(
         notifications=[

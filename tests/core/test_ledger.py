@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from releasetrain.core.bundle import generate_private_key_pem, load_private_key, public_key_pem
-from releasetrain.core.evidence import build_evidence, summarise, verify_evidence
+from releasetrain.core.evidence import NO_TRUSTED_KEY, build_evidence, summarise, verify_evidence
 from releasetrain.core.ledger import GENESIS, LedgerError, compute_hash, new_event, verify_chain
 
 
@@ -112,10 +112,50 @@ def test_evidence_bundle_verifies_offline_and_fails_when_altered():
     del dropped["events"][1]
     assert verify_evidence(dropped, trusted)
 
+    # issue 11 finding 2: a file built with a fresh key and invented approvals verified with
+    # the key inside it; now only a pinned key verifies, and without one nothing does
     other_key = load_private_key(generate_private_key_pem())
-    forged = build_evidence("storefront", "manual__1", events, (6, events[-1].hash), other_key)
-    assert verify_evidence(forged) == []  # self-consistent with its own embedded key ...
-    assert any("signature" in p for p in verify_evidence(forged, trusted))  # ... but not from the trusted key
+    invented = chain()
+    forged = build_evidence("storefront", "manual__1", invented, (6, invented[-1].hash), other_key)
+    assert NO_TRUSTED_KEY in verify_evidence(forged)
+    assert NO_TRUSTED_KEY in verify_evidence(document), "not even a genuine file verifies without a pinned key"
+    assert any("signature" in p for p in verify_evidence(forged, trusted))  # not from the trusted key
+
+
+def test_evidence_shows_one_unbroken_chain_with_none_of_the_runs_events_left_out():
+    key = load_private_key(generate_private_key_pem())
+    trusted = public_key_pem(key)
+    everything, prev = [], GENESIS
+    for i in range(8):  # ledger event 4 belongs to another run
+        event = new_event(
+            seq=i + 1,
+            prev_hash=prev,
+            kind="approval_given" if i == 2 else "triggered",
+            release="storefront",
+            run_id="manual__2" if i == 3 else "manual__1",
+            environment="prod",
+            actor="approver",
+            details={"i": i, "digest": "sha256:" + "ab" * 32},
+        )
+        everything.append(event)
+        prev = event.hash
+    ours = [e for e in everything if e.seq != 4]
+    document = build_evidence("storefront", "manual__1", ours, (8, everything[-1].hash), key, everything)
+    assert [link["of_run"] for link in document["chain"]][2:5] == [True, False, True]
+    assert verify_evidence(document, trusted) == []
+
+    # an exporter that leaves out one of the run's events (say, a rejection) is caught
+    partial = build_evidence(
+        "storefront", "manual__1", [e for e in ours if e.seq != 3], (8, everything[-1].hash), key, everything
+    )
+    assert "events of this run left out: ledger events [3]" in verify_evidence(partial, trusted)
+    # links with a gap (a deleted event), or not matching the events, are caught
+    gapped = build_evidence(
+        "storefront", "manual__1", ours, (8, everything[-1].hash), key, [e for e in everything if e.seq != 4]
+    )
+    problems = verify_evidence(gapped, trusted)
+    assert "chain links have gaps or repeats in their sequence numbers" in problems
+    assert any("chain broken at ledger event 5" in p for p in problems)
 
 
 def test_summary_follows_the_events():

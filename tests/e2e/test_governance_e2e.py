@@ -111,10 +111,15 @@ def test_quorum_review_and_segregation_of_duties_end_to_end(stack, author, appro
         "New", "Assess", "Authorize", "Scheduled", "Implement", "Review", "Closed"
     ]  # fmt: skip
     assert evidence["summary"]["closure"]["runbook_update"] == "https://wiki/runbooks/gov#1.0.0"
-    assert releasetrain(stack, "evidence", "verify", str(out)).returncode == 0
+    pinned = ("--key-conn", "releasetrain_evidence_signing")
+    assert releasetrain(stack, "evidence", "verify", str(out), *pinned).returncode == 0
+    # the evidence key is its own: the file verifies with neither the bundle key nor its own embedded key
+    unpinned = releasetrain(stack, "evidence", "verify", str(out))
+    assert unpinned.returncode == 1 and "no trusted public key" in unpinned.stderr
+    assert releasetrain(stack, "evidence", "verify", str(out), "--key-conn", "releasetrain_signing").returncode == 1
     evidence["summary"]["approvals"][0]["approver"] = "mallory"
     out.write_text(json.dumps(evidence))
-    assert releasetrain(stack, "evidence", "verify", str(out)).returncode == 1
+    assert releasetrain(stack, "evidence", "verify", str(out), *pinned).returncode == 1
 
     # clearing the approval does not reopen it to the author
     admin.request(

@@ -5,13 +5,17 @@ The document is JSON::
     {"format": "releasetrain.evidence/v1", "release", "run_id", "generated_at",
      "chain_head": {"seq", "hash"},            # the ledger head when exported
      "events": [...],                          # the run's ledger events, with their hashes
+     "chain": [{"seq", "hash", "prev_hash", "of_run"}],  # links from its first event to its last
      "summary": {"approvals", "refusals", "checks", "exceptions", "change_record",
                  "closure", "deployments", "rollbacks", "outcome"},
      "public_key": PEM, "algorithm": "ed25519", "signature": base64}
 
 The signature covers the canonical JSON of everything but ``signature``. Verification
-recomputes every event hash and the summary from the events, and checks the signature,
-against a trusted public key when one is given (the embedded key otherwise, and says so).
+recomputes every event hash and the summary from the events, checks that the events are
+links of one unbroken chain (``chain``: sequence numbers and hashes of every ledger event
+from the run's first to its last, none of the run's left out), and checks the signature
+against a **pinned** public key only: without one, verification fails. The embedded
+``public_key`` is for display.
 """
 
 from __future__ import annotations
@@ -107,9 +111,21 @@ def build_evidence(
     events: list[LedgerEvent],
     chain_head: tuple[int, str],
     private_key: Ed25519PrivateKey,
+    chain: Iterable[LedgerEvent] | None = None,
 ) -> dict[str, Any]:
+    """The signed evidence of one run.
+
+    ``chain`` is every ledger event (of any run) from the run's first event to its last: the
+    document keeps each one's sequence number and hashes (not its content), so a verifier
+    sees that the run's events are links of one unbroken chain and that none of the run's
+    events between them was left out.
+    """
     if not events:
         raise EvidenceError(f"the ledger holds no events for release {release!r} run {run_id!r}")
+    first, last = events[0].seq, events[-1].seq
+    runs = {(e.release, e.run_id, e.dag_id) for e in events}
+    links = [e for e in (chain if chain is not None else events) if first <= e.seq <= last]
+    ours = {e.seq for e in links if (e.release, e.run_id, e.dag_id) in runs}  # from the chain's own content
     document: dict[str, Any] = {
         "format": FORMAT,
         "release": release,
@@ -117,19 +133,58 @@ def build_evidence(
         "generated_at": now_iso(),
         "chain_head": {"seq": chain_head[0], "hash": chain_head[1]},
         "events": [event.to_dict() for event in events],
+        "chain": [{"seq": e.seq, "hash": e.hash, "prev_hash": e.prev_hash, "of_run": e.seq in ours} for e in links],
         "summary": summarise(events),
         "algorithm": "ed25519",
-        "public_key": public_key_pem(private_key),
+        "public_key": public_key_pem(private_key),  # for display: verification uses a pinned key
     }
     document["signature"] = base64.b64encode(private_key.sign(_statement(document))).decode()
     return document
 
 
+NO_TRUSTED_KEY = (
+    "no trusted public key: evidence is verified only against a pinned key (--public-key PEM_FILE, or "
+    "the evidence signing connection's public_key), never against the key inside the file"
+)
+
+
+def _chain_problems(document: dict[str, Any], events: list[LedgerEvent]) -> list[str]:
+    """The run's events are links of one unbroken chain, and none of them was left out."""
+    chain = document.get("chain")
+    if not isinstance(chain, list) or not chain:
+        return ["no chain links: the document cannot show its events are part of one unbroken ledger chain"]
+    problems = []
+    try:
+        seqs = [int(link["seq"]) for link in chain]
+    except (KeyError, TypeError, ValueError):
+        return ["chain links are malformed"]
+    if seqs != list(range(seqs[0], seqs[0] + len(seqs))):
+        problems.append("chain links have gaps or repeats in their sequence numbers")
+    for before, after in zip(chain, chain[1:], strict=False):
+        if after.get("prev_hash") != before.get("hash"):
+            problems.append(
+                f"chain broken at ledger event {after.get('seq')}: prev_hash is not event {before.get('seq')}'s hash"
+            )
+    by_seq = {int(link["seq"]): link for link in chain}
+    for event in events:
+        link = by_seq.get(event.seq)
+        if link is None or (link.get("hash"), link.get("prev_hash")) != (event.hash, event.prev_hash):
+            problems.append(f"ledger event {event.seq} is not the chain's link {event.seq}")
+    present = {e.seq for e in events}
+    missing = [link["seq"] for link in chain if link.get("of_run") and int(link["seq"]) not in present]
+    if missing:
+        problems.append(f"events of this run left out: ledger events {missing}")
+    head = document.get("chain_head") or {}
+    if seqs and int(head.get("seq") or 0) < seqs[-1]:
+        problems.append("the chain head is older than the run's last event")
+    return problems
+
+
 def verify_evidence(document: dict[str, Any], trusted_key_pem: str | None = None) -> list[str]:
-    """Problems found (empty: the bundle is intact and signed by the key)."""
+    """Problems found (empty: the bundle is intact, unbroken and signed by the trusted key)."""
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         return [f"not a {FORMAT} document"]
-    problems: list[str] = []
+    problems: list[str] = [] if trusted_key_pem else [NO_TRUSTED_KEY]
     events: list[LedgerEvent] = []
     for index, raw in enumerate(document.get("events") or []):
         try:
@@ -146,13 +201,15 @@ def verify_evidence(document: dict[str, Any], trusted_key_pem: str | None = None
         events.append(event)
     if [e.seq for e in events] != sorted({e.seq for e in events}):
         problems.append("events are not in ledger order or repeat an event")
+    problems += _chain_problems(document, events)
     if canonical(summarise(events)) != canonical(document.get("summary")):
         problems.append("summary does not match the events")
-    try:
-        key: Ed25519PublicKey = load_public_key(trusted_key_pem or document.get("public_key", ""))
-        key.verify(base64.b64decode(document.get("signature", "")), _statement(document))
-    except BundleError as exc:
-        problems.append(str(exc))
-    except (InvalidSignature, ValueError):
-        problems.append("signature does not match the document (altered, or signed with another key)")
+    if trusted_key_pem:
+        try:
+            key: Ed25519PublicKey = load_public_key(trusted_key_pem)
+            key.verify(base64.b64decode(document.get("signature", "")), _statement(document))
+        except BundleError as exc:
+            problems.append(str(exc))
+        except (InvalidSignature, ValueError):
+            problems.append("signature does not match the document (altered, or not signed with the trusted key)")
     return problems

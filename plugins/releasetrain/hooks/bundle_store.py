@@ -85,12 +85,39 @@ class BundleStoreHook(BaseHook):
             raise BundleError(f"signature file {signature} is not valid JSON: {exc}") from None
 
 
-class SigningKeyHook(BaseHook):
-    """The Ed25519 key pair that signs and verifies bundles.
+# One key per purpose, each in its own connection: bundles, evidence, ledger checkpoints.
+BUNDLE_KEY_CONN = "releasetrain_signing"
+EVIDENCE_KEY_CONN = "releasetrain_evidence_signing"
+LEDGER_KEY_CONN = "releasetrain_ledger_signing"
 
-    The connection's password (or ``extra.private_key``) holds the PEM private key;
-    ``extra.public_key`` may hold the PEM public key for verifiers that must not see the
-    private key. Both fields are masked by Airflow in logs.
+
+def keys_apart(*conn_ids: str) -> None:
+    """Refuse when two purposes share a key (one stolen key must not forge everything)."""
+    seen: dict[str, str] = {}
+    for conn_id in conn_ids:
+        try:
+            pem = public_key_pem_of(SigningKeyHook(conn_id).public_key())
+        except BundleError:
+            continue  # not configured here: nothing to compare
+        if pem in seen:
+            raise BundleError(f"connections {seen[pem]!r} and {conn_id!r} hold the same key: keep a key per purpose")
+        seen[pem] = conn_id
+
+
+def public_key_pem_of(key: Ed25519PublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+class SigningKeyHook(BaseHook):
+    """An Ed25519 key pair: bundles (``releasetrain_signing``), evidence
+    (``releasetrain_evidence_signing``) and ledger checkpoints (``releasetrain_ledger_signing``)
+    each have their own.
+
+    The connection's password (or ``extra.private_key``) holds the PEM private key, for the
+    signer; ``extra.public_key`` pins the PEM public key, for verifiers (which need no
+    private key, and never derive the public key from one). Both are masked in logs.
 
     :param signing_conn_id: connection id, default ``releasetrain_signing``
     """
@@ -118,8 +145,13 @@ class SigningKeyHook(BaseHook):
         return load_private_key(pem)
 
     def public_key(self) -> Ed25519PublicKey:
+        """The pinned public key (``extra.public_key``): never derived from the private key,
+        so a verifier's trust anchor is configured on its own."""
         conn = self._connection()
         pem = conn.extra_dejson.get("public_key")
-        if pem:
-            return load_public_key(pem)
-        return self.private_key().public_key()
+        if not pem:
+            raise BundleError(
+                f"connection {self.signing_conn_id!r} pins no public key (extra.public_key): verification "
+                "needs a trusted key configured on its own"
+            )
+        return load_public_key(pem)
