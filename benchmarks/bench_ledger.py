@@ -134,6 +134,7 @@ def bench(url: str, label: str) -> dict:
     from releasetrain.hooks.ledger import TABLE, store_from_url
 
     store = store_from_url(url)
+    store.create = True  # what `releasetrain ledger init` does
     store.head()  # creates the tables
     _create_plain(url)
     chained = _run_writers(_chained_writer, url)

@@ -29,4 +29,15 @@ def fresh_ledger(request, tmp_path_factory, monkeypatch):
         return None
     path = tmp_path_factory.mktemp("ledger") / "ledger.db"
     monkeypatch.setenv("AIRFLOW_CONN_RELEASETRAIN_LEDGER", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    init_ledger(path)
     return path
+
+
+def init_ledger(path) -> None:
+    """What `releasetrain ledger init` does (a missing ledger is never created implicitly)."""
+    from releasetrain.hooks.ledger import SqliteLedgerStore
+
+    store = SqliteLedgerStore(path)
+    store.create = True
+    store.head()
+    store.close()

@@ -7,9 +7,15 @@ releasetrain calendar SPEC... [--environment ENV] [--from ISO8601] [--days N]
                                    effective windows, blackouts and conflicts (UTC)
 releasetrain pools [SPEC...]       the deploy-target pools, as JSON for `airflow pools import`
 releasetrain schema                the release spec's JSON Schema
-releasetrain ledger verify [--conn CONN_ID | --url URL]
-                                   check the ledger's hash chain; exit 1 naming the first
-                                   bad event
+releasetrain ledger init [--conn CONN_ID | --url URL] [--writer-role ROLE]
+                                   create the ledger (a missing ledger is never silently new);
+                                   on PostgreSQL with its append-only trigger and grants
+releasetrain ledger checkpoint [--key-conn CONN_ID] [--checkpoints URL]
+                                   sign the chain's head with the ledger key, keep it outside
+                                   the database
+releasetrain ledger verify [--conn CONN_ID | --url URL] [--public-key PEM | --key-conn CONN_ID]
+                                   check the hash chain and the newest checkpoint; exit 1
+                                   naming the first bad event, 2 when there is no ledger
 releasetrain evidence RELEASE RUN_ID --out FILE [--dag-id DAG_ID] [--conn CONN_ID | --url URL]
                                    export a signed evidence bundle for one release run (runs are
                                    keyed by DAG id and run id; default DAG: release_<RELEASE>)
@@ -128,8 +134,8 @@ def _ledger_store(args: argparse.Namespace):
 
     store = store_from_url(args.url) if args.url else LedgerHook(args.conn).store
     if isinstance(store, SqliteLedgerStore) and not store.path.is_file():
-        where = f"--url {args.url}" if args.url else f"connection {args.conn!r} is not defined; the default"
-        raise LedgerError(f"no ledger at {store.path} ({where})")
+        where = f"--url {args.url}" if args.url else f"connection {args.conn!r}, or the default when it is not defined"
+        raise LedgerError(f"{store.missing()} ({where})")
     return store
 
 
@@ -137,23 +143,95 @@ def _ledger(args: argparse.Namespace) -> int:
     from releasetrain.core.ledger import LedgerError
 
     try:
+        if args.action == "init":
+            return _ledger_init(args)
         store = _ledger_store(args)
+        if args.action == "checkpoint":
+            from releasetrain.hooks.ledger import write_checkpoint
+
+            written = write_checkpoint(store, args.key_conn or "releasetrain_ledger_signing", args.checkpoints)
+            if written is None:
+                print("ledger: empty, nothing to checkpoint")
+            else:
+                print(f"checkpoint of event {written[1]['seq']} ({written[1]['hash'][:16]}) written to {written[0]}")
+            return 0
         result = store.verify()
+        anchor = _anchor(args, store, result) if result.ok else []
     except LedgerError as exc:
         print(f"ledger: {exc}", file=sys.stderr)
         return 2
-    print(result.message(), file=sys.stdout if result.ok else sys.stderr)
-    return 0 if result.ok else 1
+    if not result.ok:
+        print(result.message(), file=sys.stderr)
+        return 1
+    for problem in anchor[1:]:
+        print(f"ledger: {problem}", file=sys.stderr)
+    if len(anchor) > 1:
+        return 1
+    print(f"{result.message()}; {anchor[0]}")
+    return 0
 
 
-def _trusted_key(args: argparse.Namespace) -> tuple[str | None, str]:
+def _ledger_init(args: argparse.Namespace) -> int:
+    """Create the ledger explicitly (and, on PostgreSQL, its append-only trigger and grants)."""
+    from releasetrain.hooks.ledger import LedgerHook, PostgresLedgerStore, store_from_url
+
+    store = store_from_url(args.url) if args.url else LedgerHook(args.conn).store
+    store.create = True
+    if isinstance(store, PostgresLedgerStore):
+        store.writer_role = args.writer_role
+    seq, _ = store.head()
+    store.close()
+    print(f"{store.description}: ready ({seq} events)")
+    return 0
+
+
+def _anchor(args: argparse.Namespace, store, result) -> list[str]:
+    """[how far the chain is anchored, *problems]: the chain against the newest checkpoint."""
+    from releasetrain.core.ledger import anchor_problems, checkpoint_problems
+    from releasetrain.hooks.ledger import CheckpointStore
+
+    checkpoints = CheckpointStore(args.checkpoints)
+    checkpoint = checkpoints.latest()
+    if checkpoint is None:
+        return [f"not anchored: no checkpoint in {checkpoints.url} (`releasetrain ledger checkpoint` writes one)"]
+    trusted, source = _trusted_key(args, default_conn="releasetrain_ledger_signing")
+    if not trusted:
+        return ["", "a checkpoint exists but no pinned ledger key to check it (--public-key or --key-conn)"]
+    from releasetrain.core.bundle import load_public_key
+
+    problems = checkpoint_problems(checkpoint, load_public_key(trusted))
+    problems = problems or anchor_problems(result, checkpoint, store.hash_at(int(checkpoint["seq"])))
+    if problems:
+        return ["", *problems]
+    behind = result.head_seq - int(checkpoint["seq"])
+    return [
+        f"anchored up to event {checkpoint['seq']} by the checkpoint of {checkpoint['at']} (signed with {source})"
+        + (f"; the {behind} events after it are not anchored yet" if behind else "")
+    ]
+
+
+def _trusted_key(args: argparse.Namespace, default_conn: str | None = None) -> tuple[str | None, str]:
     """The pinned public key: a PEM file, or a connection's ``extra.public_key`` (never the file's own)."""
     if args.public_key:
         return Path(args.public_key).read_text(), f"the key in {args.public_key}"
-    if args.key_conn:
-        from releasetrain.hooks.bundle_store import SigningKeyHook, public_key_pem_of
+    conn_id = args.key_conn or default_conn
+    if conn_id:
+        from releasetrain.core.bundle import BundleError
+        from releasetrain.hooks.bundle_store import public_key_pem_of
+        from releasetrain.hooks.ledger import signing_key_connection
 
-        return public_key_pem_of(SigningKeyHook(args.key_conn).public_key()), f"the key pinned in {args.key_conn}"
+        conn = signing_key_connection(conn_id)
+        pem = conn.extra_dejson.get("public_key") if conn else None
+        if not pem:
+            if args.key_conn:
+                raise ValueError(f"connection {conn_id!r} pins no public key (extra.public_key)")
+            return None, ""
+        from releasetrain.core.bundle import load_public_key
+
+        try:
+            return public_key_pem_of(load_public_key(pem)), f"the key pinned in {conn_id}"
+        except BundleError as exc:
+            raise ValueError(str(exc)) from None
     return None, ""
 
 
@@ -234,7 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     pools.add_argument("specs", nargs="*", metavar="SPEC")
     commands.add_parser("schema", help="print the release spec JSON Schema")
     ledger = commands.add_parser("ledger", help="the release ledger")
-    ledger.add_argument("action", choices=["verify"])
+    ledger.add_argument("action", choices=["verify", "init", "checkpoint"])
+    ledger.add_argument("--checkpoints", metavar="URL", help="where checkpoints are kept (default: see README)")
+    ledger.add_argument("--writer-role", help="`ledger init` on PostgreSQL: the role tasks connect as")
+    ledger_key = ledger.add_mutually_exclusive_group()
+    ledger_key.add_argument("--public-key", metavar="PEM_FILE", help="pinned ledger key for `ledger verify`")
+    ledger_key.add_argument(
+        "--key-conn", metavar="CONN_ID", help="ledger key connection (default releasetrain_ledger_signing)"
+    )
     evidence = commands.add_parser("evidence", help="export or verify a signed evidence bundle")
     evidence.add_argument("items", nargs="+", metavar="RELEASE RUN_ID | verify FILE")
     evidence.add_argument("--out", metavar="FILE")

@@ -163,7 +163,8 @@ def _run_demo(stack: DevStack, home: Path) -> int:
        -d '{{"chosen_options": ["Approve"], "params_input": {{}}}}'
  After the release reaches prod, it waits at "closure": log in as author and record the
  runbook update (a link, or "not needed: <why>") on Required Actions.
- Audit: .venv/bin/releasetrain ledger verify --url sqlite:///.airflow/releasetrain-ledger.db
+ Audit: .venv/bin/releasetrain ledger verify --url sqlite:///.airflow/releasetrain-ledger.db \\
+          --public-key .airflow/ledger-public-key.pem --checkpoints file://$PWD/.airflow/artifacts/_ledger/checkpoints
  Ctrl-C stops everything.
 ================================================================================
 """)

@@ -229,6 +229,21 @@ class DevStack:
                 json.dumps(self.config.ledger_conn),
                 log="ledger-connection",
             )
+        self._releasetrain("ledger", "init", log="ledger-init")  # never created implicitly
+        # the ledger key's public half, pinned for auditors' `ledger verify --public-key`
+        (home / "ledger-public-key.pem").write_text(self.public_key("ledger_key"))
+
+    def _releasetrain(self, *args: str, log: str) -> None:
+        with open(self.logs / f"{log}.log", "w") as out:
+            done = subprocess.run(
+                [sys.executable, "-m", "releasetrain", *args],
+                env=self.env(),
+                cwd=self.config.home,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        if done.returncode:
+            raise RuntimeError(f"releasetrain {' '.join(args)} failed; see {self.logs / f'{log}.log'}")
 
     def _fab_users(self) -> None:
         """FAB's tables and the demo users (password = name); their numeric ids go into the

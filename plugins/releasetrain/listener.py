@@ -8,7 +8,9 @@ Registered by the plugin. It records:
 - task states set by hand through the UI or REST (``task_state`` with ``by_hand``),
   e.g. an approval task marked successful (the deploy refuses it; this is the record);
 - and, when a run ends failed, closes its change record if it is still open
-  (unsuccessful when something was implemented, canceled otherwise).
+  (unsuccessful when something was implemented, canceled otherwise);
+- when a run ends, a signed checkpoint of the ledger's head (``releasetrain_ledger_signing``),
+  kept outside the database (see :class:`releasetrain.hooks.ledger.CheckpointStore`).
 
 Listener errors are logged and never break Airflow's own bookkeeping. The work runs on a
 thread of its own: listeners are called inside the scheduler's (or API server's) database
@@ -112,8 +114,26 @@ def _run_ended(dag_run: Any, state: str, msg: str) -> None:
         _release_locks(dag_id, run_id)
         if state == "failed":
             _close_open_change(release, dag_id, run_id, f"run ended failed: {msg or 'see the run'}")
+        _checkpoint()
 
     _isolated(work, f"the end of {release} {run_id}")
+
+
+def _checkpoint() -> None:
+    """Anchor the ledger after each release run: its head, signed with the ledger key (when
+    the deployment configured one for the scheduler), kept outside the database."""
+    from releasetrain.hooks.ledger import LedgerHook, signing_key_connection, write_checkpoint
+
+    if signing_key_connection(LEDGER_KEY_CONN) is None:
+        return
+    hook = LedgerHook()
+    try:
+        write_checkpoint(hook.store, LEDGER_KEY_CONN)
+    finally:
+        hook.close()
+
+
+LEDGER_KEY_CONN = "releasetrain_ledger_signing"
 
 
 def _release_locks(dag_id: str, run_id: str) -> None:

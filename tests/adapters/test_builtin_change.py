@@ -9,11 +9,13 @@ import pytest
 from releasetrain.core.change import ChangeRecordError, ChangeState
 from releasetrain.hooks.change_record import change_backend
 from releasetrain.hooks.ledger import LedgerHook
+from tests.conftest import init_ledger
 
 
 @pytest.fixture
 def backend(tmp_path, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_LEDGER_T", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "l.db")}))
+    init_ledger(tmp_path / "l.db")
     return change_backend("builtin", "ledger_t")
 
 

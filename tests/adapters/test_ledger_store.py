@@ -9,6 +9,7 @@ import sqlite3
 import pytest
 
 from releasetrain.cli import main as cli
+from releasetrain.core.ledger import LedgerError
 from releasetrain.hooks.ledger import TABLE, LedgerHook, store_from_url
 from tests.pg import fresh_database, postgres_answers
 
@@ -18,11 +19,14 @@ BACKENDS = ["sqlite", "postgres"]
 @pytest.fixture(params=BACKENDS)
 def ledger_url(request, tmp_path):
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        url = f"sqlite:///{tmp_path / 'ledger.db'}"
+        assert cli(["ledger", "init", "--url", url]) == 0
+        yield url
         return
     if not postgres_answers():
         pytest.skip("PostgreSQL does not answer on 127.0.0.1:5432 (.ci/run starts it)")
     with fresh_database("releasetrain_ledger") as dsn:
+        assert cli(["ledger", "init", "--url", dsn]) == 0
         yield dsn
 
 
@@ -52,8 +56,12 @@ def _sql(url: str, *statements: str) -> None:
 
     conn = psycopg2.connect(url)
     with conn.cursor() as cur:
+        # the events table refuses UPDATE and DELETE; an attacker with the owner's rights
+        # (or a superuser) switches the trigger off first: the chain still tells
+        cur.execute(f"ALTER TABLE {TABLE} DISABLE TRIGGER USER")
         for statement in statements:
             cur.execute(statement)
+        cur.execute(f"ALTER TABLE {TABLE} ENABLE TRIGGER USER")
     conn.commit()
     conn.close()
 
@@ -134,6 +142,10 @@ def test_hook_reads_its_airflow_connection(tmp_path, monkeypatch, capsys):
     path = tmp_path / "via-conn.db"
     monkeypatch.setenv("AIRFLOW_CONN_AUDIT_LEDGER", json.dumps({"conn_type": "sqlite", "host": str(path)}))
     hook = LedgerHook("audit_ledger")
+    with pytest.raises(LedgerError, match="does not exist: a missing ledger is an error, never a new chain"):
+        hook.append("triggered", release="storefront", run_id="r1", actor="author")
+    assert not path.exists()
+    assert cli(["ledger", "init", "--conn", "audit_ledger"]) == 0
     hook.append("triggered", release="storefront", run_id="r1", actor="author")
     hook.close()
     assert path.exists()
@@ -153,5 +165,5 @@ def test_head_record_is_kept_with_each_append(ledger_url):
 
 def test_a_missing_ledger_is_an_error_not_an_empty_ledger(tmp_path, capsys):
     assert cli(["ledger", "verify", "--url", f"sqlite:///{tmp_path / 'nowhere.db'}"]) == 2
-    assert "no ledger at" in capsys.readouterr().err
+    assert "does not exist: a missing ledger is an error" in capsys.readouterr().err
     assert not (tmp_path / "nowhere.db").exists()

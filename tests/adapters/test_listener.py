@@ -11,6 +11,7 @@ import pytest
 from releasetrain import listener
 from releasetrain.core.change import ChangeState
 from releasetrain.hooks.ledger import BuiltinChangeBackend, LedgerHook
+from tests.conftest import init_ledger
 
 
 @pytest.fixture
@@ -18,6 +19,7 @@ def ledger(tmp_path, monkeypatch):
     monkeypatch.setenv(
         "AIRFLOW_CONN_RELEASETRAIN_LEDGER", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "l.db")})
     )
+    init_ledger(tmp_path / "l.db")
     threads = []
     original = listener._append
 

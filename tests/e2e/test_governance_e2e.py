@@ -90,6 +90,8 @@ def test_quorum_review_and_segregation_of_duties_end_to_end(stack, author, appro
     # the ledger is intact, and the evidence bundle names both approvers with the digest
     verify = releasetrain(stack, "ledger", "verify")
     assert verify.returncode == 0, verify.stderr
+    # anchored: the listener signs a checkpoint of the head with the ledger key as runs end
+    assert "anchored up to event" in verify.stdout, verify.stdout
     out = tmp_path / "evidence.json"
     export = releasetrain(stack, "evidence", "governed", run_id, "--out", str(out))
     assert export.returncode == 0, export.stderr

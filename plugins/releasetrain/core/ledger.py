@@ -172,3 +172,52 @@ def verify_chain(events: Iterable[LedgerEvent], head: tuple[int, str] | None = N
                 f"{count} ({prev[:16]}): events at the end were deleted or the head was altered",
             )
     return VerifyResult(True, count, count, prev)
+
+
+# --- anchoring: signed checkpoints kept outside the database ---------------------------------
+CHECKPOINT_FORMAT = "releasetrain.ledger-checkpoint/v1"
+
+
+def sign_checkpoint(seq: int, head_hash: str, private_key: Any, at: str | None = None) -> dict[str, Any]:
+    """A signed statement "the chain's event ``seq`` has hash ``head_hash``", made with the
+    ledger key (its own key: not the bundle or evidence key). Kept where the database writer
+    cannot rewrite it, it anchors everything up to ``seq``."""
+    import base64
+
+    document = {"format": CHECKPOINT_FORMAT, "seq": int(seq), "hash": head_hash, "at": at or now_iso()}
+    document["signature"] = base64.b64encode(private_key.sign(canonical(document).encode())).decode()
+    return document
+
+
+def checkpoint_problems(document: Any, public_key: Any) -> list[str]:
+    """Why a checkpoint cannot be trusted (empty: signed by the pinned ledger key)."""
+    import base64
+
+    from cryptography.exceptions import InvalidSignature
+
+    if not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT:
+        return [f"not a {CHECKPOINT_FORMAT} document"]
+    statement = canonical({k: v for k, v in document.items() if k != "signature"}).encode()
+    try:
+        public_key.verify(base64.b64decode(document.get("signature", "")), statement)
+    except (InvalidSignature, ValueError):
+        return [f"checkpoint at event {document.get('seq')} is not signed with the pinned ledger key"]
+    return []
+
+
+def anchor_problems(result: VerifyResult, checkpoint: dict[str, Any], hash_at_seq: str | None) -> list[str]:
+    """The chain against a (verified) checkpoint: it must still hold the checkpointed event,
+    with the checkpointed hash. A rewritten-and-rehashed chain changes that hash; a truncated
+    or deleted one no longer reaches the checkpoint."""
+    seq = int(checkpoint["seq"])
+    if result.head_seq < seq:
+        return [
+            f"the ledger ends at event {result.head_seq}, but checkpoint {checkpoint['at']} anchored event {seq}: "
+            "events were deleted (truncated, or the ledger was replaced)"
+        ]
+    if hash_at_seq != checkpoint["hash"]:
+        return [
+            f"event {seq} has hash {str(hash_at_seq)[:16]}, but checkpoint {checkpoint['at']} anchored "
+            f"{checkpoint['hash'][:16]}: the chain up to it was rewritten"
+        ]
+    return []

@@ -50,6 +50,28 @@ _SCHEMA = [
 ]
 
 
+# On PostgreSQL the events table is append-only for everyone, its owner included: a trigger
+# refuses UPDATE, DELETE and TRUNCATE (the head row and the lock table change, the events never).
+_PG_APPEND_ONLY = [
+    f"""CREATE OR REPLACE FUNCTION {TABLE}_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION '{TABLE} is append-only: % refused', TG_OP USING ERRCODE = 'insufficient_privilege';
+    END $$""",
+    f"DROP TRIGGER IF EXISTS {TABLE}_no_change ON {TABLE}",
+    f"CREATE TRIGGER {TABLE}_no_change BEFORE UPDATE OR DELETE ON {TABLE} "
+    f"FOR EACH ROW EXECUTE FUNCTION {TABLE}_append_only()",
+    f"DROP TRIGGER IF EXISTS {TABLE}_no_truncate ON {TABLE}",
+    f"CREATE TRIGGER {TABLE}_no_truncate BEFORE TRUNCATE ON {TABLE} "
+    f"FOR EACH STATEMENT EXECUTE FUNCTION {TABLE}_append_only()",
+]
+# The role release tasks (and the listener) connect as: INSERT and SELECT on the events.
+_PG_WRITER_GRANTS = [
+    f"REVOKE ALL ON {TABLE} FROM {{role}}",
+    f"GRANT SELECT, INSERT ON {TABLE} TO {{role}}",
+    f"GRANT SELECT, INSERT, UPDATE ON {HEAD} TO {{role}}",
+    f"GRANT SELECT, INSERT, UPDATE, DELETE ON {LOCKS} TO {{role}}",
+]
+
 # Ledgers created before runs were keyed by DAG id get the column (their events keep dag_id '').
 _ADD_DAG_ID = f"ALTER TABLE {TABLE} ADD COLUMN dag_id TEXT NOT NULL DEFAULT ''"
 
@@ -78,6 +100,7 @@ class LedgerStore:
 
     def __init__(self) -> None:
         self._conn: Any = None
+        self.create = False  # set by `releasetrain ledger init`: a missing ledger is never silently new
 
     @property
     def conn(self) -> Any:
@@ -85,6 +108,20 @@ class LedgerStore:
             self._conn = self._connect()
             self._create()
         return self._conn
+
+    def missing(self) -> LedgerError:
+        return LedgerError(
+            f"{self.description} does not exist: a missing ledger is an error, never a new chain "
+            "(create one explicitly with `releasetrain ledger init`)"
+        )
+
+    def hash_at(self, seq: int) -> str | None:
+        cursor = self.conn.cursor()
+        cursor.execute(f"SELECT hash FROM {TABLE} WHERE seq = {self.placeholder}", (int(seq),))
+        row = cursor.fetchone()
+        cursor.close()
+        self.conn.commit()
+        return row[0] if row else None
 
     def _create(self) -> None:
         raise NotImplementedError
@@ -313,6 +350,8 @@ class SqliteLedgerStore(LedgerStore):
         self.description = f"ledger {self.path}"
 
     def _connect(self) -> Any:
+        if not self.path.exists() and not self.create:
+            raise self.missing()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -374,13 +413,34 @@ class PostgresLedgerStore(LedgerStore):
         except psycopg2.Error as exc:
             raise LedgerError(f"{self.description}: cannot connect: {str(exc).strip()}") from exc
 
+    writer_role: str | None = None  # `ledger init --writer-role`: the role tasks connect as
+
     def _create(self) -> None:
         cursor = self._conn.cursor()
+        cursor.execute("SELECT to_regclass(%s)", (TABLE,))
+        if cursor.fetchone()[0] is None and not self.create:
+            self._conn.rollback()
+            cursor.close()
+            self._conn.close()
+            self._conn = None
+            raise self.missing()
+        if not self.create:  # a writer needs no DDL (and the writer role may not run any)
+            self._conn.commit()
+            cursor.close()
+            return
         cursor.execute("SELECT pg_advisory_xact_lock(4242001)")  # concurrent first writers create once
         for statement in _SCHEMA:
             cursor.execute(statement)
         cursor.execute(_ADD_DAG_ID.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))
         cursor.execute(f"INSERT INTO {HEAD} (id, seq, hash) VALUES (1, 0, %s) ON CONFLICT (id) DO NOTHING", (GENESIS,))
+        for statement in _PG_APPEND_ONLY:
+            cursor.execute(statement)
+        if self.writer_role:
+            from psycopg2 import sql
+
+            role = sql.Identifier(self.writer_role)
+            for statement in _PG_WRITER_GRANTS:
+                cursor.execute(sql.SQL(statement).format(role=role))
         self._conn.commit()
         cursor.close()
 
@@ -644,3 +704,63 @@ class BuiltinChangeBackend:
             return current
         path_to(current.change_type, current.state, ChangeState.CANCELED)  # refuses a closed change
         return self._step(current, ChangeState.CANCELED, note, kind="change_closed", close_code="canceled")
+
+
+# --- checkpoints: the chain's head, signed with the ledger key, kept outside the database -----
+CHECKPOINTS_SETTING = ("AIRFLOW__RELEASETRAIN__LEDGER_CHECKPOINTS", "RELEASETRAIN_LEDGER_CHECKPOINTS")
+
+
+class CheckpointStore:
+    """Signed checkpoints as files ``<seq>.json`` under a folder the ledger database's writer
+    cannot rewrite: by default ``$AIRFLOW_HOME/artifacts/_ledger/checkpoints`` (in production
+    an object store with a retention lock, e.g. S3 Object Lock: ``s3://.../checkpoints``)."""
+
+    def __init__(self, url: str | None = None) -> None:
+        from airflow.sdk import ObjectStoragePath
+
+        url = url or next((os.environ[k] for k in CHECKPOINTS_SETTING if os.environ.get(k)), None)
+        if not url:
+            home = os.environ.get("AIRFLOW_HOME") or str(Path.home() / "airflow")
+            url = f"file://{Path(home) / 'artifacts' / '_ledger' / 'checkpoints'}"
+        self.url = url
+        self.base = ObjectStoragePath(url)
+
+    def write(self, checkpoint: dict[str, Any]) -> str:
+        self.base.mkdir(parents=True, exist_ok=True)
+        path = self.base / f"{int(checkpoint['seq']):012d}.json"
+        if path.exists():  # never overwritten: the first word on an event stands
+            return str(path)
+        path.write_text(json.dumps(checkpoint, indent=2, sort_keys=True))
+        return str(path)
+
+    def latest(self) -> dict[str, Any] | None:
+        if not self.base.exists():
+            return None
+        names = sorted(p.name for p in self.base.iterdir() if p.name.endswith(".json"))
+        if not names:
+            return None
+        try:
+            return json.loads((self.base / names[-1]).read_text())
+        except ValueError as exc:
+            raise LedgerError(f"checkpoint {self.base / names[-1]} is not valid JSON: {exc}") from None
+
+
+def signing_key_connection(conn_id: str) -> Any | None:
+    """A key connection looked up outside a task (listener, CLI), or None when not defined."""
+    return _get_connection(conn_id)
+
+
+def write_checkpoint(store: LedgerStore, key_conn_id: str = "releasetrain_ledger_signing", url: str | None = None):
+    """Sign the ledger's head with the ledger key and keep it in the checkpoint store."""
+    from releasetrain.core.bundle import load_private_key
+    from releasetrain.core.ledger import sign_checkpoint
+
+    conn = signing_key_connection(key_conn_id)
+    pem = conn and (conn.password or conn.extra_dejson.get("private_key"))
+    if not pem:
+        raise LedgerError(f"no ledger key: connection {key_conn_id!r} holds no private key")
+    seq, head_hash = store.head()
+    if not seq:
+        return None
+    checkpoint = sign_checkpoint(seq, head_hash, load_private_key(pem))
+    return CheckpointStore(url).write(checkpoint), checkpoint
