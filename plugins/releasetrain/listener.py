@@ -15,12 +15,15 @@ Registered by the plugin. It records:
 Listener errors are logged and never break Airflow's own bookkeeping. The work runs on a
 thread of its own: listeners are called inside the scheduler's (or API server's) database
 session, and looking up the ledger connection in Airflow's metastore from that thread
-would commit and close that session under the scheduler's feet.
+would commit and close that session under the scheduler's feet. And it is queued (bounded,
+one worker): a slow or locked ledger never stalls the scheduler; what a full queue drops
+is logged and recorded as a ``listener_gap``. Only a run's start is waited for (up to 10 s).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -32,23 +35,82 @@ from releasetrain.core.vocabulary import Event, release_of_dag
 log = logging.getLogger(__name__)
 
 
-TIMEOUT_SECONDS = 60.0
+# The scheduler must never wait on the ledger: events go through a bounded queue to one
+# worker thread (its own DB session). Only a run's start is waited for, briefly, so that it
+# is recorded before the run's first task writes anything.
+START_WAIT_SECONDS = 10.0
+QUEUE_SIZE = 1000
+_queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+_worker: threading.Thread | None = None
+_worker_lock = threading.Lock()
+_dropped: list[str] = []  # what a full queue had to drop, recorded as a gap once it drains
 
 
-def _isolated(work: Callable[[], None], what: str) -> None:
-    """Run ``work`` on its own thread (own scoped DB session) and wait for it."""
+def _run(work: Callable[[], None], what: str) -> None:
+    try:
+        work()
+    except Exception:
+        log.exception("releasetrain: could not record %s in the ledger", what)
 
-    def run() -> None:
+
+def _drain() -> None:
+    while True:
+        work, what = _queue.get()
         try:
-            work()
-        except Exception:
-            log.exception("releasetrain: could not record %s in the ledger", what)
+            _run(work, what)
+            if _dropped and _queue.empty():
+                lost = list(_dropped)
+                _dropped.clear()
+                _run(lambda lost=lost: _record_gap(lost), "the listener's gap")
+        finally:
+            _queue.task_done()
 
-    thread = threading.Thread(target=run, name="releasetrain-listener", daemon=True)
-    thread.start()
-    thread.join(TIMEOUT_SECONDS)
-    if thread.is_alive():
-        log.error("releasetrain: recording %s in the ledger took over %ss; left running", what, TIMEOUT_SECONDS)
+
+def _record_gap(lost: list[str]) -> None:
+    details = {"dropped": len(lost), "what": lost[:50]}
+    _append(Event.LISTENER_GAP, "releasetrain", "", "", actor="airflow", details=details)
+
+
+def _isolated(work: Callable[[], None], what: str, *, wait: float | None = None) -> None:
+    """Hand ``work`` to the ledger worker; never block the caller (unless ``wait``, bounded).
+
+    A full queue drops the work and says so: in the log now, and in the ledger as a
+    ``listener_gap`` event once the queue drains (never a silent loss)."""
+    global _worker
+    with _worker_lock:
+        if _worker is None or not _worker.is_alive():
+            _worker = threading.Thread(target=_drain, name="releasetrain-listener", daemon=True)
+            _worker.start()
+    if wait is not None:
+        done = threading.Event()
+
+        def then_signal() -> None:
+            try:
+                work()
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=lambda: _run(then_signal, what), name="releasetrain-listener-start")
+        thread.daemon = True
+        thread.start()
+        if not done.wait(wait):
+            log.error("releasetrain: recording %s took over %ss; left running", what, wait)
+        return
+    try:
+        _queue.put_nowait((work, what))
+    except queue.Full:
+        _dropped.append(what)
+        log.error("releasetrain: the ledger queue is full (%s waiting): %s was dropped", QUEUE_SIZE, what)
+
+
+def flush(timeout: float = 30.0) -> bool:
+    """Wait until the ledger worker has written everything queued (tests, shutdown)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while _queue.unfinished_tasks and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not _queue.unfinished_tasks
 
 
 def _append(kind: str, release: str, dag_id: str, run_id: str, **fields: Any) -> None:
@@ -168,6 +230,7 @@ def on_dag_run_running(dag_run: Any, msg: str) -> None:
     _isolated(
         lambda: _append(Event.RUN_STARTED, release, dag_id, run_id, actor="airflow", details=details),
         f"the start of {release} {run_id}",
+        wait=START_WAIT_SECONDS,
     )
 
 

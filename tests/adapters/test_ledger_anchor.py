@@ -169,6 +169,7 @@ def test_the_listener_checkpoints_the_ledger_when_a_run_ends(tmp_path, monkeypat
     monkeypatch.setenv("AIRFLOW_CONN_RELEASETRAIN_LEDGER_SIGNING", signing_connection(generate_private_key_pem()))
     monkeypatch.setenv("AIRFLOW__RELEASETRAIN__LEDGER_CHECKPOINTS", f"file://{tmp_path / 'cp'}")
     listener.on_dag_run_success(SimpleNamespace(dag_id="release_storefront", run_id="r1"), "")
+    listener.flush()
     [event] = list(LedgerHook().events(run_id="r1"))
     latest = CheckpointStore().latest()
     assert latest["seq"] == event.seq and latest["hash"] == event.hash

@@ -48,6 +48,7 @@ def test_a_failed_run_is_recorded_and_its_open_change_canceled_off_the_callers_t
     )
     backend.move_to(ref, ChangeState.AUTHORIZE, note="risk assessed")
     listener.on_dag_run_failed(SimpleNamespace(dag_id="release_storefront", run_id="run1"), "approval rejected")
+    listener.flush()
     recorded = events("run1")
     assert recorded[-2].kind == "run_state" and recorded[-2].details["state"] == "failed"
     assert recorded[-1].kind == "change_closed" and recorded[-1].details["state"] == "canceled"
@@ -68,6 +69,7 @@ def test_a_rollback_run_reusing_a_release_run_id_never_closes_the_release_change
     )
     backend.move_to(ref, ChangeState.AUTHORIZE, note="risk assessed")
     listener.on_dag_run_failed(SimpleNamespace(dag_id="rollback_storefront", run_id="run7"), "no version")
+    listener.flush()
     assert backend.get(ref).state == ChangeState.AUTHORIZE, "runs are keyed by DAG id and run id"
     [ended] = [e for e in events("run7") if e.kind == "run_state"]
     assert ended.dag_id == "rollback_storefront"
@@ -78,6 +80,7 @@ def test_hand_made_task_states_are_recorded_and_task_runner_reports_are_not(ledg
     listener.on_task_instance_success(previous_state=None, task_instance=ti)  # the API: set by hand
     listener.on_task_instance_success(previous_state="running", task_instance=ti)  # the task itself
     listener.on_task_instance_failed(previous_state=None, task_instance=ti, error="marked failed")
+    listener.flush()
     assert [e.details for e in events("run2")] == [
         {"task_id": "prod.approve", "state": "success", "by_hand": True},
         {"task_id": "prod.approve", "state": "failed", "by_hand": True},
@@ -86,9 +89,11 @@ def test_hand_made_task_states_are_recorded_and_task_runner_reports_are_not(ledg
 
 def test_other_dags_are_ignored_and_errors_never_reach_airflow(ledger, monkeypatch):
     listener.on_dag_run_success(SimpleNamespace(dag_id="etl_daily", run_id="r"), "")
+    listener.flush()
     assert ledger == []
     monkeypatch.setenv("AIRFLOW_CONN_RELEASETRAIN_LEDGER", json.dumps({"conn_type": "ftp", "host": "x"}))
     listener.on_dag_run_success(SimpleNamespace(dag_id="release_storefront", run_id="r3"), "")  # logged, not raised
+    listener.flush()
 
 
 def test_a_run_start_is_recorded_with_its_row_key(ledger):
@@ -104,3 +109,34 @@ def test_a_run_start_is_recorded_with_its_row_key(ledger):
     }
     listener.on_dag_run_running(SimpleNamespace(dag_id="some_other_dag", run_id="run9"), "started")
     assert len(events("run9")) == 1, "only release DAGs are recorded"
+
+
+def test_a_slow_ledger_never_stalls_the_scheduler_and_a_full_queue_leaves_a_recorded_gap(ledger, monkeypatch):
+    """Issue 11 finding 7: a locked SQLite ledger held the scheduler for up to 60 s per event."""
+    import queue
+    import time
+
+    original = listener._append
+
+    def slow(*args, **kwargs):
+        if args[0] != "listener_gap":
+            time.sleep(0.5)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(listener, "_append", slow)
+    monkeypatch.setattr(listener, "_queue", queue.Queue(maxsize=1))
+    monkeypatch.setattr(listener, "_worker", None)
+    took = 0.0
+    for i in range(3):  # one being written, one waiting, one dropped
+        started = time.monotonic()
+        listener.on_dag_run_success(SimpleNamespace(dag_id="release_storefront", run_id=f"q{i}"), "")
+        took = max(took, time.monotonic() - started)
+        deadline = time.monotonic() + 5
+        while i == 0 and not listener._queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the worker picked the first up
+    assert took < 0.2, "the caller (the scheduler) never waits on the ledger"
+    assert listener.flush(10)
+    recorded = [e.run_id for e in LedgerHook().events(kind="run_state")]
+    assert len(recorded) == 2
+    [gap] = list(LedgerHook().events(kind="listener_gap"))
+    assert gap.details["dropped"] == 1 and "the end of storefront" in gap.details["what"][0]

@@ -355,3 +355,46 @@ def run_events_of(dag_id: str, kind: str) -> list:
         return list(hook.events(release=RELEASE, run_id=RUN_ID, dag_id=dag_id, kind=kind))
     finally:
         hook.close()
+
+
+def test_a_completed_rollback_is_never_failed_by_a_ledger_hiccup(monkeypatch):
+    """Issue 11 finding 7: the rollback wrote its result last with no retry; a ledger hiccup
+    then marked a completed rollback failed. Now its intent is written before it acts, and
+    the outcome is retried and, failing that, logged without failing the task."""
+    import releasetrain.operators.rollback as rollback_module
+    from releasetrain.operators import _common
+
+    monkeypatch.setattr(rollback_module, "RECORD_ATTEMPTS", 2)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        old = dict(fleet.env("prod"))
+        seed(
+            "deploy_started",
+            environment="prod",
+            task_id="prod.deploy",
+            version="2.0.0",
+            digest=DIGEST,
+            before={"version": "1.0.0", "digest": old["digest"], "noop": False},
+        )
+        fleet.env("prod").update(version="2.0.0", digest=DIGEST)
+        hold(ME)
+        op = rollback_op()
+        with pytest.raises(TaskDeferred):
+            op.execute(context(FakeTI(), task_id="prod.rollback"))
+        [intent] = run_events("rollback_started")
+        assert (intent.details["failed_version"], intent.details["restore_to"]) == ("2.0.0", "1.0.0")
+        fleet.env("prod").update(version="1.0.0", digest=old["digest"])  # the rollback deployment finished
+        original = _common.record
+
+        def hiccup(context, kind, *args, **kwargs):
+            if kind == "rollback":
+                raise OSError("database is locked")
+            return original(context, kind, *args, **kwargs)
+
+        monkeypatch.setattr(rollback_module, "record", hiccup)
+        ti = FakeTI()
+        result = op.execute_complete(context(ti, task_id="prod.rollback"), {"state": "succeeded", "message": ""})
+        assert result["restored_version"] == "1.0.0"
+        assert ti.xcoms[("__self__", "unrecorded_rollback")]["error"] == "database is locked"
+        assert not run_events("rollback")

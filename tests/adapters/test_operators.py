@@ -873,7 +873,7 @@ def test_a_cleared_deploy_still_knows_what_to_roll_back_to(monkeypatch):
             deploy_op().execute(deploy_ctx())
         ctx = deploy_ctx()  # a new try: nothing in XCom
         result = deploy_op().execute(ctx)  # the earlier try's deployment finished meanwhile
-        assert result["noop"] is True
+        assert result["noop"] is False, "this run changed prod: its own earlier try deployed it"
         assert (result["previous_version"], result["previous_digest"]) == ("1.0.0", seed_digest)
         before = {"version": "1.0.0", "digest": seed_digest, "noop": False}
         assert ctx["ti"].xcoms[("__self__", PRE_DEPLOY_KEY)] == before, "shown in XCom too"
@@ -1060,3 +1060,25 @@ def test_every_rollback_leaves_snapshot_postmortem_and_notification(monkeypatch,
     last = run_events()[-1]
     assert last.kind == "rollback" and last.details["postmortem"] == result["postmortem"]
     assert last.details["failed_version"] == "2.0.0" and last.details["task_id"] == "prod.rollback"
+
+
+def test_a_retried_deploy_that_finds_its_own_deployment_live_is_no_noop(monkeypatch):
+    """Issue 11 finding 7: a retried deploy recorded `noop` with the new version as previous."""
+    deploy_ready()
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        old = dict(fleet.env("prod"))
+        # the first try recorded what ran before it, deployed, and died before recording the end
+        seed(
+            "deploy_started",
+            environment="prod",
+            task_id="prod.deploy",
+            version="2.0.0",
+            digest=DIGEST,
+            before={"version": "1.0.0", "digest": old["digest"], "noop": False},
+        )
+        fleet.env("prod").update(version="2.0.0", digest=DIGEST)
+        result = deploy_op().execute(deploy_ctx())
+        assert (result["noop"], result["previous_version"]) == (False, "1.0.0")
+        [deployed] = run_events("deployed")
+        assert deployed.details["noop"] is False and deployed.details["previous_version"] == "1.0.0"

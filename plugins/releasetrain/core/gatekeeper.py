@@ -379,8 +379,8 @@ def rollback_candidates(events: Iterable[EventLike], environment: str, live_vers
             before = e.details.get("before") or {}
             if before.get("version") and not before.get("noop"):
                 passed.setdefault(before["version"], {"version": before["version"], "digest": before.get("digest")})
-        elif e.kind == Event.ROLLBACK and e.details.get("failed_version"):
-            bad.add(e.details["failed_version"])
+        elif e.kind in (Event.ROLLBACK, Event.ROLLBACK_STARTED) and e.details.get("failed_version"):
+            bad.add(e.details["failed_version"])  # started counts: the record is written before acting
     live = Version.parse(live_version) if live_version else None
     good = [
         v for version, v in passed.items() if version not in bad and (live is None or Version.parse(version) < live)

@@ -122,6 +122,7 @@ class Event(StrEnum):
     RISK_ASSESSED = "risk_assessed"
     EXCEPTION = "exception"
     WINDOW_PASSED = "window_passed"
+    ROLLBACK_STARTED = "rollback_started"
     ROLLBACK = "rollback"
     CHANGE_OPENED = "change_opened"
     CHANGE_TRANSITION = "change_transition"
@@ -141,6 +142,7 @@ class Event(StrEnum):
     GATE_REFUSED = "gate_refused"
     LOCK_ACQUIRED = "lock_acquired"
     LOCK_RELEASED = "lock_released"
+    LISTENER_GAP = "listener_gap"
 
 
 EVENT_KINDS = frozenset(kind.value for kind in Event)

@@ -182,7 +182,10 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
             self.log.info(
                 "%s already runs %s %s (%s): nothing to deploy", self.environment, self.release, version, digest
             )
-            return self._result(version, digest, before, deployment_id=None, noop=True, context=context)
+            # a retry finding its own first try's deployment live is no no-op: the record says
+            # what ran before this run (the first try's record), and that this run changed it
+            noop = bool(before.get("noop", True))
+            return self._result(version, digest, before, deployment_id=None, noop=noop, context=context)
 
         self.log.info(
             "Deploying %s %s (%s) to %s%s, replacing %s",

@@ -121,6 +121,7 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
             return result
         self.log.warning("ROLLING BACK %s from %s to %s", self.environment, live.get("version"), before["version"])
         self._snapshot(context, hook, live)
+        self._intent(context, version, before, "redeploy")
         started = self._call(
             hook.start_rollback,
             version=before["version"],
@@ -150,6 +151,12 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
             "undo a change this run did not make; the environment needs a human",
         )
 
+    def _intent(self, context: Any, failed: str | None, before: dict[str, Any], how: str) -> None:
+        """Written before the rollback acts (a rollback the ledger cannot record does not start):
+        the version it takes out, and where it returns."""
+        details = {"failed_version": failed, "restore_to": before.get("version"), "how": how}
+        record(context, Event.ROLLBACK_STARTED, self.release, environment=self.environment, details=details)
+
     def execute_after_deployment(self, context: Any, event: dict[str, Any]) -> dict[str, Any] | None:
         self.log.info("the deployment ended %s: rolling back now", event.get("state"))
         return self.execute(context)
@@ -159,6 +166,7 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
     ) -> dict[str, Any]:
         """A rollback that is a traffic change (abort the canary, switch the colours back)."""
         self._snapshot(context, hook, live)
+        self._intent(context, self._failed_version(context, live), before, what)
         self._call(action)
         result = self._verify(hook, before, context)
         return self._after_rollback(context, before, {**result, "action": what})
@@ -356,18 +364,30 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
 def record_rollback(
     context: Any, release: str, environment: str, result: dict[str, Any], failed_version: str | None
 ) -> None:
-    """The rollback's record, retried (a completed rollback is never reported failed for a ledger hiccup)."""
+    """The rollback's record, retried; a completed rollback is never reported failed for a
+    ledger hiccup (its ``rollback_started`` record, written before it acted, stands, and the
+    failure to record the outcome is logged loudly and kept in XCom)."""
+    import logging
     import time
 
     details = {**result, "failed_version": failed_version}
-    for attempt in range(3):
+    for attempt in range(RECORD_ATTEMPTS):
         try:
             record(context, Event.ROLLBACK, release, environment=environment, details=details)
             return
-        except Exception:
-            if attempt == 2:
-                raise
-            time.sleep(1 + attempt)
+        except Exception as exc:
+            if attempt == RECORD_ATTEMPTS - 1:
+                logging.getLogger(__name__).error(
+                    "ROLLBACK OF %s COMPLETED but its outcome could not be recorded in the ledger: %s",
+                    environment,
+                    exc,
+                )
+                context["ti"].xcom_push(key="unrecorded_rollback", value={**details, "error": str(exc)})
+                return
+            time.sleep(min(2**attempt, 8))
+
+
+RECORD_ATTEMPTS = 5
 
 
 def _build_notifier(target: dict[str, Any], payload: dict[str, Any]) -> Any:
