@@ -36,8 +36,10 @@ Demo extras:
   GET  /metrics               Prometheus text: requests per environment, version, route (app|preview) and
                               code; a latency histogram per environment and version; the
                               idle colour's traffic weight
-Basic auth is required on everything but /metrics and /healthz when --user/--password
-(or FLEET_USER/FLEET_PASSWORD) are set.
+Basic auth is required on everything but /metrics, /healthz and the application itself
+(``/environments/{env}/app/...``, ``/preview/...`` and ``GET .../health``, which a user of the
+application reaches without the deploy credentials) when --user/--password (or
+FLEET_USER/FLEET_PASSWORD) are set.
 """
 
 from __future__ import annotations
@@ -61,6 +63,14 @@ ENV_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 UNHEALTHY_ERROR_RATE = 0.05
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 COLOURS = ("blue", "green")
+
+
+def _application(raw_path: str) -> bool:
+    """The application's routes (anonymous, like any user of the application)."""
+    parts = [p for p in raw_path.split("?", 1)[0].split("/") if p]
+    return (
+        len(parts) >= 3 and parts[0] == "environments" and (parts[2] in ("app", "preview") or parts[2:] == ["health"])
+    )
 
 
 class Fleet:
@@ -433,7 +443,7 @@ def make_handler(fleet: Fleet, credentials: tuple[str, str] | None):
             return data if isinstance(data, dict) else None
 
         def _authorized(self) -> bool:
-            if credentials is None or self.path in ("/metrics", "/healthz"):
+            if credentials is None or self.path in ("/metrics", "/healthz") or _application(self.path):
                 return True
             header = self.headers.get("Authorization", "")
             expected = "Basic " + base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()

@@ -243,10 +243,42 @@ def test_a_send_that_raises_is_a_failed_step(exc, error):
 
 
 def test_a_variable_cannot_turn_the_path_into_a_url():
-    send = Recorder()
+    send = Recorder(answer())
     result = run_journey(journey(step(path="${where}")), send, {"where": "http://elsewhere/steal"})
-    assert not result.ok and "not relative to the target's base URL" in result.steps[0].error
-    assert send.requests == []
+    assert result.ok and [r[1] for r in send.requests] == ["http%3A%2F%2Felsewhere%2Fsteal"], "one relative segment"
+
+
+def test_an_answer_cannot_steer_a_later_request_to_the_targets_api():
+    """Issue 11 finding 6: a candidate version's answer put `../../promote` into a later path,
+    sent with the deploy target's credentials. Values are one encoded segment; the path
+    stays inside the application's routes."""
+    j = journey(
+        step("cart", path="app/cart", method="POST", extract={"cart_id": "id"}),
+        step("checkout", path="app/cart/${cart_id}/checkout"),
+    )
+    send = Recorder(answer(payload={"id": "../../promote"}), answer())
+    result = run_journey(j, send, routes=("app", "preview"))
+    assert [r[1] for r in send.requests] == ["app/cart"], "the steered request was never sent"
+    assert result.steps[1].path == "app/cart/..%2F..%2Fpromote/checkout"
+    assert not result.ok and "leaves the application's route" in result.steps[1].error
+
+
+@pytest.mark.parametrize(
+    "path, routes, problem",
+    [
+        ("app/version", ("app",), None),
+        ("promote", ("app", "preview"), "outside the application's routes"),
+        ("app/../promote", ("app",), "leaves the application's route"),
+        ("app/%2e%2e/promote", ("app",), "leaves the application's route"),
+        ("/environments/prod/promote", (), "not relative"),
+        ("anything/at/all", (), None),
+    ],
+)
+def test_path_guard(path, routes, problem):
+    from releasetrain.core.checks import path_problem
+
+    found = path_problem(path, routes)
+    assert (found is None) if problem is None else (problem in found), found
 
 
 def test_result_is_frozen_and_json_safe():

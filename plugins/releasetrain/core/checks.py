@@ -6,7 +6,7 @@ The adapters do the I/O and hand the observed response here; this module decides
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from string import Template
 from typing import Any
@@ -44,11 +44,40 @@ def substitute(text: str, values: Mapping[str, str]) -> str:
     return Template(text).safe_substitute(values)
 
 
+def path_problem(path: str, routes: Sequence[str] = ()) -> str | None:
+    """Why a request path may not be sent (None: it may).
+
+    Application checks stay inside the application: the path is relative, has no ``.`` or
+    ``..`` segment (also percent-encoded), and, when ``routes`` are given (checks sent to
+    the deploy target's base URL), starts with one of them (``app``, ``preview``, ...),
+    so no check can reach the target's own API (``deployments``, ``promote``, ``rollback``).
+    """
+    from urllib.parse import unquote
+
+    if "://" in path or path.startswith(("/", "\\")) or "\\" in path:
+        return f"the path {path!r} is not relative to the application's base URL"
+    route = path.split("?", 1)[0].split("#", 1)[0]
+    for segment in route.split("/"):
+        decoded = unquote(segment)
+        if decoded in (".", "..") or any(part in (".", "..") for part in decoded.replace("\\", "/").split("/")):
+            return f"the path {path!r} leaves the application's route (a '.' or '..' segment)"
+    if routes and route.split("/", 1)[0] not in routes:
+        return f"the path {path!r} is outside the application's routes ({', '.join(routes)})"
+    return None
+
+
+def encode_values(values: Mapping[str, Any]) -> dict[str, str]:
+    """Values made safe to put in a URL path: each one a single, percent-encoded segment."""
+    from urllib.parse import quote
+
+    return {k: quote(v if isinstance(v, str) else json.dumps(v), safe="") for k, v in values.items()}
+
+
 def render_check(check: HttpCheck, values: Mapping[str, str]) -> HttpCheck:
-    """The check with ``${version}``-style placeholders filled in."""
+    """The check with ``${version}``-style placeholders filled in (encoded in the endpoint)."""
     return check.model_copy(
         update={
-            "endpoint": substitute(check.endpoint, values),
+            "endpoint": substitute(check.endpoint, encode_values(values)),
             "expect_json": {
                 k: substitute(v, values) if isinstance(v, str) else v for k, v in check.expect_json.items()
             },

@@ -30,14 +30,14 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from releasetrain.core.checks import _MISSING, json_path
+from releasetrain.core.checks import _MISSING, encode_values, json_path, path_problem
 from releasetrain.core.spec import NAME_PATTERN, _problems, _read_yaml, unique_names
 
 __all__ = [
@@ -380,10 +380,14 @@ def _judge(
     return failures, document
 
 
-def run_journey(journey: Journey, send: Send, values: Mapping[str, Any] | None = None) -> JourneyResult:
+def run_journey(
+    journey: Journey, send: Send, values: Mapping[str, Any] | None = None, routes: Sequence[str] = ()
+) -> JourneyResult:
     """Run the steps in order through ``send``; stop at the first failing step.
 
-    ``values`` fill placeholders (over the journey's ``variables``). Raises
+    ``values`` fill placeholders (over the journey's ``variables``); in paths each value is
+    one percent-encoded segment, and a path outside ``routes`` (when given) or leaving the
+    application with ``.``/``..`` fails its step without a request. Raises
     :class:`JourneyError` (naming the step and field) before sending anything when a
     placeholder cannot be filled; everything else, a ``send`` that raises included, ends
     in the returned :class:`JourneyResult`.
@@ -395,14 +399,17 @@ def run_journey(journey: Journey, send: Send, values: Mapping[str, Any] | None =
     results: list[StepResult] = []
     for index, step in enumerate(journey.steps):
         request = step.request
-        path = render(request.path, scope, keep_types=False)
+        # values in a path (given, or taken from an earlier answer) are one encoded segment each:
+        # an answer can never steer a request to another route
+        path = render(request.path, encode_values(scope), keep_types=False)
         headers = {name: render(text, scope, keep_types=False) for name, text in request.headers.items()}
         body = render(request.body, scope)
         failures: list[str]
         status: int | None = None
         elapsed_ms = 0.0
-        if "://" in path or path.startswith("//"):
-            failures = [f"the path {path!r} is not relative to the target's base URL"]
+        problem = path_problem(path, routes)
+        if problem:
+            failures = [problem]
         else:
             started = time.monotonic()
             try:

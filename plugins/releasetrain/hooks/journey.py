@@ -1,8 +1,9 @@
 """Runs synthetic transactions (:mod:`releasetrain.core.journey`) through an Airflow HTTP connection.
 
 The connection's host is the base URL the journey's paths are relative to (e.g. the demo
-fleet's ``http://fleet:8080/environments/prod``); login/password are sent as HTTP basic
-auth. One ``requests`` session serves the whole journey, so cookies an answer sets go
+fleet's ``http://fleet:8080/environments/prod``): the journey is the application's user,
+so the connection's credentials (the deploy target's) are never sent, and its paths stay
+in the application's routes. One ``requests`` session serves the whole journey, so cookies an answer sets go
 with the next steps, as a browser's would. The hook only sends and times requests; the
 core judges the answers. Neither headers, bodies nor the connection's password are logged.
 """
@@ -18,6 +19,7 @@ from airflow.providers.http.hooks.http import HttpHook
 from airflow.sdk import BaseHook
 
 from releasetrain.core.journey import Journey, JourneyResult, run_journey
+from releasetrain.hooks.http_check import APP_ROUTES, _anonymous_session
 
 _MAX_BODY = 1024 * 1024  # enough for any JSON answer a journey inspects
 
@@ -31,10 +33,13 @@ class JourneyHook(BaseHook):
     conn_type = "http"
     hook_name = "Release synthetic transaction"
 
-    def __init__(self, http_conn_id: str = default_conn_name, timeout: float = 10) -> None:
+    def __init__(
+        self, http_conn_id: str = default_conn_name, timeout: float = 10, app_routes: tuple[str, ...] = APP_ROUTES
+    ) -> None:
         super().__init__()
         self.http_conn_id = http_conn_id
         self.timeout = timeout
+        self.app_routes = tuple(app_routes)
 
     def run(self, journey: Journey, values: Mapping[str, Any] | None = None) -> JourneyResult:
         """Run the journey against the connection; see :func:`releasetrain.core.journey.run_journey`."""
@@ -45,7 +50,7 @@ class JourneyHook(BaseHook):
         def send(method: str, path: str, headers: dict[str, str], body: Any) -> tuple[int, str, float]:
             if not sessions:  # a missing connection fails the first step, with the connection named
                 try:
-                    sessions.append(http.get_conn())
+                    sessions.append(_anonymous_session(http))  # the application: no deploy credentials
                 except Exception as exc:
                     raise RuntimeError(f"connection {self.http_conn_id!r}: {exc}") from exc
             session = sessions[0]
@@ -68,7 +73,7 @@ class JourneyHook(BaseHook):
             return response.status_code, text, elapsed_ms
 
         try:
-            result = run_journey(journey, send, values)
+            result = run_journey(journey, send, values, routes=self.app_routes)
         finally:
             for session in sessions:
                 session.close()
