@@ -5,8 +5,12 @@ Run: ``python include/demo_fleet/fleet.py --port 8799``. Standard library only.
 
 Deploy-target contract (per environment, under ``/environments/{env}/``):
   GET  status                 current version, digest, previous version, state, health
-  POST deployments            {release, version, digest, run_id} -> 202 {deployment_id}
-                              (200 {state: succeeded, noop: true} if already live; 409 if busy)
+  POST deployments            {release, version, digest, run_id, bundle: {url, signature}}
+                              -> 202 {deployment_id} (200 {state: succeeded, noop: true} if
+                              already live; 409 if busy). With a pinned bundle key
+                              (--bundle-public-key / FLEET_BUNDLE_PUBLIC_KEY) the fleet fetches
+                              the bundle and verifies content, digest and signature first:
+                              422 "bundle refused: ..." for an unsigned or re-signed one
   GET  deployments/{id}       {deployment_id, state: in_progress|succeeded|failed, ...}
   POST rollback               {version, digest, reason} -> 202 {deployment_id}
                               (409 if that version never ran there)
@@ -74,8 +78,11 @@ def _application(raw_path: str) -> bool:
 
 
 class Fleet:
-    def __init__(self, deploy_seconds: float = 1.5, seed: dict[str, str] | None = None):
+    def __init__(self, deploy_seconds: float = 1.5, seed: dict[str, str] | None = None, bundle_key: str | None = None):
         self.deploy_seconds = deploy_seconds
+        # the pinned public key bundles must be signed with (PEM); None: bundles are not checked
+        self.bundle_key = bundle_key
+        self.refused: list[dict[str, Any]] = []
         self.lock = threading.RLock()
         self.environments: dict[str, dict[str, Any]] = {}
         self.deployments: dict[str, dict[str, Any]] = {}
@@ -183,6 +190,11 @@ class Fleet:
             return 400, {"error": "'digest' must be a sha256: digest"}
         if env["deployment_id"]:
             return 409, {"error": f"deployment {env['deployment_id']} is in progress in {name}"}
+        if kind != "rollback" and self.bundle_key:
+            problem = self.check_bundle(body, version, digest)
+            if problem:
+                self.refused.append({"environment": name, "version": version, "digest": digest, "why": problem})
+                return 422, {"error": f"bundle refused: {problem}"}
         if kind != "deploy_idle" and idle and idle["weight"] > 0:
             return 409, {
                 "error": f"{idle['version']} takes {idle['weight']}% of {name}'s traffic on {idle['colour']}: "
@@ -320,6 +332,41 @@ class Fleet:
                 buckets[i] += 1
         buckets[-1] += 1
         return code, body
+
+    def check_bundle(self, body: dict[str, Any], version: str, digest: str) -> str | None:
+        """Fetch the bundle the deployment names and verify it against the pinned key: its
+        content, its digest (the one asked for) and its signature. None: deploy it."""
+        bundle = body.get("bundle") if isinstance(body.get("bundle"), dict) else {}
+        url, signature = bundle.get("url"), bundle.get("signature")
+        if not isinstance(url, str) or not isinstance(signature, dict):
+            return "no signed bundle: the deployment must name the bundle's location and signature"
+        try:
+            if url.startswith("file://"):
+                with open(url[len("file://") :], "rb") as handle:
+                    archive = handle.read()
+            else:
+                import urllib.request
+
+                with urllib.request.urlopen(url, timeout=30) as answer:  # noqa: S310 - http(s) bundle stores
+                    archive = answer.read()
+        except OSError as exc:
+            return f"cannot fetch {url}: {exc}"
+        try:  # the verifier is releasetrain's own (cryptography is needed for Ed25519)
+            from releasetrain.core.bundle import BundleError, load_public_key, verify_signed_bundle
+        except ImportError:
+            return "cannot verify bundles here: releasetrain (and cryptography) are not installed"
+        try:
+            verify_signed_bundle(
+                archive,
+                signature,
+                load_public_key(self.bundle_key),
+                release=str(body.get("release")),
+                version=version,
+                expected_digest=digest,
+            )
+        except BundleError as exc:
+            return str(exc)
+        return None
 
     def start_traffic(self, rps: float) -> None:
         """Synthetic users: ``rps`` live requests per second to every environment that runs
@@ -575,10 +622,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--user", default=os.environ.get("FLEET_USER"))
     parser.add_argument("--password", default=os.environ.get("FLEET_PASSWORD"))
     parser.add_argument("--traffic", type=float, default=0.0, help="synthetic requests per second per environment")
+    parser.add_argument(
+        "--bundle-public-key",
+        metavar="PEM_FILE",
+        help="deploy only bundles signed with this key (also FLEET_BUNDLE_PUBLIC_KEY, the PEM itself)",
+    )
     args = parser.parse_args(argv)
     seed = dict(item.split("=", 1) for item in args.seed.split(",") if "=" in item)
     credentials = (args.user, args.password) if args.user and args.password else None
-    fleet = Fleet(args.deploy_seconds, seed)
+    key = os.environ.get("FLEET_BUNDLE_PUBLIC_KEY") or None
+    if args.bundle_public_key:
+        with open(args.bundle_public_key) as handle:
+            key = handle.read()
+    fleet = Fleet(args.deploy_seconds, seed, bundle_key=key)
     if args.traffic > 0:
         fleet.start_traffic(args.traffic)
     server = serve(args.host, args.port, fleet, credentials)

@@ -188,7 +188,13 @@ class DevStack:
         """The fleet sees its own credentials only, none of Airflow's secrets."""
         user, password = self.fleet_auth()
         keep = {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"}
-        return {**{k: v for k, v in os.environ.items() if k in keep}, "FLEET_USER": user, "FLEET_PASSWORD": password}
+        return {
+            **{k: v for k, v in os.environ.items() if k in keep},
+            "FLEET_USER": user,
+            "FLEET_PASSWORD": password,
+            # the target verifies every bundle against the pinned public key (never a private one)
+            "FLEET_BUNDLE_PUBLIC_KEY": self.public_key("signing_key"),
+        }
 
     def fleet_auth(self) -> tuple[str, str]:
         sec = self.secrets()

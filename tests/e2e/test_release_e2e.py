@@ -183,3 +183,41 @@ def test_approval_marked_successful_by_hand_deploys_nothing(author, fleet, ledge
     assert {"state": "failed"}.items() <= next(e.details for e in events if e.kind == "run_state").items()
     change = [e for e in events if e.kind == "change_closed"]
     assert change and change[-1].details["state"] == "canceled", "the listener canceled the unimplemented change"
+
+
+def test_the_target_deploys_only_bundles_signed_with_its_pinned_key(stack, author, fleet):
+    """Issue 11, finding 3: the target was trusted to deploy a version and a digest. Now the
+    deployment names the bundle and its signature; the fleet (a real process, given only the
+    bundle signing *public* key) fetches and verifies it, and refuses anything else."""
+    import requests
+
+    from releasetrain.core.bundle import generate_private_key_pem, load_private_key, public_key_pem
+
+    run_id = trigger(author, "2.7.0", change_summary="signed bundles")
+    assert author.wait_for_task(DAG, run_id, "package", ("success",), timeout=180) == "success"
+    packaged = author.xcom(DAG, run_id, "package")
+    folder = Path(urlparse(packaged["location"]).path)
+    signature = json.loads((folder / "bundle.sig.json").read_text())
+    url = f"{stack.config.fleet_url}/environments/signed-check/deployments"
+    body = {"release": "storefront", "version": "2.7.0", "digest": packaged["digest"], "run_id": "by-hand"}
+
+    def deploy(bundle):
+        return requests.post(url, json={**body, **bundle}, auth=stack.fleet_auth(), timeout=30)
+
+    unsigned = deploy({})
+    assert unsigned.status_code == 422 and "no signed bundle" in unsigned.json()["error"]
+    # re-signed: the same bytes, a signature made with another key (embedded in the document)
+    other = load_private_key(generate_private_key_pem())
+    from releasetrain.core.bundle import signing_statement
+
+    statement = signing_statement("storefront", "2.7.0", packaged["digest"], signature["archive_sha256"])
+    import base64
+
+    forged = {**signature, "signature": base64.b64encode(other.sign(statement)).decode()}
+    forged["public_key"] = public_key_pem(other)
+    resigned = deploy({"bundle": {"url": f"file://{folder / 'bundle.tar.gz'}", "signature": forged}})
+    assert resigned.status_code == 422 and "signature" in resigned.json()["error"]
+    assert fleet("signed-check")["history"] == [], "nothing was deployed"
+    genuine = deploy({"bundle": {"url": f"file://{folder / 'bundle.tar.gz'}", "signature": signature}})
+    assert genuine.status_code in (200, 202), genuine.text
+    author.request("PATCH", f"/dags/{DAG}/dagRuns/{run_id}", json={"state": "failed"})

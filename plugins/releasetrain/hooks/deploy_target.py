@@ -97,11 +97,22 @@ class DeployTargetHook(BaseHook):
         return self._expect("GET", "status", None, (200,))
 
     def start_deployment(
-        self, *, release: str, version: str, digest: str, run_id: str, slot: str | None = None
+        self,
+        *,
+        release: str,
+        version: str,
+        digest: str,
+        run_id: str,
+        slot: str | None = None,
+        bundle: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        body = {"release": release, "version": version, "digest": digest, "run_id": run_id}
+        """``bundle``: ``{url, signature}``, so the target can fetch the bytes and verify them
+        against its own pinned key before deploying (it never has to trust the digest)."""
+        body: dict[str, Any] = {"release": release, "version": version, "digest": digest, "run_id": run_id}
         if slot:
             body["slot"] = slot
+        if bundle:
+            body["bundle"] = bundle
         return _started(
             self.deploy_target_conn_id, "POST deployments", self._expect("POST", "deployments", body, (200, 201, 202))
         )

@@ -203,6 +203,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
             digest=digest,
             run_id=context["run_id"],
             slot=self.slot,
+            bundle=self._bundle(run, digest),
         )
         if started.get("state") == "succeeded":
             return self._result(
@@ -242,6 +243,29 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
             "%s now runs %s %s (deployment %s)", self.environment, self.release, version, event["deployment_id"]
         )
         return self._result(version, digest, pre, deployment_id=event["deployment_id"], noop=False, context=context)
+
+    def _bundle(self, run: RunLedger, digest: str) -> dict[str, Any] | None:
+        """Where the target fetches the bundle, and its signature document, for the target to
+        verify against its own pinned key (the location is the packaging's ledger record).
+        None when neither can be found: a target that verifies then refuses the deployment."""
+        import json
+
+        from airflow.sdk import ObjectStoragePath
+
+        from releasetrain.hooks.bundle_store import BundleStoreHook
+
+        packaged = run.last(Event.PACKAGED)
+        location = packaged.details.get("location") if packaged else None
+        if not location or packaged.details.get("digest") != digest:
+            self.log.warning("%s: no packaged bundle %s in the ledger to hand the target", self.environment, digest)
+            return None
+        folder = ObjectStoragePath(location)
+        try:
+            signature = json.loads((folder / BundleStoreHook.SIGNATURE).read_text())
+        except (OSError, ValueError) as exc:
+            self.log.warning("%s: the bundle's signature cannot be read: %s", self.environment, exc)
+            return None
+        return {"url": str(folder / BundleStoreHook.BUNDLE), "signature": signature}
 
     def _before(
         self, context: Any, run: RunLedger, live: dict[str, Any], version: str, digest: str, already_live: bool
