@@ -133,6 +133,14 @@ def test_quorum_review_and_segregation_of_duties_end_to_end(stack, author, appro
     assert refused(author, run_id, "gov-prod.approve") == 403
     admin.request("PATCH", f"/dags/{DAG}/dagRuns/{run_id}", json={"state": "failed"})
     # the listener records what happened outside the tasks: the run success, then the hand-made failure
-    states = [e.details["state"] for e in ledger.events("governed", run_id) if e.kind == "run_state"]
+    # (queued off the API server's request: it lands a moment later)
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        states = [e.details["state"] for e in ledger.events("governed", run_id) if e.kind == "run_state"]
+        if len(states) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert states == ["success", "failed"]
     assert ledger.verify().ok
