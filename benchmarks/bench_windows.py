@@ -101,7 +101,7 @@ def bench_parse(tmp: Path) -> dict:
     from airflow.dag_processing.dagbag import DagBag
 
     from releasetrain.core.spec import load_spec
-    from releasetrain.factory import build_release_dag
+    from releasetrain.factory import build_release_dag, build_rollback_dag
 
     specs = tmp / "releases"
     specs.mkdir()
@@ -109,8 +109,11 @@ def bench_parse(tmp: Path) -> dict:
     for i in range(N):
         (specs / f"payments{i:03d}.yaml").write_text(yaml.safe_dump({**base, "name": f"payments{i:03d}"}))
     # the hand-written baseline: same DAG shape, EmptyOperators, one file
-    shape = build_release_dag(load_spec(specs / "payments000.yaml", display_root=ROOT), project_root=ROOT)
+    spec = load_spec(specs / "payments000.yaml", display_root=ROOT)
+    shape = build_release_dag(spec, project_root=ROOT)
+    rollback = build_rollback_dag(spec, project_root=ROOT)  # each spec makes two DAGs: so does the baseline
     edges = [(t.task_id, d) for t in shape.tasks for d in sorted(t.downstream_task_ids)]
+    rb_edges = [(t.task_id, d) for t in rollback.tasks for d in sorted(t.downstream_task_ids)]
     hand = tmp / "hand" / "hand_written_dags.py"
     hand.parent.mkdir()
     hand.write_text(
@@ -124,16 +127,23 @@ def bench_parse(tmp: Path) -> dict:
         "        for a, b in EDGES:\n"
         "            ops[a] >> ops[b]\n"
         "    globals()[dag.dag_id] = dag\n"
+        f"RB_TASKS = {[t.task_id for t in rollback.tasks]!r}\nRB_EDGES = {rb_edges!r}\n"
+        f"for i in range({N}):\n"
+        "    with DAG(dag_id=f'hand_rb_{i:03d}', schedule=None, start_date=pendulum.datetime(2024, 1, 1)) as dag:\n"
+        "        ops = {t: EmptyOperator(task_id=t) for t in RB_TASKS}\n"
+        "        for a, b in RB_EDGES:\n"
+        "            ops[a] >> ops[b]\n"
+        "    globals()[dag.dag_id] = dag\n"
     )
     os.environ["RELEASETRAIN_SPEC_DIRS"] = str(specs)
 
     def ours():
         bag = DagBag(str(ROOT / "dags" / "releases.py"))
-        assert len(bag.dags) == N and not bag.import_errors, bag.import_errors
+        assert len(bag.dags) == 2 * N and not bag.import_errors, bag.import_errors
 
     def baseline():
         bag = DagBag(str(hand))
-        assert len(bag.dags) == N, bag.import_errors
+        assert len(bag.dags) == 2 * N, bag.import_errors
 
     t_ours, t_base = best_of(ours), best_of(baseline)
     return {
