@@ -38,6 +38,7 @@ def validate(*paths: str, env: dict | None = None) -> subprocess.CompletedProces
         ("environ", "components[1].source", "must be relative and stay inside the project"),
         ("templated", "artifact_store", "templates are not allowed in a spec"),
         ("secondly", "calendar.blackouts[0].ics", "repeats SECONDLY"),
+        ("deploycreds", "environments[0].smoke_checks[0].conn_id", "fleet_dev is a deploy target"),
     ],
 )
 def test_validate_refuses_a_spec_that_would_run_code_or_read_secrets(spec, field, reason):

@@ -127,6 +127,23 @@ def check_policy(spec: Any, raw: Any, policy: Policy | None = None) -> list[tupl
                     "AIRFLOW__RELEASETRAIN__ALLOWED_NOTIFIERS",
                 )
             )
+    targets = {env.deploy_target for env in spec.environments}
+    for e, env in enumerate(spec.environments):
+        checks = [(f"environments[{e}].smoke_checks[{i}]", c) for i, c in enumerate(env.smoke_checks)]
+        if env.health_checks is not None:
+            checks += [
+                (f"environments[{e}].health_checks.checks[{i}]", c) for i, c in enumerate(env.health_checks.checks)
+            ]
+        for where, check in checks:
+            if check.conn_id in targets:
+                problems.append(
+                    (
+                        f"{where}.conn_id",
+                        f"{check.conn_id} is a deploy target: application checks never use the deploy credentials "
+                        "(leave conn_id out to reach the application on the target's base URL, or name the "
+                        "application's own connection)",
+                    )
+                )
     for i, component in enumerate(spec.components):
         problem = policy.source_problem(component.source)
         if problem:
