@@ -191,16 +191,19 @@ def _anchor(args: argparse.Namespace, store, result) -> list[str]:
     from releasetrain.hooks.ledger import CheckpointStore
 
     checkpoints = CheckpointStore(args.checkpoints)
-    checkpoint = checkpoints.latest()
-    if checkpoint is None:
+    every = checkpoints.all()
+    if not every:
         return [f"not anchored: no checkpoint in {checkpoints.url} (`releasetrain ledger checkpoint` writes one)"]
+    checkpoint = every[-1]
     trusted, source = _trusted_key(args, default_conn="releasetrain_ledger_signing")
     if not trusted:
         return ["", "a checkpoint exists but no pinned ledger key to check it (--public-key or --key-conn)"]
     from releasetrain.core.bundle import load_public_key
 
-    problems = checkpoint_problems(checkpoint, load_public_key(trusted))
-    problems = problems or anchor_problems(result, checkpoint, store.hash_at(int(checkpoint["seq"])))
+    key = load_public_key(trusted)
+    problems: list[str] = []
+    for each in every:  # every checkpoint, not only the newest: a later one may anchor a rewrite
+        problems += checkpoint_problems(each, key) or anchor_problems(result, each, store.hash_at(int(each["seq"])))
     if problems:
         return ["", *problems]
     behind = result.head_seq - int(checkpoint["seq"])
@@ -283,6 +286,9 @@ def _evidence(args: argparse.Namespace) -> int:
         if earlier:
             print(f"evidence: {earlier} events of an earlier, deleted run under this id are left out", file=sys.stderr)
         keys_apart(BUNDLE_KEY_CONN, LEDGER_KEY_CONN, args.signing_conn)
+        intact = store.verify()  # never sign evidence out of a broken chain
+        if not intact.ok:
+            raise LedgerError(f"the ledger does not verify, no evidence is signed: {intact.message()}")
         chain = [e for e in store.events() if events and events[0].seq <= e.seq <= events[-1].seq]
         key = SigningKeyHook(args.signing_conn).private_key()
         document = build_evidence(release, run_id, events, head, key, chain)

@@ -227,3 +227,24 @@ def test_the_writer_role_inserts_and_reads_only(pg_ledger):
         with pytest.raises(psycopg2.Error, match="permission denied|must be owner"), conn.cursor() as cur:
             cur.execute(statement)
         conn.close()
+
+
+def test_a_rewrite_is_never_anchored_by_a_later_checkpoint(ledger, capsys):
+    """Attacker review: rewrite, then let the next run's checkpoint sign the rewritten head."""
+    checkpoint(ledger, capsys)
+    rewrite_and_rehash(ledger, 3, "mallory")
+    store = store_from_url(ledger)
+    store.append("triggered", release="storefront", run_id="r9", actor="author")
+    store.close()
+    assert cli(["ledger", "checkpoint", "--url", ledger]) == 2
+    assert "no longer matches an earlier one" in capsys.readouterr().err
+    code, out = verify(ledger, capsys)
+    assert code == 1 and "the chain up to it was rewritten" in out
+
+
+def test_events_hidden_past_a_head_moved_back_are_caught(ledger, capsys):
+    events = _rows(ledger)
+    _tamper(ledger, [(f"UPDATE {HEAD} SET seq = ?, hash = ? WHERE id = 1", (8, events[7].hash))])
+    code, out = verify(ledger, capsys)
+    assert code == 1 and "lie past the head record" in out
+    assert cli(["ledger", "checkpoint", "--url", ledger]) == 2, "never checkpoints a broken chain"

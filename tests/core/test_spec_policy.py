@@ -39,6 +39,10 @@ def validate(*paths: str, env: dict | None = None) -> subprocess.CompletedProces
         ("templated", "artifact_store", "templates are not allowed in a spec"),
         ("secondly", "calendar.blackouts[0].ics", "repeats SECONDLY"),
         ("deploycreds", "environments[0].smoke_checks[0].conn_id", "fleet_dev is a deploy target"),
+        ("smtpfiles", "notifications[0].args.files", "cannot set a notifier's files"),
+        ("smtpfiles", "notifications[0].args.smtp_conn_id", "connections"),
+        ("smtpfiles", "notifications[1].conn_id", "fleet_dev is not a notification's to use"),
+        ("journeyescape", "environments[0].journeys[0]", "String should match pattern"),
     ],
 )
 def test_validate_refuses_a_spec_that_would_run_code_or_read_secrets(spec, field, reason):

@@ -34,6 +34,18 @@ DEFAULT_NOTIFIERS = (
     "releasetrain.notifiers.webhook.WebhookNotifier",
 )
 TEMPLATE_MARKERS = ("{{", "{%", "{#")
+# Notifier arguments that read files or pick connections: the deployment's, never a spec's.
+DENIED_NOTIFIER_ARGS = frozenset({"files", "file", "template", "attach", "attachments", "attachment", "http_conn_id"})
+# Connections no spec may point a check or a notification at.
+TRUSTED_CONNECTIONS = frozenset(
+    {
+        "releasetrain_ledger",
+        "releasetrain_signing",
+        "releasetrain_evidence_signing",
+        "releasetrain_ledger_signing",
+        "releasetrain_artifacts",
+    }
+)
 
 
 def _setting(name: str) -> str | None:
@@ -117,7 +129,20 @@ def check_policy(spec: Any, raw: Any, policy: Policy | None = None) -> list[tupl
     """Problems of a parsed spec (and its raw data) against the deployment's policy."""
     policy = policy or Policy.from_environment()
     problems = template_problems(raw)
+    targets = {env.deploy_target for env in spec.environments}
     for i, notification in enumerate(spec.notifications):
+        if notification.conn_id in targets | TRUSTED_CONNECTIONS:
+            problems.append((f"notifications[{i}].conn_id", f"{notification.conn_id} is not a notification's to use"))
+        for name, value in (notification.args or {}).items():
+            named = isinstance(value, str) and value in targets | TRUSTED_CONNECTIONS
+            if name in DENIED_NOTIFIER_ARGS or "conn_id" in name or named:
+                problems.append(
+                    (
+                        f"notifications[{i}].args.{name}",
+                        "a spec cannot set a notifier's files, templates, attachments or connections "
+                        "(the deployment configures them)",
+                    )
+                )
         if notification.kind == "notifier" and not policy.notifier_allowed(notification.notifier or ""):
             problems.append(
                 (
@@ -127,7 +152,6 @@ def check_policy(spec: Any, raw: Any, policy: Policy | None = None) -> list[tupl
                     "AIRFLOW__RELEASETRAIN__ALLOWED_NOTIFIERS",
                 )
             )
-    targets = {env.deploy_target for env in spec.environments}
     for e, env in enumerate(spec.environments):
         checks = [(f"environments[{e}].smoke_checks[{i}]", c) for i, c in enumerate(env.smoke_checks)]
         if env.health_checks is not None:
@@ -135,7 +159,7 @@ def check_policy(spec: Any, raw: Any, policy: Policy | None = None) -> list[tupl
                 (f"environments[{e}].health_checks.checks[{i}]", c) for i, c in enumerate(env.health_checks.checks)
             ]
         for where, check in checks:
-            if check.conn_id in targets:
+            if check.conn_id in targets | TRUSTED_CONNECTIONS:
                 problems.append(
                     (
                         f"{where}.conn_id",

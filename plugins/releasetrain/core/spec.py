@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -251,7 +251,7 @@ class Environment(_Model):
     deploy_target: str = Field(pattern=CONN_ID_PATTERN, description="Airflow connection id of the target.")
     approval: Approval = Field(default_factory=Approval)
     smoke_checks: list[HttpCheck] = Field(default_factory=list)
-    journeys: list[str] = Field(
+    journeys: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
         default_factory=list,
         description="Synthetic journeys (include/journeys/<name>.yaml) run with the smoke checks.",
     )

@@ -412,11 +412,19 @@ def parse_ics(text: str, where: str = "calendar"):
     events = list(calendar.walk("VEVENT"))
     if not events and "BEGIN:VCALENDAR" not in text:
         raise CalendarError(f"{where} is not a valid iCalendar file")
-    if len(events) > MAX_ICS_EVENTS:
+    rdates = sum(len(_as_list(e.get("RDATE"))) for e in events if e.get("RDATE"))
+    if len(events) + rdates > MAX_ICS_EVENTS:
         raise CalendarError(f"{where}: {len(events)} events, more than the {MAX_ICS_EVENTS} a calendar may hold")
     for event in events:
         for rule in event.get("RRULE") and _as_list(event.get("RRULE")) or []:
             freq = str((rule.get("FREQ") or [""])[0]).upper()
+            many = [part for part in ("BYHOUR", "BYMINUTE", "BYSECOND", "BYSETPOS") if len(rule.get(part) or []) > 1]
+            if many:
+                summary = str(event.get("SUMMARY") or event.get("UID") or "an event")
+                raise CalendarError(
+                    f"{where}: {summary!r} repeats within a day ({', '.join(many)} with several values); a blackout "
+                    "repeats at most daily (give its time with DTSTART and its length with DTEND)"
+                )
             if freq not in ICS_FREQUENCIES:
                 summary = str(event.get("SUMMARY") or event.get("UID") or "an event")
                 raise CalendarError(

@@ -26,12 +26,11 @@ APP_ROUTES = ("app", "preview", "health")
 
 
 def _anonymous_session(hook: HttpHook) -> Any:
-    session = hook.get_conn()
-    session.auth = None
-    session.trust_env = False  # no ~/.netrc credentials either
-    for header in list(session.headers):
-        if header.lower() in ("authorization", "proxy-authorization", "cookie"):
-            del session.headers[header]
+    """A fresh session for the connection's base URL only: none of its credentials, extra
+    headers (API keys), client certificates or ~/.netrc."""
+    hook.get_conn()  # resolves the base URL; that session, with its credentials, is dropped
+    session = requests.Session()
+    session.trust_env = False
     return session
 
 
@@ -51,7 +50,7 @@ class HttpCheckHook(BaseHook):
         self.app_routes = tuple(app_routes)
 
     def _refused(self, check: HttpCheck) -> CheckResult | None:
-        problem = None if check.conn_id else path_problem(check.endpoint, self.app_routes)
+        problem = path_problem(check.endpoint, () if check.conn_id else self.app_routes)
         if problem is None:
             return None
         return evaluate(check, check.endpoint, Observation(status=None, latency_ms=0.0, error=f"not sent: {problem}"))
@@ -92,11 +91,9 @@ class HttpCheckHook(BaseHook):
         started = time.monotonic()
         try:
             async with hook.session() as session:
-                if not check.conn_id:  # the deploy target's base URL, never its credentials
+                if not check.conn_id:  # the deploy target's base URL, never its credentials or headers
                     session.config.auth = None
-                    session.config.headers = {
-                        k: v for k, v in (session.config.headers or {}).items() if k.lower() != "authorization"
-                    }
+                    session.config.headers = {}
                 url = urljoin(session.base_url.rstrip("/") + "/", check.endpoint.lstrip("/"))
                 response = await session.run(
                     endpoint=check.endpoint,

@@ -335,12 +335,25 @@ class LedgerStore:
         return taken
 
     def verify(self) -> VerifyResult:
-        # Read the head first: events appended meanwhile extend the chain past it, which is fine.
+        # Read the head first: events appended meanwhile extend the chain past it, which is fine,
+        # but only if the head catches up: rows past a head that stays behind were hidden by
+        # moving the head back (the gates would still read them).
         head = self.head()
-        return verify_chain(
-            (event for event in self.events() if event.seq <= head[0]),
-            head=head,
-        )
+        events = list(self.events())
+        if events and events[-1].seq > head[0]:
+            head = self.head()
+            if events[-1].seq > head[0]:
+                beyond = [e.seq for e in events if e.seq > head[0]]
+                return VerifyResult(
+                    False,
+                    0,
+                    head[0],
+                    head[1],
+                    beyond[0],
+                    f"events {beyond[0]}..{beyond[-1]} lie past the head record (event {head[0]}): the head was "
+                    "moved back to hide them",
+                )
+        return verify_chain((event for event in events if event.seq <= head[0]), head=head)
 
 
 class SqliteLedgerStore(LedgerStore):
@@ -733,16 +746,26 @@ class CheckpointStore:
         path.write_text(json.dumps(checkpoint, indent=2, sort_keys=True))
         return str(path)
 
-    def latest(self) -> dict[str, Any] | None:
+    def names(self) -> list[str]:
+        """Checkpoint files, oldest first (``<12 digits>.json`` regular files only)."""
+        import re
+
         if not self.base.exists():
-            return None
-        names = sorted(p.name for p in self.base.iterdir() if p.name.endswith(".json"))
-        if not names:
-            return None
+            return []
+        return sorted(p.name for p in self.base.iterdir() if re.fullmatch(r"\d{12}\.json", p.name) and p.is_file())
+
+    def read(self, name: str) -> dict[str, Any]:
         try:
-            return json.loads((self.base / names[-1]).read_text())
-        except ValueError as exc:
-            raise LedgerError(f"checkpoint {self.base / names[-1]} is not valid JSON: {exc}") from None
+            return json.loads((self.base / name).read_text())
+        except (OSError, ValueError) as exc:
+            raise LedgerError(f"checkpoint {self.base / name} cannot be read: {exc}") from None
+
+    def all(self) -> list[dict[str, Any]]:
+        return [self.read(name) for name in self.names()]
+
+    def latest(self) -> dict[str, Any] | None:
+        names = self.names()
+        return self.read(names[-1]) if names else None
 
 
 def signing_key_connection(conn_id: str) -> Any | None:
@@ -753,14 +776,25 @@ def signing_key_connection(conn_id: str) -> Any | None:
 def write_checkpoint(store: LedgerStore, key_conn_id: str = "releasetrain_ledger_signing", url: str | None = None):
     """Sign the ledger's head with the ledger key and keep it in the checkpoint store."""
     from releasetrain.core.bundle import load_private_key
-    from releasetrain.core.ledger import sign_checkpoint
+    from releasetrain.core.ledger import anchor_problems, checkpoint_problems, sign_checkpoint
 
     conn = signing_key_connection(key_conn_id)
     pem = conn and (conn.password or conn.extra_dejson.get("private_key"))
     if not pem:
         raise LedgerError(f"no ledger key: connection {key_conn_id!r} holds no private key")
-    seq, head_hash = store.head()
-    if not seq:
+    key = load_private_key(pem)
+    # never anchor a rewritten history: the chain must hold, and still hold every checkpoint
+    result = store.verify()
+    if not result.ok:
+        raise LedgerError(f"no checkpoint of a broken chain: {result.message()}")
+    checkpoints = CheckpointStore(url)
+    for earlier in checkpoints.all():
+        problems = checkpoint_problems(earlier, key.public_key()) or anchor_problems(
+            result, earlier, store.hash_at(int(earlier["seq"]))
+        )
+        if problems:
+            raise LedgerError("no checkpoint: the ledger no longer matches an earlier one: " + "; ".join(problems))
+    if not result.head_seq:
         return None
-    checkpoint = sign_checkpoint(seq, head_hash, load_private_key(pem))
-    return CheckpointStore(url).write(checkpoint), checkpoint
+    checkpoint = sign_checkpoint(result.head_seq, result.head_hash, key)
+    return checkpoints.write(checkpoint), checkpoint
