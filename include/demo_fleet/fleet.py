@@ -69,6 +69,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 COLOURS = ("blue", "green")
 
 
+MAX_BUNDLE_BYTES = 256 * 1024 * 1024
+
+
 def _application(raw_path: str) -> bool:
     """The application's routes (anonymous, like any user of the application)."""
     parts = [p for p in raw_path.split("?", 1)[0].split("/") if p]
@@ -78,10 +81,18 @@ def _application(raw_path: str) -> bool:
 
 
 class Fleet:
-    def __init__(self, deploy_seconds: float = 1.5, seed: dict[str, str] | None = None, bundle_key: str | None = None):
+    def __init__(
+        self,
+        deploy_seconds: float = 1.5,
+        seed: dict[str, str] | None = None,
+        bundle_key: str | None = None,
+        bundle_root: str | None = None,
+    ):
         self.deploy_seconds = deploy_seconds
         # the pinned public key bundles must be signed with (PEM); None: bundles are not checked
         self.bundle_key = bundle_key
+        # the folder bundles may be read from (the demo's artifact store); None: none
+        self.bundle_root = bundle_root
         self.refused: list[dict[str, Any]] = []
         self.lock = threading.RLock()
         self.environments: dict[str, dict[str, Any]] = {}
@@ -211,7 +222,9 @@ class Fleet:
             known = {h["version"]: h["digest"] for h in env["history"]}
             if version not in known:
                 return 409, {"error": f"{version} never ran in {name}: cannot roll back to it"}
-            digest = digest or known[version]
+            if digest and digest != known[version]:  # only the bytes that ran here before
+                return 409, {"error": f"{version} ran in {name} as {known[version]}, not {digest}"}
+            digest = known[version]
         if kind != "deploy_idle" and env["version"] == version and env["digest"] == digest:
             return 200, {
                 "deployment_id": None,
@@ -340,17 +353,18 @@ class Fleet:
         url, signature = bundle.get("url"), bundle.get("signature")
         if not isinstance(url, str) or not isinstance(signature, dict):
             return "no signed bundle: the deployment must name the bundle's location and signature"
+        if not url.startswith("file://") or not self.bundle_root:
+            return f"{url} is not under the bundle store this target reads ({self.bundle_root or 'none set'})"
+        path, root = os.path.realpath(url[len("file://") :]), os.path.realpath(self.bundle_root)
+        if os.path.commonpath([path, root]) != root:
+            return f"{url} is not under the bundle store this target reads ({self.bundle_root})"
         try:
-            if url.startswith("file://"):
-                with open(url[len("file://") :], "rb") as handle:
-                    archive = handle.read()
-            else:
-                import urllib.request
-
-                with urllib.request.urlopen(url, timeout=30) as answer:  # noqa: S310 - http(s) bundle stores
-                    archive = answer.read()
-        except OSError as exc:
-            return f"cannot fetch {url}: {exc}"
+            with open(path, "rb") as handle:
+                archive = handle.read(MAX_BUNDLE_BYTES + 1)
+        except OSError:
+            return f"cannot read the bundle at {url}"
+        if len(archive) > MAX_BUNDLE_BYTES:
+            return f"the bundle at {url} is larger than {MAX_BUNDLE_BYTES} bytes"
         try:  # the verifier is releasetrain's own (cryptography is needed for Ed25519)
             from releasetrain.core.bundle import BundleError, load_public_key, verify_signed_bundle
         except ImportError:
@@ -627,6 +641,7 @@ def main(argv: list[str] | None = None) -> None:
         metavar="PEM_FILE",
         help="deploy only bundles signed with this key (also FLEET_BUNDLE_PUBLIC_KEY, the PEM itself)",
     )
+    parser.add_argument("--bundle-root", help="the folder bundles are read from (also FLEET_BUNDLE_ROOT)")
     args = parser.parse_args(argv)
     seed = dict(item.split("=", 1) for item in args.seed.split(",") if "=" in item)
     credentials = (args.user, args.password) if args.user and args.password else None
@@ -634,7 +649,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.bundle_public_key:
         with open(args.bundle_public_key) as handle:
             key = handle.read()
-    fleet = Fleet(args.deploy_seconds, seed, bundle_key=key)
+    root = args.bundle_root or os.environ.get("FLEET_BUNDLE_ROOT") or None
+    fleet = Fleet(args.deploy_seconds, seed, bundle_key=key, bundle_root=root)
     if args.traffic > 0:
         fleet.start_traffic(args.traffic)
     server = serve(args.host, args.port, fleet, credentials)

@@ -14,8 +14,9 @@ releasetrain ledger checkpoint [--key-conn CONN_ID] [--checkpoints URL]
                                    sign the chain's head with the ledger key, keep it outside
                                    the database
 releasetrain ledger verify [--conn CONN_ID | --url URL] [--public-key PEM | --key-conn CONN_ID]
-                                   check the hash chain and the newest checkpoint; exit 1
-                                   naming the first bad event, 2 when there is no ledger
+                                   check the hash chain and every checkpoint; exit 1 naming
+                                   the first bad event (or when no checkpoint anchors it,
+                                   unless --allow-unanchored), 2 when there is no ledger
 releasetrain evidence RELEASE RUN_ID --out FILE [--dag-id DAG_ID] [--conn CONN_ID | --url URL]
                                    export a signed evidence bundle for one release run (runs are
                                    keyed by DAG id and run id; default DAG: release_<RELEASE>)
@@ -162,6 +163,10 @@ def _ledger(args: argparse.Namespace) -> int:
         return 2
     if not result.ok:
         print(result.message(), file=sys.stderr)
+        return 1
+    if result.count and anchor[0].startswith("not anchored") and not args.allow_unanchored:
+        # a checkpoint looked for in the wrong place must not let a rewritten ledger pass
+        print(f"{result.message()}; {anchor[0]}: pass --allow-unanchored to accept that", file=sys.stderr)
         return 1
     for problem in anchor[1:]:
         print(f"ledger: {problem}", file=sys.stderr)
@@ -321,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     ledger.add_argument("action", choices=["verify", "init", "checkpoint"])
     ledger.add_argument("--checkpoints", metavar="URL", help="where checkpoints are kept (default: see README)")
     ledger.add_argument("--writer-role", help="`ledger init` on PostgreSQL: the role tasks connect as")
+    ledger.add_argument(
+        "--allow-unanchored", action="store_true", help="`ledger verify` passes a ledger with no checkpoint"
+    )
     ledger_key = ledger.add_mutually_exclusive_group()
     ledger_key.add_argument("--public-key", metavar="PEM_FILE", help="pinned ledger key for `ledger verify`")
     ledger_key.add_argument(

@@ -194,6 +194,7 @@ class DevStack:
             "FLEET_PASSWORD": password,
             # the target verifies every bundle against the pinned public key (never a private one)
             "FLEET_BUNDLE_PUBLIC_KEY": self.public_key("signing_key"),
+            "FLEET_BUNDLE_ROOT": str(self.config.home.resolve() / "artifacts"),  # the stack's artifact store
         }
 
     def fleet_auth(self) -> tuple[str, str]:

@@ -67,7 +67,7 @@ def _sql(url: str, *statements: str) -> None:
 
 
 def verify(url: str, capsys) -> tuple[int, str]:
-    code = cli(["ledger", "verify", "--url", url])
+    code = cli(["ledger", "verify", "--url", url, "--allow-unanchored"])  # the chain alone
     out = capsys.readouterr()
     return code, out.out + out.err
 
@@ -149,7 +149,9 @@ def test_hook_reads_its_airflow_connection(tmp_path, monkeypatch, capsys):
     hook.append("triggered", release="storefront", run_id="r1", actor="author")
     hook.close()
     assert path.exists()
-    assert cli(["ledger", "verify", "--conn", "audit_ledger"]) == 0
+    assert cli(["ledger", "verify", "--conn", "audit_ledger"]) == 1, "not anchored"
+    capsys.readouterr()
+    assert cli(["ledger", "verify", "--conn", "audit_ledger", "--allow-unanchored"]) == 0
     assert "1 events" in capsys.readouterr().out
     assert cli(["ledger", "verify", "--conn", "no_such_ledger"]) == 2
     assert "'no_such_ledger' does not exist" in capsys.readouterr().err

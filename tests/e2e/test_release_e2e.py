@@ -217,6 +217,8 @@ def test_the_target_deploys_only_bundles_signed_with_its_pinned_key(stack, autho
     forged["public_key"] = public_key_pem(other)
     resigned = deploy({"bundle": {"url": f"file://{folder / 'bundle.tar.gz'}", "signature": forged}})
     assert resigned.status_code == 422 and "signature" in resigned.json()["error"]
+    elsewhere = deploy({"bundle": {"url": "file:///etc/hostname", "signature": signature}})
+    assert elsewhere.status_code == 422 and "not under the bundle store" in elsewhere.json()["error"]
     assert fleet("signed-check")["history"] == [], "nothing was deployed"
     genuine = deploy({"bundle": {"url": f"file://{folder / 'bundle.tar.gz'}", "signature": signature}})
     assert genuine.status_code in (200, 202), genuine.text
