@@ -241,16 +241,7 @@ class DevStack:
         (home / "ledger-public-key.pem").write_text(self.public_key("ledger_key"))
 
     def _releasetrain(self, *args: str, log: str) -> None:
-        with open(self.logs / f"{log}.log", "w") as out:
-            done = subprocess.run(
-                [sys.executable, "-m", "releasetrain", *args],
-                env=self.env(),
-                cwd=self.config.home,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        if done.returncode:
-            raise RuntimeError(f"releasetrain {' '.join(args)} failed; see {self.logs / f'{log}.log'}")
+        self._command([sys.executable, "-m", "releasetrain", *args], log=log)
 
     def _fab_users(self) -> None:
         """FAB's tables and the demo users (password = name); their numeric ids go into the
@@ -281,16 +272,14 @@ class DevStack:
         (self.config.home / "groups.yaml").write_text(yaml.safe_dump({"groups": ids, "users": users}))
 
     def _airflow(self, *args: str, log: str) -> None:
+        self._command([str(Path(sys.executable).parent / "airflow"), *args], log=log)
+
+    def _command(self, cmd: list[str], *, log: str) -> None:
+        """Run a setup command in the stack's environment; its output goes to ``<log>.log``."""
         with open(self.logs / f"{log}.log", "w") as out:
-            done = subprocess.run(
-                [str(Path(sys.executable).parent / "airflow"), *args],
-                env=self.env(),
-                cwd=self.config.home,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+            done = subprocess.run(cmd, env=self.env(), cwd=self.config.home, stdout=out, stderr=subprocess.STDOUT)
         if done.returncode:
-            raise RuntimeError(f"airflow {' '.join(args)} failed; see {self.logs / f'{log}.log'}")
+            raise RuntimeError(f"`{' '.join(cmd)}` failed; see {self.logs / f'{log}.log'}")
 
     # --- processes --------------------------------------------------------------------
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:

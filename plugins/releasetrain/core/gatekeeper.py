@@ -358,6 +358,36 @@ def recorded_person(run: RunLedger, kind: str, task_id: str, what: str) -> Decis
     return Decision.refuse(task_id, run.missing(task_id, what))
 
 
+def may_lock(run: RunLedger, environment: str, target: str, step: str) -> Decision:
+    """A run takes a target's lock for an environment once: never again after it released it,
+    nor after the run ended (a finished run that is cleared must not deploy, or roll back,
+    again: trigger a new run)."""
+    released = [
+        e
+        for e in run.of(Event.LOCK_RELEASED)
+        if e.details.get("target") == target and e.environment in (environment, "")
+    ]
+    if released:
+        return Decision.refuse(
+            step,
+            f"this run already held and released deploy target {target} for {environment} ({released[-1].at}): "
+            "a run's stage is not run again after it ended; trigger a new run",
+        )
+    return not_ended(run, step)
+
+
+def not_ended(run: RunLedger, step: str) -> Decision:
+    """A run that already ended (and was cleared) does not act again: trigger a new run."""
+    ended = run.ended()
+    if ended is None:
+        return Decision.allow(step)
+    return Decision.refuse(
+        step,
+        f"this run already ended {ended.details.get('state')} at {ended.at}: a cleared run does not deploy, roll "
+        "back or pass again; trigger a new run",
+    )
+
+
 # --- manual rollback -----------------------------------------------------------------------------
 def rollback_candidates(events: Iterable[EventLike], environment: str, live_version: str | None) -> list[dict]:
     """Versions a manual rollback may return ``environment`` to, newest first.

@@ -9,7 +9,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from releasetrain.core.gatekeeper import Decision, RunLedger
+from releasetrain.core.gatekeeper import Decision, may_lock
 from releasetrain.core.ledger import LedgerError
 from releasetrain.core.vocabulary import Event
 from releasetrain.operators._common import dag_id_of, enforce, record, run_ledger
@@ -56,31 +56,6 @@ def lock_decision(context: Any, target: str, step: str, release: str) -> Decisio
         return Decision.allow(step)
     who = f"held by {holder}" if holder else "not held by anyone"
     return Decision.refuse(step, f"this run does not hold the lock of deploy target {target} ({who})")
-
-
-def may_lock(run: RunLedger, environment: str, target: str, step: str) -> Decision:
-    """A run takes a target's lock for an environment once: never again after it released it,
-    nor after the run ended (a finished run that is cleared must not deploy, or roll back,
-    again: trigger a new run)."""
-    released = [
-        e
-        for e in run.of(Event.LOCK_RELEASED)
-        if e.details.get("target") == target and e.environment in (environment, "")
-    ]
-    if released:
-        return Decision.refuse(
-            step,
-            f"this run already held and released deploy target {target} for {environment} ({released[-1].at}): "
-            "a run's stage is not run again after it ended; trigger a new run",
-        )
-    ended = run.ended()
-    if ended is not None:
-        return Decision.refuse(
-            step,
-            f"this run already ended {ended.details.get('state')} at {ended.at}: a cleared run does not deploy or roll "
-            "back again; trigger a new run",
-        )
-    return Decision.allow(step)
 
 
 def _stale(context: Any, holder: str, me: str) -> str:

@@ -503,14 +503,8 @@ class EnvironmentPassedOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         run = run_ledger(context, self.release)
         step = f"{self.environment} pass"
-        ended = run.ended()
-        if ended is not None:  # a pass feeds the rollback candidates: never re-recorded by a cleared run
-            enforce(
-                context,
-                Decision.refuse(step, f"this run already ended {ended.details.get('state')} at {ended.at}"),
-                self.release,
-                self.environment,
-            )
+        # a pass feeds the rollback candidates: never re-recorded by a cleared run
+        enforce(context, gatekeeper.not_ended(run, step), self.release, self.environment)
         verified = run.last(Event.VERIFIED, environment=self.environment, task_id=env_task(self.environment, VERIFY))
         digest = verified.details.get("digest") if verified else None
         decision = gatekeeper.steps_passed(run, self.environment, self.proof_task_ids, digest=digest, step=step)
