@@ -835,6 +835,30 @@ def test_package_refuses_symlinks(signing, store, tmp_path):
         op.execute(context(FakeTI(), task_id="package"))
 
 
+def test_a_file_source_root_cannot_be_left_through_a_link(signing, store, tmp_path, monkeypatch):
+    """A link under a file:// source root that leads out of it is not followed; sources
+    really under the root are packaged."""
+    root = tmp_path / "sources"
+    (root / "web").mkdir(parents=True)
+    (root / "web" / "index.html").write_text("ok")
+    (root / "leak").symlink_to("/proc/self")
+    monkeypatch.setenv("RELEASETRAIN_SOURCE_ROOTS", f"file://{root}")
+
+    def package(source):
+        return BundlePackageOperator(
+            task_id="package",
+            release="storefront",
+            project_root=str(tmp_path),
+            components=[{"name": "web", "source": source, "version": "1.0.0"}],
+            artifact_store=store,
+        ).execute(context(FakeTI(), task_id="package"))
+
+    with pytest.raises(AirflowFailException, match="outside its source root"):
+        package(f"file://{root}/leak/environ")
+    assert not run_events("packaged")
+    assert package(f"file://{root}/web")["files"] == 1
+
+
 def test_deploy_refuses_without_a_window_decision(monkeypatch):
     deploy_ready()
     with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):

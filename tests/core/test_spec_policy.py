@@ -37,6 +37,7 @@ def validate(*paths: str, env: dict | None = None) -> subprocess.CompletedProces
         ("environ", "components[0].source", "file:///proc/self/environ is not under a configured source root"),
         ("environ", "components[1].source", "must be relative and stay inside the project"),
         ("templated", "artifact_store", "templates are not allowed in a spec"),
+        ("otherstore", "artifact_store", "is not under a configured artifact store root"),
         ("secondly", "calendar.blackouts[0].ics", "repeats SECONDLY"),
         ("deploycreds", "environments[0].smoke_checks[0].conn_id", "fleet_dev is a deploy target"),
         ("smtpfiles", "notifications[0].args.files", "cannot set a notifier's files"),
@@ -75,6 +76,25 @@ def test_source_roots_are_prefixes_of_whole_path_segments():
         "C:/Windows",
     ):
         assert policy.source_problem(bad), bad
+
+
+def test_a_spec_store_only_under_the_deployment_artifact_roots():
+    policy = Policy(artifact_roots=("s3://bucket/releases", "file:///srv/artifacts"))
+    assert policy.artifact_store_problem("s3://bucket/releases/team-a") is None
+    assert policy.artifact_store_problem("file:///srv/artifacts") is None
+    for bad in (
+        "s3://bucket/releases-other",
+        "s3://bucket/releases/../ledger",
+        "s3://bucket/releases/..;/ledger",
+        "s3://bucket/releases/%2e%2e/ledger",
+        "s3://bucket/releases/x?versionId=1",
+        "/srv/artifacts",
+        "file:///srv",
+    ):
+        assert policy.artifact_store_problem(bad), bad
+    assert Policy().artifact_store_problem("s3://bucket/releases"), "none configured: a spec keeps the default"
+    done = validate("tests/fixtures/unsafe/otherstore.yaml", env={"RELEASETRAIN_ARTIFACT_ROOTS": "file:///tmp/airflow"})
+    assert "artifact_store" not in done.stderr, done.stderr
 
 
 def test_notifiers_come_from_the_allow_list(monkeypatch):

@@ -9,6 +9,8 @@ authors are not trusted with code. So a spec may name:
 - **component sources** as paths inside the project, or URLs under a configured root
   (``..._SOURCE_ROOTS``, comma-separated URL prefixes such as ``s3://artifacts/``;
   default: none, so ``file:///proc/self/environ`` is refused);
+- **an artifact store** only under a configured root (``..._ARTIFACT_ROOTS``; default: none,
+  so a spec keeps the deployment's store and cannot write bundles over another's);
 - **no templates**: no string anywhere in a spec may hold Jinja markers (``{{``, ``{%``),
   since some reach paths and stores that Airflow would render with the task context
   (connections, variables).
@@ -65,6 +67,7 @@ class Policy:
 
     allowed_notifiers: tuple[str, ...] = DEFAULT_NOTIFIERS
     source_roots: tuple[str, ...] = ()
+    artifact_roots: tuple[str, ...] = ()
 
     @classmethod
     def from_environment(cls) -> Policy:
@@ -72,6 +75,7 @@ class Policy:
         return cls(
             allowed_notifiers=_items(notifiers) if notifiers is not None else DEFAULT_NOTIFIERS,
             source_roots=_items(_setting("SOURCE_ROOTS")),
+            artifact_roots=_items(_setting("ARTIFACT_ROOTS")),
         )
 
     def notifier_allowed(self, path: str) -> bool:
@@ -84,23 +88,36 @@ class Policy:
             if source.startswith(("/", "~")) or ".." in parts or ":" in parts[0]:
                 return "a source path must be relative and stay inside the project (no '/', '~' or '..')"
             return None
-        parts = urlsplit(source)
-        if parts.username or parts.password:
-            return "a source URL may not carry credentials (use a connection)"
-        segments = parts.path.split("/")
-        if ".." in segments or "." in segments:
-            return "a source URL may not contain '.' or '..' segments"
-        normal = f"{parts.scheme}://{parts.netloc}{posixpath.normpath(parts.path or '/')}"
-        for root in self.source_roots:
-            r = urlsplit(root)
-            base = f"{r.scheme}://{r.netloc}{posixpath.normpath(r.path or '/')}".rstrip("/")
-            if normal == base or normal.startswith(base + "/"):
-                return None
-        roots = ", ".join(self.source_roots) or "none are configured"
-        return (
-            f"{source} is not under a configured source root ({roots}); the deployment sets them "
-            "with AIRFLOW__RELEASETRAIN__SOURCE_ROOTS"
-        )
+        return _url_problem(source, self.source_roots, "source", "SOURCE_ROOTS")
+
+    def artifact_store_problem(self, url: str) -> str | None:
+        """Why a spec's ``artifact_store`` may not be used (None: it may)."""
+        if "://" not in url:
+            return "an artifact store is a URL (file://, s3://, ...) under a configured artifact root"
+        return _url_problem(url, self.artifact_roots, "artifact store", "ARTIFACT_ROOTS")
+
+
+def under_root(url: str, root: str) -> bool:
+    """Whether a URL lies at or below a root URL (same scheme and host, path prefix by segment)."""
+    parts, r = urlsplit(url), urlsplit(root)
+    normal = f"{parts.scheme}://{parts.netloc}{posixpath.normpath(parts.path or '/')}"
+    base = f"{r.scheme}://{r.netloc}{posixpath.normpath(r.path or '/')}".rstrip("/")
+    return normal == base or normal.startswith(base + "/")
+
+
+def _url_problem(url: str, roots: tuple[str, ...], what: str, setting: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        return f"a {what} URL may not carry credentials (use a connection)"
+    segments = parts.path.split("/")
+    if any(s.split(";")[0] in (".", "..") for s in segments) or "%2e" in parts.path.lower() or parts.query:
+        return f"a {what} URL may not contain '.' or '..' segments, encoded dots or a query"
+    if any(under_root(url, root) for root in roots):
+        return None
+    return (
+        f"{url} is not under a configured {what} root ({', '.join(roots) or 'none are configured'}); "
+        f"the deployment sets them with AIRFLOW__RELEASETRAIN__{setting}"
+    )
 
 
 def _strings(data: Any, path: str = "") -> Iterator[tuple[str, str]]:
@@ -168,6 +185,10 @@ def check_policy(spec: Any, raw: Any, policy: Policy | None = None) -> list[tupl
                         "application's own connection)",
                     )
                 )
+    if spec.artifact_store:
+        problem = policy.artifact_store_problem(spec.artifact_store)
+        if problem:
+            problems.append(("artifact_store", problem))
     for i, component in enumerate(spec.components):
         problem = policy.source_problem(component.source)
         if problem:

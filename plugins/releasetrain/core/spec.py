@@ -382,7 +382,8 @@ class ReleaseSpec(_Model):
     artifact_store: str | None = Field(
         default=None,
         description="Where bundles are stored (ObjectStoragePath URL); default: the "
-        "'releasetrain_artifact_store' Airflow variable, else $AIRFLOW_HOME/artifacts.",
+        "'releasetrain_artifact_store' Airflow variable, else $AIRFLOW_HOME/artifacts. A spec may set it "
+        "only under a root the deployment allows (AIRFLOW__RELEASETRAIN__ARTIFACT_ROOTS).",
     )
     tags: list[str] = Field(default_factory=list)
     calendar: CalendarSpec | None = Field(

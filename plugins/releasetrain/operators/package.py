@@ -100,11 +100,14 @@ class BundlePackageOperator(BaseOperator):
         name = component["name"]
         from releasetrain.core.policy import Policy
 
-        problem = Policy.from_environment().source_problem(source)
+        policy = Policy.from_environment()
+        problem = policy.source_problem(source)
         if problem:  # the spec loader refuses it too
             raise AirflowFailException(f"component {name!r}: {problem}")
-        if "://" in source:
-            root: Any = ObjectStoragePath(source)
+        if source.startswith("file://"):
+            root: Any = self._local_source(name, source, policy)
+        elif "://" in source:
+            root = ObjectStoragePath(source)
         else:
             project = Path(self.project_root).resolve()
             root = (project / source).resolve()
@@ -128,3 +131,22 @@ class BundlePackageOperator(BaseOperator):
                     rel = os.path.relpath(str(path), str(root)).replace(os.sep, "/")
                     files[rel] = path.read_bytes()
         return ComponentFiles(name=name, version=component.get("version") or release_version, files=files)
+
+    @staticmethod
+    def _local_source(name: str, source: str, policy: Any) -> Path:
+        """A ``file://`` source as a local path, still under its root once links are resolved
+        (a link inside a root may not lead out of it)."""
+        from urllib.parse import unquote, urlsplit
+
+        from releasetrain.core.policy import under_root
+
+        path = Path(unquote(urlsplit(source).path)).resolve()
+        for root in policy.source_roots:
+            if root.startswith("file://") and under_root(source, root):
+                base = Path(unquote(urlsplit(root).path)).resolve()
+                if path.is_relative_to(base):
+                    return path
+        raise AirflowFailException(
+            f"component {name!r}: source {source} resolves to {path}, outside its source root "
+            "(a symbolic link leads out of it)"
+        )
