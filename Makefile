@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 ## make test: the whole suite (unit, adapters, end-to-end on real Airflow processes)
 test: $(STAMP)
-	bash scripts/ensure-prometheus.sh
+	bash scripts/ensure-debian.sh
 	$(BIN)/python -m pytest
 
 ## make test-fast: everything but the end-to-end tests

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -295,13 +296,35 @@ def _evidence(args: argparse.Namespace) -> int:
         if not intact.ok:
             raise LedgerError(f"the ledger does not verify, no evidence is signed: {intact.message()}")
         chain = [e for e in store.events() if events and events[0].seq <= e.seq <= events[-1].seq]
-        key = SigningKeyHook(args.signing_conn).private_key()
+        key = SigningKeyHook(args.signing_conn).signer()
         document = build_evidence(release, run_id, events, head, key, chain)
     except (LedgerError, EvidenceError, ValueError) as exc:
         print(f"evidence: {exc}", file=sys.stderr)
         return 1
     Path(args.out).write_text(json.dumps(document, indent=2, sort_keys=True))
     print(f"wrote {args.out}: {len(events)} events of {release} {run_id}")
+    return 0
+
+
+def _generate_key(args: argparse.Namespace) -> int:
+    """Generate the key on the token; print its public key (to pin) and the connection."""
+    from releasetrain.core.bundle import BundleError
+    from releasetrain.hooks.bundle_store import public_key_pem_of
+    from releasetrain.hooks.signing import generate_pkcs11_key
+
+    pin = os.environ.get(args.pin_env)
+    if not pin:
+        print(f"key: set the token's user PIN in ${args.pin_env} (never on the command line)", file=sys.stderr)
+        return 2
+    try:
+        public = public_key_pem_of(generate_pkcs11_key(args.module, args.token, args.label, pin))
+    except BundleError as exc:
+        print(f"key: {exc}", file=sys.stderr)
+        return 1
+    extra = {"pkcs11": {"module": args.module, "token": args.token, "key": args.label}, "public_key": public}
+    Path(args.out).write_text(public)
+    print(f"wrote the public key to {args.out}; the key's connection (its password is the user PIN):")
+    print(json.dumps({"conn_type": "generic", "extra": extra}))
     return 0
 
 
@@ -350,6 +373,15 @@ def main(argv: list[str] | None = None) -> int:
         default="releasetrain_evidence_signing",
         help="connection holding the evidence key (never the bundle signing key)",
     )
+    key = commands.add_parser(
+        "key", help="generate an Ed25519 signing key on a PKCS#11 token (it never leaves the token)"
+    )
+    key.add_argument("action", choices=["generate-pkcs11"])
+    key.add_argument("--module", required=True, help="the PKCS#11 library (e.g. /usr/lib/softhsm/libsofthsm2.so)")
+    key.add_argument("--token", required=True, help="token label")
+    key.add_argument("--label", required=True, help="key label (one per key: bundle, evidence, ledger)")
+    key.add_argument("--out", required=True, metavar="PEM_FILE", help="where the public key (to pin) is written")
+    key.add_argument("--pin-env", default="RELEASETRAIN_PKCS11_PIN", help="environment variable holding the user PIN")
     for sub in (ledger, evidence):
         where = sub.add_mutually_exclusive_group()
         where.add_argument("--conn", default="releasetrain_ledger", metavar="CONN_ID", help="ledger connection id")
@@ -368,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         return _ledger(args)
     if args.command == "evidence":
         return _evidence(args)
+    if args.command == "key":
+        return _generate_key(args)
     print(json_schema_text(), end="")
     return 0
 

@@ -4,7 +4,8 @@ release triggered as ``author`` through the REST API, followed in the terminal.
 Local demo only: the users ``author``, ``approver`` and ``admin`` have passwords equal to
 their names. Environment: ``DEMO_API_PORT`` (8080), ``DEMO_FLEET_PORT`` (8799),
 ``DEMO_AUTO_APPROVE=1`` answers the prod approval as ``approver`` (for unattended runs),
-``DEMO_EXIT=1`` stops everything once the run has ended.
+``DEMO_EXIT=1`` stops everything once the run has ended, ``DEMO_SIGNING=pkcs11`` keeps the
+three signing keys on a SoftHSM2 token (Debian's softhsm2) instead of in connections.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def main() -> int:
             fleet_seed=SEED,
             fleet_environments=[*StackConfig.__dataclass_fields__["fleet_environments"].default_factory(), *CHECKOUT],
             fleet_traffic=10.0,  # synthetic users: metrics for the canary analysis
+            signing=os.environ.get("DEMO_SIGNING", "connection"),
         )
     )
     # Ctrl-C and SIGTERM both end the demo through the same clean-up path, also when the

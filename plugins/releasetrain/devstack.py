@@ -76,6 +76,9 @@ class StackConfig:
     # "simple" (user ids are names) or "fab" (FAB auth manager: numeric user ids; the demo
     # users are created in DEMO_USERS order and the people directory maps their ids to names)
     auth_manager: str = "simple"
+    # "connection": the demo's keys in connections; "pkcs11": keys generated on a SoftHSM2
+    # token in the stack's home, which no Airflow process can read (connections hold the PIN)
+    signing: str = "connection"
 
     @property
     def api_url(self) -> str:
@@ -109,6 +112,7 @@ class DevStack:
             "fleet_password": secrets.token_urlsafe(18),
             "jwt_secret": secrets.token_urlsafe(32),
             "fernet_key": Fernet.generate_key().decode(),
+            "pkcs11_pin": secrets.token_hex(8),
         }
         self.config.home.mkdir(parents=True, exist_ok=True)
         with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
@@ -148,12 +152,11 @@ class DevStack:
             }
         )
         # a key per purpose, each with its public key pinned for verifiers
-        for conn_id, name in (
-            ("RELEASETRAIN_SIGNING", "signing_key"),
-            ("RELEASETRAIN_EVIDENCE_SIGNING", "evidence_key"),
-            ("RELEASETRAIN_LEDGER_SIGNING", "ledger_key"),
-        ):
-            if name in sec:  # a home made before keys were kept apart has the bundle key only
+        for conn_id, name in SIGNING_KEYS:
+            if cfg.signing == "pkcs11":
+                env["SOFTHSM2_CONF"] = str(home / "softhsm2.conf")
+                env[f"AIRFLOW_CONN_{conn_id}"] = pkcs11_connection(sec["pkcs11_pin"], name, self.public_key(name))
+            elif name in sec:  # a home made before keys were kept apart has the bundle key only
                 env[f"AIRFLOW_CONN_{conn_id}"] = signing_connection(sec[name])
         for conn_id, conn in cfg.connections.items():
             env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
@@ -182,7 +185,37 @@ class DevStack:
         """A key's public half (PEM), e.g. for the fleet, which verifies bundles."""
         from releasetrain.core.bundle import load_private_key, public_key_pem
 
+        if self.config.signing == "pkcs11":  # generated on the token by prepare()
+            path = self.config.home / "keys" / f"{name}.pub.pem"
+            return path.read_text() if path.exists() else ""
         return public_key_pem(load_private_key(self.secrets()[name]))
+
+    def _token(self) -> None:
+        """A SoftHSM2 token in the stack's home with one non-extractable key per purpose."""
+        home = self.config.home.resolve()
+        if (home / "keys").exists():
+            return
+        if not Path(SOFTHSM_MODULE).exists():
+            raise RuntimeError(f"signing='pkcs11' needs SoftHSM2 ({SOFTHSM_MODULE}): apt-get install softhsm2")
+        (home / "softhsm").mkdir(parents=True, exist_ok=True)
+        (home / "softhsm2.conf").write_text(
+            f"directories.tokendir = {home / 'softhsm'}\nobjectstore.backend = file\nlog.level = ERROR\n"
+        )
+        env = {**self.env(), "RELEASETRAIN_PKCS11_PIN": self.secrets()["pkcs11_pin"]}
+        self._command(
+            ["softhsm2-util", "--init-token", "--free", "--label", PKCS11_TOKEN,
+             "--pin", self.secrets()["pkcs11_pin"], "--so-pin", secrets.token_hex(8)],
+            log="softhsm-init",
+        )  # fmt: skip
+        (home / "keys").mkdir()
+        for _, name in SIGNING_KEYS:
+            done = subprocess.run(
+                [sys.executable, "-m", "releasetrain", "key", "generate-pkcs11", "--module", SOFTHSM_MODULE,
+                 "--token", PKCS11_TOKEN, "--label", name, "--out", str(home / "keys" / f"{name}.pub.pem")],
+                env=env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise RuntimeError(f"generating {name} on the token failed: {done.stderr[-2000:]}")
 
     def fleet_env(self) -> dict[str, str]:
         """The fleet sees its own credentials only, none of Airflow's secrets."""
@@ -211,6 +244,8 @@ class DevStack:
         (home / "logs").mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         (home / "passwords.json").write_text(json.dumps({u: u for u in DEMO_USERS}))
+        if self.config.signing == "pkcs11":
+            self._token()
         self._airflow("db", "migrate", log="db-migrate")
         if self.config.auth_manager == "fab":
             self._fab_users()
@@ -355,6 +390,21 @@ class DevStack:
                 except ProcessLookupError:
                     pass
         self.processes.clear()
+
+
+SIGNING_KEYS = (
+    ("RELEASETRAIN_SIGNING", "signing_key"),
+    ("RELEASETRAIN_EVIDENCE_SIGNING", "evidence_key"),
+    ("RELEASETRAIN_LEDGER_SIGNING", "ledger_key"),
+)
+SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+PKCS11_TOKEN = "releasetrain"
+
+
+def pkcs11_connection(pin: str, label: str, public_pem: str) -> str:
+    """A signing key connection for a key on the stack's token: the PIN, never the key."""
+    extra = {"pkcs11": {"module": SOFTHSM_MODULE, "token": PKCS11_TOKEN, "key": label}, "public_key": public_pem}
+    return json.dumps({"conn_type": "generic", "password": pin, "extra": extra})
 
 
 def signing_connection(private_pem: str) -> str:

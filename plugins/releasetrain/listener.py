@@ -81,26 +81,23 @@ def _isolated(work: Callable[[], None], what: str, *, wait: float | None = None)
         if _worker is None or not _worker.is_alive():
             _worker = threading.Thread(target=_drain, name="releasetrain-listener", daemon=True)
             _worker.start()
-    if wait is not None:
-        done = threading.Event()
+    done = threading.Event()
 
-        def then_signal() -> None:
-            try:
-                work()
-            finally:
-                done.set()
+    def then_signal() -> None:
+        try:
+            work()
+        finally:
+            done.set()
 
-        thread = threading.Thread(target=lambda: _run(then_signal, what), name="releasetrain-listener-start")
-        thread.daemon = True
-        thread.start()
-        if not done.wait(wait):
-            log.error("releasetrain: recording %s took over %ss; left running", what, wait)
-        return
     try:
-        _queue.put_nowait((work, what))
+        _queue.put_nowait((then_signal, what))
     except queue.Full:
         _dropped.append(what)
         log.error("releasetrain: the ledger queue is full (%s waiting): %s was dropped", QUEUE_SIZE, what)
+        return
+    # a run's start is waited for (bounded), in order behind what is queued: no thread of its own
+    if wait is not None and not done.wait(wait):
+        log.error("releasetrain: recording %s took over %ss; it stays queued", what, wait)
 
 
 def flush(timeout: float = 30.0) -> bool:

@@ -140,3 +140,31 @@ def test_a_slow_ledger_never_stalls_the_scheduler_and_a_full_queue_leaves_a_reco
     assert len(recorded) == 2
     [gap] = list(LedgerHook().events(kind="listener_gap"))
     assert gap.details["dropped"] == 1 and "the end of storefront" in gap.details["what"][0]
+
+
+def test_run_starts_wait_bounded_in_order_and_start_no_threads_of_their_own(ledger, monkeypatch):
+    """A stuck ledger: each run start holds the scheduler at most START_WAIT_SECONDS, and
+    starts wait in the one bounded queue (no thread per start that could pile up)."""
+    import queue
+    import time
+
+    original, gate = listener._append, threading.Event()
+
+    def stuck(*args, **kwargs):
+        gate.wait(30)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(listener, "_append", stuck)
+    monkeypatch.setattr(listener, "_queue", queue.Queue(maxsize=100))
+    monkeypatch.setattr(listener, "_worker", None)
+    monkeypatch.setattr(listener, "START_WAIT_SECONDS", 0.2)
+    before = threading.active_count()
+    for i in range(5):
+        started = time.monotonic()
+        run = SimpleNamespace(dag_id="release_storefront", run_id=f"s{i}", id=i, clear_number=0, created_at=None)
+        listener.on_dag_run_running(run, "started")
+        assert time.monotonic() - started < 1.5
+    assert threading.active_count() <= before + 1, "one worker, no thread per start"
+    gate.set()
+    assert listener.flush(10)
+    assert [e.run_id for e in LedgerHook().events(kind="run_started")] == [f"s{i}" for i in range(5)]

@@ -196,6 +196,9 @@ def stack():
         },
         fleet_deploy_seconds=1.0,
         fleet_traffic=20.0,
+        # bundles, evidence and checkpoints are signed on a SoftHSM2 token: no Airflow
+        # process holds a private key (the demo keeps them in connections)
+        signing="pkcs11",
     )
     dev_stack = DevStack(config)
     dev_stack.calendars = calendars

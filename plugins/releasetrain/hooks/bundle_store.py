@@ -137,10 +137,18 @@ class SigningKeyHook(BaseHook):
         except Exception as exc:
             raise BundleError(f"signing key connection {self.signing_conn_id!r} is not defined: {exc}") from None
 
+    def signer(self) -> Any:
+        """What signs: the PEM key in the connection, or its PKCS#11 key (``extra.pkcs11``),
+        which never leaves the token (see :mod:`releasetrain.hooks.signing`)."""
+        from releasetrain.hooks.signing import signer_from
+
+        return signer_from(self._connection(), self.signing_conn_id)
+
     def private_key(self) -> Ed25519PrivateKey:
+        """The connection's PEM private key (demo mode); a PKCS#11 connection has none."""
         conn = self._connection()
         pem = conn.password or conn.extra_dejson.get("private_key")
-        if not pem:
+        if not pem or conn.extra_dejson.get("pkcs11"):
             raise BundleError(f"connection {self.signing_conn_id!r} holds no private key (password field)")
         return load_private_key(pem)
 

@@ -775,14 +775,14 @@ def signing_key_connection(conn_id: str) -> Any | None:
 
 def write_checkpoint(store: LedgerStore, key_conn_id: str = "releasetrain_ledger_signing", url: str | None = None):
     """Sign the ledger's head with the ledger key and keep it in the checkpoint store."""
-    from releasetrain.core.bundle import load_private_key
+    from releasetrain.core.bundle import BundleError
     from releasetrain.core.ledger import anchor_problems, checkpoint_problems, sign_checkpoint
+    from releasetrain.hooks.signing import signer_from
 
-    conn = signing_key_connection(key_conn_id)
-    pem = conn and (conn.password or conn.extra_dejson.get("private_key"))
-    if not pem:
-        raise LedgerError(f"no ledger key: connection {key_conn_id!r} holds no private key")
-    key = load_private_key(pem)
+    try:
+        key = signer_from(signing_key_connection(key_conn_id), key_conn_id)
+    except BundleError as exc:
+        raise LedgerError(f"no ledger key: {exc}") from None
     # never anchor a rewritten history: the chain must hold, and still hold every checkpoint
     result = store.verify()
     if not result.ok:

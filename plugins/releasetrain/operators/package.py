@@ -70,7 +70,7 @@ class BundlePackageOperator(BaseOperator):
             )
             archive_sha256 = existing.get("archive_sha256")
         else:
-            signature = sign_bundle(bundle, self.release, version, SigningKeyHook(self.signing_conn_id).private_key())
+            signature = sign_bundle(bundle, self.release, version, SigningKeyHook(self.signing_conn_id).signer())
             store.write(self.release, version, bundle.archive, bundle.manifest, signature)
             archive_sha256 = bundle.archive_sha256
             self.log.info(

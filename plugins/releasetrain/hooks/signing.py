@@ -1,0 +1,151 @@
+"""Who signs: a key held in a connection (the demo), or a key that never leaves a PKCS#11
+token (SoftHSM2 in the tests, an HSM or a cloud KMS's PKCS#11 library in production).
+
+Both give a *signer*: ``sign(data) -> bytes`` (Ed25519) and ``public_key()``. The core's
+signing functions (bundles, evidence, checkpoints) take any signer, so they never learn
+where the key lives.
+
+A PKCS#11 connection names the library, the token and the key, and holds the user PIN
+as its password; the private key is generated on the token as sensitive and not
+extractable (``releasetrain key generate-pkcs11``), so no task ever holds it::
+
+    {"conn_type": "generic", "password": "<user PIN>",
+     "extra": {"pkcs11": {"module": "/usr/lib/softhsm/libsofthsm2.so",
+                          "token": "releasetrain", "key": "bundle"},
+               "public_key": "-----BEGIN PUBLIC KEY-----..."}}
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from releasetrain.core.bundle import BundleError, load_private_key
+
+ED25519_OID = "1.3.101.112"
+_LOCK = threading.Lock()
+_INITIALISED_IN: dict[str, int] = {}  # module -> pid that initialised it (a fork must start over)
+
+
+def _library(module: str):
+    try:
+        import pkcs11
+    except ImportError:  # pragma: no cover - a dependency of the package
+        raise BundleError("PKCS#11 signing needs the python-pkcs11 package") from None
+    if not os.path.isfile(module):
+        raise BundleError(f"PKCS#11 library {module} does not exist")
+    with _LOCK:
+        lib = pkcs11.lib(module)
+        if _INITIALISED_IN.setdefault(module, os.getpid()) != os.getpid():
+            lib.reinitialize()  # a forked process cannot use its parent's session state
+            _INITIALISED_IN[module] = os.getpid()
+        return lib
+
+
+class Pkcs11Signer:
+    """An Ed25519 key on a PKCS#11 token: signs there, hands out only its public key."""
+
+    def __init__(self, module: str, token: str, key: str, pin: str, conn_id: str = "") -> None:
+        self.module, self.token, self.key, self.conn_id = module, token, key, conn_id
+        self._pin = pin
+
+    def __repr__(self) -> str:  # never the PIN
+        return f"Pkcs11Signer(token={self.token!r}, key={self.key!r})"
+
+    def _session(self):
+        import pkcs11
+
+        try:
+            token = _library(self.module).get_token(token_label=self.token)
+            return token.open(user_pin=self._pin)
+        except (pkcs11.exceptions.PKCS11Error, StopIteration) as exc:  # type: ignore[attr-defined]
+            raise BundleError(
+                f"PKCS#11 token {self.token!r} ({self.conn_id or 'signer'}) cannot be opened: {type(exc).__name__}"
+            ) from None
+
+    def _object(self, session, object_class):
+        import pkcs11
+
+        try:
+            return session.get_key(object_class=object_class, key_type=pkcs11.KeyType.EC_EDWARDS, label=self.key)
+        except (pkcs11.exceptions.NoSuchKey, pkcs11.exceptions.MultipleObjectsReturned) as exc:
+            raise BundleError(
+                f"PKCS#11 token {self.token!r} has no single Ed25519 key labelled {self.key!r}: {type(exc).__name__}"
+            ) from None
+
+    def sign(self, data: bytes) -> bytes:
+        import pkcs11
+
+        with self._session() as session:
+            private = self._object(session, pkcs11.ObjectClass.PRIVATE_KEY)
+            return bytes(private.sign(data, mechanism=pkcs11.Mechanism.EDDSA))
+
+    def public_key(self) -> Ed25519PublicKey:
+        import pkcs11
+
+        with self._session() as session:
+            point = bytes(self._object(session, pkcs11.ObjectClass.PUBLIC_KEY)[pkcs11.Attribute.EC_POINT])
+        return Ed25519PublicKey.from_public_bytes(_unwrap_point(point))
+
+    def private_key_exposed(self) -> bool:
+        """Whether the token would hand out the private key (it must not)."""
+        import pkcs11
+
+        with self._session() as session:
+            private = self._object(session, pkcs11.ObjectClass.PRIVATE_KEY)
+            return bool(private[pkcs11.Attribute.EXTRACTABLE]) or not private[pkcs11.Attribute.SENSITIVE]
+
+
+def _unwrap_point(point: bytes) -> bytes:
+    """EC_POINT of an Edwards key: the 32 raw bytes, or the same as a DER OCTET STRING."""
+    if len(point) == 34 and point[0] == 0x04 and point[1] == 32:
+        return point[2:]
+    if len(point) == 32:
+        return point
+    raise BundleError(f"not an Ed25519 public key on the token ({len(point)} bytes)")
+
+
+def signer_from(conn: Any, conn_id: str) -> Any:
+    """The signer a key connection configures: a PKCS#11 key (``extra.pkcs11``) or a PEM
+    private key in the password (or ``extra.private_key``)."""
+    extra: Mapping[str, Any] = conn.extra_dejson if conn is not None else {}
+    token = extra.get("pkcs11")
+    if token:
+        missing = [k for k in ("module", "token", "key") if not (isinstance(token, Mapping) and token.get(k))]
+        if missing:
+            raise BundleError(f"connection {conn_id!r}: extra.pkcs11 lacks {', '.join(missing)}")
+        if not conn.password:
+            raise BundleError(f"connection {conn_id!r}: the token's user PIN goes in the password field")
+        return Pkcs11Signer(str(token["module"]), str(token["token"]), str(token["key"]), conn.password, conn_id)
+    pem = conn is not None and (conn.password or extra.get("private_key"))
+    if not pem:
+        raise BundleError(f"connection {conn_id!r} holds no private key (password field) and names no PKCS#11 key")
+    return load_private_key(pem)
+
+
+def generate_pkcs11_key(module: str, token: str, key: str, pin: str) -> Ed25519PublicKey:
+    """Generate an Ed25519 key pair on a token: the private half sensitive, not extractable."""
+    import pkcs11
+    from pkcs11.util.ec import encode_named_curve_parameters
+
+    signer = Pkcs11Signer(module, token, key, pin)
+    with _library(module).get_token(token_label=token).open(user_pin=pin, rw=True) as session:
+        existing = list(session.get_objects({pkcs11.Attribute.LABEL: key}))
+        if existing:
+            raise BundleError(f"token {token!r} already holds a key labelled {key!r}")
+        params = session.create_domain_parameters(
+            pkcs11.KeyType.EC_EDWARDS,
+            {pkcs11.Attribute.EC_PARAMS: encode_named_curve_parameters(ED25519_OID)},
+            local=True,
+        )
+        params.generate_keypair(
+            store=True,
+            label=key,
+            mechanism=pkcs11.Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
+            private_template={pkcs11.Attribute.SENSITIVE: True, pkcs11.Attribute.EXTRACTABLE: False},
+        )
+    return signer.public_key()
