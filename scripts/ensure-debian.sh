@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages the tests run for real: Prometheus (metrics analysis) and SoftHSM2 (signing
-# through PKCS#11). Installs what is missing; starts nothing (tests start their own instances).
+# Debian packages the tests run for real: Prometheus (metrics analysis), SoftHSM2 (signing
+# through PKCS#11) and Redis (the Celery broker of the distributed stack). Installs what is missing; starts nothing (tests start their own instances).
 # Usage: ensure-debian.sh [PACKAGE:CHECK ...]  (CHECK: a command on PATH or a file that must exist)
 set -euo pipefail
 needs=("$@")
-[ ${#needs[@]} -gt 0 ] || needs=("prometheus:prometheus" "softhsm2:/usr/lib/softhsm/libsofthsm2.so")
+[ ${#needs[@]} -gt 0 ] || needs=("prometheus:prometheus" "softhsm2:/usr/lib/softhsm/libsofthsm2.so" "redis-server:redis-server")
 missing=()
 for need in "${needs[@]}"; do
   package="${need%%:*}" check="${need#*:}"

@@ -5,7 +5,12 @@ Local demo only: the users ``author``, ``approver`` and ``admin`` have passwords
 their names. Environment: ``DEMO_API_PORT`` (8080), ``DEMO_FLEET_PORT`` (8799),
 ``DEMO_AUTO_APPROVE=1`` answers the prod approval as ``approver`` (for unattended runs),
 ``DEMO_EXIT=1`` stops everything once the run has ended, ``DEMO_SIGNING=pkcs11`` keeps the
-three signing keys on a SoftHSM2 token (Debian's softhsm2) instead of in connections.
+three signing keys on a SoftHSM2 token (Debian's softhsm2) instead of in connections,
+``DEMO_EXECUTOR=celery`` runs Airflow's distributed shape instead: PostgreSQL
+(``DEMO_PG``, default ``postgresql://postgres@127.0.0.1:5432``; databases
+``releasetrain_demo`` and ``releasetrain_demo_ledger`` are created when missing),
+CeleryExecutor on Redis (``DEMO_BROKER``, default ``redis://127.0.0.1:6379/0``), two
+Celery workers, two schedulers and two triggerers, in ``.airflow-celery``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
@@ -75,6 +81,45 @@ def _wait_for_dag(client: AirflowClient, dag_id: str, timeout: float = 180) -> N
         time.sleep(2)
 
 
+def _ledger_url(cfg: StackConfig) -> str:
+    conn = cfg.ledger_conn
+    if not conn:
+        return f"sqlite:///{cfg.home.name}/releasetrain-ledger.db"
+    return f"postgresql://{conn['login']}@{conn['host']}:{conn['port']}/{conn['schema']}"
+
+
+def _distributed(config: StackConfig) -> None:
+    """Point the demo at PostgreSQL and Redis, creating its two databases when missing."""
+    import psycopg2
+    import redis
+
+    base = os.environ.get("DEMO_PG", "postgresql://postgres@127.0.0.1:5432").rstrip("/")
+    broker = os.environ.get("DEMO_BROKER", "redis://127.0.0.1:6379/0")
+    redis.Redis.from_url(broker, socket_connect_timeout=3).ping()
+    conn = psycopg2.connect(f"{base}/postgres", connect_timeout=5)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for name in ("releasetrain_demo", "releasetrain_demo_ledger"):
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if not cur.fetchone():
+                    cur.execute(f"CREATE DATABASE {name}")
+    finally:
+        conn.close()
+    url = urlsplit(base)
+    config.db_url = base.replace("postgresql://", "postgresql+psycopg2://", 1) + "/releasetrain_demo"
+    config.ledger_conn = {
+        "conn_type": "postgres",
+        "host": url.hostname or "127.0.0.1",
+        "port": url.port or 5432,
+        "login": url.username or "postgres",
+        "password": url.password or "",
+        "schema": "releasetrain_demo_ledger",
+    }
+    config.executor, config.broker_url = "celery", broker
+    config.schedulers = config.triggerers = config.workers = 2
+
+
 def main() -> int:
     root = Path.cwd()
     if not (root / "include" / "releases").is_dir():
@@ -89,27 +134,38 @@ def main() -> int:
                 f"{'DEMO_API_PORT' if port == api_port else 'DEMO_FLEET_PORT'} to another port."
             )
             return 1
-    home = root / ".airflow"
-    stack = DevStack(
-        StackConfig(
-            project_root=root,
-            home=home,
-            api_port=api_port,
-            fleet_port=fleet_port,
-            fleet_seed=SEED,
-            fleet_environments=[*StackConfig.__dataclass_fields__["fleet_environments"].default_factory(), *CHECKOUT],
-            fleet_traffic=10.0,  # synthetic users: metrics for the canary analysis
-            signing=os.environ.get("DEMO_SIGNING", "connection"),
-        )
+    celery = os.environ.get("DEMO_EXECUTOR", "local") == "celery"
+    home = root / (".airflow-celery" if celery else ".airflow")
+    config = StackConfig(
+        project_root=root,
+        home=home,
+        api_port=api_port,
+        fleet_port=fleet_port,
+        fleet_seed=SEED,
+        fleet_environments=[*StackConfig.__dataclass_fields__["fleet_environments"].default_factory(), *CHECKOUT],
+        fleet_traffic=10.0,  # synthetic users: metrics for the canary analysis
+        signing=os.environ.get("DEMO_SIGNING", "connection"),
     )
+    if celery:
+        try:
+            _distributed(config)
+        except Exception as exc:  # noqa: BLE001 - said plainly, the demo cannot go on
+            _say(f"DEMO_EXECUTOR=celery needs PostgreSQL and Redis: {exc}")
+            return 1
+    stack = DevStack(config)
     # Ctrl-C and SIGTERM both end the demo through the same clean-up path, also when the
     # demo was started in the background (where SIGINT starts out ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        _say(f"Preparing Airflow in {home} (SQLite) ...")
+        _say(f"Preparing Airflow in {home} ({'PostgreSQL, Celery' if celery else 'SQLite'}) ...")
         stack.prepare()
-        _say("Starting the demo fleet, API server, scheduler, dag-processor and triggerer ...")
+        _say(
+            "Starting the demo fleet, API server, two schedulers, dag-processor, two triggerers and two "
+            "Celery workers ..."
+            if celery
+            else "Starting the demo fleet, API server, scheduler, dag-processor and triggerer ..."
+        )
         stack.start()
         return _run_demo(stack, home)
     except KeyboardInterrupt:
@@ -165,8 +221,8 @@ def _run_demo(stack: DevStack, home: Path) -> int:
        -d '{{"chosen_options": ["Approve"], "params_input": {{}}}}'
  After the release reaches prod, it waits at "closure": log in as author and record the
  runbook update (a link, or "not needed: <why>") on Required Actions.
- Audit: .venv/bin/releasetrain ledger verify --url sqlite:///.airflow/releasetrain-ledger.db \\
-          --public-key .airflow/ledger-public-key.pem --checkpoints file://$PWD/.airflow/artifacts/_ledger/checkpoints
+ Audit: .venv/bin/releasetrain ledger verify --url {_ledger_url(cfg)} \\
+          --public-key {home.name}/ledger-public-key.pem --checkpoints file://$PWD/{home.name}/artifacts/_ledger/checkpoints
  Ctrl-C stops everything.
 ================================================================================
 """)

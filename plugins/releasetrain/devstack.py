@@ -10,11 +10,13 @@ as connections through the environment secrets backend.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,7 +35,6 @@ DEMO_USERS = {
     "secops": "user",
     "ops": "user",
 }
-AIRFLOW_PROCESSES = ("api-server", "scheduler", "dag-processor", "triggerer")
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 FAB_ROLES = {"viewer": "Viewer", "user": "User", "op": "Op", "admin": "Admin"}
@@ -79,6 +80,15 @@ class StackConfig:
     # "connection": the demo's keys in connections; "pkcs11": keys generated on a SoftHSM2
     # token in the stack's home, which no Airflow process can read (connections hold the PIN)
     signing: str = "connection"
+    # "local": LocalExecutor, one scheduler and one triggerer. "celery": Airflow's distributed
+    # shape, CeleryExecutor with a Redis broker and `workers` Celery workers, `schedulers`
+    # schedulers and `triggerers` triggerers (needs db_url on PostgreSQL)
+    executor: str = "local"
+    schedulers: int = 1
+    triggerers: int = 1
+    workers: int = 2
+    worker_concurrency: int = 4
+    broker_url: str = "redis://127.0.0.1:6379/0"
 
     @property
     def api_url(self) -> str:
@@ -132,7 +142,7 @@ class DevStack:
                 "AIRFLOW__CORE__PLUGINS_FOLDER": str(cfg.project_root / "plugins"),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor" if cfg.executor == "celery" else "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": str(cfg.parallelism),
                 "AIRFLOW__CORE__FERNET_KEY": sec["fernet_key"],
                 "AIRFLOW__CORE__AUTH_MANAGER": FAB_AUTH_MANAGER if cfg.auth_manager == "fab" else SIMPLE_AUTH_MANAGER,
@@ -152,6 +162,24 @@ class DevStack:
             }
         )
         # a key per purpose, each with its public key pinned for verifiers
+        if cfg.executor == "celery":
+            if not db_url.startswith("postgresql"):
+                raise ValueError("the celery stack runs on PostgreSQL: set db_url to a postgresql:// URL")
+            backend = (
+                db_url
+                if "+" in db_url.split("://")[0]
+                else db_url.replace("postgresql://", "postgresql+psycopg2://", 1)
+            )
+            env.update(
+                {
+                    "AIRFLOW__CELERY__BROKER_URL": cfg.broker_url,
+                    "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{backend}",
+                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(cfg.worker_concurrency),
+                    # a queue of this stack's own: stacks sharing a Redis never take each other's tasks
+                    "AIRFLOW__OPERATORS__DEFAULT_QUEUE": self.queue,
+                    "AIRFLOW__CELERY__WORKER_ENABLE_REMOTE_CONTROL": "False",
+                }
+            )
         for conn_id, name in SIGNING_KEYS:
             if cfg.signing == "pkcs11":
                 env["SOFTHSM2_CONF"] = str(home / "softhsm2.conf")
@@ -347,10 +375,34 @@ class DevStack:
             ],
             env=self.fleet_env(),
         )
-        airflow = str(Path(sys.executable).parent / "airflow")
-        for name in AIRFLOW_PROCESSES:
-            self._spawn(name, [airflow, name])
+        for name, cmd, extra in self.airflow_processes():
+            self._spawn(name, cmd, env={**self.env(), **extra})
         self.wait_ready(timeout=timeout)
+
+    @property
+    def queue(self) -> str:
+        return "releasetrain-" + hashlib.sha256(str(self.config.home.resolve()).encode()).hexdigest()[:10]
+
+    def airflow_processes(self) -> list[tuple[str, list[str], dict[str, str]]]:
+        """(name, command, environment overrides) of every Airflow process of the stack. Each
+        scheduler, triggerer and worker serves its health check or logs on a port of its own."""
+        cfg, airflow = self.config, str(Path(sys.executable).parent / "airflow")
+        processes = [("api-server", [airflow, "api-server"], {}), ("dag-processor", [airflow, "dag-processor"], {})]
+        local = cfg.executor != "celery"
+        for i in range(1 if local else cfg.schedulers):
+            port = {} if local else {"AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(free_port())}
+            processes.append((_nth("scheduler", i), [airflow, "scheduler"], port))
+        for i in range(1 if local else cfg.triggerers):
+            port = {} if local else {"AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())}
+            processes.append((_nth("triggerer", i), [airflow, "triggerer"], port))
+        for i in range(0 if local else cfg.workers):
+            cmd = [
+                *(airflow, "celery", "worker", "--queues", self.queue),
+                *("--concurrency", str(cfg.worker_concurrency), "--celery-hostname", f"worker{i + 1}-{self.queue}@%h"),
+                *("--without-mingle", "--without-gossip"),
+            ]
+            processes.append((f"worker-{i + 1}", cmd, {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}))
+        return processes
 
     def wait_ready(self, *, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -390,6 +442,16 @@ class DevStack:
                 except ProcessLookupError:
                     pass
         self.processes.clear()
+
+
+def _nth(name: str, i: int) -> str:
+    return name if i == 0 else f"{name}-{i + 1}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 SIGNING_KEYS = (
