@@ -116,7 +116,9 @@ def test_a_release_runs_on_celery_workers_with_two_schedulers_and_triggerers(cel
     assert run["state"] == "success", states
     # the tasks ran on the Celery workers of this stack's queue, shared between the two
     pattern = re.compile(r"Task execute_workload\[[0-9a-f-]+\] received")
-    received = {name: len(pattern.findall((stack.logs / f"{name}.log").read_text())) for name in ("worker-1", "worker-2")}
+    received = {
+        name: len(pattern.findall((stack.logs / f"{name}.log").read_text())) for name in ("worker-1", "worker-2")
+    }
     executed = [s for s in states.values() if s == "success"]
     assert sum(received.values()) >= len(executed), (received, len(executed))
     for environment in ENVIRONMENTS:
