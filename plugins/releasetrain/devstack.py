@@ -342,7 +342,9 @@ class DevStack:
         with open(self.logs / f"{log}.log", "w") as out:
             done = subprocess.run(cmd, env=self.env(), cwd=self.config.home, stdout=out, stderr=subprocess.STDOUT)
         if done.returncode:
-            raise RuntimeError(f"`{' '.join(cmd)}` failed; see {self.logs / f'{log}.log'}")
+            # the program and its sub-command only: arguments can hold a PIN
+            what = " ".join(Path(c).name for c in cmd[:3])
+            raise RuntimeError(f"`{what} ...` failed; see {self.logs / f'{log}.log'}")
 
     # --- processes --------------------------------------------------------------------
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:

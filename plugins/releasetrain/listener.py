@@ -22,9 +22,11 @@ is logged and recorded as a ``listener_gap``. Only a run's start is waited for (
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +46,8 @@ _queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
 _worker: threading.Thread | None = None
 _worker_lock = threading.Lock()
 _dropped: list[str] = []  # what a full queue had to drop, recorded as a gap once it drains
+_overflow: collections.deque = collections.deque()  # run starts only
+_overflow_unwritten = [0]  # overflow entries not written yet (guarded by _worker_lock)
 
 
 def _run(work: Callable[[], None], what: str) -> None:
@@ -55,7 +59,18 @@ def _run(work: Callable[[], None], what: str) -> None:
 
 def _drain() -> None:
     while True:
-        work, what = _queue.get()
+        if _overflow:  # run starts that found the queue full: never dropped
+            work, what = _overflow.popleft()
+            try:
+                _run(work, what)
+            finally:
+                with _worker_lock:
+                    _overflow_unwritten[0] -= 1
+            continue
+        try:
+            work, what = _queue.get(timeout=0.2)
+        except queue.Empty:
+            continue
         try:
             _run(work, what)
             if _dropped and _queue.empty():
@@ -89,25 +104,38 @@ def _isolated(work: Callable[[], None], what: str, *, wait: float | None = None)
         finally:
             done.set()
 
-    try:
-        _queue.put_nowait((then_signal, what))
-    except queue.Full:
-        _dropped.append(what)
-        log.error("releasetrain: the ledger queue is full (%s waiting): %s was dropped", QUEUE_SIZE, what)
+    if wait is None:
+        try:
+            _queue.put_nowait((then_signal, what))
+        except queue.Full:
+            _dropped.append(what)
+            log.error("releasetrain: the ledger queue is full (%s waiting): %s was dropped", QUEUE_SIZE, what)
         return
-    # a run's start is waited for (bounded), in order behind what is queued: no thread of its own
-    if wait is not None and not done.wait(wait):
+    # A run's start is waited for (bounded), in order behind what is queued, and never dropped:
+    # without it the gatekeeper could not tell the run from a deleted one under the same id.
+    # When the queue stays full it waits beside it (one entry per real run start) and goes first.
+    started = time.monotonic()
+    try:
+        _queue.put((then_signal, what), timeout=wait)
+    except queue.Full:
+        with _worker_lock:
+            _overflow_unwritten[0] += 1
+            _overflow.append((then_signal, what))
+        log.error("releasetrain: the ledger queue is full: %s waits beside it", what)
+    if not done.wait(max(0.0, wait - (time.monotonic() - started))):
         log.error("releasetrain: recording %s took over %ss; it stays queued", what, wait)
 
 
 def flush(timeout: float = 30.0) -> bool:
     """Wait until the ledger worker has written everything queued (tests, shutdown)."""
-    import time
-
     deadline = time.monotonic() + timeout
-    while _queue.unfinished_tasks and time.monotonic() < deadline:
+
+    def busy() -> bool:
+        return bool(_queue.unfinished_tasks or _overflow_unwritten[0])
+
+    while busy() and time.monotonic() < deadline:
         time.sleep(0.02)
-    return not _queue.unfinished_tasks
+    return not busy()
 
 
 def _append(kind: str, release: str, dag_id: str, run_id: str, **fields: Any) -> None:

@@ -125,7 +125,6 @@ def test_a_slow_ledger_never_stalls_the_scheduler_and_a_full_queue_leaves_a_reco
 
     monkeypatch.setattr(listener, "_append", slow)
     monkeypatch.setattr(listener, "_queue", queue.Queue(maxsize=1))
-    monkeypatch.setattr(listener, "_worker", None)
     took = 0.0
     for i in range(3):  # one being written, one waiting, one dropped
         started = time.monotonic()
@@ -156,7 +155,6 @@ def test_run_starts_wait_bounded_in_order_and_start_no_threads_of_their_own(ledg
 
     monkeypatch.setattr(listener, "_append", stuck)
     monkeypatch.setattr(listener, "_queue", queue.Queue(maxsize=100))
-    monkeypatch.setattr(listener, "_worker", None)
     monkeypatch.setattr(listener, "START_WAIT_SECONDS", 0.2)
     before = threading.active_count()
     for i in range(5):
@@ -168,3 +166,32 @@ def test_run_starts_wait_bounded_in_order_and_start_no_threads_of_their_own(ledg
     gate.set()
     assert listener.flush(10)
     assert [e.run_id for e in LedgerHook().events(kind="run_started")] == [f"s{i}" for i in range(5)]
+
+
+def test_a_run_start_is_never_dropped_by_a_full_queue(ledger, monkeypatch):
+    """Hand-set task states can fill the queue; a run's start must still be recorded, or a
+    run deleted and triggered again under the same id would inherit the old run's records."""
+    import queue
+    import time
+
+    original, gate = listener._append, threading.Event()
+
+    def stuck(*args, **kwargs):
+        gate.wait(30)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(listener, "_append", stuck)
+    monkeypatch.setattr(listener, "_queue", queue.Queue(maxsize=2))
+    monkeypatch.setattr(listener, "START_WAIT_SECONDS", 0.3)
+    for i in range(4):  # one being written, two waiting, one dropped
+        ti = SimpleNamespace(dag_id="release_storefront", run_id="r", task_id=f"t{i}")
+        listener.on_task_instance_success(None, ti)  # set by hand (no previous state)
+    run = SimpleNamespace(dag_id="release_storefront", run_id="r", id=7, clear_number=0, created_at=None)
+    started = time.monotonic()
+    listener.on_dag_run_running(run, "started")
+    assert time.monotonic() - started < 2, "bounded wait"
+    assert not any("the start of" in what for what in listener._dropped)
+    gate.set()
+    assert listener.flush(10)
+    [start] = list(LedgerHook().events(kind="run_started"))
+    assert start.details["dag_run_key"].startswith("7:")

@@ -853,8 +853,9 @@ def test_a_file_source_root_cannot_be_left_through_a_link(signing, store, tmp_pa
             artifact_store=store,
         ).execute(context(FakeTI(), task_id="package"))
 
-    with pytest.raises(AirflowFailException, match="outside its source root"):
-        package(f"file://{root}/leak/environ")
+    for scheme in ("file", "FILE", "File"):
+        with pytest.raises(AirflowFailException, match="outside its source root"):
+            package(f"{scheme}://{root}/leak/environ")
     assert not run_events("packaged")
     assert package(f"file://{root}/web")["files"] == 1
 

@@ -161,3 +161,49 @@ def test_a_forked_process_signs_after_its_parent_did(token):
     child.join(60)
     assert isinstance(result, bytes), result
     load_public_key(token["bundle"]).verify(result, b"child")
+
+
+def test_a_fork_while_another_thread_signs_does_not_hang_the_child(token):
+    """The scheduler's listener thread signs checkpoints while executors fork: a lock held at
+    fork time must not be inherited held."""
+    import threading
+
+    from releasetrain.hooks import signing
+
+    Pkcs11Signer(SOFTHSM_MODULE, PKCS11_TOKEN, "bundle", PIN).sign(b"parent")
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with signing._LOCK:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    try:
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_sign_in_child, args=(queue,))
+        child.start()
+        result = queue.get(timeout=30)
+        child.join(30)
+    finally:
+        release.set()
+        holder.join()
+    assert isinstance(result, bytes), result
+
+
+def test_threads_sign_at_once(token):
+    from concurrent.futures import ThreadPoolExecutor
+
+    signer = Pkcs11Signer(SOFTHSM_MODULE, PKCS11_TOKEN, "bundle", PIN)
+    key = load_public_key(token["bundle"])
+    messages = [f"m{i}".encode() for i in range(60)]
+    with ThreadPoolExecutor(4) as pool:
+        signatures = list(pool.map(signer.sign, messages))
+    for message, signature in zip(messages, signatures, strict=True):
+        key.verify(signature, message)
+    # a signer that does not know the PIN does not ride on the process's login
+    with pytest.raises(BundleError, match="PinIncorrect"):
+        Pkcs11Signer(SOFTHSM_MODULE, PKCS11_TOKEN, "bundle", "not-the-pin").sign(b"x")

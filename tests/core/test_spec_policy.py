@@ -37,7 +37,8 @@ def validate(*paths: str, env: dict | None = None) -> subprocess.CompletedProces
         ("environ", "components[0].source", "file:///proc/self/environ is not under a configured source root"),
         ("environ", "components[1].source", "must be relative and stay inside the project"),
         ("templated", "artifact_store", "templates are not allowed in a spec"),
-        ("otherstore", "artifact_store", "is not under a configured artifact store root"),
+        ("otherstore", "artifact_store", "may not lie in the ledger's folder"),
+        ("foreignstore", "artifact_store", "is not under a configured artifact store root"),
         ("secondly", "calendar.blackouts[0].ics", "repeats SECONDLY"),
         ("deploycreds", "environments[0].smoke_checks[0].conn_id", "fleet_dev is a deploy target"),
         ("smtpfiles", "notifications[0].args.files", "cannot set a notifier's files"),
@@ -69,6 +70,8 @@ def test_source_roots_are_prefixes_of_whole_path_segments():
     for bad in (
         "s3://artifacts/releases-evil/web",
         "s3://artifacts/releases/../secrets",
+        "s3://artifacts/releases/a#/../../secrets",
+        "FILE:///proc/self/environ",
         "s3://user:pw@artifacts/releases/web",
         "file:///etc/passwd",
         "/etc/passwd",
@@ -88,13 +91,18 @@ def test_a_spec_store_only_under_the_deployment_artifact_roots():
         "s3://bucket/releases/..;/ledger",
         "s3://bucket/releases/%2e%2e/ledger",
         "s3://bucket/releases/x?versionId=1",
+        "s3://bucket/releases/a#/../../x",
+        "file:///srv/artifacts/x#/../../../escaped",
+        "file:///srv/artifacts\\..\\..\\etc",
+        "file:///srv/artifacts/_ledger",
         "/srv/artifacts",
         "file:///srv",
     ):
         assert policy.artifact_store_problem(bad), bad
     assert Policy().artifact_store_problem("s3://bucket/releases"), "none configured: a spec keeps the default"
+    # the fixture points into the ledger's checkpoints: refused even under a configured root
     done = validate("tests/fixtures/unsafe/otherstore.yaml", env={"RELEASETRAIN_ARTIFACT_ROOTS": "file:///tmp/airflow"})
-    assert "artifact_store" not in done.stderr, done.stderr
+    assert "artifact_store: an artifact store may not lie in the ledger's folder" in done.stderr, done.stderr
 
 
 def test_notifiers_come_from_the_allow_list(monkeypatch):

@@ -94,6 +94,8 @@ class Policy:
         """Why a spec's ``artifact_store`` may not be used (None: it may)."""
         if "://" not in url:
             return "an artifact store is a URL (file://, s3://, ...) under a configured artifact root"
+        if "_ledger" in urlsplit(url).path.split("/"):
+            return "an artifact store may not lie in the ledger's folder (_ledger): checkpoints are kept there"
         return _url_problem(url, self.artifact_roots, "artifact store", "ARTIFACT_ROOTS")
 
 
@@ -109,9 +111,14 @@ def _url_problem(url: str, roots: tuple[str, ...], what: str, setting: str) -> s
     parts = urlsplit(url)
     if parts.username or parts.password:
         return f"a {what} URL may not carry credentials (use a connection)"
+    # what urlsplit would cut off or decode, a storage path may still follow ('#/../..' is a
+    # file name to ObjectStoragePath): no fragment, query, escape or backslash anywhere
+    odd = [c for c in ("#", "?", "%", "\\") if c in url]
+    if odd:
+        return f"a {what} URL may not contain {' '.join(repr(c) for c in odd)}"
     segments = parts.path.split("/")
-    if any(s.split(";")[0] in (".", "..") for s in segments) or "%2e" in parts.path.lower() or parts.query:
-        return f"a {what} URL may not contain '.' or '..' segments, encoded dots or a query"
+    if any(s.split(";")[0] in (".", "..") for s in segments):
+        return f"a {what} URL may not contain '.' or '..' segments"
     if any(under_root(url, root) for root in roots):
         return None
     return (

@@ -17,6 +17,7 @@ extractable (``releasetrain key generate-pkcs11``), so no task ever holds it::
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Mapping
@@ -27,45 +28,84 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from releasetrain.core.bundle import BundleError, load_private_key
 
 ED25519_OID = "1.3.101.112"
+# One logged-in session per token per process, used under one lock: PKCS#11 login is
+# per application, so a session opened and logged out per signature breaks other
+# threads' sessions. After a fork the child starts over (a new lock, its own init).
 _LOCK = threading.Lock()
-_INITIALISED_IN: dict[str, int] = {}  # module -> pid that initialised it (a fork must start over)
+_INITIALISED_IN: dict[str, int] = {}  # library -> pid that initialised it
+_SESSIONS: dict[tuple[str, str], Any] = {}
+
+
+def _after_fork_in_child() -> None:
+    global _LOCK
+    _LOCK = threading.Lock()  # a lock held by another thread at fork time is never released here
+    _SESSIONS.clear()  # the parent's sessions are not ours
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _library(module: str):
+    """The PKCS#11 library (called with ``_LOCK`` held), initialised in this process."""
     try:
         import pkcs11
     except ImportError:  # pragma: no cover - a dependency of the package
         raise BundleError("PKCS#11 signing needs the python-pkcs11 package") from None
     if not os.path.isfile(module):
         raise BundleError(f"PKCS#11 library {module} does not exist")
-    with _LOCK:
-        lib = pkcs11.lib(module)
-        if _INITIALISED_IN.setdefault(module, os.getpid()) != os.getpid():
-            lib.reinitialize()  # a forked process cannot use its parent's session state
-            _INITIALISED_IN[module] = os.getpid()
-        return lib
+    lib = pkcs11.lib(module)
+    if _INITIALISED_IN.setdefault(module, os.getpid()) != os.getpid():
+        lib.reinitialize()  # a forked process cannot use its parent's state
+        _INITIALISED_IN[module] = os.getpid()
+    return lib
 
 
 class Pkcs11Signer:
     """An Ed25519 key on a PKCS#11 token: signs there, hands out only its public key."""
 
     def __init__(self, module: str, token: str, key: str, pin: str, conn_id: str = "") -> None:
-        self.module, self.token, self.key, self.conn_id = module, token, key, conn_id
+        self.module, self.token, self.key, self.conn_id = os.path.realpath(module), token, key, conn_id
         self._pin = pin
 
     def __repr__(self) -> str:  # never the PIN
         return f"Pkcs11Signer(token={self.token!r}, key={self.key!r})"
 
     def _session(self):
+        """This process's session on the token (called with ``_LOCK`` held)."""
         import pkcs11
 
-        try:
-            token = _library(self.module).get_token(token_label=self.token)
-            return token.open(user_pin=self._pin)
-        except (pkcs11.exceptions.PKCS11Error, StopIteration) as exc:  # type: ignore[attr-defined]
-            raise BundleError(
-                f"PKCS#11 token {self.token!r} ({self.conn_id or 'signer'}) cannot be opened: {type(exc).__name__}"
-            ) from None
+        slot, pin = (self.module, self.token), hashlib.sha256(self._pin.encode()).hexdigest()
+        refused = f"PKCS#11 token {self.token!r} ({self.conn_id or 'signer'}) cannot be opened"
+        if slot not in _SESSIONS:
+            try:
+                token = _library(self.module).get_token(token_label=self.token)
+                _SESSIONS[slot] = (token.open(user_pin=self._pin), pin)
+            except (pkcs11.exceptions.PKCS11Error, StopIteration) as exc:  # type: ignore[attr-defined]
+                raise BundleError(f"{refused}: {type(exc).__name__}") from None
+        session, logged_in_with = _SESSIONS[slot]
+        if logged_in_with != pin:  # the process is logged in: a signer must still know the PIN
+            raise BundleError(f"{refused}: PinIncorrect")
+        return session
+
+    def _use(self, action):
+        """Run ``action(session)`` under the lock; a session the token closed is opened again once."""
+        import pkcs11
+
+        with _LOCK:
+            for attempt in (1, 2):
+                session = self._session()
+                try:
+                    return action(session)
+                except (
+                    pkcs11.exceptions.SessionHandleInvalid,
+                    pkcs11.exceptions.SessionClosed,
+                    pkcs11.exceptions.UserNotLoggedIn,
+                    pkcs11.exceptions.DeviceRemoved,
+                ):
+                    _SESSIONS.pop((self.module, self.token), None)
+                    if attempt == 2:
+                        raise BundleError(f"PKCS#11 token {self.token!r}: the session was lost twice") from None
+        return None  # pragma: no cover
 
     def _object(self, session, object_class):
         import pkcs11
@@ -80,24 +120,29 @@ class Pkcs11Signer:
     def sign(self, data: bytes) -> bytes:
         import pkcs11
 
-        with self._session() as session:
+        def sign(session) -> bytes:
             private = self._object(session, pkcs11.ObjectClass.PRIVATE_KEY)
             return bytes(private.sign(data, mechanism=pkcs11.Mechanism.EDDSA))
+
+        return self._use(sign)
 
     def public_key(self) -> Ed25519PublicKey:
         import pkcs11
 
-        with self._session() as session:
-            point = bytes(self._object(session, pkcs11.ObjectClass.PUBLIC_KEY)[pkcs11.Attribute.EC_POINT])
-        return Ed25519PublicKey.from_public_bytes(_unwrap_point(point))
+        def point(session) -> bytes:
+            return bytes(self._object(session, pkcs11.ObjectClass.PUBLIC_KEY)[pkcs11.Attribute.EC_POINT])
+
+        return Ed25519PublicKey.from_public_bytes(_unwrap_point(self._use(point)))
 
     def private_key_exposed(self) -> bool:
         """Whether the token would hand out the private key (it must not)."""
         import pkcs11
 
-        with self._session() as session:
+        def exposed(session) -> bool:
             private = self._object(session, pkcs11.ObjectClass.PRIVATE_KEY)
             return bool(private[pkcs11.Attribute.EXTRACTABLE]) or not private[pkcs11.Attribute.SENSITIVE]
+
+        return self._use(exposed)
 
 
 def _unwrap_point(point: bytes) -> bytes:
@@ -133,7 +178,7 @@ def generate_pkcs11_key(module: str, token: str, key: str, pin: str) -> Ed25519P
     from pkcs11.util.ec import encode_named_curve_parameters
 
     signer = Pkcs11Signer(module, token, key, pin)
-    with _library(module).get_token(token_label=token).open(user_pin=pin, rw=True) as session:
+    with _LOCK, _library(signer.module).get_token(token_label=token).open(user_pin=pin, rw=True) as session:
         existing = list(session.get_objects({pkcs11.Attribute.LABEL: key}))
         if existing:
             raise BundleError(f"token {token!r} already holds a key labelled {key!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
@@ -104,7 +105,7 @@ class BundlePackageOperator(BaseOperator):
         problem = policy.source_problem(source)
         if problem:  # the spec loader refuses it too
             raise AirflowFailException(f"component {name!r}: {problem}")
-        if source.startswith("file://"):
+        if urlsplit(source).scheme.lower() == "file":  # FILE:// too: links are resolved either way
             root: Any = self._local_source(name, source, policy)
         elif "://" in source:
             root = ObjectStoragePath(source)
@@ -136,13 +137,11 @@ class BundlePackageOperator(BaseOperator):
     def _local_source(name: str, source: str, policy: Any) -> Path:
         """A ``file://`` source as a local path, still under its root once links are resolved
         (a link inside a root may not lead out of it)."""
-        from urllib.parse import unquote, urlsplit
-
         from releasetrain.core.policy import under_root
 
         path = Path(unquote(urlsplit(source).path)).resolve()
         for root in policy.source_roots:
-            if root.startswith("file://") and under_root(source, root):
+            if urlsplit(root).scheme.lower() == "file" and under_root(source, root):
                 base = Path(unquote(urlsplit(root).path)).resolve()
                 if path.is_relative_to(base):
                     return path
