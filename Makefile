@@ -35,6 +35,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_windows.py
 	$(BIN)/python benchmarks/bench_ledger.py
+	$(BIN)/python benchmarks/bench_waiting.py
 	bash scripts/ensure-prometheus.sh
 	$(BIN)/python benchmarks/bench_rollback.py
 

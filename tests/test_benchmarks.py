@@ -41,3 +41,13 @@ def _once(fn) -> float:
     started = time.perf_counter()
     fn()
     return max(time.perf_counter() - started, 1e-6)
+
+
+def test_the_waiting_benchmark_runs_at_a_tiny_size(monkeypatch):
+    bench = _load("bench_waiting", monkeypatch)
+    for name, value in (("N", 20), ("INTERVAL", 0.1), ("WAIT_TICKS", 3), ("SINGLES", 2)):
+        monkeypatch.setattr(bench, name, value)
+    report = bench.bench()
+    # batched, 20 waiting rollouts ask at most about as often as one does alone
+    assert report["request_ratio_batched_vs_per_rollout"] < 0.2, report
+    assert report["batched"]["resume_p95_ratio"] > 0

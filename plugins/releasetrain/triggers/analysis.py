@@ -18,6 +18,7 @@ from releasetrain.core.canary import (
     render_query,
     score_measurement,
 )
+from releasetrain.triggers.phase import until_tick
 
 
 def metrics_provider(provider: dict[str, Any]) -> Any:
@@ -133,7 +134,7 @@ class CanaryAnalysisTrigger(BaseTrigger):
     async def _aborted(self) -> bool:
         if not self.abort:
             return False
-        from releasetrain.triggers.phase import task_states
+        from releasetrain.triggers.phase import task_states  # batched with every other watcher
 
         try:
             states = await task_states(self.abort["dag_id"], self.abort["run_id"], [self.abort["task_id"]])
@@ -154,7 +155,7 @@ class CanaryAnalysisTrigger(BaseTrigger):
                     payload = state.to_dict()
                     yield TriggerEvent({**payload, "outcome": "aborted", "reason": "the rollout was aborted by hand"})
                     return
-                await asyncio.sleep(min(wait, ABORT_POLL_SECONDS))
+                await asyncio.sleep(min(wait, until_tick(ABORT_POLL_SECONDS)))
             measured_at = time.time()
             measurement = await asyncio.to_thread(self._measure, policy, measured_at)
             self.measurements.append(measurement)
