@@ -17,7 +17,6 @@ extractable (``releasetrain key generate-pkcs11``), so no task ever holds it::
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Mapping
@@ -28,18 +27,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from releasetrain.core.bundle import BundleError, load_private_key
 
 ED25519_OID = "1.3.101.112"
-# One logged-in session per token per process, used under one lock: PKCS#11 login is
-# per application, so a session opened and logged out per signature breaks other
-# threads' sessions. After a fork the child starts over (a new lock, its own init).
+# Every use of a token opens, logs in, acts and closes under one lock: PKCS#11 login is
+# per application, so sessions of two threads would log each other out, and no session
+# stays open for a forked child to inherit (the scheduler signs checkpoints, then forks
+# executor workers; a child re-initialising over a parent's open session fails). After a
+# fork the child starts over: a new lock and its own initialisation.
 _LOCK = threading.Lock()
 _INITIALISED_IN: dict[str, int] = {}  # library -> pid that initialised it
-_SESSIONS: dict[tuple[str, str], Any] = {}
 
 
 def _after_fork_in_child() -> None:
     global _LOCK
     _LOCK = threading.Lock()  # a lock held by another thread at fork time is never released here
-    _SESSIONS.clear()  # the parent's sessions are not ours
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -70,42 +69,20 @@ class Pkcs11Signer:
     def __repr__(self) -> str:  # never the PIN
         return f"Pkcs11Signer(token={self.token!r}, key={self.key!r})"
 
-    def _session(self):
-        """This process's session on the token (called with ``_LOCK`` held)."""
-        import pkcs11
-
-        slot, pin = (self.module, self.token), hashlib.sha256(self._pin.encode()).hexdigest()
-        refused = f"PKCS#11 token {self.token!r} ({self.conn_id or 'signer'}) cannot be opened"
-        if slot not in _SESSIONS:
-            try:
-                token = _library(self.module).get_token(token_label=self.token)
-                _SESSIONS[slot] = (token.open(user_pin=self._pin), pin)
-            except (pkcs11.exceptions.PKCS11Error, StopIteration) as exc:  # type: ignore[attr-defined]
-                raise BundleError(f"{refused}: {type(exc).__name__}") from None
-        session, logged_in_with = _SESSIONS[slot]
-        if logged_in_with != pin:  # the process is logged in: a signer must still know the PIN
-            raise BundleError(f"{refused}: PinIncorrect")
-        return session
-
     def _use(self, action):
-        """Run ``action(session)`` under the lock; a session the token closed is opened again once."""
+        """Open a session (logged in with this signer's PIN), run ``action(session)``, close it;
+        all under the process's one lock."""
         import pkcs11
 
         with _LOCK:
-            for attempt in (1, 2):
-                session = self._session()
-                try:
-                    return action(session)
-                except (
-                    pkcs11.exceptions.SessionHandleInvalid,
-                    pkcs11.exceptions.SessionClosed,
-                    pkcs11.exceptions.UserNotLoggedIn,
-                    pkcs11.exceptions.DeviceRemoved,
-                ):
-                    _SESSIONS.pop((self.module, self.token), None)
-                    if attempt == 2:
-                        raise BundleError(f"PKCS#11 token {self.token!r}: the session was lost twice") from None
-        return None  # pragma: no cover
+            try:
+                session = _library(self.module).get_token(token_label=self.token).open(user_pin=self._pin)
+            except (pkcs11.exceptions.PKCS11Error, StopIteration) as exc:  # type: ignore[attr-defined]
+                raise BundleError(
+                    f"PKCS#11 token {self.token!r} ({self.conn_id or 'signer'}) cannot be opened: {type(exc).__name__}"
+                ) from None
+            with session:
+                return action(session)
 
     def _object(self, session, object_class):
         import pkcs11
