@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast bench lint schema lock clean venv
+.PHONY: demo test test-distributed test-fast bench lint schema lock clean venv
 
 venv: $(STAMP)
 
@@ -26,6 +26,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/ensure-debian.sh
 	$(BIN)/python -m pytest
+	$(MAKE) test-distributed
+
+## make test-distributed: the end-to-end tests on Airflow's distributed shape (Celery, Redis, PostgreSQL)
+test-distributed: $(STAMP)
+	$(BIN)/python -m pytest -m distributed
 
 ## make test-fast: everything but the end-to-end tests
 test-fast: $(STAMP)

@@ -26,7 +26,7 @@ from tests.conftest import PROJECT_ROOT
 from tests.e2e.conftest import _free_port
 from tests.pg import admin, postgres_answers
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 
 DAG = "release_distributed"
 ENVIRONMENTS = ["dist-dev", "dist-prod"]
@@ -106,10 +106,16 @@ def test_a_release_runs_on_celery_workers_with_two_schedulers_and_triggerers(cel
     author, approver = AirflowClient(url, "author", "author"), AirflowClient(url, "approver", "approver")
     run_id = author.trigger(DAG, {"version": "2.0.0", "change_summary": "distributed"})["dag_run_id"]
     author.wait_for_approval(DAG, run_id, "dist-prod.approve", timeout=420)
-    # waiting for a human holds no worker slot: nothing of the run is running on a worker
-    states = author.task_states(DAG, run_id)
-    assert states["dist-prod.approve"] in ("deferred", "awaiting_input"), states
-    assert "running" not in states.values(), states
+    # waiting for a human holds no worker slot: once the steps beside it are done, nothing
+    # of the run runs on a worker while the approval waits
+    deadline = time.monotonic() + 120
+    while True:
+        states = author.task_states(DAG, run_id)
+        assert states["dist-prod.approve"] in ("deferred", "awaiting_input"), states
+        if "running" not in states.values():
+            break
+        assert time.monotonic() < deadline, f"a task keeps a worker slot while the approval waits: {states}"
+        time.sleep(1)
     assert approver.answer(DAG, run_id, "dist-prod.approve", "Approve") == "success"
     run = author.wait_for_run(DAG, run_id, timeout=420)
     states = author.task_states(DAG, run_id)
