@@ -22,7 +22,6 @@ is logged and recorded as a ``listener_gap``. Only a run's start is waited for (
 
 from __future__ import annotations
 
-import collections
 import logging
 import queue
 import threading
@@ -39,15 +38,16 @@ log = logging.getLogger(__name__)
 
 # The scheduler must never wait on the ledger: events go through a bounded queue to one
 # worker thread (its own DB session). Only a run's start is waited for, briefly, so that it
-# is recorded before the run's first task writes anything.
+# is recorded before the run's first task writes anything; starts have a worker of their
+# own, so a start never waits behind other events (a run's end writes a checkpoint, which
+# verifies the chain) and is never dropped (one entry per real run start).
 START_WAIT_SECONDS = 10.0
 QUEUE_SIZE = 1000
 _queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
-_worker: threading.Thread | None = None
+_starts: queue.Queue = queue.Queue()
+_workers: dict[str, threading.Thread] = {}
 _worker_lock = threading.Lock()
 _dropped: list[str] = []  # what a full queue had to drop, recorded as a gap once it drains
-_overflow: collections.deque = collections.deque()  # run starts only
-_overflow_unwritten = [0]  # overflow entries not written yet (guarded by _worker_lock)
 
 
 def _run(work: Callable[[], None], what: str) -> None:
@@ -59,18 +59,7 @@ def _run(work: Callable[[], None], what: str) -> None:
 
 def _drain() -> None:
     while True:
-        if _overflow:  # run starts that found the queue full: never dropped
-            work, what = _overflow.popleft()
-            try:
-                _run(work, what)
-            finally:
-                with _worker_lock:
-                    _overflow_unwritten[0] -= 1
-            continue
-        try:
-            work, what = _queue.get(timeout=0.2)
-        except queue.Empty:
-            continue
+        work, what = _queue.get()
         try:
             _run(work, what)
             if _dropped and _queue.empty():
@@ -81,21 +70,43 @@ def _drain() -> None:
             _queue.task_done()
 
 
+def _drain_starts() -> None:
+    while True:
+        work, what = _starts.get()
+        try:
+            _run(work, what)
+        finally:
+            _starts.task_done()
+
+
 def _record_gap(lost: list[str]) -> None:
     details = {"dropped": len(lost), "what": lost[:50]}
     _append(Event.LISTENER_GAP, "releasetrain", "", "", actor="airflow", details=details)
+
+
+def _ensure_workers() -> None:
+    with _worker_lock:
+        for name, target in (("releasetrain-listener", _drain), ("releasetrain-listener-starts", _drain_starts)):
+            thread = _workers.get(name)
+            if thread is None or not thread.is_alive():
+                _workers[name] = threading.Thread(target=target, name=name, daemon=True)
+                _workers[name].start()
 
 
 def _isolated(work: Callable[[], None], what: str, *, wait: float | None = None) -> None:
     """Hand ``work`` to the ledger worker; never block the caller (unless ``wait``, bounded).
 
     A full queue drops the work and says so: in the log now, and in the ledger as a
-    ``listener_gap`` event once the queue drains (never a silent loss)."""
-    global _worker
-    with _worker_lock:
-        if _worker is None or not _worker.is_alive():
-            _worker = threading.Thread(target=_drain, name="releasetrain-listener", daemon=True)
-            _worker.start()
+    ``listener_gap`` event once the queue drains (never a silent loss). Run starts
+    (``wait``) go to their own worker and are never dropped."""
+    _ensure_workers()
+    if wait is None:
+        try:
+            _queue.put_nowait((work, what))
+        except queue.Full:
+            _dropped.append(what)
+            log.error("releasetrain: the ledger queue is full (%s waiting): %s was dropped", QUEUE_SIZE, what)
+        return
     done = threading.Event()
 
     def then_signal() -> None:
@@ -104,25 +115,8 @@ def _isolated(work: Callable[[], None], what: str, *, wait: float | None = None)
         finally:
             done.set()
 
-    if wait is None:
-        try:
-            _queue.put_nowait((then_signal, what))
-        except queue.Full:
-            _dropped.append(what)
-            log.error("releasetrain: the ledger queue is full (%s waiting): %s was dropped", QUEUE_SIZE, what)
-        return
-    # A run's start is waited for (bounded), in order behind what is queued, and never dropped:
-    # without it the gatekeeper could not tell the run from a deleted one under the same id.
-    # When the queue stays full it waits beside it (one entry per real run start) and goes first.
-    started = time.monotonic()
-    try:
-        _queue.put((then_signal, what), timeout=wait)
-    except queue.Full:
-        with _worker_lock:
-            _overflow_unwritten[0] += 1
-            _overflow.append((then_signal, what))
-        log.error("releasetrain: the ledger queue is full: %s waits beside it", what)
-    if not done.wait(max(0.0, wait - (time.monotonic() - started))):
+    _starts.put((then_signal, what))
+    if not done.wait(wait):
         log.error("releasetrain: recording %s took over %ss; it stays queued", what, wait)
 
 
@@ -131,7 +125,7 @@ def flush(timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
 
     def busy() -> bool:
-        return bool(_queue.unfinished_tasks or _overflow_unwritten[0])
+        return bool(_queue.unfinished_tasks or _starts.unfinished_tasks)
 
     while busy() and time.monotonic() < deadline:
         time.sleep(0.02)

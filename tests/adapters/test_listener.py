@@ -125,6 +125,7 @@ def test_a_slow_ledger_never_stalls_the_scheduler_and_a_full_queue_leaves_a_reco
 
     monkeypatch.setattr(listener, "_append", slow)
     monkeypatch.setattr(listener, "_queue", queue.Queue(maxsize=1))
+    monkeypatch.setattr(listener, "_workers", {})  # workers of the patched queues
     took = 0.0
     for i in range(3):  # one being written, one waiting, one dropped
         started = time.monotonic()
@@ -155,14 +156,16 @@ def test_run_starts_wait_bounded_in_order_and_start_no_threads_of_their_own(ledg
 
     monkeypatch.setattr(listener, "_append", stuck)
     monkeypatch.setattr(listener, "_queue", queue.Queue(maxsize=100))
+    monkeypatch.setattr(listener, "_workers", {})  # workers of the patched queues
     monkeypatch.setattr(listener, "START_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(listener, "_starts", queue.Queue())
     before = threading.active_count()
     for i in range(5):
         started = time.monotonic()
         run = SimpleNamespace(dag_id="release_storefront", run_id=f"s{i}", id=i, clear_number=0, created_at=None)
         listener.on_dag_run_running(run, "started")
         assert time.monotonic() - started < 1.5
-    assert threading.active_count() <= before + 1, "one worker, no thread per start"
+    assert threading.active_count() <= before + 2, "a worker for events and one for starts, no thread per start"
     gate.set()
     assert listener.flush(10)
     assert [e.run_id for e in LedgerHook().events(kind="run_started")] == [f"s{i}" for i in range(5)]
@@ -182,7 +185,9 @@ def test_a_run_start_is_never_dropped_by_a_full_queue(ledger, monkeypatch):
 
     monkeypatch.setattr(listener, "_append", stuck)
     monkeypatch.setattr(listener, "_queue", queue.Queue(maxsize=2))
+    monkeypatch.setattr(listener, "_workers", {})  # workers of the patched queues
     monkeypatch.setattr(listener, "START_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(listener, "_starts", queue.Queue())
     for i in range(4):  # one being written, two waiting, one dropped
         ti = SimpleNamespace(dag_id="release_storefront", run_id="r", task_id=f"t{i}")
         listener.on_task_instance_success(None, ti)  # set by hand (no previous state)
@@ -195,3 +200,31 @@ def test_a_run_start_is_never_dropped_by_a_full_queue(ledger, monkeypatch):
     assert listener.flush(10)
     [start] = list(LedgerHook().events(kind="run_started"))
     assert start.details["dag_run_key"].startswith("7:")
+
+
+def test_a_run_start_does_not_wait_behind_a_slow_event(ledger, monkeypatch):
+    """A run's end writes a checkpoint (it verifies the chain): the scheduler's next run start
+    must not wait for it."""
+    import queue
+    import time
+
+    original, gate = listener._append, threading.Event()
+
+    def slow_end(*args, **kwargs):
+        if args[0] != "run_started":
+            gate.wait(30)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(listener, "_append", slow_end)
+    monkeypatch.setattr(listener, "_queue", queue.Queue(maxsize=10))
+    monkeypatch.setattr(listener, "_starts", queue.Queue())
+    monkeypatch.setattr(listener, "_workers", {})
+    listener.on_dag_run_success(SimpleNamespace(dag_id="release_storefront", run_id="old"), "")
+    started = time.monotonic()
+    run = SimpleNamespace(dag_id="release_storefront", run_id="new", id=3, clear_number=0, created_at=None)
+    listener.on_dag_run_running(run, "started")
+    took = time.monotonic() - started
+    gate.set()
+    assert listener.flush(10)
+    assert took < 2, f"the start waited {took:.1f}s behind another event"
+    assert [e.run_id for e in LedgerHook().events(kind="run_started")] == ["new"]
