@@ -788,8 +788,9 @@ def write_checkpoint(store: LedgerStore, key_conn_id: str = "releasetrain_ledger
     if not result.ok:
         raise LedgerError(f"no checkpoint of a broken chain: {result.message()}")
     checkpoints = CheckpointStore(url)
+    public = key.public_key()  # once: on a token every call is a login
     for earlier in checkpoints.all():
-        problems = checkpoint_problems(earlier, key.public_key()) or anchor_problems(
+        problems = checkpoint_problems(earlier, public) or anchor_problems(
             result, earlier, store.hash_at(int(earlier["seq"]))
         )
         if problems:
