@@ -125,6 +125,7 @@ def test_a_slow_ledger_never_stalls_the_scheduler_and_a_full_queue_leaves_a_reco
 
     monkeypatch.setattr(listener, "_append", slow)
     monkeypatch.setattr(listener, "_queue", queue.Queue(maxsize=1))
+    monkeypatch.setattr(listener, "_starts", queue.Queue())
     monkeypatch.setattr(listener, "_workers", {})  # workers of the patched queues
     took = 0.0
     for i in range(3):  # one being written, one waiting, one dropped

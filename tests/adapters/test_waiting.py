@@ -53,7 +53,10 @@ def test_a_thousand_waiting_rollouts_cost_one_request_per_tick(monkeypatch):
 
 
 def test_a_failed_request_reaches_every_watcher_of_the_batch(monkeypatch):
+    calls = []
+
     async def broken(dag_id, run_ids, task_ids):
+        calls.append(run_ids)
         raise RuntimeError("supervisor unreachable")
 
     monkeypatch.setattr(phase, "_fetch_states", broken)
@@ -65,3 +68,5 @@ def test_a_failed_request_reaches_every_watcher_of_the_batch(monkeypatch):
         assert all(isinstance(r, RuntimeError) for r in results)
 
     asyncio.run(scenario())
+    assert calls == [[f"r{i}" for i in range(5)]], "one request for the five watchers"
+    assert not phase._batches, "nothing left behind"

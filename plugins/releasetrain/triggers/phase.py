@@ -27,6 +27,8 @@ class _Batch:
         self.runs: set[str] = set()
         self.tasks: set[str] = set()
         self.result: asyncio.Future = loop.create_future()
+        # read even when every waiter went away (a cancelled trigger): no "never retrieved" noise
+        self.result.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 _batches: dict[tuple[int, str], _Batch] = {}
@@ -49,12 +51,19 @@ async def _fetch_states(dag_id: str, run_ids: list[str], task_ids: list[str]) ->
 
 
 async def _send(key: tuple[int, str], batch: _Batch) -> None:
-    await asyncio.sleep(BATCH_WINDOW_SECONDS)
-    _batches.pop(key, None)
     try:
-        batch.result.set_result(await _fetch_states(key[1], sorted(batch.runs), sorted(batch.tasks)))
-    except Exception as exc:  # every waiter hears it
-        batch.result.set_exception(exc)
+        await asyncio.sleep(BATCH_WINDOW_SECONDS)
+        _batches.pop(key, None)
+        states = await _fetch_states(key[1], sorted(batch.runs), sorted(batch.tasks))
+        if not batch.result.done():
+            batch.result.set_result(states)
+    except BaseException as exc:  # every waiter hears it, also of a cancellation (loop shutdown)
+        if not batch.result.done():
+            batch.result.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+        if not isinstance(exc, Exception):
+            raise
+    finally:
+        _batches.pop(key, None)  # never left behind for another loop with the same id
 
 
 async def task_states(dag_id: str, run_id: str, task_ids: list[str]) -> dict[str, str | None]:
