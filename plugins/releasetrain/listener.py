@@ -48,6 +48,7 @@ _starts: queue.Queue = queue.Queue()
 _workers: dict[str, threading.Thread] = {}
 _worker_lock = threading.Lock()
 _dropped: list[str] = []  # what a full queue had to drop, recorded as a gap once it drains
+_dropped_lock = threading.Lock()
 
 
 def _run(work: Callable[[], None], what: str) -> None:
@@ -63,8 +64,9 @@ def _drain() -> None:
         try:
             _run(work, what)
             if _dropped and _queue.empty():
-                lost = list(_dropped)
-                _dropped.clear()
+                with _dropped_lock:  # a drop recorded meanwhile is never lost
+                    lost = list(_dropped)
+                    _dropped.clear()
                 _run(lambda lost=lost: _record_gap(lost), "the listener's gap")
         finally:
             _queue.task_done()
@@ -104,7 +106,8 @@ def _isolated(work: Callable[[], None], what: str, *, wait: float | None = None)
         try:
             _queue.put_nowait((work, what))
         except queue.Full:
-            _dropped.append(what)
+            with _dropped_lock:
+                _dropped.append(what)
             log.error("releasetrain: the ledger queue is full (%s waiting): %s was dropped", QUEUE_SIZE, what)
         return
     done = threading.Event()
