@@ -191,11 +191,14 @@ def _run_ended(dag_run: Any, state: str, msg: str) -> None:
     if not release:
         return
     run_id = dag_run.run_id  # read here, in the caller's session
+    key = _dag_run_key(dag_run)
 
     def work() -> None:
-        details = {"state": state, "message": msg or ""}
+        # the row key says which incarnation ended: a run deleted and triggered again under
+        # the same id may start (its own worker) before this end is written
+        details = {"state": state, "message": msg or "", "dag_run_key": key}
         _append(Event.RUN_STATE, release, dag_id, run_id, actor="airflow", details=details)
-        _release_locks(dag_id, run_id)
+        _release_locks(dag_id, run_id, key)
         if state == "failed":
             _close_open_change(release, dag_id, run_id, f"run ended failed: {msg or 'see the run'}")
         _checkpoint()
@@ -220,18 +223,26 @@ def _checkpoint() -> None:
 LEDGER_KEY_CONN = "releasetrain_ledger_signing"
 
 
-def _release_locks(dag_id: str, run_id: str) -> None:
-    """A run that ended (however) holds no deploy target any more."""
+def _release_locks(dag_id: str, run_id: str, key: str) -> None:
+    """A run that ended (however) holds no deploy target any more; only this incarnation's
+    locks are released (a new run under the same id keeps its own)."""
     from releasetrain.hooks.ledger import LedgerHook
 
     hook = LedgerHook()
     try:
-        released = hook.store.unlock_run(f"{dag_id}/{run_id}")
+        released = hook.store.unlock_run(f"{dag_id}/{run_id}", incarnation=key)
     finally:
         hook.close()
     release = release_of_dag(dag_id) or ""
     for target in released:
         _append(Event.LOCK_RELEASED, release, dag_id, run_id, actor="airflow", details={"target": target})
+
+
+def _dag_run_key(dag_run: Any) -> str:
+    """The DAG run's row: its id (reused by SQLite after a delete) and creation time, which no
+    clear and no state change through the API alters (queued_at and start_date do change)."""
+    created = getattr(dag_run, "created_at", None)
+    return f"{getattr(dag_run, 'id', '')}:{created.isoformat() if created else ''}"
 
 
 @hookimpl
@@ -244,11 +255,7 @@ def on_dag_run_running(dag_run: Any, msg: str) -> None:
         return
     run_id = dag_run.run_id  # read here, in the caller's session
     clear_number = int(getattr(dag_run, "clear_number", 0) or 0)
-    # the DAG run's row: its id (reused by SQLite after a delete) and creation time, which no
-    # clear and no state change through the API alters (queued_at and start_date do change)
-    created = getattr(dag_run, "created_at", None)
-    key = f"{getattr(dag_run, 'id', '')}:{created.isoformat() if created else ''}"
-    details = {"clear_number": clear_number, "dag_run_key": key}
+    details = {"clear_number": clear_number, "dag_run_key": _dag_run_key(dag_run)}
     _isolated(
         lambda: _append(Event.RUN_STARTED, release, dag_id, run_id, actor="airflow", details=details),
         f"the start of {release} {run_id}",

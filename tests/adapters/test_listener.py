@@ -111,6 +111,42 @@ def test_a_run_start_is_recorded_with_its_row_key(ledger):
     assert len(events("run9")) == 1, "only release DAGs are recorded"
 
 
+def test_a_deleted_runs_late_end_frees_only_its_own_locks(ledger):
+    """A run deleted and triggered again under its id: the new run's start may be written before
+    the old one's end (starts have their own worker). The old end names its row key, releases
+    only the old incarnation's locks and does not end the new run."""
+    import datetime as dt
+
+    from releasetrain.core.gatekeeper import RunLedger
+
+    created = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
+    old = SimpleNamespace(dag_id="release_storefront", run_id="r5", id=7, created_at=created, clear_number=0)
+    new = SimpleNamespace(dag_id="release_storefront", run_id="r5", id=8, created_at=created, clear_number=0)
+    listener.on_dag_run_running(old, "")
+    listener.on_dag_run_running(new, "")
+    old_key, new_key = listener._dag_run_key(old), listener._dag_run_key(new)
+    hook = LedgerHook()
+    try:
+        hook.store.try_lock("t_prod", f"release_storefront/r5@{new_key}")
+        hook.store.try_lock("t_stage", f"release_storefront/r5@{old_key}")
+    finally:
+        hook.close()
+    listener.on_dag_run_failed(old, "deleted")
+    listener.flush()
+    hook = LedgerHook()
+    try:
+        assert hook.store.lock_holder("t_prod") == f"release_storefront/r5@{new_key}"
+        assert hook.store.lock_holder("t_stage") is None
+    finally:
+        hook.close()
+    recorded = events("r5")
+    [end] = [e for e in recorded if e.kind == "run_state"]
+    assert end.details["dag_run_key"] == old_key
+    assert [e.details["target"] for e in recorded if e.kind == "lock_released"] == ["t_stage"]
+    run = RunLedger(recorded)
+    assert run.incarnation == new_key and run.ended() is None
+
+
 def test_a_slow_ledger_never_stalls_the_scheduler_and_a_full_queue_leaves_a_recorded_gap(ledger, monkeypatch):
     """Issue 11 finding 7: a locked SQLite ledger held the scheduler for up to 60 s per event."""
     import queue

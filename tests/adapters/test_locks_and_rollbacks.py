@@ -181,8 +181,14 @@ def test_unlock_releases_only_this_incarnations_hold():
     assert op.execute(context(AliveTI(), task_id="prod.unlock"))["released"] is False
     assert holder() == f"{ME}@1:old"
     hook = store()
-    try:  # the listener, at the run's end, frees what any incarnation of the run holds
-        assert hook.store.unlock_run(ME) == ["t_prod"]
+    try:  # the listener, at a run's end, frees only what that incarnation (or the bare run) holds
+        assert hook.store.unlock_run(ME, incarnation="2:new") == []
+        assert holder() == f"{ME}@1:old"
+        assert hook.store.unlock_run(ME, incarnation="1:old") == ["t_prod"]
+        hold(ME)
+        assert hook.store.unlock_run(ME, incarnation="2:new") == ["t_prod"]
+        hold(f"{ME}@3:other")
+        assert hook.store.unlock_run(ME) == ["t_prod"], "no incarnation given: any of the run's"
     finally:
         hook.close()
     assert holder() is None

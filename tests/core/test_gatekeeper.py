@@ -226,6 +226,23 @@ def test_only_the_run_that_exists_now_counts():
     assert RunLedger(requeued).of(Event.APPROVAL_GIVEN) and RunLedger(requeued).incarnation == "1:a"
 
 
+def test_a_deleted_runs_end_written_after_the_new_run_started_is_not_the_new_runs():
+    """Run starts are recorded on a worker of their own, so a deleted run's end can land after
+    the start of the run triggered again under its id: it must not end the new run."""
+    new = [
+        ev(Event.RUN_STARTED, clear_number=0, dag_run_key="1:a"),
+        ev(Event.RUN_STARTED, clear_number=0, dag_run_key="2:b"),
+        ev(Event.RUN_STATE, state="failed", dag_run_key="1:a"),
+    ]
+    assert RunLedger(new).ended() is None
+    assert gatekeeper.not_ended(RunLedger(new), "prod.deploy").allowed
+    mine = [*new, ev(Event.RUN_STATE, state="success", dag_run_key="2:b")]
+    assert RunLedger(mine).ended().details["state"] == "success"
+    assert not gatekeeper.not_ended(RunLedger(mine), "prod.deploy").allowed
+    unkeyed = [*new, ev(Event.RUN_STATE, state="failed")]  # an end of unknown incarnation still counts
+    assert RunLedger(unkeyed).ended() is not None
+
+
 def test_a_retried_completion_recording_one_answer_twice_is_one_approval():
     """Airflow 3.3's fast-answer race can run an approval's completion twice (seen in the
     governance end-to-end test under load): one person's one answer is not 'both'."""

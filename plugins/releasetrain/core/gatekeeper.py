@@ -111,8 +111,17 @@ class RunLedger:
         return str(keys[-1]) if keys else ""
 
     def ended(self) -> EventLike | None:
-        """The run's end, when it already ended once (a finished run that was cleared)."""
-        return self.last(Event.RUN_STATE)
+        """The run's end, when it already ended once (a finished run that was cleared).
+
+        An end recorded for another incarnation (a deleted run's, written after the new run
+        under its id started) is not this run's."""
+        me = self.incarnation
+        ends = [
+            e
+            for e in self.of(Event.RUN_STATE)
+            if not (me and e.details.get("dag_run_key") and e.details["dag_run_key"] != me)
+        ]
+        return ends[-1] if ends else None
 
     def of(self, kind: str, *, environment: str | None = None, task_id: str | None = None) -> list[EventLike]:
         return [

@@ -297,13 +297,20 @@ class LedgerStore:
             cursor.close()
         return targets
 
-    def unlock_run(self, run: str) -> list[str]:
-        """Release what any incarnation of a run holds (``run`` is ``<dag_id>/<run_id>``)."""
+    def unlock_run(self, run: str, incarnation: str = "") -> list[str]:
+        """Release what a run holds (``run`` is ``<dag_id>/<run_id>``): as ``run@incarnation``
+        (or plain ``run``) when the incarnation is given, under any incarnation otherwise."""
         p = self.placeholder
         cursor = self.conn.cursor()
+
+        def held_by_run(holder: str) -> bool:
+            if holder == run:
+                return True
+            return holder == f"{run}@{incarnation}" if incarnation else holder.startswith(run + "@")
+
         try:
             cursor.execute(f"SELECT target, holder FROM {LOCKS}")
-            held = [(t, h) for t, h in cursor.fetchall() if h == run or h.startswith(run + "@")]
+            held = [(t, h) for t, h in cursor.fetchall() if held_by_run(h)]
             for target, holder in held:
                 cursor.execute(f"DELETE FROM {LOCKS} WHERE target = {p} AND holder = {p}", (target, holder))
             self.conn.commit()
