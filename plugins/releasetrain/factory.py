@@ -17,7 +17,7 @@ Building a DAG does no network I/O (spec and calendar files only): parsing stays
 
 from __future__ import annotations
 
-import datetime as dt
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +25,8 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
+from airflow.sdk.definitions.param import ParamsDict
+from airflow.sdk.exceptions import ParamValidationError
 
 from releasetrain.core import vocabulary as v
 from releasetrain.core.risk import HIGH_RISK_QUORUM, SECURITY_REVIEW
@@ -38,7 +40,7 @@ from releasetrain.core.spec import (
     load_spec,
 )
 from releasetrain.core.versioning import SEMVER_PATTERN
-from releasetrain.core.windows import CalendarError, iso_z
+from releasetrain.core.windows import CalendarError
 from releasetrain.operators.approval import ReleaseApprovalOperator
 from releasetrain.operators.checks import HealthVerificationOperator, SmokeCheckOperator
 from releasetrain.operators.complete import ReleaseCompleteOperator
@@ -145,12 +147,17 @@ def release_params(spec: ReleaseSpec) -> dict[str, Param]:
 
 
 def _calendar_doc(spec: ReleaseSpec, calendars: CalendarLibrary | None) -> str:
-    """Rules, next openings and blackouts of each gated environment (two weeks ahead)."""
+    """The calendar rules of each gated environment.
+
+    Only the rules: the DAG's documentation is part of the serialized DAG, and anything
+    computed from the clock (next openings, next blackouts) would change it at every parse.
+    The dates themselves are one command away (``releasetrain calendar``)."""
     if not spec.has_calendar or calendars is None:
         return ""
-    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
-    end = now + dt.timedelta(days=14)
-    parts = ["## Release windows\n\nTimes in UTC, computed when the DAG was parsed.\n"]
+    parts = [
+        "## Release windows\n\nThe next openings and blackouts, in UTC: "
+        "`releasetrain calendar <this release's spec file>`.\n"
+    ]
     for env in spec.environments:
         layers = spec.calendar_layers(env.name)
         if not layers:
@@ -160,17 +167,8 @@ def _calendar_doc(spec: ReleaseSpec, calendars: CalendarLibrary | None) -> str:
         except (CalendarError, ReleaseSpecError) as exc:
             parts.append(f"\n**{env.name}**: calendar cannot be used: {exc}\n")
             continue
-        duration = dt.timedelta(minutes=env.expected_duration_minutes)
-        periods = calendar.blackout_periods(now, end)
-        openings = [w.start for w in calendar.effective(now, end, periods) if w.end - w.start >= duration][:5]
-        blackouts = periods[:5]
         parts.append(f"\n**{env.name}** (deploys need {env.expected_duration_minutes} min in a window)\n")
         parts += [f"- {line}" for line in calendar.describe()]
-        parts.append("- next openings: " + (", ".join(iso_z(o) for o in openings) or "none in 14 days"))
-        parts.append(
-            "- next blackouts: "
-            + (", ".join(f"{b.name} {iso_z(b.start)} to {iso_z(b.end)}" for b in blackouts) or "none in 14 days")
-        )
     return "\n".join(parts) + "\n\n"
 
 
@@ -232,7 +230,6 @@ def build_release_dag(
         max_active_runs=1,
         tags=sorted({"release", f"team:{spec.owner_team}", *spec.tags}),
         doc_md=release_doc_md(spec, calendars),
-        params=release_params(spec),
         default_args={"owner": spec.owner_team, "retries": 0},
         auto_register=auto_register,
     ) as dag:
@@ -304,14 +301,52 @@ def build_release_dag(
             before_closure >> closure >> complete
         upstream >> complete
     _give_people(dag, calendars.people())
+    _give_params(dag, release_params(spec))
     return dag
+
+
+def _give_params(dag: DAG, params: dict[str, Param]) -> None:
+    """The DAG's trigger form, given once its tasks exist.
+
+    Airflow deep-copies a DAG's params into every operator made inside it, once per class
+    in the operator's hierarchy (7,200 copies for 100 specs: most of the parse time), while a
+    task's run merges the DAG's params with the task's own anyway (``process_params``), and
+    the trigger form and the run's conf validation read the DAG's. A scheduled DAG's params
+    must resolve without a conf, as Airflow's own validator demands; the check is the same
+    (``Param.resolve``), remembered per schema and default (every spec has the same form)."""
+    converted = ParamsDict(params)
+    if dag.timetable is not None and dag.timetable.can_be_scheduled:
+        for name in converted:
+            problem = _param_problem(converted.get_param(name))
+            if problem:
+                raise ValueError(
+                    f"Dag {dag.dag_id!r} is not allowed to define a Schedule, as there are required params "
+                    f"without default values, or the default values are not valid: {name}: {problem}"
+                )
+    object.__setattr__(dag, "params", converted)
+
+
+_PARAM_PROBLEMS: dict[str, str] = {}
+
+
+def _param_problem(param: Param) -> str:
+    """Why a param's default does not resolve against its schema ("" when it does)."""
+    key = json.dumps([param.value, param.schema], sort_keys=True, default=repr)
+    if key not in _PARAM_PROBLEMS:
+        try:
+            param.resolve(suppress_exception=False)
+            _PARAM_PROBLEMS[key] = ""
+        except ParamValidationError as exc:
+            _PARAM_PROBLEMS[key] = str(exc)
+    return _PARAM_PROBLEMS[key]
 
 
 def _give_people(dag: DAG, people: dict[str, str]) -> None:
     """Every task gets the people directory (user id -> name): identities are compared by id,
     and a DAG run only knows its triggering user's name."""
+    directory = dict(people)  # one copy per DAG, read by its tasks (never written)
     for task in dag.tasks:
-        task.user_directory = dict(people)
+        task.user_directory = directory
 
 
 def rollback_dag_id(spec: ReleaseSpec) -> str:
@@ -340,6 +375,25 @@ def build_rollback_dag(spec: ReleaseSpec, *, auto_register: bool = True, project
         f'REST: `POST /api/v2/dags/{rollback_dag_id(spec)}/dagRuns` with `{{"logical_date": null, "conf": '
         f'{{"environment": "{names[-1]}", "reason": "..."}}}}`.\n'
     )
+    params = {
+        "environment": Param(
+            names[-1], type="string", enum=names, title="Environment", description="Where to roll back."
+        ),
+        "version": Param(
+            None,
+            type=["null", "string"],
+            pattern=SEMVER_PATTERN,
+            title="Version",
+            description="Version to return to (it must have run there). Empty: the last good version.",
+        ),
+        "reason": Param(
+            type="string",
+            minLength=10,
+            maxLength=2000,
+            title="Reason",
+            description="The incident: why this rollback (recorded in the ledger and the postmortem).",
+        ),
+    }
     with DAG(
         dag_id=rollback_dag_id(spec),
         dag_display_name=f"Rollback {spec.name}",
@@ -350,25 +404,6 @@ def build_rollback_dag(spec: ReleaseSpec, *, auto_register: bool = True, project
         max_active_runs=1,
         tags=sorted({"rollback", f"team:{spec.owner_team}", *spec.tags}),
         doc_md=doc,
-        params={
-            "environment": Param(
-                names[-1], type="string", enum=names, title="Environment", description="Where to roll back."
-            ),
-            "version": Param(
-                None,
-                type=["null", "string"],
-                pattern=SEMVER_PATTERN,
-                title="Version",
-                description="Version to return to (it must have run there). Empty: the last good version.",
-            ),
-            "reason": Param(
-                type="string",
-                minLength=10,
-                maxLength=2000,
-                title="Reason",
-                description="The incident: why this rollback (recorded in the ledger and the postmortem).",
-            ),
-        },
         default_args={"owner": spec.owner_team, "retries": 0},
         auto_register=auto_register,
     ) as dag:
@@ -409,6 +444,7 @@ def build_rollback_dag(spec: ReleaseSpec, *, auto_register: bool = True, project
                 >> review
             )
     _give_people(dag, CalendarLibrary(Path(project_root)).people() if project_root else {})
+    _give_params(dag, params)
     return dag
 
 
@@ -740,9 +776,12 @@ def _build_all(
 ) -> tuple[dict[str, DAG], list[str]]:
     dags: dict[str, DAG] = {}
     errors: list[str] = []
+    calendars = CalendarLibrary(project_root)  # one library per parse: shared files are read once
     for spec in specs:
         try:
-            dags[spec.dag_id] = build_release_dag(spec, project_root=project_root, auto_register=register)
+            dags[spec.dag_id] = build_release_dag(
+                spec, project_root=project_root, auto_register=register, calendars=calendars
+            )
             dags[rollback_dag_id(spec)] = build_rollback_dag(spec, auto_register=register, project_root=project_root)
         except Exception as exc:  # one release's problem never takes the others down
             errors.append(f"release {spec.name!r} cannot be built: {type(exc).__name__}: {exc}")

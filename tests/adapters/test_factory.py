@@ -194,3 +194,82 @@ def test_the_people_directory_reaches_every_task_and_clobbers_nothing(dagbag):
     assert isinstance(closure.people, list), "the closure's people are users, not the directory"
     aborts = [t for d in dagbag.dags.values() for t in d.tasks if t.task_id.endswith(".abort")]
     assert aborts and all(isinstance(t.people, list) for t in aborts)
+
+
+# --- parsing: stable, and no per-operator copies of the trigger form --------------------------
+def _serialized(dag) -> tuple[str, dict]:
+    from airflow.serialization.serialized_objects import LazyDeserializedDAG
+
+    lazy = LazyDeserializedDAG.from_dag(dag)
+    return lazy.hash, lazy.data
+
+
+def test_the_serialized_dag_does_not_change_between_parses(monkeypatch):
+    """Issue 12: the doc showed the next openings, computed from the clock, so every parse
+    stored a new serialized DAG version. Nothing in it may come from the clock: parsed at two
+    different times (days apart, through ``datetime.datetime.now``), the hash is the same."""
+    import datetime
+
+    from releasetrain.factory import build_rollback_dag
+
+    real = datetime.datetime
+
+    def at(moment):
+        class Clock(real):
+            @classmethod
+            def now(cls, tz=None):
+                return moment if tz is None else moment.astimezone(tz)
+
+            @classmethod
+            def utcnow(cls):
+                return moment.replace(tzinfo=None)
+
+        return Clock
+
+    spec = load_spec(PROJECT_ROOT / "include/releases/payments.yaml", display_root=PROJECT_ROOT)
+    hashes = []
+    for moment in (real(2026, 12, 1, 9, 0, tzinfo=datetime.UTC), real(2026, 12, 4, 17, 31, tzinfo=datetime.UTC)):
+        monkeypatch.setattr(datetime, "datetime", at(moment))
+        release = build_release_dag(spec, project_root=PROJECT_ROOT, auto_register=False)
+        rollback = build_rollback_dag(spec, project_root=PROJECT_ROOT, auto_register=False)
+        monkeypatch.setattr(datetime, "datetime", real)
+        hashes.append((_serialized(release)[0], _serialized(rollback)[0]))
+    assert hashes[0] == hashes[1]
+
+
+def test_the_trigger_form_is_the_dags_and_reaches_every_tasks_run():
+    """The DAG's params are given once its tasks exist (Airflow deep-copies them into every
+    operator otherwise); a task's run still sees them, merged by Airflow."""
+    from airflow.sdk.definitions.param import process_params
+
+    spec = load_spec(PROJECT_ROOT / "include/releases/payments.yaml", display_root=PROJECT_ROOT)
+    dag = build_release_dag(spec, project_root=PROJECT_ROOT, auto_register=False)
+    assert {"version", "requested_by", "emergency"} <= set(dag.params)
+    deploy = dag.task_dict["payments-prod.deploy"]
+    assert "version" not in deploy.params
+    seen = process_params(dag, deploy, {"version": "3.2.0", "requested_by": "alice"}, suppress_exception=False)
+    assert seen["version"] == "3.2.0" and seen["requested_by"] == "alice" and seen["emergency"] is False
+    approval = dag.task_dict["payments-prod.approve"]
+    assert "version" not in approval.params, "an approval's form shows only its own fields"
+    serialized = _serialized(dag)[1]["dag"]
+    assert "version" in dict(serialized["params"]), "the trigger form is serialized with the DAG"
+
+
+def test_a_scheduled_dag_whose_form_cannot_resolve_is_refused(monkeypatch):
+    """Airflow refuses a schedule with params that need a conf; assigning them after the tasks
+    keeps that check (remembered per schema and default)."""
+    from airflow.sdk import Param
+
+    from releasetrain import factory
+
+    spec = load_spec(PROJECT_ROOT / "include/releases/payments.yaml", display_root=PROJECT_ROOT)
+    assert spec.schedule == "windows"
+    original = factory.release_params
+
+    def needs_conf(s):
+        return {**original(s), "ticket": Param(type="string", minLength=3)}
+
+    monkeypatch.setattr(factory, "release_params", needs_conf)
+    for _ in range(2):  # the remembered answer refuses too
+        with pytest.raises(ValueError, match="not allowed to define a Schedule.*ticket"):
+            build_release_dag(spec, project_root=PROJECT_ROOT, auto_register=False)

@@ -590,6 +590,7 @@ class CalendarLibrary:
     def __init__(self, project_root: Path, directories: Iterable[Path] | None = None):
         self.project_root = Path(project_root)
         self.directories = list(directories) if directories is not None else calendar_dirs(self.project_root)
+        self._texts: dict[tuple[str, int, int], str] = {}
 
     def shared(self, name: str) -> SharedCalendar:
         for directory in self.directories:
@@ -605,7 +606,11 @@ class CalendarLibrary:
         if not path.is_relative_to(self.project_root.resolve()):
             raise CalendarError(f"{relative} lies outside the project")
         try:
-            return path.read_text(encoding="utf-8")
+            stat = path.stat()
+            key = (str(path), stat.st_mtime_ns, stat.st_size)
+            if key not in self._texts:  # read once per version of the file
+                self._texts[key] = path.read_text(encoding="utf-8")
+            return self._texts[key]
         except OSError as exc:
             raise CalendarError(f"{relative} cannot be read: {exc.strerror}") from None
 
@@ -681,6 +686,17 @@ def load_people(path: Path, root: Path) -> dict[str, str]:
     """``users: {<user id>: <name>}`` of the groups file; absent: nobody (ids are names)."""
     if not path.is_file():
         return {}
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _PEOPLE_CACHE:
+        _PEOPLE_CACHE[key] = _read_people(path, root)
+    return dict(_PEOPLE_CACHE[key])
+
+
+_PEOPLE_CACHE: dict[tuple[str, int, int], dict[str, str]] = {}
+
+
+def _read_people(path: Path, root: Path) -> dict[str, str]:
     source = _display(path, root)
     users = _read_yaml(path, source).get("users") or {}
     if not isinstance(users, dict):

@@ -189,6 +189,21 @@ class OneOffBlackout(_Rule):
         return [BlackoutPeriod(s, e, self.name)] if e > start and s < end else []
 
 
+@lru_cache(maxsize=1024)
+def _cron_problem(value: str) -> str:
+    """Why ``value`` is no usable cron expression ("" when it is); every spec of a company
+    tends to repeat the same few, so the answer is remembered."""
+    from croniter import croniter
+
+    if not croniter.is_valid(value):
+        return f"{value!r} is not a valid cron expression"
+    try:
+        croniter(value, dt.datetime(2026, 1, 1, tzinfo=UTC), max_years_between_matches=1).get_next(dt.datetime)
+    except Exception:
+        return f"{value!r} never fires within a year"
+    return ""
+
+
 class RecurringBlackout(_Rule):
     name: str = Field(min_length=1)
     cron: str = Field(description="Start times, cron syntax, local to the time zone.")
@@ -197,14 +212,9 @@ class RecurringBlackout(_Rule):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        from croniter import croniter
-
-        if not croniter.is_valid(value):
-            raise ValueError(f"{value!r} is not a valid cron expression")
-        try:
-            croniter(value, dt.datetime(2026, 1, 1, tzinfo=UTC), max_years_between_matches=1).get_next(dt.datetime)
-        except Exception:
-            raise ValueError(f"{value!r} never fires within a year") from None
+        problem = _cron_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     def periods(self, start: dt.datetime, end: dt.datetime, tz: ZoneInfo) -> list[BlackoutPeriod]:
@@ -472,6 +482,12 @@ class GateDecision:
         }
 
 
+@lru_cache(maxsize=64)
+def _check_ics(text: str, name: str) -> None:
+    """Raise when an ICS feed cannot be read (checked once per content: specs share feeds)."""
+    parse_ics(text, name)
+
+
 class ReleaseCalendar:
     """Windows and blackouts resolved to explicit time zones, ready to compute.
 
@@ -511,7 +527,7 @@ class ReleaseCalendar:
                     blackouts.append(_Zoned(rule, rule.timezone or cal.timezone))
                     if isinstance(rule, IcsBlackout) and rule.ics not in ics:
                         ics[rule.ics] = read_text(rule.ics)
-                        parse_ics(ics[rule.ics], rule.ics)
+                        _check_ics(ics[rule.ics], rule.ics)
         return cls(windows, blackouts, ics)
 
     def to_dict(self) -> dict[str, Any]:
