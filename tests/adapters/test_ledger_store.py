@@ -169,3 +169,36 @@ def test_a_missing_ledger_is_an_error_not_an_empty_ledger(tmp_path, capsys):
     assert cli(["ledger", "verify", "--url", f"sqlite:///{tmp_path / 'nowhere.db'}"]) == 2
     assert "does not exist: a missing ledger is an error" in capsys.readouterr().err
     assert not (tmp_path / "nowhere.db").exists()
+
+
+def test_a_failed_append_leaves_nothing_behind_and_the_store_usable(ledger_url, monkeypatch):
+    """The PostgreSQL append sends its insert, head update and COMMIT in one message: a failure
+    in it rolls the whole append back (no event without its head), and the store goes on."""
+    _fill(ledger_url, 2)
+    store = store_from_url(ledger_url)
+    try:
+        before = store.head()
+        original = store._event_after
+
+        def forked(*args, **kwargs):  # the insert fails on the server: a prev_hash already used
+            event, row = original(*args, **kwargs)
+            return event, (*row[:8], store.hash_at(1), *row[9:])
+
+        monkeypatch.setattr(store, "_event_after", forked)
+        with pytest.raises(LedgerError, match="could not append"):
+            store.append("deployed", release="storefront", details={"bad": True})
+        monkeypatch.undo()
+        assert store.head() == before and store.verify().count == before[0]
+        store.append("deployed", release="storefront", details={"ok": True})
+        assert store.head()[0] == before[0] + 1 and store.verify().ok
+        if ledger_url.startswith("postgres"):
+            assert store.conn.autocommit is False, "the connection is left as the other methods expect"
+            # the server drops the connection (a restart): the next use connects again
+            pid = store.conn.get_backend_pid()
+            _sql(ledger_url, f"SELECT pg_terminate_backend({pid})")
+            with pytest.raises(LedgerError):
+                store.append("deployed", release="storefront", details={"lost": True})
+            event = store.append("deployed", release="storefront", details={"after": "restart"})
+            assert event.seq == before[0] + 2 and store.verify().ok
+    finally:
+        store.close()

@@ -15,6 +15,7 @@ by a writer that bypasses this code.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from releasetrain.core.ledger import GENESIS, LedgerError, LedgerEvent, VerifyResult, new_event, verify_chain
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONN_ID = "releasetrain_ledger"
 TABLE = "releasetrain_ledger"
@@ -104,7 +107,7 @@ class LedgerStore:
 
     @property
     def conn(self) -> Any:
-        if self._conn is None:
+        if self._conn is None or getattr(self._conn, "closed", False):  # closed: the server went away
             self._conn = self._connect()
             self._create()
         return self._conn
@@ -143,55 +146,83 @@ class LedgerStore:
         dag_id: str = "",
     ) -> LedgerEvent:
         """Append one event at the head of the chain (atomic; safe with concurrent writers)."""
-        p = self.placeholder
         for attempt in range(20):
-            cursor = self.conn.cursor()
             try:
-                self._begin(cursor)
-                self._lock_head(cursor)
-                seq, prev_hash = cursor.fetchone()
-                event = new_event(
-                    seq=int(seq) + 1,
-                    prev_hash=prev_hash,
-                    kind=kind,
-                    release=release,
-                    run_id=run_id,
-                    environment=environment,
-                    actor=actor,
-                    details=details,
-                    dag_id=dag_id,
-                )
-                cursor.execute(
-                    f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({', '.join([p] * 11)})",
-                    (
-                        event.seq,
-                        event.at,
-                        event.release,
-                        event.run_id,
-                        event.environment,
-                        event.kind,
-                        event.actor,
-                        json.dumps(event.details, sort_keys=True),
-                        event.prev_hash,
-                        event.hash,
-                        event.dag_id,
-                    ),
-                )
-                cursor.execute(f"UPDATE {HEAD} SET seq = {p}, hash = {p} WHERE id = 1", (event.seq, event.hash))
-                self.conn.commit()
-                return event
+                return self._append_once(kind, release, run_id, environment, actor, details, dag_id)
             except LedgerError:
-                self.conn.rollback()
                 raise
             except Exception as exc:
-                self.conn.rollback()
                 if attempt < 19 and self._is_transient(exc):
                     time.sleep(0.05 * (attempt + 1))
                     continue
                 raise LedgerError(f"{self.description}: could not append a {kind!r} event: {exc}") from exc
-            finally:
-                cursor.close()
         raise AssertionError("unreachable")
+
+    def _event_after(
+        self,
+        head: tuple[Any, str],
+        kind: str,
+        release: str,
+        run_id: str,
+        environment: str,
+        actor: str,
+        details: dict[str, Any] | None,
+        dag_id: str,
+    ) -> tuple[LedgerEvent, tuple]:
+        seq, prev_hash = head
+        event = new_event(
+            seq=int(seq) + 1,
+            prev_hash=prev_hash,
+            kind=kind,
+            release=release,
+            run_id=run_id,
+            environment=environment,
+            actor=actor,
+            details=details,
+            dag_id=dag_id,
+        )
+        row = (
+            event.seq,
+            event.at,
+            event.release,
+            event.run_id,
+            event.environment,
+            event.kind,
+            event.actor,
+            json.dumps(event.details, sort_keys=True),
+            event.prev_hash,
+            event.hash,
+            event.dag_id,
+        )
+        return event, row
+
+    def _append_once(
+        self,
+        kind: str,
+        release: str,
+        run_id: str,
+        environment: str,
+        actor: str,
+        details: dict[str, Any] | None,
+        dag_id: str,
+    ) -> LedgerEvent:
+        p = self.placeholder
+        cursor = self.conn.cursor()
+        try:
+            self._begin(cursor)
+            self._lock_head(cursor)
+            event, row = self._event_after(
+                cursor.fetchone(), kind, release, run_id, environment, actor, details, dag_id
+            )
+            cursor.execute(f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({', '.join([p] * 11)})", row)
+            cursor.execute(f"UPDATE {HEAD} SET seq = {p}, hash = {p} WHERE id = 1", (event.seq, event.hash))
+            self.conn.commit()
+            return event
+        except BaseException:
+            self.conn.rollback()
+            raise
+        finally:
+            cursor.close()
 
     @staticmethod
     def _is_transient(exc: Exception) -> bool:
@@ -469,6 +500,59 @@ class PostgresLedgerStore(LedgerStore):
 
     def _lock_head(self, cursor: Any) -> None:
         cursor.execute(f"SELECT seq, hash FROM {HEAD} WHERE id = 1 FOR UPDATE")
+
+    def _append_once(
+        self,
+        kind: str,
+        release: str,
+        run_id: str,
+        environment: str,
+        actor: str,
+        details: dict[str, Any] | None,
+        dag_id: str,
+    ) -> LedgerEvent:
+        """Two round trips while the head is locked: ``BEGIN`` with the locking read, then the
+        insert, the head's update and ``COMMIT`` in one message. Appends are serialized on the
+        head row, so the time it stays locked is the ledger's throughput (3 trips and a commit
+        before: 723 events/s with 8 writers)."""
+        conn = self.conn
+        conn.commit()  # nothing of ours is open: the explicit transaction below is all there is
+        conn.autocommit = True
+        cursor = conn.cursor()
+        try:
+            cursor.execute(f"BEGIN; SELECT seq, hash FROM {HEAD} WHERE id = 1 FOR UPDATE")
+            event, row = self._event_after(
+                cursor.fetchone(), kind, release, run_id, environment, actor, details, dag_id
+            )
+            cursor.execute(
+                f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({', '.join(['%s'] * 11)}); "
+                f"UPDATE {HEAD} SET seq = %s, hash = %s WHERE id = 1; COMMIT",
+                (*row, event.seq, event.hash),
+            )
+            return event
+        except BaseException:
+            self._abort(conn)
+            raise
+        finally:
+            cursor.close()
+            if not conn.closed:
+                conn.autocommit = False
+
+    @staticmethod
+    def _abort(conn: Any) -> None:
+        """Roll back what an append left open (nothing, when the error came from the server
+        after COMMIT or the connection is gone)."""
+        import psycopg2.extensions as ext
+
+        if conn.closed:
+            return
+        try:
+            if conn.info.transaction_status != ext.TRANSACTION_STATUS_IDLE:
+                with conn.cursor() as cursor:
+                    cursor.execute("ROLLBACK")
+        except Exception:  # a broken connection: the server rolls back when it goes
+            log.warning("ledger: could not roll back an append; closing the connection", exc_info=True)
+            conn.close()
 
 
 def default_sqlite_path() -> Path:
