@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-distributed test-fast bench lint schema lock clean venv
+.PHONY: demo test test-distributed test-faults test-fast bench lint schema lock clean venv
 
 venv: $(STAMP)
 
@@ -33,6 +33,10 @@ test: $(STAMP)
 ## make test-distributed: the end-to-end tests on Airflow's distributed shape (Celery, Redis, PostgreSQL)
 test-distributed: $(STAMP)
 	$(BIN)/python -m pytest -m distributed
+
+## make test-faults: the fault tests on the distributed stack (workers, schedulers killed; target errors)
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -m faults
 
 ## make test-fast: everything but the end-to-end tests
 test-fast: $(STAMP)

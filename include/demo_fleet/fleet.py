@@ -29,8 +29,14 @@ Demo extras:
                               error rate, counts requests per environment, version and route
   GET|POST /environments/{env}/preview/...   the idle colour only (blue-green pre-promotion)
   POST /faults                {environment, version, error_rate, fail_deploy?, latency_ms?,
-                              scope: all|live}: that version is unhealthy (and its requests
-                              fail) once deployed there; scope "live" spares preview traffic
+                              scope: all|live, deploy_seconds?, accept_delay_seconds?,
+                              deploy_status?}: that version is unhealthy (and its requests
+                              fail) once deployed there; scope "live" spares preview traffic;
+                              deploy_seconds: its deployments take that long; accept_delay:
+                              a deployment of it starts at once, its 202 comes that much later
+                              (a caller killed meanwhile never hears of it); deploy_status:
+                              deploying it is answered with that HTTP status (e.g. 500), and
+                              nothing starts
   --traffic RPS               synthetic traffic: RPS live requests per second to every
                               environment, and as many to its idle colour's preview
   DELETE /faults              clear all faults
@@ -201,6 +207,10 @@ class Fleet:
             return 400, {"error": "'digest' must be a sha256: digest"}
         if env["deployment_id"]:
             return 409, {"error": f"deployment {env['deployment_id']} is in progress in {name}"}
+        injected = self.faults.get((name, version), {}).get("deploy_status")
+        if kind != "rollback" and injected:
+            self.refused.append({"environment": name, "version": version, "digest": digest, "why": f"HTTP {injected}"})
+            return int(injected), {"error": f"injected fault: HTTP {injected}"}
         if kind != "rollback" and self.bundle_key:
             problem = self.check_bundle(body, version, digest)
             if problem:
@@ -521,9 +531,12 @@ def make_handler(fleet: Fleet, credentials: tuple[str, str] | None):
                 return
             path = self.path.split("?", 1)[0].rstrip("/") or "/"
             parts = [p for p in path.split("/") if p]
+            self.answer_delay = 0.0
             with fleet.lock:
                 fleet.advance()
                 code, payload = self._dispatch(method, path, parts)
+            if self.answer_delay:
+                time.sleep(self.answer_delay)  # outside the lock: the fleet goes on meanwhile
             if isinstance(payload, str):
                 self._send(code, payload, "text/plain; version=0.0.4")
             else:
@@ -566,7 +579,9 @@ def make_handler(fleet: Fleet, credentials: tuple[str, str] | None):
                     if body.get("scope", "all") not in ("all", "live"):
                         return 400, {"error": "scope must be all or live"}
                     fault["scope"] = body.get("scope", "all")
-                    for key in ("deploy_seconds", "latency_ms"):
+                    if body.get("deploy_status") is not None:
+                        fault["deploy_status"] = int(body["deploy_status"])
+                    for key in ("deploy_seconds", "latency_ms", "accept_delay_seconds"):
                         if body.get(key) is not None:
                             fault[key] = float(body[key])
                     fleet.faults[(body["environment"], body["version"])] = fault
@@ -589,7 +604,11 @@ def make_handler(fleet: Fleet, credentials: tuple[str, str] | None):
                 body = self._body()
                 if body is None:
                     return 400, {"error": "body must be a JSON object"}
-                return fleet.start(name, body, "deploy" if rest == ["deployments"] else "rollback")
+                code, answer = fleet.start(name, body, "deploy" if rest == ["deployments"] else "rollback")
+                delay = fleet.faults.get((name, str(body.get("version"))), {}).get("accept_delay_seconds")
+                if code == 202 and delay and rest == ["deployments"]:
+                    self.answer_delay = float(delay)  # started already; the caller hears of it later
+                return code, answer
             if method == "GET" and len(rest) == 2 and rest[0] == "deployments":
                 dep = fleet.deployments.get(rest[1])
                 if not dep or dep["environment"] != name:

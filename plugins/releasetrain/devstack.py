@@ -89,6 +89,8 @@ class StackConfig:
     workers: int = 2
     worker_concurrency: int = 4
     broker_url: str = "redis://127.0.0.1:6379/0"
+    # more Airflow configuration for every process (``AIRFLOW__SECTION__KEY`` -> value)
+    airflow_config: dict[str, str] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
@@ -103,6 +105,7 @@ class DevStack:
     def __init__(self, config: StackConfig):
         self.config = config
         self.processes: dict[str, subprocess.Popen] = {}
+        self._launch: dict[str, tuple[list[str], dict[str, str] | None]] = {}
         self.logs = config.home / "logs" / "stack"
 
     # --- configuration ----------------------------------------------------------------
@@ -186,6 +189,7 @@ class DevStack:
                 env[f"AIRFLOW_CONN_{conn_id}"] = pkcs11_connection(sec["pkcs11_pin"], name, self.public_key(name))
             elif name in sec:  # a home made before keys were kept apart has the bundle key only
                 env[f"AIRFLOW_CONN_{conn_id}"] = signing_connection(sec[name])
+        env.update(cfg.airflow_config)
         for conn_id, conn in cfg.connections.items():
             env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
         if cfg.spec_dirs:
@@ -348,6 +352,7 @@ class DevStack:
 
     # --- processes --------------------------------------------------------------------
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        self._launch[name] = (cmd, env)
         out = open(self.logs / f"{name}.log", "a")  # noqa: SIM115 - lives as long as the process
         self.processes[name] = subprocess.Popen(
             cmd,
@@ -380,6 +385,28 @@ class DevStack:
         for name, cmd, extra in self.airflow_processes():
             self._spawn(name, cmd, env={**self.env(), **extra})
         self.wait_ready(timeout=timeout)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill a process of the stack and everything it started (its session), as a crash
+        or an OOM kill would: no clean shutdown."""
+        proc = self.processes[name]
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+    def restart(self, name: str) -> None:
+        """Start a process again with its first command and environment (a supervisor's job)."""
+        proc = self.processes.get(name)
+        if proc is not None and proc.poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        cmd, env = self._launch[name]
+        self._spawn(name, cmd, env)
+
+    def exited(self) -> dict[str, int]:
+        """The stack's processes that are no longer running, with their exit codes."""
+        return {name: proc.returncode for name, proc in self.processes.items() if proc.poll() is not None}
 
     @property
     def queue(self) -> str:

@@ -122,3 +122,78 @@ def test_the_trigger_resumes_from_its_serialized_measurements(world, prometheus_
     assert path == "releasetrain.triggers.analysis.CanaryAnalysisTrigger"
     resumed = CanaryAnalysisTrigger(**json.loads(json.dumps(kwargs)))
     assert run_trigger(resumed)["counts"] == result["counts"]  # nothing measured again
+
+
+# --- a triggerer restart (issue 12): the analysis resumes from its ledger journal ---------------
+@pytest.fixture
+def journal(tmp_path, monkeypatch):
+    from tests.conftest import init_ledger
+
+    init_ledger(tmp_path / "ledger.db")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RELEASETRAIN_LEDGER", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "ledger.db")})
+    )
+    return {
+        "ledger_conn_id": "releasetrain_ledger",
+        "release": "shop",
+        "environment": "canary",
+        "dag_id": "release_shop",
+        "run_id": "r1",
+        "task_id": "canary.canary_10",
+        "try_number": 1,
+    }
+
+
+def recorded(journal) -> list:
+    from releasetrain.hooks.ledger import LedgerHook
+
+    hook = LedgerHook()
+    try:
+        return [e.details for e in hook.events(release="shop", run_id="r1", kind="analysis_measured")]
+    finally:
+        hook.close()
+
+
+def test_a_restarted_trigger_resumes_from_the_recorded_measurements(world, prometheus_conn, journal):
+    """Airflow keeps a trigger's arguments as they were at deferral; a triggerer killed after the
+    first measurement must not start over: the new trigger reads the journal and takes the rest."""
+    analysis = {**policy(), "count": 3, "interval_seconds": 2}
+    first = CanaryAnalysisTrigger(policy=analysis, provider=prometheus_conn, values=VALUES, journal=journal)
+    stored = json.loads(json.dumps(first.serialize()[1]))  # what Airflow stored when the task deferred
+
+    async def killed_after_one():
+        task = asyncio.ensure_future(anext(first.run()))
+        while not await asyncio.to_thread(recorded, journal):
+            assert not task.done(), task
+            await asyncio.sleep(0.1)
+        task.cancel()  # the triggerer dies
+
+    asyncio.run(asyncio.wait_for(killed_after_one(), 60))
+    [taken] = recorded(journal)
+    resumed = CanaryAnalysisTrigger(**json.loads(json.dumps(stored)))
+    result = run_trigger(resumed)
+    assert result["outcome"] == "successful" and result["counts"]["pass"] == 3, result["reason"]
+    assert result["measurements"][0] == taken["measurement"], "the first interval was not measured again"
+    assert [d["index"] for d in recorded(journal)] == [1, 2, 3]
+
+
+def test_a_restarted_trigger_never_passes_a_fault_it_already_saw(world, prometheus_conn, journal):
+    """The canary failed its first measurement; the triggerer restarts before the task hears
+    of it, and the canary is healthy again: the verdict stays failed, from the journal."""
+    requests.post(
+        f"{world[1]}/faults",
+        json={"environment": "canary", "version": "2.0.0", "error_rate": 1.0},
+        auth=AUTH,
+        timeout=5,
+    ).raise_for_status()
+    analysis = {**policy(), "count": 3, "interval_seconds": 2}
+    trigger = CanaryAnalysisTrigger(policy=analysis, provider=prometheus_conn, values=VALUES, journal=journal)
+    stored = json.loads(json.dumps(trigger.serialize()[1]))  # stored at deferral
+    assert run_trigger(trigger)["outcome"] == "failed"
+    requests.delete(f"{world[1]}/faults", auth=AUTH, timeout=5).raise_for_status()
+    again = run_trigger(CanaryAnalysisTrigger(**json.loads(json.dumps(stored))))
+    assert again["outcome"] == "failed" and len(again["measurements"]) == 1, again
+    assert len(recorded(journal)) == 1, "nothing measured after the verdict"
+    # another try of the task (cleared by hand) is an analysis of its own: it measures afresh
+    run_trigger(CanaryAnalysisTrigger(**{**json.loads(json.dumps(stored)), "journal": {**journal, "try_number": 2}}))
+    assert [d["index"] for d in recorded(journal) if d["try_number"] == 2][:1] == [1]

@@ -182,3 +182,26 @@ def test_answers_outside_the_contract_are_named(monkeypatch):
             DeployTargetHook("t_odd").start_deployment(release="s", version="1.0.0", digest=DIGEST, run_id="r")
     finally:
         server.shutdown()
+
+
+def test_injected_faults_a_500_starts_nothing_and_a_late_answer_started_already(fleet):
+    """The fleet's fault injection used by the distributed fault tests (issue 12)."""
+    state, url = fleet
+    requests.post(
+        f"{url}/faults", json={"environment": "prod", "version": "6.6.6", "deploy_status": 500}, auth=AUTH, timeout=5
+    ).raise_for_status()
+    hook = DeployTargetHook("t_prod")
+    with pytest.raises(DeployTargetError, match="HTTP 500"):
+        hook.start_deployment(release="shop", version="6.6.6", digest=DIGEST, run_id="r1")
+    assert hook.get_status()["version"] == "1.0.0" and not hook.get_status().get("in_progress")
+    requests.post(
+        f"{url}/faults",
+        json={"environment": "prod", "version": "7.0.0", "accept_delay_seconds": 3, "deploy_seconds": 10},
+        auth=AUTH,
+        timeout=5,
+    ).raise_for_status()
+    slow = DeployTargetHook("t_prod", timeout=0.5)
+    with pytest.raises(DeployTargetError, match="(?i)timed out|timeout"):
+        slow.start_deployment(release="shop", version="7.0.0", digest=DIGEST, run_id="r7")
+    running = hook.get_status()["in_progress"]  # the fleet is not blocked meanwhile, and it started
+    assert (running["version"], running["run_id"]) == ("7.0.0", "r7")

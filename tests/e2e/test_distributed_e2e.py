@@ -10,21 +10,15 @@ fleet saw exactly one deployment per environment.
 from __future__ import annotations
 
 import re
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
-import requests
 
 from releasetrain.client import AirflowClient
-from releasetrain.devstack import DevStack, StackConfig
 from tests.conftest import PROJECT_ROOT
-from tests.e2e.conftest import _free_port
-from tests.pg import admin, postgres_answers
+from tests.e2e import distributed
+from tests.e2e.distributed import fleet_history, ledger_verify, redis_answers, running_jobs
+from tests.pg import postgres_answers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 
@@ -32,76 +26,17 @@ DAG = "release_distributed"
 ENVIRONMENTS = ["dist-dev", "dist-prod"]
 
 
-def _redis_answers() -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(2)
-        return sock.connect_ex(("127.0.0.1", 6379)) == 0
-
-
 @pytest.fixture(scope="module")
 def celery_stack():
-    if not postgres_answers() or not _redis_answers():
+    if not postgres_answers() or not redis_answers():
         pytest.fail("the distributed stack needs PostgreSQL (5432) and Redis (6379): `.ci/run` starts both")
-    home = Path(tempfile.mkdtemp(prefix="releasetrain-e2e-celery-"))
-    name = f"releasetrain_celery_{int(time.time())}"
-    admin(f"CREATE DATABASE {name}")
-    admin(f"CREATE DATABASE {name}_ledger")
-    config = StackConfig(
-        project_root=PROJECT_ROOT,
-        home=home,
-        api_port=_free_port(),
-        fleet_port=_free_port(),
-        db_url=f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}",
-        ledger_conn={"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres",
-                     "schema": f"{name}_ledger"},
-        spec_dirs=[PROJECT_ROOT / "tests" / "fixtures" / "distributed"],
-        fleet_environments=ENVIRONMENTS,
-        fleet_seed=dict.fromkeys(ENVIRONMENTS, "1.0.0"),
-        fleet_deploy_seconds=1.0,
-        executor="celery",
-        schedulers=2,
-        triggerers=2,
-        workers=2,
-        worker_concurrency=2,
-    )  # fmt: skip
-    stack = DevStack(config)
-    try:
-        stack.prepare()
-        stack.start()
-        admin_client = AirflowClient(config.api_url, "admin", "admin")
-        deadline = time.monotonic() + 180
-        while DAG not in admin_client.dag_ids():
-            assert time.monotonic() < deadline, f"{DAG} not parsed: {admin_client.import_errors()}"
-            time.sleep(2)
-        stack.db_name = name
+    with distributed.celery_stack(PROJECT_ROOT / "tests" / "fixtures" / "distributed", DAG, ENVIRONMENTS) as stack:
         yield stack
-    finally:
-        stack.stop()
-        admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin(f"DROP DATABASE IF EXISTS {name}_ledger WITH (FORCE)")
-
-
-def _running_jobs(stack) -> dict[str, int]:
-    import psycopg2
-
-    conn = psycopg2.connect(f"postgresql://postgres@127.0.0.1:5432/{stack.db_name}")
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT job_type, count(*) FROM job WHERE state = 'running' GROUP BY job_type")
-            return dict(cur.fetchall())
-    finally:
-        conn.close()
-
-
-def _fleet_history(stack, environment: str) -> list[dict]:
-    user, password = stack.fleet_auth()
-    url = f"{stack.config.fleet_url}/environments/{environment}/status"
-    return requests.get(url, auth=(user, password), timeout=10).json()["history"]
 
 
 def test_a_release_runs_on_celery_workers_with_two_schedulers_and_triggerers(celery_stack):
     stack, url = celery_stack, celery_stack.config.api_url
-    jobs = _running_jobs(stack)
+    jobs = running_jobs(stack)
     assert jobs.get("SchedulerJob") == 2 and jobs.get("TriggererJob") == 2, jobs
     author, approver = AirflowClient(url, "author", "author"), AirflowClient(url, "approver", "approver")
     run_id = author.trigger(DAG, {"version": "2.0.0", "change_summary": "distributed"})["dag_run_id"]
@@ -128,10 +63,7 @@ def test_a_release_runs_on_celery_workers_with_two_schedulers_and_triggerers(cel
     executed = [s for s in states.values() if s == "success"]
     assert sum(received.values()) >= len(executed), (received, len(executed))
     for environment in ENVIRONMENTS:
-        deploys = [h for h in _fleet_history(stack, environment) if h["version"] == "2.0.0"]
+        deploys = [h for h in fleet_history(stack, environment) if h["version"] == "2.0.0"]
         assert len(deploys) == 1, (environment, deploys)
-    verify = subprocess.run(
-        [sys.executable, "-m", "releasetrain", "ledger", "verify"],
-        env=stack.env(), cwd=stack.config.home, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    verify = ledger_verify(stack)
     assert verify.returncode == 0 and "anchored" in verify.stdout, verify.stdout + verify.stderr

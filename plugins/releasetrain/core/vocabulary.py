@@ -134,6 +134,7 @@ class Event(StrEnum):
     REVIEW = "review"
     TRAFFIC_SHIFTED = "traffic_shifted"
     ANALYSIS = "analysis"
+    ANALYSIS_MEASURED = "analysis_measured"
     ANALYSIS_DECISION = "analysis_decision"
     PROMOTED = "promoted"
     ENVIRONMENT_PASSED = "environment_passed"

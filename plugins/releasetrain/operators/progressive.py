@@ -33,7 +33,16 @@ from releasetrain.core.approval import SegregationOfDutiesError, check_responder
 from releasetrain.core.gatekeeper import Decision, RunLedger
 from releasetrain.core.vocabulary import OPTION_ABORT, OPTION_PROMOTE, OPTION_ROLL_BACK, VERIFY, Event, env_task
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
-from releasetrain.operators._common import assigned, enforce, record, record_decision, release_request, run_ledger
+from releasetrain.hooks.ledger import DEFAULT_CONN_ID as LEDGER_CONN_ID
+from releasetrain.operators._common import (
+    assigned,
+    dag_id_of,
+    enforce,
+    record,
+    record_decision,
+    release_request,
+    run_ledger,
+)
 from releasetrain.operators._common import responder as responder_of
 from releasetrain.operators.deploy import DeployTargetCalls, pre_deploy
 
@@ -158,7 +167,20 @@ class TrafficAnalysisOperator(DeployTargetCalls, BaseOperator):
         interval, count = int(policy.get("interval_seconds", 30)), int(policy.get("count", 3))
         self.defer(
             trigger=CanaryAnalysisTrigger(
-                policy=policy, provider=self.analysis["provider"], values=values, abort=abort, journey=self.journey
+                policy=policy,
+                provider=self.analysis["provider"],
+                values=values,
+                abort=abort,
+                journey=self.journey,
+                journal={
+                    "ledger_conn_id": LEDGER_CONN_ID,
+                    "release": self.release,
+                    "environment": self.environment,
+                    "dag_id": dag_id_of(context),
+                    "run_id": context["run_id"],
+                    "task_id": self.task_id,
+                    "try_number": getattr(context["ti"], "try_number", 0),
+                },
             ),
             method_name="execute_complete",
             # errors do not count toward `count`; leave room for them, never wait forever

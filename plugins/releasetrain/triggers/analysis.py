@@ -45,8 +45,12 @@ class CanaryAnalysisTrigger(BaseTrigger):
 
     The event is :meth:`AnalysisState.to_dict` (outcome, reason, every measurement with
     its metric values). ``measurements`` and ``next_at`` can be given to continue an
-    analysis; note that Airflow stores a trigger's arguments once, when the task defers,
-    so after a triggerer restart the analysis starts over (its first measurement at once).
+    analysis. Airflow stores a trigger's arguments once, when the task defers; so with a
+    ``journal`` every measurement is also written to the release ledger
+    (``analysis_measured``) as it is taken, and a trigger started again (a triggerer killed
+    or restarted, the trigger moved to another triggerer) resumes from the recorded
+    measurements: it never measures a finished interval again, and never forgets a failing
+    measurement it already took.
 
     :param policy: ``AnalysisPolicy`` as a dict
     :param provider: see :func:`metrics_provider`
@@ -65,8 +69,10 @@ class CanaryAnalysisTrigger(BaseTrigger):
         next_at: float | None = None,
         abort: dict[str, str] | None = None,
         journey: dict[str, Any] | None = None,
+        journal: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.journal = dict(journal) if journal else None
         self.policy = AnalysisPolicy.model_validate(policy).model_dump(mode="json")
         self.provider = dict(provider)
         self.values = dict(values)
@@ -86,6 +92,7 @@ class CanaryAnalysisTrigger(BaseTrigger):
                 "next_at": self.next_at,
                 "abort": self.abort,
                 "journey": self.journey,
+                "journal": self.journal,
             },
         )
 
@@ -143,8 +150,100 @@ class CanaryAnalysisTrigger(BaseTrigger):
             return False
         return states.get(self.abort["task_id"]) == "failed"
 
+    # --- the journal: measurements in the ledger, so a restarted trigger resumes -------------
+    def _is_mine(self, event: Any) -> bool:
+        j = self.journal or {}
+        d = event.details
+        return (
+            event.dag_id == j.get("dag_id")
+            and d.get("task_id") == j.get("task_id")
+            and d.get("try_number") == j.get("try_number")
+        )
+
+    async def _store(self) -> Any:
+        """The ledger store (the connection looked up the triggerer's async way), kept open."""
+        from releasetrain.hooks.ledger import astore
+
+        if getattr(self, "_ledger", None) is None:
+            self._ledger = await astore((self.journal or {}).get("ledger_conn_id") or "releasetrain_ledger")
+        return self._ledger
+
+    def _recorded(self, store: Any) -> list[dict[str, Any]]:
+        """This analysis's recorded measurements, in order (one per index: two triggerers
+        briefly running the same trigger write the same index twice; the first counts)."""
+        from releasetrain.core.vocabulary import Event
+
+        j = self.journal or {}
+        found: dict[int, dict[str, Any]] = {}
+        for event in store.events(release=j["release"], run_id=j["run_id"], kind=Event.ANALYSIS_MEASURED):
+            if self._is_mine(event):
+                found.setdefault(int(event.details["index"]), event.details)
+        ordered = []
+        for i in range(1, len(found) + 1):  # contiguous from 1: a gap ends what can be trusted
+            if i not in found:
+                break
+            ordered.append(found[i])
+        return ordered
+
+    def _record(self, store: Any, index: int, measured_at: float, measurement: dict[str, Any]) -> None:
+        from releasetrain.core.vocabulary import Event
+
+        j = self.journal or {}
+        details = {
+            "task_id": j.get("task_id"),
+            "try_number": j.get("try_number"),
+            "index": index,
+            "measured_at": measured_at,
+            "measurement": measurement,
+        }
+        store.append(
+            Event.ANALYSIS_MEASURED.value,
+            release=j["release"],
+            run_id=j["run_id"],
+            dag_id=j.get("dag_id", ""),
+            environment=j.get("environment", ""),
+            actor="triggerer",
+            details=details,
+        )
+
+    async def _resume(self, policy: AnalysisPolicy) -> None:
+        try:
+            recorded = await asyncio.to_thread(self._recorded, await self._store())
+        except Exception as exc:  # the ledger cannot be read: go on from the trigger's arguments
+            self.log.warning("could not read the recorded measurements: %s", exc)
+            return
+        if len(recorded) > len(self.measurements):
+            self.log.info("resuming the analysis from %d recorded measurements (a triggerer restarted)", len(recorded))
+            self.measurements = [r["measurement"] for r in recorded]
+            self.next_at = float(recorded[-1]["measured_at"]) + policy.interval_seconds
+
+    async def _journal(self, measured_at: float, measurement: dict[str, Any]) -> None:
+        for attempt in range(3):
+            try:
+                await asyncio.to_thread(
+                    self._record, await self._store(), len(self.measurements), measured_at, measurement
+                )
+                return
+            except Exception as exc:
+                self.log.warning(
+                    "could not record measurement %d (try %d): %s", len(self.measurements), attempt + 1, exc
+                )
+                await asyncio.sleep(1 + attempt)
+        self.log.error("measurement %d is not recorded: a restart now would take it again", len(self.measurements))
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            async for event in self._analyse():
+                yield event
+        finally:
+            ledger, self._ledger = getattr(self, "_ledger", None), None
+            if ledger is not None:
+                await asyncio.to_thread(ledger.close)
+
+    async def _analyse(self) -> AsyncIterator[TriggerEvent]:
         policy = AnalysisPolicy.model_validate(self.policy)
+        if self.journal:
+            await self._resume(policy)
         while True:
             state = assess(policy, [measurement_from_dict(m) for m in self.measurements])
             if state.finished:
@@ -160,6 +259,8 @@ class CanaryAnalysisTrigger(BaseTrigger):
             measurement = await asyncio.to_thread(self._measure, policy, measured_at)
             self.measurements.append(measurement)
             self.next_at = measured_at + policy.interval_seconds
+            if self.journal:
+                await self._journal(measured_at, measurement)
             self.log.info(
                 "canary analysis %d/%d: %s", len(self.measurements), policy.count, measurement.get("reason", "")
             )

@@ -1,0 +1,167 @@
+"""Issue 12: faults survived on the distributed stack, nothing lost or doubled.
+
+One stack (PostgreSQL, CeleryExecutor on Redis, two workers, two schedulers, two triggerers;
+a task without a heartbeat for 20 s is failed by the scheduler, as a worker's crash would be
+noticed) and one release, ``faults``: fault-dev -> fault-prod, no approval. Each test drives
+a run over REST as the demo author while a process of the stack is killed (SIGKILL on its
+whole session: no clean shutdown) or the deploy target misbehaves (the demo fleet's fault
+injection). After each: the run ends in the right state, the ledger verifies with no gap,
+and the fleet's history shows no double deploy.
+
+Run with ``make test-faults`` (`.ci/run` runs it after ``make test``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from releasetrain.client import AirflowClient
+from tests.conftest import PROJECT_ROOT
+from tests.e2e import distributed
+from tests.e2e.distributed import (
+    fleet_fault,
+    fleet_history,
+    fleet_status,
+    ledger_events,
+    ledger_verify,
+    redis_answers,
+    running_jobs,
+    task_log,
+)
+from tests.pg import postgres_answers
+
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+
+DAG = "release_faults"
+DEV, PROD = "fault-dev", "fault-prod"
+
+
+@pytest.fixture(scope="module")
+def stack():
+    if not postgres_answers() or not redis_answers():
+        pytest.fail("the distributed stack needs PostgreSQL (5432) and Redis (6379): `.ci/run` starts both")
+    config = {
+        # a killed worker's task is noticed after 20 s without a heartbeat (default 300 s)
+        "airflow_config": {
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+        }
+    }
+    with distributed.celery_stack(PROJECT_ROOT / "tests" / "fixtures" / "faults", DAG, [DEV, PROD], **config) as s:
+        yield s
+
+
+@pytest.fixture
+def author(stack):
+    return AirflowClient(stack.config.api_url, "author", "author")
+
+
+def _wait_until(what: str, check, timeout: float = 240, every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+
+
+def _deploys(stack, environment: str, version: str) -> list[dict]:
+    return [h for h in fleet_history(stack, environment) if h["version"] == version and h.get("kind") != "rollback"]
+
+
+def _assert_whole(stack) -> None:
+    """The ledger verifies and is anchored; no listener gap; nothing of the stack died."""
+    verify = ledger_verify(stack)
+    assert verify.returncode == 0 and "anchored" in verify.stdout, verify.stdout + verify.stderr
+    assert "listener_gap" not in verify.stdout
+
+
+def test_a_worker_killed_mid_deploy_re_attaches_and_the_target_sees_one_deployment(stack, author):
+    """The deploy's POST has reached the target (which started the deployment) when both
+    workers die; the target answers only later. The scheduler fails the silent try, the retry
+    finds this run's deployment in progress and re-attaches instead of deploying again."""
+    fleet_fault(stack, DEV, "3.0.0", accept_delay_seconds=15, deploy_seconds=3)
+    run_id = author.trigger(DAG, {"version": "3.0.0", "change_summary": "worker killed"})["dag_run_id"]
+    _wait_until(
+        "the dev deployment to start",
+        lambda: (fleet_status(stack, DEV).get("in_progress") or {}).get("version") == "3.0.0",
+    )
+    assert author.task_states(DAG, run_id)[f"{DEV}.deploy"] == "running"
+    for worker in ("worker-1", "worker-2"):
+        stack.kill(worker)
+    time.sleep(2)
+    for worker in ("worker-1", "worker-2"):
+        stack.restart(worker)
+    run = author.wait_for_run(DAG, run_id, timeout=480)
+    states = author.task_states(DAG, run_id)
+    assert run["state"] == "success", states
+    assert author.task_instance(DAG, run_id, f"{DEV}.deploy")["try_number"] >= 2, "the killed try was retried"
+    assert len(_deploys(stack, DEV, "3.0.0")) == 1, fleet_history(stack, DEV)
+    assert len(_deploys(stack, PROD, "3.0.0")) == 1, fleet_history(stack, PROD)
+    _assert_whole(stack)
+
+
+def test_schedulers_killed_and_restarted_mid_run_lose_nothing(stack, author):
+    """Both schedulers die while the dev deployment is under way (waiting in a trigger); the
+    run goes on once they are back, and nothing is deployed twice."""
+    fleet_fault(stack, DEV, "3.1.0", deploy_seconds=8)
+    run_id = author.trigger(DAG, {"version": "3.1.0", "change_summary": "schedulers killed"})["dag_run_id"]
+    _wait_until(
+        "the dev deployment to start",
+        lambda: (fleet_status(stack, DEV).get("in_progress") or {}).get("version") == "3.1.0",
+    )
+    for scheduler in ("scheduler", "scheduler-2"):
+        stack.kill(scheduler)
+    time.sleep(5)
+    for scheduler in ("scheduler", "scheduler-2"):
+        stack.restart(scheduler)
+    run = author.wait_for_run(DAG, run_id, timeout=480)
+    assert run["state"] == "success", author.task_states(DAG, run_id)
+    _wait_until("two live schedulers", lambda: running_jobs(stack).get("SchedulerJob") == 2, timeout=60, every=2)
+    for environment in (DEV, PROD):
+        assert len(_deploys(stack, environment, "3.1.0")) == 1, fleet_history(stack, environment)
+    _assert_whole(stack)
+
+
+def test_a_target_answering_500_fails_clearly_and_the_run_rolls_back_recorded(stack, author):
+    """prod answers every deploy of 3.2.0 with HTTP 500: the deploy fails after its retries,
+    naming the target and the status; prod never changed, dev is rolled back; the ledger has it."""
+    fleet_fault(stack, PROD, "3.2.0", deploy_status=500)
+    run_id = author.trigger(DAG, {"version": "3.2.0", "change_summary": "target errors"})["dag_run_id"]
+    run = author.wait_for_run(DAG, run_id, timeout=480)
+    states = author.task_states(DAG, run_id)
+    assert run["state"] == "failed", states
+    assert states[f"{PROD}.deploy"] == "failed" and states[f"{PROD}.rollback"] in ("success", "skipped"), states
+    assert fleet_status(stack, PROD)["version"] == "3.1.0", "prod never ran 3.2.0"
+    assert _deploys(stack, PROD, "3.2.0") == []
+    assert len(_deploys(stack, DEV, "3.2.0")) == 1
+    assert "answered HTTP 500" in task_log(stack, DAG, run_id, f"{PROD}.deploy")
+    events = ledger_events(stack, DAG, run_id)
+    kinds = [(e.kind, e.environment) for e in events]
+    assert ("deploy_started", PROD) in kinds, kinds
+    [rollback] = [e for e in events if e.kind == "rollback" and e.environment == PROD]
+    assert rollback.details.get("noop") is True, rollback.details  # the target never changed
+    assert [e.details["state"] for e in events if e.kind == "run_state"] == ["failed"]
+    _assert_whole(stack)
+
+
+def test_a_deployment_that_times_out_fails_and_is_rolled_back(stack, author):
+    """prod's deployment of 3.3.0 never finishes within the deploy timeout (30 s): the deploy
+    fails as timed out, the rollback waits for the target's deployment to end and restores
+    3.1.0; both are recorded."""
+    fleet_fault(stack, PROD, "3.3.0", deploy_seconds=45)
+    run_id = author.trigger(DAG, {"version": "3.3.0", "change_summary": "target too slow"})["dag_run_id"]
+    run = author.wait_for_run(DAG, run_id, timeout=600)
+    states = author.task_states(DAG, run_id)
+    assert run["state"] == "failed", states
+    assert states[f"{PROD}.deploy"] == "failed" and states[f"{PROD}.rollback"] == "success", states
+    assert fleet_status(stack, PROD)["version"] == "3.1.0", fleet_status(stack, PROD)
+    assert len(_deploys(stack, PROD, "3.3.0")) <= 1
+    events = ledger_events(stack, DAG, run_id)
+    [failed] = [e for e in events if e.kind == "deploy_failed" and e.environment == PROD]
+    assert failed.details["version"] == "3.3.0" and failed.details["state"] != "succeeded", failed.details
+    assert any(e.kind == "rollback_started" and e.environment == PROD for e in events)
+    _assert_whole(stack)
