@@ -80,13 +80,16 @@ def celery_stack(spec_dir: Path, dag_id: str, environments: list[str], **config:
         admin(f"DROP DATABASE IF EXISTS {name}_ledger WITH (FORCE)")
 
 
-def running_jobs(stack: DevStack) -> dict[str, int]:
+def running_jobs(stack: DevStack, *, fresh_seconds: int | None = None) -> dict[str, int]:
+    """Running jobs per type; with ``fresh_seconds``, only those that heartbeat that recently
+    (a killed process's row stays 'running' until another one notices)."""
     import psycopg2
 
     conn = psycopg2.connect(f"postgresql://postgres@127.0.0.1:5432/{stack.db_name}")
+    fresh = f" AND latest_heartbeat > now() - interval '{int(fresh_seconds)} seconds'" if fresh_seconds else ""
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT job_type, count(*) FROM job WHERE state = 'running' GROUP BY job_type")
+            cur.execute(f"SELECT job_type, count(*) FROM job WHERE state = 'running'{fresh} GROUP BY job_type")
             return dict(cur.fetchall())
     finally:
         conn.close()
