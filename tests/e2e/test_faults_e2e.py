@@ -35,7 +35,8 @@ from tests.pg import postgres_answers
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 DAG = "release_faults"
-DEV, PROD = "fault-dev", "fault-prod"
+DEV, PROD, CANARY = "fault-dev", "fault-prod", "fault-canary"
+CANARY_DAG = "release_faultcanary"
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +48,11 @@ def stack():
         "airflow_config": {
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
-        }
+        },
+        "fleet_traffic": 10.0,  # synthetic users: the canary analysis has metrics to judge
     }
-    with distributed.celery_stack(PROJECT_ROOT / "tests" / "fixtures" / "faults", DAG, [DEV, PROD], **config) as s:
+    folder = PROJECT_ROOT / "tests" / "fixtures" / "faults"
+    with distributed.celery_stack(folder, DAG, [DEV, PROD, CANARY], **config) as s:
         yield s
 
 
@@ -165,4 +168,34 @@ def test_a_deployment_that_times_out_fails_and_is_rolled_back(stack, author):
     [failed] = [e for e in events if e.kind == "deploy_failed" and e.environment == PROD]
     assert failed.details["version"] == "3.3.0" and failed.details["state"] != "succeeded", failed.details
     assert any(e.kind == "rollback_started" and e.environment == PROD for e in events)
+    _assert_whole(stack)
+
+
+def test_triggerers_killed_mid_analysis_resume_from_the_recorded_measurements(stack, author):
+    """Both triggerers die after the canary's first measurement. The trigger Airflow stored at
+    deferral knows no measurement; started again, it reads the ledger's and takes only the
+    rest: four intervals, each measured once, and the rollout goes on."""
+    run_id = author.trigger(CANARY_DAG, {"version": "5.0.0", "change_summary": "triggerers killed"})["dag_run_id"]
+    task = f"{CANARY}.canary_50"
+
+    def measured() -> list:
+        return [e for e in ledger_events(stack, CANARY_DAG, run_id) if e.kind == "analysis_measured"]
+
+    _wait_until("the first measurement", measured, timeout=300, every=1)
+    for triggerer in ("triggerer", "triggerer-2"):
+        stack.kill(triggerer)
+    time.sleep(3)
+    for triggerer in ("triggerer", "triggerer-2"):
+        stack.restart(triggerer)
+    run = author.wait_for_run(CANARY_DAG, run_id, timeout=480)
+    assert run["state"] == "success", author.task_states(CANARY_DAG, run_id)
+    events = ledger_events(stack, CANARY_DAG, run_id)
+    indexes = sorted(
+        e.details["index"] for e in events if e.kind == "analysis_measured" and e.details["task_id"] == task
+    )
+    assert indexes == [1, 2, 3, 4], indexes  # no interval measured twice, none lost
+    verdicts = [e for e in events if e.kind == "analysis" and e.details.get("task_id") == task]
+    assert verdicts and verdicts[-1].details["outcome"] == "successful", [v.details for v in verdicts]
+    assert len(verdicts[-1].details["measurements"]) == 4
+    assert "resuming the analysis from" in task_log(stack, CANARY_DAG, run_id, task)
     _assert_whole(stack)
