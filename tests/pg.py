@@ -39,3 +39,25 @@ def fresh_database(prefix: str = "releasetrain_t"):
         yield PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + name
     finally:
         admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def restart_postgres() -> None:
+    """Restart the local PostgreSQL server (fast shutdown: every connection is cut)."""
+    import subprocess
+    import time
+    from pathlib import Path
+
+    versions = sorted(p.name for p in Path("/etc/postgresql").iterdir()) if Path("/etc/postgresql").is_dir() else []
+    if not versions:
+        raise RuntimeError("no Debian PostgreSQL cluster to restart (/etc/postgresql is empty)")
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "restart", "-m", "fast"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    deadline = time.monotonic() + 60
+    while not postgres_answers():
+        if time.monotonic() > deadline:
+            raise RuntimeError("PostgreSQL did not come back within 60 s")
+        time.sleep(0.5)

@@ -108,7 +108,7 @@ def test_a_fork_cannot_even_be_stored(ledger_url):
         _sql(
             ledger_url,
             f"INSERT INTO {TABLE} SELECT seq + 100, at, release, run_id, environment, kind, actor, details, "
-            f"prev_hash, hash || 'x', dag_id FROM {TABLE} WHERE seq = 2",
+            f"prev_hash, hash || 'x', dag_id, NULL FROM {TABLE} WHERE seq = 2",
         )
 
 
@@ -196,9 +196,59 @@ def test_a_failed_append_leaves_nothing_behind_and_the_store_usable(ledger_url, 
             # the server drops the connection (a restart): the next use connects again
             pid = store.conn.get_backend_pid()
             _sql(ledger_url, f"SELECT pg_terminate_backend({pid})")
-            with pytest.raises(LedgerError):
-                store.append("deployed", release="storefront", details={"lost": True})
             event = store.append("deployed", release="storefront", details={"after": "restart"})
             assert event.seq == before[0] + 2 and store.verify().ok
+    finally:
+        store.close()
+
+
+def test_an_append_whose_commit_was_lost_with_its_connection_is_written_once(ledger_url, monkeypatch):
+    """PostgreSQL restarts after it committed an append but before the writer heard: the writer
+    reconnects, finds its append's token and returns that event instead of writing it again."""
+    if not ledger_url.startswith("postgres"):
+        pytest.skip("a lost connection is a server's")
+    import psycopg2
+
+    _fill(ledger_url, 2)
+    store = store_from_url(ledger_url)
+    original, calls = store._append_once, []
+
+    def commit_then_lose_the_connection(*args):
+        calls.append(args[-1])  # the token
+        event = original(*args)
+        if len(calls) == 1:
+            store._conn.close()
+            raise psycopg2.OperationalError("server closed the connection unexpectedly")
+        return event
+
+    monkeypatch.setattr(store, "_append_once", commit_then_lose_the_connection)
+    try:
+        store.head()  # connected
+        assert store.tokens
+        event = store.append("deployed", release="storefront", details={"once": True})
+        assert len(calls) == 1, "the committed append was found by its token, not tried again"
+        assert event.seq == 3 and store.verify().ok and store.verify().count == 3
+        assert [e.details for e in store.events() if e.details.get("once")] == [{"once": True}]
+    finally:
+        store.close()
+
+
+def test_a_ledger_made_before_append_tokens_still_takes_appends(ledger_url):
+    """Writers never run DDL: on a ledger whose events table has no token column yet they append
+    as before; `ledger init` adds it."""
+    if not ledger_url.startswith("postgres"):
+        pytest.skip("SQLite ledgers get the column on connect")
+    _sql(ledger_url, f"DROP INDEX IF EXISTS {TABLE}_token", f"ALTER TABLE {TABLE} DROP COLUMN token")
+    store = store_from_url(ledger_url)
+    try:
+        store.append("deployed", release="storefront", details={})
+        assert not store.tokens and store.verify().ok
+    finally:
+        store.close()
+    assert cli(["ledger", "init", "--url", ledger_url]) == 0
+    store = store_from_url(ledger_url)
+    try:
+        store.append("deployed", release="storefront", details={})
+        assert store.tokens and store.verify().count == 2
     finally:
         store.close()

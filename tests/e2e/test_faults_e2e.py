@@ -30,7 +30,7 @@ from tests.e2e.distributed import (
     running_jobs,
     task_log,
 )
-from tests.pg import postgres_answers
+from tests.pg import postgres_answers, restart_postgres
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
@@ -198,4 +198,36 @@ def test_triggerers_killed_mid_analysis_resume_from_the_recorded_measurements(st
     assert verdicts and verdicts[-1].details["outcome"] == "successful", [v.details for v in verdicts]
     assert len(verdicts[-1].details["measurements"]) == 4
     assert "resuming the analysis from" in task_log(stack, CANARY_DAG, run_id, task)
+    _assert_whole(stack)
+
+
+def test_postgresql_restarted_mid_run_loses_and_doubles_nothing(stack, author):
+    """The PostgreSQL server (metadata database and ledger) restarts while the dev deployment is
+    under way. Airflow processes that exit over it are started again (a process supervisor's
+    job); ledger appends cut off by the restart reconnect and are written exactly once (their
+    token), and the run ends successful with one deployment per environment."""
+    fleet_fault(stack, DEV, "6.0.0", deploy_seconds=10)
+    run_id = author.trigger(DAG, {"version": "6.0.0", "change_summary": "database restarted"})["dag_run_id"]
+    in_progress = lambda: (fleet_status(stack, DEV).get("in_progress") or {}).get("version") == "6.0.0"  # noqa: E731
+    _wait_until("the dev deployment to start", in_progress)
+    restart_postgres()
+    restarted: set[str] = set()
+    deadline = time.monotonic() + 600
+    while True:  # the supervisor: whatever died is started again
+        for name in stack.exited():
+            restarted.add(name)
+            stack.restart(name)
+        try:
+            state = author.run(DAG, run_id)["state"]
+        except Exception:  # the API server may be starting again
+            state = "unknown"
+        if state in ("success", "failed"):
+            break
+        assert time.monotonic() < deadline, f"the run did not end ({state}); restarted: {sorted(restarted)}"
+        time.sleep(2)
+    assert state == "success", (author.task_states(DAG, run_id), sorted(restarted))
+    for environment in (DEV, PROD):
+        assert len(_deploys(stack, environment, "6.0.0")) == 1, fleet_history(stack, environment)
+    events = ledger_events(stack, DAG, run_id)
+    assert [e.details["state"] for e in events if e.kind == "run_state"] == ["success"]
     _assert_whole(stack)

@@ -19,6 +19,7 @@ import logging
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,10 @@ _PG_WRITER_GRANTS = [
 
 # Ledgers created before runs were keyed by DAG id get the column (their events keep dag_id '').
 _ADD_DAG_ID = f"ALTER TABLE {TABLE} ADD COLUMN dag_id TEXT NOT NULL DEFAULT ''"
+# Each append's own token (not part of the hash: it says nothing about the event), so an
+# append whose commit was lost with its connection is found, not written twice.
+_ADD_TOKEN = f"ALTER TABLE {TABLE} ADD COLUMN token TEXT"
+_TOKEN_INDEX = f"CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_token ON {TABLE} (token)"
 
 
 def _row_to_event(row: tuple) -> LedgerEvent:
@@ -110,6 +115,7 @@ class LedgerStore:
         if self._conn is None or getattr(self._conn, "closed", False):  # closed: the server went away
             self._conn = self._connect()
             self._create()
+            self.tokens = self._has_tokens()
         return self._conn
 
     def missing(self) -> LedgerError:
@@ -129,6 +135,9 @@ class LedgerStore:
     def _create(self) -> None:
         raise NotImplementedError
 
+    def _has_tokens(self) -> bool:
+        return False
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -145,18 +154,63 @@ class LedgerStore:
         details: dict[str, Any] | None = None,
         dag_id: str = "",
     ) -> LedgerEvent:
-        """Append one event at the head of the chain (atomic; safe with concurrent writers)."""
-        for attempt in range(20):
+        """Append one event at the head of the chain (atomic; safe with concurrent writers).
+
+        Exactly once, even when the database goes away mid-append (a restart): the append
+        carries a token of its own, and after reconnecting an append whose outcome was lost
+        looks for its token before trying again (``RECONNECT_SECONDS`` at most)."""
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + self.RECONNECT_SECONDS
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                return self._append_once(kind, release, run_id, environment, actor, details, dag_id)
+                if attempt > 1 and self._conn is None:
+                    found = self._find_token(token)
+                    if found is not None:
+                        return found
+                return self._append_once(kind, release, run_id, environment, actor, details, dag_id, token)
             except LedgerError:
                 raise
             except Exception as exc:
-                if attempt < 19 and self._is_transient(exc):
-                    time.sleep(0.05 * (attempt + 1))
+                if self._disconnected(exc) and time.monotonic() < deadline:
+                    log.warning("%s: connection lost while appending (%s); reconnecting", self.description, exc)
+                    self._drop_connection()
+                    time.sleep(min(5.0, 0.5 * attempt))
+                    continue
+                if attempt < 20 and self._is_transient(exc):
+                    time.sleep(0.05 * attempt)
                     continue
                 raise LedgerError(f"{self.description}: could not append a {kind!r} event: {exc}") from exc
-        raise AssertionError("unreachable")
+
+    RECONNECT_SECONDS = 90.0
+
+    def _disconnected(self, exc: Exception) -> bool:
+        """The connection is gone (the server restarted or dropped it), not a refused statement."""
+        return False
+
+    def _drop_connection(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.close()
+        except Exception:
+            pass
+        self._conn = None
+
+    def _find_token(self, token: str) -> LedgerEvent | None:
+        """The event an earlier attempt of this append committed, if it did."""
+        if not self.tokens:
+            return None
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(f"SELECT {_COLUMNS} FROM {TABLE} WHERE token = {self.placeholder}", (token,))
+            row = cursor.fetchone()
+            self.conn.commit()
+        finally:
+            cursor.close()
+        return _row_to_event(row) if row else None
+
+    tokens = False  # whether the events table has the append-token column (set on connect)
 
     def _event_after(
         self,
@@ -205,6 +259,7 @@ class LedgerStore:
         actor: str,
         details: dict[str, Any] | None,
         dag_id: str,
+        token: str | None = None,
     ) -> LedgerEvent:
         p = self.placeholder
         cursor = self.conn.cursor()
@@ -214,7 +269,8 @@ class LedgerStore:
             event, row = self._event_after(
                 cursor.fetchone(), kind, release, run_id, environment, actor, details, dag_id
             )
-            cursor.execute(f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({', '.join([p] * 11)})", row)
+            columns, row = self._with_token(row, token)
+            cursor.execute(f"INSERT INTO {TABLE} ({columns}) VALUES ({', '.join([p] * len(row))})", row)
             cursor.execute(f"UPDATE {HEAD} SET seq = {p}, hash = {p} WHERE id = 1", (event.seq, event.hash))
             self.conn.commit()
             return event
@@ -223,6 +279,11 @@ class LedgerStore:
             raise
         finally:
             cursor.close()
+
+    def _with_token(self, row: tuple, token: str | None) -> tuple[str, tuple]:
+        if token and self.tokens:
+            return f"{_COLUMNS}, token", (*row, token)
+        return _COLUMNS, row
 
     @staticmethod
     def _is_transient(exc: Exception) -> bool:
@@ -414,13 +475,20 @@ class SqliteLedgerStore(LedgerStore):
         raw.execute("BEGIN IMMEDIATE")
         for statement in _SCHEMA:
             raw.execute(statement)
-        if "dag_id" not in {row[1] for row in raw.execute(f"PRAGMA table_info({TABLE})")}:
+        columns = {row[1] for row in raw.execute(f"PRAGMA table_info({TABLE})")}
+        if "dag_id" not in columns:
             raw.execute(_ADD_DAG_ID)
+        if "token" not in columns:
+            raw.execute(_ADD_TOKEN)
+        raw.execute(_TOKEN_INDEX)
         raw.execute(f"INSERT OR IGNORE INTO {HEAD} (id, seq, hash) VALUES (1, 0, ?)", (GENESIS,))
         raw.execute("COMMIT")
 
     def _begin(self, cursor: Any) -> None:
         cursor.execute("BEGIN IMMEDIATE")  # take the write lock before reading the head
+
+    def _has_tokens(self) -> bool:
+        return True  # _create adds the column to every SQLite ledger
 
 
 class _SqliteTx:
@@ -483,6 +551,8 @@ class PostgresLedgerStore(LedgerStore):
         for statement in _SCHEMA:
             cursor.execute(statement)
         cursor.execute(_ADD_DAG_ID.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))
+        cursor.execute(_ADD_TOKEN.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))
+        cursor.execute(_TOKEN_INDEX)
         cursor.execute(f"INSERT INTO {HEAD} (id, seq, hash) VALUES (1, 0, %s) ON CONFLICT (id) DO NOTHING", (GENESIS,))
         for statement in _PG_APPEND_ONLY:
             cursor.execute(statement)
@@ -501,6 +571,28 @@ class PostgresLedgerStore(LedgerStore):
     def _lock_head(self, cursor: Any) -> None:
         cursor.execute(f"SELECT seq, hash FROM {HEAD} WHERE id = 1 FOR UPDATE")
 
+    def _has_tokens(self) -> bool:
+        """A ledger made before append tokens has no column for them until `ledger init` runs
+        again; its writers append as before (an append lost to a restart may then be retried
+        by its task, which can record it twice)."""
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_name = %s AND column_name = 'token'", (TABLE,)
+            )
+            found = cursor.fetchone() is not None
+            self._conn.commit()
+        finally:
+            cursor.close()
+        return found
+
+    def _disconnected(self, exc: Exception) -> bool:
+        import psycopg2
+
+        return isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError) or bool(
+            getattr(self._conn, "closed", 0)
+        )
+
     def _append_once(
         self,
         kind: str,
@@ -510,6 +602,7 @@ class PostgresLedgerStore(LedgerStore):
         actor: str,
         details: dict[str, Any] | None,
         dag_id: str,
+        token: str | None = None,
     ) -> LedgerEvent:
         """Two round trips while the head is locked: ``BEGIN`` with the locking read, then the
         insert, the head's update and ``COMMIT`` in one message. Appends are serialized on the
@@ -524,8 +617,9 @@ class PostgresLedgerStore(LedgerStore):
             event, row = self._event_after(
                 cursor.fetchone(), kind, release, run_id, environment, actor, details, dag_id
             )
+            columns, row = self._with_token(row, token)
             cursor.execute(
-                f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({', '.join(['%s'] * 11)}); "
+                f"INSERT INTO {TABLE} ({columns}) VALUES ({', '.join(['%s'] * len(row))}); "
                 f"UPDATE {HEAD} SET seq = %s, hash = %s WHERE id = 1; COMMIT",
                 (*row, event.seq, event.hash),
             )
