@@ -37,6 +37,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 DAG = "release_faults"
 DEV, PROD, CANARY = "fault-dev", "fault-prod", "fault-canary"
 CANARY_DAG = "release_faultcanary"
+ERROR, SLOW = "fault-error", "fault-slow"  # releases faulterror and faultslow, one environment each
+ERROR_DAG, SLOW_DAG = "release_faulterror", "release_faultslow"
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,7 @@ def stack():
         "fleet_traffic": 10.0,  # synthetic users: the canary analysis has metrics to judge
     }
     folder = PROJECT_ROOT / "tests" / "fixtures" / "faults"
-    with distributed.celery_stack(folder, DAG, [DEV, PROD, CANARY], **config) as s:
+    with distributed.celery_stack(folder, DAG, [DEV, PROD, CANARY, ERROR, SLOW], **config) as s:
         yield s
 
 
@@ -130,44 +132,83 @@ def test_schedulers_killed_and_restarted_mid_run_lose_nothing(stack, author):
     _assert_whole(stack)
 
 
-def test_a_target_answering_500_fails_clearly_and_the_run_rolls_back_recorded(stack, author):
-    """prod answers every deploy of 3.2.0 with HTTP 500: the deploy fails after its retries,
-    naming the target and the status; prod never changed, dev is rolled back; the ledger has it."""
-    fleet_fault(stack, PROD, "3.2.0", deploy_status=500)
-    run_id = author.trigger(DAG, {"version": "3.2.0", "change_summary": "target errors"})["dag_run_id"]
-    run = author.wait_for_run(DAG, run_id, timeout=480)
-    states = author.task_states(DAG, run_id)
-    assert run["state"] == "failed", states
-    assert states[f"{PROD}.deploy"] == "failed" and states[f"{PROD}.rollback"] in ("success", "skipped"), states
-    assert fleet_status(stack, PROD)["version"] == "3.1.0", "prod never ran 3.2.0"
-    assert _deploys(stack, PROD, "3.2.0") == []
-    assert len(_deploys(stack, DEV, "3.2.0")) == 1
-    assert "answered HTTP 500" in task_log(stack, DAG, run_id, f"{PROD}.deploy")
+def test_postgresql_restarted_mid_run_loses_and_doubles_nothing(stack, author):
+    """The PostgreSQL server (metadata database and ledger) restarts while the dev deployment is
+    under way. Airflow processes that exit over it are started again (a process supervisor's
+    job); ledger appends cut off by the restart reconnect and are written exactly once (their
+    token), and the run ends successful with one deployment per environment."""
+    fleet_fault(stack, DEV, "6.0.0", deploy_seconds=10)
+    run_id = author.trigger(DAG, {"version": "6.0.0", "change_summary": "database restarted"})["dag_run_id"]
+    in_progress = lambda: (fleet_status(stack, DEV).get("in_progress") or {}).get("version") == "6.0.0"  # noqa: E731
+    try:
+        _wait_until("the dev deployment to start", in_progress)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {author.task_states(DAG, run_id)} {fleet_status(stack, DEV)}") from None
+    restart_postgres()
+    restarted: set[str] = set()
+    deadline = time.monotonic() + 600
+    while True:  # the supervisor: whatever died is started again
+        for name in stack.exited():
+            restarted.add(name)
+            stack.restart(name)
+        try:
+            state = author.run(DAG, run_id)["state"]
+        except Exception:  # the API server may be starting again
+            state = "unknown"
+        if state in ("success", "failed"):
+            break
+        assert time.monotonic() < deadline, f"the run did not end ({state}); restarted: {sorted(restarted)}"
+        time.sleep(2)
+    assert state == "success", (author.task_states(DAG, run_id), sorted(restarted))
+    for environment in (DEV, PROD):
+        assert len(_deploys(stack, environment, "6.0.0")) == 1, fleet_history(stack, environment)
     events = ledger_events(stack, DAG, run_id)
+    assert [e.details["state"] for e in events if e.kind == "run_state"] == ["success"]
+    _assert_whole(stack)
+
+
+# The target-error tests use releases of their own: the rollbacks they end with raise the
+# risk of the release's next run, which the assessment then refuses (no approval declared).
+def test_a_target_answering_500_fails_clearly_and_the_run_rolls_back_recorded(stack, author):
+    """The target answers every deploy of 3.2.0 with HTTP 500: the deploy fails after its
+    retries, naming the target and the status; the target never changed and its rollback
+    records a no-op; the ledger has it all."""
+    fleet_fault(stack, ERROR, "3.2.0", deploy_status=500)
+    before = fleet_status(stack, ERROR)["version"]
+    run_id = author.trigger(ERROR_DAG, {"version": "3.2.0", "change_summary": "target errors"})["dag_run_id"]
+    run = author.wait_for_run(ERROR_DAG, run_id, timeout=480)
+    states = author.task_states(ERROR_DAG, run_id)
+    assert run["state"] == "failed", states
+    assert states[f"{ERROR}.deploy"] == "failed" and states[f"{ERROR}.rollback"] in ("success", "skipped"), states
+    assert fleet_status(stack, ERROR)["version"] == before, "the target never ran 3.2.0"
+    assert _deploys(stack, ERROR, "3.2.0") == []
+    assert "answered HTTP 500" in task_log(stack, ERROR_DAG, run_id, f"{ERROR}.deploy")
+    events = ledger_events(stack, ERROR_DAG, run_id)
     kinds = [(e.kind, e.environment) for e in events]
-    assert ("deploy_started", PROD) in kinds, kinds
-    [rollback] = [e for e in events if e.kind == "rollback" and e.environment == PROD]
+    assert ("deploy_started", ERROR) in kinds, kinds
+    [rollback] = [e for e in events if e.kind == "rollback" and e.environment == ERROR]
     assert rollback.details.get("noop") is True, rollback.details  # the target never changed
     assert [e.details["state"] for e in events if e.kind == "run_state"] == ["failed"]
     _assert_whole(stack)
 
 
 def test_a_deployment_that_times_out_fails_and_is_rolled_back(stack, author):
-    """prod's deployment of 3.3.0 never finishes within the deploy timeout (30 s): the deploy
-    fails as timed out, the rollback waits for the target's deployment to end and restores
-    3.1.0; both are recorded."""
-    fleet_fault(stack, PROD, "3.3.0", deploy_seconds=45)
-    run_id = author.trigger(DAG, {"version": "3.3.0", "change_summary": "target too slow"})["dag_run_id"]
-    run = author.wait_for_run(DAG, run_id, timeout=600)
-    states = author.task_states(DAG, run_id)
+    """The deployment of 3.3.0 never finishes within the deploy timeout (30 s): the deploy fails
+    as timed out, the rollback waits for the target's deployment to end and restores the
+    version before; both are recorded."""
+    fleet_fault(stack, SLOW, "3.3.0", deploy_seconds=45)
+    before = fleet_status(stack, SLOW)["version"]
+    run_id = author.trigger(SLOW_DAG, {"version": "3.3.0", "change_summary": "target too slow"})["dag_run_id"]
+    run = author.wait_for_run(SLOW_DAG, run_id, timeout=600)
+    states = author.task_states(SLOW_DAG, run_id)
     assert run["state"] == "failed", states
-    assert states[f"{PROD}.deploy"] == "failed" and states[f"{PROD}.rollback"] == "success", states
-    assert fleet_status(stack, PROD)["version"] == "3.1.0", fleet_status(stack, PROD)
-    assert len(_deploys(stack, PROD, "3.3.0")) <= 1
-    events = ledger_events(stack, DAG, run_id)
-    [failed] = [e for e in events if e.kind == "deploy_failed" and e.environment == PROD]
+    assert states[f"{SLOW}.deploy"] == "failed" and states[f"{SLOW}.rollback"] == "success", states
+    assert fleet_status(stack, SLOW)["version"] == before, fleet_status(stack, SLOW)
+    assert len(_deploys(stack, SLOW, "3.3.0")) <= 1
+    events = ledger_events(stack, SLOW_DAG, run_id)
+    [failed] = [e for e in events if e.kind == "deploy_failed" and e.environment == SLOW]
     assert failed.details["version"] == "3.3.0" and failed.details["state"] != "succeeded", failed.details
-    assert any(e.kind == "rollback_started" and e.environment == PROD for e in events)
+    assert any(e.kind == "rollback_started" and e.environment == SLOW for e in events)
     _assert_whole(stack)
 
 
@@ -198,36 +239,4 @@ def test_triggerers_killed_mid_analysis_resume_from_the_recorded_measurements(st
     assert verdicts and verdicts[-1].details["outcome"] == "successful", [v.details for v in verdicts]
     assert len(verdicts[-1].details["measurements"]) == 4
     assert "resuming the analysis from" in task_log(stack, CANARY_DAG, run_id, task)
-    _assert_whole(stack)
-
-
-def test_postgresql_restarted_mid_run_loses_and_doubles_nothing(stack, author):
-    """The PostgreSQL server (metadata database and ledger) restarts while the dev deployment is
-    under way. Airflow processes that exit over it are started again (a process supervisor's
-    job); ledger appends cut off by the restart reconnect and are written exactly once (their
-    token), and the run ends successful with one deployment per environment."""
-    fleet_fault(stack, DEV, "6.0.0", deploy_seconds=10)
-    run_id = author.trigger(DAG, {"version": "6.0.0", "change_summary": "database restarted"})["dag_run_id"]
-    in_progress = lambda: (fleet_status(stack, DEV).get("in_progress") or {}).get("version") == "6.0.0"  # noqa: E731
-    _wait_until("the dev deployment to start", in_progress)
-    restart_postgres()
-    restarted: set[str] = set()
-    deadline = time.monotonic() + 600
-    while True:  # the supervisor: whatever died is started again
-        for name in stack.exited():
-            restarted.add(name)
-            stack.restart(name)
-        try:
-            state = author.run(DAG, run_id)["state"]
-        except Exception:  # the API server may be starting again
-            state = "unknown"
-        if state in ("success", "failed"):
-            break
-        assert time.monotonic() < deadline, f"the run did not end ({state}); restarted: {sorted(restarted)}"
-        time.sleep(2)
-    assert state == "success", (author.task_states(DAG, run_id), sorted(restarted))
-    for environment in (DEV, PROD):
-        assert len(_deploys(stack, environment, "6.0.0")) == 1, fleet_history(stack, environment)
-    events = ledger_events(stack, DAG, run_id)
-    assert [e.details["state"] for e in events if e.kind == "run_state"] == ["success"]
     _assert_whole(stack)
