@@ -579,11 +579,21 @@ def make_handler(fleet: Fleet, credentials: tuple[str, str] | None):
                     if body.get("scope", "all") not in ("all", "live"):
                         return 400, {"error": "scope must be all or live"}
                     fault["scope"] = body.get("scope", "all")
-                    if body.get("deploy_status") is not None:
-                        fault["deploy_status"] = int(body["deploy_status"])
-                    for key in ("deploy_seconds", "latency_ms", "accept_delay_seconds"):
-                        if body.get(key) is not None:
-                            fault[key] = float(body[key])
+                    try:
+                        if body.get("deploy_status") is not None:
+                            fault["deploy_status"] = int(body["deploy_status"])
+                            if not 400 <= fault["deploy_status"] <= 599:
+                                raise ValueError
+                        for key in ("deploy_seconds", "latency_ms", "accept_delay_seconds"):
+                            if body.get(key) is not None:
+                                fault[key] = float(body[key])
+                                if fault[key] < 0:
+                                    raise ValueError
+                    except (TypeError, ValueError):
+                        return 400, {
+                            "error": "deploy_status must be an HTTP error status (400-599); "
+                            "deploy_seconds, latency_ms and accept_delay_seconds non-negative numbers"
+                        }
                     fleet.faults[(body["environment"], body["version"])] = fault
                     return 201, {"environment": body["environment"], "version": body["version"], **fault}
             if path == "/environments" and method == "GET":

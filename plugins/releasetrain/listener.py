@@ -145,17 +145,20 @@ def _append(kind: str, release: str, dag_id: str, run_id: str, **fields: Any) ->
         hook.close()
 
 
-def _close_open_change(release: str, dag_id: str, run_id: str, reason: str) -> None:
+def _close_open_change(release: str, dag_id: str, run_id: str, reason: str, key: str = "") -> None:
     """Close the change record of this very run (keyed by DAG id and run id: a manual rollback
-    run that reuses a release run's id never touches the release's change record)."""
+    run that reuses a release run's id never touches the release's change record; and by the
+    run's row key: a deleted run's late end never closes the record of the run now under its id)."""
     from releasetrain.core.change import FINAL_STATES, ChangeRef
+    from releasetrain.core.gatekeeper import incarnation_events
     from releasetrain.hooks.change_record import change_backend
     from releasetrain.hooks.ledger import LedgerHook
 
     hook = LedgerHook()
     ref, conn_id = None, None
     try:
-        for event in hook.events(release=release, run_id=run_id, dag_id=dag_id):
+        events = list(hook.events(release=release, run_id=run_id, dag_id=dag_id))
+        for event in incarnation_events(events, key) if key else events:
             if event.kind in (Event.CHANGE_OPENED, Event.CHANGE_TRANSITION, Event.CHANGE_CLOSED):
                 d = event.details
                 ref = ChangeRef(d["backend"], d["id"], d["number"], d["state"], d.get("change_type") or "normal")
@@ -200,7 +203,7 @@ def _run_ended(dag_run: Any, state: str, msg: str) -> None:
         _append(Event.RUN_STATE, release, dag_id, run_id, actor="airflow", details=details)
         _release_locks(dag_id, run_id, key)
         if state == "failed":
-            _close_open_change(release, dag_id, run_id, f"run ended failed: {msg or 'see the run'}")
+            _close_open_change(release, dag_id, run_id, f"run ended failed: {msg or 'see the run'}", key)
         _checkpoint()
 
     _isolated(work, f"the end of {release} {run_id}")
@@ -235,7 +238,8 @@ def _release_locks(dag_id: str, run_id: str, key: str) -> None:
         hook.close()
     release = release_of_dag(dag_id) or ""
     for target in released:
-        _append(Event.LOCK_RELEASED, release, dag_id, run_id, actor="airflow", details={"target": target})
+        details = {"target": target, "dag_run_key": key}
+        _append(Event.LOCK_RELEASED, release, dag_id, run_id, actor="airflow", details=details)
 
 
 def _dag_run_key(dag_run: Any) -> str:

@@ -141,6 +141,7 @@ def journal(tmp_path, monkeypatch):
         "run_id": "r1",
         "task_id": "canary.canary_10",
         "try_number": 1,
+        "ti_id": "0193-ti-a",
     }
 
 
@@ -195,5 +196,11 @@ def test_a_restarted_trigger_never_passes_a_fault_it_already_saw(world, promethe
     assert again["outcome"] == "failed" and len(again["measurements"]) == 1, again
     assert len(recorded(journal)) == 1, "nothing measured after the verdict"
     # another try of the task (cleared by hand) is an analysis of its own: it measures afresh
-    run_trigger(CanaryAnalysisTrigger(**{**json.loads(json.dumps(stored)), "journal": {**journal, "try_number": 2}}))
-    assert [d["index"] for d in recorded(journal) if d["try_number"] == 2][:1] == [1]
+    second = {**journal, "try_number": 2, "ti_id": "0193-ti-b"}
+    run_trigger(CanaryAnalysisTrigger(**{**json.loads(json.dumps(stored)), "journal": second}))
+    assert [d["index"] for d in recorded(journal) if d["ti_id"] == "0193-ti-b"][:1] == [1]
+    # a run deleted and triggered again under the same run id: try 1 again, but a new task
+    # instance; it never inherits the deleted run's measurements
+    again_row = {**journal, "ti_id": "0193-ti-c"}
+    run_trigger(CanaryAnalysisTrigger(**{**json.loads(json.dumps(stored)), "journal": again_row}))
+    assert [d["index"] for d in recorded(journal) if d["ti_id"] == "0193-ti-c"][:1] == [1]

@@ -205,3 +205,8 @@ def test_injected_faults_a_500_starts_nothing_and_a_late_answer_started_already(
         slow.start_deployment(release="shop", version="7.0.0", digest=DIGEST, run_id="r7")
     running = hook.get_status()["in_progress"]  # the fleet is not blocked meanwhile, and it started
     assert (running["version"], running["run_id"]) == ("7.0.0", "r7")
+    for bad in ({"deploy_status": 200}, {"deploy_status": "x"}, {"accept_delay_seconds": -1}):
+        answer = requests.post(
+            f"{url}/faults", json={"environment": "prod", "version": "8.0.0", **bad}, auth=AUTH, timeout=5
+        )
+        assert answer.status_code == 400, bad

@@ -252,3 +252,32 @@ def test_a_ledger_made_before_append_tokens_still_takes_appends(ledger_url):
         assert store.tokens and store.verify().count == 2
     finally:
         store.close()
+
+
+def test_an_append_waits_for_a_restarting_server_within_its_limit(ledger_url, monkeypatch):
+    """While PostgreSQL restarts, connecting is refused: the append tries again (up to
+    RECONNECT_SECONDS), then fails naming the ledger."""
+    if not ledger_url.startswith("postgres"):
+        pytest.skip("a server's restart")
+    from releasetrain.hooks.ledger import LedgerConnectError
+
+    store = store_from_url(ledger_url)
+    original, refusals = store._connect, [2]
+
+    def restarting():
+        if refusals[0]:
+            refusals[0] -= 1
+            raise LedgerConnectError("ledger postgres: cannot connect: connection refused")
+        return original()
+
+    monkeypatch.setattr(store, "_connect", restarting)
+    try:
+        assert store.append("deployed", release="storefront", details={}).seq == 1 and refusals == [0]
+        store._drop_connection()
+        refusals[0] = 1000
+        store.RECONNECT_SECONDS = 1.0
+        with pytest.raises(LedgerConnectError, match="cannot connect"):
+            store.append("deployed", release="storefront", details={})
+    finally:
+        monkeypatch.undo()
+        store.close()

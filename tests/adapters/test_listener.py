@@ -145,6 +145,11 @@ def test_a_deleted_runs_late_end_frees_only_its_own_locks(ledger):
     assert [e.details["target"] for e in recorded if e.kind == "lock_released"] == ["t_stage"]
     run = RunLedger(recorded)
     assert run.incarnation == new_key and run.ended() is None
+    from releasetrain.core import gatekeeper
+
+    [released] = [e for e in recorded if e.kind == "lock_released"]
+    assert released.details["dag_run_key"] == old_key
+    assert gatekeeper.may_lock(run, "staging", "t_stage", "staging.lock").allowed, "the old run's release is not ours"
 
 
 def test_a_slow_ledger_never_stalls_the_scheduler_and_a_full_queue_leaves_a_recorded_gap(ledger, monkeypatch):

@@ -91,6 +91,28 @@ def current_incarnation(events: Iterable[EventLike]) -> list[EventLike]:
     return events[begin:]
 
 
+def incarnation_events(events: Iterable[EventLike], key: str) -> list[EventLike]:
+    """The events of the incarnation whose DAG run key is ``key`` (from its first start up to
+    a start under another key); all of them when no start under ``key`` was recorded."""
+    events = list(events)
+    begin = None
+    for i, e in enumerate(events):
+        found = e.details.get("dag_run_key") if e.kind == Event.RUN_STARTED else None
+        if not found:
+            continue
+        if found == key and begin is None:
+            begin = i
+        elif begin is not None and found != key:
+            return events[begin:i]
+    return events[begin:] if begin is not None else events
+
+
+def _of_other_incarnation(event: EventLike, me: str) -> bool:
+    """Written (by the listener, late) for another incarnation of the run than ``me``."""
+    key = event.details.get("dag_run_key")
+    return bool(me and key and key != me)
+
+
 class RunLedger:
     """The ledger events of one run (one DAG id and run id), read as facts.
 
@@ -115,12 +137,7 @@ class RunLedger:
 
         An end recorded for another incarnation (a deleted run's, written after the new run
         under its id started) is not this run's."""
-        me = self.incarnation
-        ends = [
-            e
-            for e in self.of(Event.RUN_STATE)
-            if not (me and e.details.get("dag_run_key") and e.details["dag_run_key"] != me)
-        ]
+        ends = [e for e in self.of(Event.RUN_STATE) if not _of_other_incarnation(e, self.incarnation)]
         return ends[-1] if ends else None
 
     def of(self, kind: str, *, environment: str | None = None, task_id: str | None = None) -> list[EventLike]:
@@ -374,7 +391,9 @@ def may_lock(run: RunLedger, environment: str, target: str, step: str) -> Decisi
     released = [
         e
         for e in run.of(Event.LOCK_RELEASED)
-        if e.details.get("target") == target and e.environment in (environment, "")
+        if e.details.get("target") == target
+        and e.environment in (environment, "")
+        and not _of_other_incarnation(e, run.incarnation)  # a deleted run's late release
     ]
     if released:
         return Decision.refuse(

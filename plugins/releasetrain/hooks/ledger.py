@@ -28,6 +28,11 @@ from releasetrain.core.ledger import GENESIS, LedgerError, LedgerEvent, VerifyRe
 
 log = logging.getLogger(__name__)
 
+
+class LedgerConnectError(LedgerError):
+    """The ledger's database cannot be reached (it may be restarting)."""
+
+
 DEFAULT_CONN_ID = "releasetrain_ledger"
 TABLE = "releasetrain_ledger"
 HEAD = "releasetrain_ledger_head"
@@ -170,9 +175,21 @@ class LedgerStore:
                     if found is not None:
                         return found
                 return self._append_once(kind, release, run_id, environment, actor, details, dag_id, token)
+            except LedgerConnectError as exc:  # the server is not back yet
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("%s: %s; trying again", self.description, exc)
+                self._drop_connection()
+                time.sleep(min(5.0, 0.5 * attempt))
+                continue
             except LedgerError:
                 raise
             except Exception as exc:
+                if self._token_taken(exc):  # an earlier attempt committed after all
+                    self._drop_connection()
+                    found = self._find_token(token)
+                    if found is not None:
+                        return found
                 if self._disconnected(exc) and time.monotonic() < deadline:
                     log.warning("%s: connection lost while appending (%s); reconnecting", self.description, exc)
                     self._drop_connection()
@@ -188,6 +205,11 @@ class LedgerStore:
     def _disconnected(self, exc: Exception) -> bool:
         """The connection is gone (the server restarted or dropped it), not a refused statement."""
         return False
+
+    @staticmethod
+    def _token_taken(exc: Exception) -> bool:
+        text = str(exc).lower()
+        return ("unique" in text or "duplicate" in text) and "token" in text
 
     def _drop_connection(self) -> None:
         try:
@@ -530,7 +552,7 @@ class PostgresLedgerStore(LedgerStore):
         try:
             return psycopg2.connect(self.dsn, **self.params) if self.dsn else psycopg2.connect(**self.params)
         except psycopg2.Error as exc:
-            raise LedgerError(f"{self.description}: cannot connect: {str(exc).strip()}") from exc
+            raise LedgerConnectError(f"{self.description}: cannot connect: {str(exc).strip()}") from exc
 
     writer_role: str | None = None  # `ledger init --writer-role`: the role tasks connect as
 
@@ -578,7 +600,9 @@ class PostgresLedgerStore(LedgerStore):
         cursor = self._conn.cursor()
         try:
             cursor.execute(
-                "SELECT 1 FROM information_schema.columns WHERE table_name = %s AND column_name = 'token'", (TABLE,)
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = %s AND column_name = 'token'",
+                (TABLE,),
             )
             found = cursor.fetchone() is not None
             self._conn.commit()
@@ -589,8 +613,14 @@ class PostgresLedgerStore(LedgerStore):
     def _disconnected(self, exc: Exception) -> bool:
         import psycopg2
 
-        return isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError) or bool(
-            getattr(self._conn, "closed", 0)
+        # the connection itself is gone (a statement or lock timeout leaves it open)
+        return (
+            isinstance(exc, psycopg2.InterfaceError)
+            or bool(getattr(self._conn, "closed", 0))
+            or (
+                isinstance(exc, psycopg2.OperationalError)
+                and any(w in str(exc).lower() for w in ("closed", "terminat", "connect", "server", "shutdown"))
+            )
         )
 
     def _append_once(

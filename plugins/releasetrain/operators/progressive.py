@@ -180,6 +180,9 @@ class TrafficAnalysisOperator(DeployTargetCalls, BaseOperator):
                     "run_id": context["run_id"],
                     "task_id": self.task_id,
                     "try_number": getattr(context["ti"], "try_number", 0),
+                    # a new uuid for every try and every run row: a run deleted and triggered
+                    # again under the same run id never resumes the old run's analysis
+                    "ti_id": str(getattr(context["ti"], "id", "") or ""),
                 },
             ),
             method_name="execute_complete",

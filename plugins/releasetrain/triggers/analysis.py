@@ -158,6 +158,7 @@ class CanaryAnalysisTrigger(BaseTrigger):
             event.dag_id == j.get("dag_id")
             and d.get("task_id") == j.get("task_id")
             and d.get("try_number") == j.get("try_number")
+            and (d.get("ti_id") or "") == (j.get("ti_id") or "")
         )
 
     async def _store(self) -> Any:
@@ -192,6 +193,7 @@ class CanaryAnalysisTrigger(BaseTrigger):
         details = {
             "task_id": j.get("task_id"),
             "try_number": j.get("try_number"),
+            "ti_id": j.get("ti_id") or "",
             "index": index,
             "measured_at": measured_at,
             "measurement": measurement,
