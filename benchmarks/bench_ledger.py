@@ -90,7 +90,7 @@ def _create_plain(url: str) -> None:
 def _bulk_fill(store, n: int) -> None:
     """Append n chained events in one transaction (setup speed only; same chain rules)."""
     from releasetrain.core.ledger import new_event
-    from releasetrain.hooks.ledger import _COLUMNS, HEAD, TABLE
+    from releasetrain.hooks.ledger import _COLUMNS, HEAD, TABLE, event_row
 
     seq, prev = store.head()
     p = store.placeholder
@@ -107,21 +107,7 @@ def _bulk_fill(store, n: int) -> None:
             details={"i": i, "digest": "sha256:" + "0" * 64},
         )
         prev = event.hash
-        rows.append(
-            (
-                event.seq,
-                event.at,
-                event.release,
-                event.run_id,
-                event.environment,
-                event.kind,
-                event.actor,
-                json.dumps(event.details, sort_keys=True),
-                event.prev_hash,
-                event.hash,
-                event.dag_id,
-            )
-        )
+        rows.append(event_row(event))
     cur = store.conn.cursor()
     if hasattr(store.conn, "raw"):
         cur.execute("BEGIN IMMEDIATE")

@@ -89,6 +89,23 @@ _ADD_TOKEN = f"ALTER TABLE {TABLE} ADD COLUMN token TEXT"
 _TOKEN_INDEX = f"CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_token ON {TABLE} (token)"
 
 
+def event_row(event: LedgerEvent) -> tuple:
+    """An event as a row of the events table, in ``_COLUMNS`` order."""
+    return (
+        event.seq,
+        event.at,
+        event.release,
+        event.run_id,
+        event.environment,
+        event.kind,
+        event.actor,
+        json.dumps(event.details, sort_keys=True),
+        event.prev_hash,
+        event.hash,
+        event.dag_id,
+    )
+
+
 def _row_to_event(row: tuple) -> LedgerEvent:
     seq, at, release, run_id, environment, kind, actor, details, prev_hash, hash_, dag_id = row
     return LedgerEvent(
@@ -164,6 +181,15 @@ class LedgerStore:
         Exactly once, even when the database goes away mid-append (a restart): the append
         carries a token of its own, and after reconnecting an append whose outcome was lost
         looks for its token before trying again (``RECONNECT_SECONDS`` at most)."""
+        fields = {
+            "kind": kind,
+            "release": release,
+            "run_id": run_id,
+            "environment": environment,
+            "actor": actor,
+            "details": details,
+            "dag_id": dag_id,
+        }
         token = uuid.uuid4().hex
         deadline = time.monotonic() + self.RECONNECT_SECONDS
         attempt = 0
@@ -174,7 +200,7 @@ class LedgerStore:
                     found = self._find_token(token)
                     if found is not None:
                         return found
-                return self._append_once(kind, release, run_id, environment, actor, details, dag_id, token)
+                return self._append_once(fields, token)
             except LedgerConnectError as exc:  # the server is not back yet
                 if time.monotonic() >= deadline:
                     raise
@@ -234,63 +260,20 @@ class LedgerStore:
 
     tokens = False  # whether the events table has the append-token column (set on connect)
 
-    def _event_after(
-        self,
-        head: tuple[Any, str],
-        kind: str,
-        release: str,
-        run_id: str,
-        environment: str,
-        actor: str,
-        details: dict[str, Any] | None,
-        dag_id: str,
-    ) -> tuple[LedgerEvent, tuple]:
+    @staticmethod
+    def _event_after(head: tuple[Any, str], fields: dict[str, Any]) -> tuple[LedgerEvent, tuple]:
+        """The event that follows ``head``, and its row."""
         seq, prev_hash = head
-        event = new_event(
-            seq=int(seq) + 1,
-            prev_hash=prev_hash,
-            kind=kind,
-            release=release,
-            run_id=run_id,
-            environment=environment,
-            actor=actor,
-            details=details,
-            dag_id=dag_id,
-        )
-        row = (
-            event.seq,
-            event.at,
-            event.release,
-            event.run_id,
-            event.environment,
-            event.kind,
-            event.actor,
-            json.dumps(event.details, sort_keys=True),
-            event.prev_hash,
-            event.hash,
-            event.dag_id,
-        )
-        return event, row
+        event = new_event(seq=int(seq) + 1, prev_hash=prev_hash, **fields)
+        return event, event_row(event)
 
-    def _append_once(
-        self,
-        kind: str,
-        release: str,
-        run_id: str,
-        environment: str,
-        actor: str,
-        details: dict[str, Any] | None,
-        dag_id: str,
-        token: str | None = None,
-    ) -> LedgerEvent:
+    def _append_once(self, fields: dict[str, Any], token: str | None = None) -> LedgerEvent:
         p = self.placeholder
         cursor = self.conn.cursor()
         try:
             self._begin(cursor)
             self._lock_head(cursor)
-            event, row = self._event_after(
-                cursor.fetchone(), kind, release, run_id, environment, actor, details, dag_id
-            )
+            event, row = self._event_after(cursor.fetchone(), fields)
             columns, row = self._with_token(row, token)
             cursor.execute(f"INSERT INTO {TABLE} ({columns}) VALUES ({', '.join([p] * len(row))})", row)
             cursor.execute(f"UPDATE {HEAD} SET seq = {p}, hash = {p} WHERE id = 1", (event.seq, event.hash))
@@ -623,17 +606,7 @@ class PostgresLedgerStore(LedgerStore):
             )
         )
 
-    def _append_once(
-        self,
-        kind: str,
-        release: str,
-        run_id: str,
-        environment: str,
-        actor: str,
-        details: dict[str, Any] | None,
-        dag_id: str,
-        token: str | None = None,
-    ) -> LedgerEvent:
+    def _append_once(self, fields: dict[str, Any], token: str | None = None) -> LedgerEvent:
         """Two round trips while the head is locked: ``BEGIN`` with the locking read, then the
         insert, the head's update and ``COMMIT`` in one message. Appends are serialized on the
         head row, so the time it stays locked is the ledger's throughput (3 trips and a commit
@@ -644,9 +617,7 @@ class PostgresLedgerStore(LedgerStore):
         cursor = conn.cursor()
         try:
             cursor.execute(f"BEGIN; SELECT seq, hash FROM {HEAD} WHERE id = 1 FOR UPDATE")
-            event, row = self._event_after(
-                cursor.fetchone(), kind, release, run_id, environment, actor, details, dag_id
-            )
+            event, row = self._event_after(cursor.fetchone(), fields)
             columns, row = self._with_token(row, token)
             cursor.execute(
                 f"INSERT INTO {TABLE} ({columns}) VALUES ({', '.join(['%s'] * len(row))}); "
