@@ -52,6 +52,7 @@ class StackConfig:
     fleet_port: int = 8799
     db_url: str | None = None
     spec_dirs: list[Path] | None = None
+    dags_folder: Path | None = None  # default: the project's dags/
     calendar_dirs: list[Path] | None = None
     fleet_environments: list[str] = field(
         default_factory=lambda: [
@@ -141,7 +142,7 @@ class DevStack:
             {
                 "AIRFLOW_HOME": str(home),
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                "AIRFLOW__CORE__DAGS_FOLDER": str(cfg.project_root / "dags"),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(cfg.dags_folder or cfg.project_root / "dags"),
                 "AIRFLOW__CORE__PLUGINS_FOLDER": str(cfg.project_root / "plugins"),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",

@@ -894,16 +894,38 @@ def test_a_cleared_deploy_still_knows_what_to_roll_back_to(monkeypatch):
     with running_fleet(seed={"prod": "1.0.0"}, deploy_seconds=0) as (fleet, url):
         monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
         seed_digest = fleet.env("prod")["digest"]
-        with pytest.raises(TaskDeferred):
-            deploy_op().execute(deploy_ctx())
+        first = deploy_op().execute(deploy_ctx())  # a target this fast: done at the first look
+        assert first["version"] == "2.0.0" and first["noop"] is False
         ctx = deploy_ctx()  # a new try: nothing in XCom
-        result = deploy_op().execute(ctx)  # the earlier try's deployment finished meanwhile
+        result = deploy_op().execute(ctx)  # the earlier try's deployment is live
         assert result["noop"] is False, "this run changed prod: its own earlier try deployed it"
         assert (result["previous_version"], result["previous_digest"]) == ("1.0.0", seed_digest)
         before = {"version": "1.0.0", "digest": seed_digest, "noop": False}
         assert ctx["ti"].xcoms[("__self__", PRE_DEPLOY_KEY)] == before, "shown in XCom too"
     [started] = run_events("deploy_started")  # recorded once, by the first try
     assert started.details["before"] == before
+
+
+def test_a_deployment_over_at_the_first_look_is_not_deferred(monkeypatch):
+    """Issue 12 (orchestration overhead): a deploy the target finished at once goes on in the
+    same task process, exactly as the trigger's event would have resumed it (a deploy still
+    running is waited for in the triggerer, never in the worker: the next test)."""
+    deploy_ready()
+    with running_fleet(seed={"prod": "1.0.0"}, deploy_seconds=0) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        result = deploy_op().execute(deploy_ctx())
+        assert (result["version"], result["noop"]) == ("2.0.0", False)
+        assert fleet.env("prod")["version"] == "2.0.0" and len(fleet.deployments) == 1
+    assert [e.details["version"] for e in run_events("deployed")] == ["2.0.0"]
+
+
+def test_a_deployment_still_running_at_the_first_look_is_waited_for_in_the_triggerer(monkeypatch):
+    deploy_ready()
+    with running_fleet(seed={"prod": "1.0.0"}, deploy_seconds=30) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        with pytest.raises(TaskDeferred):
+            deploy_op().execute(deploy_ctx())
+        assert fleet.env("prod")["version"] == "1.0.0"
 
 
 def test_a_retried_deploy_reattaches_to_its_running_deployment(monkeypatch):

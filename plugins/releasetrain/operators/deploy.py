@@ -15,7 +15,7 @@ from releasetrain.core.request import ReleaseRequest
 from releasetrain.core.vocabulary import ASSESS_RISK, Event
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
 from releasetrain.operators._common import enforce, record, release_request, run_ledger
-from releasetrain.triggers.deployment import DeploymentCompletionTrigger
+from releasetrain.triggers.deployment import TERMINAL_STATES, DeploymentCompletionTrigger, completion_event
 
 PRE_DEPLOY_KEY = "pre_deploy"
 
@@ -42,7 +42,21 @@ class DeployTargetCalls:
         except DeployTargetError as exc:
             raise AirflowException(f"{self.call_prefix}{self.environment}: {exc}") from None
 
-    def _wait(self, deployment_id: str, method_name: str = "execute_complete") -> None:
+    def _wait(
+        self, context: Any, hook: DeployTargetHook, deployment_id: str, method_name: str = "execute_complete"
+    ) -> Any:
+        """Wait for a deployment to end, in the triggerer. A target that has already finished
+        it (a fast deploy) says so at a first look, one request right after the start, and the
+        task goes on at once: no deferral round trip (task exit, trigger, a new task process)
+        for a wait that is over. Returns what ``method_name`` returns in that case."""
+        try:
+            deployment = hook.get_deployment(deployment_id)
+        except DeployTargetError:
+            deployment = {}  # the trigger asks again, with its error budget
+        state = str(deployment.get("state", ""))
+        if state in TERMINAL_STATES:
+            event = completion_event(deployment_id, state, str(deployment.get("message", "")), deployment)
+            return getattr(self, method_name)(context, event)
         self.defer(  # type: ignore[attr-defined]
             trigger=DeploymentCompletionTrigger(
                 deploy_target_conn_id=self.deploy_target_conn_id,
@@ -177,7 +191,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
                 self.environment,
                 running["deployment_id"],
             )
-            self._wait(str(running["deployment_id"]))
+            return self._wait(context, hook, str(running["deployment_id"]))
         if already_live:
             self.log.info(
                 "%s already runs %s %s (%s): nothing to deploy", self.environment, self.release, version, digest
@@ -214,7 +228,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
                 noop=bool(started.get("noop")),
                 context=context,
             )
-        self._wait(str(started["deployment_id"]))
+        return self._wait(context, hook, str(started["deployment_id"]))
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         version = release_request(context, self.release).version

@@ -102,7 +102,7 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         if running.get("deployment_id") and running.get("run_id") == context["run_id"]:
             # aborted while this run's deployment was still going: let it finish, then roll back
             self.log.warning("%s: waiting for deployment %s to end first", self.environment, running["deployment_id"])
-            self._wait(str(running["deployment_id"]), "execute_after_deployment")
+            return self._wait(context, hook, str(running["deployment_id"]), "execute_after_deployment")
         version = self._failed_version(context, live)
         idle = live.get("idle") or {}
         same_live = live.get("version") == before["version"] and live.get("digest") == before.get("digest")
@@ -130,7 +130,7 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         )
         if started.get("state") == "succeeded":
             return self._after_rollback(context, before, self._verify(hook, before, context))
-        self._wait(str(started["deployment_id"]), "execute_complete")
+        return self._wait(context, hook, str(started["deployment_id"]), "execute_complete")
 
     def _still_ours(
         self, context: Any, live: dict[str, Any], before: dict[str, Any], version: str | None, same_live: bool

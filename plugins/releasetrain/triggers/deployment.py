@@ -74,13 +74,7 @@ class DeploymentCompletionTrigger(BaseTrigger):
         )
 
     def _event(self, state: str, message: str, deployment: dict[str, Any] | None = None) -> TriggerEvent:
-        payload: DeploymentEvent = {
-            "state": state,
-            "deployment_id": self.deployment_id,
-            "message": message,
-            "deployment": deployment or {},
-        }
-        return TriggerEvent(payload)
+        return TriggerEvent(completion_event(self.deployment_id, state, message, deployment))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = DeployTargetHook(self.deploy_target_conn_id)
@@ -105,3 +99,11 @@ class DeploymentCompletionTrigger(BaseTrigger):
                 yield self._event("timeout", f"deployment did not finish within {self.timeout_seconds:.0f} seconds")
                 return
             await asyncio.sleep(self.poll_interval)
+
+
+def completion_event(
+    deployment_id: str, state: str, message: str, deployment: dict[str, Any] | None = None
+) -> DeploymentEvent:
+    """What the trigger hands the task when a deployment ends (also built by a task that
+    found the deployment already ended, so both paths resume the same way)."""
+    return {"state": state, "deployment_id": deployment_id, "message": message, "deployment": deployment or {}}
