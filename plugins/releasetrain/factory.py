@@ -754,11 +754,16 @@ def spec_dirs(project_root: Path) -> list[Path]:
     return [project_root / "include" / "releases"]
 
 
-def load_release_specs(directories: Iterable[Path], *, project_root: Path) -> tuple[list[ReleaseSpec], list[str]]:
-    """Every valid spec in the folders, and one message per broken or duplicate spec."""
+def load_release_specs(
+    directories: Iterable[Path], *, project_root: Path, only: str | None = None
+) -> tuple[list[ReleaseSpec], list[str]]:
+    """Every valid spec in the folders, and one message per broken or duplicate spec; with
+    ``only``, just the files of that release (a spec's file is named after its release)."""
     specs: list[ReleaseSpec] = []
     errors: list[str] = []
     for path in discover_specs(directories):
+        if only is not None and path.stem != only:
+            continue
         try:
             spec = load_spec(path, display_root=project_root)
         except ReleaseSpecError as exc:
@@ -791,9 +796,22 @@ def _build_all(
 def load_release_dags(directories: Iterable[Path], *, project_root: Path) -> dict[str, DAG]:
     """One DAG per valid spec. Broken specs are skipped here and reported by
     :func:`raise_spec_errors` from a DAG file of their own: Airflow marks every DAG of a
-    file with an import error stale, so reporting them here would take all releases down."""
-    specs, _ = load_release_specs(directories, project_root=project_root)
+    file with an import error stale, so reporting them here would take all releases down.
+
+    A task's process parses the DAG file only to find its own DAG; Airflow says which in the
+    parsing context, and then only that release's spec is read and built (a task starts in
+    the same time with 1 spec or 1,000; the DAG processor still builds them all)."""
+    only = _parsing_release()
+    specs, _ = load_release_specs(directories, project_root=project_root, only=only)
     return _build_all(specs, project_root)[0]
+
+
+def _parsing_release() -> str | None:
+    """The release whose DAG a task's process is parsing for, None when parsing them all."""
+    from airflow.sdk import get_parsing_context
+
+    dag_id = get_parsing_context().dag_id
+    return v.release_of_dag(dag_id) if dag_id else None
 
 
 def raise_spec_errors(directories: Iterable[Path], *, project_root: Path) -> None:

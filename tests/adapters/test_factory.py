@@ -133,6 +133,43 @@ def test_broken_spec_is_an_import_error_of_its_own_file_and_others_still_load(tm
     assert "broken.yaml: environments[1].deploy_targt: unknown field" in message
 
 
+def test_a_tasks_parse_builds_only_its_own_release(tmp_path: Path, monkeypatch):
+    """Issue 12: a task's process parses the DAG file for its own DAG only (Airflow's parsing
+    context names it); reading and building every other spec made each task start cost
+    O(specs). The rollback DAG's tasks find their DAG the same way."""
+    from airflow.sdk.definitions.context import _AIRFLOW_PARSING_CONTEXT_DAG_ID as PARSING_DAG_ID
+
+    from releasetrain.factory import load_release_dags
+
+    specs = tmp_path / "releases"
+    specs.mkdir()
+    for name in ("storefront", "checkout", "payments"):
+        shutil.copy(PROJECT_ROOT / "include" / "releases" / f"{name}.yaml", specs)
+    read: list[str] = []
+    real = load_spec
+
+    def counting(path, **kwargs):
+        read.append(Path(path).stem)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr("releasetrain.factory.load_spec", counting)
+    everything = load_release_dags([specs], project_root=PROJECT_ROOT)
+    assert set(everything) == {
+        f"{k}_{n}" for k in ("release", "rollback") for n in ("storefront", "checkout", "payments")
+    }
+    for dag_id in ("release_checkout", "rollback_checkout"):
+        read.clear()
+        monkeypatch.setenv(PARSING_DAG_ID, dag_id)  # as the task runner sets it (its context manager)
+        mine = load_release_dags([specs], project_root=PROJECT_ROOT)
+        assert read == ["checkout"] and set(mine) == {"release_checkout", "rollback_checkout"}
+        assert [t.task_id for t in mine[dag_id].tasks] == [t.task_id for t in everything[dag_id].tasks]
+    # a DAG of another file (the hand-written billing DAG) is not ours: everything is built
+    read.clear()
+    monkeypatch.setenv(PARSING_DAG_ID, "billing_nightly")
+    assert set(load_release_dags([specs], project_root=PROJECT_ROOT)) == set(everything)
+    assert sorted(read) == ["checkout", "payments", "storefront"]
+
+
 def test_parsing_does_no_io(monkeypatch):
     """Building DAGs must not touch the network or connections (they are parsed every few seconds)."""
     import socket
