@@ -34,7 +34,8 @@ test: $(STAMP)
 test-distributed: $(STAMP)
 	$(BIN)/python -m pytest -m distributed
 
-## make test-faults: the fault tests on the distributed stack (workers, schedulers killed; target errors)
+## make test-faults: the fault tests on the distributed stack (workers, schedulers killed; target errors),
+## and the benchmarks that start stacks of their own, once at a tiny size
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -m faults
 
@@ -47,8 +48,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_windows.py
 	$(BIN)/python benchmarks/bench_ledger.py
 	$(BIN)/python benchmarks/bench_waiting.py
+	$(BIN)/python benchmarks/bench_overhead.py
+	$(BIN)/python benchmarks/bench_distributed.py
 	bash scripts/ensure-prometheus.sh
 	$(BIN)/python benchmarks/bench_rollback.py
+	$(BIN)/python benchmarks/bench_rollback.py --distributed
 
 lint: $(STAMP)
 	$(BIN)/ruff check plugins tests dags include benchmarks

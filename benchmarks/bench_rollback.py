@@ -416,6 +416,33 @@ def table(rows: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _distributed_settings() -> dict[str, Any]:
+    """The distributed shape (as the end-to-end tests run it), on databases of its own."""
+    from tests.pg import admin
+
+    name = f"releasetrain_bench_{int(time.time() * 1000) % 10**10}"
+    admin(f"CREATE DATABASE {name}")
+    admin(f"CREATE DATABASE {name}_ledger")
+    return {
+        "name": name,
+        "db_url": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}",
+        "ledger_conn": {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres",
+                        "schema": f"{name}_ledger"},
+        "executor": "celery",
+        "schedulers": 2,
+        "triggerers": 2,
+        "workers": 2,
+        "worker_concurrency": 4,
+    }  # fmt: skip
+
+
+def _drop(name: str) -> None:
+    from tests.pg import admin
+
+    admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin(f"DROP DATABASE IF EXISTS {name}_ledger WITH (FORCE)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--intervals", type=int, nargs="+", default=[5, 30], help="analysis intervals (s)")
@@ -426,6 +453,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--traffic", type=float, default=20.0, help="synthetic requests/s per environment")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     parser.add_argument("--keep", action="store_true", help="keep the stack's home (logs) for inspection")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="on the distributed stack: PostgreSQL, CeleryExecutor on Redis, 2 workers, 2 schedulers, 2 triggerers",
+    )
     args = parser.parse_args(argv)
     repeats = args.repeat * len(args.intervals) if len(args.repeat) == 1 else args.repeat
     if len(repeats) != len(args.intervals):
@@ -445,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         (specs / f"bench{interval}.yaml").write_text(yaml.safe_dump(release_spec(interval, args.count)))
     fleet_port = _free_port()
     stack = None
+    database = _distributed_settings() if args.distributed else {}
     rows: list[dict[str, Any]] = []
     started = time.time()
     try:
@@ -460,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
                 fleet_deploy_seconds=1.0,
                 fleet_traffic=args.traffic,
                 connections={"prometheus_bench": {"conn_type": "http", "host": prom}},
+                **{k: v for k, v in database.items() if k != "name"},
             )
             stack = DevStack(config)
             print(f"starting the stack in {config.home} ...", file=sys.stderr, flush=True)
@@ -499,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if stack is not None:
             stack.stop()
+        if database:
+            _drop(database["name"])
         if args.keep:
             print(f"kept {home}", file=sys.stderr)
         else:
@@ -508,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         "rollback_latency": summaries,
         "runs": rows,
         "setup": {
-            "database": "sqlite",
+            "database": "postgresql" if args.distributed else "sqlite",
+            "executor": "celery (2 workers, 2 schedulers, 2 triggerers)" if args.distributed else "local",
             "traffic_rps": args.traffic,
             "canary_weight": 10,
             "prometheus_scrape_s": 1,
