@@ -184,14 +184,32 @@ class Probe:
                 continue
         return cpu, rss
 
-    def state_requests(self) -> int:
+    def api_log_size(self) -> int:
         log = self.stack.logs / "api-server.log"
-        return log.read_text(errors="replace").count(STATES_PATH) if log.exists() else 0
+        return log.stat().st_size if log.exists() else 0
+
+    def api_requests_since(self, offset: int) -> dict[str, int]:
+        """Requests to Airflow's API server since ``offset`` of its access log, per path
+        (ids folded), e.g. the task-state asks of our watches and HITL's own polling."""
+        import re
+
+        log = self.stack.logs / "api-server.log"
+        if not log.exists():
+            return {}
+        with log.open("rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode(errors="replace")
+        counts: dict[str, int] = {}
+        for path in re.findall(r"path=(\S+)", text):
+            key = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "{id}", path.split("?")[0])
+            key = re.sub(r"/(release_|manual__)[^/]+", "/{run}", key)
+            counts[key] = counts.get(key, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:8])
 
 
 def _usage_over(probe: Probe, seconds: float, sample: float = 2.0) -> dict[str, Any]:
     cpu0, _ = probe.triggerer_usage()
-    req0, t0 = probe.state_requests(), time.monotonic()
+    offset, t0 = probe.api_log_size(), time.monotonic()
     held, rss = [], []
     while time.monotonic() - t0 < seconds:
         held.append(probe.held())
@@ -199,6 +217,7 @@ def _usage_over(probe: Probe, seconds: float, sample: float = 2.0) -> dict[str, 
         time.sleep(sample)
     cpu1, _ = probe.triggerer_usage()
     span = time.monotonic() - t0
+    requests = probe.api_requests_since(offset)
     return {
         "seconds": round(span, 1),
         "held_max": max(held),
@@ -206,7 +225,8 @@ def _usage_over(probe: Probe, seconds: float, sample: float = 2.0) -> dict[str, 
         "triggers": probe.triggers(),
         "cpu_s_per_s": (cpu1 - cpu0) / span,
         "rss_bytes": sum(rss) / len(rss),
-        "state_requests_per_s": (probe.state_requests() - req0) / span,
+        "api_requests_per_s": {k: round(n / span, 3) for k, n in requests.items()},
+        "state_requests_per_s": requests.get(STATES_PATH, 0) / span,
     }
 
 
