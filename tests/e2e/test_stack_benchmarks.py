@@ -36,7 +36,7 @@ def test_the_overhead_benchmark_runs_at_a_tiny_size_on_both_executors(monkeypatc
 
 def test_the_waiting_releases_benchmark_runs_at_a_tiny_size(monkeypatch):
     bench = _load("bench_distributed", monkeypatch)
-    report = bench.bench(1, interval=5, ramp=40, steady=10, lead=120)
+    report = bench.bench(1, interval=5, ramp=90, steady=10, lead=120)
     assert report["all_waiting"], report
     # waiting in an approval, a window and an analysis holds no worker slot
     assert report["steady"]["held_max"] == 0, report["steady"]
