@@ -310,3 +310,22 @@ def test_a_scheduled_dag_whose_form_cannot_resolve_is_refused(monkeypatch):
     for _ in range(2):  # the remembered answer refuses too
         with pytest.raises(ValueError, match="not allowed to define a Schedule.*ticket"):
             build_release_dag(spec, project_root=PROJECT_ROOT, auto_register=False)
+
+
+def test_the_factory_renders_the_golden_graphs():
+    """Issue 13: the factory plans before it builds; for every spec in the repository it
+    still renders exactly the graphs it rendered before (tasks, classes, arguments, trigger
+    rules, pools, edges, params, doc, schedule). After an intended change of a graph:
+    ``python -m tests.graphs --update`` and review the diff of the golden file."""
+    import json
+
+    from tests.graphs import GOLDEN, current
+
+    golden = json.loads(GOLDEN.read_text())
+    now = current()
+    assert sorted(now) == sorted(golden)
+    for key, graph in golden.items():
+        assert sorted(now[key]["tasks"]) == sorted(graph["tasks"]), key
+        for task_id, task in graph["tasks"].items():
+            assert now[key]["tasks"][task_id] == task, f"{key}: {task_id}"
+        assert now[key] == graph, key
