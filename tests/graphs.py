@@ -74,10 +74,8 @@ def spec_files() -> list[Path]:
 
 def current() -> dict[str, Any]:
     """Fingerprints of the release and rollback DAG of every spec the golden file covers."""
-    from releasetrain.core.spec import load_spec
+    from releasetrain.core.spec import CALENDAR_DIRS_ENV, load_spec
     from releasetrain.factory import build_release_dag, build_rollback_dag
-
-    from releasetrain.core.spec import CALENDAR_DIRS_ENV
 
     graphs = {}
     saved = os.environ.get(CALENDAR_DIRS_ENV)

@@ -1,18 +1,11 @@
-"""The DAG factory: a validated :class:`ReleaseSpec` becomes one Airflow DAG.
+"""The DAG factory: a validated :class:`ReleaseSpec` becomes its release and rollback DAGs.
 
-Graph of a release with environments dev, staging and prod (prod needs approval)::
-
-    prepare >> package >> dev.verify >> dev.deploy >> dev.smoke
-        >> staging.verify >> staging.deploy >> staging.smoke
-        >> prod.approve >> [prod.window] >> prod.verify >> prod.deploy >> prod.smoke >> prod.health
-        >> [post_implementation_review] >> release_complete
-    <env>.rollback  (one_failed on <env>.deploy / smoke / health)
-
-``<env>.window`` exists for environments with a calendar, ``post_implementation_review``
-for releases with calendars (it skips unless the run is an emergency).
-``release_complete`` is the leaf that decides the run's state: any failed gate leaves it
-``upstream_failed``, so a release that was rolled back or rejected ends ``failed``.
-Building a DAG does no network I/O (spec and calendar files only): parsing stays cheap.
+What the DAGs are made of is decided by the pure stage plan (:mod:`releasetrain.core.plan`:
+task ids, kinds, arguments, trigger rules, edges); this module reads what a plan needs from
+the deployment (shared calendars, groups, journey files), gives the DAG its own fields
+(schedule, trigger form, documentation) and renders the plan into operators
+(:func:`render`). Building a DAG does no network I/O (spec and calendar files only):
+parsing stays cheap.
 """
 
 from __future__ import annotations
@@ -29,17 +22,16 @@ from airflow.sdk.definitions.param import ParamsDict
 from airflow.sdk.exceptions import ParamValidationError
 
 from releasetrain.core import vocabulary as v
-from releasetrain.core.risk import HIGH_RISK_QUORUM, SECURITY_REVIEW
+from releasetrain.core.plan import Plan, PlanContext, analysis_journeys, journey_files, plan_release, plan_rollback
 from releasetrain.core.spec import (
     CalendarLibrary,
     ReleaseSpec,
     ReleaseSpecError,
-    approval_pool,
-    check_groups,
     discover_specs,
     load_spec,
 )
 from releasetrain.core.versioning import SEMVER_PATTERN
+from releasetrain.core.vocabulary import Kind, Rule
 from releasetrain.core.windows import CalendarError
 from releasetrain.operators.approval import ReleaseApprovalOperator
 from releasetrain.operators.checks import HealthVerificationOperator, SmokeCheckOperator
@@ -220,6 +212,16 @@ def build_release_dag(
             calendars.resolve(spec.calendar_layers(None)).to_dict(),
             min_duration_minutes=spec.environments[0].expected_duration_minutes,
         )
+    _check_journeys(spec, project_root)
+    plan = plan_release(
+        spec,
+        PlanContext(
+            project_root=str(project_root),
+            calendar_dirs=[str(d) for d in calendars.directories],
+            groups=calendars.groups(),
+            signing_conn_id=signing_conn_id,
+        ),
+    )
     with DAG(
         dag_id=spec.dag_id,
         dag_display_name=f"Release {spec.name}",
@@ -232,74 +234,8 @@ def build_release_dag(
         doc_md=release_doc_md(spec, calendars),
         default_args={"owner": spec.owner_team, "retries": 0},
         auto_register=auto_register,
-    ) as dag:
-        request = ReleaseRequestOperator(task_id=v.PREPARE, release=spec.name, planned_version=spec.version)
-        package = BundlePackageOperator(
-            task_id=v.PACKAGE,
-            release=spec.name,
-            components=[c.model_dump(mode="json") for c in spec.components],
-            project_root=str(project_root),
-            artifact_store=spec.artifact_store,
-            signing_conn_id=signing_conn_id,
-        )
-        groups = calendars.groups()
-        check_groups(spec, f"release {spec.name}", groups)  # also for specs built in Python
-        risk = RiskAssessmentOperator(
-            task_id=v.ASSESS_RISK,
-            release=spec.name,
-            environments=[env.name for env in spec.environments],
-            production=spec.production_environments,
-            components=len(spec.components),
-            schema_migration=any(c.schema_migration for c in spec.components),
-            rollback_plan=spec.rollback_plan,
-            backout_minutes=spec.backout_minutes,
-            declared_gates={
-                env.name: {"quorum": env.approval.quorum, "reviews": list(env.approval.reviews)}
-                for env in spec.environments
-                if env.approval.required
-            },
-            available_reviews={env.name: _review_groups(spec, env, groups) for env in spec.environments},
-            change_backend=spec.change.backend,
-            change_conn_id=spec.change.conn_id,
-            change_type=spec.change.type,
-            planned_minutes=spec.planned_duration_minutes,
-        )
-        request >> risk >> package
-        upstream: Any = package
-        gates: list[str] = []
-        windows: list[str] = []
-        for env in spec.environments:
-            upstream = _environment_stage(spec, env.name, upstream, gates, signing_conn_id, calendars, windows, groups)
-        # With a post-implementation review (skipped for normal runs), the leaf must run
-        # when the review was skipped, and still fail when anything before it failed.
-        complete = ReleaseCompleteOperator(
-            task_id=v.RELEASE_COMPLETE,
-            release=spec.name,
-            gate_task_ids=list(gates),
-            environments=[env.name for env in spec.environments],
-            trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS if spec.has_calendar else TriggerRule.ALL_SUCCESS,
-            review_task_id=v.POST_IMPLEMENTATION_REVIEW if spec.has_calendar else None,
-            closure_task_id=v.CLOSURE if spec.closure else None,
-        )
-        before_closure: Any = upstream
-        if spec.has_calendar:
-            review = PostImplementationReviewOperator(
-                task_id=v.POST_IMPLEMENTATION_REVIEW,
-                release=spec.name,
-                reviewers=spec.review_users,
-                gate_task_ids=windows,
-            )
-            upstream >> review >> complete
-            before_closure = [upstream, review]
-        if spec.closure:
-            closure = ReleaseClosureOperator(
-                task_id=v.CLOSURE,
-                release=spec.name,
-                people=spec.review_users,
-                trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
-            )
-            before_closure >> closure >> complete
-        upstream >> complete
+    ) as dag:  # the with block registers the DAG in the DAG file (auto_register)
+        render(plan, dag)
     _give_people(dag, calendars.people())
     _give_params(dag, release_params(spec))
     return dag
@@ -406,345 +342,76 @@ def build_rollback_dag(spec: ReleaseSpec, *, auto_register: bool = True, project
         doc_md=doc,
         default_args={"owner": spec.owner_team, "retries": 0},
         auto_register=auto_register,
-    ) as dag:
-        plan = ManualRollbackPlanOperator(
-            task_id=v.ROLLBACK_PLAN,
-            release=spec.name,
-            targets={env.name: env.deploy_target for env in spec.environments},
-            change_backend=spec.change.backend,
-            change_conn_id=spec.change.conn_id,
-        )
-        first: Any = plan
-        if spec.rollback_approvers:
-            first = RollbackApprovalOperator(
-                task_id=v.ROLLBACK_APPROVAL, release=spec.name, approvers=list(spec.rollback_approvers)
-            )
-            plan >> first
-        review = RollbackReviewOperator(
-            task_id=v.ROLLBACK_REVIEW,
-            release=spec.name,
-            reviewers=spec.review_users,
-            trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
-        )
-        for env in spec.environments:
-            (
-                first
-                >> ManualRollbackOperator(
-                    task_id=v.manual_rollback_task(env.name),
-                    approval_task_id=v.ROLLBACK_APPROVAL if spec.rollback_approvers else None,
-                    release=spec.name,
-                    environment=env.name,
-                    deploy_target_conn_id=env.deploy_target,
-                    deploy_timeout_seconds=env.deploy_timeout_seconds,
-                    poll_interval=env.poll_interval_seconds,
-                    pool=target_pool(env.deploy_target),
-                    notifications=[n.model_dump(mode="json") for n in spec.notifications],
-                    artifact_store=spec.artifact_store,
-                )
-                >> review
-            )
+    ) as dag:  # the with block registers the DAG in the DAG file (auto_register)
+        render(plan_rollback(spec), dag)
     _give_people(dag, CalendarLibrary(Path(project_root)).people() if project_root else {})
     _give_params(dag, params)
     return dag
 
 
-def _review_groups(spec: ReleaseSpec, env: Any, groups: dict[str, list[str]]) -> list[str]:
-    """Readiness-review tasks of an environment: the spec's, plus security on production (for high risk)."""
-    if not env.approval.required:
-        return []
-    reviews = list(env.approval.reviews)
-    if env.name in spec.production_environments and SECURITY_REVIEW in groups and SECURITY_REVIEW not in reviews:
-        reviews.append(SECURITY_REVIEW)
-    return reviews
+OPERATORS: dict[Kind, type] = {
+    Kind.REQUEST: ReleaseRequestOperator,
+    Kind.RISK: RiskAssessmentOperator,
+    Kind.PACKAGE: BundlePackageOperator,
+    Kind.VERIFY: BundleVerifyOperator,
+    Kind.APPROVAL: ReleaseApprovalOperator,
+    Kind.WINDOW: ReleaseWindowSensor,
+    Kind.LOCK: TargetLockOperator,
+    Kind.DEPLOY: EnvironmentDeployOperator,
+    Kind.ANALYSIS: TrafficAnalysisOperator,
+    Kind.DECISION: AnalysisDecisionOperator,
+    Kind.PROMOTE: PromoteOperator,
+    Kind.SMOKE: SmokeCheckOperator,
+    Kind.HEALTH: HealthVerificationOperator,
+    Kind.PASSED: EnvironmentPassedOperator,
+    Kind.ABORT: RolloutAbortOperator,
+    Kind.ROLLBACK: RollbackOperator,
+    Kind.UNLOCK: TargetUnlockOperator,
+    Kind.REVIEW: PostImplementationReviewOperator,
+    Kind.CLOSURE: ReleaseClosureOperator,
+    Kind.COMPLETE: ReleaseCompleteOperator,
+    Kind.ROLLBACK_PLAN: ManualRollbackPlanOperator,
+    Kind.ROLLBACK_APPROVAL: RollbackApprovalOperator,
+    Kind.MANUAL_ROLLBACK: ManualRollbackOperator,
+    Kind.ROLLBACK_REVIEW: RollbackReviewOperator,
+}
 
 
-def _environment_stage(
-    spec: ReleaseSpec,
-    name: str,
-    upstream: Any,
-    gates: list[str],
-    signing_conn_id: str,
-    calendars: CalendarLibrary,
-    windows: list[str],
-    groups: dict[str, list[str]],
-) -> Any:
-    env = spec.environment(name)
-    previous = spec.previous_environment(name)
-    with TaskGroup(group_id=name, tooltip=f"Deploy {spec.name} to {name}"):
-        verify = BundleVerifyOperator(
-            task_id=v.VERIFY,
-            release=spec.name,
-            environment=name,
-            artifact_store=spec.artifact_store,
-            signing_conn_id=signing_conn_id,
+def render(plan: Plan, dag: DAG) -> dict[str, Any]:
+    """Operators for a plan's steps, in their task groups, connected by its edges."""
+    groups = {gid: TaskGroup(group_id=gid, tooltip=tip, dag=dag) for gid, tip in plan.groups.items()}
+    tasks: dict[str, Any] = {}
+    for step in plan.steps.values():
+        extra = {} if step.trigger_rule == Rule.ALL_SUCCESS else {"trigger_rule": TriggerRule(step.trigger_rule)}
+        tasks[step.task_id] = OPERATORS[step.kind](
+            task_id=step.local_id,
+            dag=dag,
+            task_group=groups[step.group] if step.group else None,
+            **step.args,
+            **extra,
         )
-        first: Any = verify
-        approval_task_ids: list[str] = []
-        approvals: list[Any] = []
-        window_task_id = None
-        pool = approval_pool(env, groups)
-        production = name in spec.production_environments
-        if env.approval.required:
-            slots = max(env.approval.quorum, HIGH_RISK_QUORUM if production else 1)
-            review_groups = _review_groups(spec, env, groups)
-            ids = [v.approval_slot(i) for i in range(1, slots + 1)] + [v.review_task(g) for g in review_groups]
-            full_ids = [f"{name}.{task_id}" for task_id in ids]
-            common = dict(
-                release=spec.name,
-                environment=name,
-                quorum=env.approval.quorum,
-                reviews=list(env.approval.reviews),
-                sibling_task_ids=full_ids,
-                passed_task_ids=list(gates),
-                timeout_hours=env.approval.timeout_hours,
-            )
-            previous_slot = None
-            for i in range(1, slots + 1):
-                slot = ReleaseApprovalOperator(
-                    task_id=v.approval_slot(i),
-                    approvers=pool,
-                    slot=i,
-                    trigger_rule=TriggerRule.NONE_FAILED if i > 1 else TriggerRule.ALL_SUCCESS,
-                    **common,
-                )
-                if previous_slot is not None:
-                    previous_slot >> slot
-                previous_slot = slot
-                approvals.append(slot)
-            last_slot = previous_slot
-            reviews = [
-                ReleaseApprovalOperator(
-                    task_id=v.review_task(group), approvers=groups[group], slot=None, review_group=group, **common
-                )
-                for group in review_groups
+    for upstream, downstream in plan.edges:
+        tasks[upstream] >> tasks[downstream]
+    return tasks
+
+
+def _check_journeys(spec: ReleaseSpec, project_root: Path) -> None:
+    """Every journey a spec names has its file (``include/journeys/<name>.yaml``)."""
+    for env in spec.environments:
+        for names in (env.journeys, analysis_journeys(env)):
+            missing = [
+                name for name, path in journey_files(str(project_root), names).items() if not Path(path).is_file()
             ]
-            approvals += reviews
-            approval_task_ids = full_ids
-            first = [approvals[0], *reviews]
-            gate_done: Any = [last_slot, *reviews]
-        layers = spec.calendar_layers(name)
-        if layers:
-            window = ReleaseWindowSensor(
-                task_id=v.WINDOW,
-                release=spec.name,
-                environment=name,
-                layers=[layer.model_dump(mode="json") for layer in layers],
-                calendar_dirs=[str(d) for d in calendars.directories],
-                project_root=str(calendars.project_root),
-                expected_duration_minutes=env.expected_duration_minutes,
-            )
-            windows.append(window.task_id)
-            window_task_id = window.task_id
-            if approval_task_ids:
-                window.trigger_rule = TriggerRule.NONE_FAILED
-                gate_done >> window
-            else:
-                first = window
-            window >> verify
-        elif approval_task_ids:
-            verify.trigger_rule = TriggerRule.NONE_FAILED
-            gate_done >> verify
-        strategy = env.strategy
-        deploy = EnvironmentDeployOperator(
-            task_id=v.DEPLOY,
-            slot="idle" if strategy.progressive else None,
-            release=spec.name,
-            environment=name,
-            deploy_target_conn_id=env.deploy_target,
-            verify_task_id=verify.task_id,
-            previous_environment=previous.name if previous else None,
-            promotion_gate_task_id=gates[-1] if previous else None,
-            approval_task_ids=approval_task_ids,
-            approvers=pool if approval_task_ids else None,
-            review_members={g: groups[g] for g in _review_groups(spec, env, groups)},
-            quorum=env.approval.quorum,
-            reviews=list(env.approval.reviews),
-            owners=groups[env.owner] if env.owner else None,
-            production=production,
-            window_task_id=window_task_id,
-            deploy_timeout_seconds=env.deploy_timeout_seconds,
-            poll_interval=env.poll_interval_seconds,
-            pool=target_pool(env.deploy_target),
-            locked=True,
-        )
-        lock = TargetLockOperator(task_id=v.LOCK, release=spec.name, environment=name, target=env.deploy_target)
-        smoke = SmokeCheckOperator(
-            task_id=v.SMOKE,
-            release=spec.name,
-            environment=name,
-            deploy_task_id=deploy.task_id,
-            http_conn_id=env.deploy_target,
-            checks=[c.model_dump(mode="json") for c in env.smoke_checks],
-            journeys=_journey_files(spec, env, env.journeys, calendars.project_root),
-        )
-        watched: list[Any] = [deploy, smoke]
-        owners = groups[env.owner] if env.owner else []
-        deciders = pool or owners or spec.review_users
-        # by default on production rollouts that take time (steps, analyses): a rolling deploy is over in seconds
-        long_rollout = strategy.progressive or strategy.watch is not None
-        abort_enabled = strategy.abort if strategy.abort is not None else (production and long_rollout)
-        abort_task_id = v.env_task(name, v.ABORT) if abort_enabled else None
-        analyses: list[str] = []  # full ids of the stage's analyses, in order
-        journeys = _journeys(spec, env, calendars.project_root)
-        common = dict(
-            release=spec.name,
-            environment=name,
-            deploy_target_conn_id=env.deploy_target,
-            deploy_task_id=deploy.task_id,
-            journey=journeys,
-            abort_task_id=abort_task_id,
-            locked=True,
-        )
-
-        def analysed(task_id: str, analysis: Any, stage: str, weight: int | None, route: str) -> tuple[Any, Any]:
-            check = TrafficAnalysisOperator(
-                task_id=task_id,
-                analysis=analysis.model_dump(mode="json"),
-                stage=stage,
-                weight=weight,
-                route=route,
-                prior_task_ids=list(analyses),
-                trigger_rule=TriggerRule.NONE_FAILED,
-                **common,
-            )
-            analyses.append(v.env_task(name, task_id))
-            decide = AnalysisDecisionOperator(
-                task_id=v.decide_task(task_id),
-                release=spec.name,
-                environment=name,
-                analysis_task_id=check.task_id,
-                deciders=deciders,
-                timeout_hours=strategy.decision_timeout_hours,
-            )
-            check >> decide
-            watched.extend([check, decide])
-            return check, decide
-
-        verify >> lock >> deploy
-        tail: Any = deploy
-        if strategy.progressive:
-            if strategy.kind == "canary":
-                for weight in strategy.weights:
-                    check, decide = analysed(
-                        v.canary_task(weight), strategy.analysis, f"canary {weight}%", weight, "app"
-                    )
-                    tail >> check
-                    tail = decide
-            else:
-                check, decide = analysed(v.ANALYSIS, strategy.analysis, "pre-promotion", None, "preview")
-                tail >> check
-                tail = decide
-            promote = PromoteOperator(
-                task_id=v.PROMOTE,
-                release=spec.name,
-                environment=name,
-                deploy_target_conn_id=env.deploy_target,
-                abort_task_id=abort_task_id,
-                analysis_task_ids=list(analyses),
-                locked=True,
-                trigger_rule=TriggerRule.NONE_FAILED,
-            )
-            watched.append(promote)
-            tail >> promote
-            tail = promote
-        tail >> smoke
-        last: Any = smoke
-        if env.health_checks:
-            health = HealthVerificationOperator(
-                task_id=v.HEALTH,
-                release=spec.name,
-                environment=name,
-                deploy_task_id=deploy.task_id,
-                http_conn_id=env.deploy_target,
-                health=env.health_checks.model_dump(mode="json"),
-            )
-            smoke >> health
-            last = health
-            watched.append(health)
-        watch = strategy.watch or (strategy.analysis if strategy.kind == "blue_green" else None)
-        if watch is not None:
-            stage = "post-promotion" if strategy.progressive else "post-deploy"
-            check, decide = analysed(v.WATCH, watch, stage, None, "app")
-            last >> check
-            last = decide
-        proofs = [verify.task_id, deploy.task_id, *analyses[: len(analyses) - (watch is not None)]]
-        proofs += [promote.task_id] if strategy.progressive else []
-        proofs += [smoke.task_id] + ([v.env_task(name, v.HEALTH)] if env.health_checks else [])
-        proofs += analyses[len(analyses) - 1 :] if watch is not None else []
-        passed = EnvironmentPassedOperator(
-            task_id=v.PASSED,
-            release=spec.name,
-            environment=name,
-            proof_task_ids=proofs,
-            trigger_rule=TriggerRule.NONE_FAILED,
-        )
-        last >> passed
-        last = passed
-        if abort_task_id:
-            abort = RolloutAbortOperator(
-                task_id=v.ABORT,
-                release=spec.name,
-                environment=name,
-                people=sorted(set(pool) | set(owners) | set(spec.review_users)),
-                phase_task_ids=[last.task_id],
-            )
-            verify >> abort
-            watched.append(abort)
-        rollback = RollbackOperator(
-            task_id=v.ROLLBACK,
-            release=spec.name,
-            environment=name,
-            deploy_target_conn_id=env.deploy_target,
-            deploy_task_id=deploy.task_id,
-            deploy_timeout_seconds=env.deploy_timeout_seconds,
-            poll_interval=env.poll_interval_seconds,
-            pool=target_pool(env.deploy_target),
-            trigger_rule=TriggerRule.ONE_FAILED,
-            notifications=[n.model_dump(mode="json") for n in spec.notifications],
-            artifact_store=spec.artifact_store,
-            locked=True,
-        )
-        watched >> rollback
-        unlock = TargetUnlockOperator(
-            task_id=v.UNLOCK,
-            release=spec.name,
-            environment=name,
-            target=env.deploy_target,
-            trigger_rule=TriggerRule.ALL_DONE,
-        )
-        # after every step of the stage: marking a few of them done by hand frees nothing early
-        ends = {t.task_id: t for t in [lock, *watched, last, rollback, *([abort] if abort_task_id else [])]}
-        list(ends.values()) >> unlock
-    upstream >> first
-    gates.append(last.task_id)
-    return last
-
-
-def _journeys(spec: ReleaseSpec, env: Any, project_root: Path) -> dict[str, Any] | None:
-    """Journey metrics of an environment's analyses: their files, checked to exist."""
-    strategy = env.strategy
-    names = {
-        m.journey
-        for analysis in (strategy.analysis, strategy.watch)
-        if analysis is not None
-        for m in analysis.metrics
-        if m.journey
-    }
-    if not names:
-        return None
-    return {"conn_id": env.deploy_target, "files": _journey_files(spec, env, names, project_root)}
-
-
-def _journey_files(spec: ReleaseSpec, env: Any, names: Iterable[str], project_root: Path) -> dict[str, str]:
-    """``include/journeys/<name>.yaml`` per journey name; a missing file is a spec error."""
-    files = {name: project_root / "include" / "journeys" / f"{name}.yaml" for name in sorted(set(names))}
-    missing = [name for name, path in files.items() if not path.is_file()]
-    if missing:
-        raise ReleaseSpecError(
-            f"release {spec.name}",
-            [(f"environments.{env.name}", f"journey not found: {', '.join(missing)} (looked in include/journeys/)")],
-        )
-    return {name: str(path) for name, path in files.items()}
+            if missing:
+                raise ReleaseSpecError(
+                    f"release {spec.name}",
+                    [
+                        (
+                            f"environments.{env.name}",
+                            f"journey not found: {', '.join(missing)} (looked in include/journeys/)",
+                        )
+                    ],
+                )
 
 
 def spec_dirs(project_root: Path) -> list[Path]:

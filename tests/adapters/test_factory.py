@@ -329,3 +329,11 @@ def test_the_factory_renders_the_golden_graphs():
         for task_id, task in graph["tasks"].items():
             assert now[key]["tasks"][task_id] == task, f"{key}: {task_id}"
         assert now[key] == graph, key
+
+
+def test_the_renderer_knows_every_kind_and_the_plans_rules_are_airflows():
+    from releasetrain.core.vocabulary import Kind, Rule
+    from releasetrain.factory import OPERATORS
+
+    assert set(OPERATORS) == set(Kind)
+    assert {rule.value for rule in Rule} <= {rule.value for rule in TriggerRule}

@@ -90,6 +90,44 @@ def manual_rollback_task(environment: str) -> str:
     return f"rollback_{environment}"
 
 
+# --- step kinds: what a planned task does (the renderer maps each to its operator) -------------
+class Kind(StrEnum):
+    REQUEST = "request"
+    RISK = "risk"
+    PACKAGE = "package"
+    VERIFY = "verify"
+    APPROVAL = "approval"
+    WINDOW = "window"
+    LOCK = "lock"
+    DEPLOY = "deploy"
+    ANALYSIS = "analysis"
+    DECISION = "decision"
+    PROMOTE = "promote"
+    SMOKE = "smoke"
+    HEALTH = "health"
+    PASSED = "passed"
+    ABORT = "abort"
+    ROLLBACK = "rollback"
+    UNLOCK = "unlock"
+    REVIEW = "review"
+    CLOSURE = "closure"
+    COMPLETE = "complete"
+    ROLLBACK_PLAN = "rollback_plan"
+    ROLLBACK_APPROVAL = "rollback_approval"
+    MANUAL_ROLLBACK = "manual_rollback"
+    ROLLBACK_REVIEW = "rollback_review"
+
+
+class Rule(StrEnum):
+    """Airflow's trigger rules the plans use (the same values as ``airflow.sdk.TriggerRule``)."""
+
+    ALL_SUCCESS = "all_success"
+    NONE_FAILED = "none_failed"
+    NONE_FAILED_MIN_ONE_SUCCESS = "none_failed_min_one_success"
+    ONE_FAILED = "one_failed"
+    ALL_DONE = "all_done"
+
+
 # --- HITL options ---------------------------------------------------------------------------
 OPTION_APPROVE = "Approve"  # the standard provider's ApprovalOperator.APPROVE
 OPTION_REJECT = "Reject"

@@ -1,0 +1,659 @@
+"""The stage plan: a release spec as the tasks of its DAGs, in plain data (no Airflow).
+
+:func:`plan_release` says which tasks a release DAG has (full task ids, kinds, arguments,
+trigger rules, task groups) and how they connect; :func:`plan_rollback` does the same for
+the release's manual rollback DAG. The factory renders a plan into operators with one small
+function, as astronomer-cosmos plans a dbt project before it builds a DAG. Each step of an
+environment's stage (gates, window, deploy or rollout, checks, rollback, ...) is planned by
+a short function of its own: a new procedure is a new function and a new :class:`Kind`.
+
+Graph of a release with environments dev, staging and prod (prod needs approval)::
+
+    prepare >> assess_risk >> package >> dev.verify >> dev.lock >> dev.deploy >> dev.smoke
+        >> dev.passed >> staging.verify >> ... >> prod.approve >> [prod.window] >> prod.verify
+        >> ... >> prod.passed >> [post_implementation_review] >> [closure] >> release_complete
+    <env>.rollback (one_failed on the stage's watched steps), <env>.unlock (all_done)
+
+Task ids in a plan are full ids (``prod.deploy``); :attr:`Step.local_id` is the id inside
+the task group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import PurePath
+from typing import Any
+
+from releasetrain.core import vocabulary as v
+from releasetrain.core.risk import HIGH_RISK_QUORUM, SECURITY_REVIEW
+from releasetrain.core.spec import ReleaseSpec, approval_pool, check_groups
+from releasetrain.core.vocabulary import Kind, Rule
+
+JOURNEYS_DIR = ("include", "journeys")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One task: its full id, what it does, the arguments its operator is built with."""
+
+    task_id: str
+    kind: Kind
+    args: dict[str, Any]
+    trigger_rule: Rule = Rule.ALL_SUCCESS
+    group: str | None = None
+
+    @property
+    def local_id(self) -> str:
+        return self.task_id.removeprefix(f"{self.group}.") if self.group else self.task_id
+
+
+@dataclass
+class Plan:
+    """Steps in the order they were planned, edges (upstream, downstream), task groups."""
+
+    steps: dict[str, Step] = field(default_factory=dict)
+    edges: list[tuple[str, str]] = field(default_factory=list)
+    groups: dict[str, str] = field(default_factory=dict)  # group id -> tooltip
+
+    def add(self, step: Step) -> str:
+        if step.task_id in self.steps:
+            raise ValueError(f"task {step.task_id!r} is planned twice")
+        self.steps[step.task_id] = step
+        return step.task_id
+
+    def connect(self, upstream: str | Iterable[str], downstream: str | Iterable[str]) -> None:
+        for a in [upstream] if isinstance(upstream, str) else upstream:
+            for b in [downstream] if isinstance(downstream, str) else downstream:
+                if (a, b) not in self.edges:
+                    self.edges.append((a, b))
+
+    def set_rule(self, task_id: str, rule: Rule) -> None:
+        self.steps[task_id] = replace(self.steps[task_id], trigger_rule=rule)
+
+    def upstream(self, task_id: str) -> list[str]:
+        return sorted(a for a, b in self.edges if b == task_id)
+
+    def downstream(self, task_id: str) -> list[str]:
+        return sorted(b for a, b in self.edges if a == task_id)
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """What a plan needs beyond the spec: the deployment's folders, groups and signing key."""
+
+    project_root: str
+    calendar_dirs: list[str]
+    groups: dict[str, list[str]]
+    signing_conn_id: str = "releasetrain_signing"
+
+
+def journey_files(project_root: str, names: Iterable[str]) -> dict[str, str]:
+    """``include/journeys/<name>.yaml`` per journey name (the factory checks they exist)."""
+    return {name: str(PurePath(project_root, *JOURNEYS_DIR, f"{name}.yaml")) for name in sorted(set(names))}
+
+
+def analysis_journeys(env: Any) -> set[str]:
+    """Journey names the analyses of an environment's rollout measure."""
+    strategy = env.strategy
+    return {
+        m.journey
+        for analysis in (strategy.analysis, strategy.watch)
+        if analysis is not None
+        for m in analysis.metrics
+        if m.journey
+    }
+
+
+def review_groups(spec: ReleaseSpec, env: Any, groups: dict[str, list[str]]) -> list[str]:
+    """Readiness-review tasks of an environment: the spec's, plus security on production (for high risk)."""
+    if not env.approval.required:
+        return []
+    reviews = list(env.approval.reviews)
+    if env.name in spec.production_environments and SECURITY_REVIEW in groups and SECURITY_REVIEW not in reviews:
+        reviews.append(SECURITY_REVIEW)
+    return reviews
+
+
+# --- the release DAG ------------------------------------------------------------------------
+def plan_release(spec: ReleaseSpec, ctx: PlanContext) -> Plan:
+    """The release DAG of a validated spec (company-wide calendars already bound)."""
+    check_groups(spec, f"release {spec.name}", ctx.groups)  # also for specs built in Python
+    plan = Plan()
+    request = plan.add(Step(v.PREPARE, Kind.REQUEST, {"release": spec.name, "planned_version": spec.version}))
+    risk = plan.add(_risk(spec, ctx))
+    package = plan.add(_package(spec, ctx))
+    plan.connect(request, risk)
+    plan.connect(risk, package)
+    upstream, gates, windows = package, [], []
+    for env in spec.environments:
+        upstream = _stage(plan, spec, env, ctx, upstream, gates, windows)
+    _finish(plan, spec, upstream, gates, windows)
+    return plan
+
+
+def _risk(spec: ReleaseSpec, ctx: PlanContext) -> Step:
+    return Step(
+        v.ASSESS_RISK,
+        Kind.RISK,
+        {
+            "release": spec.name,
+            "environments": [env.name for env in spec.environments],
+            "production": spec.production_environments,
+            "components": len(spec.components),
+            "schema_migration": any(c.schema_migration for c in spec.components),
+            "rollback_plan": spec.rollback_plan,
+            "backout_minutes": spec.backout_minutes,
+            "declared_gates": {
+                env.name: {"quorum": env.approval.quorum, "reviews": list(env.approval.reviews)}
+                for env in spec.environments
+                if env.approval.required
+            },
+            "available_reviews": {env.name: review_groups(spec, env, ctx.groups) for env in spec.environments},
+            "change_backend": spec.change.backend,
+            "change_conn_id": spec.change.conn_id,
+            "change_type": spec.change.type,
+            "planned_minutes": spec.planned_duration_minutes,
+        },
+    )
+
+
+def _package(spec: ReleaseSpec, ctx: PlanContext) -> Step:
+    return Step(
+        v.PACKAGE,
+        Kind.PACKAGE,
+        {
+            "release": spec.name,
+            "components": [c.model_dump(mode="json") for c in spec.components],
+            "project_root": ctx.project_root,
+            "artifact_store": spec.artifact_store,
+            "signing_conn_id": ctx.signing_conn_id,
+        },
+    )
+
+
+def _finish(plan: Plan, spec: ReleaseSpec, upstream: str, gates: list[str], windows: list[str]) -> None:
+    """The leaf that decides the run's state, after the review and closure when there are any.
+
+    With a post-implementation review (skipped for normal runs), the leaf must run when the
+    review was skipped, and still fail when anything before it failed."""
+    complete = plan.add(
+        Step(
+            v.RELEASE_COMPLETE,
+            Kind.COMPLETE,
+            {
+                "release": spec.name,
+                "gate_task_ids": list(gates),
+                "environments": [env.name for env in spec.environments],
+                "review_task_id": v.POST_IMPLEMENTATION_REVIEW if spec.has_calendar else None,
+                "closure_task_id": v.CLOSURE if spec.closure else None,
+            },
+            Rule.NONE_FAILED_MIN_ONE_SUCCESS if spec.has_calendar else Rule.ALL_SUCCESS,
+        )
+    )
+    before_closure = [upstream]
+    if spec.has_calendar:
+        review = plan.add(
+            Step(
+                v.POST_IMPLEMENTATION_REVIEW,
+                Kind.REVIEW,
+                {"release": spec.name, "reviewers": spec.review_users, "gate_task_ids": list(windows)},
+            )
+        )
+        plan.connect(upstream, review)
+        plan.connect(review, complete)
+        before_closure = [upstream, review]
+    if spec.closure:
+        closure = plan.add(
+            Step(
+                v.CLOSURE,
+                Kind.CLOSURE,
+                {"release": spec.name, "people": spec.review_users},
+                Rule.NONE_FAILED_MIN_ONE_SUCCESS,
+            )
+        )
+        plan.connect(before_closure, closure)
+        plan.connect(closure, complete)
+    plan.connect(upstream, complete)
+
+
+# --- an environment's stage -----------------------------------------------------------------
+@dataclass
+class _Stage:
+    """What the steps of one environment's stage share while it is planned."""
+
+    plan: Plan
+    spec: ReleaseSpec
+    env: Any
+    ctx: PlanContext
+    pool: list[str]
+    owners: list[str]
+    production: bool
+    watched: list[str] = field(default_factory=list)  # failures here roll the environment back
+    analyses: list[str] = field(default_factory=list)  # the stage's analyses, in order
+
+    @property
+    def name(self) -> str:
+        return self.env.name
+
+    def id(self, task_id: str) -> str:
+        return v.env_task(self.name, task_id)
+
+    def add(self, task_id: str, kind: Kind, args: dict[str, Any], rule: Rule = Rule.ALL_SUCCESS) -> str:
+        return self.plan.add(Step(self.id(task_id), kind, args, rule, group=self.name))
+
+    @property
+    def abort_task_id(self) -> str | None:
+        """By default on production rollouts that take time (steps, analyses): a rolling
+        deploy is over in seconds."""
+        strategy = self.env.strategy
+        long_rollout = strategy.progressive or strategy.watch is not None
+        enabled = strategy.abort if strategy.abort is not None else (self.production and long_rollout)
+        return self.id(v.ABORT) if enabled else None
+
+
+def _stage(
+    plan: Plan, spec: ReleaseSpec, env: Any, ctx: PlanContext, upstream: str, gates: list[str], windows: list[str]
+) -> str:
+    """Plan one environment's stage after ``upstream``; returns its last step (its gate)."""
+    plan.groups[env.name] = f"Deploy {spec.name} to {env.name}"
+    stage = _Stage(
+        plan,
+        spec,
+        env,
+        ctx,
+        pool=approval_pool(env, ctx.groups),
+        owners=ctx.groups[env.owner] if env.owner else [],
+        production=env.name in spec.production_environments,
+    )
+    verify = _verify(stage)
+    first, approval_ids, window = _gates(stage, gates, verify)
+    if window:
+        windows.append(window)
+    deploy = _deploy(stage, verify, gates, approval_ids, window)
+    lock = stage.add(v.LOCK, Kind.LOCK, {"release": spec.name, "environment": env.name, "target": env.deploy_target})
+    smoke = _smoke(stage, deploy)
+    stage.watched += [deploy, smoke]
+    plan.connect(verify, lock)
+    plan.connect(lock, deploy)
+    tail = _rollout(stage, deploy)
+    plan.connect(tail, smoke)
+    last = _health(stage, smoke, deploy)
+    watch, last = _watch(stage, deploy, last)
+    passed = _passed(stage, verify, deploy, smoke, watch)
+    plan.connect(last, passed)
+    abort = _abort(stage, verify, passed)
+    rollback = _rollback(stage, deploy)
+    _unlock(stage, [lock, *stage.watched, passed, rollback, *([abort] if abort else [])])
+    plan.connect(upstream, first)
+    gates.append(passed)
+    return passed
+
+
+def _verify(stage: _Stage) -> str:
+    return stage.add(
+        v.VERIFY,
+        Kind.VERIFY,
+        {
+            "release": stage.spec.name,
+            "environment": stage.name,
+            "artifact_store": stage.spec.artifact_store,
+            "signing_conn_id": stage.ctx.signing_conn_id,
+        },
+    )
+
+
+def _gates(stage: _Stage, gates: list[str], verify: str) -> tuple[list[str], list[str], str | None]:
+    """Approvals, then the release window, then verify: what must hold before the deploy.
+
+    Returns the stage's first steps, the full ids of its approval tasks and its window."""
+    first, done, approval_ids = _approvals(stage, gates)
+    window = _window(stage, gated=bool(done))
+    if window:
+        stage.plan.connect(done, window)  # the approvals may take long: the window is checked after
+        stage.plan.connect(window, verify)
+        first = first or [window]
+    elif done:
+        stage.plan.connect(done, verify)
+        stage.plan.set_rule(verify, Rule.NONE_FAILED)
+    return first or [verify], approval_ids, window
+
+
+def _approvals(stage: _Stage, gates: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Quorum slots (one after the other) and readiness reviews (beside them).
+
+    Returns the first steps, the last ones (the last slot and the reviews) and all full ids."""
+    env, spec = stage.env, stage.spec
+    if not env.approval.required:
+        return [], [], []
+    slots = max(env.approval.quorum, HIGH_RISK_QUORUM if stage.production else 1)
+    reviews = review_groups(spec, env, stage.ctx.groups)
+    ids = [v.approval_slot(i) for i in range(1, slots + 1)] + [v.review_task(g) for g in reviews]
+    full_ids = [stage.id(task_id) for task_id in ids]
+    common = {
+        "release": spec.name,
+        "environment": env.name,
+        "quorum": env.approval.quorum,
+        "reviews": list(env.approval.reviews),
+        "sibling_task_ids": full_ids,
+        "passed_task_ids": list(gates),
+        "timeout_hours": env.approval.timeout_hours,
+    }
+    previous = None
+    for i in range(1, slots + 1):
+        slot = stage.add(
+            v.approval_slot(i),
+            Kind.APPROVAL,
+            {"approvers": stage.pool, "slot": i, **common},
+            Rule.NONE_FAILED if i > 1 else Rule.ALL_SUCCESS,
+        )
+        if previous is not None:
+            stage.plan.connect(previous, slot)
+        previous = slot
+    review_ids = [
+        stage.add(
+            v.review_task(group),
+            Kind.APPROVAL,
+            {"approvers": stage.ctx.groups[group], "slot": None, "review_group": group, **common},
+        )
+        for group in reviews
+    ]
+    return [full_ids[0], *review_ids], [previous, *review_ids], full_ids
+
+
+def _window(stage: _Stage, *, gated: bool) -> str | None:
+    """The release window of the environment's calendar (none without a calendar)."""
+    layers = stage.spec.calendar_layers(stage.name)
+    if not layers:
+        return None
+    return stage.add(
+        v.WINDOW,
+        Kind.WINDOW,
+        {
+            "release": stage.spec.name,
+            "environment": stage.name,
+            "layers": [layer.model_dump(mode="json") for layer in layers],
+            "calendar_dirs": list(stage.ctx.calendar_dirs),
+            "project_root": stage.ctx.project_root,
+            "expected_duration_minutes": stage.env.expected_duration_minutes,
+        },
+        Rule.NONE_FAILED if gated else Rule.ALL_SUCCESS,
+    )
+
+
+def _deploy(stage: _Stage, verify: str, gates: list[str], approval_ids: list[str], window: str | None) -> str:
+    env, spec, groups = stage.env, stage.spec, stage.ctx.groups
+    previous = spec.previous_environment(env.name)
+    return stage.add(
+        v.DEPLOY,
+        Kind.DEPLOY,
+        {
+            "slot": "idle" if env.strategy.progressive else None,
+            "release": spec.name,
+            "environment": env.name,
+            "deploy_target_conn_id": env.deploy_target,
+            "verify_task_id": verify,
+            "previous_environment": previous.name if previous else None,
+            "promotion_gate_task_id": gates[-1] if previous else None,
+            "approval_task_ids": approval_ids,
+            "approvers": stage.pool if approval_ids else None,
+            "review_members": {g: groups[g] for g in review_groups(spec, env, groups)},
+            "quorum": env.approval.quorum,
+            "reviews": list(env.approval.reviews),
+            "owners": groups[env.owner] if env.owner else None,
+            "production": stage.production,
+            "window_task_id": window,
+            "deploy_timeout_seconds": env.deploy_timeout_seconds,
+            "poll_interval": env.poll_interval_seconds,
+            "pool": v.target_pool(env.deploy_target),
+            "locked": True,
+        },
+    )
+
+
+def _smoke(stage: _Stage, deploy: str) -> str:
+    env = stage.env
+    return stage.add(
+        v.SMOKE,
+        Kind.SMOKE,
+        {
+            "release": stage.spec.name,
+            "environment": env.name,
+            "deploy_task_id": deploy,
+            "http_conn_id": env.deploy_target,
+            "checks": [c.model_dump(mode="json") for c in env.smoke_checks],
+            "journeys": journey_files(stage.ctx.project_root, env.journeys),
+        },
+    )
+
+
+def _analysed(stage: _Stage, deploy: str, task_id: str, analysis: Any, phase: str, weight: int | None, route: str):
+    """An analysis and the decision asked when it is inconclusive; both watched."""
+    env, spec = stage.env, stage.spec
+    names = analysis_journeys(env)
+    check = stage.add(
+        task_id,
+        Kind.ANALYSIS,
+        {
+            "analysis": analysis.model_dump(mode="json"),
+            "stage": phase,
+            "weight": weight,
+            "route": route,
+            "prior_task_ids": list(stage.analyses),
+            "release": spec.name,
+            "environment": env.name,
+            "deploy_target_conn_id": env.deploy_target,
+            "deploy_task_id": deploy,
+            "journey": {"conn_id": env.deploy_target, "files": journey_files(stage.ctx.project_root, names)}
+            if names
+            else None,
+            "abort_task_id": stage.abort_task_id,
+            "locked": True,
+        },
+        Rule.NONE_FAILED,
+    )
+    stage.analyses.append(check)
+    decide = stage.add(
+        v.decide_task(task_id),
+        Kind.DECISION,
+        {
+            "release": spec.name,
+            "environment": env.name,
+            "analysis_task_id": check,
+            "deciders": stage.pool or stage.owners or spec.review_users,
+            "timeout_hours": env.strategy.decision_timeout_hours,
+        },
+    )
+    stage.plan.connect(check, decide)
+    stage.watched += [check, decide]
+    return check, decide
+
+
+def _rollout(stage: _Stage, deploy: str) -> str:
+    """A progressive rollout's analysed steps and promotion after the deploy; returns its tail."""
+    strategy = stage.env.strategy
+    if not strategy.progressive:
+        return deploy
+    tail = deploy
+    if strategy.kind == "canary":
+        steps = [(v.canary_task(w), f"canary {w}%", w, "app") for w in strategy.weights]
+    else:
+        steps = [(v.ANALYSIS, "pre-promotion", None, "preview")]
+    for task_id, phase, weight, route in steps:
+        check, decide = _analysed(stage, deploy, task_id, strategy.analysis, phase, weight, route)
+        stage.plan.connect(tail, check)
+        tail = decide
+    promote = stage.add(
+        v.PROMOTE,
+        Kind.PROMOTE,
+        {
+            "release": stage.spec.name,
+            "environment": stage.name,
+            "deploy_target_conn_id": stage.env.deploy_target,
+            "abort_task_id": stage.abort_task_id,
+            "analysis_task_ids": list(stage.analyses),
+            "locked": True,
+        },
+        Rule.NONE_FAILED,
+    )
+    stage.watched.append(promote)
+    stage.plan.connect(tail, promote)
+    return promote
+
+
+def _health(stage: _Stage, smoke: str, deploy: str) -> str:
+    env = stage.env
+    if not env.health_checks:
+        return smoke
+    health = stage.add(
+        v.HEALTH,
+        Kind.HEALTH,
+        {
+            "release": stage.spec.name,
+            "environment": env.name,
+            "deploy_task_id": deploy,
+            "http_conn_id": env.deploy_target,
+            "health": env.health_checks.model_dump(mode="json"),
+        },
+    )
+    stage.plan.connect(smoke, health)
+    stage.watched.append(health)
+    return health
+
+
+def _watch(stage: _Stage, deploy: str, last: str) -> tuple[str | None, str]:
+    """The analysis watching the new version after promotion (or after a plain deploy)."""
+    strategy = stage.env.strategy
+    watch = strategy.watch or (strategy.analysis if strategy.kind == "blue_green" else None)
+    if watch is None:
+        return None, last
+    phase = "post-promotion" if strategy.progressive else "post-deploy"
+    check, decide = _analysed(stage, deploy, v.WATCH, watch, phase, None, "app")
+    stage.plan.connect(last, check)
+    return check, decide
+
+
+def _passed(stage: _Stage, verify: str, deploy: str, smoke: str, watch: str | None) -> str:
+    """The environment's gate; it proves, from the ledger, every step the stage needed."""
+    rollout = [a for a in stage.analyses if a != watch]
+    proofs = [verify, deploy, *rollout]
+    proofs += [stage.id(v.PROMOTE)] if stage.env.strategy.progressive else []
+    proofs += [smoke] + ([stage.id(v.HEALTH)] if stage.env.health_checks else [])
+    proofs += [watch] if watch else []
+    return stage.add(
+        v.PASSED,
+        Kind.PASSED,
+        {"release": stage.spec.name, "environment": stage.name, "proof_task_ids": proofs},
+        Rule.NONE_FAILED,
+    )
+
+
+def _abort(stage: _Stage, verify: str, passed: str) -> str | None:
+    """The operators' abort request, open from verify until the stage passed."""
+    if not stage.abort_task_id:
+        return None
+    abort = stage.add(
+        v.ABORT,
+        Kind.ABORT,
+        {
+            "release": stage.spec.name,
+            "environment": stage.name,
+            "people": sorted(set(stage.pool) | set(stage.owners) | set(stage.spec.review_users)),
+            "phase_task_ids": [passed],
+        },
+    )
+    stage.plan.connect(verify, abort)
+    stage.watched.append(abort)
+    return abort
+
+
+def _rollback(stage: _Stage, deploy: str) -> str:
+    env, spec = stage.env, stage.spec
+    rollback = stage.add(
+        v.ROLLBACK,
+        Kind.ROLLBACK,
+        {
+            "release": spec.name,
+            "environment": env.name,
+            "deploy_target_conn_id": env.deploy_target,
+            "deploy_task_id": deploy,
+            "deploy_timeout_seconds": env.deploy_timeout_seconds,
+            "poll_interval": env.poll_interval_seconds,
+            "pool": v.target_pool(env.deploy_target),
+            "notifications": [n.model_dump(mode="json") for n in spec.notifications],
+            "artifact_store": spec.artifact_store,
+            "locked": True,
+        },
+        Rule.ONE_FAILED,
+    )
+    stage.plan.connect(stage.watched, rollback)
+    return rollback
+
+
+def _unlock(stage: _Stage, ends: list[str]) -> str:
+    """After every step of the stage: marking a few of them done by hand frees nothing early."""
+    unlock = stage.add(
+        v.UNLOCK,
+        Kind.UNLOCK,
+        {"release": stage.spec.name, "environment": stage.name, "target": stage.env.deploy_target},
+        Rule.ALL_DONE,
+    )
+    stage.plan.connect(list(dict.fromkeys(ends)), unlock)
+    return unlock
+
+
+# --- the manual rollback DAG ----------------------------------------------------------------
+def plan_rollback(spec: ReleaseSpec) -> Plan:
+    """``plan`` >> [``approve_rollback``] >> ``rollback_<env>`` (each) >> ``rollback_review``."""
+    plan = Plan()
+    first = plan.add(
+        Step(
+            v.ROLLBACK_PLAN,
+            Kind.ROLLBACK_PLAN,
+            {
+                "release": spec.name,
+                "targets": {env.name: env.deploy_target for env in spec.environments},
+                "change_backend": spec.change.backend,
+                "change_conn_id": spec.change.conn_id,
+            },
+        )
+    )
+    if spec.rollback_approvers:
+        approval = plan.add(
+            Step(
+                v.ROLLBACK_APPROVAL,
+                Kind.ROLLBACK_APPROVAL,
+                {"release": spec.name, "approvers": list(spec.rollback_approvers)},
+            )
+        )
+        plan.connect(first, approval)
+        first = approval
+    review = plan.add(
+        Step(
+            v.ROLLBACK_REVIEW,
+            Kind.ROLLBACK_REVIEW,
+            {"release": spec.name, "reviewers": spec.review_users},
+            Rule.NONE_FAILED_MIN_ONE_SUCCESS,
+        )
+    )
+    for env in spec.environments:
+        rollback = plan.add(
+            Step(
+                v.manual_rollback_task(env.name),
+                Kind.MANUAL_ROLLBACK,
+                {
+                    "approval_task_id": v.ROLLBACK_APPROVAL if spec.rollback_approvers else None,
+                    "release": spec.name,
+                    "environment": env.name,
+                    "deploy_target_conn_id": env.deploy_target,
+                    "deploy_timeout_seconds": env.deploy_timeout_seconds,
+                    "poll_interval": env.poll_interval_seconds,
+                    "pool": v.target_pool(env.deploy_target),
+                    "notifications": [n.model_dump(mode="json") for n in spec.notifications],
+                    "artifact_store": spec.artifact_store,
+                },
+            )
+        )
+        plan.connect(first, rollback)
+        plan.connect(rollback, review)
+    return plan

@@ -1,0 +1,216 @@
+"""The stage plan (issue 13): a spec becomes task ids, kinds, arguments, trigger rules and
+edges, without Airflow. The factory's golden-graph test shows the renderer builds the same
+DAGs from it as before; these tests pin what the plan itself promises."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from graphlib import TopologicalSorter
+from itertools import pairwise
+
+import pytest
+
+from releasetrain.core import vocabulary as v
+from releasetrain.core.plan import Plan, PlanContext, Step, plan_release, plan_rollback
+from releasetrain.core.spec import ReleaseSpecError, parse_spec
+from releasetrain.core.vocabulary import Kind, Rule
+
+GROUPS = {"release-managers": ["bob", "carol"], "security": ["sec"], "ops": ["olga"]}
+CTX = PlanContext(project_root="/srv/rt", calendar_dirs=["/srv/rt/include/calendars"], groups=GROUPS)
+
+
+def spec(**overrides):
+    data = {
+        "name": "shop",
+        "owner_team": "commerce",
+        "components": [{"name": "web", "source": "include/web"}],
+        "environments": [
+            {"name": "dev", "deploy_target": "fleet_dev"},
+            {"name": "prod", "deploy_target": "fleet_prod", "approval": {"required": True, "approvers": ["bob"]}},
+        ],
+    }
+    data.update(overrides)
+    return parse_spec(data, "test")
+
+
+def ordered(plan: Plan) -> list[str]:
+    """A topological order of the plan (raises on a cycle)."""
+    graph = {task_id: set(plan.upstream(task_id)) for task_id in plan.steps}
+    return list(TopologicalSorter(graph).static_order())
+
+
+def test_a_two_environment_release_is_a_chain_of_stages_with_rollbacks_and_unlocks():
+    plan = plan_release(spec(), CTX)
+    order = ordered(plan)
+    chain = [
+        "prepare",
+        "assess_risk",
+        "package",
+        "dev.verify",
+        "dev.lock",
+        "dev.deploy",
+        "dev.smoke",
+        "dev.passed",
+        "prod.approve",
+        "prod.approve_2",  # production: the high-risk quorum slot
+        "prod.verify",
+        "prod.lock",
+        "prod.deploy",
+        "prod.smoke",
+        "prod.passed",
+        "release_complete",
+    ]
+    for a, b in pairwise(chain):
+        assert order.index(a) < order.index(b), (a, b)
+    assert plan.groups == {"dev": "Deploy shop to dev", "prod": "Deploy shop to prod"}
+    assert all(step.group in (None, *plan.groups) for step in plan.steps.values())
+    assert all(a in plan.steps and b in plan.steps for a, b in plan.edges)
+    # a stage's rollback waits for one failure among its watched steps; unlock for all of them
+    assert plan.steps["dev.rollback"].trigger_rule == Rule.ONE_FAILED
+    assert plan.upstream("dev.rollback") == ["dev.deploy", "dev.smoke"]
+    assert plan.steps["dev.unlock"].trigger_rule == Rule.ALL_DONE
+    assert plan.upstream("dev.unlock") == ["dev.deploy", "dev.lock", "dev.passed", "dev.rollback", "dev.smoke"]
+    # the prod deploy is bound to what the stage before it proved, and to its approvals
+    deploy = plan.steps["prod.deploy"].args
+    assert deploy["promotion_gate_task_id"] == "dev.passed"
+    # production has a security group: its high-risk review is planned beside the quorum slots
+    assert deploy["approval_task_ids"] == ["prod.approve", "prod.approve_2", "prod.review_security"]
+    assert deploy["verify_task_id"] == "prod.verify" and deploy["pool"] == v.target_pool("fleet_prod")
+    assert plan.steps["release_complete"].args["gate_task_ids"] == ["dev.passed", "prod.passed"]
+    assert plan.steps["prod.approve"].args["passed_task_ids"] == ["dev.passed"]
+
+
+def test_every_step_has_a_kind_the_renderer_knows_and_plain_arguments():
+    import json
+
+    plan = plan_release(spec(), CTX)
+    assert {step.kind for step in plan.steps.values()} <= set(Kind)
+    for step in plan.steps.values():
+        json.dumps(step.args)  # data, never objects
+        assert step.local_id == step.task_id.split(".", 1)[-1]
+
+
+def test_approvals_then_the_window_then_verify():
+    calendar = {"timezone": "UTC", "windows": [{"days": ["mon"], "start": "09:00", "end": "17:00"}]}
+    with_window = spec(
+        reviewers=["carol"],
+        environments=[
+            {"name": "dev", "deploy_target": "fleet_dev"},
+            {
+                "name": "prod",
+                "deploy_target": "fleet_prod",
+                "approval": {"required": True, "approvers": ["bob"], "reviews": ["ops"]},
+                "calendar": calendar,
+            },
+        ],
+    )
+    plan = plan_release(with_window, CTX)
+    # the quorum slots one after the other; reviews beside them; the window after all of them
+    assert plan.upstream("prod.approve_2") == ["prod.approve"]
+    assert plan.downstream("dev.passed") == ["dev.unlock", "prod.approve", "prod.review_ops", "prod.review_security"]
+    assert plan.upstream("prod.window") == ["prod.approve_2", "prod.review_ops", "prod.review_security"]
+    assert plan.steps["prod.window"].trigger_rule == Rule.NONE_FAILED
+    assert plan.upstream("prod.verify") == ["prod.window"]
+    assert plan.steps["prod.verify"].trigger_rule == Rule.ALL_SUCCESS
+    assert plan.steps["prod.window"].args["calendar_dirs"] == CTX.calendar_dirs
+    assert plan.steps["prod.deploy"].args["window_task_id"] == "prod.window"
+    assert plan.steps[v.POST_IMPLEMENTATION_REVIEW].args["gate_task_ids"] == ["prod.window"]
+    assert plan.steps[v.RELEASE_COMPLETE].trigger_rule == Rule.NONE_FAILED_MIN_ONE_SUCCESS
+    # without a window, verify follows the approvals directly and tolerates skipped slots
+    plain = plan_release(spec(), CTX)
+    assert "prod.window" not in plain.steps
+    assert plain.upstream("prod.verify") == ["prod.approve_2", "prod.review_security"]
+    assert plain.steps["prod.verify"].trigger_rule == Rule.NONE_FAILED
+
+
+def test_a_canary_plans_analyses_decisions_promotion_and_proofs_in_order():
+    analysis = {
+        "provider": {"kind": "prometheus", "conn_id": "prom"},
+        "interval_seconds": 5,
+        "count": 1,
+        "metrics": [{"name": "errors", "query": "up", "absolute": {"max": 0.1}}],
+    }
+    canary = spec(
+        environments=[
+            {
+                "name": "prod",
+                "deploy_target": "fleet_prod",
+                "approval": {"required": True, "approvers": ["bob"]},
+                "strategy": {"kind": "canary", "steps": [10, 50, 100], "analysis": analysis, "watch": analysis},
+            }
+        ]
+    )
+    plan = plan_release(canary, CTX)
+    order = ordered(plan)
+    chain = ["prod.deploy", "prod.canary_10", "prod.decide_10", "prod.canary_50", "prod.decide_50"]
+    chain += ["prod.canary_100", "prod.decide_100", "prod.promote", "prod.smoke", "prod.watch", "prod.decide_watch"]
+    chain += ["prod.passed"]
+    for a, b in pairwise(chain):
+        assert order.index(a) < order.index(b), (a, b)
+    assert plan.steps["prod.canary_50"].args["prior_task_ids"] == ["prod.canary_10"]
+    assert plan.steps["prod.promote"].args["analysis_task_ids"] == [
+        "prod.canary_10",
+        "prod.canary_50",
+        "prod.canary_100",
+    ]
+    assert plan.steps["prod.passed"].args["proof_task_ids"] == [
+        "prod.verify",
+        "prod.deploy",
+        "prod.canary_10",
+        "prod.canary_50",
+        "prod.canary_100",
+        "prod.promote",
+        "prod.smoke",
+        "prod.watch",
+    ]
+    # a production rollout that takes time gets the abort request, open from verify to passed
+    assert plan.upstream("prod.abort") == ["prod.verify"]
+    assert plan.steps["prod.abort"].args["phase_task_ids"] == ["prod.passed"]
+    assert plan.steps["prod.canary_10"].args["abort_task_id"] == "prod.abort"
+    assert "prod.abort" in plan.upstream("prod.rollback") and "prod.watch" in plan.upstream("prod.rollback")
+    assert plan.steps["prod.deploy"].args["slot"] == "idle"
+
+
+def test_a_group_the_spec_names_must_exist():
+    bad = spec(
+        environments=[
+            {"name": "prod", "deploy_target": "fleet_prod", "approval": {"required": True, "groups": ["nobody"]}}
+        ]
+    )
+    with pytest.raises(ReleaseSpecError, match="no approver group 'nobody'"):
+        plan_release(bad, CTX)
+
+
+def test_a_task_planned_twice_is_refused():
+    plan = Plan()
+    plan.add(Step("a", Kind.LOCK, {}))
+    with pytest.raises(ValueError, match="'a' is planned twice"):
+        plan.add(Step("a", Kind.UNLOCK, {}))
+
+
+def test_the_rollback_dag_plan():
+    plan = plan_rollback(spec(rollback_approvers=["carol"]))
+    assert plan.downstream(v.ROLLBACK_PLAN) == [v.ROLLBACK_APPROVAL]
+    assert plan.downstream(v.ROLLBACK_APPROVAL) == ["rollback_dev", "rollback_prod"]
+    assert plan.upstream(v.ROLLBACK_REVIEW) == ["rollback_dev", "rollback_prod"]
+    assert plan.steps["rollback_prod"].args["approval_task_id"] == v.ROLLBACK_APPROVAL
+    assert plan_rollback(spec()).downstream(v.ROLLBACK_PLAN) == ["rollback_dev", "rollback_prod"]
+
+
+def test_planning_needs_no_airflow():
+    code = (
+        "import sys\n"
+        "from releasetrain.core.spec import load_spec\n"
+        "from releasetrain.core.plan import PlanContext, plan_release\n"
+        "from pathlib import Path\n"
+        "spec = load_spec(Path('include/releases/storefront.yaml'), display_root=Path('.'))\n"
+        "plan = plan_release(spec, PlanContext('.', [], {}))\n"
+        "assert len(plan.steps) > 20, len(plan.steps)\n"
+        "leaked = sorted(m for m in sys.modules if m == 'airflow' or m.startswith('airflow.'))\n"
+        "sys.exit(f'airflow imported: {leaked}' if leaked else 0)\n"
+    )
+    from tests.conftest import PROJECT_ROOT
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
