@@ -1129,3 +1129,46 @@ def test_a_retried_deploy_that_finds_its_own_deployment_live_is_no_noop(monkeypa
         assert (result["noop"], result["previous_version"]) == (False, "1.0.0")
         [deployed] = run_events("deployed")
         assert deployed.details["noop"] is False and deployed.details["previous_version"] == "1.0.0"
+
+
+# --- component versions (issue 13, packaging): one version, the same bytes everywhere -----------
+def _packager(release: str, root: Path, components: list[dict], store: str) -> BundlePackageOperator:
+    return BundlePackageOperator(
+        task_id="package", release=release, project_root=str(root), components=components, artifact_store=store
+    )
+
+
+def test_a_component_version_means_the_same_bytes_in_every_release(signing, store, tmp_path):
+    for name, text in (("a", "<h1>3.1.0</h1>"), ("b", "<h1>3.1.0, rebuilt</h1>"), ("c", "<h1>3.1.0</h1>")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "index.html").write_text(text)
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "main.py").write_text("print('api')")
+    first = _packager("storefront", tmp_path, [{"name": "web", "source": "a", "version": "3.1.0"}], store)
+    packaged = first.execute(context(FakeTI(), task_id="package"))
+    [web] = packaged["components"]
+    assert web["version"] == "3.1.0" and web["digest"].startswith("sha256:")
+    # the same component version with the same bytes, from another team's release: fine
+    same = _packager("checkout", tmp_path, [{"name": "web", "source": "c", "version": "3.1.0"}], store)
+    assert same.execute(context(FakeTI(), task_id="package"))["components"] == [web]
+    # other bytes under the same version: refused naming both digests, recorded, nothing stored
+    other = _packager(
+        "payments",
+        tmp_path,
+        [{"name": "web", "source": "b", "version": "3.1.0"}, {"name": "api", "source": "api", "version": "1.0.0"}],
+        store,
+    )
+    with pytest.raises(AirflowFailException, match="component web 3.1.0 is already packaged with digest") as refused:
+        other.execute(context(FakeTI(), task_id="package"))
+    assert web["digest"] in str(refused.value) and "first by release storefront 2.0.0" in str(refused.value)
+    from releasetrain.hooks.ledger import LedgerHook
+
+    hook = LedgerHook()
+    [event] = hook.events(release="payments", run_id=RUN_ID, kind="gate_refused")
+    hook.close()
+    assert event.details["step"] == "package" and web["digest"] in event.details["reasons"][0]
+    base = tmp_path / "artifacts"
+    assert not (base / "payments").exists(), "no bundle of the refused release"
+    assert not (base / "_components" / "api").exists(), "a refusal indexes none of the release's components"
+    index = json.loads((base / "_components" / "web" / "3.1.0.json").read_text())
+    assert (index["digest"], index["release"]) == (web["digest"], "storefront")

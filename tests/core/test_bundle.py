@@ -185,3 +185,23 @@ def test_non_ed25519_key_is_refused():
     )
     with pytest.raises(BundleError, match="must be Ed25519"):
         load_private_key(pem)
+
+
+def test_a_components_digest_is_its_files_whatever_release_carries_it():
+    from releasetrain.core.bundle import build_manifest, component_claims, component_digest, consistency_problem
+
+    web = ComponentFiles(name="web", version="3.1.0", files={"index.html": b"<h1>hi</h1>"})
+    in_a = build_manifest("storefront", "2.0.0", [web])
+    in_b = build_manifest("checkout", "7.1.0", [web, ComponentFiles(name="api", version="1.0.0", files={"m": b"x"})])
+    [claim_a] = component_claims(in_a)
+    claim_b = {c["component"]: c for c in component_claims(in_b)}
+    assert claim_a["digest"] == claim_b["web"]["digest"] == component_digest(in_a["components"][0])
+    assert (claim_b["api"]["version"], claim_b["api"]["release_version"]) == ("1.0.0", "7.1.0")
+    assert consistency_problem(claim_b["web"], claim_a) is None
+    changed = build_manifest(
+        "payments", "1.0.0", [ComponentFiles(name="web", version="3.1.0", files={"index.html": b"!"})]
+    )
+    [claim_c] = component_claims(changed)
+    problem = consistency_problem(claim_c, claim_a)
+    assert claim_a["digest"] in problem and claim_c["digest"] in problem and "storefront 2.0.0" in problem
+    assert consistency_problem(claim_c, None) is None

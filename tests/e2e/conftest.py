@@ -49,6 +49,9 @@ E2E_DAGS = {
     "rollback_canary-hand",
     "release_locked-a",
     "release_locked-b",
+    # issue 13: one component version, the same bytes in every release
+    "release_rebuild-a",
+    "release_rebuild-b",
 }
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
 GATE_ENVIRONMENTS = ["guard-staging", "guard-prod", "shared"]
@@ -179,6 +182,7 @@ def stack():
             "gated-dev",
             "gated-prod",
             "twin",
+            "rebuild",
             "windowed-dev",
             "payments-staging",
             "payments-prod",

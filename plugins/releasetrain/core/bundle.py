@@ -315,3 +315,40 @@ def manifest_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, A
         "removed": sorted(set(before) - set(after)),
         "changed": sorted(p for p in set(before) & set(after) if before[p] != after[p]),
     }
+
+
+# --- component versions: one version, the same bytes everywhere ------------------------------
+def component_digest(entry: Mapping[str, Any]) -> str:
+    """What one component of a manifest is made of: its files (paths inside the component,
+    sizes, hashes). The same files give the same digest in any release."""
+    prefix = f"{entry['name']}/"
+    files = [{"path": f["path"].removeprefix(prefix), "size": f["size"], "sha256": f["sha256"]} for f in entry["files"]]
+    return "sha256:" + sha256_hex(canonical_json(files))
+
+
+def component_claims(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One record per component for the artifact store's component index: which bytes this
+    component version is, and which release version packaged it first."""
+    return [
+        {
+            "component": entry["name"],
+            "version": entry["version"],
+            "digest": component_digest(entry),
+            "release": manifest["release"],
+            "release_version": manifest["version"],
+        }
+        for entry in manifest["components"]
+    ]
+
+
+def consistency_problem(claim: Mapping[str, Any], indexed: Mapping[str, Any] | None) -> str | None:
+    """Why ``claim`` contradicts what the index holds for the same component version (None: it
+    does not). Names both digests and who packaged the indexed one."""
+    if indexed is None or indexed.get("digest") == claim["digest"]:
+        return None
+    return (
+        f"component {claim['component']} {claim['version']} is already packaged with digest {indexed.get('digest')} "
+        f"(first by release {indexed.get('release')} {indexed.get('release_version')}); these files give "
+        f"{claim['digest']}. A component version means the same bytes in every release: give the component "
+        "a new version"
+    )

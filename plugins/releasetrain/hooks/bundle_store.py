@@ -34,6 +34,7 @@ class BundleStoreHook(BaseHook):
     BUNDLE = "bundle.tar.gz"
     MANIFEST = "manifest.json"
     SIGNATURE = "bundle.sig.json"
+    COMPONENTS = "_components"  # the component index: <component>/<version>.json
 
     def __init__(self, artifact_store: str | None = None, conn_id: str | None = None) -> None:
         super().__init__()
@@ -71,6 +72,36 @@ class BundleStoreHook(BaseHook):
         # The signature is written last: a bundle without it is never considered packaged.
         (folder / self.SIGNATURE).write_text(json.dumps(signature, indent=2, sort_keys=True))
         return folder
+
+    def component_record(self, component: str, version: str) -> dict[str, Any] | None:
+        """What the component index holds for a component version (None: never packaged)."""
+        path = self._component_path(component, version)
+        if not path.exists():
+            return None
+        return json.loads(path.read_text())
+
+    def claim_component(self, claim: dict[str, Any]) -> dict[str, Any] | None:
+        """Index a component version as these bytes unless it is indexed already; returns the
+        record that was there before (None when this claim created it). Local folders create
+        the record exclusively (two packagings racing: one wins, the other sees its record)."""
+        path = self._component_path(claim["component"], claim["version"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(claim, indent=2, sort_keys=True).encode()
+        try:
+            with path.open("xb") as out:
+                out.write(data)
+            return None
+        except FileExistsError:
+            return json.loads(path.read_text())
+        except (ValueError, NotImplementedError):  # a store without exclusive create: look, then write
+            if path.exists():
+                return json.loads(path.read_text())
+            path.write_bytes(data)
+            return None
+
+    def _component_path(self, component: str, version: str) -> ObjectStoragePath:
+        # release names start with a letter: no release folder is called _components
+        return self.base() / self.COMPONENTS / component / f"{version}.json"
 
     def read(self, release: str, version: str) -> tuple[bytes, dict[str, Any]]:
         folder = self.location(release, version)

@@ -10,17 +10,28 @@ from urllib.parse import unquote, urlsplit
 from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
-from releasetrain.core.bundle import BundleError, ComponentFiles, build_bundle, sign_bundle
-from releasetrain.core.vocabulary import Event
+from releasetrain.core.bundle import (
+    BundleError,
+    ComponentFiles,
+    build_bundle,
+    component_claims,
+    consistency_problem,
+    sign_bundle,
+)
+from releasetrain.core.gatekeeper import Decision
+from releasetrain.core.vocabulary import PACKAGE, Event
 from releasetrain.hooks.bundle_store import BundleStoreHook, SigningKeyHook
-from releasetrain.operators._common import release_request
+from releasetrain.operators._common import enforce, release_request
 
 
 class BundlePackageOperator(BaseOperator):
     """Collect every component's files, build the bundle, sign it and store it.
 
     Versions are immutable: packaging a version that is already stored with the same
-    digest reuses it (a re-run is a no-op); a different digest is refused.
+    digest reuses it (a re-run is a no-op); a different digest is refused. So are component
+    versions, across releases and teams: the store's component index remembers the bytes of
+    every component version, and a component version packaged again with other bytes is
+    refused naming both digests.
 
     :param release: release name
     :param components: ``[{"name", "source", "version"}]`` from the spec
@@ -65,6 +76,7 @@ class BundlePackageOperator(BaseOperator):
                 f"{self.release} {version} is already packaged at {location} with digest {existing.get('digest')}; "
                 f"these inputs give {bundle.digest}. Released versions are immutable: use a new version."
             )
+        self._claim_components(context, store, bundle.manifest)
         if existing:
             self.log.info(
                 "Bundle %s %s already packaged with digest %s: reusing it", self.release, version, bundle.digest
@@ -88,13 +100,27 @@ class BundlePackageOperator(BaseOperator):
             "digest": bundle.digest,
             "archive_sha256": archive_sha256,
             "location": str(location),
-            "components": [{"name": c["name"], "version": c["version"]} for c in bundle.manifest["components"]],
+            "components": [
+                {"name": c["component"], "version": c["version"], "digest": c["digest"]}
+                for c in component_claims(bundle.manifest)
+            ],
             "files": sum(len(c["files"]) for c in bundle.manifest["components"]),
         }
         from releasetrain.operators._common import record
 
         record(context, Event.PACKAGED, self.release, details=result)
         return result
+
+    def _claim_components(self, context: Any, store: BundleStoreHook, manifest: dict[str, Any]) -> None:
+        """One component version, the same bytes in every release: checked against the artifact
+        store's component index (all components first, so a refusal indexes nothing), then
+        indexed. A refusal is recorded in the ledger with both digests."""
+        claims = component_claims(manifest)
+        problems = [consistency_problem(c, store.component_record(c["component"], c["version"])) for c in claims]
+        if not any(problems):
+            problems = [consistency_problem(c, store.claim_component(c)) for c in claims]
+        reasons = [p for p in problems if p]
+        enforce(context, Decision.refuse(PACKAGE, *reasons) if reasons else Decision.allow(PACKAGE), self.release)
 
     def _collect(self, component: dict[str, Any], release_version: str) -> ComponentFiles:
         source = component["source"]
