@@ -101,6 +101,9 @@ def _calendar(args: argparse.Namespace, root: Path) -> int:
             print(f"{kind:<10} {iso_z(begin):<21} {iso_z(end):<21} {name}")
         for conflict in view.conflicts:
             print(f"CONFLICT   {conflict['detail']}")
+        for queue in view.queues:  # who gets a shared deploy target first when runs wait for it
+            order = " > ".join(f"{e['release']}/{e['environment']} ({e['business_impact']})" for e in queue["order"])
+            print(f"ORDER      {queue['target']}: {order}")
     return 0
 
 

@@ -232,13 +232,20 @@ def build_release_dag(
         max_active_runs=1,
         tags=sorted({"release", f"team:{spec.owner_team}", *spec.tags}),
         doc_md=release_doc_md(spec, calendars),
-        default_args={"owner": spec.owner_team, "retries": 0},
+        default_args=_task_defaults(spec),
         auto_register=auto_register,
     ) as dag:  # the with block registers the DAG in the DAG file (auto_register)
         render(plan, dag)
     _give_people(dag, calendars.people())
     _give_params(dag, release_params(spec))
     return dag
+
+
+def _task_defaults(spec: ReleaseSpec) -> dict[str, Any]:
+    """Every task of a release's DAGs: its team, no blind retries, and the release's business
+    impact as its priority in Airflow's pools and executor queues (absolute: the same for
+    every task of the release, so a critical release's tasks go before a low one's)."""
+    return {"owner": spec.owner_team, "retries": 0, "priority_weight": spec.priority, "weight_rule": "absolute"}
 
 
 def _give_params(dag: DAG, params: dict[str, Param]) -> None:
@@ -340,7 +347,7 @@ def build_rollback_dag(spec: ReleaseSpec, *, auto_register: bool = True, project
         max_active_runs=1,
         tags=sorted({"rollback", f"team:{spec.owner_team}", *spec.tags}),
         doc_md=doc,
-        default_args={"owner": spec.owner_team, "retries": 0},
+        default_args=_task_defaults(spec),
         auto_register=auto_register,
     ) as dag:  # the with block registers the DAG in the DAG file (auto_register)
         render(plan_rollback(spec), dag)

@@ -97,7 +97,12 @@ def test_planned_release_pins_the_version():
 
 def test_builder_gives_the_same_dag_as_yaml():
     yaml_spec = load_spec(PROJECT_ROOT / "include" / "releases" / "storefront.yaml")
-    built = ReleaseBuilder("storefront", owner_team="commerce", description=yaml_spec.description)
+    built = ReleaseBuilder(
+        "storefront",
+        owner_team="commerce",
+        description=yaml_spec.description,
+        business_impact=yaml_spec.business_impact,
+    )
     for c in yaml_spec.components:
         built.component(c.name, source=c.source)
     for e in yaml_spec.environments:

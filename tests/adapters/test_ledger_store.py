@@ -281,3 +281,39 @@ def test_an_append_waits_for_a_restarting_server_within_its_limit(ledger_url, mo
     finally:
         monkeypatch.undo()
         store.close()
+
+
+def test_a_freed_target_goes_to_the_waiter_of_the_highest_business_impact_then_the_earliest(ledger_url):
+    """Issue 13 (prioritisation): runs of several releases wait for one deploy target; when
+    it is freed, the critical release's run takes it before a medium one that waited longer;
+    on a tie the earlier waiter goes first; a waiter that stopped asking blocks nobody."""
+    import time
+
+    store = store_from_url(ledger_url)
+    try:
+        assert store.try_lock("t", "holder/a", 10) == "holder/a"
+        assert store.try_lock("t", "medium/early", 10) == "holder/a"
+        assert store.try_lock("t", "medium/late", 10) == "holder/a"
+        assert store.try_lock("t", "critical/late", 1000) == "holder/a"
+        assert store.try_lock("t", "gone/critical", 5000, wait_seconds=0.2) == "holder/a"
+        assert [w for w, _ in store.lock_queue("t")] == [
+            "gone/critical",
+            "critical/late",
+            "medium/early",
+            "medium/late",
+        ]
+        time.sleep(0.3)  # gone/critical stopped asking: its place expired
+        assert [w for w, _ in store.lock_queue("t")] == ["critical/late", "medium/early", "medium/late"]
+        assert store.unlock("holder/a", "t") == ["t"]
+        assert store.try_lock("t", "medium/early", 10) == "", "free, but the critical waiter goes first"
+        assert store.try_lock("t", "critical/late", 1000) == "critical/late"
+        assert [w for w, _ in store.lock_queue("t")] == ["medium/early", "medium/late"]
+        store.unlock("critical/late", "t")
+        assert store.try_lock("t", "medium/late", 10) == "", "the earlier of equals goes first"
+        assert store.try_lock("t", "medium/early", 10) == "medium/early"
+        # a run that ends leaves the queue with its locks (the listener's unlock_run)
+        assert store.try_lock("t", "medium/late@1", 10) == "medium/early"
+        store.unlock_run("medium/late", "1")
+        assert store.lock_queue("t") == []
+    finally:
+        store.close()

@@ -156,7 +156,7 @@ def test_calendar_cli_json():
     )
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
-    assert set(data) == {"windows", "blackouts", "conflicts"}
+    assert set(data) == {"windows", "blackouts", "conflicts", "queues"}
     assert data["windows"][0] == {"start": "2026-12-01T09:00:00Z", "end": "2026-12-01T11:00:00Z"}
     starts = [w["start"] for w in data["windows"]]
     assert starts == sorted(starts) and all(s.endswith("Z") for s in starts)

@@ -214,3 +214,11 @@ def test_planning_needs_no_airflow():
 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_lock_queues_by_the_releases_business_impact():
+    assert plan_release(spec(), CTX).steps["prod.lock"].args["priority"] == v.IMPACT_PRIORITY["medium"]
+    critical = plan_release(spec(business_impact="critical"), CTX)
+    assert {critical.steps[f"{env}.lock"].args["priority"] for env in ("dev", "prod")} == {1000}
+    with pytest.raises(ReleaseSpecError, match="business_impact"):
+        spec(business_impact="urgent")

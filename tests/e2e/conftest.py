@@ -49,6 +49,7 @@ E2E_DAGS = {
     "rollback_canary-hand",
     "release_locked-a",
     "release_locked-b",
+    "release_locked-c",
     # issue 13: one component version, the same bytes in every release
     "release_rebuild-a",
     "release_rebuild-b",

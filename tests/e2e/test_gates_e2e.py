@@ -170,9 +170,13 @@ def _two_releases_on_one_target(seen: dict, author, fleet) -> None:
     b = seen["b"] = author.trigger("release_locked-b", {"version": "3.0.0"})["dag_run_id"]
     # attack 8: b's deploy would land while a still checks its deploy
     seen["b_lock"] = author.wait_for_task("release_locked-b", b, "shared.lock", ("deferred",), timeout=180)
+    # issue 13: a critical release comes to the same target after b began to wait
+    c = seen["c"] = author.trigger("release_locked-c", {"version": "4.0.0"})["dag_run_id"]
+    seen["c_lock"] = author.wait_for_task("release_locked-c", c, "shared.lock", ("deferred",), timeout=180)
     seen["a_health_meanwhile"] = author.task_states("release_locked-a", a)["shared.health"]
     seen["live_meanwhile"] = fleet("shared")["version"]
     seen["a_run"] = author.wait_for_run("release_locked-a", a, timeout=400)
+    seen["c_run"] = author.wait_for_run("release_locked-c", c, timeout=400)
     seen["b_run"] = author.wait_for_run("release_locked-b", b, timeout=400)
     seen["history"] = fleet("shared")["history"]
     # the old run's lock and everything after it cleared: its deploy, and its rollback
@@ -233,15 +237,20 @@ def test_canary_steps_marked_successful_by_hand_promote_nothing_and_the_bad_vers
 def test_no_other_deploy_lands_between_a_deploy_and_its_last_check(background, ledger):
     seen = background["lock"].result()
     assert seen["a_health"] == "deferred"
-    # b's lock waited (deferred, no worker slot) while a still checked its deploy
-    assert seen["b_lock"] == "deferred" and seen["a_health_meanwhile"] == "deferred"
+    # b's lock waited (deferred, no worker slot) while a still checked its deploy; so did c's
+    assert seen["b_lock"] == "deferred" and seen["c_lock"] == "deferred"
+    assert seen["a_health_meanwhile"] == "deferred"
     assert seen["live_meanwhile"] == "2.0.0"
     assert seen["a_run"]["state"] == "success" and seen["b_run"]["state"] == "success"
+    assert seen["c_run"]["state"] == "success"
+    # issue 13: the critical release (c) took the freed target before b, which waited longer
     deploys = [(h["kind"], h["version"]) for h in seen["history"] if h["kind"] != "seed"]
-    assert deploys == [("deploy", "2.0.0"), ("deploy", "3.0.0")]
+    assert deploys == [("deploy", "2.0.0"), ("deploy", "4.0.0"), ("deploy", "3.0.0")]
     released = next(e.seq for e in ledger.events("locked-a", seen["a"]) if e.kind == "lock_released")
     acquired = next(e.seq for e in ledger.events("locked-b", seen["b"]) if e.kind == "lock_acquired")
-    assert released < acquired, "b took the target only after a released it"
+    c_acquired = next(e.seq for e in ledger.events("locked-c", seen["c"]) if e.kind == "lock_acquired")
+    c_released = next(e.seq for e in ledger.events("locked-c", seen["c"]) if e.kind == "lock_released")
+    assert released < c_acquired < c_released < acquired, "c, then b, took the target only after a released it"
 
     # the finished run cleared from its lock on: it takes nothing, deploys and rolls back nothing
     states = seen["a_cleared_states"]

@@ -20,7 +20,15 @@ from releasetrain.core.spec import ReleaseSpec, parse_spec
 
 
 class ReleaseBuilder:
-    def __init__(self, name: str, *, owner_team: str, description: str = "", version: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        *,
+        owner_team: str,
+        description: str = "",
+        version: str | None = None,
+        business_impact: str | None = None,
+    ):
         self._data: dict[str, Any] = {
             "name": name,
             "owner_team": owner_team,
@@ -30,6 +38,8 @@ class ReleaseBuilder:
         }
         if version is not None:
             self._data["version"] = version
+        if business_impact is not None:
+            self._data["business_impact"] = business_impact
 
     def component(self, name: str, *, source: str, version: str | None = None) -> ReleaseBuilder:
         entry: dict[str, Any] = {"name": name, "source": source}

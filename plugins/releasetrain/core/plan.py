@@ -271,7 +271,11 @@ def _stage(
     if window:
         windows.append(window)
     deploy = _deploy(stage, verify, gates, approval_ids, window)
-    lock = stage.add(v.LOCK, Kind.LOCK, {"release": spec.name, "environment": env.name, "target": env.deploy_target})
+    lock = stage.add(
+        v.LOCK,
+        Kind.LOCK,
+        {"release": spec.name, "environment": env.name, "target": env.deploy_target, "priority": spec.priority},
+    )
     smoke = _smoke(stage, deploy)
     stage.watched += [deploy, smoke]
     plan.connect(verify, lock)

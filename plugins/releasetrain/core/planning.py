@@ -4,7 +4,7 @@ and conflicts between planned releases (pure: no Airflow)."""
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from releasetrain.core.spec import CalendarLibrary, ReleaseSpec
@@ -16,13 +16,32 @@ class CalendarView:
     windows: list[Interval]
     blackouts: list[BlackoutPeriod]
     conflicts: list[dict[str, Any]]
+    queues: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "windows": [w.to_dict() for w in self.windows],
             "blackouts": [b.to_dict() for b in self.blackouts],
             "conflicts": self.conflicts,
+            "queues": self.queues,
         }
+
+
+def target_queues(specs: list[ReleaseSpec], environment: str | None = None) -> list[dict[str, Any]]:
+    """For each deploy target that several of the releases deploy to: the order in which their
+    waiting runs get it (higher business impact first; on a tie, whichever waited first:
+    listed by name)."""
+    by_target: dict[str, list[dict[str, Any]]] = {}
+    for spec in specs:
+        for env in spec.environments:
+            if environment is None or env.name == environment:
+                entry = {"release": spec.name, "environment": env.name, "business_impact": spec.business_impact}
+                by_target.setdefault(env.deploy_target, []).append({**entry, "priority": spec.priority})
+    return [
+        {"target": target, "order": sorted(entries, key=lambda e: (-e["priority"], e["release"], e["environment"]))}
+        for target, entries in sorted(by_target.items())
+        if len({e["release"] for e in entries}) > 1
+    ]
 
 
 def _planned(spec: ReleaseSpec) -> Interval | None:
@@ -52,7 +71,9 @@ def calendar_view(
         calendar = library.resolve(layers)
         windows += calendar.effective(start, end)
         blackouts.update(calendar.blackout_periods(start, end))
-    return CalendarView(merge(windows), sorted(blackouts), find_conflicts(specs, library))
+    return CalendarView(
+        merge(windows), sorted(blackouts), find_conflicts(specs, library), target_queues(specs, environment)
+    )
 
 
 def find_conflicts(specs: list[ReleaseSpec], library: CalendarLibrary) -> list[dict[str, Any]]:

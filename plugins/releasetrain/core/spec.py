@@ -398,6 +398,12 @@ class ReleaseSpec(_Model):
         default=None, description="When a planned release is to go out (with offset), for conflict reports."
     )
     planned_duration_minutes: int = Field(default=60, gt=0)
+    business_impact: Literal["low", "medium", "high", "critical"] = Field(
+        default="medium",
+        description="What the business loses while this release waits: when runs of several releases queue "
+        "for one deploy target, the higher impact goes first (then the earlier waiter), and Airflow runs its "
+        "tasks first when slots are short.",
+    )
     reviewers: list[str] = Field(
         default_factory=list,
         description="Who may give the post-implementation review of an emergency change; default: every "
@@ -473,6 +479,13 @@ class ReleaseSpec(_Model):
             if env.calendar:
                 layers.append(env.calendar)
         return layers
+
+    @property
+    def priority(self) -> int:
+        """The release's place in queues (deploy-target locks, Airflow's pools): its business impact."""
+        from releasetrain.core.vocabulary import IMPACT_PRIORITY
+
+        return IMPACT_PRIORITY[self.business_impact]
 
     @property
     def dag_id(self) -> str:

@@ -31,6 +31,10 @@ def release_of_dag(dag_id: str) -> str | None:
     return None
 
 
+# a release's business impact -> its priority in deploy-target queues and Airflow's pools
+IMPACT_PRIORITY = {"low": 1, "medium": 10, "high": 100, "critical": 1000}
+
+
 def target_pool(deploy_target: str) -> str:
     """The pool that serialises work on one deploy target (one slot, deferred tasks count)."""
     return f"{POOL_PREFIX}{deploy_target}"

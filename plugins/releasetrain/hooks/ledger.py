@@ -21,6 +21,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ DEFAULT_CONN_ID = "releasetrain_ledger"
 TABLE = "releasetrain_ledger"
 HEAD = "releasetrain_ledger_head"
 LOCKS = "releasetrain_target_locks"
+LOCK_QUEUE = "releasetrain_lock_queue"
 _COLUMNS = "seq, at, release, run_id, environment, kind, actor, details, prev_hash, hash, dag_id"
 
 _SCHEMA = [
@@ -56,6 +58,15 @@ _SCHEMA = [
     f"CREATE TABLE IF NOT EXISTS {HEAD} (id INTEGER PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL)",
     # Which run holds each deploy target, from its deploy to its last check (see operators/lock.py).
     f"CREATE TABLE IF NOT EXISTS {LOCKS} (target TEXT PRIMARY KEY, holder TEXT NOT NULL, acquired_at TEXT NOT NULL)",
+    # Who waits for each target, at which priority, since when; a waiter that stops asking
+    # (its run ended or was deleted) expires and never blocks the others.
+    f"""CREATE TABLE IF NOT EXISTS {LOCK_QUEUE} (
+        target TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        since TEXT NOT NULL,
+        expires TEXT NOT NULL,
+        PRIMARY KEY (target, holder))""",
 ]
 
 
@@ -79,6 +90,7 @@ _PG_WRITER_GRANTS = [
     f"GRANT SELECT, INSERT ON {TABLE} TO {{role}}",
     f"GRANT SELECT, INSERT, UPDATE ON {HEAD} TO {{role}}",
     f"GRANT SELECT, INSERT, UPDATE, DELETE ON {LOCKS} TO {{role}}",
+    f"GRANT SELECT, INSERT, UPDATE, DELETE ON {LOCK_QUEUE} TO {{role}}",
 ]
 
 # Ledgers created before runs were keyed by DAG id get the column (their events keep dag_id '').
@@ -345,20 +357,42 @@ class LedgerStore:
             last = int(rows[-1][0])
 
     # --- deploy-target locks --------------------------------------------------------------------
-    def try_lock(self, target: str, holder: str) -> str:
-        """Take ``target`` for ``holder`` unless someone holds it; returns who holds it now."""
+    def try_lock(self, target: str, holder: str, priority: int = 0, wait_seconds: float = 60.0) -> str:
+        """Take ``target`` for ``holder`` unless someone holds it, or another waiter goes first;
+        returns who holds it now ("" when nobody does).
+
+        Waiters queue by priority (the release's business impact), then by when they began
+        to wait. Each try renews the waiter's place for ``wait_seconds``: a waiter that stops
+        asking expires, so a run that ended or was deleted never blocks the queue."""
         from releasetrain.core.ledger import now_iso
 
         p = self.placeholder
+        now = now_iso()
+        expires = (datetime.now(UTC) + timedelta(seconds=wait_seconds)).isoformat(timespec="microseconds")
+        expires = expires.replace("+00:00", "Z")
         cursor = self.conn.cursor()
         try:
             cursor.execute(
-                f"INSERT INTO {LOCKS} (target, holder, acquired_at) VALUES ({p}, {p}, {p}) "
-                "ON CONFLICT (target) DO NOTHING",
-                (target, holder, now_iso()),
+                f"INSERT INTO {LOCK_QUEUE} (target, holder, priority, since, expires) VALUES ({p}, {p}, {p}, {p}, {p}) "
+                "ON CONFLICT (target, holder) DO UPDATE SET priority = excluded.priority, expires = excluded.expires",
+                (target, holder, int(priority), now, expires),
             )
+            cursor.execute(
+                f"SELECT holder FROM {LOCK_QUEUE} WHERE target = {p} AND expires > {p} "
+                "ORDER BY priority DESC, since ASC, holder ASC LIMIT 1",
+                (target, now),
+            )
+            first = cursor.fetchone()
+            if first and first[0] == holder:
+                cursor.execute(
+                    f"INSERT INTO {LOCKS} (target, holder, acquired_at) VALUES ({p}, {p}, {p}) "
+                    "ON CONFLICT (target) DO NOTHING",
+                    (target, holder, now),
+                )
             cursor.execute(f"SELECT holder FROM {LOCKS} WHERE target = {p}", (target,))
             row = cursor.fetchone()
+            if row and row[0] == holder:
+                cursor.execute(f"DELETE FROM {LOCK_QUEUE} WHERE target = {p} AND holder = {p}", (target, holder))
             self.conn.commit()
         except Exception as exc:
             self.conn.rollback()
@@ -366,6 +400,22 @@ class LedgerStore:
         finally:
             cursor.close()
         return row[0] if row else ""
+
+    def lock_queue(self, target: str) -> list[tuple[str, int]]:
+        """Who waits for ``target`` (and has not expired), in the order they will get it."""
+        from releasetrain.core.ledger import now_iso
+
+        p = self.placeholder
+        cursor = self.conn.cursor()
+        cursor.execute(
+            f"SELECT holder, priority FROM {LOCK_QUEUE} WHERE target = {p} AND expires > {p} "
+            "ORDER BY priority DESC, since ASC, holder ASC",
+            (target, now_iso()),
+        )
+        rows = [(row[0], int(row[1])) for row in cursor.fetchall()]
+        cursor.close()
+        self.conn.commit()
+        return rows
 
     def lock_holder(self, target: str) -> str | None:
         cursor = self.conn.cursor()
@@ -410,6 +460,9 @@ class LedgerStore:
             held = [(t, h) for t, h in cursor.fetchall() if held_by_run(h)]
             for target, holder in held:
                 cursor.execute(f"DELETE FROM {LOCKS} WHERE target = {p} AND holder = {p}", (target, holder))
+            cursor.execute(f"SELECT target, holder FROM {LOCK_QUEUE}")
+            for target, holder in [(t, h) for t, h in cursor.fetchall() if held_by_run(h)]:
+                cursor.execute(f"DELETE FROM {LOCK_QUEUE} WHERE target = {p} AND holder = {p}", (target, holder))
             self.conn.commit()
         except Exception as exc:
             self.conn.rollback()

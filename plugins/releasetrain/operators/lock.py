@@ -89,9 +89,12 @@ def _stale(context: Any, holder: str, me: str) -> str:
     return ""
 
 
-def try_acquire(context: Any, *, release: str, environment: str, target: str, step: str) -> tuple[bool, str]:
-    """Take ``target`` for this run if it may (:func:`may_lock`; refused otherwise), taking it
-    over from a stale holder; returns (acquired, this run's holder name)."""
+def try_acquire(
+    context: Any, *, release: str, environment: str, target: str, step: str, priority: int = 0
+) -> tuple[bool, str]:
+    """Take ``target`` for this run if it may (:func:`may_lock`; refused otherwise) and no
+    waiter of a higher priority (or an earlier one of the same) goes first, taking it over
+    from a stale holder; returns (acquired, this run's holder name)."""
     from releasetrain.hooks.ledger import LedgerHook
 
     run = run_ledger(context, release)
@@ -99,7 +102,7 @@ def try_acquire(context: Any, *, release: str, environment: str, target: str, st
     me = holder_of(context, release)
     hook = LedgerHook()
     try:
-        holder = hook.store.try_lock(target, me)
+        holder = hook.store.try_lock(target, me, priority)
         stale = _stale(context, holder, me) if holder != me else ""
         if stale and hook.store.take_over(target, holder, me):
             record(
@@ -124,31 +127,51 @@ class TargetLockOperator(BaseOperator):
     :param target: the deploy target (its connection id): environments sharing one
         target share its lock
     :param poll_interval: seconds between tries while waiting
+    :param priority: the release's place in the target's queue (its business impact):
+        when the target is freed, the waiter of the highest priority takes it, the earliest
+        of them on a tie
     """
 
     ui_color = "#e6e6fa"
 
     def __init__(
-        self, *, release: str, environment: str, target: str, poll_interval: float = 5.0, **kwargs: Any
+        self,
+        *,
+        release: str,
+        environment: str,
+        target: str,
+        poll_interval: float = 5.0,
+        priority: int = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.release = release
         self.environment = environment
         self.target = target
         self.poll_interval = poll_interval
+        self.priority = priority
 
     def execute(self, context: Any) -> dict[str, Any]:
         from releasetrain.triggers.lock import TargetLockTrigger
 
         acquired, me = try_acquire(
-            context, release=self.release, environment=self.environment, target=self.target, step=self.task_id
+            context,
+            release=self.release,
+            environment=self.environment,
+            target=self.target,
+            step=self.task_id,
+            priority=self.priority,
         )
         if acquired:
             return self._acquired(context)
         self.log.info("%s: deploy target %s is held by another run; waiting (deferred)", self.environment, self.target)
         self.defer(
             trigger=TargetLockTrigger(
-                target=self.target, holder=me, ledger_conn_id=LEDGER_CONN_ID, poll_interval=self.poll_interval
+                target=self.target,
+                holder=me,
+                ledger_conn_id=LEDGER_CONN_ID,
+                poll_interval=self.poll_interval,
+                priority=self.priority,
             ),
             method_name="execute_complete",
         )

@@ -27,6 +27,7 @@ class TargetLockTrigger(BaseTrigger):
     :param holder: ``<dag_id>/<run_id>`` of the waiting run
     :param ledger_conn_id: the ledger's connection (the lock table lives beside the ledger)
     :param poll_interval: seconds between tries
+    :param priority: the waiter's place in the target's queue (higher first, then earlier)
     :param recheck_after: seconds after which the trigger hands back to the task
         (``recheck``) so it can ask Airflow whether the holder's run still exists: a run
         deleted through the API releases nothing
@@ -40,6 +41,7 @@ class TargetLockTrigger(BaseTrigger):
         ledger_conn_id: str,
         poll_interval: float = 5.0,
         recheck_after: float = 120.0,
+        priority: int = 0,
     ) -> None:
         super().__init__()
         if not target or not holder:
@@ -51,6 +53,7 @@ class TargetLockTrigger(BaseTrigger):
         self.ledger_conn_id = ledger_conn_id
         self.poll_interval = float(poll_interval)
         self.recheck_after = float(recheck_after)
+        self.priority = int(priority)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -61,6 +64,7 @@ class TargetLockTrigger(BaseTrigger):
                 "ledger_conn_id": self.ledger_conn_id,
                 "poll_interval": self.poll_interval,
                 "recheck_after": self.recheck_after,
+                "priority": self.priority,
             },
         )
 
@@ -88,7 +92,9 @@ class TargetLockTrigger(BaseTrigger):
         try:
             while True:
                 try:
-                    holder = await asyncio.to_thread(store.try_lock, self.target, self.holder)
+                    holder = await asyncio.to_thread(
+                        store.try_lock, self.target, self.holder, self.priority, max(60.0, 3 * self.poll_interval)
+                    )
                 except LedgerError as exc:
                     self.log.warning("locking %s failed, trying again: %s", self.target, exc)
                     holder = ""
