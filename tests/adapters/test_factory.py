@@ -104,7 +104,7 @@ def test_builder_gives_the_same_dag_as_yaml():
         business_impact=yaml_spec.business_impact,
     )
     for c in yaml_spec.components:
-        built.component(c.name, source=c.source)
+        built.component(c.name, source=c.source, contract=c.contract)
     for e in yaml_spec.environments:
         built.environment(
             e.name,

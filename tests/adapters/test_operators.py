@@ -1172,3 +1172,63 @@ def test_a_component_version_means_the_same_bytes_in_every_release(signing, stor
     assert not (base / "_components" / "api").exists(), "a refusal indexes none of the release's components"
     index = json.loads((base / "_components" / "web" / "3.1.0.json").read_text())
     assert (index["digest"], index["release"]) == (web["digest"], "storefront")
+
+
+# --- the version class from the API contract (issue 13, scope) --------------------------------
+def test_a_breaking_contract_change_needs_a_major_version(signing, store, tmp_path):
+    import copy
+
+    import yaml
+
+    from tests.core.test_contract import BASE
+
+    source = tmp_path / "cart"
+    source.mkdir()
+    (source / "main.py").write_text("print('cart')")
+
+    def package_version(version: str, contract: dict) -> dict:
+        (source / "openapi.yaml").write_text(yaml.safe_dump(contract))
+        op = BundlePackageOperator(
+            task_id="package",
+            release="storefront",
+            project_root=str(tmp_path),
+            components=[{"name": "cart-api", "source": "cart", "contract": "openapi.yaml"}],
+            artifact_store=store,
+            production=["prod"],
+        )
+        return op.execute(context(FakeTI(), task_id="package", params={**PARAMS, "version": version}))
+
+    first = package_version("1.0.0", BASE)
+    assert first["contracts"] == [
+        {
+            "component": "cart-api",
+            "contract": "openapi.yaml",
+            "version": "1.0.0",
+            "live_release": None,
+            "live_version": None,
+            "class": None,
+            "changes": [],
+        }
+    ], "nothing live in production yet: nothing to compare"
+    seed("deployed", environment="prod", version="1.0.0", digest=first["digest"])
+    breaking = copy.deepcopy(BASE)
+    del breaking["paths"]["/carts/{id}"]["put"]
+    with pytest.raises(AirflowFailException, match="package refused: component cart-api 1.0.0 -> 1.1.0 is a minor"):
+        package_version("1.1.0", breaking)
+    [refused] = run_events("gate_refused")
+    assert refused.details["reasons"] == [
+        "component cart-api 1.0.0 -> 1.1.0 is a minor version step, but its API contract changes need a major "
+        "version: removed endpoint PUT /carts/{id}"
+    ]
+    base = tmp_path / "artifacts"
+    assert not (base / "storefront" / "1.1.0").exists()
+    assert not (base / "_components" / "cart-api" / "1.1.0.json").exists(), "a refusal claims no version"
+    major = package_version("2.0.0", breaking)
+    [contract] = major["contracts"]
+    assert (contract["live_version"], contract["class"]) == ("1.0.0", "major")
+    assert contract["changes"] == ["removed endpoint PUT /carts/{id}"]
+    [packaged] = [e for e in run_events("packaged") if e.details["version"] == "2.0.0"]
+    assert packaged.details["contracts"] == [contract], "the decision is recorded with the bundle"
+    # an invalid contract is refused naming the file
+    with pytest.raises(AirflowFailException, match="cart-api/openapi.yaml: not a valid OpenAPI document"):
+        package_version("2.1.0", {"openapi": "3.0.3", "info": {"title": "x"}, "paths": {}})

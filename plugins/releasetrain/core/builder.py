@@ -41,10 +41,14 @@ class ReleaseBuilder:
         if business_impact is not None:
             self._data["business_impact"] = business_impact
 
-    def component(self, name: str, *, source: str, version: str | None = None) -> ReleaseBuilder:
+    def component(
+        self, name: str, *, source: str, version: str | None = None, contract: str | None = None
+    ) -> ReleaseBuilder:
         entry: dict[str, Any] = {"name": name, "source": source}
         if version is not None:
             entry["version"] = version
+        if contract is not None:
+            entry["contract"] = contract
         self._data["components"].append(entry)
         return self
 

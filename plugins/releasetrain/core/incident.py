@@ -168,3 +168,18 @@ def last_good_version(events: Iterable[Any], environment: str, current: str | No
         if run_id not in rolled_back and ended.get(run_id, "success") == "success" and d["version"] != current
     ]
     return max(good, key=lambda d: d["seq"]) if good else None
+
+
+def live_version(events: Iterable[Any], environments: Iterable[str]) -> str | None:
+    """The version running now in any of ``environments``, from the ledger: the newest
+    deploy there (a no-op deploy too: it found the version live) or rollback (what it restored)."""
+    names = set(environments)
+    live = None
+    for event in events:
+        if event.environment not in names:
+            continue
+        if event.kind == Event.DEPLOYED and event.details.get("version"):
+            live = event.details["version"]
+        elif event.kind == Event.ROLLBACK and event.details.get("restored_version"):
+            live = event.details["restored_version"]
+    return live

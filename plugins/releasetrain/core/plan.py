@@ -168,6 +168,7 @@ def _package(spec: ReleaseSpec, ctx: PlanContext) -> Step:
             "project_root": ctx.project_root,
             "artifact_store": spec.artifact_store,
             "signing_conn_id": ctx.signing_conn_id,
+            "production": spec.production_environments,
         },
     )
 

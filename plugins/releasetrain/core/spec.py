@@ -356,12 +356,26 @@ class Component(_Model):
     )
     version: str | None = Field(default=None, description="Defaults to the release version.")
     schema_migration: bool = Field(default=False, description="The component changes a database schema.")
+    contract: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*\.(yaml|yml|json)$",
+        description="The component's API contract: an OpenAPI document among its files (a path inside the "
+        "component, e.g. openapi.yaml). Packaging computes the version class its changes need against the "
+        "contract of the version live in production and refuses a smaller declared step.",
+    )
 
     @field_validator("version")
     @classmethod
     def _semver(cls, value: str | None) -> str | None:
         if value is not None and not is_semver(value):
             raise ValueError(f"{value!r} is not a semantic version (MAJOR.MINOR.PATCH)")
+        return value
+
+    @field_validator("contract")
+    @classmethod
+    def _inside(cls, value: str | None) -> str | None:
+        if value is not None and ".." in value.split("/"):
+            raise ValueError(f"{value!r} must be a path inside the component (no '..')")
         return value
 
 

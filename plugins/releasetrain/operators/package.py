@@ -16,6 +16,7 @@ from releasetrain.core.bundle import (
     build_bundle,
     component_claims,
     consistency_problem,
+    read_archive,
     sign_bundle,
 )
 from releasetrain.core.gatekeeper import Decision
@@ -51,6 +52,7 @@ class BundlePackageOperator(BaseOperator):
         project_root: str,
         artifact_store: str | None = None,
         signing_conn_id: str = SigningKeyHook.default_conn_name,
+        production: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -61,11 +63,13 @@ class BundlePackageOperator(BaseOperator):
         self.project_root = project_root
         self.artifact_store = artifact_store
         self.signing_conn_id = signing_conn_id
+        self.production = list(production or [])
 
     def execute(self, context: Any) -> dict[str, Any]:
         version = release_request(context, self.release).version
+        collected = [self._collect(c, version) for c in self.components]
         try:
-            bundle = build_bundle(self.release, version, [self._collect(c, version) for c in self.components])
+            bundle = build_bundle(self.release, version, collected)
         except BundleError as exc:
             raise AirflowFailException(f"packaging {self.release} {version}: {exc}") from None
         store = BundleStoreHook(self.artifact_store)
@@ -76,6 +80,7 @@ class BundlePackageOperator(BaseOperator):
                 f"{self.release} {version} is already packaged at {location} with digest {existing.get('digest')}; "
                 f"these inputs give {bundle.digest}. Released versions are immutable: use a new version."
             )
+        contracts = self._check_contracts(context, store, collected)  # before the index: a refusal claims nothing
         self._claim_components(context, store, bundle.manifest)
         if existing:
             self.log.info(
@@ -106,6 +111,8 @@ class BundlePackageOperator(BaseOperator):
             ],
             "files": sum(len(c["files"]) for c in bundle.manifest["components"]),
         }
+        if contracts:
+            result["contracts"] = contracts
         from releasetrain.operators._common import record
 
         record(context, Event.PACKAGED, self.release, details=result)
@@ -121,6 +128,65 @@ class BundlePackageOperator(BaseOperator):
             problems = [consistency_problem(c, store.claim_component(c)) for c in claims]
         reasons = [p for p in problems if p]
         enforce(context, Decision.refuse(PACKAGE, *reasons) if reasons else Decision.allow(PACKAGE), self.release)
+
+    def _check_contracts(
+        self, context: Any, store: BundleStoreHook, collected: list[ComponentFiles]
+    ) -> list[dict[str, Any]]:
+        """Each component's declared version step against what its API contract's changes
+        need, compared with the contract of the version live in production (from the ledger
+        and that version's bundle). A smaller step is refused with the breaking changes."""
+        contracts = {c["name"]: c["contract"] for c in self.components if c.get("contract")}
+        if not contracts:
+            return []
+        from releasetrain.core.contract import (
+            ContractError,
+            class_problem,
+            contract_class,
+            diff_contracts,
+            load_contract,
+        )
+        from releasetrain.core.incident import live_version
+        from releasetrain.hooks.ledger import LedgerHook
+
+        hook = LedgerHook()
+        try:
+            live = live_version(hook.events(release=self.release), self.production)
+        finally:
+            hook.close()
+        live_files: dict[str, bytes] = {}
+        live_versions: dict[str, str] = {}
+        if live is not None:
+            try:
+                live_manifest, live_files = read_archive(store.read(self.release, live)[0])
+            except BundleError as exc:
+                reason = (
+                    f"the contract cannot be compared: the bundle of {live}, live in production, is unreadable: {exc}"
+                )
+                enforce(context, Decision.refuse(PACKAGE, reason), self.release)
+            live_versions = {c["name"]: c["version"] for c in live_manifest["components"]}
+        results, problems = [], []
+        for component in (c for c in collected if c.name in contracts):
+            path = contracts[component.name]
+            entry: dict[str, Any] = {"component": component.name, "contract": path, "version": component.version}
+            old = live_files.get(f"{component.name}/{path}")
+            entry.update(live_release=live, live_version=live_versions.get(component.name))
+            try:
+                if path not in component.files:
+                    raise ContractError(f"component {component.name} declares contract {path}, but has no such file")
+                new_doc = load_contract(component.files[path], f"{component.name}/{path}")
+                if old is None:  # first release to production, or the live version had no contract
+                    results.append({**entry, "class": None, "changes": []})
+                    continue
+                changes = diff_contracts(load_contract(old, f"{self.release} {live}: {component.name}/{path}"), new_doc)
+            except ContractError as exc:
+                problems.append(str(exc))
+                continue
+            results.append({**entry, "class": contract_class(changes), "changes": [c.what for c in changes]})
+            problem = class_problem(component.name, entry["live_version"], component.version, changes)
+            if problem:
+                problems.append(problem)
+        enforce(context, Decision.refuse(PACKAGE, *problems) if problems else Decision.allow(PACKAGE), self.release)
+        return results
 
     def _collect(self, component: dict[str, Any], release_version: str) -> ComponentFiles:
         source = component["source"]
