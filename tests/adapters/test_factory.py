@@ -342,3 +342,9 @@ def test_the_renderer_knows_every_kind_and_the_plans_rules_are_airflows():
 
     assert set(OPERATORS) == set(Kind)
     assert {rule.value for rule in Rule} <= {rule.value for rule in TriggerRule}
+
+
+def test_the_retention_dag_plans_before_it_deletes(dagbag):
+    dag = dagbag.dags["releasetrain_retention"]
+    assert dag.task_dict["plan"].downstream_task_ids == {"delete"}
+    assert dag.params["dry_run"] is False and dag.max_active_runs == 1

@@ -1232,3 +1232,69 @@ def test_a_breaking_contract_change_needs_a_major_version(signing, store, tmp_pa
     # an invalid contract is refused naming the file
     with pytest.raises(AirflowFailException, match="cart-api/openapi.yaml: not a valid OpenAPI document"):
         package_version("2.1.0", {"openapi": "3.0.3", "info": {"title": "x"}, "paths": {}})
+
+
+# --- retention (issue 13, packaging) ------------------------------------------------------------
+def test_retention_plans_first_then_deletes_only_what_its_recorded_plan_allowed(signing, store, tmp_path):
+    from releasetrain.hooks.bundle_store import BundleStoreHook
+    from releasetrain.hooks.ledger import LedgerHook
+    from releasetrain.operators.retention import RetentionDeleteOperator, RetentionPlanOperator
+
+    for i in range(4):
+        op = BundlePackageOperator(
+            task_id="package",
+            release="storefront",
+            components=COMPONENTS,
+            project_root=str(PROJECT_ROOT),
+            artifact_store=store,
+        )
+        op.execute(context(FakeTI(), task_id="package", params={**PARAMS, "version": f"2.{i}.0"}))
+    seed("deployed", environment="prod", version="2.0.0")
+    policy = tmp_path / "retention.yaml"
+    policy.write_text("keep_last: 1\nlegal_holds: [{release: storefront, version: 2.1.0, reason: audit AUD-17}]\n")
+    retention = {"dag_id": "releasetrain_retention", "run_id": "scheduled__weekly"}
+
+    def run(op, dry_run: bool):
+        ctx = context(FakeTI(), task_id=op.task_id, params={"dry_run": dry_run})
+        ctx["run_id"] = retention["run_id"]
+        ctx["dag_run"].dag_id = retention["dag_id"]
+        return op.execute(ctx)
+
+    plan = run(RetentionPlanOperator(task_id="plan", artifact_store=store, policy_file=str(policy)), False)
+    assert plan["delete"] == [["storefront", "2.2.0"]]
+    assert plan["keep"]["storefront"]["2.0.0"] == ["one of the last 1 deployed to prod", "live in prod"]
+    assert plan["keep"]["storefront"]["2.1.0"] == ["legal hold: audit AUD-17"]
+    assert plan["keep"]["storefront"]["2.3.0"] == ["one of the last 1 packaged"]
+    delete = RetentionDeleteOperator(task_id="delete", artifact_store=store, policy_file=str(policy))
+    assert run(delete, True) == {"deleted": [], "dry_run": True}
+    hook = BundleStoreHook(store)
+    assert hook.stored_bundles() == {"storefront": ["2.0.0", "2.1.0", "2.2.0", "2.3.0"]}
+    # 2.2.0 is deployed after the plan: still deletable by the recorded plan, kept by today's
+    seed("deployed", environment="staging", version="2.2.0")
+    assert run(delete, False) == {"deleted": [], "dry_run": False}
+    ledger = LedgerHook()
+    try:
+        kinds = [e.kind for e in ledger.events(release="storefront", run_id=retention["run_id"])]
+    finally:
+        ledger.close()
+    assert kinds == ["retention_planned"]
+    # planned again now: 2.2.0 is kept (last deployed to staging); with 2.2.0 forgotten, it goes
+    policy.write_text("keep_last: 1\n")
+    plan = run(RetentionPlanOperator(task_id="plan", artifact_store=store, policy_file=str(policy)), False)
+    assert plan["delete"] == [["storefront", "2.1.0"]], "the hold is lifted: 2.1.0 may go"
+    assert run(delete, False) == {"deleted": [["storefront", "2.1.0"]], "dry_run": False}
+    assert hook.stored_bundles() == {"storefront": ["2.0.0", "2.2.0", "2.3.0"]}
+    assert not (tmp_path / "artifacts" / "storefront" / "2.1.0").exists()
+    assert (tmp_path / "artifacts" / "_components").exists(), "the component index outlives its bundles"
+    ledger = LedgerHook()
+    try:
+        [deleted] = [e for e in ledger.events(release="storefront", kind="bundle_deleted")]
+    finally:
+        ledger.close()
+    assert deleted.details["version"] == "2.1.0" and deleted.details["digest"].startswith("sha256:")
+    assert deleted.dag_id == "releasetrain_retention"
+    # a delete without a recorded plan in its own run deletes nothing (2.2.0 may go by now)
+    seed("deployed", environment="staging", version="2.3.0")
+    retention["run_id"] = "manual__unplanned"
+    assert run(delete, False) == {"deleted": [], "dry_run": False}
+    assert hook.stored_bundles() == {"storefront": ["2.0.0", "2.2.0", "2.3.0"]}

@@ -50,6 +50,9 @@ RELEASE_COMPLETE = "release_complete"
 ROLLBACK_PLAN = "plan"
 ROLLBACK_APPROVAL = "approve_rollback"
 ROLLBACK_REVIEW = "rollback_review"
+RETENTION_DAG_ID = "releasetrain_retention"  # the artifact store's maintenance DAG
+RETENTION_PLAN = "plan"
+RETENTION_DELETE = "delete"
 
 # inside an environment's task group
 APPROVE = "approve"
@@ -186,6 +189,8 @@ class Event(StrEnum):
     LOCK_ACQUIRED = "lock_acquired"
     LOCK_RELEASED = "lock_released"
     LISTENER_GAP = "listener_gap"
+    RETENTION_PLANNED = "retention_planned"
+    BUNDLE_DELETED = "bundle_deleted"
 
 
 EVENT_KINDS = frozenset(kind.value for kind in Event)

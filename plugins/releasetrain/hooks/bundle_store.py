@@ -99,6 +99,35 @@ class BundleStoreHook(BaseHook):
             path.write_bytes(data)
             return None
 
+    def stored_bundles(self) -> dict[str, list[str]]:
+        """release -> versions with a signed bundle in the store (the component index and the
+        incident folders are not bundles)."""
+        base = self.base()
+        if not base.exists():
+            return {}
+        found: dict[str, list[str]] = {}
+        for release in sorted(base.iterdir(), key=lambda p: p.name):
+            if not release.is_dir() or release.name == self.COMPONENTS:
+                continue
+            versions = [v.name for v in release.iterdir() if v.is_dir() and (v / self.SIGNATURE).exists()]
+            if versions:
+                found[release.name] = sorted(versions)
+        return found
+
+    def delete(self, release: str, version: str) -> str | None:
+        """Delete a stored bundle, its signature first (a half-deleted bundle is never taken
+        for a packaged one); returns its digest, None when it was gone already."""
+        folder = self.location(release, version)
+        signature = self.read_signature(release, version)
+        if signature is None:
+            return None
+        for name in (self.SIGNATURE, self.BUNDLE, self.MANIFEST):
+            if (folder / name).exists():
+                (folder / name).unlink()
+        if folder.exists() and not any(folder.iterdir()):
+            folder.rmdir()
+        return signature.get("digest")
+
     def _component_path(self, component: str, version: str) -> ObjectStoragePath:
         # release names start with a letter: no release folder is called _components
         return self.base() / self.COMPONENTS / component / f"{version}.json"
