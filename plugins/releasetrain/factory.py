@@ -36,6 +36,7 @@ from releasetrain.core.windows import CalendarError
 from releasetrain.operators.approval import ReleaseApprovalOperator
 from releasetrain.operators.checks import HealthVerificationOperator, SmokeCheckOperator
 from releasetrain.operators.complete import ReleaseCompleteOperator
+from releasetrain.operators.dependency import DependencyGateOperator
 from releasetrain.operators.deploy import EnvironmentDeployOperator
 from releasetrain.operators.governance import ReleaseClosureOperator, RiskAssessmentOperator
 from releasetrain.operators.lock import TargetLockOperator, TargetUnlockOperator
@@ -361,6 +362,7 @@ OPERATORS: dict[Kind, type] = {
     Kind.RISK: RiskAssessmentOperator,
     Kind.PACKAGE: BundlePackageOperator,
     Kind.VERIFY: BundleVerifyOperator,
+    Kind.DEPENDENCIES: DependencyGateOperator,
     Kind.APPROVAL: ReleaseApprovalOperator,
     Kind.WINDOW: ReleaseWindowSensor,
     Kind.LOCK: TargetLockOperator,

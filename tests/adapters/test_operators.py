@@ -1298,3 +1298,88 @@ def test_retention_plans_first_then_deletes_only_what_its_recorded_plan_allowed(
     retention["run_id"] = "manual__unplanned"
     assert run(delete, False) == {"deleted": [], "dry_run": False}
     assert hook.stored_bundles() == {"storefront": ["2.0.0", "2.2.0", "2.3.0"]}
+
+
+# --- shared services (issue 13, environments): depends_on is a gate ------------------------------
+NEEDS = [{"release": "cart", "environment": "cart-prod", "min_version": "2.1.0", "wait_minutes": 30}]
+
+
+def cart_deployed(version: str) -> None:
+    from releasetrain.hooks.ledger import LedgerHook
+
+    hook = LedgerHook()
+    try:
+        hook.append(
+            "deployed",
+            release="cart",
+            run_id=f"manual__cart_{version}",
+            dag_id="release_cart",
+            environment="cart-prod",
+            details={"version": version, "noop": False},
+        )
+    finally:
+        hook.close()
+
+
+def test_a_deploy_waits_deferred_for_the_shared_service_it_needs_and_records_when_it_is_there():
+    import asyncio
+
+    from releasetrain.operators.dependency import DependencyGateOperator
+    from releasetrain.triggers.dependency import DependencyTrigger
+
+    op = DependencyGateOperator(
+        task_id="prod.dependencies", release="storefront", environment="prod", requirements=NEEDS
+    )
+    cart_deployed("2.0.0")
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context(FakeTI(), task_id="prod.dependencies"))
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, DependencyTrigger) and trigger.timeout_seconds == 30 * 60
+    assert not run_events("dependencies_met")
+    # the event's word is not taken: still unmet in the ledger -> refused, recorded
+    with pytest.raises(AirflowFailException, match=r"cart runs 2.0.0 in cart-prod \(needs 2.1.0 or newer\)"):
+        op.execute_complete(context(FakeTI(), task_id="prod.dependencies"), {"met": True, "problems": []})
+    assert "cart runs 2.0.0 in cart-prod" in refusals("prod.dependencies")[0]
+
+    fast = DependencyTrigger(
+        requirements=NEEDS, ledger_conn_id="releasetrain_ledger", timeout_seconds=5, poll_interval=0.05
+    )
+
+    async def wait_and_release():
+        async def later():
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(cart_deployed, "2.1.0")
+
+        task = asyncio.create_task(later())
+        async for event in fast.run():
+            await task
+            return event.payload
+
+    assert asyncio.run(wait_and_release()) == {"met": True, "problems": []}
+    result = op.execute_complete(context(FakeTI(), task_id="prod.dependencies"), {"met": True, "problems": []})
+    assert result["requirements"] == NEEDS
+    [met] = run_events("dependencies_met")
+    assert met.environment == "prod" and met.details["task_id"] == "prod.dependencies"
+
+
+def test_a_dependency_without_waiting_fails_at_once():
+    from releasetrain.operators.dependency import DependencyGateOperator
+
+    op = DependencyGateOperator(
+        task_id="prod.dependencies",
+        release="storefront",
+        environment="prod",
+        requirements=[{**NEEDS[0], "wait_minutes": 0}],
+    )
+    with pytest.raises(AirflowFailException, match="cart runs nothing in cart-prod yet"):
+        op.execute(context(FakeTI(), task_id="prod.dependencies"))
+
+
+def test_the_deploy_asks_again_a_dependency_step_marked_success_by_hand_proves_nothing(monkeypatch):
+    deploy_ready()
+    cart_deployed("2.0.0")
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        with pytest.raises(AirflowFailException, match="cart runs 2.0.0 in cart-prod"):
+            deploy_op(requires=NEEDS).execute(deploy_ctx())
+        assert fleet.deployments == {}, "nothing was sent to the target"

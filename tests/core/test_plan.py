@@ -222,3 +222,50 @@ def test_the_lock_queues_by_the_releases_business_impact():
     assert {critical.steps[f"{env}.lock"].args["priority"] for env in ("dev", "prod")} == {1000}
     with pytest.raises(ReleaseSpecError, match="business_impact"):
         spec(business_impact="urgent")
+
+
+def test_a_shared_service_is_waited_for_between_verify_and_the_lock():
+    needs = {"release": "cart", "min_version": "2.1.0", "environments": {"prod": "cart-prod"}, "wait_minutes": 30}
+    plan = plan_release(spec(depends_on=["billing", needs]), CTX)
+    assert "dev.dependencies" not in plan.steps, "only the environments the dependency names"
+    assert plan.upstream("dev.lock") == ["dev.verify"]
+    step = plan.steps["prod.dependencies"]
+    assert step.kind == Kind.DEPENDENCIES
+    required = [{"release": "cart", "environment": "cart-prod", "min_version": "2.1.0", "wait_minutes": 30}]
+    assert step.args["requirements"] == required
+    assert plan.upstream("prod.dependencies") == ["prod.verify"] and plan.upstream("prod.lock") == ["prod.dependencies"]
+    assert plan.steps["prod.deploy"].args["requires"] == required, "the deploy asks again"
+    # without an environment map: every environment, under its own name
+    everywhere = plan_release(spec(depends_on=[{"release": "cart", "min_version": "1.0.0"}]), CTX)
+    assert everywhere.steps["dev.dependencies"].args["requirements"][0]["environment"] == "dev"
+
+
+@pytest.mark.parametrize(
+    ("depends_on", "error"),
+    [
+        ([{"release": "cart", "min_version": "2.1"}], "is not a semantic version"),
+        (
+            [{"release": "cart", "min_version": "2.1.0", "environments": {"qa": "cart-qa"}}],
+            r"\['qa'\] are not environments",
+        ),
+        ([{"release": "shop", "min_version": "2.1.0"}], "cannot depend on itself"),
+    ],
+)
+def test_a_bad_dependency_is_refused(depends_on, error):
+    with pytest.raises(ReleaseSpecError, match=error):
+        spec(depends_on=depends_on)
+
+
+def test_unmet_requirements_name_the_service_the_environment_and_the_versions():
+    from releasetrain.core.incident import unmet_requirements
+
+    live = {("cart", "cart-prod"): "2.0.9", ("search", "prod"): "10.0.0"}.get
+    needs = [
+        {"release": "cart", "environment": "cart-prod", "min_version": "2.1.0"},
+        {"release": "search", "environment": "prod", "min_version": "9.0.0"},
+        {"release": "auth", "environment": "prod", "min_version": "1.0.0"},
+    ]
+    assert unmet_requirements(needs, lambda r, e: live((r, e))) == [
+        "cart runs 2.0.9 in cart-prod (needs 2.1.0 or newer)",
+        "auth runs nothing in prod yet (needs 1.0.0 or newer)",
+    ]

@@ -53,6 +53,8 @@ E2E_DAGS = {
     # issue 13: one component version, the same bytes in every release
     "release_rebuild-a",
     "release_rebuild-b",
+    "release_svc",
+    "release_consumer",
 }
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
 GATE_ENVIRONMENTS = ["guard-staging", "guard-prod", "shared"]
@@ -184,6 +186,8 @@ def stack():
             "gated-prod",
             "twin",
             "rebuild",
+            "svc-env",
+            "consumer",
             "windowed-dev",
             "payments-staging",
             "payments-prod",

@@ -33,3 +33,22 @@ def test_a_component_version_rebuilt_with_other_bytes_is_refused_at_packaging(au
     assert not [e for e in ledger.events("rebuild-b", run_id) if e.kind == "packaged"]
     assert fleet("rebuild")["version"] == "4.0.0", "the environment still runs the first release"
     assert not (stack.config.home / "artifacts" / "rebuild-b").exists(), "nothing of the refused release stored"
+
+
+def test_a_deploy_waits_deferred_until_the_shared_service_it_needs_runs_there(author, fleet, ledger):
+    """Issue 13 (environments): ``depends_on`` is a gate. consumer needs svc 2.0.0 or newer in
+    svc-env: its deploy waits, deferred, until svc's release puts it there, then goes on."""
+    run_id = author.trigger("release_consumer", {"version": "1.5.0", "change_summary": "needs svc 2"})["dag_run_id"]
+    assert author.wait_for_task("release_consumer", run_id, "consumer.dependencies", ("deferred",), timeout=300)
+    states = author.task_states("release_consumer", run_id)
+    assert states["consumer.lock"] is None and states["consumer.deploy"] is None, "the target is not even locked"
+    assert fleet("consumer").get("version") is None, "nothing deployed while svc is missing"
+    svc = author.trigger("release_svc", {"version": "2.0.0", "change_summary": "svc 2"})["dag_run_id"]
+    assert author.wait_for_run("release_svc", svc, timeout=300)["state"] == "success"
+    assert author.wait_for_run("release_consumer", run_id, timeout=300)["state"] == "success"
+    assert fleet("consumer")["version"] == "1.5.0"
+    [met] = [e for e in ledger.events("consumer", run_id) if e.kind == "dependencies_met"]
+    assert met.environment == "consumer" and met.details["requirements"][0]["min_version"] == "2.0.0"
+    deployed = [e for e in ledger.events("consumer", run_id) if e.kind == "deployed"]
+    svc_deployed = [e for e in ledger.events("svc", svc) if e.kind == "deployed"]
+    assert svc_deployed[0].seq < met.seq < deployed[0].seq

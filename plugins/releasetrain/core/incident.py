@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from releasetrain.core.ledger import LedgerEvent
@@ -183,3 +183,19 @@ def live_version(events: Iterable[Any], environments: Iterable[str]) -> str | No
         elif event.kind == Event.ROLLBACK and event.details.get("restored_version"):
             live = event.details["restored_version"]
     return live
+
+
+def unmet_requirements(requirements: Iterable[Mapping[str, Any]], live: Callable[[str, str], str | None]) -> list[str]:
+    """Why shared services a deploy needs are not there yet ([]: all are); ``live(release,
+    environment)`` is the version running there (from the ledger)."""
+    from releasetrain.core.versioning import Version
+
+    problems = []
+    for need in requirements:
+        release, environment, minimum = need["release"], need["environment"], need["min_version"]
+        current = live(release, environment)
+        if current is None:
+            problems.append(f"{release} runs nothing in {environment} yet (needs {minimum} or newer)")
+        elif Version.parse(current) < Version.parse(minimum):
+            problems.append(f"{release} runs {current} in {environment} (needs {minimum} or newer)")
+    return problems

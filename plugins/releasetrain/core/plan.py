@@ -279,7 +279,7 @@ def _stage(
     )
     smoke = _smoke(stage, deploy)
     stage.watched += [deploy, smoke]
-    plan.connect(verify, lock)
+    plan.connect(_dependencies(stage, verify), lock)
     plan.connect(lock, deploy)
     tail = _rollout(stage, deploy)
     plan.connect(tail, smoke)
@@ -386,6 +386,21 @@ def _window(stage: _Stage, *, gated: bool) -> str | None:
     )
 
 
+def _dependencies(stage: _Stage, verify: str) -> str:
+    """The shared services the deploy needs, waited for before the target is locked; returns
+    the step the lock follows."""
+    requirements = stage.spec.requirements(stage.name)
+    if not requirements:
+        return verify
+    step = stage.add(
+        v.DEPENDENCIES,
+        Kind.DEPENDENCIES,
+        {"release": stage.spec.name, "environment": stage.name, "requirements": requirements},
+    )
+    stage.plan.connect(verify, step)
+    return step
+
+
 def _deploy(stage: _Stage, verify: str, gates: list[str], approval_ids: list[str], window: str | None) -> str:
     env, spec, groups = stage.env, stage.spec, stage.ctx.groups
     previous = spec.previous_environment(env.name)
@@ -408,6 +423,7 @@ def _deploy(stage: _Stage, verify: str, gates: list[str], approval_ids: list[str
             "owners": groups[env.owner] if env.owner else None,
             "production": stage.production,
             "window_task_id": window,
+            "requires": spec.requirements(env.name),
             "deploy_timeout_seconds": env.deploy_timeout_seconds,
             "poll_interval": env.poll_interval_seconds,
             "pool": v.target_pool(env.deploy_target),

@@ -120,7 +120,7 @@ def find_conflicts(specs: list[ReleaseSpec], library: CalendarLibrary) -> list[d
                 continue
             targets_a = {e.deploy_target: e.name for e in a.environments}
             shared = sorted(targets_a[e.deploy_target] for e in b.environments if e.deploy_target in targets_a)
-            dependent = b.name in a.depends_on or a.name in b.depends_on
+            dependent = b.name in a.dependency_names or a.name in b.dependency_names
             if shared or dependent:
                 conflicts.append(
                     {

@@ -379,6 +379,29 @@ class Component(_Model):
         return value
 
 
+class Dependency(_Model):
+    """A shared service this release needs: its deploy waits until the service's release runs
+    at least ``min_version`` in the matching environment (from the ledger)."""
+
+    release: str = Field(pattern=NAME_PATTERN, description="The shared service's release.")
+    min_version: str = Field(description="The oldest version of it this release works with.")
+    environments: dict[str, str] = Field(
+        default_factory=dict,
+        description="This release's environment -> the service's environment that must run min_version "
+        "first. Empty: every environment of this release, under the same name.",
+    )
+    wait_minutes: int = Field(
+        default=60, ge=0, description="How long the deploy waits (deferred) for it; then it fails. 0: fail at once."
+    )
+
+    @field_validator("min_version")
+    @classmethod
+    def _semver(cls, value: str) -> str:
+        if not is_semver(value):
+            raise ValueError(f"{value!r} is not a semantic version (MAJOR.MINOR.PATCH)")
+        return value
+
+
 class ReleaseSpec(_Model):
     """A release: what is shipped (components), where (environments, in promotion order),
     and under which controls (checks, approvals)."""
@@ -423,8 +446,11 @@ class ReleaseSpec(_Model):
         description="Who may give the post-implementation review of an emergency change; default: every "
         "environment's approvers. Never the release's authors.",
     )
-    depends_on: list[str] = Field(
-        default_factory=list, description="Releases this one must not overlap with (shared dependencies)."
+    depends_on: list[str | Dependency] = Field(
+        default_factory=list,
+        description="Releases this one must not overlap with (shared dependencies): a name, or a shared "
+        "service this release needs, {release, min_version, environments, wait_minutes}: each gated "
+        "environment's deploy waits (deferred) until the service runs min_version there.",
     )
     rollback_plan: str | None = Field(
         default=None, min_length=10, description="How to back the release out (text or a link to the runbook)."
@@ -467,7 +493,38 @@ class ReleaseSpec(_Model):
             )
         if self.planned_start is not None and self.planned_start.tzinfo is None:
             raise ValueError("planned_start needs an offset or Z, e.g. 2026-12-01T09:00:00+01:00")
+        names = {env.name for env in self.environments}
+        for i, dependency in enumerate(self.depends_on):
+            if isinstance(dependency, Dependency):
+                unknown = sorted(set(dependency.environments) - names)
+                if unknown:
+                    raise ValueError(f"depends_on[{i}].environments: {unknown} are not environments of this release")
+                if dependency.release == self.name:
+                    raise ValueError(f"depends_on[{i}]: a release cannot depend on itself")
         return self
+
+    @property
+    def dependency_names(self) -> list[str]:
+        """Every release named in ``depends_on`` (for overlap conflicts)."""
+        return [d if isinstance(d, str) else d.release for d in self.depends_on]
+
+    def requirements(self, environment: str) -> list[dict[str, Any]]:
+        """What ``environment``'s deploy needs running first: ``{release, environment, min_version,
+        wait_minutes}`` per shared service."""
+        found = []
+        for d in self.depends_on:
+            if isinstance(d, str) or (d.environments and environment not in d.environments):
+                continue
+            where = d.environments.get(environment, environment)
+            found.append(
+                {
+                    "release": d.release,
+                    "environment": where,
+                    "min_version": d.min_version,
+                    "wait_minutes": d.wait_minutes,
+                }
+            )
+        return found
 
     @property
     def production_environments(self) -> list[str]:

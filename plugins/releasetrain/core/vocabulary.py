@@ -58,6 +58,7 @@ RETENTION_DELETE = "delete"
 APPROVE = "approve"
 WINDOW = "window"
 VERIFY = "verify"
+DEPENDENCIES = "dependencies"
 LOCK = "lock"
 DEPLOY = "deploy"
 SMOKE = "smoke"
@@ -103,6 +104,7 @@ class Kind(StrEnum):
     RISK = "risk"
     PACKAGE = "package"
     VERIFY = "verify"
+    DEPENDENCIES = "dependencies"
     APPROVAL = "approval"
     WINDOW = "window"
     LOCK = "lock"
@@ -191,6 +193,7 @@ class Event(StrEnum):
     LISTENER_GAP = "listener_gap"
     RETENTION_PLANNED = "retention_planned"
     BUNDLE_DELETED = "bundle_deleted"
+    DEPENDENCIES_MET = "dependencies_met"
 
 
 EVENT_KINDS = frozenset(kind.value for kind in Event)

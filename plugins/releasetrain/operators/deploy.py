@@ -103,6 +103,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
     :param production: a production environment: the change record must be in Implement
     :param slot: ``idle`` for progressive strategies: the new version goes to the target's
         idle colour and takes no traffic until the rollout's steps move it
+    :param requires: shared services that must run a minimum version first (``depends_on``)
     :param locked: the stage takes the target's lock first; the deploy refuses without it
     """
 
@@ -125,6 +126,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         owners: list[str] | None = None,
         production: bool = False,
         window_task_id: str | None = None,
+        requires: list[dict[str, Any]] | None = None,
         deploy_timeout_seconds: float = 900,
         poll_interval: float = 2.0,
         slot: str | None = None,
@@ -152,6 +154,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         self.owners = list(owners) if owners is not None else None
         self.production = production
         self.window_task_id = window_task_id
+        self.requires = list(requires or [])
         self.release = release
         self.environment = environment
         self.deploy_target_conn_id = deploy_target_conn_id
@@ -167,6 +170,10 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         run = run_ledger(context, self.release)
         digest = self._verified_digest(context, run)
         enforce(context, self._gates(context, run, request, digest), self.release, self.environment)
+        if self.requires:  # the shared services it needs, asked again now (the waiting step proves nothing)
+            from releasetrain.operators.dependency import requirements_decision
+
+            enforce(context, requirements_decision(self.requires, self.task_id), self.release, self.environment)
         if self.window_task_id:
             self._check_window_now(run)
         if self.production:
