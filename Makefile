@@ -25,7 +25,9 @@ demo: $(STAMP)
 ## make test: the whole suite (unit, adapters, end-to-end on real Airflow processes)
 test: $(STAMP)
 	bash scripts/ensure-debian.sh
-	$(BIN)/python -m pytest
+	@# unit and adapter tests on both cores (pytest-xdist), then the end-to-end session (one stack)
+	$(BIN)/python -m pytest -m "not e2e and not distributed and not faults" -n 2
+	$(BIN)/python -m pytest -m "e2e and not distributed and not faults"
 	@if [ "$$RELEASETRAIN_E2E_DB" = sqlite ]; then \
 	  echo "no PostgreSQL: the distributed end-to-end test (make test-distributed) is not run" >&2; \
 	else $(MAKE) test-distributed; fi
@@ -41,7 +43,7 @@ test-faults: $(STAMP)
 
 ## make test-fast: everything but the end-to-end tests
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not e2e"
+	$(BIN)/python -m pytest -m "not e2e and not distributed and not faults" -n 2
 
 ## make bench: benchmarks, reported as ratios to baselines measured in the same run
 bench: $(STAMP)

@@ -170,11 +170,12 @@ def _two_releases_on_one_target(seen: dict, author, fleet) -> None:
     b = seen["b"] = author.trigger("release_locked-b", {"version": "3.0.0"})["dag_run_id"]
     # attack 8: b's deploy would land while a still checks its deploy
     seen["b_lock"] = author.wait_for_task("release_locked-b", b, "shared.lock", ("deferred",), timeout=180)
+    seen["a_health_meanwhile"] = author.task_states("release_locked-a", a)["shared.health"]
+    seen["live_meanwhile"] = fleet("shared")["version"]
     # issue 13: a critical release comes to the same target after b began to wait
     c = seen["c"] = author.trigger("release_locked-c", {"version": "4.0.0"})["dag_run_id"]
     seen["c_lock"] = author.wait_for_task("release_locked-c", c, "shared.lock", ("deferred",), timeout=180)
-    seen["a_health_meanwhile"] = author.task_states("release_locked-a", a)["shared.health"]
-    seen["live_meanwhile"] = fleet("shared")["version"]
+    seen["a_health_when_c_waits"] = author.task_states("release_locked-a", a)["shared.health"]
     seen["a_run"] = author.wait_for_run("release_locked-a", a, timeout=400)
     seen["c_run"] = author.wait_for_run("release_locked-c", c, timeout=400)
     seen["b_run"] = author.wait_for_run("release_locked-b", b, timeout=400)
@@ -240,6 +241,7 @@ def test_no_other_deploy_lands_between_a_deploy_and_its_last_check(background, l
     # b's lock waited (deferred, no worker slot) while a still checked its deploy; so did c's
     assert seen["b_lock"] == "deferred" and seen["c_lock"] == "deferred"
     assert seen["a_health_meanwhile"] == "deferred"
+    assert seen["a_health_when_c_waits"] == "deferred", "a still held the target when c began to wait"
     assert seen["live_meanwhile"] == "2.0.0"
     assert seen["a_run"]["state"] == "success" and seen["b_run"]["state"] == "success"
     assert seen["c_run"]["state"] == "success"

@@ -46,7 +46,7 @@ class DependencyGateOperator(BaseOperator):
         release: str,
         environment: str,
         requirements: list[dict[str, Any]],
-        poll_interval: float = 10.0,
+        poll_interval: float = 5.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
