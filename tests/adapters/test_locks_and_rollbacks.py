@@ -404,3 +404,22 @@ def test_a_completed_rollback_is_never_failed_by_a_ledger_hiccup(monkeypatch):
         assert result["restored_version"] == "1.0.0"
         assert ti.xcoms[("__self__", "unrecorded_rollback")]["error"] == "database is locked"
         assert not run_events("rollback")
+
+
+def test_taking_a_stale_lock_over_does_not_jump_the_queue():
+    """Attacker review (issue 13): the holder's run is gone; the first waiter to notice frees
+    the target, but the queue (business impact, then arrival) still says who takes it."""
+    hold("release_other/manual__9")  # its run no longer exists (AliveTI knows no runs)
+    hook = store()
+    try:
+        assert hook.store.try_lock("t_prod", "release_critical/manual__1", 1000) == "release_other/manual__9"
+    finally:
+        hook.close()
+    with pytest.raises(TaskDeferred):
+        lock_op(priority=10).execute(context(AliveTI(), task_id="prod.lock"))
+    assert holder() is None, "the stale lock is gone, and the medium waiter did not take it"
+    hook = store()
+    try:
+        assert hook.store.try_lock("t_prod", "release_critical/manual__1", 1000) == "release_critical/manual__1"
+    finally:
+        hook.close()

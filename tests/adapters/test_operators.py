@@ -1250,6 +1250,7 @@ def test_retention_plans_first_then_deletes_only_what_its_recorded_plan_allowed(
         )
         op.execute(context(FakeTI(), task_id="package", params={**PARAMS, "version": f"2.{i}.0"}))
     seed("deployed", environment="prod", version="2.0.0")
+    seed("run_state", actor="airflow", state="success")  # the packaging run is over
     policy = tmp_path / "retention.yaml"
     policy.write_text("keep_last: 1\nlegal_holds: [{release: storefront, version: 2.1.0, reason: audit AUD-17}]\n")
     retention = {"dag_id": "releasetrain_retention", "run_id": "scheduled__weekly"}

@@ -195,3 +195,22 @@ def test_contracts_are_validated_by_the_openapi_library():
         load_contract(b"- a list", "x.yaml")
     with pytest.raises(ContractError, match="not YAML or JSON"):
         load_contract(b"{: :", "x.yaml")
+
+
+def test_the_same_contract_needs_no_step_and_an_older_version_may_not_change_it():
+    assert class_problem("cart-api", "1.4.2", "1.4.2", []) is None, "the live version packaged again"
+    breaking = diff_contracts(BASE, changed(lambda d: d["paths"]["/carts/{id}"].pop("put")))
+    problem = class_problem("cart-api", "1.4.2", "0.9.0", breaking)
+    assert problem == (
+        "component cart-api 0.9.0 is older than 1.4.2, live in production, but changes its API contract: "
+        "removed endpoint PUT /carts/{id}"
+    )
+    assert class_problem("cart-api", "1.4.2", "1.3.9", breaking) is not None
+
+
+@pytest.mark.parametrize("ref", ["file:///etc/passwd", "http://169.254.169.254/latest/meta-data", "other.yaml#/X"])
+def test_a_contract_may_not_point_outside_itself(ref):
+    doc = copy.deepcopy(BASE)
+    doc["components"]["schemas"]["Item"] = {"$ref": ref}
+    with pytest.raises(ContractError, match=r"\$ref may only point inside the document \(#/...\), not to "):
+        load_contract(json.dumps(doc).encode(), "cart-api/openapi.json")

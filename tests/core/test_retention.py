@@ -78,3 +78,41 @@ def test_a_bad_policy_file_is_refused_naming_the_problem(tmp_path: Path, text, e
 def test_no_policy_file_means_the_defaults(tmp_path: Path):
     assert load_policy(tmp_path / "none.yaml") == RetentionPolicy()
     assert load_policy(Path(__file__).resolve().parents[2] / "include" / "retention.yaml").keep_last == 5
+
+
+def test_recent_beats_high_and_a_run_still_open_keeps_what_it_packaged():
+    """Attacker review: a hotfix on an old line (1.1.5 after 1.9.0) is the newest bundle, and a
+    run that packaged it but has not deployed yet (waiting for approval) still needs it."""
+    stored = {"shop": ["1.1.5", "1.8.0", "1.9.0", "1.7.0"]}
+    events = {
+        "shop": [
+            event(1, "packaged", "", "r7", version="1.7.0"),
+            event(2, "run_state", "", "r7", state="success"),
+            event(3, "packaged", "", "r8", version="1.8.0"),
+            event(4, "run_state", "", "r8", state="success"),
+            event(5, "packaged", "", "r9", version="1.9.0"),
+            event(6, "run_state", "", "r9", state="success"),
+            event(7, "packaged", "", "hotfix", version="1.1.5"),
+        ]
+    }
+    plan = plan_retention(stored, events, RetentionPolicy(keep_last=1))
+    assert plan.keep["shop"]["1.1.5"] == ["one of the last 1 packaged", "packaged by hotfix, still running"]
+    assert sorted(plan.delete) == [("shop", "1.7.0"), ("shop", "1.8.0"), ("shop", "1.9.0")]
+    events["shop"].append(event(8, "run_state", "", "hotfix", state="failed"))
+    assert plan_retention(stored, events, RetentionPolicy(keep_last=1)).keep["shop"]["1.1.5"] == [
+        "one of the last 1 packaged"
+    ]
+
+
+def test_a_version_on_the_idle_colour_is_live_only_once_promoted():
+    from releasetrain.core.incident import live_version
+
+    history = [
+        event(1, "deployed", "prod", "r1", version="1.0.0"),
+        event(2, "deployed", "prod", "r2", version="2.0.0", slot="idle"),
+    ]
+    assert live_version(history, ["prod"]) == "1.0.0", "a canary at 0% traffic is not what runs"
+    history.append(event(3, "promoted", "prod", "r2", version="2.0.0"))
+    assert live_version(history, ["prod"]) == "2.0.0"
+    history.append(event(4, "rollback", "prod", "r2", restored_version="1.0.0"))
+    assert live_version(history, ["prod"]) == "1.0.0"

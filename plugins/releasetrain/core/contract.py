@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from releasetrain.core.versioning import VersionClass, classify_change
+from releasetrain.core.versioning import Version, VersionClass, classify_change
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 RANK = {"none": 0, "patch": 1, "minor": 2, "major": 3}
@@ -44,6 +44,9 @@ def load_contract(data: bytes, where: str) -> dict[str, Any]:
         raise ContractError(f"{where}: not YAML or JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ContractError(f"{where}: an OpenAPI document must be a mapping")
+    outside = _outside_refs(document)
+    if outside:  # the validator would fetch them (files, URLs): a contract is data, read from its bundle only
+        raise ContractError(f"{where}: $ref may only point inside the document (#/...), not to {outside[0]}")
     try:
         validate(document)
     except OpenAPIValidationError as exc:
@@ -54,6 +57,16 @@ def load_contract(data: bytes, where: str) -> dict[str, Any]:
     except Exception as exc:  # the validator's own errors for unsupported versions and the like
         raise ContractError(f"{where}: not a valid OpenAPI document: {exc}") from None
     return document
+
+
+def _outside_refs(node: Any) -> list[str]:
+    """Every ``$ref`` that does not point inside the document."""
+    if isinstance(node, Mapping):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) and not node["$ref"].startswith("#") else []
+        return found + [ref for value in node.values() for ref in _outside_refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _outside_refs(value)]
+    return []
 
 
 def _resolve(document: Mapping[str, Any], node: Any, seen: frozenset[str] = frozenset()) -> tuple[Any, frozenset[str]]:
@@ -238,6 +251,14 @@ def declared_class(live: str, declared: str) -> str:
 
 def class_problem(component: str, live: str, declared: str, changes: list[Change]) -> str | None:
     """Why ``declared`` is too small a step from ``live`` for the contract's changes (None: it is not)."""
+    if not changes:
+        return None  # the same contract: any step (or the same version again) will do
+    if Version.parse(declared) < Version.parse(live):
+        listed = "; ".join(c.what for c in changes)
+        return (
+            f"component {component} {declared} is older than {live}, live in production, but changes its "
+            f"API contract: {listed}"
+        )
     needed, given = contract_class(changes), declared_class(live, declared)
     if RANK[given] >= RANK[needed]:
         return None

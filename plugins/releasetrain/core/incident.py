@@ -147,39 +147,43 @@ def last_good_version(events: Iterable[Any], environment: str, current: str | No
     ``run_state``) or, for runs still open, was never rolled back there. The version live
     now (``current``) is never the answer. Returns ``{"version", "digest", "run_id", "seq"}``.
     """
-    deployed: dict[str, dict[str, Any]] = {}
-    rolled_back: set[str] = set()
-    ended: dict[str, str] = {}
+    deployed: dict[tuple[str, str], dict[str, Any]] = {}  # by (dag_id, run_id): run ids repeat across DAGs
+    rolled_back: set[tuple[str, str]] = set()
+    ended: dict[tuple[str, str], str] = {}
     for event in events:
+        run = (getattr(event, "dag_id", ""), event.run_id)
         if event.kind == Event.DEPLOYED and event.environment == environment and not event.details.get("noop"):
-            deployed[event.run_id] = {
+            deployed[run] = {
                 "version": event.details.get("version"),
                 "digest": event.details.get("digest"),
                 "run_id": event.run_id,
                 "seq": event.seq,
             }
         elif event.kind == "rollback" and event.environment == environment:
-            rolled_back.add(event.run_id)
+            rolled_back.add(run)
         elif event.kind == "run_state":
-            ended[event.run_id] = event.details.get("state", "")
+            ended[run] = event.details.get("state", "")
     good = [
         d
-        for run_id, d in deployed.items()
-        if run_id not in rolled_back and ended.get(run_id, "success") == "success" and d["version"] != current
+        for run, d in deployed.items()
+        if run not in rolled_back and ended.get(run, "success") == "success" and d["version"] != current
     ]
     return max(good, key=lambda d: d["seq"]) if good else None
 
 
 def live_version(events: Iterable[Any], environments: Iterable[str]) -> str | None:
     """The version running now in any of ``environments``, from the ledger: the newest
-    deploy there (a no-op deploy too: it found the version live) or rollback (what it restored)."""
+    deploy there (a no-op deploy too: it found the version live; a deploy to the idle colour
+    only once promoted) or rollback (what it restored)."""
     names = set(environments)
     live = None
     for event in events:
         if event.environment not in names:
             continue
-        if event.kind == Event.DEPLOYED and event.details.get("version"):
+        if event.kind == Event.DEPLOYED and event.details.get("version") and not event.details.get("slot"):
             live = event.details["version"]
+        elif event.kind == Event.PROMOTED and event.details.get("version"):
+            live = event.details["version"]  # a progressive rollout's version takes the traffic
         elif event.kind == Event.ROLLBACK and event.details.get("restored_version"):
             live = event.details["restored_version"]
     return live

@@ -74,6 +74,16 @@ def _newest(versions: Iterable[str], n: int) -> list[str]:
     return ordered[:n]
 
 
+def _latest(seq_versions: Iterable[tuple[int, str]], n: int) -> list[str]:
+    """The ``n`` versions of the most recent events (not the highest numbers: a hotfix on an
+    old line is recent)."""
+    found: list[str] = []
+    for _, version in sorted(seq_versions, reverse=True):
+        if version not in found:
+            found.append(version)
+    return found[:n]
+
+
 def plan_retention(
     stored: Mapping[str, Iterable[str]], events: Mapping[str, list[Any]], policy: RetentionPolicy
 ) -> RetentionPlan:
@@ -91,14 +101,23 @@ def plan_retention(
             if version in reasons and why not in reasons[version]:
                 reasons[version].append(why)
 
-        for version in _newest(versions, policy.keep_last):
+        packaged = [
+            (e.seq, e.details["version"]) for e in history if e.kind == Event.PACKAGED and e.details.get("version")
+        ]
+        unrecorded = [v for v in versions if v not in {version for _, version in packaged}]
+        last = (_latest(packaged, policy.keep_last) + _newest(unrecorded, policy.keep_last))[: policy.keep_last]
+        for version in last:
             keep(version, f"one of the last {policy.keep_last} packaged")
-        deployed: dict[str, list[str]] = {}
+        ended = {(e.dag_id, e.run_id) for e in history if e.kind == Event.RUN_STATE}
+        for event in history:  # a run still open may yet deploy what it packaged
+            if event.kind == Event.PACKAGED and (event.dag_id, event.run_id) not in ended:
+                keep(event.details.get("version"), f"packaged by {event.run_id}, still running")
+        deployed: dict[str, list[tuple[int, str]]] = {}
         for event in history:
             if event.kind == Event.DEPLOYED and event.environment and event.details.get("version"):
-                deployed.setdefault(event.environment, []).append(event.details["version"])
+                deployed.setdefault(event.environment, []).append((event.seq, event.details["version"]))
         for environment in sorted(deployed):
-            for version in _newest(deployed[environment], policy.keep_last):
+            for version in _latest(deployed[environment], policy.keep_last):
                 keep(version, f"one of the last {policy.keep_last} deployed to {environment}")
             live = live_version(history, [environment])
             keep(live, f"live in {environment}")

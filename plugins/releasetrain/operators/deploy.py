@@ -399,6 +399,8 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
             "previous_version": previous.get("version"),
             "previous_digest": previous.get("digest"),
         }
+        if self.slot:  # on the idle colour: not live until promoted
+            result["slot"] = self.slot
         if context is not None:
             record(context, Event.DEPLOYED, self.release, environment=self.environment, details=result)
         return result

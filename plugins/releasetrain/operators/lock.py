@@ -15,6 +15,9 @@ from releasetrain.core.vocabulary import Event
 from releasetrain.operators._common import dag_id_of, enforce, record, run_ledger
 
 LEDGER_CONN_ID = "releasetrain_ledger"
+# how long a waiter keeps its place in a target's queue without trying again (a recheck's
+# hand-back to a worker included); a run that ended gives it up at once (the listener)
+WAITER_SECONDS = 180.0
 
 
 def run_key(context: Any) -> str:
@@ -102,17 +105,20 @@ def try_acquire(
     me = holder_of(context, release)
     hook = LedgerHook()
     try:
-        holder = hook.store.try_lock(target, me, priority)
-        stale = _stale(context, holder, me) if holder != me else ""
-        if stale and hook.store.take_over(target, holder, me):
-            record(
-                context,
-                Event.LOCK_ACQUIRED,
-                release,
-                environment=environment,
-                details={"target": target, "holder": me, "taken_over_from": holder, "why": stale},
-            )
-            holder = me
+        holder = hook.store.try_lock(target, me, priority, WAITER_SECONDS)
+        stale = _stale(context, holder, me) if holder and holder != me else ""
+        if stale:  # the stale holder's lock goes; the queue (impact, then arrival) says who is next
+            hook.store.unlock(holder, target)
+            taken = hook.store.try_lock(target, me, priority, WAITER_SECONDS)
+            if taken == me:
+                record(
+                    context,
+                    Event.LOCK_ACQUIRED,
+                    release,
+                    environment=environment,
+                    details={"target": target, "holder": me, "taken_over_from": holder, "why": stale},
+                )
+            holder = taken
     except LedgerError as exc:
         raise AirflowFailException(f"{environment}: cannot lock deploy target {target}: {exc}") from None
     finally:

@@ -93,7 +93,7 @@ class TargetLockTrigger(BaseTrigger):
             while True:
                 try:
                     holder = await asyncio.to_thread(
-                        store.try_lock, self.target, self.holder, self.priority, max(60.0, 3 * self.poll_interval)
+                        store.try_lock, self.target, self.holder, self.priority, max(180.0, 3 * self.poll_interval)
                     )
                 except LedgerError as exc:
                     self.log.warning("locking %s failed, trying again: %s", self.target, exc)
