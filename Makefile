@@ -25,9 +25,10 @@ demo: $(STAMP)
 ## make test: the whole suite (unit, adapters, end-to-end on real Airflow processes)
 test: $(STAMP)
 	bash scripts/ensure-debian.sh
-	@# unit and adapter tests on both cores (pytest-xdist), then the end-to-end session (one stack)
+	@# unit and adapter tests on both cores (pytest-xdist), then the end-to-end session: one
+	@# stack, its test modules in three workers (the stack has room for many releases at once)
 	$(BIN)/python -m pytest -m "not e2e and not distributed and not faults" -n 2
-	$(BIN)/python -m pytest -m "e2e and not distributed and not faults"
+	$(BIN)/python -m tests.e2e.session -m "e2e and not distributed and not faults" -n 3 --dist loadfile
 	@if [ "$$RELEASETRAIN_E2E_DB" = sqlite ]; then \
 	  echo "no PostgreSQL: the distributed end-to-end test (make test-distributed) is not run" >&2; \
 	else $(MAKE) test-distributed; fi

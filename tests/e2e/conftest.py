@@ -1,240 +1,27 @@
-"""One real release stack for the end-to-end tests: the demo fleet, and Airflow's API
-server, scheduler, dag-processor and triggerer on a fresh PostgreSQL database
-(SQLite where no PostgreSQL answers, or with ``RELEASETRAIN_E2E_DB=sqlite``)."""
+"""The end-to-end tests' fixtures: the session's stack (``tests/e2e/session.py``), clients
+as the demo users, the demo fleet and the release ledger."""
 
 from __future__ import annotations
 
-import datetime
 import os
-import socket
-import tempfile
 import time
-import uuid
-import warnings
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 import requests
 
 from releasetrain.client import AirflowClient
-from releasetrain.devstack import DevStack, StackConfig
-from tests.conftest import PROJECT_ROOT
-from tests.servers.prometheus import running_prometheus
-from tests.servers.servicenow import running_servicenow
-from tests.servers.webhook import running_receiver
-
-SNOW_CREDENTIALS = ("svc-release", "e2e-Sn0w-pass")
-
-PG_ADMIN_DSN = os.environ.get("RELEASETRAIN_E2E_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-E2E_DAGS = {
-    "release_storefront",
-    "release_billing",
-    "release_tampered",
-    "release_gated",
-    "release_twin-a",
-    "release_twin-b",
-    "release_windowed",
-    "release_governed",
-    "release_canary",
-    "release_canary-bad",
-    "release_canary-unsure",
-    "release_canary-abort",
-    "release_bluegreen",
-    "rollback_canary",
-    # issue 10: the gates attacked over REST
-    "release_guarded",
-    "rollback_guarded",
-    "release_canary-hand",
-    "rollback_canary-hand",
-    "release_locked-a",
-    "release_locked-b",
-    "release_locked-c",
-    # issue 13: one component version, the same bytes in every release
-    "release_rebuild-a",
-    "release_rebuild-b",
-    "release_svc",
-    "release_consumer",
-}
-PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
-GATE_ENVIRONMENTS = ["guard-staging", "guard-prod", "shared"]
-
-
-def write_calendar(folder: Path, name: str, **body) -> None:
-    """A shared calendar of the e2e session (the gate reads it again at every check)."""
-    import yaml
-
-    (folder / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, "timezone": "UTC", **body}))
-
-
-def _hms(moment) -> str:
-    return moment.strftime("%H:%M:%S")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _postgres_answers() -> bool:
-    """PostgreSQL is used where it runs; elsewhere the stack falls back to SQLite (and says so)."""
-    from urllib.parse import urlparse
-
-    url = urlparse(PG_ADMIN_DSN)
-    with socket.socket() as sock:
-        sock.settimeout(2)
-        if sock.connect_ex((url.hostname or "127.0.0.1", url.port or 5432)) == 0:
-            return True
-    warnings.warn(
-        f"PostgreSQL at {url.hostname}:{url.port} does not answer: end-to-end tests run on SQLite", stacklevel=2
-    )
-    return False
-
-
-def _pg(sql: str) -> None:
-    import psycopg2
-
-    conn = psycopg2.connect(PG_ADMIN_DSN, connect_timeout=5)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
+from tests.e2e.session import STACK_FILE, _free_port, attach, session_stack, write_calendar  # noqa: F401 - shared
 
 
 @pytest.fixture(scope="session")
 def stack():
-    home = Path(tempfile.mkdtemp(prefix="releasetrain-e2e-"))
-    calendars = home / "calendars"
-    calendars.mkdir()
-    write_calendar(calendars, "e2e-gate", blackouts=[])
-    # A window a minute ahead that is blacked out, and one three minutes ahead that is not:
-    # the scheduler must start the release at the second one only.
-    t0 = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    w1 = (t0 + datetime.timedelta(seconds=150), t0 + datetime.timedelta(seconds=210))
-    w2 = (t0 + datetime.timedelta(seconds=270), t0 + datetime.timedelta(minutes=25))
-    write_calendar(
-        calendars,
-        "e2e-windows",
-        windows=[{"start": _hms(w1[0]), "end": _hms(w1[1])}, {"start": _hms(w2[0]), "end": _hms(w2[1])}],
-        blackouts=[
-            {
-                "name": "covers the first window",
-                "start": (w1[0] - datetime.timedelta(seconds=10)).isoformat(),
-                "end": (w1[1] + datetime.timedelta(seconds=10)).isoformat(),
-            }
-        ],
-    )
-    db_url, db_name, ledger_conn = None, None, None
-    if os.environ.get("RELEASETRAIN_E2E_DB", "postgres") != "sqlite" and _postgres_answers():
-        db_name = f"releasetrain_e2e_{uuid.uuid4().hex[:8]}"
-        _pg(f"CREATE DATABASE {db_name}")
-        _pg(f"CREATE DATABASE {db_name}_ledger")
-        base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://")
-        db_url = f"{base}/{db_name}"
-        pg = urlparse(PG_ADMIN_DSN)
-        ledger_conn = {
-            "conn_type": "postgres",
-            "host": pg.hostname or "127.0.0.1",
-            "port": pg.port or 5432,
-            "login": pg.username or "postgres",
-            "password": pg.password or "",
-            "schema": f"{db_name}_ledger",
-        }
-    snow_context = running_servicenow(*SNOW_CREDENTIALS)
-    snow, snow_url = snow_context.__enter__()
-    fleet_port = _free_port()
-    # a real Prometheus scraping the demo fleet every second, for the canary analyses
-    prometheus_context = running_prometheus([f"http://127.0.0.1:{fleet_port}/metrics"], scrape_interval="1s")
-    prometheus_url = prometheus_context.__enter__()
-    receiver_context = running_receiver()
-    receiver, receiver_url = receiver_context.__enter__()
-    config = StackConfig(
-        project_root=PROJECT_ROOT,
-        home=home,
-        api_port=_free_port(),
-        fleet_port=fleet_port,
-        db_url=db_url,
-        ledger_conn=ledger_conn,
-        connections={
-            "servicenow_e2e": {
-                "conn_type": "http",
-                "host": snow_url,
-                "login": SNOW_CREDENTIALS[0],
-                "password": SNOW_CREDENTIALS[1],
-            },
-            "prometheus_e2e": {"conn_type": "http", "host": prometheus_url},
-            "webhook_e2e": {"conn_type": "http", "host": receiver_url},
-        },
-        spec_dirs=[
-            PROJECT_ROOT / "include" / "releases",
-            PROJECT_ROOT / "tests" / "fixtures" / "releases",
-            PROJECT_ROOT / "tests" / "fixtures" / "broken",
-        ],
-        calendar_dirs=[calendars, PROJECT_ROOT / "include" / "calendars"],
-        fleet_environments=[
-            "dev",
-            "staging",
-            "prod",
-            "billing-staging",
-            "billing-prod",
-            "tamper-dev",
-            "tamper-prod",
-            "gated-dev",
-            "gated-prod",
-            "twin",
-            "rebuild",
-            "svc-env",
-            "consumer",
-            "windowed-dev",
-            "payments-staging",
-            "payments-prod",
-            "gov-staging",
-            "gov-prod",
-            *PROGRESSIVE_ENVIRONMENTS,
-            *GATE_ENVIRONMENTS,
-        ],
-        fleet_seed={
-            "dev": "1.0.0",
-            "staging": "1.0.0",
-            "prod": "1.0.0",
-            **dict.fromkeys(PROGRESSIVE_ENVIRONMENTS, "1.0.0"),
-            **dict.fromkeys(GATE_ENVIRONMENTS, "1.0.0"),
-        },
-        fleet_deploy_seconds=1.0,
-        fleet_traffic=20.0,
-        # bundles, evidence and checkpoints are signed on a SoftHSM2 token: no Airflow
-        # process holds a private key (the demo keeps them in connections)
-        signing="pkcs11",
-    )
-    dev_stack = DevStack(config)
-    dev_stack.calendars = calendars
-    dev_stack.servicenow = snow
-    dev_stack.prometheus_url = prometheus_url
-    dev_stack.receiver = receiver
-    dev_stack.scheduled_windows = (w1, w2)
-    try:
-        dev_stack.prepare()
-        dev_stack.start()
-        client = AirflowClient(config.api_url, "admin", "admin")
-        deadline = time.monotonic() + 180
-        while not E2E_DAGS <= set(client.dag_ids()):
-            assert time.monotonic() < deadline, f"DAGs not parsed: {client.dag_ids()} {client.import_errors()}"
-            time.sleep(2)
-        # what the scheduler planned for the windowed release, seen before its first window
-        dag = client.request("GET", "/dags/release_windowed")
-        dev_stack.windowed_plan = (datetime.datetime.now(datetime.UTC), dag.get("next_dagrun_run_after"))
-        yield dev_stack
-    finally:
-        dev_stack.stop()
-        snow_context.__exit__(None, None, None)
-        prometheus_context.__exit__(None, None, None)
-        receiver_context.__exit__(None, None, None)
-        if db_name:
-            _pg(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
-            _pg(f"DROP DATABASE IF EXISTS {db_name}_ledger WITH (FORCE)")
+    """The session's stack: the one ``python -m tests.e2e.session`` started, or one of this process's."""
+    if os.environ.get(STACK_FILE):
+        yield attach(Path(os.environ[STACK_FILE]))
+        return
+    with session_stack() as started:
+        yield started
 
 
 @pytest.fixture(scope="session")
@@ -313,3 +100,16 @@ def ledger(stack):
 
     yield Ledger()
     store.close()
+
+
+# the longest modules first: pytest-xdist hands whole modules (--dist loadfile) to its
+# workers in collection order, so the session ends soon after its longest module
+MODULE_ORDER = ["test_release_e2e", "test_identity_e2e", "test_gates_e2e", "test_windows_e2e"]
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.module.__name__.rsplit(".", 1)[-1]
+        return MODULE_ORDER.index(name) if name in MODULE_ORDER else len(MODULE_ORDER)
+
+    items.sort(key=rank)  # stable: each module's own order is kept

@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 TABLE_PATH = "/api/now/table/"
+WALK_PATH = "/_test/walk/"
 
 NEW, ASSESS, AUTHORIZE, SCHEDULED, IMPLEMENT, REVIEW, CLOSED, CANCELED = "-5", "-4", "-3", "-2", "-1", "0", "3", "4"
 STATE_LABELS = {
@@ -135,6 +136,10 @@ class ServiceNowInstance:
                 status, message, _ = self._failures.pop(0)
                 raise TableApiError(status, message, "injected fault")
             self._authenticate(auth)
+            if method == "GET" and path.startswith(WALK_PATH):
+                # not ServiceNow's: the tests' view of a record's state history, for test
+                # processes other than the one running this instance (pytest-xdist workers)
+                return 200, self.walk(self._record(path[len(WALK_PATH) :])["sys_id"])
             if not path.startswith(TABLE_PATH):
                 raise TableApiError(400, "Requested URI does not represent any resource", path)
             table, _, sys_id = path[len(TABLE_PATH) :].partition("/")

@@ -43,6 +43,16 @@ def running_receiver() -> Iterator[tuple[Receiver, str]]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
+        def do_GET(self) -> None:  # noqa: N802
+            # not a webhook's: what was received, for test processes other than this one
+            with receiver.lock:
+                data = json.dumps(receiver.received).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
