@@ -5,9 +5,12 @@ Run: ``python include/demo_fleet/fleet.py --port 8799``. Standard library only.
 
 Deploy-target contract (per environment, under ``/environments/{env}/``):
   GET  status                 current version, digest, previous version, state, health
-  POST deployments            {release, version, digest, run_id, bundle: {url, signature}}
+  POST deployments            {release, version, digest, run_id, bundle: {url, signature},
+                              config?: {version, sha256, values, secrets}}
                               -> 202 {deployment_id} (200 {state: succeeded, noop: true} if
-                              already live; 409 if busy). With a pinned bundle key
+                              already live; 409 if busy). The environment keeps the config
+                              it was deployed with; status shows it, each secret only as a
+                              fingerprint (sha256:<16 hex>). With a pinned bundle key
                               (--bundle-public-key / FLEET_BUNDLE_PUBLIC_KEY) the fleet fetches
                               the bundle and verifies content, digest and signature first:
                               422 "bundle refused: ..." for an unsigned or re-signed one
@@ -78,6 +81,29 @@ COLOURS = ("blue", "green")
 MAX_BUNDLE_BYTES = 256 * 1024 * 1024
 
 
+def _config(raw: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """A deployment's configuration profile, as the environment keeps it: secrets only as
+    fingerprints (an application would read them; the fleet shows none)."""
+    if raw is None:
+        return None, None
+    if not isinstance(raw, dict):
+        return None, "'config' must be an object"
+    version, sha256 = raw.get("version"), raw.get("sha256")
+    values, secrets = raw.get("values", {}), raw.get("secrets", {})
+    if not isinstance(version, str) or not isinstance(sha256, str) or not sha256.startswith("sha256:"):
+        return None, "'config' needs version and a sha256: digest"
+    if not isinstance(values, dict) or not isinstance(secrets, dict):
+        return None, "'config.values' and 'config.secrets' must be objects"
+    if not all(isinstance(v, str) and v for v in secrets.values()):
+        return None, "'config.secrets' must map names to resolved (non-empty) values"
+    return {
+        "version": version,
+        "sha256": sha256,
+        "values": values,
+        "secrets": {k: "sha256:" + hashlib.sha256(v.encode()).hexdigest()[:16] for k, v in sorted(secrets.items())},
+    }, None
+
+
 def _application(raw_path: str) -> bool:
     """The application's routes (anonymous, like any user of the application)."""
     parts = [p for p in raw_path.split("?", 1)[0].split("/") if p]
@@ -130,6 +156,7 @@ class Fleet:
                 "run_id": None,
                 "active_colour": COLOURS[0],
                 "idle": None,
+                "config": None,
                 "history": [],
             }
         return self.environments[name]
@@ -168,6 +195,8 @@ class Fleet:
                 release=dep.get("release") or env["release"],
                 run_id=dep.get("run_id"),
             )
+            if dep.get("config"):
+                env["config"] = dep["config"]
             env["history"].append({"version": dep["version"], "digest": dep["digest"], "at": now, "kind": dep["kind"]})
             dep.update(state="succeeded", message=f"{dep['environment']} runs {dep['version']}")
 
@@ -203,6 +232,9 @@ class Fleet:
         idle = env["idle"]
         if not isinstance(version, str) or not version:
             return 400, {"error": "'version' is required"}
+        config, problem = _config(body.get("config"))
+        if problem:
+            return 400, {"error": problem}
         if kind != "rollback" and (not isinstance(digest, str) or not digest.startswith("sha256:")):
             return 400, {"error": "'digest' must be a sha256: digest"}
         if env["deployment_id"]:
@@ -235,7 +267,8 @@ class Fleet:
             if digest and digest != known[version]:  # only the bytes that ran here before
                 return 409, {"error": f"{version} ran in {name} as {known[version]}, not {digest}"}
             digest = known[version]
-        if kind != "deploy_idle" and env["version"] == version and env["digest"] == digest:
+        same_config = config is None or (env["config"] or {}).get("sha256") == config["sha256"]
+        if kind != "deploy_idle" and env["version"] == version and env["digest"] == digest and same_config:
             return 200, {
                 "deployment_id": None,
                 "run_id": None,
@@ -253,6 +286,7 @@ class Fleet:
             "release": body.get("release"),
             "run_id": body.get("run_id"),
             "reason": body.get("reason"),
+            "config": config,
             "state": "in_progress",
             "message": "",
             "started_at": time.time(),

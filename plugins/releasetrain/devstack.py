@@ -203,6 +203,14 @@ class DevStack:
         env["AIRFLOW_CONN_FLEET_METRICS"] = json.dumps(
             {"conn_type": "http", "host": cfg.fleet_url, "login": sec["fleet_user"], "password": sec["fleet_password"]}
         )
+        # the storefront application's own secrets, which its config profiles refer to
+        for name, value in self.app_secrets().items():
+            if name.startswith("storefront_db_"):
+                env[f"AIRFLOW_CONN_{name.upper()}"] = json.dumps(
+                    {"conn_type": "generic", "login": "storefront", "password": value}
+                )
+            else:
+                env[f"AIRFLOW_VAR_{name.upper()}"] = value
         for environment in cfg.fleet_environments:
             env[f"AIRFLOW_CONN_{fleet_conn_id(environment).upper()}"] = json.dumps(
                 {
@@ -262,6 +270,17 @@ class DevStack:
             "FLEET_BUNDLE_PUBLIC_KEY": self.public_key("signing_key"),
             "FLEET_BUNDLE_ROOT": str(self.config.home.resolve() / "artifacts"),  # the stack's artifact store
         }
+
+    def app_secrets(self) -> dict[str, str]:
+        """The demo application's secrets (database passwords per environment, a payment API
+        key): derived from the stack's own secrets, held in connections and variables."""
+        seed = self.secrets()["jwt_secret"]
+
+        def derive(name: str) -> str:
+            return hashlib.sha256(f"{name}:{seed}".encode()).hexdigest()[:24]
+
+        names = [f"storefront_db_{e}" for e in ("dev", "staging", "prod")] + ["storefront_payment_api_key"]
+        return {name: derive(name) for name in names}
 
     def fleet_auth(self) -> tuple[str, str]:
         sec = self.secrets()

@@ -52,3 +52,17 @@ def test_a_deploy_waits_deferred_until_the_shared_service_it_needs_runs_there(au
     deployed = [e for e in ledger.events("consumer", run_id) if e.kind == "deployed"]
     svc_deployed = [e for e in ledger.events("svc", svc) if e.kind == "deployed"]
     assert svc_deployed[0].seq < met.seq < deployed[0].seq
+
+
+def test_a_bundle_carrying_an_environments_configuration_is_refused_at_packaging(author, ledger, stack):
+    """Issue 13 (config profiles): bundles carry no environment's settings; the component's
+    folder holds settings/prod.env, so packaging refuses it, naming the file and the rule."""
+    run_id = author.trigger("release_leaky", {"version": "1.0.0", "change_summary": "leaky"})["dag_run_id"]
+    run = author.wait_for_run("release_leaky", run_id, timeout=300)
+    states = author.task_states("release_leaky", run_id)
+    assert run["state"] == "failed" and states["package"] == "failed", states
+    assert states["leaky.deploy"] == "upstream_failed"
+    [refusal] = [e for e in ledger.events("leaky", run_id) if e.kind == "gate_refused"]
+    [reason] = refusal.details["reasons"]
+    assert "component web: settings/prod.env is configuration for one environment (matches '*.env')" in reason
+    assert not (stack.config.home / "artifacts" / "leaky").exists(), "nothing signed or stored"

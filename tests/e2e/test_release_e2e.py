@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 import pytest
 
 from releasetrain.client import AirflowAPIError
+from releasetrain.core.profile import secret_fingerprint
 from tests.helpers import tamper_bundle
 
 pytestmark = pytest.mark.e2e
@@ -60,7 +61,7 @@ def test_invalid_trigger_params_are_refused_with_http_400(author, conf):
     assert "version" in info.value.body or "requested_by" in info.value.body
 
 
-def test_release_reaches_prod_only_after_a_non_author_approves(author, approver, fleet):
+def test_release_reaches_prod_only_after_a_non_author_approves(stack, author, approver, fleet, ledger):
     run_id = trigger(author, "2.0.0", change_summary="new checkout")
     request = author.wait_for_approval(DAG, run_id, "prod.approve")
     assert [u["id"] for u in request["assigned_users"]] == ["approver", "admin"]
@@ -89,6 +90,26 @@ def test_release_reaches_prod_only_after_a_non_author_approves(author, approver,
     assert (prod["version"], prod["digest"], prod["previous_version"]) == ("2.0.0", packaged["digest"], "1.0.0")
     approval = author.xcom(DAG, run_id, "prod.approve")
     assert approval["responded_by_user"]["id"] == "approver"
+
+    # issue 13: every environment got its own profile with the deploy, secrets resolved from
+    # connections and variables at deploy time; the ledger, XCom and logs show only its digest
+    secrets = stack.app_secrets()
+    for env, keys in (("dev", {"DB_PASSWORD"}), ("prod", {"DB_PASSWORD", "PAYMENT_API_KEY"})):
+        config = fleet(env)["config"]
+        deployed = author.xcom(DAG, run_id, f"{env}.deploy")["config"]
+        assert config["version"] == deployed["version"] == "2026.11-1" and config["sha256"] == deployed["sha256"]
+        assert set(config["secrets"]) == keys
+    assert fleet("prod")["config"]["values"] == {"LOG_LEVEL": "warning", "CART_TIMEOUT_MS": 800, "PAYMENTS_LIVE": True}
+    assert fleet("prod")["config"]["secrets"]["DB_PASSWORD"] == secret_fingerprint(secrets["storefront_db_prod"])
+    assert fleet("dev")["config"]["sha256"] != fleet("prod")["config"]["sha256"]
+    recorded = json.dumps([e.details for e in ledger.events("storefront", run_id)])
+    logs = "".join(p.read_text(errors="replace") for p in (stack.config.home / "logs").rglob("*") if p.is_file())
+    for value in secrets.values():
+        assert value not in recorded and value not in logs, "a secret reached the ledger or a log"
+    deployed = [e.details for e in ledger.events("storefront", run_id) if e.kind == "deployed"]
+    assert {d["environment"]: d["config"]["version"] for d in deployed} == dict.fromkeys(
+        ("dev", "staging", "prod"), "2026.11-1"
+    )
 
 
 def test_unhealthy_prod_is_rolled_back_and_the_run_fails(author, approver, fleet):

@@ -169,6 +169,8 @@ def _package(spec: ReleaseSpec, ctx: PlanContext) -> Step:
             "artifact_store": spec.artifact_store,
             "signing_conn_id": ctx.signing_conn_id,
             "production": spec.production_environments,
+            "environments": [env.name for env in spec.environments],
+            "config_patterns": spec.config_patterns,
         },
     )
 
@@ -428,6 +430,7 @@ def _deploy(stage: _Stage, verify: str, gates: list[str], approval_ids: list[str
             "poll_interval": env.poll_interval_seconds,
             "pool": v.target_pool(env.deploy_target),
             "locked": True,
+            **({"config": env.config.plan()} if env.config else {}),
         },
     )
 

@@ -245,6 +245,69 @@ class Strategy(_Model):
         return self.kind != "rolling"
 
 
+CONFIG_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"
+
+
+class SecretRef(_Model):
+    """A secret by reference, resolved by the deploy task at deploy time: an Airflow
+    connection's password (or login), or a variable from the secrets backend."""
+
+    connection: str | None = Field(default=None, pattern=CONN_ID_PATTERN, description="Airflow connection id.")
+    field: Literal["password", "login"] = Field(default="password", description="connection: which of its fields.")
+    variable: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_./-]+$", description="Variable (secrets backend path) holding it."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.connection is None) == (self.variable is None):
+            raise ValueError("a secret reference names either a connection or a variable")
+        return self
+
+
+class ConfigProfile(_Model):
+    """An environment's configuration, versioned with the spec: sent with every deploy to
+    the environment (the bundle carries none), hashed and recorded in the ledger and the
+    evidence. Secrets appear only as references."""
+
+    version: str = Field(min_length=1, max_length=64, description="The profile's version (bump it on every change).")
+    values: dict[Annotated[str, Field(pattern=CONFIG_KEY_PATTERN)], str | int | float | bool] = Field(
+        default_factory=dict, description="Plain settings, e.g. LOG_LEVEL: info."
+    )
+    secrets: dict[Annotated[str, Field(pattern=CONFIG_KEY_PATTERN)], SecretRef] = Field(
+        default_factory=dict,
+        description="Settings that are secrets, by reference: {connection: ID} or {variable: PATH}.",
+    )
+
+    @model_validator(mode="after")
+    def _no_literal_secrets(self) -> ConfigProfile:
+        from releasetrain.core.profile import literal_secrets
+
+        both = sorted(set(self.values) & set(self.secrets))
+        if both:
+            raise ValueError(f"{both} are both values and secrets")
+        problems = literal_secrets(self.values, "values")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def digest(self) -> str:
+        from releasetrain.core.profile import profile_digest
+
+        refs = {k: v.model_dump(exclude_defaults=True) for k, v in self.secrets.items()}
+        return profile_digest(self.version, self.values, refs)
+
+    def plan(self) -> dict[str, Any]:
+        """Plain data for the deploy step: version, digest, values, secret references."""
+        return {
+            "version": self.version,
+            "sha256": self.digest,
+            "values": dict(self.values),
+            "secrets": {k: v.model_dump(exclude_defaults=True) for k, v in self.secrets.items()},
+        }
+
+
 class Environment(_Model):
     name: str = Field(pattern=NAME_PATTERN)
 
@@ -273,6 +336,9 @@ class Environment(_Model):
         default=None, description="Production for risk and change control (default: the last environment)."
     )
     strategy: Strategy = Field(default_factory=Strategy)
+    config: ConfigProfile | None = Field(
+        default=None, description="The environment's configuration profile, sent with every deploy to it."
+    )
 
     @field_validator("name")
     @classmethod
@@ -343,6 +409,11 @@ class Notification(_Model):
             raise ValueError("a webhook notification needs conn_id")
         if self.kind == "notifier" and not self.notifier:
             raise ValueError("a notifier notification needs notifier (the class's import path)")
+        from releasetrain.core.profile import literal_secrets
+
+        problems = literal_secrets(self.args, "args")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -468,6 +539,12 @@ class ReleaseSpec(_Model):
     closure: bool = Field(
         default=True,
         description="End with a closure step that records the runbook update before the change record closes.",
+    )
+    config_patterns: list[str] | None = Field(
+        default=None,
+        description="File names that hold one environment's configuration, refused in bundles ({environment} "
+        "stands for each environment's name). Default: .env files and <name>.<environment>.* / "
+        "<name>-<environment>.* style names; [] turns the check off.",
     )
 
     @field_validator("version")

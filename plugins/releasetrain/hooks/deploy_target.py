@@ -8,8 +8,12 @@ HTTP basic auth. Relative to that base URL:
 ``GET  status``                     ``{version, digest, previous_version, previous_digest,
                                     state, healthy}``; optional ``run_id`` (the run that
                                     deployed the live version) and ``in_progress``
-                                    (``{deployment_id, version, digest, run_id}``)
-``POST deployments``                body ``{release, version, digest, run_id}``; ``202
+                                    (``{deployment_id, version, digest, run_id}``), ``config``
+                                    (the profile it runs with: ``{version, sha256, values,
+                                    secrets: {NAME: fingerprint}}``, never a secret's value)
+``POST deployments``                body ``{release, version, digest, run_id}``, optional
+                                    ``config`` (``{version, sha256, values, secrets}``: the
+                                    environment's profile, its secrets resolved); ``202
                                     {deployment_id, state: "in_progress"}``, ``200 {state:
                                     "succeeded", noop: true}`` when already live, ``409`` when a
                                     deployment is in progress
@@ -105,14 +109,19 @@ class DeployTargetHook(BaseHook):
         run_id: str,
         slot: str | None = None,
         bundle: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """``bundle``: ``{url, signature}``, so the target can fetch the bytes and verify them
-        against its own pinned key before deploying (it never has to trust the digest)."""
+        against its own pinned key before deploying (it never has to trust the digest).
+        ``config``: the environment's profile ``{version, sha256, values, secrets}`` (secrets
+        resolved: this request is the only place they go)."""
         body: dict[str, Any] = {"release": release, "version": version, "digest": digest, "run_id": run_id}
         if slot:
             body["slot"] = slot
         if bundle:
             body["bundle"] = bundle
+        if config:
+            body["config"] = config
         return _started(
             self.deploy_target_conn_id, "POST deployments", self._expect("POST", "deployments", body, (200, 201, 202))
         )

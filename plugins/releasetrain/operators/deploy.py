@@ -105,6 +105,9 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         idle colour and takes no traffic until the rollout's steps move it
     :param requires: shared services that must run a minimum version first (``depends_on``)
     :param locked: the stage takes the target's lock first; the deploy refuses without it
+    :param config: the environment's configuration profile (``{version, sha256, values,
+        secrets}``, secrets as references): sent with the deployment, its secrets resolved
+        here and only here; the ledger and XCom get its version and digest
     """
 
     ui_color = "#d2e3fc"
@@ -131,6 +134,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         poll_interval: float = 2.0,
         slot: str | None = None,
         locked: bool = False,
+        config: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         # Retried only for infrastructure trouble and Airflow 3.3's race between a fast
@@ -142,6 +146,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         super().__init__(**kwargs)
         self.slot = slot
         self.locked = locked
+        self.config = config
         if (previous_environment is None) != (promotion_gate_task_id is None):
             raise ValueError("previous_environment and promotion_gate_task_id go together")
         if approval_task_ids and not approvers:
@@ -186,6 +191,8 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         hook = DeployTargetHook(self.deploy_target_conn_id)
         live = self._call(hook.get_status)
         already_live = live.get("version") == version and live.get("digest") == digest
+        if self.config and already_live:  # the same bytes with another profile is a change too
+            already_live = (live.get("config") or {}).get("sha256") == self.config["sha256"]
         before = self._before(context, run, live, version, digest, already_live)
         running = live.get("in_progress") or {}
         if (running.get("version"), running.get("digest"), running.get("run_id")) == (
@@ -225,6 +232,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
             run_id=context["run_id"],
             slot=self.slot,
             bundle=self._bundle(run, digest),
+            config=self._profile(),
         )
         if started.get("state") == "succeeded":
             return self._result(
@@ -265,6 +273,23 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         )
         return self._result(version, digest, pre, deployment_id=event["deployment_id"], noop=False, context=context)
 
+    @property
+    def profile(self) -> dict[str, str] | None:
+        """What may be shown of the profile: its version and digest."""
+        return {"version": self.config["version"], "sha256": self.config["sha256"]} if self.config else None
+
+    def _profile(self) -> dict[str, Any] | None:
+        """The profile as the target gets it: values, and secrets resolved now (masked in logs)."""
+        if not self.config:
+            return None
+        from releasetrain.hooks.config_profile import ConfigProfileError, ConfigProfileHook
+
+        try:
+            secrets = ConfigProfileHook(self.environment).resolve(self.config.get("secrets") or {})
+        except ConfigProfileError as exc:
+            raise AirflowFailException(str(exc)) from None
+        return {**self.profile, "values": dict(self.config.get("values") or {}), "secrets": secrets}
+
     def _bundle(self, run: RunLedger, digest: str) -> dict[str, Any] | None:
         """Where the target fetches the bundle, and its signature document, for the target to
         verify against its own pinned key (the location is the packaging's ledger record).
@@ -301,7 +326,12 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
                 Event.DEPLOY_STARTED,
                 self.release,
                 environment=self.environment,
-                details={"version": version, "digest": digest, "before": before},
+                details={
+                    "version": version,
+                    "digest": digest,
+                    "before": before,
+                    **({"config": self.profile} if self.config else {}),
+                },
             )
         context["ti"].xcom_push(key=PRE_DEPLOY_KEY, value=before)  # display only
         return before
@@ -401,6 +431,8 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         }
         if self.slot:  # on the idle colour: not live until promoted
             result["slot"] = self.slot
+        if self.config:
+            result["config"] = self.profile
         if context is not None:
             record(context, Event.DEPLOYED, self.release, environment=self.environment, details=result)
         return result

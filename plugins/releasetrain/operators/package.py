@@ -53,6 +53,8 @@ class BundlePackageOperator(BaseOperator):
         artifact_store: str | None = None,
         signing_conn_id: str = SigningKeyHook.default_conn_name,
         production: list[str] | None = None,
+        environments: list[str] | None = None,
+        config_patterns: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -64,10 +66,13 @@ class BundlePackageOperator(BaseOperator):
         self.artifact_store = artifact_store
         self.signing_conn_id = signing_conn_id
         self.production = list(production or [])
+        self.environments = list(environments or [])
+        self.config_patterns = None if config_patterns is None else list(config_patterns)
 
     def execute(self, context: Any) -> dict[str, Any]:
         version = release_request(context, self.release).version
         collected = [self._collect(c, version) for c in self.components]
+        self._refuse_environment_config(context, collected)
         try:
             bundle = build_bundle(self.release, version, collected)
         except BundleError as exc:
@@ -117,6 +122,21 @@ class BundlePackageOperator(BaseOperator):
 
         record(context, Event.PACKAGED, self.release, details=result)
         return result
+
+    def _refuse_environment_config(self, context: Any, collected: list[ComponentFiles]) -> None:
+        """A bundle carries no environment's configuration (that is the environment's profile):
+        files named for one environment are refused, each named with the rule it broke."""
+        from releasetrain.core.profile import DEFAULT_CONFIG_PATTERNS, environment_files
+
+        patterns = DEFAULT_CONFIG_PATTERNS if self.config_patterns is None else self.config_patterns
+        reasons = [
+            f"component {c.name}: {path} is configuration for one environment (matches {pattern!r}); "
+            "bundles carry none: put it in the environment's config profile"
+            for c in collected
+            for path, pattern in environment_files(sorted(c.files), self.environments, patterns)
+        ]
+        if reasons:
+            enforce(context, Decision.refuse(PACKAGE, *reasons), self.release)
 
     def _claim_components(self, context: Any, store: BundleStoreHook, manifest: dict[str, Any]) -> None:
         """One component version, the same bytes in every release: checked against the artifact

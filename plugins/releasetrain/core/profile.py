@@ -1,0 +1,116 @@
+"""Environment configuration: what a bundle never carries.
+
+Each environment has a versioned profile in the spec (``environments[].config``): plain
+values, and secrets *by reference* (an Airflow connection's password or login, or a
+secrets-backend variable), resolved only by the deploy task, at deploy time. The profile's
+digest covers its version, values and references, never a resolved secret: it is what the
+ledger, XCom and the evidence show.
+
+Also here: the rules that keep configuration out of bundles (file names made for one
+environment) and literal secrets out of specs. No Airflow import.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import PurePosixPath
+from typing import Any
+
+# A key that names a secret: its value must be a reference, never a literal.
+SECRET_KEY = re.compile(
+    r"(^|[^a-z])(pass(word|wd|phrase)?|secret|token|api[_-]?key|private[_-]?key|credentials?|pwd)([^a-z]|$)", re.I
+)
+# Values that are secrets whatever their key says.
+SECRET_VALUES = (
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a private key"),
+    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "an AWS access key id"),
+    (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}"), "a GitHub token"),
+    (re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), "a Slack token"),
+    (re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"), "a URL with a password in it"),
+)
+# Names of files made for one environment ({environment}: each of the release's
+# environments). Matched against every part of a path inside a component's artifacts.
+DEFAULT_CONFIG_PATTERNS = (
+    ".env",
+    "*.env",
+    ".env.*",
+    "{environment}.env*",
+    "{environment}.y*ml",
+    "{environment}.json",
+    "{environment}.properties",
+    "*.{environment}.*",
+    "*-{environment}.*",
+    "*_{environment}.*",
+)
+
+
+def literal_secret(key: str, value: Any) -> str | None:
+    """Why ``value`` (under ``key``) is a literal secret, or None."""
+    if isinstance(value, str) and value:
+        for pattern, what in SECRET_VALUES:
+            if pattern.search(value):
+                return f"holds {what}"
+        if SECRET_KEY.search(key):
+            return "names a secret but holds a literal value"
+    return None
+
+
+def literal_secrets(values: Mapping[str, Any], where: str) -> list[str]:
+    """Every literal secret in ``values`` (nested mappings and lists too), as
+    ``"<where>.<key>: <why>; refer to it ..."``."""
+    found: list[str] = []
+
+    def walk(node: Any, path: str, key: str) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                walk(v, f"{path}.{k}", str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]", key)
+        else:
+            why = literal_secret(key, node)
+            if why:
+                found.append(
+                    f"{path}: {why}; secrets are referred to, never written in a spec "
+                    "(config.secrets: {NAME: {connection: CONN_ID}} or {variable: PATH})"
+                )
+
+    for k, v in values.items():
+        walk(v, f"{where}.{k}", str(k))
+    return found
+
+
+def profile_digest(version: str, values: Mapping[str, Any], secrets: Mapping[str, Mapping[str, Any]]) -> str:
+    """The profile's identity: its version, values and secret *references* (canonical JSON)."""
+    document = {"version": version, "values": dict(values), "secrets": {k: dict(v) for k, v in secrets.items()}}
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def secret_fingerprint(value: str) -> str:
+    """What may be shown of a resolved secret: a short hash, enough to tell two apart."""
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def environment_files(
+    paths: Iterable[str], environments: Iterable[str], patterns: Iterable[str] = DEFAULT_CONFIG_PATTERNS
+) -> list[tuple[str, str]]:
+    """``(path, pattern)`` for each path (relative, ``/``-separated) with a part that
+    matches a pattern: configuration for one environment, which a bundle must not carry."""
+    concrete: list[str] = []
+    for pattern in patterns:
+        if "{environment}" in pattern:
+            concrete.extend(pattern.replace("{environment}", env) for env in environments)
+        else:
+            concrete.append(pattern)
+    found = []
+    for path in paths:
+        parts = PurePosixPath(path).parts
+        hit = next((p for p in concrete if any(fnmatch.fnmatchcase(part, p) for part in parts)), None)
+        if hit:
+            found.append((path, hit))
+    return found

@@ -1,0 +1,122 @@
+"""Configuration profiles at packaging and deploy time: a bundle with an environment's
+file is refused before anything is signed; a deploy sends the environment's profile with
+its secrets resolved from connections and variables, and records only version and digest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+
+from releasetrain.core.bundle import generate_private_key_pem
+from releasetrain.core.profile import profile_digest, secret_fingerprint
+from releasetrain.operators.deploy import EnvironmentDeployOperator
+from releasetrain.operators.package import BundlePackageOperator
+from tests.helpers import FakeTI, context, http_connection, run_events, running_fleet, seed
+
+DIGEST = "sha256:" + "b" * 64
+DB_PASSWORD, API_KEY = "pa55-w0rd-for-db", "k3y-for-payments"
+
+
+@pytest.fixture
+def signing(monkeypatch):
+    from releasetrain.devstack import signing_connection
+
+    monkeypatch.setenv("AIRFLOW_CONN_RELEASETRAIN_SIGNING", signing_connection(generate_private_key_pem()))
+
+
+def packager(root: Path, store: str, **kw) -> BundlePackageOperator:
+    return BundlePackageOperator(
+        task_id="package",
+        release="storefront",
+        project_root=str(root),
+        components=[{"name": "web", "source": "web", "version": None}],
+        artifact_store=store,
+        environments=["dev", "staging", "prod"],
+        **kw,
+    )
+
+
+def test_a_bundle_with_an_environments_configuration_is_refused_before_signing(signing, tmp_path):
+    (tmp_path / "web" / "config").mkdir(parents=True)
+    (tmp_path / "web" / "index.html").write_text("<h1>shop</h1>")
+    (tmp_path / "web" / "config" / "application-prod.properties").write_text("db.url=jdbc:prod")
+    store = f"file://{tmp_path / 'artifacts'}"
+    with pytest.raises(AirflowFailException, match="config/application-prod.properties is configuration for one"):
+        packager(tmp_path, store).execute(context(FakeTI(), task_id="package"))
+    [refused] = run_events("gate_refused")
+    assert refused.details["step"] == "package" and "matches '*-prod.*'" in refused.details["reasons"][0]
+    assert not (tmp_path / "artifacts" / "storefront").exists(), "nothing signed or stored"
+    # the release's own rules: this file is allowed when the release says so
+    result = packager(tmp_path, store, config_patterns=[]).execute(context(FakeTI(), task_id="package"))
+    assert result["digest"].startswith("sha256:")
+
+
+PROFILE_SECRETS = {"DB_PASSWORD": {"connection": "shop_db"}, "PAYMENT_API_KEY": {"variable": "shop_payment_key"}}
+PROFILE = {
+    "version": "7",
+    "sha256": profile_digest("7", {"LOG_LEVEL": "warning"}, PROFILE_SECRETS),
+    "values": {"LOG_LEVEL": "warning"},
+    "secrets": PROFILE_SECRETS,
+}
+
+
+def deploy_op(**kw) -> EnvironmentDeployOperator:
+    return EnvironmentDeployOperator(
+        task_id="prod.deploy",
+        release="storefront",
+        environment="prod",
+        deploy_target_conn_id="t_prod",
+        verify_task_id="prod.verify",
+        poll_interval=0.1,
+        config=PROFILE,
+        **kw,
+    )
+
+
+def ready(monkeypatch, url: str) -> None:
+    seed("verified", environment="prod", task_id="prod.verify", version="2.0.0", digest=DIGEST, verified=True)
+    monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+    monkeypatch.setenv("AIRFLOW_CONN_SHOP_DB", json.dumps({"conn_type": "generic", "password": DB_PASSWORD}))
+    monkeypatch.setenv("AIRFLOW_VAR_SHOP_PAYMENT_KEY", API_KEY)
+
+
+def test_a_deploy_sends_the_profile_with_its_secrets_resolved_and_records_only_its_digest(monkeypatch, caplog):
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        ready(monkeypatch, url)
+        ctx = context(FakeTI(), task_id="prod.deploy")
+        with pytest.raises(TaskDeferred):
+            deploy_op().execute(ctx)
+        [deployment] = fleet.deployments.values()
+        sent = deployment["config"]
+        assert (sent["version"], sent["sha256"], sent["values"]) == ("7", PROFILE["sha256"], {"LOG_LEVEL": "warning"})
+        assert sent["secrets"] == {
+            "DB_PASSWORD": secret_fingerprint(DB_PASSWORD),
+            "PAYMENT_API_KEY": secret_fingerprint(API_KEY),
+        }, "the target got the resolved values (it keeps only fingerprints)"
+        [started] = run_events("deploy_started")
+        assert started.details["config"] == {"version": "7", "sha256": PROFILE["sha256"]}
+    recorded = json.dumps([e.details for e in run_events()]) + json.dumps(ctx["ti"].xcoms, default=str)
+    assert DB_PASSWORD not in recorded and API_KEY not in recorded, "no secret in the ledger or XCom"
+    assert DB_PASSWORD not in caplog.text and API_KEY not in caplog.text
+
+
+def test_the_same_version_with_another_profile_is_deployed_again(monkeypatch):
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        ready(monkeypatch, url)
+        env = fleet.env("prod")
+        env.update(version="2.0.0", digest=DIGEST, config={"version": "6", "sha256": "sha256:" + "0" * 64})
+        with pytest.raises(TaskDeferred):
+            deploy_op().execute(context(FakeTI(), task_id="prod.deploy"))
+        assert [d["config"]["version"] for d in fleet.deployments.values()] == ["7"]
+
+
+def test_a_secret_reference_that_does_not_resolve_fails_the_deploy_naming_it(monkeypatch):
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        ready(monkeypatch, url)
+        monkeypatch.delenv("AIRFLOW_CONN_SHOP_DB")
+        with pytest.raises(AirflowFailException, match="prod: config secret DB_PASSWORD: connection 'shop_db' is not"):
+            deploy_op().execute(context(FakeTI(), task_id="prod.deploy"))
+        assert fleet.deployments == {}, "nothing was sent"

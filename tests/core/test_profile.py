@@ -1,0 +1,141 @@
+"""Configuration profiles (issue 13, procedures 4.1 and 4.4): environment settings live in
+versioned profiles, secrets only by reference, and bundles carry no environment's files."""
+
+from __future__ import annotations
+
+import pytest
+
+from releasetrain.core.profile import (
+    environment_files,
+    literal_secret,
+    literal_secrets,
+    profile_digest,
+    secret_fingerprint,
+)
+from releasetrain.core.spec import ReleaseSpecError, load_spec
+
+ENVS = ["dev", "staging", "prod"]
+
+
+@pytest.mark.parametrize(
+    ("path", "pattern"),
+    [
+        ("config/.env", ".env"),
+        ("deploy/prod.env", "*.env"),
+        (".env.local", ".env.*"),
+        ("settings/staging.yaml", "staging.y*ml"),
+        ("conf/prod.json", "prod.json"),
+        ("app.prod.js", "*.prod.*"),
+        ("application-prod.properties", "*-prod.*"),
+        ("settings_dev.py", "*_dev.*"),
+    ],
+)
+def test_files_made_for_one_environment_are_found_with_the_rule_they_match(path, pattern):
+    assert environment_files([path], ENVS) == [(path, pattern)]
+
+
+@pytest.mark.parametrize(
+    "path", ["index.html", "openapi.yaml", "src/devtools.py", "production.md", "environment.py", "docs/prod/readme.md"]
+)
+def test_ordinary_files_are_not_environment_configuration(path):
+    assert environment_files([path], ENVS) == []
+
+
+def test_a_release_may_set_its_own_patterns_or_none():
+    assert environment_files(["cfg/prod.ini"], ENVS, ["{environment}.ini"]) == [("cfg/prod.ini", "prod.ini")]
+    assert environment_files(["prod.env"], ENVS, []) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "why"),
+    [
+        ("DB_PASSWORD", "hunter2", "names a secret"),
+        ("api_key", "abc", "names a secret"),
+        ("SLACK_TOKEN", "x", "names a secret"),
+        ("client-secret", "x", "names a secret"),
+        ("NOTE", "-----BEGIN PRIVATE KEY-----\nMIIE", "a private key"),
+        ("AWS", "AKIAABCDEFGHIJKLMNOP", "an AWS access key id"),
+        ("DATABASE_URL", "postgresql://app:s3cret@db/app", "a URL with a password"),
+    ],
+)
+def test_literal_secrets_are_named(key, value, why):
+    assert why in literal_secret(key, value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("LOG_LEVEL", "info"), ("TOKEN_TTL_SECONDS", 300), ("PASSWORD_MIN_LENGTH", 12), ("CART_URL", "http://cart/api")],
+)
+def test_ordinary_settings_are_not_secrets(key, value):
+    # numbers under secret-sounding keys are settings, not secrets; URLs without a password too
+    assert literal_secret(key, value) is None or not isinstance(value, str)
+
+
+def test_literal_secrets_name_their_path_in_nested_values():
+    [problem] = literal_secrets({"smtp": {"user": "x", "password": "p"}}, "args")
+    assert problem.startswith("args.smtp.password: names a secret")
+
+
+def test_the_digest_covers_version_values_and_references_never_a_resolved_secret():
+    refs = {"DB_PASSWORD": {"connection": "db"}}
+    base = profile_digest("1", {"A": 1}, refs)
+    assert base.startswith("sha256:") and base == profile_digest("1", {"A": 1}, refs)
+    assert len({base, profile_digest("2", {"A": 1}, refs), profile_digest("1", {"A": 2}, refs)}) == 3
+    assert profile_digest("1", {"A": 1}, {"DB_PASSWORD": {"connection": "db2"}}) != base
+    assert secret_fingerprint("hunter2") != secret_fingerprint("hunter3")
+    assert "hunter2" not in secret_fingerprint("hunter2")
+
+
+SPEC = """
+name: shop
+owner_team: t
+components: [{name: web, source: include/demo_fleet/artifacts/storefront-web}]
+environments:
+  - name: dev
+    deploy_target: fleet_dev
+    config: %s
+"""
+
+
+def test_a_profile_with_secrets_by_reference_is_accepted_and_hashed(tmp_path):
+    path = tmp_path / "shop.yaml"
+    path.write_text(
+        SPEC % "{version: '7', values: {LOG_LEVEL: info}, secrets: {DB_PASSWORD: {connection: shop_db}, "
+        "KEY: {variable: shop/key}}}"
+    )
+    profile = load_spec(path).environments[0].config
+    plan = profile.plan()
+    assert plan["secrets"] == {"DB_PASSWORD": {"connection": "shop_db"}, "KEY": {"variable": "shop/key"}}
+    assert plan["sha256"] == profile.digest.lower() and plan["values"] == {"LOG_LEVEL": "info"}
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            "{version: '1', values: {DB_PASSWORD: hunter2}}",
+            "environments[0].config: Value error, values.DB_PASSWORD: names a secret but holds a literal value",
+        ),
+        ("{version: '1', secrets: {DB: {connection: a, variable: b}}}", "either a connection or a variable"),
+        ("{version: '1', secrets: {DB: {}}}", "either a connection or a variable"),
+        ("{version: '1', values: {DB: x}, secrets: {DB: {connection: a}}}", "['DB'] are both values and secrets"),
+        ("{values: {A: x}}", "environments[0].config.version: field required"),
+    ],
+)
+def test_a_bad_profile_is_refused_naming_file_and_field(tmp_path, config, message):
+    path = tmp_path / "shop.yaml"
+    path.write_text(SPEC % config)
+    with pytest.raises(ReleaseSpecError) as info:
+        load_spec(path)
+    assert str(path) in str(info.value) or "shop.yaml" in str(info.value)
+    assert message in str(info.value)
+
+
+def test_a_notifier_with_a_literal_token_is_refused(tmp_path):
+    path = tmp_path / "shop.yaml"
+    path.write_text(
+        (SPEC % "{version: '1'}")
+        + "notifications:\n  - kind: notifier\n    notifier: a.b.Notifier\n    args: {token: xoxb-12345678901}\n"
+    )
+    with pytest.raises(ReleaseSpecError, match=r"notifications\[0\]: Value error, args.token"):
+        load_spec(path)
