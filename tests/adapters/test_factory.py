@@ -112,6 +112,7 @@ def test_builder_gives_the_same_dag_as_yaml():
             smoke_checks=[c.model_dump(exclude_defaults=True) for c in e.smoke_checks],
             health_checks=e.health_checks.model_dump() if e.health_checks else None,
             approvers=e.approval.approvers if e.approval.required else None,
+            **({"config": e.config.model_dump(exclude_defaults=True)} if e.config else {}),
         )
     built.rollback(yaml_spec.rollback_plan, backout_minutes=yaml_spec.backout_minutes)
     python_spec = built.tags(*yaml_spec.tags).build()

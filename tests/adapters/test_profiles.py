@@ -83,7 +83,7 @@ def ready(monkeypatch, url: str) -> None:
     monkeypatch.setenv("AIRFLOW_VAR_SHOP_PAYMENT_KEY", API_KEY)
 
 
-def test_a_deploy_sends_the_profile_with_its_secrets_resolved_and_records_only_its_digest(monkeypatch, caplog):
+def test_a_deploy_sends_the_profile_with_its_secrets_resolved_and_records_only_its_digest(monkeypatch, caplog, capsys):
     with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
         ready(monkeypatch, url)
         ctx = context(FakeTI(), task_id="prod.deploy")
@@ -98,9 +98,11 @@ def test_a_deploy_sends_the_profile_with_its_secrets_resolved_and_records_only_i
         }, "the target got the resolved values (it keeps only fingerprints)"
         [started] = run_events("deploy_started")
         assert started.details["config"] == {"version": "7", "sha256": PROFILE["sha256"]}
-    recorded = json.dumps([e.details for e in run_events()]) + json.dumps(ctx["ti"].xcoms, default=str)
+    recorded = json.dumps([e.details for e in run_events()]) + json.dumps(list(ctx["ti"].xcoms.values()), default=str)
     assert DB_PASSWORD not in recorded and API_KEY not in recorded, "no secret in the ledger or XCom"
-    assert DB_PASSWORD not in caplog.text and API_KEY not in caplog.text
+    logged = caplog.text + "".join(capsys.readouterr())
+    assert "Deploying storefront 2.0.0" in logged, "the task's log was captured"
+    assert DB_PASSWORD not in logged and API_KEY not in logged
 
 
 def test_the_same_version_with_another_profile_is_deployed_again(monkeypatch):

@@ -114,7 +114,7 @@ def test_a_profile_with_secrets_by_reference_is_accepted_and_hashed(tmp_path):
     [
         (
             "{version: '1', values: {DB_PASSWORD: hunter2}}",
-            "environments[0].config: Value error, values.DB_PASSWORD: names a secret but holds a literal value",
+            "environments[0].config: values.DB_PASSWORD: names a secret but holds a literal value",
         ),
         ("{version: '1', secrets: {DB: {connection: a, variable: b}}}", "either a connection or a variable"),
         ("{version: '1', secrets: {DB: {}}}", "either a connection or a variable"),
@@ -137,5 +137,5 @@ def test_a_notifier_with_a_literal_token_is_refused(tmp_path):
         (SPEC % "{version: '1'}")
         + "notifications:\n  - kind: notifier\n    notifier: a.b.Notifier\n    args: {token: xoxb-12345678901}\n"
     )
-    with pytest.raises(ReleaseSpecError, match=r"notifications\[0\]: Value error, args.token"):
+    with pytest.raises(ReleaseSpecError, match=r"notifications\[0\]: args.token"):
         load_spec(path)
