@@ -25,6 +25,9 @@ Progressive delivery (two colours per environment, blue and green):
   POST promote                the idle colour becomes live (100%); the old live colour stays,
                               idle, for a switch back (promote again)
   POST abort                  the idle colour gets no traffic and is discarded
+Configuration:
+  POST config                 {values: {KEY: value|null}}: a change made by hand in the
+                              environment, outside any release (status reports it: drift)
 Demo extras:
   GET  /environments/{env}    same as status (version, previous_version, healthy, ...)
   GET|POST /environments/{env}/app/...   the "application" (live traffic, split between the
@@ -295,6 +298,16 @@ class Fleet:
         }
         env["deployment_id"] = dep_id
         return 202, {"deployment_id": dep_id, "state": "in_progress"}
+
+    def edit_config(self, name: str, values: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A change made in the environment by hand, outside any release: settings set (None
+        removes one). The environment reports it as its configuration: drift."""
+        env = self.env(name)
+        config = dict(env["config"] or {"version": None, "sha256": None, "values": {}, "secrets": {}})
+        merged = {**config["values"], **values}
+        config["values"] = {k: v for k, v in merged.items() if v is not None}
+        env["config"] = config
+        return 200, {"environment": name, "config": config}
 
     def traffic(self, name: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         env, idle = self.env(name), self.env(name)["idle"]
@@ -658,6 +671,11 @@ def make_handler(fleet: Fleet, credentials: tuple[str, str] | None):
                 if not dep or dep["environment"] != name:
                     return 404, {"error": f"no deployment {rest[1]} in {name}"}
                 return 200, {k: v for k, v in dep.items() if k != "finish_at"}
+            if method == "POST" and rest == ["config"]:
+                body = self._body()
+                if body is None or not isinstance(body.get("values"), dict):
+                    return 400, {"error": "body must be {\"values\": {...}}"}
+                return fleet.edit_config(name, body["values"])
             if method == "POST" and rest in (["traffic"], ["promote"], ["abort"]):
                 body = self._body()
                 if body is None:

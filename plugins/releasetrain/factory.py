@@ -38,6 +38,7 @@ from releasetrain.operators.checks import HealthVerificationOperator, SmokeCheck
 from releasetrain.operators.complete import ReleaseCompleteOperator
 from releasetrain.operators.dependency import DependencyGateOperator
 from releasetrain.operators.deploy import EnvironmentDeployOperator
+from releasetrain.operators.drift import ConfigDriftOperator
 from releasetrain.operators.governance import ReleaseClosureOperator, RiskAssessmentOperator
 from releasetrain.operators.lock import TargetLockOperator, TargetUnlockOperator
 from releasetrain.operators.manual_rollback import (
@@ -363,6 +364,7 @@ OPERATORS: dict[Kind, type] = {
     Kind.PACKAGE: BundlePackageOperator,
     Kind.VERIFY: BundleVerifyOperator,
     Kind.DEPENDENCIES: DependencyGateOperator,
+    Kind.DRIFT: ConfigDriftOperator,
     Kind.APPROVAL: ReleaseApprovalOperator,
     Kind.WINDOW: ReleaseWindowSensor,
     Kind.LOCK: TargetLockOperator,

@@ -97,7 +97,7 @@ def test_a_deploy_sends_the_profile_with_its_secrets_resolved_and_records_only_i
             "PAYMENT_API_KEY": secret_fingerprint(API_KEY),
         }, "the target got the resolved values (it keeps only fingerprints)"
         [started] = run_events("deploy_started")
-        assert started.details["config"] == {"version": "7", "sha256": PROFILE["sha256"]}
+        assert started.details["config"] == {"version": "7", "sha256": PROFILE["sha256"], "values": PROFILE["values"]}
     recorded = json.dumps([e.details for e in run_events()]) + json.dumps(list(ctx["ti"].xcoms.values()), default=str)
     assert DB_PASSWORD not in recorded and API_KEY not in recorded, "no secret in the ledger or XCom"
     logged = caplog.text + "".join(capsys.readouterr())
@@ -122,3 +122,86 @@ def test_a_secret_reference_that_does_not_resolve_fails_the_deploy_naming_it(mon
         with pytest.raises(AirflowFailException, match="prod: config secret DB_PASSWORD: connection 'shop_db' is not"):
             deploy_op().execute(context(FakeTI(), task_id="prod.deploy"))
         assert fleet.deployments == {}, "nothing was sent"
+
+
+# --- drift ------------------------------------------------------------------------------
+from releasetrain.operators.drift import ConfigDriftOperator  # noqa: E402
+
+
+def drift_op(**kw) -> ConfigDriftOperator:
+    return ConfigDriftOperator(
+        task_id="prod.drift",
+        release="storefront",
+        environment="prod",
+        deploy_target_conn_id="t_prod",
+        config=PROFILE,
+        owners=["approver", "author"],
+        **kw,
+    )
+
+
+def answer(user, option="Accept the drift"):
+    import datetime
+
+    return {
+        "chosen_options": [option],
+        "params_input": {},
+        "responded_at": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+        "responded_by_user": {"id": user, "name": user},
+        "timedout": False,
+    }
+
+
+@pytest.fixture
+def asked(monkeypatch) -> list:
+    """What each HITL request was (Airflow's own request is not made)."""
+    calls: list = []
+    monkeypatch.setattr(
+        "releasetrain.operators.drift.HITLOperator.execute",
+        lambda self, ctx: calls.append({"users": self.assigned_users, "body": self.body}),
+    )
+    return calls
+
+
+def test_no_drift_is_recorded_and_asks_nobody(monkeypatch, asked):
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        ready(monkeypatch, url)
+        fleet.env("prod")["config"] = {**PROFILE, "secrets": {}}
+        report = drift_op().execute(context(FakeTI(), task_id="prod.drift"))
+    assert report["drift"] == [] and asked == []
+    [checked] = run_events("drift_checked")
+    assert checked.environment == "prod" and checked.details["baseline"]["sha256"] == PROFILE["sha256"]
+
+
+def test_drift_asks_a_non_author_owner_with_a_readable_diff_and_a_rejection_stops_the_promotion(monkeypatch, asked):
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        ready(monkeypatch, url)
+        fleet.env("prod")["config"] = {**PROFILE, "secrets": {}}
+        fleet.edit_config("prod", {"LOG_LEVEL": "debug", "HOTFIX_FLAG": "on"})
+        drift_op().execute(context(FakeTI(), task_id="prod.drift"))
+        [request] = asked
+        assert request["users"] == [{"id": "approver", "name": "approver"}], "never the release's author"
+        assert '- LOG\\_LEVEL: "warning" in the baseline, "debug" on the target' in request["body"]
+        assert '- HOTFIX\\_FLAG: "on" on the target, not in the baseline' in request["body"]
+        [detected] = run_events("drift_detected")
+        assert len(detected.details["drift"]) == 2
+        with pytest.raises(AirflowFailException, match="configuration drift in prod rejected by approver"):
+            drift_op().execute_complete(context(FakeTI(), task_id="prod.drift"), answer("approver", "Reject"))
+        with pytest.raises(AirflowFailException, match="author is an author of this release"):
+            drift_op().execute_complete(context(FakeTI(), task_id="prod.drift"), answer("author"))
+        assert not run_events("drift_accepted")
+        accepted = drift_op().execute_complete(context(FakeTI(), task_id="prod.drift"), answer("approver"))
+    assert accepted["accepted_by"] == "approver"
+    [record] = run_events("drift_accepted")
+    assert record.actor == "approver" and record.details["drift"] == detected.details["drift"]
+
+
+def test_the_deploy_needs_the_drift_checks_record(monkeypatch):
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        ready(monkeypatch, url)
+        with pytest.raises(AirflowFailException, match="no drift check or accepted drift recorded in the ledger"):
+            deploy_op(drift_task_id="prod.drift").execute(context(FakeTI(), task_id="prod.deploy"))
+        assert fleet.deployments == {}
+        seed("drift_checked", environment="prod", task_id="prod.drift", drift=[])
+        with pytest.raises(TaskDeferred):
+            deploy_op(drift_task_id="prod.drift").execute(context(FakeTI(), task_id="prod.deploy"))

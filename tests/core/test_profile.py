@@ -139,3 +139,40 @@ def test_a_notifier_with_a_literal_token_is_refused(tmp_path):
     )
     with pytest.raises(ReleaseSpecError, match=r"notifications\[0\]: args.token"):
         load_spec(path)
+
+
+# --- drift ------------------------------------------------------------------------------
+from releasetrain.core.profile import config_drift, drift_report  # noqa: E402
+
+PROFILE = {"version": "2", "sha256": "sha256:" + "2" * 64, "values": {"LOG_LEVEL": "info", "POOL": 8}}
+
+
+def test_drift_lines_name_each_changed_added_and_missing_setting():
+    lines = config_drift({"LOG_LEVEL": "info", "POOL": 8, "TZ": "UTC"}, {"LOG_LEVEL": "debug", "POOL": 8, "X": True})
+    assert lines == [
+        'LOG_LEVEL: "info" in the baseline, "debug" on the target',
+        'TZ: "UTC" in the baseline, missing on the target',
+        "X: true on the target, not in the baseline",
+    ]
+    assert config_drift({"A": 1}, {"A": 1}) == []
+
+
+def test_a_target_running_the_spec_profile_unchanged_has_no_drift():
+    report = drift_report({**PROFILE}, PROFILE, [])
+    assert report["drift"] == [] and report["baseline"]["version"] == "2"
+
+
+def test_the_baseline_of_an_older_profile_is_what_its_deploy_recorded():
+    old = {"version": "1", "sha256": "sha256:" + "1" * 64, "values": {"LOG_LEVEL": "warning"}}
+    edited = {**old, "values": {"LOG_LEVEL": "debug"}}
+    report = drift_report(edited, PROFILE, [old])
+    assert report["baseline"]["version"] == "1"
+    assert report["drift"] == ['LOG_LEVEL: "warning" in the baseline, "debug" on the target']
+    assert drift_report(old, PROFILE, [old])["drift"] == [], "the old profile as deployed: no drift"
+
+
+def test_a_profile_no_release_deployed_is_drift_and_no_report_is_none():
+    stranger = {"version": "9", "sha256": "sha256:" + "9" * 64, "values": {}}
+    [line] = drift_report(stranger, PROFILE, [])["drift"]
+    assert "which no release deployed" in line
+    assert drift_report(None, PROFILE, [])["drift"] == []

@@ -335,6 +335,15 @@ def window(run: RunLedger, environment: str, window_task_id: str) -> Decision:
     return Decision.refuse(window_task_id, run.missing(window_task_id, "window decision"))
 
 
+def drift(run: RunLedger, environment: str, drift_task_id: str) -> Decision:
+    """The drift check recorded no drift, or an owner's acceptance of the drift it found."""
+    if run.of(Event.DRIFT_CHECKED, environment=environment, task_id=drift_task_id):
+        return Decision.allow(drift_task_id)
+    if run.of(Event.DRIFT_ACCEPTED, environment=environment, task_id=drift_task_id):
+        return Decision.allow(drift_task_id)
+    return Decision.refuse(drift_task_id, run.missing(drift_task_id, "drift check or accepted drift"))
+
+
 def environment_passed(run: RunLedger, environment: str, digest: str, *, gate_task_id: str) -> Decision:
     """The environment recorded that it passed, with this digest."""
     passed = run.of(Event.ENVIRONMENT_PASSED, environment=environment)

@@ -273,7 +273,9 @@ def _stage(
     first, approval_ids, window = _gates(stage, gates, verify)
     if window:
         windows.append(window)
-    deploy = _deploy(stage, verify, gates, approval_ids, window)
+    before_lock = _dependencies(stage, verify)
+    drift = _drift(stage, before_lock)
+    deploy = _deploy(stage, verify, gates, approval_ids, window, drift)
     lock = stage.add(
         v.LOCK,
         Kind.LOCK,
@@ -281,7 +283,7 @@ def _stage(
     )
     smoke = _smoke(stage, deploy)
     stage.watched += [deploy, smoke]
-    plan.connect(_dependencies(stage, verify), lock)
+    plan.connect(drift or before_lock, lock)
     plan.connect(lock, deploy)
     tail = _rollout(stage, deploy)
     plan.connect(tail, smoke)
@@ -403,7 +405,32 @@ def _dependencies(stage: _Stage, verify: str) -> str:
     return step
 
 
-def _deploy(stage: _Stage, verify: str, gates: list[str], approval_ids: list[str], window: str | None) -> str:
+def _drift(stage: _Stage, after: str) -> str | None:
+    """With a configuration profile: the target's reported configuration against the
+    baseline, before the target is locked (a human may have to accept a drift); the deploy
+    checks its record."""
+    env = stage.env
+    if env.config is None:
+        return None
+    owners = stage.owners or stage.pool or stage.spec.review_users
+    step = stage.add(
+        v.DRIFT,
+        Kind.DRIFT,
+        {
+            "release": stage.spec.name,
+            "environment": env.name,
+            "deploy_target_conn_id": env.deploy_target,
+            "config": env.config.plan(),
+            "owners": owners,
+        },
+    )
+    stage.plan.connect(after, step)
+    return step
+
+
+def _deploy(
+    stage: _Stage, verify: str, gates: list[str], approval_ids: list[str], window: str | None, drift: str | None
+) -> str:
     env, spec, groups = stage.env, stage.spec, stage.ctx.groups
     previous = spec.previous_environment(env.name)
     return stage.add(
@@ -430,7 +457,7 @@ def _deploy(stage: _Stage, verify: str, gates: list[str], approval_ids: list[str
             "poll_interval": env.poll_interval_seconds,
             "pool": v.target_pool(env.deploy_target),
             "locked": True,
-            **({"config": env.config.plan()} if env.config else {}),
+            **({"config": env.config.plan(), "drift_task_id": drift} if env.config else {}),
         },
     )
 

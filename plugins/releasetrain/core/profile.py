@@ -114,3 +114,51 @@ def environment_files(
         if hit:
             found.append((path, hit))
     return found
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def config_drift(baseline: Mapping[str, Any], reported: Mapping[str, Any]) -> list[str]:
+    """How an environment's reported settings differ from its baseline, one readable line per
+    setting (sorted): changed, added on the target, missing on the target."""
+    lines = []
+    for key in sorted(set(baseline) | set(reported)):
+        if key not in reported:
+            lines.append(f"{key}: {_show(baseline[key])} in the baseline, missing on the target")
+        elif key not in baseline:
+            lines.append(f"{key}: {_show(reported[key])} on the target, not in the baseline")
+        elif baseline[key] != reported[key]:
+            lines.append(f"{key}: {_show(baseline[key])} in the baseline, {_show(reported[key])} on the target")
+    return lines
+
+
+def drift_report(
+    reported: Mapping[str, Any] | None, profile: Mapping[str, Any], deployed: Iterable[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The environment's drift before a deploy.
+
+    ``reported``: the configuration the target reports (``{version, sha256, values}``);
+    ``profile``: the profile this release is about to deploy (the spec, in version control);
+    ``deployed``: the configurations recorded with earlier deploys to the environment
+    (``{version, sha256, values}``, oldest first). The baseline of the profile the target
+    says it runs is the spec's when it is that profile, else the newest recorded deploy of
+    it. A target that runs a profile no release deployed has drifted as a whole."""
+    if not reported:
+        return {"baseline": None, "drift": [], "note": "the target reports no configuration yet"}
+    sha = reported.get("sha256")
+    values = dict(reported.get("values") or {})
+    if sha == profile.get("sha256"):
+        baseline = {"version": profile.get("version"), "sha256": sha, "values": dict(profile.get("values") or {})}
+    else:
+        known = [d for d in deployed if d.get("sha256") == sha and "values" in d]
+        if not known:
+            return {
+                "baseline": None,
+                "drift": [
+                    f"the target runs configuration {reported.get('version')!r} ({sha}), which no release deployed"
+                ],
+            }
+        baseline = {"version": known[-1].get("version"), "sha256": sha, "values": dict(known[-1]["values"])}
+    return {"baseline": baseline, "drift": config_drift(baseline["values"], values)}

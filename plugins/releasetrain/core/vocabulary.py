@@ -59,6 +59,7 @@ APPROVE = "approve"
 WINDOW = "window"
 VERIFY = "verify"
 DEPENDENCIES = "dependencies"
+DRIFT = "drift"
 LOCK = "lock"
 DEPLOY = "deploy"
 SMOKE = "smoke"
@@ -105,6 +106,7 @@ class Kind(StrEnum):
     PACKAGE = "package"
     VERIFY = "verify"
     DEPENDENCIES = "dependencies"
+    DRIFT = "drift"
     APPROVAL = "approval"
     WINDOW = "window"
     LOCK = "lock"
@@ -144,6 +146,7 @@ OPTION_PROMOTE = "Promote"
 OPTION_ROLL_BACK = "Roll back"
 OPTION_ABORT = "Abort and roll back"
 OPTION_REVIEWED = "Reviewed"
+OPTION_ACCEPT_DRIFT = "Accept the drift"
 
 SCHEDULER = "scheduler"  # the author of a scheduled run nobody published a version for
 
@@ -194,6 +197,9 @@ class Event(StrEnum):
     RETENTION_PLANNED = "retention_planned"
     BUNDLE_DELETED = "bundle_deleted"
     DEPENDENCIES_MET = "dependencies_met"
+    DRIFT_CHECKED = "drift_checked"
+    DRIFT_DETECTED = "drift_detected"
+    DRIFT_ACCEPTED = "drift_accepted"
 
 
 EVENT_KINDS = frozenset(kind.value for kind in Event)

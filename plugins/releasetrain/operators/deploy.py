@@ -105,6 +105,8 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         idle colour and takes no traffic until the rollout's steps move it
     :param requires: shared services that must run a minimum version first (``depends_on``)
     :param locked: the stage takes the target's lock first; the deploy refuses without it
+    :param drift_task_id: the stage's drift check: its ledger record (no drift, or drift an
+        owner accepted) must be there
     :param config: the environment's configuration profile (``{version, sha256, values,
         secrets}``, secrets as references): sent with the deployment, its secrets resolved
         here and only here; the ledger and XCom get its version and digest
@@ -135,6 +137,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         slot: str | None = None,
         locked: bool = False,
         config: dict[str, Any] | None = None,
+        drift_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         # Retried only for infrastructure trouble and Airflow 3.3's race between a fast
@@ -147,6 +150,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         self.slot = slot
         self.locked = locked
         self.config = config
+        self.drift_task_id = drift_task_id
         if (previous_environment is None) != (promotion_gate_task_id is None):
             raise ValueError("previous_environment and promotion_gate_task_id go together")
         if approval_task_ids and not approvers:
@@ -275,8 +279,15 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
 
     @property
     def profile(self) -> dict[str, str] | None:
-        """What may be shown of the profile: its version and digest."""
-        return {"version": self.config["version"], "sha256": self.config["sha256"]} if self.config else None
+        """What may be shown of the profile: version, digest and plain values (the baseline a
+        later drift check compares the target with)."""
+        if not self.config:
+            return None
+        return {
+            "version": self.config["version"],
+            "sha256": self.config["sha256"],
+            "values": dict(self.config.get("values") or {}),  # never a secret: those are references
+        }
 
     def _profile(self) -> dict[str, Any] | None:
         """The profile as the target gets it: values, and secrets resolved now (masked in logs)."""
@@ -288,7 +299,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
             secrets = ConfigProfileHook(self.environment).resolve(self.config.get("secrets") or {})
         except ConfigProfileError as exc:
             raise AirflowFailException(str(exc)) from None
-        return {**self.profile, "values": dict(self.config.get("values") or {}), "secrets": secrets}
+        return {**self.profile, "secrets": secrets}
 
     def _bundle(self, run: RunLedger, digest: str) -> dict[str, Any] | None:
         """Where the target fetches the bundle, and its signature document, for the target to
@@ -383,6 +394,8 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
                 )
         if self.window_task_id:
             decisions.append(gatekeeper.window(run, self.environment, self.window_task_id))
+        if self.drift_task_id:
+            decisions.append(gatekeeper.drift(run, self.environment, self.drift_task_id))
         return Decision.combine(self.task_id, decisions)
 
     def _check_window_now(self, run: RunLedger) -> None:

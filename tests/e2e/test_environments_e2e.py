@@ -1,0 +1,69 @@
+"""Issue 13 (environments): configuration drift blocks a promotion until an owner accepts it.
+
+``drifty`` deploys its profile to ``drift-env``; then the environment's settings are
+changed by hand (the demo fleet's ``POST config``). The next release's ``drift`` step finds
+the difference against the baseline, records it, and asks the environment's approver (never
+the release's author) to accept it: a rejection stops the promotion, the step marked success
+by hand proves nothing to the deploy, an acceptance lets it go on, with who accepted what.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from releasetrain.client import AirflowAPIError
+
+pytestmark = pytest.mark.e2e
+
+DAG, ENV = "release_drifty", "drift-env"
+DRIFT, DEPLOY = f"{ENV}.drift", f"{ENV}.deploy"
+
+
+def events(ledger, run_id: str, kind: str) -> list:
+    return [e for e in ledger.events("drifty", run_id, DAG) if e.kind == kind]
+
+
+def test_drift_stops_the_promotion_until_an_owner_accepts_it(author, approver, fleet, ledger):
+    first = author.trigger(DAG, {"version": "1.0.0", "change_summary": "first"})["dag_run_id"]
+    assert author.wait_for_run(DAG, first, timeout=300)["state"] == "success", author.task_states(DAG, first)
+    assert fleet(ENV)["config"]["values"] == {"LOG_LEVEL": "info", "POOL_SIZE": 8}
+    [checked] = events(ledger, first, "drift_checked")
+    assert checked.details["drift"] == []
+
+    # someone changes the environment by hand, outside any release
+    fleet.post(f"/environments/{ENV}/config", {"values": {"LOG_LEVEL": "debug", "DEBUG_TOOLBAR": True}})
+    rejected = author.trigger(DAG, {"version": "1.1.0", "change_summary": "over a drift"})["dag_run_id"]
+    request = author.wait_for_approval(DAG, rejected, DRIFT, timeout=300)
+    assert [u["id"] for u in request["assigned_users"]] == ["approver"]
+    assert 'LOG\\_LEVEL: "info" in the baseline, "debug" on the target' in request["body"]
+    assert "DEBUG\\_TOOLBAR: true on the target, not in the baseline" in request["body"]
+    with pytest.raises(AirflowAPIError) as refused:
+        author.respond(DAG, rejected, DRIFT, "Accept the drift")
+    assert refused.value.status_code == 403, "the release's author cannot accept a drift"
+    assert approver.answer(DAG, rejected, DRIFT, "Reject") == "failed"
+    assert author.wait_for_run(DAG, rejected, timeout=300)["state"] == "failed"
+    assert author.task_states(DAG, rejected)[DEPLOY] == "upstream_failed"
+    [detected] = events(ledger, rejected, "drift_detected")
+    assert len(detected.details["drift"]) == 2 and detected.details["baseline"]["version"] == "1"
+    [reason] = [" ".join(e.details["reasons"]) for e in events(ledger, rejected, "gate_refused")]
+    assert f"configuration drift in {ENV} rejected by approver" in reason
+
+    # the drift step marked successful by hand: the deploy finds no record of it and refuses
+    by_hand = author.trigger(DAG, {"version": "1.2.0", "change_summary": "drift by hand"})["dag_run_id"]
+    author.wait_for_approval(DAG, by_hand, DRIFT, timeout=300)
+    author.set_task_state(DAG, by_hand, DRIFT, "success")
+    assert author.wait_for_run(DAG, by_hand, timeout=300)["state"] == "failed"
+    assert author.task_states(DAG, by_hand)[DEPLOY] == "failed"
+    [reason] = [" ".join(e.details["reasons"]) for e in events(ledger, by_hand, "gate_refused")]
+    assert f"no drift check or accepted drift recorded in the ledger by {DRIFT}" in reason
+    assert fleet(ENV)["version"] == "1.0.0", "neither run deployed over the drift"
+
+    accepted = author.trigger(DAG, {"version": "1.3.0", "change_summary": "drift accepted"})["dag_run_id"]
+    author.wait_for_approval(DAG, accepted, DRIFT, timeout=300)
+    assert approver.answer(DAG, accepted, DRIFT, "Accept the drift") == "success"
+    assert author.wait_for_run(DAG, accepted, timeout=300)["state"] == "success"
+    [record] = events(ledger, accepted, "drift_accepted")
+    assert record.actor == "approver" and len(record.details["drift"]) == 2
+    status = fleet(ENV)
+    assert status["version"] == "1.3.0"
+    assert status["config"]["values"] == {"LOG_LEVEL": "info", "POOL_SIZE": 8}, "the deploy restored the profile"
