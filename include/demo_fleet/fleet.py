@@ -674,7 +674,7 @@ def make_handler(fleet: Fleet, credentials: tuple[str, str] | None):
             if method == "POST" and rest == ["config"]:
                 body = self._body()
                 if body is None or not isinstance(body.get("values"), dict):
-                    return 400, {"error": "body must be {\"values\": {...}}"}
+                    return 400, {"error": 'body must be {"values": {...}}'}
                 return fleet.edit_config(name, body["values"])
             if method == "POST" and rest in (["traffic"], ["promote"], ["abort"]):
                 body = self._body()

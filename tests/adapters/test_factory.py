@@ -34,8 +34,11 @@ def test_storefront_graph(dagbag):
     assert tasks["package"].upstream_task_ids == {"assess_risk"}
     assert tasks["dev.verify"].upstream_task_ids == {"package"}
     for env in ("dev", "staging", "prod"):
-        # the target's lock is taken after the bundle is verified and held until the stage is over
-        assert tasks[f"{env}.lock"].upstream_task_ids == {f"{env}.verify"}
+        # the target's lock is taken after the bundle is verified and the target's configuration
+        # checked for drift (the profile's baseline), and held until the stage is over
+        assert tasks[f"{env}.drift"].upstream_task_ids == {f"{env}.verify"}
+        assert tasks[f"{env}.lock"].upstream_task_ids == {f"{env}.drift"}
+        assert tasks[f"{env}.deploy"].drift_task_id == f"{env}.drift", "the deploy checks the drift record"
         assert tasks[f"{env}.deploy"].upstream_task_ids == {f"{env}.lock"}, "every deploy follows its lock"
         assert tasks[f"{env}.deploy"].locked and tasks[f"{env}.rollback"].locked
         assert tasks[f"{env}.rollback"].trigger_rule == TriggerRule.ONE_FAILED

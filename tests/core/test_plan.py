@@ -269,3 +269,21 @@ def test_unmet_requirements_name_the_service_the_environment_and_the_versions():
         "cart runs 2.0.9 in cart-prod (needs 2.1.0 or newer)",
         "auth runs nothing in prod yet (needs 1.0.0 or newer)",
     ]
+
+
+def test_a_profile_adds_a_drift_check_before_the_lock_that_the_deploy_relies_on():
+    envs = [
+        {"name": "dev", "deploy_target": "fleet_dev", "config": {"version": "1", "values": {"A": 1}}},
+        {"name": "prod", "deploy_target": "fleet_prod", "approval": {"required": True, "approvers": ["bob"]}},
+    ]
+    plan = plan_release(spec(environments=envs, reviewers=["carol"]), CTX)
+    drift = plan.steps["dev.drift"]
+    assert drift.kind == Kind.DRIFT and drift.group == "dev"
+    assert drift.args["owners"] == ["carol"], "no owners or approvers in dev: the release's reviewers"
+    assert drift.args["config"]["values"] == {"A": 1} and drift.args["config"]["sha256"].startswith("sha256:")
+    assert plan.upstream("dev.drift") == ["dev.verify"] and plan.upstream("dev.lock") == ["dev.drift"]
+    deploy = plan.steps["dev.deploy"].args
+    assert deploy["drift_task_id"] == "dev.drift" and deploy["config"] == drift.args["config"]
+    assert "prod.drift" not in plan.steps, "no profile, no drift check"
+    assert "config" not in plan.steps["prod.deploy"].args
+    assert plan.upstream("prod.lock") == ["prod.verify"]

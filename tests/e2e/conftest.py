@@ -104,7 +104,7 @@ def ledger(stack):
 
 # the longest modules first: pytest-xdist hands whole modules (--dist loadfile) to its
 # workers in collection order, so the session ends soon after its longest module
-MODULE_ORDER = ["test_release_e2e", "test_identity_e2e", "test_gates_e2e", "test_windows_e2e"]
+MODULE_ORDER = ["test_release_e2e", "test_identity_e2e", "test_gates_e2e", "test_environments_e2e", "test_windows_e2e"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -71,6 +71,8 @@ E2E_DAGS = {
     "release_consumer",
     # issue 13: a bundle carrying an environment's configuration is refused
     "release_leaky",
+    # issue 13: configuration drift stops a promotion until an owner accepts it
+    "release_drifty",
 }
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
 GATE_ENVIRONMENTS = ["guard-staging", "guard-prod", "shared"]
@@ -205,6 +207,7 @@ def session_stack() -> Iterator[DevStack]:
             "rebuild",
             "svc-env",
             "consumer",
+            "drift-env",
             "windowed-dev",
             "payments-staging",
             "payments-prod",
