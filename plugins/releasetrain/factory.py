@@ -48,6 +48,7 @@ from releasetrain.operators.manual_rollback import (
     RollbackReviewOperator,
 )
 from releasetrain.operators.package import BundlePackageOperator
+from releasetrain.operators.parity import ParityCheckOperator
 from releasetrain.operators.progressive import (
     AnalysisDecisionOperator,
     EnvironmentPassedOperator,
@@ -365,6 +366,7 @@ OPERATORS: dict[Kind, type] = {
     Kind.VERIFY: BundleVerifyOperator,
     Kind.DEPENDENCIES: DependencyGateOperator,
     Kind.DRIFT: ConfigDriftOperator,
+    Kind.PARITY: ParityCheckOperator,
     Kind.APPROVAL: ReleaseApprovalOperator,
     Kind.WINDOW: ReleaseWindowSensor,
     Kind.LOCK: TargetLockOperator,

@@ -205,3 +205,31 @@ def test_the_deploy_needs_the_drift_checks_record(monkeypatch):
         seed("drift_checked", environment="prod", task_id="prod.drift", drift=[])
         with pytest.raises(TaskDeferred):
             deploy_op(drift_task_id="prod.drift").execute(context(FakeTI(), task_id="prod.deploy"))
+
+
+# --- parity -----------------------------------------------------------------------------
+def test_the_parity_check_records_its_differences_and_prods_approvers_see_them(monkeypatch):
+    from releasetrain.operators.approval import ReleaseApprovalOperator
+    from releasetrain.operators.parity import ParityCheckOperator
+
+    check = ParityCheckOperator(
+        task_id="prod.parity",
+        release="storefront",
+        environment="prod",
+        compared_with="staging",
+        keys={"staging": ["LOG_LEVEL"], "prod": ["LOG_LEVEL", "PAYMENTS_LIVE"]},
+        services=[],
+    )
+    report = check.execute(context(FakeTI(), task_id="prod.parity"))
+    assert report["differences"] == ["settings only in prod's profile: PAYMENTS_LIVE"]
+    [recorded] = run_events("parity_checked")
+    assert recorded.details["differences"] == report["differences"]
+    approval = ReleaseApprovalOperator(
+        task_id="prod.approve",
+        release="storefront",
+        environment="prod",
+        approvers=["approver"],
+        parity_task_id="prod.parity",
+    )
+    lines = approval._parity(context(FakeTI(), task_id="prod.approve"))
+    assert "**Parity with staging**" in lines and "- settings only in prod's profile: PAYMENTS\\_LIVE" in lines

@@ -287,3 +287,26 @@ def test_a_profile_adds_a_drift_check_before_the_lock_that_the_deploy_relies_on(
     assert "prod.drift" not in plan.steps, "no profile, no drift check"
     assert "config" not in plan.steps["prod.deploy"].args
     assert plan.upstream("prod.lock") == ["prod.verify"]
+
+
+def test_production_approvals_follow_a_parity_check_against_the_environment_before():
+    envs = [
+        {"name": "staging", "deploy_target": "fleet_staging", "config": {"version": "1", "values": {"A": 1}}},
+        {
+            "name": "prod",
+            "deploy_target": "fleet_prod",
+            "approval": {"required": True, "approvers": ["bob"]},
+            "config": {"version": "1", "values": {"A": 1, "B": 2}, "secrets": {"PW": {"connection": "db"}}},
+        },
+    ]
+    deps = [{"release": "svc", "min_version": "2.0.0", "environments": {"prod": "svc-prod"}}]
+    plan = plan_release(spec(environments=envs, depends_on=deps), CTX)
+    check = plan.steps["prod.parity"]
+    assert check.kind == Kind.PARITY and check.args["compared_with"] == "staging"
+    assert check.args["keys"] == {"staging": ["A"], "prod": ["A", "B", "PW"]}
+    assert check.args["services"] == [{"release": "svc", "environments": {"prod": "svc-prod"}}]
+    assert plan.upstream("prod.parity") == ["staging.passed"] and plan.upstream("prod.approve") == ["prod.parity"]
+    assert {plan.steps[t].args["parity_task_id"] for t in plan.steps if plan.steps[t].kind == Kind.APPROVAL} == {
+        "prod.parity"
+    }
+    assert "staging.parity" not in plan.steps, "only production, against the environment before it"

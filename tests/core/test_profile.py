@@ -176,3 +176,22 @@ def test_a_profile_no_release_deployed_is_drift_and_no_report_is_none():
     [line] = drift_report(stranger, PROFILE, [])["drift"]
     assert "which no release deployed" in line
     assert drift_report(None, PROFILE, [])["drift"] == []
+
+
+# --- parity -----------------------------------------------------------------------------
+from releasetrain.core.profile import parity  # noqa: E402
+
+
+def test_parity_names_settings_defined_on_one_side_and_shared_services_at_other_versions():
+    keys = {"staging": ["DB_PASSWORD", "LOG_LEVEL"], "prod": ["DB_PASSWORD", "LOG_LEVEL", "PAYMENTS_LIVE"]}
+    services = [
+        {"release": "svc", "versions": {"staging": "2.1.0", "prod": "2.0.0"}},
+        {"release": "auth", "versions": {"staging": "1.0.0", "prod": "1.0.0"}},
+        {"release": "cache", "versions": {"staging": "3.0.0", "prod": None}},
+    ]
+    assert parity("staging", "prod", keys, services) == [
+        "settings only in prod's profile: PAYMENTS_LIVE",
+        "shared service svc: 2.1.0 in staging, 2.0.0 in prod",
+        "shared service cache: 3.0.0 in staging, nothing in prod",
+    ]
+    assert parity("staging", "prod", {"staging": ["A"], "prod": ["A"]}, []) == []

@@ -67,6 +67,9 @@ def test_release_reaches_prod_only_after_a_non_author_approves(stack, author, ap
     assert [u["id"] for u in request["assigned_users"]] == ["approver", "admin"]
     packaged = author.xcom(DAG, run_id, "package")
     assert packaged["digest"] in request["body"] and "2.0.0" in request["body"]
+    # issue 13: prod's approvers see its parity with staging (the profiles' settings)
+    assert "**Parity with staging**" in request["body"]
+    assert "settings only in prod's profile: PAYMENT\\_API\\_KEY, PAYMENTS\\_LIVE" in request["body"]
     # dev and staging were deployed and smoke-checked before the approval; prod not yet
     states = author.task_states(DAG, run_id)
     assert states["dev.smoke"] == states["staging.smoke"] == "success"

@@ -316,7 +316,11 @@ def _gates(stage: _Stage, gates: list[str], verify: str) -> tuple[list[str], lis
     """Approvals, then the release window, then verify: what must hold before the deploy.
 
     Returns the stage's first steps, the full ids of its approval tasks and its window."""
-    first, done, approval_ids = _approvals(stage, gates)
+    check = _parity(stage) if stage.env.approval.required else None
+    first, done, approval_ids = _approvals(stage, gates, check)
+    if check:
+        stage.plan.connect(check, first)
+        first = [check]
     window = _window(stage, gated=bool(done))
     if window:
         stage.plan.connect(done, window)  # the approvals may take long: the window is checked after
@@ -328,7 +332,43 @@ def _gates(stage: _Stage, gates: list[str], verify: str) -> tuple[list[str], lis
     return first or [verify], approval_ids, window
 
 
-def _approvals(stage: _Stage, gates: list[str]) -> tuple[list[str], list[str], list[str]]:
+def _parity(stage: _Stage) -> str | None:
+    """Production against the environment before it (profile settings, shared services'
+    versions), recorded for production's approvers to see; only where there is one before,
+    and something to compare."""
+    spec, env = stage.spec, stage.env
+    previous = spec.previous_environment(env.name)
+    if not stage.production or previous is None:
+        return None
+
+    def keys(e: Any) -> list[str]:
+        return sorted([*e.config.values, *e.config.secrets]) if e.config else []
+
+    services = []
+    for d in spec.depends_on:
+        if isinstance(d, str):
+            continue
+        where = {
+            e: d.environments.get(e, e) for e in (previous.name, env.name) if not d.environments or e in d.environments
+        }
+        if where:
+            services.append({"release": d.release, "environments": where})
+    if not (previous.config or env.config or services):
+        return None  # nothing they should share
+    return stage.add(
+        v.PARITY,
+        Kind.PARITY,
+        {
+            "release": spec.name,
+            "environment": env.name,
+            "compared_with": previous.name,
+            "keys": {previous.name: keys(previous), env.name: keys(env)},
+            "services": services,
+        },
+    )
+
+
+def _approvals(stage: _Stage, gates: list[str], parity: str | None) -> tuple[list[str], list[str], list[str]]:
     """Quorum slots (one after the other) and readiness reviews (beside them).
 
     Returns the first steps, the last ones (the last slot and the reviews) and all full ids."""
@@ -347,6 +387,7 @@ def _approvals(stage: _Stage, gates: list[str]) -> tuple[list[str], list[str], l
         "sibling_task_ids": full_ids,
         "passed_task_ids": list(gates),
         "timeout_hours": env.approval.timeout_hours,
+        **({"parity_task_id": parity} if parity else {}),
     }
     previous = None
     for i in range(1, slots + 1):

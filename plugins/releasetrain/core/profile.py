@@ -162,3 +162,28 @@ def drift_report(
             }
         baseline = {"version": known[-1].get("version"), "sha256": sha, "values": dict(known[-1]["values"])}
     return {"baseline": baseline, "drift": config_drift(baseline["values"], values)}
+
+
+def parity(
+    left: str,
+    right: str,
+    keys: Mapping[str, Iterable[str]],
+    services: Iterable[Mapping[str, Any]],
+) -> list[str]:
+    """How ``right`` (production) differs from ``left`` (the environment before it) where they
+    should match: the settings their profiles define (``keys``: environment -> names), and the
+    versions of the shared services they run (``{release, versions: {env: version|None}}``)."""
+    lines = []
+    left_keys, right_keys = set(keys.get(left, ())), set(keys.get(right, ()))
+    if left_keys - right_keys:
+        lines.append(f"settings only in {left}'s profile: {', '.join(sorted(left_keys - right_keys))}")
+    if right_keys - left_keys:
+        lines.append(f"settings only in {right}'s profile: {', '.join(sorted(right_keys - left_keys))}")
+    for service in services:
+        versions = service["versions"]
+        a, b = versions.get(left), versions.get(right)
+        if a != b:
+            lines.append(
+                f"shared service {service['release']}: {a or 'nothing'} in {left}, {b or 'nothing'} in {right}"
+            )
+    return lines

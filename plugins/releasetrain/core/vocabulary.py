@@ -60,6 +60,7 @@ WINDOW = "window"
 VERIFY = "verify"
 DEPENDENCIES = "dependencies"
 DRIFT = "drift"
+PARITY = "parity"
 LOCK = "lock"
 DEPLOY = "deploy"
 SMOKE = "smoke"
@@ -107,6 +108,7 @@ class Kind(StrEnum):
     VERIFY = "verify"
     DEPENDENCIES = "dependencies"
     DRIFT = "drift"
+    PARITY = "parity"
     APPROVAL = "approval"
     WINDOW = "window"
     LOCK = "lock"
@@ -200,6 +202,7 @@ class Event(StrEnum):
     DRIFT_CHECKED = "drift_checked"
     DRIFT_DETECTED = "drift_detected"
     DRIFT_ACCEPTED = "drift_accepted"
+    PARITY_CHECKED = "parity_checked"
 
 
 EVENT_KINDS = frozenset(kind.value for kind in Event)

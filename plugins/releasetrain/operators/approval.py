@@ -86,6 +86,7 @@ class ReleaseApprovalOperator(ApprovalOperator):
         sibling_task_ids: list[str] | None = None,
         passed_task_ids: list[str] | None = None,
         timeout_hours: float | None = None,
+        parity_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         if not approvers:
@@ -115,6 +116,7 @@ class ReleaseApprovalOperator(ApprovalOperator):
         self.reviews = list(reviews or [])
         self.sibling_task_ids = [t for t in (sibling_task_ids or []) if t != self.task_id]
         self.passed_task_ids = list(passed_task_ids or [])
+        self.parity_task_id = parity_task_id
 
     @property
     def what(self) -> str:
@@ -277,10 +279,24 @@ class ReleaseApprovalOperator(ApprovalOperator):
             lines.append(f"- {entry['environment']}: `{entry['digest']}` deployed, {detail}")
         if not any(passed):
             lines.append("- nothing yet (this is the first environment)")
+        lines += self._parity(context)
         run_url = self._run_url(context)
         if run_url:
             lines += ["", f"[Open the release run]({run_url})"]
         return "\n".join(lines)
+
+    def _parity(self, context: Any) -> list[str]:
+        """The parity check's record (the ledger), as lines of the request."""
+        if not self.parity_task_id:
+            return []
+        checked = run_ledger(context, self.release).of(
+            Event.PARITY_CHECKED, environment=self.environment, task_id=self.parity_task_id
+        )
+        if not checked:
+            return ["", f"**Parity**: no record of {self.parity_task_id} in the ledger"]
+        report = checked[-1].details
+        lines = ["", f"**Parity with {_md(report['compared_with'])}**", ""]
+        return lines + [f"- {_md(line)}" for line in report["differences"] or ["no differences"]]
 
     @staticmethod
     def _run_url(context: Any) -> str | None:
