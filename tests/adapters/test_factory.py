@@ -55,11 +55,14 @@ def test_storefront_graph(dagbag):
         assert tasks[f"{env}.passed"].proof_task_ids[:3] == [f"{env}.verify", f"{env}.deploy", f"{env}.smoke"]
     assert tasks["prod.passed"].proof_task_ids == ["prod.verify", "prod.deploy", "prod.smoke", "prod.health"]
     assert tasks["staging.verify"].upstream_task_ids == {"dev.passed"}
-    assert tasks["prod.approve"].upstream_task_ids == {"staging.passed"}
+    # prod's parity with staging (their profiles) is checked first and shown to its approvers
+    assert tasks["prod.parity"].upstream_task_ids == {"staging.passed"}
+    assert tasks["prod.approve"].upstream_task_ids == {"prod.parity"}
+    assert tasks["prod.approve"].parity_task_id == "prod.parity"
     # quorum slots one after the other (the second skips itself below high risk), then a
     # security readiness review in parallel, because a security group exists
     assert tasks["prod.approve_2"].upstream_task_ids == {"prod.approve"}
-    assert tasks["prod.review_security"].upstream_task_ids == {"staging.passed"}
+    assert tasks["prod.review_security"].upstream_task_ids == {"prod.parity"}
     assert tasks["prod.verify"].upstream_task_ids == {"prod.approve_2", "prod.review_security"}
     assert tasks["prod.verify"].trigger_rule == TriggerRule.NONE_FAILED
     assert tasks["prod.deploy"].approval_task_ids == ["prod.approve", "prod.approve_2", "prod.review_security"]

@@ -103,8 +103,18 @@ def ledger(stack):
 
 
 # the longest modules first: pytest-xdist hands whole modules (--dist loadfile) to its
-# workers in collection order, so the session ends soon after its longest module
-MODULE_ORDER = ["test_release_e2e", "test_identity_e2e", "test_gates_e2e", "test_environments_e2e", "test_windows_e2e"]
+# workers in collection order (with --no-loadscope-reorder: by default it puts the modules
+# with the most tests first), so the session ends soon after its longest module
+MODULE_ORDER = [
+    "test_release_e2e",
+    "test_gates_e2e",
+    "test_environments_e2e",
+    "test_identity_e2e",
+    "test_windows_e2e",
+    "test_progressive_e2e",
+    "test_packaging_e2e",
+    "test_governance_e2e",
+]
 
 
 def pytest_collection_modifyitems(config, items):
