@@ -203,7 +203,9 @@ class DevStack:
         env["AIRFLOW_CONN_FLEET_METRICS"] = json.dumps(
             {"conn_type": "http", "host": cfg.fleet_url, "login": sec["fleet_user"], "password": sec["fleet_password"]}
         )
-        # the storefront application's own secrets, which its config profiles refer to
+        # the storefront application's own secrets, which its config profiles refer to (and
+        # the only ones a profile may name)
+        env.setdefault("AIRFLOW__RELEASETRAIN__SECRET_REFERENCES", "storefront_*")
         for name, value in self.app_secrets().items():
             if name.startswith("storefront_db_"):
                 env[f"AIRFLOW_CONN_{name.upper()}"] = json.dumps(

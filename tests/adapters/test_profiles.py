@@ -47,7 +47,7 @@ def test_a_bundle_with_an_environments_configuration_is_refused_before_signing(s
     with pytest.raises(AirflowFailException, match="config/application-prod.properties is configuration for one"):
         packager(tmp_path, store).execute(context(FakeTI(), task_id="package"))
     [refused] = run_events("gate_refused")
-    assert refused.details["step"] == "package" and "matches '*-prod.*'" in refused.details["reasons"][0]
+    assert refused.details["step"] == "package" and "matches '*-prod.properties'" in refused.details["reasons"][0]
     assert not (tmp_path / "artifacts" / "storefront").exists(), "nothing signed or stored"
     # the release's own rules: this file is allowed when the release says so
     result = packager(tmp_path, store, config_patterns=[]).execute(context(FakeTI(), task_id="package"))
@@ -190,6 +190,10 @@ def test_drift_asks_a_non_author_owner_with_a_readable_diff_and_a_rejection_stop
         with pytest.raises(AirflowFailException, match="author is an author of this release"):
             drift_op().execute_complete(context(FakeTI(), task_id="prod.drift"), answer("author"))
         assert not run_events("drift_accepted")
+        fleet.edit_config("prod", {"ANOTHER": "x"})  # the target changed while the request waited
+        with pytest.raises(AirflowFailException, match="the answer was about another drift"):
+            drift_op().execute_complete(context(FakeTI(), task_id="prod.drift"), answer("approver"))
+        fleet.edit_config("prod", {"ANOTHER": None})
         accepted = drift_op().execute_complete(context(FakeTI(), task_id="prod.drift"), answer("approver"))
     assert accepted["accepted_by"] == "approver"
     [record] = run_events("drift_accepted")
@@ -202,9 +206,27 @@ def test_the_deploy_needs_the_drift_checks_record(monkeypatch):
         with pytest.raises(AirflowFailException, match="no drift check or accepted drift recorded in the ledger"):
             deploy_op(drift_task_id="prod.drift").execute(context(FakeTI(), task_id="prod.deploy"))
         assert fleet.deployments == {}
-        seed("drift_checked", environment="prod", task_id="prod.drift", drift=[])
+        seed("drift_checked", environment="prod", task_id="prod.drift", drift=[], reported=None)
         with pytest.raises(TaskDeferred):
             deploy_op(drift_task_id="prod.drift").execute(context(FakeTI(), task_id="prod.deploy"))
+
+
+def test_a_drift_found_later_or_a_target_changed_since_the_check_deploys_nothing(monkeypatch):
+    from releasetrain.core.profile import values_digest
+
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        ready(monkeypatch, url)
+        fleet.env("prod")["config"] = {"version": "6", "sha256": "sha256:" + "6" * 64, "values": {"A": "1"}}
+        seen = {"sha256": "sha256:" + "6" * 64, "values_digest": values_digest({"A": "1"})}
+        seed("drift_checked", environment="prod", task_id="prod.drift", drift=[], reported=seen)
+        seed("drift_detected", environment="prod", task_id="prod.drift", drift=["A: 1 vs 2"], reported=seen)
+        with pytest.raises(AirflowFailException, match="found configuration drift in prod that nobody accepted"):
+            deploy_op(drift_task_id="prod.drift").execute(context(FakeTI(), task_id="prod.deploy"))
+        seed("drift_accepted", environment="prod", task_id="prod.drift", drift=["A: 1 vs 2"], reported=seen)
+        fleet.edit_config("prod", {"A": "2"})  # changed again, after the owner accepted what they saw
+        with pytest.raises(AirflowFailException, match="changed after prod.drift checked it"):
+            deploy_op(drift_task_id="prod.drift").execute(context(FakeTI(), task_id="prod.deploy"))
+        assert fleet.deployments == {}, "nothing was sent"
 
 
 # --- parity -----------------------------------------------------------------------------

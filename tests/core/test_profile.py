@@ -23,11 +23,12 @@ ENVS = ["dev", "staging", "prod"]
         ("config/.env", ".env"),
         ("deploy/prod.env", "*.env"),
         (".env.local", ".env.*"),
-        ("settings/staging.yaml", "staging.y*ml"),
+        ("settings/staging.yaml", "staging.yaml"),
         ("conf/prod.json", "prod.json"),
-        ("app.prod.js", "*.prod.*"),
-        ("application-prod.properties", "*-prod.*"),
-        ("settings_dev.py", "*_dev.*"),
+        ("app.prod.yml", "*.prod.yml"),
+        ("application-prod.properties", "*-prod.properties"),
+        ("settings_dev.ini", "*_dev.ini"),
+        ("appsettings.Prod.json", "*.prod.json"),
     ],
 )
 def test_files_made_for_one_environment_are_found_with_the_rule_they_match(path, pattern):
@@ -35,7 +36,19 @@ def test_files_made_for_one_environment_are_found_with_the_rule_they_match(path,
 
 
 @pytest.mark.parametrize(
-    "path", ["index.html", "openapi.yaml", "src/devtools.py", "production.md", "environment.py", "docs/prod/readme.md"]
+    "path",
+    [
+        "index.html",
+        "openapi.yaml",
+        "src/devtools.py",
+        "production.md",
+        "environment.py",
+        "docs/prod/readme.md",
+        "vendor/react-dom.production.min.js",
+        "vue.global.prod.js",
+        "settings_dev.py",
+        ".env.example",
+    ],
 )
 def test_ordinary_files_are_not_environment_configuration(path):
     assert environment_files([path], ENVS) == []
@@ -50,12 +63,21 @@ def test_a_release_may_set_its_own_patterns_or_none():
     ("key", "value", "why"),
     [
         ("DB_PASSWORD", "hunter2", "names a secret"),
+        ("DB_PASSWORD", 12345678, "names a secret"),
         ("api_key", "abc", "names a secret"),
         ("SLACK_TOKEN", "x", "names a secret"),
         ("client-secret", "x", "names a secret"),
+        ("dbPassword", "x", "names a secret"),
+        ("stripeApiKey", "x", "names a secret"),
+        ("Authorization", "x", "names a secret"),
         ("NOTE", "-----BEGIN PRIVATE KEY-----\nMIIE", "a private key"),
         ("AWS", "AKIAABCDEFGHIJKLMNOP", "an AWS access key id"),
+        ("AWS", "ASIAABCDEFGHIJKLMNOP", "an AWS access key id"),
         ("DATABASE_URL", "postgresql://app:s3cret@db/app", "a URL with a password"),
+        ("CACHE", "REDIS://:s3cret@cache:6379", "a URL with a password"),
+        ("HEADERS", "Bearer abcdefghijklmnop", "a bearer token"),
+        ("PAY", "sk_live_abcdefghijkl", "a Stripe key"),
+        ("SESSION", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NSJ9.c2lnbmF0dXJl", "a JSON web token"),
     ],
 )
 def test_literal_secrets_are_named(key, value, why):
@@ -64,11 +86,20 @@ def test_literal_secrets_are_named(key, value, why):
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("LOG_LEVEL", "info"), ("TOKEN_TTL_SECONDS", 300), ("PASSWORD_MIN_LENGTH", 12), ("CART_URL", "http://cart/api")],
+    [
+        ("LOG_LEVEL", "info"),
+        ("TOKEN_TTL_SECONDS", 300),
+        ("PASSWORD_MIN_LENGTH", "12"),
+        ("TOKEN_TTL", "1h"),
+        ("TOKEN_URL", "https://auth/token"),
+        ("CREDENTIALS_FILE", "/run/secrets/db"),
+        ("SECRET_MANAGER_REGION", "eu-west-1"),
+        ("CART_URL", "http://cart/api"),
+        ("FEATURE_ENABLED", True),
+    ],
 )
 def test_ordinary_settings_are_not_secrets(key, value):
-    # numbers under secret-sounding keys are settings, not secrets; URLs without a password too
-    assert literal_secret(key, value) is None or not isinstance(value, str)
+    assert literal_secret(key, value) is None
 
 
 def test_literal_secrets_name_their_path_in_nested_values():
@@ -148,7 +179,7 @@ PROFILE = {"version": "2", "sha256": "sha256:" + "2" * 64, "values": {"LOG_LEVEL
 
 
 def test_drift_lines_name_each_changed_added_and_missing_setting():
-    lines = config_drift({"LOG_LEVEL": "info", "POOL": 8, "TZ": "UTC"}, {"LOG_LEVEL": "debug", "POOL": 8, "X": True})
+    lines = config_drift({"LOG_LEVEL": "info", "POOL": 8, "TZ": "UTC"}, {"LOG_LEVEL": "debug", "POOL": "8", "X": True})
     assert lines == [
         'LOG_LEVEL: "info" in the baseline, "debug" on the target',
         'TZ: "UTC" in the baseline, missing on the target',
@@ -195,3 +226,33 @@ def test_parity_names_settings_defined_on_one_side_and_shared_services_at_other_
         "shared service cache: 3.0.0 in staging, nothing in prod",
     ]
     assert parity("staging", "prod", {"staging": ["A"], "prod": ["A"]}, []) == []
+
+
+def test_drift_never_shows_a_secrets_value():
+    lines = config_drift({"DB": "x"}, {"DB": "x", "DB_PASSWORD": "hunter2", "KEY": "s3"}, hidden=["KEY"])
+    assert lines == [
+        "DB_PASSWORD: a value not shown on the target, not in the baseline",
+        "KEY: a value not shown on the target, not in the baseline",
+    ]
+
+
+def test_a_target_that_lost_the_profile_a_release_deployed_has_drifted():
+    [line] = drift_report(None, PROFILE, [PROFILE])["drift"]
+    assert "reports no configuration, but a release deployed one" in line
+
+
+def test_a_profile_may_not_read_releasetrains_own_or_the_targets_connections_nor_outside_the_allowed(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "shop.yaml"
+    path.write_text(
+        SPEC % "{version: '1', secrets: {A: {connection: releasetrain_signing}, B: {connection: fleet_dev}}}"
+    )
+    with pytest.raises(ReleaseSpecError) as info:
+        load_spec(path)
+    assert "config.secrets.A: releasetrain_signing is not a profile's to read" in str(info.value)
+    assert "config.secrets.B: fleet_dev is not a profile's to read" in str(info.value)
+    monkeypatch.setenv("AIRFLOW__RELEASETRAIN__SECRET_REFERENCES", "shop_*")
+    path.write_text(SPEC % "{version: '1', secrets: {A: {connection: shop_db}, B: {variable: other_key}}}")
+    with pytest.raises(ReleaseSpecError, match="config.secrets.B: other_key is not among the references"):
+        load_spec(path)

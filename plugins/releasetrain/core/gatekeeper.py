@@ -336,12 +336,32 @@ def window(run: RunLedger, environment: str, window_task_id: str) -> Decision:
 
 
 def drift(run: RunLedger, environment: str, drift_task_id: str) -> Decision:
-    """The drift check recorded no drift, or an owner's acceptance of the drift it found."""
-    if run.of(Event.DRIFT_CHECKED, environment=environment, task_id=drift_task_id):
-        return Decision.allow(drift_task_id)
-    if run.of(Event.DRIFT_ACCEPTED, environment=environment, task_id=drift_task_id):
-        return Decision.allow(drift_task_id)
-    return Decision.refuse(drift_task_id, run.missing(drift_task_id, "drift check or accepted drift"))
+    """The drift check's latest record says no drift, or that an owner accepted the drift it
+    found; a drift found later (the step cleared and run again) stands until accepted."""
+    kinds = (Event.DRIFT_CHECKED, Event.DRIFT_DETECTED, Event.DRIFT_ACCEPTED)
+    records = [
+        e
+        for e in run.events
+        if e.kind in kinds and e.environment == environment and e.details.get("task_id") == drift_task_id
+    ]
+    if not records:
+        return Decision.refuse(drift_task_id, run.missing(drift_task_id, "drift check or accepted drift"))
+    if records[-1].kind == Event.DRIFT_DETECTED:
+        return Decision.refuse(
+            drift_task_id, f"{drift_task_id} found configuration drift in {environment} that nobody accepted"
+        )
+    return Decision.allow(drift_task_id)
+
+
+def drift_record(run: RunLedger, environment: str, drift_task_id: str) -> dict[str, Any] | None:
+    """What the drift check saw on the target when it let the stage go on (``reported``)."""
+    kinds = (Event.DRIFT_CHECKED, Event.DRIFT_ACCEPTED)
+    records = [
+        e
+        for e in run.events
+        if e.kind in kinds and e.environment == environment and e.details.get("task_id") == drift_task_id
+    ]
+    return dict(records[-1].details) if records else None
 
 
 def environment_passed(run: RunLedger, environment: str, digest: str, *, gate_task_id: str) -> Decision:

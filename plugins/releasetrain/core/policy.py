@@ -68,6 +68,9 @@ class Policy:
     allowed_notifiers: tuple[str, ...] = DEFAULT_NOTIFIERS
     source_roots: tuple[str, ...] = ()
     artifact_roots: tuple[str, ...] = ()
+    # fnmatch patterns of the connections and variables a profile may refer to (empty: any
+    # but releasetrain's own and the deploy targets')
+    secret_references: tuple[str, ...] = ()
 
     @classmethod
     def from_environment(cls) -> Policy:
@@ -76,7 +79,21 @@ class Policy:
             allowed_notifiers=_items(notifiers) if notifiers is not None else DEFAULT_NOTIFIERS,
             source_roots=_items(_setting("SOURCE_ROOTS")),
             artifact_roots=_items(_setting("ARTIFACT_ROOTS")),
+            secret_references=_items(_setting("SECRET_REFERENCES")),
         )
+
+    def secret_reference_problem(self, name: str, targets: set[str]) -> str | None:
+        """Why a profile may not refer to connection or variable ``name`` (None: it may)."""
+        import fnmatch
+
+        if name in targets or name in TRUSTED_CONNECTIONS or name.startswith("releasetrain_"):
+            return f"{name} is not a profile's to read (releasetrain's own and the deploy targets' are never sent)"
+        if self.secret_references and not any(fnmatch.fnmatchcase(name, p) for p in self.secret_references):
+            return (
+                f"{name} is not among the references the deployment allows ({', '.join(self.secret_references)}; "
+                "AIRFLOW__RELEASETRAIN__SECRET_REFERENCES)"
+            )
+        return None
 
     def notifier_allowed(self, path: str) -> bool:
         return path in self.allowed_notifiers
@@ -177,6 +194,10 @@ def check_policy(spec: Any, raw: Any, policy: Policy | None = None) -> list[tupl
                 )
             )
     for e, env in enumerate(spec.environments):
+        for key, ref in (env.config.secrets if env.config else {}).items():
+            problem = policy.secret_reference_problem(ref.connection or ref.variable or "", targets)
+            if problem:
+                problems.append((f"environments[{e}].config.secrets.{key}", problem))
         checks = [(f"environments[{e}].smoke_checks[{i}]", c) for i, c in enumerate(env.smoke_checks)]
         if env.health_checks is not None:
             checks += [

@@ -20,42 +20,62 @@ from collections.abc import Iterable, Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
-# A key that names a secret: its value must be a reference, never a literal.
+# A key that names a secret: its value must be a reference, never a literal (camelCase keys
+# are split first: dbPassword -> db_Password).
 SECRET_KEY = re.compile(
-    r"(^|[^a-z])(pass(word|wd|phrase)?|secret|token|api[_-]?key|private[_-]?key|credentials?|pwd)([^a-z]|$)", re.I
+    r"(^|[^a-z])(pass(word|wd|phrase)?|secret|token|api[_-]?key|private[_-]?key|credentials?|pwd|auth(orization)?|"
+    r"bearer)([^a-z]|$)",
+    re.I,
+)
+# ... unless the key says the value is about a secret, not one (PASSWORD_MIN_LENGTH, TOKEN_URL)
+NOT_A_SECRET = re.compile(
+    r"[_.-](length|len|min|max|ttl|seconds|minutes|hours|days|url|uri|endpoint|file|path|dir|region|"
+    r"name|id|header|type|mode|enabled|policy|rotation|expiry|expires)$",
+    re.I,
 )
 # Values that are secrets whatever their key says.
 SECRET_VALUES = (
     (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a private key"),
-    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "an AWS access key id"),
-    (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}"), "a GitHub token"),
+    (re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), "an AWS access key id"),
+    (re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"), "a GitHub token"),
     (re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), "a Slack token"),
-    (re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"), "a URL with a password in it"),
+    (re.compile(r"\b[rs]k_live_[A-Za-z0-9]{10,}"), "a Stripe key"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+"), "a JSON web token"),
+    (re.compile(r"\bbearer\s+[A-Za-z0-9._~+/=-]{12,}", re.I), "a bearer token"),
+    (re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@", re.I), "a URL with a password in it"),
 )
 # Names of files made for one environment ({environment}: each of the release's
-# environments). Matched against every part of a path inside a component's artifacts.
+# environments), matched case-insensitively against every part of a path inside a
+# component's artifacts. Names with an environment in them count only for configuration
+# file types (react-dom.production.min.js is code).
+CONFIG_SUFFIXES = ("yml", "yaml", "json", "properties", "ini", "toml", "conf", "cfg", "xml", "env")
 DEFAULT_CONFIG_PATTERNS = (
     ".env",
     "*.env",
     ".env.*",
     "{environment}.env*",
-    "{environment}.y*ml",
-    "{environment}.json",
-    "{environment}.properties",
-    "*.{environment}.*",
-    "*-{environment}.*",
-    "*_{environment}.*",
+    *(f"{{environment}}.{x}" for x in CONFIG_SUFFIXES),
+    *(f"*.{{environment}}.{x}" for x in CONFIG_SUFFIXES),
+    *(f"*-{{environment}}.{x}" for x in CONFIG_SUFFIXES),
+    *(f"*_{{environment}}.{x}" for x in CONFIG_SUFFIXES),
 )
+# examples and templates of .env files carry no environment's values
+NOT_CONFIG = (".env.example", ".env.sample", ".env.template", ".env.dist")
 
 
 def literal_secret(key: str, value: Any) -> str | None:
     """Why ``value`` (under ``key``) is a literal secret, or None."""
-    if isinstance(value, str) and value:
-        for pattern, what in SECRET_VALUES:
-            if pattern.search(value):
-                return f"holds {what}"
-        if SECRET_KEY.search(key):
-            return "names a secret but holds a literal value"
+    if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
+        return None
+    text = str(value)
+    if not text:
+        return None
+    for pattern, what in SECRET_VALUES:
+        if pattern.search(text):
+            return f"holds {what}"
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key)
+    if SECRET_KEY.search(words) and not NOT_A_SECRET.search(words):
+        return "names a secret but holds a literal value"
     return None
 
 
@@ -107,9 +127,10 @@ def environment_files(
             concrete.extend(pattern.replace("{environment}", env) for env in environments)
         else:
             concrete.append(pattern)
+    concrete = [p.lower() for p in concrete]
     found = []
     for path in paths:
-        parts = PurePosixPath(path).parts
+        parts = [part.lower() for part in PurePosixPath(path).parts if part.lower() not in NOT_CONFIG]
         hit = next((p for p in concrete if any(fnmatch.fnmatchcase(part, p) for part in parts)), None)
         if hit:
             found.append((path, hit))
@@ -120,18 +141,41 @@ def _show(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def config_drift(baseline: Mapping[str, Any], reported: Mapping[str, Any]) -> list[str]:
+def _same(a: Any, b: Any) -> bool:
+    """Settings compared as a target holds them (environment variables are text: 800 == "800")."""
+
+    def canon(v: Any) -> str:
+        return json.dumps(v) if isinstance(v, bool) or v is None else str(v)
+
+    return canon(a) == canon(b)
+
+
+def config_drift(baseline: Mapping[str, Any], reported: Mapping[str, Any], hidden: Iterable[str] = ()) -> list[str]:
     """How an environment's reported settings differ from its baseline, one readable line per
-    setting (sorted): changed, added on the target, missing on the target."""
+    setting (sorted): changed, added on the target, missing on the target. Values of
+    ``hidden`` settings, and of any that look like secrets, are never shown."""
+    hidden = set(hidden)
+
+    def show(key: str, value: Any) -> str:
+        if key in hidden or literal_secret(key, value):
+            return "a value not shown"
+        return _show(value)
+
     lines = []
     for key in sorted(set(baseline) | set(reported)):
         if key not in reported:
-            lines.append(f"{key}: {_show(baseline[key])} in the baseline, missing on the target")
+            lines.append(f"{key}: {show(key, baseline[key])} in the baseline, missing on the target")
         elif key not in baseline:
-            lines.append(f"{key}: {_show(reported[key])} on the target, not in the baseline")
-        elif baseline[key] != reported[key]:
-            lines.append(f"{key}: {_show(baseline[key])} in the baseline, {_show(reported[key])} on the target")
+            lines.append(f"{key}: {show(key, reported[key])} on the target, not in the baseline")
+        elif not _same(baseline[key], reported[key]):
+            lines.append(f"{key}: {show(key, baseline[key])} in the baseline, {show(key, reported[key])} on the target")
     return lines
+
+
+def values_digest(values: Mapping[str, Any] | None) -> str:
+    """A digest of settings as a target reports them (the deploy checks it again under the lock)."""
+    canonical = json.dumps({k: str(v) for k, v in (values or {}).items()}, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def drift_report(
@@ -146,9 +190,17 @@ def drift_report(
     says it runs is the spec's when it is that profile, else the newest recorded deploy of
     it. A target that runs a profile no release deployed has drifted as a whole."""
     if not reported:
-        return {"baseline": None, "drift": [], "note": "the target reports no configuration yet"}
+        if any(d.get("sha256") for d in deployed):  # a release put a profile there; it is gone
+            return {
+                "baseline": None,
+                "reported": None,
+                "drift": ["the target reports no configuration, but a release deployed one there"],
+            }
+        return {"baseline": None, "reported": None, "drift": [], "note": "the target reports no configuration yet"}
     sha = reported.get("sha256")
     values = dict(reported.get("values") or {})
+    hidden = set(profile.get("secrets") or {})
+    seen = {"sha256": sha, "values_digest": values_digest(values)}
     if sha == profile.get("sha256"):
         baseline = {"version": profile.get("version"), "sha256": sha, "values": dict(profile.get("values") or {})}
     else:
@@ -156,12 +208,13 @@ def drift_report(
         if not known:
             return {
                 "baseline": None,
+                "reported": seen,
                 "drift": [
                     f"the target runs configuration {reported.get('version')!r} ({sha}), which no release deployed"
                 ],
             }
         baseline = {"version": known[-1].get("version"), "sha256": sha, "values": dict(known[-1]["values"])}
-    return {"baseline": baseline, "drift": config_drift(baseline["values"], values)}
+    return {"baseline": baseline, "reported": seen, "drift": config_drift(baseline["values"], values, hidden)}
 
 
 def parity(

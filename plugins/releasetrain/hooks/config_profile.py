@@ -28,7 +28,7 @@ class ConfigProfileHook(BaseHook):
         resolved: dict[str, str] = {}
         for name, ref in sorted(secrets.items()):
             value = self._value(name, ref)
-            mask_secret(value, name)
+            mask_secret(value)  # by value: Airflow masks by name only for names it deems sensitive
             resolved[name] = value
         return resolved
 

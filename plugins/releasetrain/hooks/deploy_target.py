@@ -178,6 +178,11 @@ def _contract(conn_id: str, call: str, payload: Any) -> dict[str, Any]:
             f"deploy target {conn_id!r}: {call} answered {_short(payload)!r}, not a JSON object (see the "
             "deploy-target contract in the README)"
         )
+    config = payload.get("config")
+    if isinstance(config, dict) and "secrets" in config:
+        # whatever a target says about its secrets (fingerprints, or worse) goes no further:
+        # answers end up in trigger events, snapshots and evidence
+        payload = {**payload, "config": {k: v for k, v in config.items() if k != "secrets"}}
     return payload
 
 

@@ -194,9 +194,16 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
 
         hook = DeployTargetHook(self.deploy_target_conn_id)
         live = self._call(hook.get_status)
+        if self.drift_task_id:  # under the lock: the target is still what the drift check saw
+            enforce(context, self._drift_holds(run, live), self.release, self.environment)
         already_live = live.get("version") == version and live.get("digest") == digest
-        if self.config and already_live:  # the same bytes with another profile is a change too
-            already_live = (live.get("config") or {}).get("sha256") == self.config["sha256"]
+        if self.config and already_live:  # the same bytes with another profile (or edited settings) is a change too
+            from releasetrain.core.profile import values_digest
+
+            reported = live.get("config") or {}
+            already_live = reported.get("sha256") == self.config["sha256"] and values_digest(
+                reported.get("values")
+            ) == values_digest(self.config.get("values"))
         before = self._before(context, run, live, version, digest, already_live)
         running = live.get("in_progress") or {}
         if (running.get("version"), running.get("digest"), running.get("run_id")) == (
@@ -276,6 +283,30 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
             "%s now runs %s %s (deployment %s)", self.environment, self.release, version, event["deployment_id"]
         )
         return self._result(version, digest, pre, deployment_id=event["deployment_id"], noop=False, context=context)
+
+    def _drift_holds(self, run: RunLedger, live: dict[str, Any]) -> Decision:
+        """The drift step's record (no drift, or drift accepted) and the target as it is now:
+        settings changed since the check are a drift nobody has seen."""
+        from releasetrain.core.profile import values_digest
+
+        decision = gatekeeper.drift(run, self.environment, self.drift_task_id)
+        if not decision.allowed:
+            return decision
+        seen = (gatekeeper.drift_record(run, self.environment, self.drift_task_id) or {}).get("reported")
+        reported = live.get("config")
+        now = (
+            {"sha256": reported.get("sha256"), "values_digest": values_digest(reported.get("values"))}
+            if reported
+            else None
+        )
+        ours = {"sha256": self.config["sha256"], "values_digest": values_digest(self.config.get("values"))}
+        if seen != now and now != ours:  # this run's own profile: an earlier try of this deploy put it there
+            return Decision.refuse(
+                self.drift_task_id,
+                f"the configuration of {self.environment} changed after {self.drift_task_id} checked it: "
+                f"clear {self.drift_task_id} to check it again",
+            )
+        return Decision.allow(self.drift_task_id)
 
     @property
     def profile(self) -> dict[str, str] | None:
@@ -394,8 +425,6 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
                 )
         if self.window_task_id:
             decisions.append(gatekeeper.window(run, self.environment, self.window_task_id))
-        if self.drift_task_id:
-            decisions.append(gatekeeper.drift(run, self.environment, self.drift_task_id))
         return Decision.combine(self.task_id, decisions)
 
     def _check_window_now(self, run: RunLedger) -> None:

@@ -123,6 +123,23 @@ class ConfigDriftOperator(HITLOperator):
             check_responder(responder, self.owners, set(request.authors))
         except SegregationOfDutiesError as exc:
             raise AirflowFailException(f"configuration drift in {self.environment}: {exc}") from None
+        from releasetrain.operators._common import run_ledger
+
+        detected = run_ledger(context, self.release).of(
+            Event.DRIFT_DETECTED, environment=self.environment, task_id=self.task_id
+        )
+        shown = detected[-1].details if detected else {}
+        if (shown.get("drift"), shown.get("reported")) != (report["drift"], report.get("reported")):
+            enforce(
+                context,
+                Decision.refuse(
+                    self.task_id,
+                    f"the configuration of {self.environment} changed while the request waited; the answer was "
+                    f"about another drift: clear {self.task_id} to ask again",
+                ),
+                self.release,
+                self.environment,
+            )
         record_decision(
             context,
             Event.DRIFT_ACCEPTED,
