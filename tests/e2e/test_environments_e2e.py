@@ -55,7 +55,8 @@ def test_drift_stops_the_promotion_until_an_owner_accepts_it(author, approver, f
     assert author.wait_for_run(DAG, by_hand, timeout=300)["state"] == "failed"
     assert author.task_states(DAG, by_hand)[DEPLOY] == "failed"
     [reason] = [" ".join(e.details["reasons"]) for e in events(ledger, by_hand, "gate_refused")]
-    assert f"no drift check or accepted drift recorded in the ledger by {DRIFT}" in reason
+    assert f"{DRIFT} found configuration drift in {ENV} that nobody accepted" in reason
+    assert "set to success by hand, which proves nothing" in reason
     assert fleet(ENV)["version"] == "1.0.0", "neither run deployed over the drift"
 
     accepted = author.trigger(DAG, {"version": "1.3.0", "change_summary": "drift accepted"})["dag_run_id"]

@@ -347,8 +347,9 @@ def drift(run: RunLedger, environment: str, drift_task_id: str) -> Decision:
     if not records:
         return Decision.refuse(drift_task_id, run.missing(drift_task_id, "drift check or accepted drift"))
     if records[-1].kind == Event.DRIFT_DETECTED:
+        how = "; it was set to success by hand, which proves nothing" if run.set_by_hand(drift_task_id) else ""
         return Decision.refuse(
-            drift_task_id, f"{drift_task_id} found configuration drift in {environment} that nobody accepted"
+            drift_task_id, f"{drift_task_id} found configuration drift in {environment} that nobody accepted{how}"
         )
     return Decision.allow(drift_task_id)
 
