@@ -149,6 +149,7 @@ def test_a_profile_with_secrets_by_reference_is_accepted_and_hashed(tmp_path):
         ),
         ("{version: '1', secrets: {DB: {connection: a, variable: b}}}", "either a connection or a variable"),
         ("{version: '1', secrets: {DB: {}}}", "either a connection or a variable"),
+        ("{version: '1', secrets: {DB: {variable: 'app/../../root'}}}", "may not start with '/' or contain '..'"),
         ("{version: '1', values: {DB: x}, secrets: {DB: {connection: a}}}", "['DB'] are both values and secrets"),
         ("{values: {A: x}}", "environments[0].config.version: field required"),
     ],

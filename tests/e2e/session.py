@@ -32,6 +32,7 @@ import requests
 from releasetrain.client import AirflowClient
 from releasetrain.devstack import DevStack, StackConfig
 from tests.conftest import PROJECT_ROOT
+from tests.pg import PG_ADMIN_DSN, admin, postgres_answers
 from tests.servers.prometheus import running_prometheus
 from tests.servers.servicenow import WALK_PATH, running_servicenow
 from tests.servers.webhook import running_receiver
@@ -40,7 +41,6 @@ STACK_FILE = "RELEASETRAIN_E2E_STACK"
 
 SNOW_CREDENTIALS = ("svc-release", "e2e-Sn0w-pass")
 
-PG_ADMIN_DSN = os.environ.get("RELEASETRAIN_E2E_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 E2E_DAGS = {
     "release_storefront",
     "release_billing",
@@ -97,29 +97,10 @@ def _free_port() -> int:
 
 def _postgres_answers() -> bool:
     """PostgreSQL is used where it runs; elsewhere the stack falls back to SQLite (and says so)."""
-    from urllib.parse import urlparse
-
-    url = urlparse(PG_ADMIN_DSN)
-    with socket.socket() as sock:
-        sock.settimeout(2)
-        if sock.connect_ex((url.hostname or "127.0.0.1", url.port or 5432)) == 0:
-            return True
-    warnings.warn(
-        f"PostgreSQL at {url.hostname}:{url.port} does not answer: end-to-end tests run on SQLite", stacklevel=2
-    )
+    if postgres_answers():
+        return True
+    warnings.warn(f"PostgreSQL at {PG_ADMIN_DSN} does not answer: end-to-end tests run on SQLite", stacklevel=2)
     return False
-
-
-def _pg(sql: str) -> None:
-    import psycopg2
-
-    conn = psycopg2.connect(PG_ADMIN_DSN, connect_timeout=5)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
 
 
 @contextmanager
@@ -149,8 +130,8 @@ def session_stack() -> Iterator[DevStack]:
     db_url, db_name, ledger_conn = None, None, None
     if os.environ.get("RELEASETRAIN_E2E_DB", "postgres") != "sqlite" and _postgres_answers():
         db_name = f"releasetrain_e2e_{uuid.uuid4().hex[:8]}"
-        _pg(f"CREATE DATABASE {db_name}")
-        _pg(f"CREATE DATABASE {db_name}_ledger")
+        admin(f"CREATE DATABASE {db_name}")
+        admin(f"CREATE DATABASE {db_name}_ledger")
         base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://")
         db_url = f"{base}/{db_name}"
         pg = urlparse(PG_ADMIN_DSN)
@@ -255,8 +236,8 @@ def session_stack() -> Iterator[DevStack]:
         prometheus_context.__exit__(None, None, None)
         receiver_context.__exit__(None, None, None)
         if db_name:
-            _pg(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
-            _pg(f"DROP DATABASE IF EXISTS {db_name}_ledger WITH (FORCE)")
+            admin(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
+            admin(f"DROP DATABASE IF EXISTS {db_name}_ledger WITH (FORCE)")
 
 
 class RemoteServiceNow:

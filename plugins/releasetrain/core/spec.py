@@ -258,6 +258,13 @@ class SecretRef(_Model):
         default=None, pattern=r"^[A-Za-z0-9_./-]+$", description="Variable (secrets backend path) holding it."
     )
 
+    @field_validator("variable")
+    @classmethod
+    def _no_climbing(cls, value: str | None) -> str | None:
+        if value is not None and (".." in value.split("/") or value.startswith("/")):
+            raise ValueError(f"{value!r}: a variable path may not start with '/' or contain '..'")
+        return value
+
     @model_validator(mode="after")
     def _one_source(self) -> SecretRef:
         if (self.connection is None) == (self.variable is None):
