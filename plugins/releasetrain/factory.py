@@ -34,6 +34,7 @@ from releasetrain.core.versioning import SEMVER_PATTERN
 from releasetrain.core.vocabulary import Kind, Rule
 from releasetrain.core.windows import CalendarError
 from releasetrain.operators.approval import ReleaseApprovalOperator
+from releasetrain.operators.baseline import BaselineApprovalOperator
 from releasetrain.operators.checks import HealthVerificationOperator, SmokeCheckOperator
 from releasetrain.operators.complete import ReleaseCompleteOperator
 from releasetrain.operators.dependency import DependencyGateOperator
@@ -365,6 +366,7 @@ OPERATORS: dict[Kind, type] = {
     Kind.PACKAGE: BundlePackageOperator,
     Kind.VERIFY: BundleVerifyOperator,
     Kind.DEPENDENCIES: DependencyGateOperator,
+    Kind.BASELINE: BaselineApprovalOperator,
     Kind.DRIFT: ConfigDriftOperator,
     Kind.PARITY: ParityCheckOperator,
     Kind.APPROVAL: ReleaseApprovalOperator,

@@ -255,3 +255,84 @@ def test_the_parity_check_records_its_differences_and_prods_approvers_see_them(m
     )
     lines = approval._parity(context(FakeTI(), task_id="prod.approve"))
     assert "**Parity with staging**" in lines and "- settings only in prod's profile: PAYMENTS\\_LIVE" in lines
+
+
+# --- baselines under change control ------------------------------------------------------
+from releasetrain.operators.baseline import BaselineApprovalOperator  # noqa: E402
+
+CAB = ["cab-member", "author"]
+
+
+def baseline_op(config=PROFILE) -> BaselineApprovalOperator:
+    return BaselineApprovalOperator(
+        task_id="prod.baseline", release="storefront", environment="prod", config=config, board="cab", members=CAB
+    )
+
+
+@pytest.fixture
+def cab_asked(monkeypatch) -> list:
+    calls: list = []
+    monkeypatch.setattr(
+        "releasetrain.operators.baseline.HITLOperator.execute",
+        lambda self, ctx: calls.append({"users": self.assigned_users, "body": self.body}),
+    )
+    return calls
+
+
+def test_a_new_profile_waits_for_a_board_member_who_is_not_an_author_and_is_recorded_with_its_settings(cab_asked):
+    baseline_op().execute(context(FakeTI(), task_id="prod.baseline"))
+    [request] = cab_asked
+    assert request["users"] == [{"id": "cab-member", "name": "cab-member"}], "never the release's author"
+    assert "first profile under change control" in request["body"]
+    assert '- LOG\\_LEVEL: new, "warning"' in request["body"]
+    assert "- DB\\_PASSWORD \\(secret\\): new, from connection shop\\_db" in request["body"]
+    [asked] = run_events("baseline_change_requested")
+    assert asked.details["previous"] is None and asked.details["sha256"] == PROFILE["sha256"]
+    with pytest.raises(AirflowFailException, match="profile 7 of prod rejected by cab-member"):
+        baseline_op().execute_complete(context(FakeTI(), task_id="prod.baseline"), answer("cab-member", "Reject"))
+    with pytest.raises(AirflowFailException, match="author is an author of this release"):
+        baseline_op().execute_complete(
+            context(FakeTI(), task_id="prod.baseline"), answer("author", "Approve the profile")
+        )
+    with pytest.raises(AirflowFailException, match="outsider is not an approver"):
+        baseline_op().execute_complete(
+            context(FakeTI(), task_id="prod.baseline"), answer("outsider", "Approve the profile")
+        )
+    assert not run_events("baseline_approved")
+    baseline_op().execute_complete(
+        context(FakeTI(), task_id="prod.baseline"), answer("cab-member", "Approve the profile")
+    )
+    [approved] = run_events("baseline_approved")
+    assert approved.actor == "cab-member" and approved.details["sha256"] == PROFILE["sha256"]
+    assert approved.details["values"] == PROFILE["values"] and approved.details["secrets"] == PROFILE_SECRETS
+    [refused] = [e for e in run_events("gate_refused") if e.details["step"] == "prod.baseline"]
+    assert "rejected by cab-member (cab)" in refused.details["reasons"][0]
+
+    # the same profile again (a retry, a later run): recorded, nobody asked
+    assert baseline_op().execute(context(FakeTI(), task_id="prod.baseline"))["approved_by"] == "cab-member"
+    assert len(cab_asked) == 1 and len(run_events("baseline_checked")) == 1
+
+    # a changed profile: the board is asked again, shown what changed against the approved one
+    changed = {**PROFILE, "version": "8", "values": {"LOG_LEVEL": "debug", "POOL": 4}, "secrets": {}}
+    changed["sha256"] = profile_digest("8", changed["values"], {})
+    baseline_op(changed).execute(context(FakeTI(), task_id="prod.baseline"))
+    body = cab_asked[-1]["body"]
+    assert f"the last approved one is 7 ({PROFILE['sha256']})" in body
+    assert '- LOG\\_LEVEL: "debug", was "warning"' in body and "- POOL: new, 4" in body
+    assert "- PAYMENT\\_API\\_KEY \\(secret\\): removed \\(was from variable shop\\_payment\\_key\\)" in body
+
+
+def test_the_deploy_needs_the_boards_approval_of_the_profile_it_sends(monkeypatch):
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        ready(monkeypatch, url)
+        with pytest.raises(AirflowFailException, match="no approval of the change advisory board"):
+            deploy_op(baseline_task_id="prod.baseline").execute(context(FakeTI(), task_id="prod.deploy"))
+        seed("baseline_approved", environment="prod", task_id="prod.baseline", sha256="sha256:" + "9" * 64)
+        with pytest.raises(AirflowFailException, match=r"prod \(sha256:.*\) has no approval"):
+            deploy_op(baseline_task_id="prod.baseline").execute(context(FakeTI(), task_id="prod.deploy"))
+        assert fleet.deployments == {}, "an approval of another profile is no approval of this one"
+        seed("baseline_approved", environment="prod", task_id="prod.baseline", sha256=PROFILE["sha256"])
+        with pytest.raises(TaskDeferred):
+            deploy_op(baseline_task_id="prod.baseline").execute(context(FakeTI(), task_id="prod.deploy"))
+    refusals = [e for e in run_events("gate_refused") if e.details["step"] == "prod.baseline"]
+    assert len(refusals) == 2

@@ -359,3 +359,15 @@ def test_passing_outcomes_are_the_canary_judges_words():
     from releasetrain.core.canary import Outcome
 
     assert gatekeeper.PASSING_OUTCOMES - {"skipped"} == {"successful"} <= set(get_args(Outcome))
+
+
+def test_a_profile_is_deployed_only_with_the_boards_approval_of_its_digest():
+    other = "sha256:" + "0" * 64
+    approvals = [ev(Event.BASELINE_APPROVED, "prod.baseline", "prod", "cab", sha256=DIGEST)]
+    run = RunLedger([])
+    assert gatekeeper.baseline(run, approvals, "prod", DIGEST, "prod.baseline").allowed
+    refused = gatekeeper.baseline(run, approvals, "prod", other, "prod.baseline")
+    assert not refused.allowed and "profile of prod (sha256:000" in refused.message()
+    assert not gatekeeper.baseline(run, approvals, "staging", DIGEST, "staging.baseline").allowed, "per environment"
+    by_hand = RunLedger([ev(Event.TASK_STATE, "prod.baseline", state="success", by_hand=True)])
+    assert "set to success by hand" in gatekeeper.baseline(by_hand, [], "prod", DIGEST, "prod.baseline").message()

@@ -310,3 +310,29 @@ def test_production_approvals_follow_a_parity_check_against_the_environment_befo
         "prod.parity"
     }
     assert "staging.parity" not in plan.steps, "only production, against the environment before it"
+
+
+def test_a_change_advisory_board_puts_each_profile_under_change_control_before_the_drift_check():
+    envs = [
+        {"name": "dev", "deploy_target": "fleet_dev", "config": {"version": "1", "values": {"A": 1}}},
+        {"name": "prod", "deploy_target": "fleet_prod", "approval": {"required": True, "approvers": ["bob"]}},
+    ]
+    plan = plan_release(spec(environments=envs, change={"advisory_board": "ops"}), CTX)
+    baseline = plan.steps["dev.baseline"]
+    assert baseline.kind == Kind.BASELINE and baseline.group == "dev"
+    assert baseline.args["board"] == "ops" and baseline.args["members"] == GROUPS["ops"]
+    assert baseline.args["config"] == plan.steps["dev.drift"].args["config"]
+    assert plan.upstream("dev.baseline") == ["dev.verify"] and plan.upstream("dev.drift") == ["dev.baseline"]
+    assert plan.steps["dev.deploy"].args["baseline_task_id"] == "dev.baseline"
+    assert "prod.baseline" not in plan.steps, "no profile, nothing to approve"
+    assert "baseline_task_id" not in plan.steps["prod.deploy"].args
+    without = plan_release(spec(environments=envs), CTX)
+    assert "dev.baseline" not in without.steps, "no board, no change control of profiles"
+    assert "baseline_task_id" not in without.steps["dev.deploy"].args
+
+
+def test_an_advisory_board_must_be_a_defined_group():
+    from releasetrain.core.spec import check_groups
+
+    with pytest.raises(ReleaseSpecError, match=r"change.advisory_board: no group 'cab' is defined"):
+        check_groups(spec(change={"advisory_board": "cab"}), "shop.yaml", GROUPS)

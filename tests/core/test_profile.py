@@ -257,3 +257,35 @@ def test_a_profile_may_not_read_releasetrains_own_or_the_targets_connections_nor
     path.write_text(SPEC % "{version: '1', secrets: {A: {connection: shop_db}, B: {variable: other_key}}}")
     with pytest.raises(ReleaseSpecError, match="config.secrets.B: other_key is not among the references"):
         load_spec(path)
+
+
+# --- baselines under change control ------------------------------------------------------
+from releasetrain.core.profile import profile_changes  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "lines"),
+    [
+        (
+            None,
+            {"values": {"A": 1}, "secrets": {"PW": {"connection": "db"}}},
+            ["A: new, 1", "PW (secret): new, from connection db"],
+        ),
+        ({"values": {"A": 1}}, {"values": {"A": "1"}}, []),  # as the target holds it: text
+        ({"values": {"A": 1}}, {"values": {"A": 2}}, ["A: 2, was 1"]),
+        ({"values": {"A": 1, "B": True}}, {"values": {"A": 1}}, ["B: removed (was true)"]),
+        (
+            {"secrets": {"PW": {"connection": "db"}}},
+            {"secrets": {"PW": {"connection": "db", "field": "login"}}},
+            ["PW (secret): from connection db (login), was from connection db"],
+        ),
+        ({"secrets": {"K": {"variable": "k"}}}, {"secrets": {}}, ["K (secret): removed (was from variable k)"]),
+        (
+            {"values": {"DB_PASSWORD": "x"}},
+            {"values": {"DB_PASSWORD": "y"}},
+            ["DB_PASSWORD: a value not shown, was a value not shown"],
+        ),
+    ],
+)
+def test_a_profile_change_is_shown_setting_by_setting(before, after, lines):
+    assert profile_changes(before, after) == lines

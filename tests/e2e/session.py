@@ -73,6 +73,8 @@ E2E_DAGS = {
     "release_leaky",
     # issue 13: configuration drift stops a promotion until an owner accepts it
     "release_drifty",
+    # issue 13: a configuration profile is deployed only once the change advisory board approved it
+    "release_baselined",
 }
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
 GATE_ENVIRONMENTS = ["guard-staging", "guard-prod", "shared"]
@@ -189,6 +191,7 @@ def session_stack() -> Iterator[DevStack]:
             "svc-env",
             "consumer",
             "drift-env",
+            "cab-env",
             "windowed-dev",
             "payments-staging",
             "payments-prod",

@@ -70,3 +70,60 @@ def test_drift_stops_the_promotion_until_an_owner_accepts_it(author, approver, f
     status = fleet(ENV)
     assert status["version"] == "1.3.0"
     assert status["config"]["values"] == {"LOG_LEVEL": "info", "POOL_SIZE": 8}, "the deploy restored the profile"
+
+
+# --- baselines under change control --------------------------------------------------------
+CAB_DAG, CAB_ENV = "release_baselined", "cab-env"
+BASELINE, CAB_DEPLOY = f"{CAB_ENV}.baseline", f"{CAB_ENV}.deploy"
+
+
+def test_a_profile_is_deployed_only_after_the_change_advisory_board_approved_it(
+    stack, author, approver2_client, fleet, ledger
+):
+    from releasetrain.client import AirflowClient
+
+    ops = AirflowClient(stack.config.api_url, "ops", "ops")
+
+    def kinds(run_id: str, kind: str) -> list:
+        return [e for e in ledger.events("baselined", run_id, CAB_DAG) if e.kind == kind]
+
+    # the board's step marked successful by hand: the deploy finds no approval and refuses
+    by_hand = author.trigger(CAB_DAG, {"version": "1.0.0", "change_summary": "first profile"})["dag_run_id"]
+    request = author.wait_for_approval(CAB_DAG, by_hand, BASELINE, timeout=300)
+    assert sorted(u["id"] for u in request["assigned_users"]) == ["approver2", "ops"]
+    assert "first profile under change control" in request["body"]
+    assert "DB\\_PASSWORD \\(secret\\): new, from connection storefront\\_db\\_dev" in request["body"]
+    with pytest.raises(AirflowAPIError) as refused:
+        author.respond(CAB_DAG, by_hand, BASELINE, "Approve the profile")
+    assert refused.value.status_code == 403, "the release's author is no member of the board"
+    author.set_task_state(CAB_DAG, by_hand, BASELINE, "success")
+    assert author.wait_for_run(CAB_DAG, by_hand, timeout=300)["state"] == "failed"
+    assert author.task_states(CAB_DAG, by_hand)[CAB_DEPLOY] == "failed"
+    [reason] = [" ".join(e.details["reasons"]) for e in kinds(by_hand, "gate_refused")]
+    assert f"the configuration profile of {CAB_ENV}" in reason and "no approval of the change advisory board" in reason
+    assert "set to success by hand, which proves nothing" in reason
+    assert fleet(CAB_ENV)["version"] is None, "nothing was deployed"
+
+    rejected = author.trigger(CAB_DAG, {"version": "1.0.1", "change_summary": "rejected"})["dag_run_id"]
+    author.wait_for_approval(CAB_DAG, rejected, BASELINE, timeout=300)
+    assert ops.answer(CAB_DAG, rejected, BASELINE, "Reject") == "failed"
+    assert author.wait_for_run(CAB_DAG, rejected, timeout=300)["state"] == "failed"
+    [reason] = [" ".join(e.details["reasons"]) for e in kinds(rejected, "gate_refused")]
+    assert f"profile 2026.11-1 of {CAB_ENV} rejected by ops (change-advisory-board)" in reason
+
+    approved = author.trigger(CAB_DAG, {"version": "1.1.0", "change_summary": "approved"})["dag_run_id"]
+    author.wait_for_approval(CAB_DAG, approved, BASELINE, timeout=300)
+    assert approver2_client.answer(CAB_DAG, approved, BASELINE, "Approve the profile") == "success"
+    assert author.wait_for_run(CAB_DAG, approved, timeout=300)["state"] == "success"
+    [record] = kinds(approved, "baseline_approved")
+    assert record.actor == "approver2" and record.details["board"] == "change-advisory-board"
+    assert record.details["secrets"] == {"DB_PASSWORD": {"connection": "storefront_db_dev"}}, "references only"
+    status = fleet(CAB_ENV)
+    assert status["version"] == "1.1.0" and status["config"]["sha256"] == record.details["sha256"]
+
+    # the same profile in a later run: the board's approval stands, nobody is asked
+    again = author.trigger(CAB_DAG, {"version": "1.2.0", "change_summary": "same profile"})["dag_run_id"]
+    assert author.wait_for_run(CAB_DAG, again, timeout=300)["state"] == "success"
+    [checked] = kinds(again, "baseline_checked")
+    assert checked.details["approved_by"] == "approver2" and checked.details["approved_in"] == approved
+    assert not kinds(again, "baseline_change_requested")

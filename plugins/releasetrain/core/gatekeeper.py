@@ -354,6 +354,22 @@ def drift(run: RunLedger, environment: str, drift_task_id: str) -> Decision:
     return Decision.allow(drift_task_id)
 
 
+def baseline(
+    run: RunLedger, approvals: Iterable[EventLike], environment: str, sha256: str, baseline_task_id: str
+) -> Decision:
+    """The environment's profile (by digest) was approved by the change advisory board, in
+    this run or an earlier one of the release (``approvals``: the release's
+    ``baseline_approved`` events, written by the baseline step from Airflow's HITL response)."""
+    if any(e.environment == environment and e.details.get("sha256") == sha256 for e in approvals):
+        return Decision.allow(baseline_task_id)
+    how = "; it was set to success by hand, which proves nothing" if run.set_by_hand(baseline_task_id) else ""
+    return Decision.refuse(
+        baseline_task_id,
+        f"the configuration profile of {environment} ({sha256}) has no approval of the change advisory board "
+        f"in the ledger: {baseline_task_id} asks for it{how}",
+    )
+
+
 def drift_record(run: RunLedger, environment: str, drift_task_id: str) -> dict[str, Any] | None:
     """What the drift check saw on the target when it let the stage go on (``reported``)."""
     kinds = (Event.DRIFT_CHECKED, Event.DRIFT_ACCEPTED)

@@ -274,8 +274,9 @@ def _stage(
     if window:
         windows.append(window)
     before_lock = _dependencies(stage, verify)
-    drift = _drift(stage, before_lock)
-    deploy = _deploy(stage, verify, gates, approval_ids, window, drift)
+    baseline = _baseline(stage, before_lock)
+    drift = _drift(stage, baseline or before_lock)
+    deploy = _deploy(stage, verify, gates, approval_ids, window, drift, baseline)
     lock = stage.add(
         v.LOCK,
         Kind.LOCK,
@@ -283,7 +284,7 @@ def _stage(
     )
     smoke = _smoke(stage, deploy)
     stage.watched += [deploy, smoke]
-    plan.connect(drift or before_lock, lock)
+    plan.connect(drift or baseline or before_lock, lock)
     plan.connect(lock, deploy)
     tail = _rollout(stage, deploy)
     plan.connect(tail, smoke)
@@ -446,6 +447,28 @@ def _dependencies(stage: _Stage, verify: str) -> str:
     return step
 
 
+def _baseline(stage: _Stage, after: str) -> str | None:
+    """With a configuration profile and a change advisory board: the profile, new or changed
+    since the board last approved it for this environment, waits for one of its members'
+    approval; the deploy checks the ledger for it."""
+    env, board = stage.env, stage.spec.change.advisory_board
+    if env.config is None or not board:
+        return None
+    step = stage.add(
+        v.BASELINE,
+        Kind.BASELINE,
+        {
+            "release": stage.spec.name,
+            "environment": env.name,
+            "config": env.config.plan(),
+            "board": board,
+            "members": list(stage.ctx.groups.get(board, [])),
+        },
+    )
+    stage.plan.connect(after, step)
+    return step
+
+
 def _drift(stage: _Stage, after: str) -> str | None:
     """With a configuration profile: the target's reported configuration against the
     baseline, before the target is locked (a human may have to accept a drift); the deploy
@@ -470,7 +493,13 @@ def _drift(stage: _Stage, after: str) -> str | None:
 
 
 def _deploy(
-    stage: _Stage, verify: str, gates: list[str], approval_ids: list[str], window: str | None, drift: str | None
+    stage: _Stage,
+    verify: str,
+    gates: list[str],
+    approval_ids: list[str],
+    window: str | None,
+    drift: str | None,
+    baseline: str | None,
 ) -> str:
     env, spec, groups = stage.env, stage.spec, stage.ctx.groups
     previous = spec.previous_environment(env.name)
@@ -499,6 +528,7 @@ def _deploy(
             "pool": v.target_pool(env.deploy_target),
             "locked": True,
             **({"config": env.config.plan(), "drift_task_id": drift} if env.config else {}),
+            **({"baseline_task_id": baseline} if baseline else {}),
         },
     )
 

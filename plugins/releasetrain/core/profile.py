@@ -240,3 +240,41 @@ def parity(
                 f"shared service {service['release']}: {a or 'nothing'} in {left}, {b or 'nothing'} in {right}"
             )
     return lines
+
+
+def _reference(ref: Mapping[str, Any]) -> str:
+    if ref.get("connection"):
+        field = ref.get("field") or "password"
+        return f"connection {ref['connection']}" + ("" if field == "password" else f" ({field})")
+    return f"variable {ref.get('variable')}"
+
+
+def profile_changes(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[str]:
+    """What a change to an environment's profile changes, for the change advisory board: one
+    line per setting (sorted) against the last approved baseline (``before``; None: there is
+    none, every setting is new). Profiles are plans (``{version, sha256, values, secrets}``);
+    secrets are shown by reference only, values that look like secrets not at all."""
+
+    def show(key: str, value: Any) -> str:
+        return "a value not shown" if literal_secret(key, value) else _show(value)
+
+    old_values = dict((before or {}).get("values") or {})
+    new_values = dict(after.get("values") or {})
+    old_refs = dict((before or {}).get("secrets") or {})
+    new_refs = dict(after.get("secrets") or {})
+    lines = []
+    for key in sorted(set(old_values) | set(new_values)):
+        if key not in old_values:
+            lines.append(f"{key}: new, {show(key, new_values[key])}")
+        elif key not in new_values:
+            lines.append(f"{key}: removed (was {show(key, old_values[key])})")
+        elif not _same(old_values[key], new_values[key]):
+            lines.append(f"{key}: {show(key, new_values[key])}, was {show(key, old_values[key])}")
+    for key in sorted(set(old_refs) | set(new_refs)):
+        if key not in old_refs:
+            lines.append(f"{key} (secret): new, from {_reference(new_refs[key])}")
+        elif key not in new_refs:
+            lines.append(f"{key} (secret): removed (was from {_reference(old_refs[key])})")
+        elif _reference(old_refs[key]) != _reference(new_refs[key]):
+            lines.append(f"{key} (secret): from {_reference(new_refs[key])}, was from {_reference(old_refs[key])}")
+    return lines

@@ -381,6 +381,12 @@ class ChangePolicy(_Model):
         default="normal",
         description="standard (pre-approved) is kept only at low risk; emergency runs are emergency changes.",
     )
+    advisory_board: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="Group of the change advisory board: a new or changed configuration profile of an "
+        "environment needs one of its members' approval (never an author's) before a release deploys it.",
+    )
 
     @model_validator(mode="after")
     def _conn_for_servicenow(self) -> ChangePolicy:
@@ -924,6 +930,9 @@ def check_groups(spec: ReleaseSpec, source: str, groups: dict[str, list[str]]) -
                         f"{outsiders} are not members of {env.owner!r}, the owner of {env.name!r}",
                     )
                 )
+    board = spec.change.advisory_board
+    if board and board not in groups:
+        problems.append(("change.advisory_board", f"no group {board!r} is defined"))
     if problems:
         raise ReleaseSpecError(source, problems)
 

@@ -59,6 +59,7 @@ APPROVE = "approve"
 WINDOW = "window"
 VERIFY = "verify"
 DEPENDENCIES = "dependencies"
+BASELINE = "baseline"
 DRIFT = "drift"
 PARITY = "parity"
 LOCK = "lock"
@@ -107,6 +108,7 @@ class Kind(StrEnum):
     PACKAGE = "package"
     VERIFY = "verify"
     DEPENDENCIES = "dependencies"
+    BASELINE = "baseline"
     DRIFT = "drift"
     PARITY = "parity"
     APPROVAL = "approval"
@@ -149,6 +151,7 @@ OPTION_ROLL_BACK = "Roll back"
 OPTION_ABORT = "Abort and roll back"
 OPTION_REVIEWED = "Reviewed"
 OPTION_ACCEPT_DRIFT = "Accept the drift"
+OPTION_APPROVE_BASELINE = "Approve the profile"
 
 SCHEDULER = "scheduler"  # the author of a scheduled run nobody published a version for
 
@@ -203,6 +206,9 @@ class Event(StrEnum):
     DRIFT_DETECTED = "drift_detected"
     DRIFT_ACCEPTED = "drift_accepted"
     PARITY_CHECKED = "parity_checked"
+    BASELINE_CHECKED = "baseline_checked"
+    BASELINE_CHANGE_REQUESTED = "baseline_change_requested"
+    BASELINE_APPROVED = "baseline_approved"
 
 
 EVENT_KINDS = frozenset(kind.value for kind in Event)

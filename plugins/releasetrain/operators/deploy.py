@@ -110,6 +110,9 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
     :param config: the environment's configuration profile (``{version, sha256, values,
         secrets}``, secrets as references): sent with the deployment, its secrets resolved
         here and only here; the ledger and XCom get its version and digest
+    :param baseline_task_id: the stage's baseline step (a change advisory board): the
+        profile's digest must have been approved for the environment (the ledger's
+        ``baseline_approved``, this run's or an earlier one's)
     """
 
     ui_color = "#d2e3fc"
@@ -138,6 +141,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         locked: bool = False,
         config: dict[str, Any] | None = None,
         drift_task_id: str | None = None,
+        baseline_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         # Retried only for infrastructure trouble and Airflow 3.3's race between a fast
@@ -151,6 +155,9 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         self.locked = locked
         self.config = config
         self.drift_task_id = drift_task_id
+        self.baseline_task_id = baseline_task_id
+        if baseline_task_id and not config:
+            raise ValueError("baseline_task_id needs the config profile it approves")
         if (previous_environment is None) != (promotion_gate_task_id is None):
             raise ValueError("previous_environment and promotion_gate_task_id go together")
         if approval_task_ids and not approvers:
@@ -179,6 +186,8 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         run = run_ledger(context, self.release)
         digest = self._verified_digest(context, run)
         enforce(context, self._gates(context, run, request, digest), self.release, self.environment)
+        if self.baseline_task_id:  # the profile about to be sent is one the change advisory board approved
+            enforce(context, self._baseline_approved(run), self.release, self.environment)
         if self.requires:  # the shared services it needs, asked again now (the waiting step proves nothing)
             from releasetrain.operators.dependency import requirements_decision
 
@@ -283,6 +292,16 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
             "%s now runs %s %s (deployment %s)", self.environment, self.release, version, event["deployment_id"]
         )
         return self._result(version, digest, pre, deployment_id=event["deployment_id"], noop=False, context=context)
+
+    def _baseline_approved(self, run: RunLedger) -> Decision:
+        from releasetrain.hooks.ledger import LedgerHook
+
+        hook = LedgerHook()
+        try:
+            approvals = list(hook.events(release=self.release, kind=Event.BASELINE_APPROVED))
+        finally:
+            hook.close()
+        return gatekeeper.baseline(run, approvals, self.environment, self.config["sha256"], self.baseline_task_id)
 
     def _drift_holds(self, run: RunLedger, live: dict[str, Any]) -> Decision:
         """The drift step's record (no drift, or drift accepted) and the target as it is now:
