@@ -35,7 +35,7 @@ from releasetrain.core.vocabulary import Kind, Rule
 from releasetrain.core.windows import CalendarError
 from releasetrain.operators.approval import ReleaseApprovalOperator
 from releasetrain.operators.baseline import BaselineApprovalOperator
-from releasetrain.operators.checks import HealthVerificationOperator, SmokeCheckOperator
+from releasetrain.operators.checks import HealthVerificationOperator, SmokeCheckOperator, TestSuiteOperator
 from releasetrain.operators.complete import ReleaseCompleteOperator
 from releasetrain.operators.dependency import DependencyGateOperator
 from releasetrain.operators.deploy import EnvironmentDeployOperator
@@ -377,6 +377,7 @@ OPERATORS: dict[Kind, type] = {
     Kind.DECISION: AnalysisDecisionOperator,
     Kind.PROMOTE: PromoteOperator,
     Kind.SMOKE: SmokeCheckOperator,
+    Kind.SUITE: TestSuiteOperator,
     Kind.HEALTH: HealthVerificationOperator,
     Kind.PASSED: EnvironmentPassedOperator,
     Kind.ABORT: RolloutAbortOperator,
@@ -413,7 +414,7 @@ def render(plan: Plan, dag: DAG) -> dict[str, Any]:
 def _check_journeys(spec: ReleaseSpec, project_root: Path) -> None:
     """Every journey a spec names has its file (``include/journeys/<name>.yaml``)."""
     for env in spec.environments:
-        for names in (env.journeys, analysis_journeys(env)):
+        for names in (env.journeys, analysis_journeys(env), *[s.journeys for s in env.test_suites]):
             missing = [
                 name for name, path in journey_files(str(project_root), names).items() if not Path(path).is_file()
             ]

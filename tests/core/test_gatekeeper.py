@@ -371,3 +371,34 @@ def test_a_profile_is_deployed_only_with_the_boards_approval_of_its_digest():
     assert not gatekeeper.baseline(run, approvals, "staging", DIGEST, "staging.baseline").allowed, "per environment"
     by_hand = RunLedger([ev(Event.TASK_STATE, "prod.baseline", state="success", by_hand=True)])
     assert "set to success by hand" in gatekeeper.baseline(by_hand, [], "prod", DIGEST, "prod.baseline").message()
+
+
+@pytest.mark.parametrize(
+    ("events", "reason"),
+    [
+        ([], "no test suite result recorded in the ledger by dev.tests_api"),
+        ([ev(Event.TESTS_PASSED, "dev.tests_api", "dev", digest=DIGEST)], None),
+        (
+            [
+                ev(Event.TESTS_PASSED, "dev.tests_api", "dev", digest=DIGEST),
+                ev(Event.TESTS_FAILED, "dev.tests_api", "dev", digest=DIGEST, failures=["cart: HTTP 500"]),
+            ],
+            "test suite dev.tests_api failed in dev (cart: HTTP 500)",
+        ),
+        (
+            [
+                ev(Event.TESTS_FAILED, "dev.tests_api", "dev", digest=DIGEST, failures=["cart: HTTP 500"]),
+                ev(Event.TASK_STATE, "dev.tests_api", state="success", by_hand=True),
+            ],
+            "set to success by hand, which proves nothing",
+        ),
+        ([ev(Event.TESTS_PASSED, "dev.tests_api", "dev", digest="sha256:old")], "passed on sha256:old, not"),
+    ],
+)
+def test_production_waits_for_the_latest_record_of_each_suite_on_its_digest(events, reason):
+    decision = gatekeeper.suites_passed(RunLedger(events), ["dev.tests_api"], DIGEST, "prod.deploy")
+    assert decision.allowed is (reason is None)
+    if reason:
+        assert reason in decision.message()
+    proof = gatekeeper.step_proof(RunLedger(events), "dev.tests_api", "dev", digest=DIGEST)
+    assert proof.allowed is (reason is None), "a suite as a stage's proof: the same rule"

@@ -336,3 +336,48 @@ def test_an_advisory_board_must_be_a_defined_group():
 
     with pytest.raises(ReleaseSpecError, match=r"change.advisory_board: no group 'cab' is defined"):
         check_groups(spec(change={"advisory_board": "cab"}), "shop.yaml", GROUPS)
+
+
+def test_test_suites_run_beside_the_next_environments_and_hold_up_production_only():
+    suite = {"name": "api", "checks": [{"name": "cart", "endpoint": "app/cart"}]}
+    envs = [
+        {"name": "dev", "deploy_target": "fleet_dev", "test_suites": [suite, {**suite, "name": "ui"}]},
+        {"name": "staging", "deploy_target": "fleet_staging", "test_suites": [{**suite, "name": "load"}]},
+        {
+            "name": "prod",
+            "deploy_target": "fleet_prod",
+            "approval": {"required": True, "approvers": ["bob"]},
+            "smoke_checks": [{"name": "up", "endpoint": "health"}],
+            "test_suites": [{**suite, "name": "post"}],
+        },
+    ]
+    plan = plan_release(spec(environments=envs), CTX)
+    earlier = ["dev.tests_api", "dev.tests_ui", "staging.tests_load"]
+    api = plan.steps["dev.tests_api"]
+    assert api.kind == Kind.SUITE and api.args["suite"] == "api" and api.args["deploy_task_id"] == "dev.deploy"
+    assert plan.upstream("dev.tests_api") == ["dev.passed"] and plan.upstream("dev.tests_ui") == ["dev.passed"]
+    assert plan.upstream("staging.verify") == ["dev.passed"], "the next non-production environment does not wait"
+    assert "dev.tests_api" in plan.upstream("dev.unlock"), "the target stays locked while it is tested"
+    assert "dev.tests_api" not in plan.upstream("dev.rollback"), "a failed suite does not roll dev back"
+    assert set(earlier) <= set(plan.upstream("prod.verify")), "production waits for every earlier suite"
+    assert plan.steps["prod.deploy"].args["suite_task_ids"] == earlier
+    assert "suite_task_ids" not in plan.steps["staging.deploy"].args
+    # production's own suite is part of its stage
+    assert plan.upstream("prod.tests_post") == ["prod.smoke"] and plan.upstream("prod.passed") == ["prod.tests_post"]
+    assert "prod.tests_post" in plan.steps["prod.passed"].args["proof_task_ids"]
+    assert "prod.tests_post" in plan.upstream("prod.rollback")
+    assert plan.steps[v.RELEASE_COMPLETE].args["suite_task_ids"] == earlier
+    assert set(earlier) <= set(plan.upstream(v.RELEASE_COMPLETE))
+
+
+@pytest.mark.parametrize(
+    ("suites", "error"),
+    [
+        ([{"name": "api"}], "test suite 'api' has no checks and no journeys"),
+        ([{"name": "a", "journeys": ["j"]}, {"name": "a", "journeys": ["j"]}], "name 'a' is used more than once"),
+    ],
+)
+def test_a_test_suite_needs_checks_and_a_name_of_its_own(suites, error):
+    envs = [{"name": "dev", "deploy_target": "fleet_dev", "test_suites": suites}]
+    with pytest.raises(ReleaseSpecError, match=error):
+        spec(environments=envs)

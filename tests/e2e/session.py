@@ -75,6 +75,8 @@ E2E_DAGS = {
     "release_drifty",
     # issue 13: a configuration profile is deployed only once the change advisory board approved it
     "release_baselined",
+    # issue 13: test suites beside the next environment, blocking production
+    "release_suited",
 }
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
 GATE_ENVIRONMENTS = ["guard-staging", "guard-prod", "shared"]
@@ -192,6 +194,9 @@ def session_stack() -> Iterator[DevStack]:
             "consumer",
             "drift-env",
             "cab-env",
+            "suite-dev",
+            "suite-staging",
+            "suite-prod",
             "windowed-dev",
             "payments-staging",
             "payments-prod",

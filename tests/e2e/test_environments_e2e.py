@@ -127,3 +127,41 @@ def test_a_profile_is_deployed_only_after_the_change_advisory_board_approved_it(
     [checked] = kinds(again, "baseline_checked")
     assert checked.details["approved_by"] == "approver2" and checked.details["approved_in"] == approved
     assert not kinds(again, "baseline_change_requested")
+
+
+# --- the parallel test stage -----------------------------------------------------------------
+SUITE_DAG = "release_suited"
+API, JOURNEYS = "suite-dev.tests_api", "suite-dev.tests_journeys"
+
+
+def test_suites_do_not_hold_up_the_next_environment_but_production_waits_for_them(author, fleet, ledger):
+    def kinds(run_id: str, kind: str) -> list:
+        return [e for e in ledger.events("suited", run_id, SUITE_DAG) if e.kind == kind]
+
+    # 1.0.0 is broken in suite-dev (every application request fails; its version page answers)
+    fleet.post("/faults", {"environment": "suite-dev", "version": "1.0.0", "error_rate": 1.0})
+    failing = author.trigger(SUITE_DAG, {"version": "1.0.0", "change_summary": "suites fail"})["dag_run_id"]
+    assert author.wait_for_run(SUITE_DAG, failing, timeout=300)["state"] == "failed"
+    states = author.task_states(SUITE_DAG, failing)
+    assert states[API] == "failed" and states[JOURNEYS] == "failed", states
+    assert states["suite-staging.passed"] == "success", "staging did not wait for dev's suites"
+    assert states["suite-prod.verify"] == "upstream_failed" and states["suite-prod.deploy"] == "upstream_failed"
+    assert fleet("suite-staging")["version"] == "1.0.0" and fleet("suite-prod")["version"] is None
+    failed = {e.details["suite"]: e.details["failures"] for e in kinds(failing, "tests_failed")}
+    assert sorted(failed) == ["api", "journeys"] and failed["api"][0].startswith("cart answers:")
+
+    # a suite marked successful by hand before it ran: production's deploy asks the ledger
+    skipped = author.trigger(SUITE_DAG, {"version": "1.0.1", "change_summary": "suite by hand"})["dag_run_id"]
+    author.set_task_state(SUITE_DAG, skipped, API, "success")
+    assert author.wait_for_run(SUITE_DAG, skipped, timeout=300)["state"] == "failed"
+    states = author.task_states(SUITE_DAG, skipped)
+    assert states[JOURNEYS] == "success" and states["suite-prod.deploy"] == "failed", states
+    [reason] = [" ".join(e.details["reasons"]) for e in kinds(skipped, "gate_refused")]
+    assert f"no test suite result recorded in the ledger by {API} in this run" in reason
+    assert JOURNEYS not in reason, "the suite that ran and passed holds nothing up"
+    assert fleet("suite-prod")["version"] is None, "production got nothing the suites did not pass"
+
+    passing = author.trigger(SUITE_DAG, {"version": "1.1.0", "change_summary": "suites pass"})["dag_run_id"]
+    assert author.wait_for_run(SUITE_DAG, passing, timeout=300)["state"] == "success"
+    assert sorted(e.details["suite"] for e in kinds(passing, "tests_passed")) == ["api", "journeys"]
+    assert fleet("suite-prod")["version"] == "1.1.0"

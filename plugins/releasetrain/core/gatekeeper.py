@@ -26,6 +26,7 @@ from releasetrain.core.vocabulary import (
     OPTION_ROLL_BACK,
     PROMOTE,
     SMOKE,
+    TESTS,
     VERIFY,
     WATCH,
     Event,
@@ -178,7 +179,30 @@ def step_kind(task_id: str) -> str:
     name = task_id.rsplit(".", 1)[-1]
     if name.startswith("canary_") or name in (ANALYSIS, WATCH):
         return ANALYSIS
+    if name.startswith(f"{TESTS}_"):
+        return TESTS
     return name
+
+
+def suites_passed(run: RunLedger, task_ids: Sequence[str], digest: str, step: str) -> Decision:
+    """Each test suite's latest record says it passed, on ``digest``: a suite that failed and
+    was set to success by hand (or not run) holds ``step`` up."""
+    reasons = []
+    for task_id in task_ids:
+        records = [
+            e
+            for e in run.events
+            if e.kind in (Event.TESTS_PASSED, Event.TESTS_FAILED) and e.details.get("task_id") == task_id
+        ]
+        if not records:
+            reasons.append(run.missing(task_id, "test suite result"))
+        elif records[-1].kind == Event.TESTS_FAILED:
+            how = "; it was set to success by hand, which proves nothing" if run.set_by_hand(task_id) else ""
+            failures = "; ".join(records[-1].details.get("failures") or []) or "see its log"
+            reasons.append(f"test suite {task_id} failed in {records[-1].environment} ({failures}){how}")
+        elif digest and records[-1].details.get("digest") != digest:
+            reasons.append(f"test suite {task_id} passed on {records[-1].details.get('digest')}, not {digest}")
+    return Decision.refuse(step, *reasons) if reasons else Decision.allow(step)
 
 
 def step_proof(run: RunLedger, task_id: str, environment: str, *, digest: str | None = None) -> Decision:
@@ -186,6 +210,8 @@ def step_proof(run: RunLedger, task_id: str, environment: str, *, digest: str | 
     kind = step_kind(task_id)
     if kind == ANALYSIS:
         return analysis_proof(run, task_id, environment)
+    if kind == TESTS:
+        return suites_passed(run, [task_id], digest or "", task_id)
     expected = {
         VERIFY: Event.VERIFIED,
         DEPLOY: Event.DEPLOYED,

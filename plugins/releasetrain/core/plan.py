@@ -125,10 +125,10 @@ def plan_release(spec: ReleaseSpec, ctx: PlanContext) -> Plan:
     package = plan.add(_package(spec, ctx))
     plan.connect(request, risk)
     plan.connect(risk, package)
-    upstream, gates, windows = package, [], []
+    upstream, gates, windows, suites = package, [], [], []
     for env in spec.environments:
-        upstream = _stage(plan, spec, env, ctx, upstream, gates, windows)
-    _finish(plan, spec, upstream, gates, windows)
+        upstream = _stage(plan, spec, env, ctx, upstream, gates, windows, suites)
+    _finish(plan, spec, upstream, gates, windows, suites)
     return plan
 
 
@@ -175,8 +175,11 @@ def _package(spec: ReleaseSpec, ctx: PlanContext) -> Step:
     )
 
 
-def _finish(plan: Plan, spec: ReleaseSpec, upstream: str, gates: list[str], windows: list[str]) -> None:
-    """The leaf that decides the run's state, after the review and closure when there are any.
+def _finish(
+    plan: Plan, spec: ReleaseSpec, upstream: str, gates: list[str], windows: list[str], suites: list[str]
+) -> None:
+    """The leaf that decides the run's state, after the review and closure when there are any
+    (and the test suites of non-production environments).
 
     With a post-implementation review (skipped for normal runs), the leaf must run when the
     review was skipped, and still fail when anything before it failed."""
@@ -187,6 +190,7 @@ def _finish(plan: Plan, spec: ReleaseSpec, upstream: str, gates: list[str], wind
             {
                 "release": spec.name,
                 "gate_task_ids": list(gates),
+                **({"suite_task_ids": list(suites)} if suites else {}),
                 "environments": [env.name for env in spec.environments],
                 "review_task_id": v.POST_IMPLEMENTATION_REVIEW if spec.has_calendar else None,
                 "closure_task_id": v.CLOSURE if spec.closure else None,
@@ -218,6 +222,7 @@ def _finish(plan: Plan, spec: ReleaseSpec, upstream: str, gates: list[str], wind
         plan.connect(before_closure, closure)
         plan.connect(closure, complete)
     plan.connect(upstream, complete)
+    plan.connect(suites, complete)
 
 
 # --- an environment's stage -----------------------------------------------------------------
@@ -256,9 +261,17 @@ class _Stage:
 
 
 def _stage(
-    plan: Plan, spec: ReleaseSpec, env: Any, ctx: PlanContext, upstream: str, gates: list[str], windows: list[str]
+    plan: Plan,
+    spec: ReleaseSpec,
+    env: Any,
+    ctx: PlanContext,
+    upstream: str,
+    gates: list[str],
+    windows: list[str],
+    suites: list[str],
 ) -> str:
-    """Plan one environment's stage after ``upstream``; returns its last step (its gate)."""
+    """Plan one environment's stage after ``upstream``; returns its last step (its gate).
+    ``suites``: the test suites of the non-production environments before it (it adds its own)."""
     plan.groups[env.name] = f"Deploy {spec.name} to {env.name}"
     stage = _Stage(
         plan,
@@ -276,7 +289,9 @@ def _stage(
     before_lock = _dependencies(stage, verify)
     baseline = _baseline(stage, before_lock)
     drift = _drift(stage, baseline or before_lock)
-    deploy = _deploy(stage, verify, gates, approval_ids, window, drift, baseline)
+    deploy = _deploy(stage, verify, gates, approval_ids, window, drift, baseline, suites)
+    if stage.production:  # every earlier test suite has passed before production is deployed
+        plan.connect(suites, verify)
     lock = stage.add(
         v.LOCK,
         Kind.LOCK,
@@ -290,11 +305,18 @@ def _stage(
     plan.connect(tail, smoke)
     last = _health(stage, smoke, deploy)
     watch, last = _watch(stage, deploy, last)
-    passed = _passed(stage, verify, deploy, smoke, watch)
-    plan.connect(last, passed)
+    own = _suites(stage, deploy)
+    if stage.production:  # part of the stage: proofs of its gate, a failure rolls it back
+        plan.connect(last, own)
+        stage.watched += own
+    passed = _passed(stage, verify, deploy, smoke, watch, own if stage.production else [])
+    plan.connect(own if stage.production and own else last, passed)
+    if not stage.production:  # beside the next environments, on the target it tests (still locked)
+        plan.connect(passed, own)
+        suites += own
     abort = _abort(stage, verify, passed)
     rollback = _rollback(stage, deploy)
-    _unlock(stage, [lock, *stage.watched, passed, rollback, *([abort] if abort else [])])
+    _unlock(stage, [lock, *stage.watched, passed, rollback, *own, *([abort] if abort else [])])
     plan.connect(upstream, first)
     gates.append(passed)
     return passed
@@ -500,6 +522,7 @@ def _deploy(
     window: str | None,
     drift: str | None,
     baseline: str | None,
+    suites: list[str],
 ) -> str:
     env, spec, groups = stage.env, stage.spec, stage.ctx.groups
     previous = spec.previous_environment(env.name)
@@ -529,6 +552,7 @@ def _deploy(
             "locked": True,
             **({"config": env.config.plan(), "drift_task_id": drift} if env.config else {}),
             **({"baseline_task_id": baseline} if baseline else {}),
+            **({"suite_task_ids": list(suites)} if stage.production and suites else {}),
         },
     )
 
@@ -655,13 +679,35 @@ def _watch(stage: _Stage, deploy: str, last: str) -> tuple[str | None, str]:
     return check, decide
 
 
-def _passed(stage: _Stage, verify: str, deploy: str, smoke: str, watch: str | None) -> str:
+def _suites(stage: _Stage, deploy: str) -> list[str]:
+    """The environment's test suites, each its own step (they run in parallel)."""
+    env = stage.env
+    return [
+        stage.add(
+            v.suite_task(suite.name),
+            Kind.SUITE,
+            {
+                "release": stage.spec.name,
+                "environment": env.name,
+                "suite": suite.name,
+                "deploy_task_id": deploy,
+                "http_conn_id": env.deploy_target,
+                "checks": [c.model_dump(mode="json") for c in suite.checks],
+                "journeys": journey_files(stage.ctx.project_root, suite.journeys),
+            },
+        )
+        for suite in env.test_suites
+    ]
+
+
+def _passed(stage: _Stage, verify: str, deploy: str, smoke: str, watch: str | None, suites: list[str]) -> str:
     """The environment's gate; it proves, from the ledger, every step the stage needed."""
     rollout = [a for a in stage.analyses if a != watch]
     proofs = [verify, deploy, *rollout]
     proofs += [stage.id(v.PROMOTE)] if stage.env.strategy.progressive else []
     proofs += [smoke] + ([stage.id(v.HEALTH)] if stage.env.health_checks else [])
     proofs += [watch] if watch else []
+    proofs += suites
     return stage.add(
         v.PASSED,
         Kind.PASSED,

@@ -248,6 +248,25 @@ class Strategy(_Model):
 CONFIG_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"
 
 
+class Suite(_Model):
+    """A test suite run against an environment after its deploy, beside the other suites and
+    the next environments: it does not hold up the next non-production environment, but no
+    production environment is deployed before it passed (on a production environment it is
+    part of the stage: a failure rolls the environment back)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    checks: list[HttpCheck] = Field(default_factory=list, description="HTTP checks of the suite.")
+    journeys: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
+        default_factory=list, description="Synthetic journeys (include/journeys/<name>.yaml) of the suite."
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Suite:
+        if not self.checks and not self.journeys:
+            raise ValueError(f"test suite {self.name!r} has no checks and no journeys")
+        return self
+
+
 class SecretRef(_Model):
     """A secret by reference, resolved by the deploy task at deploy time: an Airflow
     connection's password (or login), or a variable from the secrets backend."""
@@ -346,6 +365,16 @@ class Environment(_Model):
     config: ConfigProfile | None = Field(
         default=None, description="The environment's configuration profile, sent with every deploy to it."
     )
+    test_suites: list[Suite] = Field(
+        default_factory=list,
+        description="Test suites run in parallel after the deploy: not blocking the next non-production "
+        "environment, blocking every production one.",
+    )
+
+    @field_validator("test_suites")
+    @classmethod
+    def _unique_suites(cls, value: list[Suite]) -> list[Suite]:
+        return unique_names(value)
 
     @field_validator("name")
     @classmethod

@@ -61,6 +61,7 @@ VERIFY = "verify"
 DEPENDENCIES = "dependencies"
 BASELINE = "baseline"
 DRIFT = "drift"
+TESTS = "tests"  # a test suite: tests_<suite>
 PARITY = "parity"
 LOCK = "lock"
 DEPLOY = "deploy"
@@ -88,6 +89,11 @@ def review_task(group: str) -> str:
     return f"review_{group}"
 
 
+def suite_task(suite: str) -> str:
+    """A test suite's task in its environment's group: ``tests_<suite>``."""
+    return f"{TESTS}_{suite}"
+
+
 def canary_task(weight: int) -> str:
     return f"canary_{weight}"
 
@@ -110,6 +116,7 @@ class Kind(StrEnum):
     DEPENDENCIES = "dependencies"
     BASELINE = "baseline"
     DRIFT = "drift"
+    SUITE = "suite"
     PARITY = "parity"
     APPROVAL = "approval"
     WINDOW = "window"
@@ -209,6 +216,8 @@ class Event(StrEnum):
     BASELINE_CHECKED = "baseline_checked"
     BASELINE_CHANGE_REQUESTED = "baseline_change_requested"
     BASELINE_APPROVED = "baseline_approved"
+    TESTS_PASSED = "tests_passed"
+    TESTS_FAILED = "tests_failed"
 
 
 EVENT_KINDS = frozenset(kind.value for kind in Event)

@@ -64,6 +64,8 @@ class SmokeCheckOperator(_EnvironmentCheckOperator):
     """
 
     ui_color = "#fce8e6"
+    what = "smoke"
+    passed_event, failed_event = Event.CHECKS_PASSED, Event.CHECKS_FAILED
 
     def __init__(self, *, checks: list[dict[str, Any]], journeys: dict[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -100,26 +102,26 @@ class SmokeCheckOperator(_EnvironmentCheckOperator):
             )
         failed = [r for r in results if not r.passed]
         failed_journeys = [j for j in journeys if not j.ok]
+        failures = [f"{r.name}: {'; '.join(r.failures)}" for r in failed] + [
+            f"journey {j.journey}: {j.summary}" for j in failed_journeys
+        ]
         record(
             context,
-            Event.CHECKS_FAILED if failed or failed_journeys else Event.CHECKS_PASSED,
+            self.failed_event if failures else self.passed_event,
             self.release,
             environment=self.environment,
             details={
-                "kind": "smoke",
+                **self._kind(),
                 "digest": deployed["digest"],
                 "checks": [r.to_dict() for r in results],
                 "journeys": [j.to_dict() for j in journeys],
+                **({"failures": failures} if failures else {}),
             },
         )
-        if failed or failed_journeys:
+        if failures:
             raise AirflowException(
-                f"{self.environment}: {len(failed) + len(failed_journeys)} of {len(results) + len(journeys)} smoke "
-                "checks failed: "
-                + " | ".join(
-                    [f"{r.name}: {'; '.join(r.failures)}" for r in failed]
-                    + [f"journey {j.journey}: {j.summary}" for j in failed_journeys]
-                )
+                f"{self.environment}: {len(failures)} of {len(results) + len(journeys)} {self.what} "
+                "checks failed: " + " | ".join(failures)
             )
         if not results:
             self.log.warning("%s declares no smoke checks", self.environment)
@@ -130,6 +132,30 @@ class SmokeCheckOperator(_EnvironmentCheckOperator):
             "checks": [r.to_dict() for r in results],
             "journeys": [j.to_dict() for j in journeys],
         }
+
+    def _kind(self) -> dict[str, str]:
+        return {"kind": "smoke"}
+
+
+class TestSuiteOperator(SmokeCheckOperator):
+    """One of an environment's test suites (checks and journeys), run after its deploy beside
+    the others: records ``tests_passed`` or ``tests_failed`` (with the failures). A
+    production deploy and the release's completion ask the ledger for it.
+
+    :param suite: the suite's name
+    """
+
+    __test__ = False  # not a pytest test class
+    ui_color = "#e6f4ea"
+    passed_event, failed_event = Event.TESTS_PASSED, Event.TESTS_FAILED
+
+    def __init__(self, *, suite: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.suite = suite
+        self.what = f"test suite {suite}"
+
+    def _kind(self) -> dict[str, str]:
+        return {"kind": "suite", "suite": self.suite}
 
 
 class HealthVerificationOperator(_EnvironmentCheckOperator):

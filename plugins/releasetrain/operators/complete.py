@@ -23,6 +23,7 @@ class ReleaseCompleteOperator(BaseOperator):
 
     :param environments: the release's environments, in promotion order
     :param gate_task_ids: each environment's last gate (``<env>.passed``), in promotion order
+    :param suite_task_ids: the test suites of non-production environments: each passed
     """
 
     ui_color = "#ceead6"
@@ -35,9 +36,11 @@ class ReleaseCompleteOperator(BaseOperator):
         environments: list[str] | None = None,
         review_task_id: str | None = None,
         closure_task_id: str | None = None,
+        suite_task_ids: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.suite_task_ids = list(suite_task_ids or [])
         self.closure_task_id = closure_task_id
         self.release = release
         self.gate_task_ids = list(gate_task_ids)
@@ -53,6 +56,8 @@ class ReleaseCompleteOperator(BaseOperator):
             gatekeeper.environment_passed(run, env, digest or "", gate_task_id=gate)
             for env, gate in zip(self.environments, self.gate_task_ids, strict=True)
         ]
+        if self.suite_task_ids:
+            decisions.append(gatekeeper.suites_passed(run, self.suite_task_ids, digest or "", "test suites"))
         if request.emergency and self.review_task_id:
             decisions.append(
                 gatekeeper.recorded_person(run, Event.REVIEW, self.review_task_id, "post-implementation review")
