@@ -60,6 +60,7 @@ from releasetrain.operators.progressive import (
 from releasetrain.operators.request import ReleaseRequestOperator
 from releasetrain.operators.review import PostImplementationReviewOperator
 from releasetrain.operators.rollback import RollbackOperator
+from releasetrain.operators.scope import ScopeFreezeOperator
 from releasetrain.operators.verify import BundleVerifyOperator
 from releasetrain.operators.window import ReleaseWindowSensor
 from releasetrain.timetables.release_window import ReleaseWindowTimetable
@@ -367,6 +368,7 @@ OPERATORS: dict[Kind, type] = {
     Kind.VERIFY: BundleVerifyOperator,
     Kind.DEPENDENCIES: DependencyGateOperator,
     Kind.BASELINE: BaselineApprovalOperator,
+    Kind.SCOPE: ScopeFreezeOperator,
     Kind.DRIFT: ConfigDriftOperator,
     Kind.PARITY: ParityCheckOperator,
     Kind.APPROVAL: ReleaseApprovalOperator,

@@ -381,3 +381,13 @@ def test_a_test_suite_needs_checks_and_a_name_of_its_own(suites, error):
     envs = [{"name": "dev", "deploy_target": "fleet_dev", "test_suites": suites}]
     with pytest.raises(ReleaseSpecError, match=error):
         spec(environments=envs)
+
+
+def test_a_scope_freeze_is_checked_after_packaging_before_any_environment_and_by_every_deploy():
+    plan = plan_release(spec(scope_freeze={"environment": "dev"}), CTX)
+    scope = plan.steps[v.SCOPE]
+    assert scope.kind == Kind.SCOPE and scope.args["freeze"] == {"environment": "dev"}
+    assert scope.args["approvers"] == ["bob"] and scope.args["production"] == ["prod"]
+    assert plan.upstream(v.SCOPE) == [v.PACKAGE] and plan.upstream("dev.verify") == [v.SCOPE]
+    assert all(plan.steps[f"{e}.deploy"].args["scope_task_id"] == v.SCOPE for e in ("dev", "prod"))
+    assert v.SCOPE not in plan_release(spec(), CTX).steps

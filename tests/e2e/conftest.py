@@ -114,6 +114,7 @@ MODULE_ORDER = [
     "test_progressive_e2e",
     "test_packaging_e2e",
     "test_governance_e2e",
+    "test_scope_e2e",
 ]
 
 

@@ -77,6 +77,8 @@ E2E_DAGS = {
     "release_baselined",
     # issue 13: test suites beside the next environment, blocking production
     "release_suited",
+    # issue 13: after the scope freeze, other contents need an exception
+    "release_frozen",
 }
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
 GATE_ENVIRONMENTS = ["guard-staging", "guard-prod", "shared"]
@@ -197,6 +199,8 @@ def session_stack() -> Iterator[DevStack]:
             "suite-dev",
             "suite-staging",
             "suite-prod",
+            "frozen-dev",
+            "frozen-prod",
             "windowed-dev",
             "payments-staging",
             "payments-prod",

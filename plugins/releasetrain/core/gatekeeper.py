@@ -396,6 +396,22 @@ def baseline(
     )
 
 
+def scope(run: RunLedger, scope_task_id: str) -> Decision:
+    """The scope step's latest record: the contents are within the frozen scope (or it is not
+    frozen yet), or an exception was granted; a change nobody granted holds every deploy."""
+    kinds = (Event.SCOPE_CHECKED, Event.SCOPE_FROZEN, Event.SCOPE_CHANGE_REQUESTED, Event.SCOPE_EXCEPTION)
+    records = [e for e in run.events if e.kind in kinds and e.details.get("task_id") == scope_task_id]
+    if not records:
+        return Decision.refuse(scope_task_id, run.missing(scope_task_id, "scope check or scope exception"))
+    if records[-1].kind == Event.SCOPE_CHANGE_REQUESTED:
+        how = "; it was set to success by hand, which proves nothing" if run.set_by_hand(scope_task_id) else ""
+        changes = "; ".join(records[-1].details.get("changes") or [])
+        return Decision.refuse(
+            scope_task_id, f"the contents changed after the scope freeze ({changes}) and no exception was granted{how}"
+        )
+    return Decision.allow(scope_task_id)
+
+
 def drift_record(run: RunLedger, environment: str, drift_task_id: str) -> dict[str, Any] | None:
     """What the drift check saw on the target when it let the stage go on (``reported``)."""
     kinds = (Event.DRIFT_CHECKED, Event.DRIFT_ACCEPTED)

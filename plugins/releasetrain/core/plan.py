@@ -126,6 +126,9 @@ def plan_release(spec: ReleaseSpec, ctx: PlanContext) -> Plan:
     plan.connect(request, risk)
     plan.connect(risk, package)
     upstream, gates, windows, suites = package, [], [], []
+    if spec.scope_freeze:
+        upstream = plan.add(_scope(spec, ctx))
+        plan.connect(package, upstream)
     for env in spec.environments:
         upstream = _stage(plan, spec, env, ctx, upstream, gates, windows, suites)
     _finish(plan, spec, upstream, gates, windows, suites)
@@ -171,6 +174,26 @@ def _package(spec: ReleaseSpec, ctx: PlanContext) -> Step:
             "production": spec.production_environments,
             "environments": [env.name for env in spec.environments],
             "config_patterns": spec.config_patterns,
+        },
+    )
+
+
+def _scope(spec: ReleaseSpec, ctx: PlanContext) -> Step:
+    """The scope freeze check, once the contents are packaged and before any environment;
+    exceptions go to production's approvers (else the release's reviewers)."""
+    freeze = spec.scope_freeze
+    approvers: list[str] = []
+    for env in spec.environments:
+        if env.name in spec.production_environments:
+            approvers += [u for u in approval_pool(env, ctx.groups) if u not in approvers]
+    return Step(
+        v.SCOPE,
+        Kind.SCOPE,
+        {
+            "release": spec.name,
+            "freeze": freeze.model_dump(mode="json", exclude_none=True),
+            "production": list(spec.production_environments),
+            "approvers": approvers or list(spec.review_users),
         },
     )
 
@@ -553,6 +576,7 @@ def _deploy(
             **({"config": env.config.plan(), "drift_task_id": drift} if env.config else {}),
             **({"baseline_task_id": baseline} if baseline else {}),
             **({"suite_task_ids": list(suites)} if stage.production and suites else {}),
+            **({"scope_task_id": v.SCOPE} if spec.scope_freeze else {}),
         },
     )
 

@@ -11,6 +11,7 @@ import json
 import os
 import re
 from collections.abc import Iterable
+from datetime import date as Date
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,7 +26,7 @@ from releasetrain.core.windows import CalendarError, CalendarSpec, IcsBlackout, 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 # task ids of the release DAG that an environment's task group must not collide with
-RESERVED_ENVIRONMENT_NAMES = frozenset({"prepare", "package", "release_complete"})
+RESERVED_ENVIRONMENT_NAMES = frozenset({"prepare", "package", "scope", "release_complete"})
 CONN_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
 USER_PATTERN = r"^[A-Za-z0-9_.@+-]+$"
 
@@ -397,6 +398,26 @@ class Environment(_Model):
         return self
 
 
+class ScopeFreeze(_Model):
+    """When the release's contents (components and their versions) freeze, in each cycle (the
+    runs since it last reached production): on a date, or once a run passed an environment.
+    After it, a run with other contents needs a scope exception, granted with a reason by
+    someone other than its author (production's approvers, else the release's reviewers)."""
+
+    date: Date | None = Field(
+        default=None, description="From this day (UTC) on: the contents packaged last before it are frozen."
+    )
+    environment: str | None = Field(
+        default=None, pattern=NAME_PATTERN, description="Once a run passed this environment: its contents are frozen."
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> ScopeFreeze:
+        if (self.date is None) == (self.environment is None):
+            raise ValueError("scope_freeze names either a date or an environment")
+        return self
+
+
 class ChangePolicy(_Model):
     """How each release run is recorded as a change (ServiceNow's change state model)."""
 
@@ -575,6 +596,11 @@ class ReleaseSpec(_Model):
     )
     backout_minutes: int | None = Field(default=None, gt=0, description="Estimated time to back the release out.")
     change: ChangePolicy = Field(default_factory=lambda: ChangePolicy())
+    scope_freeze: ScopeFreeze | None = Field(
+        default=None,
+        description="When the release's contents freeze: {date: 2026-12-01} or {environment: staging}; after "
+        "it, other components or versions need a scope exception.",
+    )
     notifications: list[Notification] = Field(
         default_factory=list, description="Told after every rollback (what failed, measurements, links)."
     )
@@ -620,6 +646,11 @@ class ReleaseSpec(_Model):
                     raise ValueError(f"depends_on[{i}].environments: {unknown} are not environments of this release")
                 if dependency.release == self.name:
                     raise ValueError(f"depends_on[{i}]: a release cannot depend on itself")
+        freeze = self.scope_freeze
+        if freeze and freeze.environment and freeze.environment not in names:
+            raise ValueError(f"scope_freeze.environment: {freeze.environment!r} is not an environment of this release")
+        if freeze and freeze.environment in self.production_environments:
+            raise ValueError("scope_freeze.environment: passing production ends the release's cycle; freeze before it")
         return self
 
     @property

@@ -44,6 +44,7 @@ def target_pool(deploy_target: str) -> str:
 PREPARE = "prepare"
 ASSESS_RISK = "assess_risk"
 PACKAGE = "package"
+SCOPE = "scope"  # the scope freeze check, after package
 POST_IMPLEMENTATION_REVIEW = "post_implementation_review"
 CLOSURE = "closure"
 RELEASE_COMPLETE = "release_complete"
@@ -117,6 +118,7 @@ class Kind(StrEnum):
     BASELINE = "baseline"
     DRIFT = "drift"
     SUITE = "suite"
+    SCOPE = "scope"
     PARITY = "parity"
     APPROVAL = "approval"
     WINDOW = "window"
@@ -159,6 +161,7 @@ OPTION_ABORT = "Abort and roll back"
 OPTION_REVIEWED = "Reviewed"
 OPTION_ACCEPT_DRIFT = "Accept the drift"
 OPTION_APPROVE_BASELINE = "Approve the profile"
+OPTION_GRANT_EXCEPTION = "Grant the exception"
 
 SCHEDULER = "scheduler"  # the author of a scheduled run nobody published a version for
 
@@ -218,6 +221,10 @@ class Event(StrEnum):
     BASELINE_APPROVED = "baseline_approved"
     TESTS_PASSED = "tests_passed"
     TESTS_FAILED = "tests_failed"
+    SCOPE_CHECKED = "scope_checked"
+    SCOPE_FROZEN = "scope_frozen"
+    SCOPE_CHANGE_REQUESTED = "scope_change_requested"
+    SCOPE_EXCEPTION = "scope_exception"
 
 
 EVENT_KINDS = frozenset(kind.value for kind in Event)

@@ -113,6 +113,8 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
     :param baseline_task_id: the stage's baseline step (a change advisory board): the
         profile's digest must have been approved for the environment (the ledger's
         ``baseline_approved``, this run's or an earlier one's)
+    :param scope_task_id: the release's scope freeze check: its latest record must say the
+        contents are in scope, or that an exception was granted
     :param suite_task_ids: the test suites of earlier environments a production deploy
         waits for: each one's latest record must say it passed on this digest
     """
@@ -145,6 +147,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         drift_task_id: str | None = None,
         baseline_task_id: str | None = None,
         suite_task_ids: list[str] | None = None,
+        scope_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         # Retried only for infrastructure trouble and Airflow 3.3's race between a fast
@@ -160,6 +163,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         self.drift_task_id = drift_task_id
         self.baseline_task_id = baseline_task_id
         self.suite_task_ids = list(suite_task_ids or [])
+        self.scope_task_id = scope_task_id
         if baseline_task_id and not config:
             raise ValueError("baseline_task_id needs the config profile it approves")
         if (previous_environment is None) != (promotion_gate_task_id is None):
@@ -190,6 +194,8 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         run = run_ledger(context, self.release)
         digest = self._verified_digest(context, run)
         enforce(context, self._gates(context, run, request, digest), self.release, self.environment)
+        if self.scope_task_id:  # the contents are within the frozen scope, or an exception was granted
+            enforce(context, gatekeeper.scope(run, self.scope_task_id), self.release, self.environment)
         if self.suite_task_ids:  # the earlier environments' test suites passed on these bytes
             decision = gatekeeper.suites_passed(run, self.suite_task_ids, digest, self.task_id)
             enforce(context, decision, self.release, self.environment)

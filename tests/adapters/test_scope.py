@@ -1,0 +1,94 @@
+"""The scope freeze step: other contents after the freeze wait for an exception granted, with
+a reason, by someone other than the author; every deploy asks the ledger for its record."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from releasetrain.operators.scope import ScopeFreezeOperator
+from tests.helpers import DAG_ID, RELEASE, FakeTI, context, run_events, seed
+
+
+def earlier(kind: str, run_id: str = "manual__earlier", environment: str = "", **details) -> None:
+    from releasetrain.hooks.ledger import LedgerHook
+
+    hook = LedgerHook()
+    try:
+        hook.append(kind, release=RELEASE, run_id=run_id, dag_id=DAG_ID, environment=environment, details=details)
+    finally:
+        hook.close()
+
+
+def scope_op(freeze=None) -> ScopeFreezeOperator:
+    return ScopeFreezeOperator(
+        task_id="scope",
+        release=RELEASE,
+        freeze=freeze or {"environment": "staging"},
+        production=["prod"],
+        approvers=["approver", "author"],
+    )
+
+
+def answer(user, option="Grant the exception", reason="the cart fix must ship with this release"):
+    return {
+        "chosen_options": [option],
+        "params_input": {"reason": reason},
+        "responded_at": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+        "responded_by_user": {"id": user, "name": user},
+        "timedout": False,
+    }
+
+
+@pytest.fixture
+def asked(monkeypatch) -> list:
+    calls: list = []
+    monkeypatch.setattr(
+        "releasetrain.operators.scope.HITLOperator.execute",
+        lambda self, ctx: calls.append({"users": self.assigned_users, "body": self.body}),
+    )
+    return calls
+
+
+def test_contents_changed_after_the_freeze_wait_for_a_granted_exception_with_a_reason(asked):
+    earlier("packaged", components=[{"name": "web", "version": "1.0.0", "digest": "sha256:1"}])
+    earlier("environment_passed", environment="staging")
+    seed("packaged", task_id="package", components=[{"name": "web", "version": "2.0.0", "digest": "sha256:2"}])
+    scope_op().execute(context(FakeTI(), task_id="scope"))
+    [request] = asked
+    assert request["users"] == [{"id": "approver", "name": "approver"}], "never the release's author"
+    assert (
+        "run manual\\_\\_earlier passed staging" in request["body"]
+        and "- web: 2\\.0\\.0, frozen at 1\\.0\\.0" in request["body"]
+    )
+    [requested] = run_events("scope_change_requested")
+    assert requested.details["changes"] == ["web: 2.0.0, frozen at 1.0.0"]
+    with pytest.raises(AirflowFailException, match="author is an author of this release"):
+        scope_op().execute_complete(context(FakeTI(), task_id="scope"), answer("author"))
+    with pytest.raises(AirflowFailException, match="a scope exception needs a reason"):
+        scope_op().execute_complete(context(FakeTI(), task_id="scope"), answer("approver", reason="ok"))
+    with pytest.raises(AirflowFailException, match="scope exception rejected by approver"):
+        scope_op().execute_complete(context(FakeTI(), task_id="scope"), answer("approver", "Reject"))
+    assert not run_events("scope_exception")
+    granted = scope_op().execute_complete(context(FakeTI(), task_id="scope"), answer("approver"))
+    assert granted["reason"] == "the cart fix must ship with this release"
+    [record] = run_events("scope_exception")
+    assert record.actor == "approver" and record.details["components"] == {"web": "2.0.0"}
+    # a retry (or a later run with the same contents) finds the granted scope
+    assert scope_op().execute(context(FakeTI(), task_id="scope"))["outcome"] == "match"
+    assert len(asked) == 1
+
+
+def test_the_first_run_after_a_freeze_date_with_nothing_before_freezes_its_contents(asked):
+    seed("packaged", task_id="package", components=[{"name": "web", "version": "2.0.0", "digest": "sha256:2"}])
+    result = scope_op({"date": "2026-01-01"}).execute(context(FakeTI(), task_id="scope"))
+    assert result["outcome"] == "freeze" and asked == []
+    [frozen] = run_events("scope_frozen")
+    assert frozen.details["components"] == {"web": "2.0.0"}
+
+
+def test_without_packaged_contents_the_scope_step_refuses():
+    with pytest.raises(AirflowFailException, match="no packaged contents recorded in the ledger by package"):
+        scope_op().execute(context(FakeTI(), task_id="scope"))

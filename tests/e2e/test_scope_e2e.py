@@ -1,0 +1,60 @@
+"""Issue 13 (scope): after the scope freeze, other contents need an exception.
+
+``frozen`` freezes its scope once a run passed ``frozen-dev``. The first run passes it (and
+is stopped at production's approval, so the release's cycle goes on). A run with another
+version then waits at ``scope`` for an exception: the author may not grant it (403), the step
+marked success by hand deploys nothing, and production's approver grants it with a reason,
+recorded with the changes; the run then deploys.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from releasetrain.client import AirflowAPIError
+
+pytestmark = pytest.mark.e2e
+
+DAG, SCOPE = "release_frozen", "scope"
+DEV, PROD = "frozen-dev", "frozen-prod"
+
+
+def test_contents_changed_after_the_freeze_need_an_exception_from_someone_else(author, approver, fleet, ledger):
+    def kinds(run_id: str, kind: str) -> list:
+        return [e for e in ledger.events("frozen", run_id, DAG) if e.kind == kind]
+
+    def stopped_at_production(run_id: str) -> None:
+        author.wait_for_approval(DAG, run_id, f"{PROD}.approve", timeout=300)
+        approver.answer(DAG, run_id, f"{PROD}.approve", "Reject")
+        assert author.wait_for_run(DAG, run_id, timeout=300)["state"] == "failed"
+
+    first = author.trigger(DAG, {"version": "1.0.0", "change_summary": "before the freeze"})["dag_run_id"]
+    stopped_at_production(first)
+    [checked] = kinds(first, "scope_checked")
+    assert checked.details["outcome"] == "open" and fleet(DEV)["version"] == "1.0.0"
+
+    # frozen now (1.0.0 passed frozen-dev): the step marked success by hand deploys nothing
+    by_hand = author.trigger(DAG, {"version": "1.0.1", "change_summary": "a late fix"})["dag_run_id"]
+    request = author.wait_for_approval(DAG, by_hand, SCOPE, timeout=300)
+    assert [u["id"] for u in request["assigned_users"]] == ["approver"]
+    assert "frozen\\-web: 1\\.0\\.1, frozen at 1\\.0\\.0" in request["body"]
+    with pytest.raises(AirflowAPIError) as refused:
+        author.respond(DAG, by_hand, SCOPE, "Grant the exception", params_input={"reason": "my own fix, trust me"})
+    assert refused.value.status_code == 403, "the author cannot grant their own exception"
+    author.set_task_state(DAG, by_hand, SCOPE, "success")
+    assert author.wait_for_run(DAG, by_hand, timeout=300)["state"] == "failed"
+    assert author.task_states(DAG, by_hand)[f"{DEV}.deploy"] == "failed"
+    [reason] = [" ".join(e.details["reasons"]) for e in kinds(by_hand, "gate_refused")]
+    assert "the contents changed after the scope freeze (frozen-web: 1.0.1, frozen at 1.0.0)" in reason
+    assert "set to success by hand, which proves nothing" in reason
+    assert fleet(DEV)["version"] == "1.0.0", "nothing out of scope was deployed"
+
+    granted = author.trigger(DAG, {"version": "1.0.1", "change_summary": "the late fix, granted"})["dag_run_id"]
+    author.wait_for_approval(DAG, granted, SCOPE, timeout=300)
+    why = "payment timeout fix INC-4711 must ship with this release"
+    assert approver.answer(DAG, granted, SCOPE, "Grant the exception", params_input={"reason": why}) == "success"
+    stopped_at_production(granted)
+    [exception] = kinds(granted, "scope_exception")
+    assert exception.actor == "approver" and exception.details["reason"] == why
+    assert exception.details["changes"] == ["frozen-web: 1.0.1, frozen at 1.0.0"]
+    assert fleet(DEV)["version"] == "1.0.1"
