@@ -72,6 +72,10 @@ def test_contents_changed_after_the_freeze_wait_for_a_granted_exception_with_a_r
     with pytest.raises(AirflowFailException, match="scope exception rejected by approver"):
         scope_op().execute_complete(context(FakeTI(), task_id="scope"), answer("approver", "Reject"))
     assert not run_events("scope_exception")
+    earlier("scope_exception", run_id="manual__other", components={"web": "1.5.0"})  # granted meanwhile
+    with pytest.raises(AirflowFailException, match="the answer was about other changes"):
+        scope_op().execute_complete(context(FakeTI(), task_id="scope"), answer("approver"))
+    earlier("scope_exception", run_id="manual__other", components={"web": "1.0.0"})
     granted = scope_op().execute_complete(context(FakeTI(), task_id="scope"), answer("approver"))
     assert granted["reason"] == "the cart fix must ship with this release"
     [record] = run_events("scope_exception")

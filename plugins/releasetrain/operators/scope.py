@@ -141,6 +141,17 @@ class ScopeFreezeOperator(HITLOperator):
                 self.release,
             )
         decision = self._decide(context)  # what is granted: the contents and changes as they are now
+        asked = run_ledger(context, self.release).of(Event.SCOPE_CHANGE_REQUESTED, task_id=self.task_id)
+        if not asked or asked[-1].details.get("changes") != decision.changes:
+            enforce(
+                context,
+                Decision.refuse(
+                    self.task_id,
+                    "the frozen scope changed while the request waited; the answer was about other changes: "
+                    f"clear {self.task_id} to ask again",
+                ),
+                self.release,
+            )
         details = {**decision.details(), "reason": reason}
         record_decision(context, Event.SCOPE_EXCEPTION, self.release, actor=responder or "", details=details)
         return details
