@@ -260,6 +260,7 @@ class AirflowClient:
         """
         self.respond(dag_id, run_id, task_id, option, params_input=params_input)
         deadline = time.monotonic() + timeout
+        again = 0
         while True:
             state = self.task_states(dag_id, run_id).get(task_id)
             if state in ("success", "failed", "skipped", "upstream_failed"):
@@ -267,7 +268,8 @@ class AirflowClient:
             if state == "awaiting_input" and any(
                 d["task_instance"]["task_id"] == task_id for d in self.pending_approvals(dag_id, run_id)
             ):
-                self.wait_for_scheduler(dag_id, run_id, settle=settle)
+                again += 1  # lost to the race: the machine is slow now, give the scheduler longer each time
+                self.wait_for_scheduler(dag_id, run_id, settle=settle * (1 + again))
                 self.respond(dag_id, run_id, task_id, option, params_input=params_input)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{task_id} still {state} {timeout}s after the answer")

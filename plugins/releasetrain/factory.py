@@ -60,7 +60,7 @@ from releasetrain.operators.progressive import (
 from releasetrain.operators.request import ReleaseRequestOperator
 from releasetrain.operators.review import PostImplementationReviewOperator
 from releasetrain.operators.rollback import RollbackOperator
-from releasetrain.operators.scope import ScopeFreezeOperator
+from releasetrain.operators.scope import LibraryConflictOperator, ScopeFreezeOperator
 from releasetrain.operators.verify import BundleVerifyOperator
 from releasetrain.operators.window import ReleaseWindowSensor
 from releasetrain.timetables.release_window import ReleaseWindowTimetable
@@ -369,6 +369,7 @@ OPERATORS: dict[Kind, type] = {
     Kind.DEPENDENCIES: DependencyGateOperator,
     Kind.BASELINE: BaselineApprovalOperator,
     Kind.SCOPE: ScopeFreezeOperator,
+    Kind.LIBRARIES: LibraryConflictOperator,
     Kind.DRIFT: ConfigDriftOperator,
     Kind.PARITY: ParityCheckOperator,
     Kind.APPROVAL: ReleaseApprovalOperator,

@@ -96,3 +96,67 @@ def test_the_first_run_after_a_freeze_date_with_nothing_before_freezes_its_conte
 def test_without_packaged_contents_the_scope_step_refuses():
     with pytest.raises(AirflowFailException, match="no packaged contents recorded in the ledger by package"):
         scope_op().execute(context(FakeTI(), task_id="scope"))
+
+
+# --- library conflicts -----------------------------------------------------------------------
+from releasetrain.operators.scope import LibraryConflictOperator  # noqa: E402
+
+
+def libraries_op() -> LibraryConflictOperator:
+    return LibraryConflictOperator(task_id="libraries", release=RELEASE, approvers=["approver", "author"])
+
+
+def test_packaging_carries_the_sbom_and_its_conflicts_and_a_bad_lock_file_is_refused(monkeypatch, tmp_path):
+    from releasetrain.core.bundle import generate_private_key_pem, read_archive
+    from releasetrain.devstack import signing_connection
+    from releasetrain.operators.package import BundlePackageOperator
+
+    monkeypatch.setenv("AIRFLOW_CONN_RELEASETRAIN_SIGNING", signing_connection(generate_private_key_pem()))
+    for name, pins in (("web", "requests==2.31.0\n"), ("api", "requests==2.32.3\nurllib3==2.2.3\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "main.py").write_text("print(1)")
+        (tmp_path / name / "requirements.txt").write_text(pins)
+
+    def package():
+        return BundlePackageOperator(
+            task_id="package",
+            release=RELEASE,
+            project_root=str(tmp_path),
+            components=[
+                {"name": "web", "source": "web", "version": None},
+                {"name": "api", "source": "api", "version": None},
+            ],
+            artifact_store=f"file://{tmp_path / 'artifacts'}",
+        ).execute(context(FakeTI(), task_id="package"))
+
+    (tmp_path / "api" / "requirements.txt").write_text("requests>=2\n")
+    with pytest.raises(AirflowFailException, match="component api: requirements.txt:1: 'requests>=2' is not pinned"):
+        package()
+    assert not (tmp_path / "artifacts").exists(), "nothing signed or stored"
+    (tmp_path / "api" / "requirements.txt").write_text("requests==2.32.3\nurllib3==2.2.3\n")
+    result = package()
+    assert result["sbom"]["conflicts"] == ["pypi requests: 2.32.3 in api, 2.31.0 in web"]
+    assert len(result["sbom"]["libraries"]) == 3
+    archive = (tmp_path / "artifacts" / RELEASE / "2.0.0" / "bundle.tar.gz").read_bytes()
+    manifest, files = read_archive(archive)
+    assert manifest["attachments"][0]["sha256"] == result["sbom"]["sha256"] and b"CycloneDX" in files["sbom.cdx.json"]
+
+
+def test_library_conflicts_wait_for_a_waiver_by_someone_else(monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(
+        "releasetrain.operators.scope.HITLOperator.execute",
+        lambda self, ctx: calls.append({"users": self.assigned_users, "body": self.body}),
+    )
+    seed("packaged", task_id="package", components=[], sbom={"sha256": "ab", "libraries": [], "conflicts": []})
+    assert libraries_op().execute(context(FakeTI(), task_id="libraries"))["outcome"] == "consistent"
+    assert calls == [] and len(run_events("libraries_checked")) == 1
+    conflict = "pypi requests: 2.32.3 in api, 2.31.0 in web"
+    seed("packaged", task_id="package", components=[], sbom={"sha256": "ab", "libraries": [], "conflicts": [conflict]})
+    libraries_op().execute(context(FakeTI(), task_id="libraries"))
+    assert calls[0]["users"] == [{"id": "approver", "name": "approver"}]
+    with pytest.raises(AirflowFailException, match="author is an author of this release"):
+        libraries_op().execute_complete(context(FakeTI(), task_id="libraries"), answer("author", "Waive the conflicts"))
+    libraries_op().execute_complete(context(FakeTI(), task_id="libraries"), answer("approver", "Waive the conflicts"))
+    [waiver] = run_events("conflicts_waived")
+    assert waiver.actor == "approver" and waiver.details["conflicts"] == [conflict]

@@ -402,3 +402,14 @@ def test_production_waits_for_the_latest_record_of_each_suite_on_its_digest(even
         assert reason in decision.message()
     proof = gatekeeper.step_proof(RunLedger(events), "dev.tests_api", "dev", digest=DIGEST)
     assert proof.allowed is (reason is None), "a suite as a stage's proof: the same rule"
+
+
+def test_library_conflicts_hold_every_deploy_until_waived():
+    found = ev(Event.LIBRARY_CONFLICTS, "libraries", conflicts=["pypi a: 2 in api, 1 in web"])
+    assert "no library check or waiver recorded" in gatekeeper.libraries(RunLedger([]), "libraries").message()
+    assert (
+        "pypi a: 2 in api, 1 in web) and nobody waived"
+        in gatekeeper.libraries(RunLedger([found]), "libraries").message()
+    )
+    assert gatekeeper.libraries(RunLedger([found, ev(Event.CONFLICTS_WAIVED, "libraries")]), "libraries").allowed
+    assert gatekeeper.libraries(RunLedger([ev(Event.LIBRARIES_CHECKED, "libraries")]), "libraries").allowed

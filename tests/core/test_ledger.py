@@ -163,3 +163,33 @@ def test_summary_follows_the_events():
     summary = summarise(events)
     assert summary["closure"]["i"] == 5
     assert summary["deployments"] == [{"environment": "prod", "i": 3, "digest": "sha256:" + "ab" * 32}]
+
+
+def test_the_evidence_carries_the_sbom_and_every_waiver_with_who_and_why():
+    from releasetrain.core.ledger import LedgerEvent
+
+    def event(kind, actor="", **details):
+        return LedgerEvent(
+            seq=1,
+            at="2026-11-29T10:00:00Z",
+            release="shop",
+            run_id="r",
+            environment="",
+            kind=kind,
+            actor=actor,
+            details=details,
+        )
+
+    sbom = {"format": "CycloneDX 1.6", "sha256": "ab", "libraries": [{"name": "requests"}], "conflicts": ["c"]}
+    summary = summarise(
+        [
+            event("packaged", sbom=sbom),
+            event("conflicts_waived", "approver", reason="aligned in 1.1", conflicts=["c"]),
+            event("scope_exception", "approver", reason="late fix", changes=["web: 2, frozen at 1"]),
+        ]
+    )
+    assert summary["sbom"] == sbom
+    assert [(w["kind"], w["actor"], w["reason"], w["changes"]) for w in summary["waivers"]] == [
+        ("conflicts_waived", "approver", "aligned in 1.1", ["c"]),
+        ("scope_exception", "approver", "late fix", ["web: 2, frozen at 1"]),
+    ]

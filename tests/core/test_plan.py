@@ -391,3 +391,14 @@ def test_a_scope_freeze_is_checked_after_packaging_before_any_environment_and_by
     assert plan.upstream(v.SCOPE) == [v.PACKAGE] and plan.upstream("dev.verify") == [v.SCOPE]
     assert all(plan.steps[f"{e}.deploy"].args["scope_task_id"] == v.SCOPE for e in ("dev", "prod"))
     assert v.SCOPE not in plan_release(spec(), CTX).steps
+
+
+def test_several_components_get_a_library_check_beside_the_first_environment_that_its_lock_waits_for():
+    two = [{"name": "web", "source": "include/web"}, {"name": "api", "source": "include/api"}]
+    plan = plan_release(spec(components=two), CTX)
+    libraries = plan.steps[v.LIBRARIES]
+    assert libraries.kind == Kind.LIBRARIES and libraries.args["approvers"] == ["bob"]
+    assert plan.upstream(v.LIBRARIES) == [v.PACKAGE] and plan.upstream("dev.verify") == [v.PACKAGE]
+    assert v.LIBRARIES in plan.upstream("dev.lock")
+    assert all(plan.steps[f"{e}.deploy"].args["libraries_task_id"] == v.LIBRARIES for e in ("dev", "prod"))
+    assert v.LIBRARIES not in plan_release(spec(), CTX).steps, "one component: nothing to conflict with"

@@ -79,6 +79,8 @@ E2E_DAGS = {
     "release_suited",
     # issue 13: after the scope freeze, other contents need an exception
     "release_frozen",
+    # issue 13: conflicting library versions across components need a waiver
+    "release_conflicted",
 }
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
 GATE_ENVIRONMENTS = ["guard-staging", "guard-prod", "shared"]
@@ -201,6 +203,7 @@ def session_stack() -> Iterator[DevStack]:
             "suite-prod",
             "frozen-dev",
             "frozen-prod",
+            "conflict-env",
             "windowed-dev",
             "payments-staging",
             "payments-prod",

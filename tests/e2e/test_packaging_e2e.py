@@ -66,3 +66,58 @@ def test_a_bundle_carrying_an_environments_configuration_is_refused_at_packaging
     [reason] = refusal.details["reasons"]
     assert "component web: settings/prod.env is configuration for one environment (matches '*.env')" in reason
     assert not (stack.config.home / "artifacts" / "leaky").exists(), "nothing signed or stored"
+
+
+def test_conflicting_library_versions_across_components_deploy_only_with_a_waiver(
+    author, approver, fleet, ledger, stack
+):
+    import io
+    import json
+    import tarfile
+
+    from releasetrain.client import AirflowAPIError
+
+    dag, step, deploy = "release_conflicted", "libraries", "conflict-env.deploy"
+
+    def kinds(run_id: str, kind: str) -> list:
+        return [e for e in ledger.events("conflicted", run_id, dag) if e.kind == kind]
+
+    conflict = "pypi requests: 2.32.3 in conflict-api, 2.31.0 in conflict-web"
+    by_hand = author.trigger(dag, {"version": "1.0.0", "change_summary": "two requests"})["dag_run_id"]
+    request = author.wait_for_approval(dag, by_hand, step, timeout=300)
+    assert [u["id"] for u in request["assigned_users"]] == ["approver"]
+    assert "pypi requests: 2\\.32\\.3 in conflict\\-api, 2\\.31\\.0 in conflict\\-web" in request["body"]
+    with pytest.raises(AirflowAPIError) as refused:
+        author.respond(dag, by_hand, step, "Waive the conflicts", params_input={"reason": "it works on my machine"})
+    assert refused.value.status_code == 403, "the release's author cannot waive"
+    author.set_task_state(dag, by_hand, step, "success")
+    assert author.wait_for_run(dag, by_hand, timeout=300)["state"] == "failed"
+    assert author.task_states(dag, by_hand)[deploy] == "failed"
+    [reason] = [" ".join(e.details["reasons"]) for e in kinds(by_hand, "gate_refused")]
+    assert f"components pin conflicting library versions ({conflict}) and nobody waived them" in reason
+    assert "set to success by hand, which proves nothing" in reason
+    assert fleet("conflict-env")["version"] is None
+
+    waived = author.trigger(dag, {"version": "1.0.1", "change_summary": "waived"})["dag_run_id"]
+    author.wait_for_approval(dag, waived, step, timeout=300)
+    why = "requests 2.31 and 2.32 share the API we use; aligned in 1.1 (JIRA-42)"
+    assert approver.answer(dag, waived, step, "Waive the conflicts", params_input={"reason": why}) == "success"
+    assert author.wait_for_run(dag, waived, timeout=300)["state"] == "success"
+    [waiver] = kinds(waived, "conflicts_waived")
+    assert waiver.actor == "approver" and waiver.details["reason"] == why and waiver.details["conflicts"] == [conflict]
+    # the SBOM: in the packaged record (and so the evidence) and in the signed bundle
+    [packaged] = kinds(waived, "packaged")
+    sbom = packaged.details["sbom"]
+    assert sorted((lib["component"], lib["name"]) for lib in sbom["libraries"]) == [
+        ("conflict-api", "certifi"),
+        ("conflict-api", "requests"),
+        ("conflict-api", "urllib3"),
+        ("conflict-web", "certifi"),
+        ("conflict-web", "requests"),
+    ]
+    archive = (stack.config.home / "artifacts" / "conflicted" / "1.0.1" / "bundle.tar.gz").read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        document = json.loads(tar.extractfile("sbom.cdx.json").read())
+    assert document["bomFormat"] == "CycloneDX" and document["specVersion"] == "1.6"
+    assert "pkg:pypi/requests@2.31.0" in {c.get("purl") for c in document["components"]}
+    assert fleet("conflict-env")["version"] == "1.0.1"

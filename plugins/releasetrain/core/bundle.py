@@ -77,7 +77,11 @@ def manifest_digest(manifest: Mapping[str, Any]) -> str:
     return "sha256:" + sha256_hex(canonical_json(body))
 
 
-def build_manifest(release: str, version: str, components: list[ComponentFiles]) -> dict[str, Any]:
+def build_manifest(
+    release: str, version: str, components: list[ComponentFiles], attachments: Mapping[str, bytes] | None = None
+) -> dict[str, Any]:
+    """``attachments``: release-level documents beside the components (the SBOM), listed
+    only when there are any (a bundle without them keeps the digest it always had)."""
     entries = []
     names = set()
     for component in sorted(components, key=lambda c: c.name):
@@ -101,6 +105,11 @@ def build_manifest(release: str, version: str, components: list[ComponentFiles])
         "version": version,
         "components": entries,
     }
+    if attachments:
+        manifest["attachments"] = [
+            {"path": _safe_member_path(name), "size": len(data), "sha256": sha256_hex(data)}
+            for name, data in sorted(attachments.items())
+        ]
     manifest["digest"] = manifest_digest(manifest)
     return manifest
 
@@ -115,13 +124,18 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def build_bundle(release: str, version: str, components: list[ComponentFiles]) -> Bundle:
+def build_bundle(
+    release: str, version: str, components: list[ComponentFiles], attachments: Mapping[str, bytes] | None = None
+) -> Bundle:
     """Build the deterministic archive and its manifest."""
-    manifest = build_manifest(release, version, components)
+    manifest = build_manifest(release, version, components, attachments)
     by_path = {f"{c.name}/{rel}": data for c in components for rel, data in c.files.items()}
+    by_path.update(attachments or {})
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         _add_member(tar, MANIFEST_NAME, canonical_json(manifest))
+        for entry in manifest.get("attachments", []):
+            _add_member(tar, entry["path"], by_path[entry["path"]])
         for component in manifest["components"]:
             for entry in component["files"]:
                 _add_member(tar, entry["path"], by_path[entry["path"]])
@@ -177,7 +191,7 @@ def verify_archive(archive: bytes, expected_digest: str | None = None) -> dict[s
         raise BundleError(f"manifest digest mismatch: manifest says {recorded}, content gives {computed}")
     if expected_digest is not None and computed != expected_digest:
         raise BundleError(f"bundle digest {computed} differs from the packaged digest {expected_digest}")
-    listed: dict[str, dict[str, Any]] = {}
+    listed: dict[str, dict[str, Any]] = {e["path"]: e for e in manifest.get("attachments", [])}
     for component in manifest.get("components", []):
         for entry in component.get("files", []):
             listed[entry["path"]] = entry

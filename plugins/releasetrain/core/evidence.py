@@ -51,6 +51,8 @@ def summarise(events: Iterable[LedgerEvent]) -> dict[str, Any]:
         "closure": None,
         "deployments": [],
         "rollbacks": [],
+        "sbom": None,
+        "waivers": [],
         "outcome": None,
     }
     completed = False
@@ -84,6 +86,19 @@ def summarise(events: Iterable[LedgerEvent]) -> dict[str, Any]:
             summary["closure"] = {"actor": event.actor, **d}
             summary["outcome"] = d.get("outcome", summary["outcome"])
             completed = completed or d.get("outcome") == "success"
+        elif event.kind == "packaged" and d.get("sbom"):
+            summary["sbom"] = d["sbom"]
+        elif event.kind in ("scope_exception", "conflicts_waived", "baseline_approved", "drift_accepted"):
+            summary["waivers"].append(
+                {
+                    "kind": event.kind,
+                    "environment": event.environment,
+                    "actor": event.actor,
+                    "at": event.at,
+                    "reason": d.get("reason"),
+                    "changes": d.get("changes") or d.get("conflicts") or d.get("drift") or [],
+                }
+            )
         elif event.kind == "deployed":
             summary["deployments"].append({"environment": event.environment, **d})
         elif event.kind == "rollback":

@@ -412,6 +412,22 @@ def scope(run: RunLedger, scope_task_id: str) -> Decision:
     return Decision.allow(scope_task_id)
 
 
+def libraries(run: RunLedger, libraries_task_id: str) -> Decision:
+    """The library check's latest record: no conflicting versions across the components, or
+    a waiver recorded for the conflicts it found."""
+    kinds = (Event.LIBRARIES_CHECKED, Event.LIBRARY_CONFLICTS, Event.CONFLICTS_WAIVED)
+    records = [e for e in run.events if e.kind in kinds and e.details.get("task_id") == libraries_task_id]
+    if not records:
+        return Decision.refuse(libraries_task_id, run.missing(libraries_task_id, "library check or waiver"))
+    if records[-1].kind == Event.LIBRARY_CONFLICTS:
+        how = "; it was set to success by hand, which proves nothing" if run.set_by_hand(libraries_task_id) else ""
+        found = "; ".join(records[-1].details.get("conflicts") or [])
+        return Decision.refuse(
+            libraries_task_id, f"components pin conflicting library versions ({found}) and nobody waived them{how}"
+        )
+    return Decision.allow(libraries_task_id)
+
+
 def drift_record(run: RunLedger, environment: str, drift_task_id: str) -> dict[str, Any] | None:
     """What the drift check saw on the target when it let the stage go on (``reported``)."""
     kinds = (Event.DRIFT_CHECKED, Event.DRIFT_ACCEPTED)

@@ -129,8 +129,13 @@ def plan_release(spec: ReleaseSpec, ctx: PlanContext) -> Plan:
     if spec.scope_freeze:
         upstream = plan.add(_scope(spec, ctx))
         plan.connect(package, upstream)
+    libraries = _libraries(spec, ctx)
     for env in spec.environments:
         upstream = _stage(plan, spec, env, ctx, upstream, gates, windows, suites)
+    if libraries:  # beside the first environment's gates: its lock waits for it
+        plan.add(libraries)
+        plan.connect(package, libraries.task_id)
+        plan.connect(libraries.task_id, v.env_task(spec.environments[0].name, v.LOCK))
     _finish(plan, spec, upstream, gates, windows, suites)
     return plan
 
@@ -178,14 +183,27 @@ def _package(spec: ReleaseSpec, ctx: PlanContext) -> Step:
     )
 
 
-def _scope(spec: ReleaseSpec, ctx: PlanContext) -> Step:
-    """The scope freeze check, once the contents are packaged and before any environment;
-    exceptions go to production's approvers (else the release's reviewers)."""
-    freeze = spec.scope_freeze
+def _exception_approvers(spec: ReleaseSpec, ctx: PlanContext) -> list[str]:
+    """Who grants a release-wide exception: production's approvers, else the release's reviewers."""
     approvers: list[str] = []
     for env in spec.environments:
         if env.name in spec.production_environments:
             approvers += [u for u in approval_pool(env, ctx.groups) if u not in approvers]
+    return approvers or list(spec.review_users)
+
+
+def _libraries(spec: ReleaseSpec, ctx: PlanContext) -> Step | None:
+    """With several components: the libraries their lock files pin, compared across them
+    (conflicting versions wait for a waiver)."""
+    if len(spec.components) < 2:
+        return None
+    return Step(v.LIBRARIES, Kind.LIBRARIES, {"release": spec.name, "approvers": _exception_approvers(spec, ctx)})
+
+
+def _scope(spec: ReleaseSpec, ctx: PlanContext) -> Step:
+    """The scope freeze check, once the contents are packaged and before any environment;
+    exceptions go to production's approvers (else the release's reviewers)."""
+    freeze = spec.scope_freeze
     return Step(
         v.SCOPE,
         Kind.SCOPE,
@@ -193,7 +211,7 @@ def _scope(spec: ReleaseSpec, ctx: PlanContext) -> Step:
             "release": spec.name,
             "freeze": freeze.model_dump(mode="json", exclude_none=True),
             "production": list(spec.production_environments),
-            "approvers": approvers or list(spec.review_users),
+            "approvers": _exception_approvers(spec, ctx),
         },
     )
 
@@ -577,6 +595,7 @@ def _deploy(
             **({"baseline_task_id": baseline} if baseline else {}),
             **({"suite_task_ids": list(suites)} if stage.production and suites else {}),
             **({"scope_task_id": v.SCOPE} if spec.scope_freeze else {}),
+            **({"libraries_task_id": v.LIBRARIES} if len(spec.components) > 1 else {}),
         },
     )
 

@@ -26,7 +26,7 @@ from releasetrain.core.windows import CalendarError, CalendarSpec, IcsBlackout, 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 # task ids of the release DAG that an environment's task group must not collide with
-RESERVED_ENVIRONMENT_NAMES = frozenset({"prepare", "package", "scope", "release_complete"})
+RESERVED_ENVIRONMENT_NAMES = frozenset({"prepare", "package", "scope", "libraries", "release_complete"})
 CONN_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
 USER_PATTERN = r"^[A-Za-z0-9_.@+-]+$"
 

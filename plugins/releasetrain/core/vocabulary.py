@@ -45,6 +45,7 @@ PREPARE = "prepare"
 ASSESS_RISK = "assess_risk"
 PACKAGE = "package"
 SCOPE = "scope"  # the scope freeze check, after package
+LIBRARIES = "libraries"  # library version conflicts across components, after package
 POST_IMPLEMENTATION_REVIEW = "post_implementation_review"
 CLOSURE = "closure"
 RELEASE_COMPLETE = "release_complete"
@@ -119,6 +120,7 @@ class Kind(StrEnum):
     DRIFT = "drift"
     SUITE = "suite"
     SCOPE = "scope"
+    LIBRARIES = "libraries"
     PARITY = "parity"
     APPROVAL = "approval"
     WINDOW = "window"
@@ -162,6 +164,7 @@ OPTION_REVIEWED = "Reviewed"
 OPTION_ACCEPT_DRIFT = "Accept the drift"
 OPTION_APPROVE_BASELINE = "Approve the profile"
 OPTION_GRANT_EXCEPTION = "Grant the exception"
+OPTION_WAIVE = "Waive the conflicts"
 
 SCHEDULER = "scheduler"  # the author of a scheduled run nobody published a version for
 
@@ -225,6 +228,9 @@ class Event(StrEnum):
     SCOPE_FROZEN = "scope_frozen"
     SCOPE_CHANGE_REQUESTED = "scope_change_requested"
     SCOPE_EXCEPTION = "scope_exception"
+    LIBRARIES_CHECKED = "libraries_checked"
+    LIBRARY_CONFLICTS = "library_conflicts"
+    CONFLICTS_WAIVED = "conflicts_waived"
 
 
 EVENT_KINDS = frozenset(kind.value for kind in Event)

@@ -115,6 +115,8 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         ``baseline_approved``, this run's or an earlier one's)
     :param scope_task_id: the release's scope freeze check: its latest record must say the
         contents are in scope, or that an exception was granted
+    :param libraries_task_id: the release's library check (several components): no
+        conflicting versions, or a waiver, on record
     :param suite_task_ids: the test suites of earlier environments a production deploy
         waits for: each one's latest record must say it passed on this digest
     """
@@ -148,6 +150,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         baseline_task_id: str | None = None,
         suite_task_ids: list[str] | None = None,
         scope_task_id: str | None = None,
+        libraries_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         # Retried only for infrastructure trouble and Airflow 3.3's race between a fast
@@ -164,6 +167,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         self.baseline_task_id = baseline_task_id
         self.suite_task_ids = list(suite_task_ids or [])
         self.scope_task_id = scope_task_id
+        self.libraries_task_id = libraries_task_id
         if baseline_task_id and not config:
             raise ValueError("baseline_task_id needs the config profile it approves")
         if (previous_environment is None) != (promotion_gate_task_id is None):
@@ -196,6 +200,8 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         enforce(context, self._gates(context, run, request, digest), self.release, self.environment)
         if self.scope_task_id:  # the contents are within the frozen scope, or an exception was granted
             enforce(context, gatekeeper.scope(run, self.scope_task_id), self.release, self.environment)
+        if self.libraries_task_id:  # no conflicting library versions across components, or a waiver
+            enforce(context, gatekeeper.libraries(run, self.libraries_task_id), self.release, self.environment)
         if self.suite_task_ids:  # the earlier environments' test suites passed on these bytes
             decision = gatekeeper.suites_passed(run, self.suite_task_ids, digest, self.task_id)
             enforce(context, decision, self.release, self.environment)

@@ -73,8 +73,9 @@ class BundlePackageOperator(BaseOperator):
         version = release_request(context, self.release).version
         collected = [self._collect(c, version) for c in self.components]
         self._refuse_environment_config(context, collected)
+        sbom, attachments = self._sbom(context, version, collected)
         try:
-            bundle = build_bundle(self.release, version, collected)
+            bundle = build_bundle(self.release, version, collected, attachments)
         except BundleError as exc:
             raise AirflowFailException(f"packaging {self.release} {version}: {exc}") from None
         store = BundleStoreHook(self.artifact_store)
@@ -118,6 +119,8 @@ class BundlePackageOperator(BaseOperator):
         }
         if contracts:
             result["contracts"] = contracts
+        if sbom:
+            result["sbom"] = sbom
         from releasetrain.operators._common import record
 
         record(context, Event.PACKAGED, self.release, details=result)
@@ -137,6 +140,36 @@ class BundlePackageOperator(BaseOperator):
         ]
         if reasons:
             enforce(context, Decision.refuse(PACKAGE, *reasons), self.release)
+
+    def _sbom(
+        self, context: Any, version: str, collected: list[ComponentFiles]
+    ) -> tuple[dict[str, Any] | None, dict[str, bytes]]:
+        """The components' lock files read into a CycloneDX SBOM, carried in the bundle; its
+        libraries and their conflicts across components go to the ``packaged`` record (and
+        from there the evidence). A lock file that pins nothing is refused, named."""
+        from releasetrain.core.sbom import SBOM_NAME, LockFileError, component_libraries, conflicts, cyclonedx
+
+        libraries, reasons = [], []
+        for component in collected:
+            try:
+                libraries += component_libraries(component.name, component.files)
+            except LockFileError as exc:
+                reasons.append(str(exc))
+        if reasons:
+            enforce(context, Decision.refuse(PACKAGE, *reasons), self.release)
+        if not libraries:
+            return None, {}
+        document = cyclonedx(self.release, version, {c.name: c.version for c in collected}, libraries)
+        from releasetrain.core.bundle import sha256_hex
+
+        summary = {
+            "path": SBOM_NAME,
+            "format": "CycloneDX 1.6",
+            "sha256": sha256_hex(document),
+            "libraries": [lib.to_dict() for lib in libraries],
+            "conflicts": conflicts(libraries),
+        }
+        return summary, {SBOM_NAME: document}
 
     def _claim_components(self, context: Any, store: BundleStoreHook, manifest: dict[str, Any]) -> None:
         """One component version, the same bytes in every release: checked against the artifact
