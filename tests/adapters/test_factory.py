@@ -37,7 +37,10 @@ def test_storefront_graph(dagbag):
         # the target's lock is taken after the bundle is verified and the target's configuration
         # checked for drift (the profile's baseline), and held until the stage is over
         assert tasks[f"{env}.drift"].upstream_task_ids == {f"{env}.verify"}
-        assert tasks[f"{env}.lock"].upstream_task_ids == {f"{env}.drift"}
+        # the first environment's lock also waits for the library check of the two components
+        libraries = {"libraries"} if env == "dev" else set()
+        assert tasks[f"{env}.lock"].upstream_task_ids == {f"{env}.drift"} | libraries
+        assert tasks[f"{env}.deploy"].libraries_task_id == "libraries"
         assert tasks[f"{env}.deploy"].drift_task_id == f"{env}.drift", "the deploy checks the drift record"
         assert tasks[f"{env}.deploy"].upstream_task_ids == {f"{env}.lock"}, "every deploy follows its lock"
         assert tasks[f"{env}.deploy"].locked and tasks[f"{env}.rollback"].locked

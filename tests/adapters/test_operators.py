@@ -72,7 +72,8 @@ def test_package_then_verify(signing, store, tmp_path):
     packaged = package(store)
     folder = tmp_path / "artifacts" / "storefront" / "2.0.0"
     assert sorted(p.name for p in folder.iterdir()) == ["bundle.sig.json", "bundle.tar.gz", "manifest.json"]
-    assert packaged["files"] == 2 and packaged["digest"].startswith("sha256:")
+    assert packaged["files"] == 3 and packaged["digest"].startswith("sha256:")
+    assert [lib["name"] for lib in packaged["sbom"]["libraries"]] == ["htm", "preact"], "package-lock.json"
     [recorded] = run_events("packaged")
     assert recorded.details["task_id"] == "package" and recorded.details["digest"] == packaged["digest"]
     assert verify(store) == {

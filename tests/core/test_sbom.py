@@ -20,7 +20,10 @@ from releasetrain.core.sbom import (
 
 
 def test_pinned_requirements_are_read_with_extras_markers_hashes_and_comments():
-    text = "# pinned\nRequests[socks]==2.32.3 ; python_version >= '3.9' --hash=sha256:ab\nzope.interface==7.1  # ok\n-r base.txt\n"
+    text = (
+        "# pinned\nRequests[socks]==2.32.3 ; python_version >= '3.9' --hash=sha256:ab\n"
+        "zope.interface==7.1  # ok\n-r base.txt\n"
+    )
     assert [(lib.name, lib.version) for lib in read_requirements(text, "api", "requirements.txt")] == [
         ("requests", "2.32.3"),
         ("zope-interface", "7.1"),
@@ -29,7 +32,7 @@ def test_pinned_requirements_are_read_with_extras_markers_hashes_and_comments():
 
 @pytest.mark.parametrize("line", ["requests>=2.0", "requests", "git+https://example.com/x.git"])
 def test_a_requirement_that_pins_nothing_is_named(line):
-    with pytest.raises(LockFileError, match=rf"component api: requirements.txt:1: .* is not pinned"):
+    with pytest.raises(LockFileError, match=r"component api: requirements.txt:1: .* is not pinned"):
         read_requirements(line, "api", "requirements.txt")
 
 
