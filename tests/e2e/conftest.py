@@ -115,6 +115,7 @@ MODULE_ORDER = [
     "test_packaging_e2e",
     "test_governance_e2e",
     "test_scope_e2e",
+    "test_data_e2e",
 ]
 
 

@@ -82,6 +82,7 @@ E2E_DAGS = {
     # issue 13: conflicting library versions across components need a waiver
     "release_conflicted",
 }
+REFRESH_DAG = "refresh_test_data_refresh-env"  # issue 13: test data, masked first (PostgreSQL only)
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
 GATE_ENVIRONMENTS = ["guard-staging", "guard-prod", "shared"]
 
@@ -109,6 +110,53 @@ def _postgres_answers() -> bool:
         return True
     warnings.warn(f"PostgreSQL at {PG_ADMIN_DSN} does not answer: end-to-end tests run on SQLite", stacklevel=2)
     return False
+
+
+REFRESH_SCHEMA = """
+CREATE TABLE customers (id integer PRIMARY KEY, name text, email text, card text);
+CREATE TABLE orders (id integer PRIMARY KEY, customer_id integer REFERENCES customers (id), total numeric);
+"""
+
+
+def _test_data_refresh(home: Path, db_name: str | None) -> tuple[dict, dict, tuple[str, str] | None]:
+    """A source and a target database for ``refresh_test_data_refresh-env`` (PostgreSQL only):
+    the refresh file, the connections, and the two DSNs the test changes data through."""
+    if not db_name:
+        return {}, {}, None
+    import psycopg2
+    import yaml
+
+    pg = urlparse(PG_ADMIN_DSN)
+    dsns, connections = [], {}
+    for suffix in ("src", "tgt"):
+        admin(f"CREATE DATABASE {db_name}_{suffix}")
+        dsn = PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{db_name}_{suffix}"
+        conn = psycopg2.connect(dsn)
+        with conn, conn.cursor() as cur:
+            cur.execute(REFRESH_SCHEMA)
+        conn.close()
+        dsns.append(dsn)
+        connections[f"refresh_{suffix}_e2e"] = {
+            "conn_type": "postgres",
+            "host": pg.hostname or "127.0.0.1",
+            "port": pg.port or 5432,
+            "login": pg.username or "postgres",
+            "password": pg.password or "",
+            "schema": f"{db_name}_{suffix}",
+        }
+    refresh = {
+        "environment": "refresh-env",
+        "source": {"conn_id": "refresh_src_e2e"},
+        "target": {"conn_id": "refresh_tgt_e2e"},
+        "tables": ["customers", "orders"],
+        "rules": [
+            {"table": "customers", "column": "email", "kind": "email"},
+            {"table": "customers", "column": "card", "kind": "card"},
+        ],
+    }
+    path = home / "data_refresh.yaml"
+    path.write_text(yaml.safe_dump({"refreshes": [refresh]}))
+    return {"AIRFLOW__RELEASETRAIN__DATA_REFRESH_FILE": str(path)}, connections, (dsns[0], dsns[1])
 
 
 @contextmanager
@@ -151,6 +199,7 @@ def session_stack() -> Iterator[DevStack]:
             "password": pg.password or "",
             "schema": f"{db_name}_ledger",
         }
+    refresh_config, refresh_connections, refresh_dsns = _test_data_refresh(home, db_name)
     snow_context = running_servicenow(*SNOW_CREDENTIALS)
     snow, snow_url = snow_context.__enter__()
     fleet_port = _free_port()
@@ -175,7 +224,9 @@ def session_stack() -> Iterator[DevStack]:
             },
             "prometheus_e2e": {"conn_type": "http", "host": prometheus_url},
             "webhook_e2e": {"conn_type": "http", "host": receiver_url},
+            **refresh_connections,
         },
+        airflow_config=refresh_config,
         spec_dirs=[
             PROJECT_ROOT / "include" / "releases",
             PROJECT_ROOT / "tests" / "fixtures" / "releases",
@@ -233,12 +284,14 @@ def session_stack() -> Iterator[DevStack]:
     dev_stack.receiver = receiver
     dev_stack.receiver_url = receiver_url
     dev_stack.scheduled_windows = (w1, w2)
+    dev_stack.refresh_dsns = refresh_dsns
     try:
         dev_stack.prepare()
         dev_stack.start()
         client = AirflowClient(config.api_url, "admin", "admin")
         deadline = time.monotonic() + 180
-        while not E2E_DAGS <= set(client.dag_ids()):
+        expected = E2E_DAGS | ({REFRESH_DAG} if refresh_dsns else set())
+        while not expected <= set(client.dag_ids()):
             assert time.monotonic() < deadline, f"DAGs not parsed: {client.dag_ids()} {client.import_errors()}"
             time.sleep(2)
         # what the scheduler planned for the windowed release, seen before its first window
@@ -251,8 +304,8 @@ def session_stack() -> Iterator[DevStack]:
         prometheus_context.__exit__(None, None, None)
         receiver_context.__exit__(None, None, None)
         if db_name:
-            admin(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
-            admin(f"DROP DATABASE IF EXISTS {db_name}_ledger WITH (FORCE)")
+            for suffix in ("", "_ledger", "_src", "_tgt"):
+                admin(f"DROP DATABASE IF EXISTS {db_name}{suffix} WITH (FORCE)")
 
 
 class RemoteServiceNow:
@@ -300,6 +353,7 @@ def describe(stack: DevStack, path: Path) -> None:
         "windowed_plan": stack.windowed_plan,
         "servicenow": (stack.servicenow_url, SNOW_CREDENTIALS),
         "receiver": stack.receiver_url,
+        "refresh_dsns": stack.refresh_dsns,
     }
     path.write_bytes(pickle.dumps(view))
 

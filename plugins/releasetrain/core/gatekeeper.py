@@ -428,6 +428,19 @@ def libraries(run: RunLedger, libraries_task_id: str) -> Decision:
     return Decision.allow(libraries_task_id)
 
 
+def masking(run: RunLedger, check_task_id: str) -> Decision:
+    """The masking check's latest record in this run says every rule held."""
+    records = [e for e in run.of(Event.MASKING_CHECKED) if e.details.get("task_id") == check_task_id]
+    if not records:
+        return Decision.refuse(check_task_id, run.missing(check_task_id, "masking check"))
+    if not records[-1].details.get("passed"):
+        return Decision.refuse(
+            check_task_id,
+            f"{check_task_id} found unmasked data: " + "; ".join(records[-1].details.get("problems") or []),
+        )
+    return Decision.allow(check_task_id)
+
+
 def drift_record(run: RunLedger, environment: str, drift_task_id: str) -> dict[str, Any] | None:
     """What the drift check saw on the target when it let the stage go on (``reported``)."""
     kinds = (Event.DRIFT_CHECKED, Event.DRIFT_ACCEPTED)

@@ -55,6 +55,9 @@ ROLLBACK_REVIEW = "rollback_review"
 RETENTION_DAG_ID = "releasetrain_retention"  # the artifact store's maintenance DAG
 RETENTION_PLAN = "plan"
 RETENTION_DELETE = "delete"
+REFRESH_DAG_PREFIX = "refresh_test_data_"  # one test data refresh DAG per environment
+REFRESH_CHECK = "mask_check"
+REFRESH_COPY = "copy"
 
 # inside an environment's task group
 APPROVE = "approve"
@@ -231,6 +234,8 @@ class Event(StrEnum):
     LIBRARIES_CHECKED = "libraries_checked"
     LIBRARY_CONFLICTS = "library_conflicts"
     CONFLICTS_WAIVED = "conflicts_waived"
+    MASKING_CHECKED = "masking_checked"
+    TEST_DATA_REFRESHED = "test_data_refreshed"
 
 
 EVENT_KINDS = frozenset(kind.value for kind in Event)
