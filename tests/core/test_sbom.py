@@ -22,7 +22,7 @@ from releasetrain.core.sbom import (
 def test_pinned_requirements_are_read_with_extras_markers_hashes_and_comments():
     text = (
         "# pinned\nRequests[socks]==2.32.3 ; python_version >= '3.9' --hash=sha256:ab\n"
-        "zope.interface==7.1  # ok\n-r base.txt\n"
+        "zope.interface==7.1  # ok\n--only-binary :all:\n"
     )
     assert [(lib.name, lib.version) for lib in read_requirements(text, "api", "requirements.txt")] == [
         ("requests", "2.32.3"),
@@ -96,3 +96,32 @@ def test_the_sbom_is_cyclonedx_deterministic_and_travels_in_the_bundle():
     assert "attachments" not in plain.manifest, "a bundle without an SBOM keeps the digest it always had"
     assert verify_archive(with_sbom.archive, with_sbom.digest)["attachments"][0]["path"] == SBOM_NAME
     assert plain.digest != with_sbom.digest
+
+
+def test_a_refused_requirement_is_not_repeated_it_may_carry_credentials():
+    with pytest.raises(LockFileError) as refused:
+        read_requirements("lib @ git+https://oauth2:glpat-s3cret@gitlab.com/o/lib.git\n", "api", "requirements.txt")
+    assert "glpat" not in str(refused.value) and "requirements.txt:1: the requirement is not pinned" in str(
+        refused.value
+    )
+    with pytest.raises(LockFileError, match="includes, constraints and editable installs are not a lock"):
+        read_requirements("a==1\n-r more.txt\n", "api", "requirements.txt")
+    bom_and_tab = "\ufeffrequests==2.0\t# pinned\na==1 --hash sha256:ab\n--index-url https://pypi.example\n"
+    assert [lib.name for lib in read_requirements(bom_and_tab, "api", "requirements.txt")] == ["requests", "a"]
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("[]", "a package-lock.json is a JSON object"),
+        ("[" * 100000, "not JSON"),
+        ('{"dependencies": [1, 2]}', None),
+        ('{"packages": {"x/node_modules/": {"version": "1"}, "node_modules/a": {"version": {"x": 1}}}}', None),
+    ],
+)
+def test_a_malformed_package_lock_is_refused_by_name_or_yields_nothing(text, error):
+    if error:
+        with pytest.raises(LockFileError, match=f"component web: package-lock.json: {error}"):
+            read_package_lock(text, "web", "package-lock.json")
+    else:
+        assert read_package_lock(text, "web", "package-lock.json") == []

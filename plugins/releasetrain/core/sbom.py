@@ -56,15 +56,22 @@ def read_requirements(text: str, component: str, source: str) -> list[Library]:
     """Pinned requirements (``name==version``; extras, markers, hashes and comments allowed).
     A line that pins nothing is no lock: it is named in the error."""
     libraries = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split(" #", 1)[0].split(";", 1)[0].strip()
-        line = re.sub(r"\s+--hash=\S+", "", line).rstrip("\\").strip()
-        if not line or line.startswith(("#", "-", "--")):
+    for number, raw in enumerate(text.lstrip("\ufeff").splitlines(), 1):
+        line = re.split(r"(?:^|\s)#", raw, maxsplit=1)[0].split(";", 1)[0].strip()
+        line = re.sub(r"\s+--hash[=\s]\S+", "", line).rstrip("\\").strip()
+        if not line:
+            continue
+        if line.startswith("-"):  # options: an include, a constraint or an editable install is no lock
+            if line.split()[0] in ("-e", "--editable", "-r", "--requirement", "-c", "--constraint"):
+                raise LockFileError(
+                    f"component {component}: {source}:{number}: includes, constraints and editable installs are "
+                    "not a lock: pin every library as name==version"
+                )
             continue
         match = _REQUIREMENT.match(line)
-        if not match:
+        if not match:  # the line is not repeated: it may hold a URL with credentials
             raise LockFileError(
-                f"component {component}: {source}:{number}: {raw.strip()!r} is not pinned (name==version)"
+                f"component {component}: {source}:{number}: the requirement is not pinned (name==version)"
             )
         libraries.append(Library("pypi", _pypi_name(match.group(1)), match.group(3), component, source))
     return libraries
@@ -72,28 +79,33 @@ def read_requirements(text: str, component: str, source: str) -> list[Library]:
 
 def read_package_lock(text: str, component: str, source: str) -> list[Library]:
     """npm's ``package-lock.json`` (lockfileVersion 1, 2 or 3): every installed package."""
+    where = f"component {component}: {source}"
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise LockFileError(f"component {component}: {source}: not JSON ({exc})") from None
+        data = json.loads(text.lstrip("\ufeff"))
+    except (ValueError, RecursionError) as exc:
+        raise LockFileError(f"{where}: not JSON ({str(exc)[:120]})") from None
+    if not isinstance(data, dict):
+        raise LockFileError(f"{where}: a package-lock.json is a JSON object")
     found: set[tuple[str, str]] = set()
     packages = data.get("packages")
     if isinstance(packages, dict):
         for key, entry in packages.items():
-            if not key or "node_modules/" not in key or not isinstance(entry, dict) or entry.get("link"):
+            if not isinstance(key, str) or "node_modules/" not in key or not isinstance(entry, dict):
                 continue
             name = key.rsplit("node_modules/", 1)[1]
-            if entry.get("version"):
-                found.add((name, str(entry["version"])))
+            if name and not entry.get("link") and isinstance(entry.get("version"), str) and entry["version"]:
+                found.add((name, entry["version"]))
     else:
 
-        def walk(deps: Mapping[str, Any]) -> None:
+        def walk(deps: Any, depth: int = 0) -> None:
+            if not isinstance(deps, dict) or depth > 200:
+                return
             for name, entry in deps.items():
-                if isinstance(entry, dict) and entry.get("version"):
-                    found.add((name, str(entry["version"])))
-                    walk(entry.get("dependencies") or {})
+                if isinstance(entry, dict) and name and isinstance(entry.get("version"), str) and entry["version"]:
+                    found.add((name, entry["version"]))
+                    walk(entry.get("dependencies"), depth + 1)
 
-        walk(data.get("dependencies") or {})
+        walk(data.get("dependencies"))
     return [Library("npm", name, version, component, source) for name, version in sorted(found)]
 
 
