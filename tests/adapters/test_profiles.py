@@ -311,6 +311,9 @@ def test_a_new_profile_waits_for_a_board_member_who_is_not_an_author_and_is_reco
     # the same profile again (a retry, a later run): recorded, nobody asked
     assert baseline_op().execute(context(FakeTI(), task_id="prod.baseline"))["approved_by"] == "cab-member"
     assert len(cab_asked) == 1 and len(run_events("baseline_checked")) == 1
+    # ... unless the approver is an author of this run: then the board is asked again
+    baseline_op().execute(context(FakeTI(), task_id="prod.baseline", triggered_by="cab-member"))
+    assert len(cab_asked) == 2 and len(run_events("baseline_checked")) == 1
 
     # a changed profile: the board is asked again, shown what changed against the approved one
     changed = {**PROFILE, "version": "8", "values": {"LOG_LEVEL": "debug", "POOL": 4}, "secrets": {}}

@@ -85,12 +85,41 @@ def test_contents_changed_after_the_freeze_wait_for_a_granted_exception_with_a_r
     assert len(asked) == 1
 
 
-def test_the_first_run_after_a_freeze_date_with_nothing_before_freezes_its_contents(asked):
+def test_after_a_freeze_date_with_nothing_packaged_or_released_before_no_run_sets_the_scope(asked):
     seed("packaged", task_id="package", components=[{"name": "web", "version": "2.0.0", "digest": "sha256:2"}])
-    result = scope_op({"date": "2026-01-01"}).execute(context(FakeTI(), task_id="scope"))
-    assert result["outcome"] == "freeze" and asked == []
-    [frozen] = run_events("scope_frozen")
-    assert frozen.details["components"] == {"web": "2.0.0"}
+    scope_op({"date": "2026-01-01"}).execute(context(FakeTI(), task_id="scope"))
+    [request] = asked
+    assert "- web 2\\.0\\.0: added after the freeze" in request["body"]
+    assert not run_events("scope_frozen")
+
+
+def test_every_deploy_judges_the_scope_again_it_may_have_frozen_since(monkeypatch):
+    from releasetrain.operators.deploy import EnvironmentDeployOperator
+    from tests.helpers import http_connection, running_fleet
+
+    digest = "sha256:" + "d" * 64
+    seed("packaged", task_id="package", components=[{"name": "web", "version": "2.0.0", "digest": digest}])
+    seed("scope_checked", task_id="scope", outcome="open")  # checked while the scope was open
+    seed("verified", environment="prod", task_id="prod.verify", version="2.0.0", digest=digest, verified=True)
+    earlier("packaged", components=[{"name": "web", "version": "1.9.0", "digest": "sha256:1"}])
+    earlier("environment_passed", environment="staging")  # another run froze the scope meanwhile
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        deploy = EnvironmentDeployOperator(
+            task_id="prod.deploy",
+            release=RELEASE,
+            environment="prod",
+            deploy_target_conn_id="t_prod",
+            verify_task_id="prod.verify",
+            scope_task_id="scope",
+            scope_freeze={"environment": "staging"},
+            production_environments=["prod"],
+        )
+        with pytest.raises(
+            AirflowFailException, match=r"the scope is frozen now \(run manual__earlier passed staging\)"
+        ):
+            deploy.execute(context(FakeTI(), task_id="prod.deploy"))
+        assert fleet.deployments == {}
 
 
 def test_without_packaged_contents_the_scope_step_refuses():

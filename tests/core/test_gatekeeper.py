@@ -413,3 +413,9 @@ def test_library_conflicts_hold_every_deploy_until_waived():
     )
     assert gatekeeper.libraries(RunLedger([found, ev(Event.CONFLICTS_WAIVED, "libraries")]), "libraries").allowed
     assert gatekeeper.libraries(RunLedger([ev(Event.LIBRARIES_CHECKED, "libraries")]), "libraries").allowed
+
+
+def test_a_profile_approved_by_an_author_of_this_run_is_no_approval_for_it():
+    approvals = [ev(Event.BASELINE_APPROVED, "prod.baseline", "prod", "mallory", sha256=DIGEST)]
+    assert gatekeeper.baseline(RunLedger([]), approvals, "prod", DIGEST, "prod.baseline", ["bob"]).allowed
+    assert not gatekeeper.baseline(RunLedger([]), approvals, "prod", DIGEST, "prod.baseline", ["mallory"]).allowed

@@ -59,15 +59,25 @@ TODAY = datetime.date(2026, 12, 5)
             ],
             AT_STAGING,
             "match",
-            "granted as an exception in run r2",
+            "granted as an exception by nobody in run r2",
         ),
         ([packaged("r1", WEB_1, at="2026-11-30T23:00:00Z")], ON_DEC_1, "change", "the last before the freeze"),
-        ([packaged("r1", WEB_1, at="2026-12-02T09:00:00Z")], ON_DEC_1, "freeze", "nothing was packaged before"),
+        # nothing packaged before the freeze: nobody's run freezes it with its own contents
+        ([packaged("r1", WEB_1, at="2026-12-02T09:00:00Z")], ON_DEC_1, "change", "nothing was packaged or released"),
+        # ... the scope is what production was last released with
+        (
+            [packaged("r0", WEB_2, at="2026-11-02T09:00:00Z"), passed("r0", "prod")],
+            ON_DEC_1,
+            "match",
+            "released to prod by run r0; nothing was packaged before the freeze",
+        ),
+        # a run packaged before the last production pass passes staging after it: its contents freeze
+        ([packaged("r1", WEB_1), passed("r0", "prod"), passed("r1", "staging")], AT_STAGING, "change", "run r1 passed"),
         (
             [E(Event.SCOPE_FROZEN, "r1", details={"components": {"web": "1.0.0"}})],
             ON_DEC_1,
             "change",
-            "frozen in run r1",
+            "frozen by nobody in run r1",
         ),
     ],
 )
@@ -79,7 +89,7 @@ def test_the_frozen_scope_comes_from_the_ledger(events, freeze, outcome, source)
         if source is None
         else source in decision.frozen.source
     )
-    if outcome == "change":
+    if outcome == "change" and decision.frozen.components:
         assert decision.changes == ["web: 1.1.0, frozen at 1.0.0"]
 
 
@@ -151,3 +161,14 @@ def test_a_scope_freeze_is_a_date_or_an_environment_before_production(freeze, er
     with pytest.raises(ReleaseSpecError, match=error):
         spec(scope_freeze=freeze)
     assert spec(scope_freeze={"date": "2026-12-01"}).scope_freeze.date == datetime.date(2026, 12, 1)
+
+
+def test_an_exception_granted_by_an_author_of_this_run_is_no_decision_for_it():
+    granted = [
+        packaged("r1", WEB_1),
+        passed("r1", "staging"),
+        E(Event.SCOPE_EXCEPTION, "r2", actor="mallory", details={"components": {"web": "1.1.0"}}),
+    ]
+    assert decide_scope(granted, AT_STAGING, TODAY, "now", NOW, authors=["bob"]).outcome == "match"
+    mine = decide_scope(granted, AT_STAGING, TODAY, "now", NOW, authors=["mallory"])
+    assert mine.outcome == "change" and "granted by mallory, an author of this run" in mine.changes[0]

@@ -381,12 +381,22 @@ def drift(run: RunLedger, environment: str, drift_task_id: str) -> Decision:
 
 
 def baseline(
-    run: RunLedger, approvals: Iterable[EventLike], environment: str, sha256: str, baseline_task_id: str
+    run: RunLedger,
+    approvals: Iterable[EventLike],
+    environment: str,
+    sha256: str,
+    baseline_task_id: str,
+    excluded: Iterable[str] = (),
 ) -> Decision:
     """The environment's profile (by digest) was approved by the change advisory board, in
     this run or an earlier one of the release (``approvals``: the release's
-    ``baseline_approved`` events, written by the baseline step from Airflow's HITL response)."""
-    if any(e.environment == environment and e.details.get("sha256") == sha256 for e in approvals):
+    ``baseline_approved`` events, written by the baseline step from Airflow's HITL response),
+    by someone who is not an author of this run (``excluded``)."""
+    excluded = set(excluded)
+    if any(
+        e.environment == environment and e.details.get("sha256") == sha256 and e.actor not in excluded
+        for e in approvals
+    ):
         return Decision.allow(baseline_task_id)
     how = "; it was set to success by hand, which proves nothing" if run.set_by_hand(baseline_task_id) else ""
     return Decision.refuse(

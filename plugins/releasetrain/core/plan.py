@@ -594,7 +594,15 @@ def _deploy(
             **({"config": env.config.plan(), "drift_task_id": drift} if env.config else {}),
             **({"baseline_task_id": baseline} if baseline else {}),
             **({"suite_task_ids": list(suites)} if stage.production and suites else {}),
-            **({"scope_task_id": v.SCOPE} if spec.scope_freeze else {}),
+            **(
+                {
+                    "scope_task_id": v.SCOPE,
+                    "scope_freeze": spec.scope_freeze.model_dump(mode="json", exclude_none=True),
+                    "production_environments": list(spec.production_environments),
+                }
+                if spec.scope_freeze
+                else {}
+            ),
             **({"libraries_task_id": v.LIBRARIES} if len(spec.components) > 1 else {}),
         },
     )

@@ -35,6 +35,7 @@ class FrozenScope:
     components: dict[str, str]
     source: str  # a sentence: "run X passed dev", "packaged by run X before 2026-12-01", ...
     run_id: str = ""
+    actor: str = ""  # who granted it, when it is an exception
 
 
 @dataclass(frozen=True)
@@ -73,42 +74,62 @@ def cycle(events: Iterable[EventLike], production: Iterable[str]) -> list[EventL
 def frozen_scope(events: Iterable[EventLike], freeze: Freeze, today: datetime.date, run_id: str) -> FrozenScope | None:
     """The scope run ``run_id`` must match, or None while the scope is not frozen.
 
-    ``events``: the release's :data:`SCOPE_EVENTS` in ledger order (other runs' and this one's)."""
+    ``events``: the release's :data:`SCOPE_EVENTS` in ledger order (other runs' and this one's).
+    A run's contents are looked up over the whole ledger (a run packaged before the last
+    production pass may pass the freeze environment after it); what freezes the scope is in
+    this cycle. Nobody's run freezes the scope with its own contents: after a freeze date
+    with nothing packaged before it in the cycle, the scope is what production was last
+    released with (nothing: every component needs an exception)."""
+    events = list(events)
+    packaged = {_run_of(e): e for e in events if e.kind == Event.PACKAGED}  # the latest per run
     current = cycle(events, freeze.production)
-    others = [e for e in current if _run_of(e) != run_id]
     decided = [e for e in current if e.kind in (Event.SCOPE_FROZEN, Event.SCOPE_EXCEPTION)]
-    if decided:  # the freeze, or the latest exception granted, in this cycle
+    if decided:  # the latest exception granted in this cycle
         last = decided[-1]
         how = "granted as an exception" if last.kind == Event.SCOPE_EXCEPTION else "frozen"
-        return FrozenScope(dict(last.details.get("components") or {}), f"{how} in run {_run_of(last)}", _run_of(last))
-    packaged = {_run_of(e): e for e in others if e.kind == Event.PACKAGED}
+        return FrozenScope(
+            dict(last.details.get("components") or {}),
+            f"{how} by {last.actor or 'nobody'} in run {_run_of(last)}",
+            _run_of(last),
+            last.actor,
+        )
     if freeze.environment:
-        for e in others:
-            if e.kind == Event.ENVIRONMENT_PASSED and e.environment == freeze.environment and _run_of(e) in packaged:
-                source = packaged[_run_of(e)]
-                return FrozenScope(
-                    contents(source.details.get("components") or []),
-                    f"run {_run_of(e)} passed {freeze.environment}",
-                    _run_of(e),
-                )
+        for e in current:
+            run = _run_of(e)
+            if e.kind == Event.ENVIRONMENT_PASSED and e.environment == freeze.environment and run != run_id:
+                if run in packaged:
+                    return FrozenScope(
+                        contents(packaged[run].details.get("components") or []),
+                        f"run {run} passed {freeze.environment}",
+                        run,
+                    )
         return None
     if freeze.date and today >= freeze.date:
-        before = [e for e in packaged.values() if _day(e.at) < freeze.date]
+        on = freeze.date.isoformat()
+        before = [e for e in current if e.kind == Event.PACKAGED and _run_of(e) != run_id and _day(e.at) < freeze.date]
         if before:
-            source = max(before, key=lambda e: e.at)
+            source = before[-1]
             return FrozenScope(
                 contents(source.details.get("components") or []),
-                f"packaged by run {_run_of(source)}, the last before the freeze on {freeze.date.isoformat()}",
+                f"packaged by run {_run_of(source)}, the last before the freeze on {on}",
                 _run_of(source),
             )
-        return FrozenScope({}, f"nothing was packaged before the freeze on {freeze.date.isoformat()}")
+        production = set(freeze.production)
+        released = [e for e in events if e.kind == Event.ENVIRONMENT_PASSED and e.environment in production]
+        if released and _run_of(released[-1]) in packaged:
+            run = _run_of(released[-1])
+            return FrozenScope(
+                contents(packaged[run].details.get("components") or []),
+                f"released to {released[-1].environment} by run {run}; nothing was packaged before the freeze on {on}",
+                run,
+            )
+        return FrozenScope({}, f"nothing was packaged or released before the freeze on {on}", "")
     return None
 
 
 @dataclass(frozen=True)
 class ScopeDecision:
-    """``open`` (not frozen), ``match``, ``freeze`` (this run's contents become the frozen
-    scope: nothing was packaged before the freeze date) or ``change`` (an exception is needed)."""
+    """``open`` (not frozen), ``match`` or ``change`` (an exception is needed)."""
 
     outcome: str
     contents: dict[str, str]
@@ -126,16 +147,22 @@ class ScopeDecision:
 
 
 def decide_scope(
-    events: Iterable[EventLike], freeze: Freeze, today: datetime.date, run_id: str, current: Mapping[str, str]
+    events: Iterable[EventLike],
+    freeze: Freeze,
+    today: datetime.date,
+    run_id: str,
+    current: Mapping[str, str],
+    authors: Iterable[str] = (),
 ) -> ScopeDecision:
-    """What the scope step of run ``run_id`` (contents ``current``) does."""
+    """What the scope check of run ``run_id`` (contents ``current``, by ``authors``) decides.
+    A frozen scope an author of this run granted as an exception is no decision for it."""
     current = dict(current)
     frozen = frozen_scope(events, freeze, today, run_id)
     if frozen is None:
         return ScopeDecision("open", current)
-    if not frozen.run_id and not frozen.components:
-        return ScopeDecision("freeze", current, frozen)
     changes = scope_changes(frozen.components, current)
+    if not changes and frozen.actor and frozen.actor in set(authors):
+        changes = [f"the frozen scope was granted by {frozen.actor}, an author of this run: someone else must grant it"]
     return ScopeDecision("change" if changes else "match", current, frozen, changes)
 
 

@@ -85,7 +85,14 @@ class BaselineApprovalOperator(HITLOperator):
 
     def execute(self, context: Any) -> Any:
         approvals = self._approvals()
-        same = [e for e in approvals if e.details.get("sha256") == self.config["sha256"]]
+        request = release_request(context, self.release)
+        same = [  # an approval counts for this run when its approver may approve it now
+            e
+            for e in approvals
+            if e.details.get("sha256") == self.config["sha256"]
+            and e.actor in self.members
+            and e.actor not in request.authors
+        ]
         if same:
             details = {
                 "version": self.config["version"],
@@ -105,7 +112,6 @@ class BaselineApprovalOperator(HITLOperator):
             return details
         shown = self._shown(approvals)
         record(context, Event.BASELINE_CHANGE_REQUESTED, self.release, environment=self.environment, details=shown)
-        request = release_request(context, self.release)
         assign_non_authors(self, request, self.members, f"the {self.board} approval of {self.environment}'s profile")
         previous = shown["previous"]
         self.body = "\n".join(

@@ -150,6 +150,8 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         baseline_task_id: str | None = None,
         suite_task_ids: list[str] | None = None,
         scope_task_id: str | None = None,
+        scope_freeze: dict[str, Any] | None = None,
+        production_environments: list[str] | None = None,
         libraries_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -167,6 +169,8 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         self.baseline_task_id = baseline_task_id
         self.suite_task_ids = list(suite_task_ids or [])
         self.scope_task_id = scope_task_id
+        self.scope_freeze = dict(scope_freeze or {})
+        self.production_environments = list(production_environments or [])
         self.libraries_task_id = libraries_task_id
         if baseline_task_id and not config:
             raise ValueError("baseline_task_id needs the config profile it approves")
@@ -199,14 +203,14 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         digest = self._verified_digest(context, run)
         enforce(context, self._gates(context, run, request, digest), self.release, self.environment)
         if self.scope_task_id:  # the contents are within the frozen scope, or an exception was granted
-            enforce(context, gatekeeper.scope(run, self.scope_task_id), self.release, self.environment)
+            enforce(context, self._scope_holds(context, run), self.release, self.environment)
         if self.libraries_task_id:  # no conflicting library versions across components, or a waiver
             enforce(context, gatekeeper.libraries(run, self.libraries_task_id), self.release, self.environment)
         if self.suite_task_ids:  # the earlier environments' test suites passed on these bytes
             decision = gatekeeper.suites_passed(run, self.suite_task_ids, digest, self.task_id)
             enforce(context, decision, self.release, self.environment)
         if self.baseline_task_id:  # the profile about to be sent is one the change advisory board approved
-            enforce(context, self._baseline_approved(run), self.release, self.environment)
+            enforce(context, self._baseline_approved(run, request), self.release, self.environment)
         if self.requires:  # the shared services it needs, asked again now (the waiting step proves nothing)
             from releasetrain.operators.dependency import requirements_decision
 
@@ -312,7 +316,24 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         )
         return self._result(version, digest, pre, deployment_id=event["deployment_id"], noop=False, context=context)
 
-    def _baseline_approved(self, run: RunLedger) -> Decision:
+    def _scope_holds(self, context: Any, run: RunLedger) -> Decision:
+        """The scope step's record, and the scope judged again now: it may have frozen (or an
+        exception changed it) since the step checked this run."""
+        decision = gatekeeper.scope(run, self.scope_task_id)
+        if not decision.allowed or not self.scope_freeze:
+            return decision
+        from releasetrain.operators.scope import judge_scope
+
+        now = judge_scope(context, self.release, self.scope_freeze, self.production_environments)
+        if now.outcome == "change":
+            return Decision.refuse(
+                self.scope_task_id,
+                f"the scope is frozen now ({now.frozen.source if now.frozen else ''}) and this run's contents are "
+                f"outside it ({'; '.join(now.changes)}): clear {self.scope_task_id} to ask for an exception",
+            )
+        return decision
+
+    def _baseline_approved(self, run: RunLedger, request: ReleaseRequest) -> Decision:
         from releasetrain.hooks.ledger import LedgerHook
 
         hook = LedgerHook()
@@ -320,7 +341,9 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
             approvals = list(hook.events(release=self.release, kind=Event.BASELINE_APPROVED))
         finally:
             hook.close()
-        return gatekeeper.baseline(run, approvals, self.environment, self.config["sha256"], self.baseline_task_id)
+        return gatekeeper.baseline(
+            run, approvals, self.environment, self.config["sha256"], self.baseline_task_id, request.authors
+        )
 
     def _drift_holds(self, run: RunLedger, live: dict[str, Any]) -> Decision:
         """The drift step's record (no drift, or drift accepted) and the target as it is now:

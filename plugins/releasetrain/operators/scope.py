@@ -14,8 +14,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from releasetrain.core.approval import SegregationOfDutiesError, check_responder
 from releasetrain.core.gatekeeper import Decision
-from releasetrain.core.scope import SCOPE_EVENTS, Freeze, contents, decide_scope
-from releasetrain.core.vocabulary import OPTION_GRANT_EXCEPTION, OPTION_REJECT, OPTION_WAIVE, PACKAGE, Event
+from releasetrain.core.scope import SCOPE_EVENTS, Freeze, ScopeDecision, contents, decide_scope
+from releasetrain.core.vocabulary import OPTION_GRANT_EXCEPTION, OPTION_REJECT, OPTION_WAIVE, PACKAGE, SCOPE, Event
 from releasetrain.operators._common import enforce, record, record_decision, release_request, run_ledger
 from releasetrain.operators._common import responder as responder_of
 from releasetrain.operators.approval import _md, assign_non_authors
@@ -121,14 +121,41 @@ class _ExceptionOperator(HITLOperator):
         return details
 
 
+def judge_scope(context: Any, release: str, freeze: dict[str, Any], production: list[str]) -> ScopeDecision:
+    """The run's packaged contents against the scope frozen now (see :mod:`releasetrain.core.scope`),
+    from the release's ledger; the scope step asks it, and every deploy asks it again."""
+    from releasetrain.hooks.ledger import LedgerHook
+
+    packaged = run_ledger(context, release).last(Event.PACKAGED, task_id=PACKAGE)
+    if packaged is None:
+        enforce(context, Decision.refuse(SCOPE, "no packaged contents recorded in the ledger by package"), release)
+    hook = LedgerHook()
+    try:
+        events = sorted(
+            (e for kind in SCOPE_EVENTS for e in hook.events(release=release, kind=kind)), key=lambda e: e.seq
+        )
+    finally:
+        hook.close()
+    date = freeze.get("date")
+    rule = Freeze(
+        date=datetime.date.fromisoformat(date) if date else None,
+        environment=freeze.get("environment"),
+        production=tuple(production),
+    )
+    today = datetime.datetime.now(datetime.UTC).date()
+    current = contents(packaged.details.get("components") or [])  # type: ignore[union-attr]
+    authors = release_request(context, release).authors
+    return decide_scope(events, rule, today, context["run_id"], current, authors)
+
+
 class ScopeFreezeOperator(_ExceptionOperator):
     """Check the run's packaged contents (components and versions) against the release's
     frozen scope (see :mod:`releasetrain.core.scope`).
 
-    Not frozen, or within the frozen scope: ``scope_checked``; the first run after a freeze
-    date with nothing packaged before it freezes its own contents (``scope_frozen``). Other
-    contents: ``scope_change_requested`` (one line per component), then a scope exception
-    (``scope_exception``, which becomes the frozen scope) or a rejection.
+    Not frozen, or within the frozen scope: ``scope_checked``. Other contents (or a frozen
+    scope an author of this run granted): ``scope_change_requested`` (one line per
+    component), then a scope exception (``scope_exception``, which becomes the frozen scope)
+    or a rejection. Every deploy judges the scope again (it may have frozen since).
 
     :param freeze: the spec's ``scope_freeze`` (``{date}`` or ``{environment}``)
     :param production: the release's production environments (passing one ends a cycle)
@@ -145,28 +172,8 @@ class ScopeFreezeOperator(_ExceptionOperator):
         self.production = list(production)
 
     def _check(self, context: Any) -> tuple[str, dict[str, Any], list[str]]:
-        from releasetrain.hooks.ledger import LedgerHook
-
-        packaged = self._packaged(context)
-        hook = LedgerHook()
-        try:
-            events = sorted(
-                (e for kind in SCOPE_EVENTS for e in hook.events(release=self.release, kind=kind)),
-                key=lambda e: e.seq,
-            )
-        finally:
-            hook.close()
-        date = self.freeze.get("date")
-        freeze = Freeze(
-            date=datetime.date.fromisoformat(date) if date else None,
-            environment=self.freeze.get("environment"),
-            production=tuple(self.production),
-        )
-        today = datetime.datetime.now(datetime.UTC).date()
-        current = contents(packaged.details.get("components") or [])
-        decision = decide_scope(events, freeze, today, context["run_id"], current)
-        passed = {"open": Event.SCOPE_CHECKED, "match": Event.SCOPE_CHECKED, "freeze": Event.SCOPE_FROZEN}
-        return passed.get(decision.outcome, ""), decision.details(), decision.changes
+        decision = judge_scope(context, self.release, self.freeze, self.production)
+        return ("" if decision.outcome == "change" else Event.SCOPE_CHECKED), decision.details(), decision.changes
 
     def _body(self, context: Any, details: dict[str, Any], version: str) -> list[str]:
         return [
