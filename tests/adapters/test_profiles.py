@@ -305,8 +305,10 @@ def test_a_new_profile_waits_for_a_board_member_who_is_not_an_author_and_is_reco
     [approved] = run_events("baseline_approved")
     assert approved.actor == "cab-member" and approved.details["sha256"] == PROFILE["sha256"]
     assert approved.details["values"] == PROFILE["values"] and approved.details["secrets"] == PROFILE_SECRETS
-    [refused] = [e for e in run_events("gate_refused") if e.details["step"] == "prod.baseline"]
-    assert "rejected by cab-member (cab)" in refused.details["reasons"][0]
+    refused = [e.details["reasons"][0] for e in run_events("gate_refused") if e.details["step"] == "prod.baseline"]
+    assert "rejected by cab-member (cab)" in refused[0]
+    assert "author is an author of this release" in refused[1], "who tried to decide what they may not: recorded"
+    assert "outsider is not an approver" in refused[2]
 
     # the same profile again (a retry, a later run): recorded, nobody asked
     assert baseline_op().execute(context(FakeTI(), task_id="prod.baseline"))["approved_by"] == "cab-member"

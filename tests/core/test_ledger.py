@@ -193,3 +193,25 @@ def test_the_evidence_carries_the_sbom_and_every_waiver_with_who_and_why():
         ("conflicts_waived", "approver", "aligned in 1.1", ["c"]),
         ("scope_exception", "approver", "late fix", ["web: 2, frozen at 1"]),
     ]
+
+
+def test_the_evidence_lists_test_suites_and_reused_profile_approvals():
+    from releasetrain.core.ledger import LedgerEvent
+
+    def event(kind, **details):
+        return LedgerEvent(
+            seq=1,
+            at="2026-11-29T10:00:00Z",
+            release="shop",
+            run_id="r",
+            environment="dev",
+            kind=kind,
+            actor="",
+            details=details,
+        )
+
+    summary = summarise(
+        [event("tests_passed", suite="api"), event("baseline_checked", approved_by="cab", approved_in="manual__1")]
+    )
+    assert [c["kind"] for c in summary["checks"]] == ["tests_passed"]
+    assert summary["waivers"][0]["actor"] == "cab" and "manual__1" in summary["waivers"][0]["reason"]

@@ -402,3 +402,13 @@ def test_several_components_get_a_library_check_beside_the_first_environment_tha
     assert v.LIBRARIES in plan.upstream("dev.lock")
     assert all(plan.steps[f"{e}.deploy"].args["libraries_task_id"] == v.LIBRARIES for e in ("dev", "prod"))
     assert v.LIBRARIES not in plan_release(spec(), CTX).steps, "one component: nothing to conflict with"
+
+
+def test_a_scope_freeze_needs_someone_who_may_grant_an_exception_and_a_board_needs_members():
+    from releasetrain.core.spec import check_groups
+
+    envs = [{"name": "dev", "deploy_target": "fleet_dev"}, {"name": "prod", "deploy_target": "fleet_prod"}]
+    with pytest.raises(ReleaseSpecError, match="scope_freeze: nobody could grant a scope exception"):
+        plan_release(spec(environments=envs, scope_freeze={"environment": "dev"}), CTX)
+    with pytest.raises(ReleaseSpecError, match="group 'empty' has no members to approve profiles"):
+        check_groups(spec(change={"advisory_board": "empty"}), "shop.yaml", {**GROUPS, "empty": []})

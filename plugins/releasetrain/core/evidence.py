@@ -72,7 +72,7 @@ def summarise(events: Iterable[LedgerEvent]) -> dict[str, Any]:
             summary["refusals"].append(
                 {"environment": event.environment, "actor": event.actor, "kind": event.kind, "reason": d.get("reason")}
             )
-        elif event.kind in ("checks_passed", "checks_failed", "verified"):
+        elif event.kind in ("checks_passed", "checks_failed", "verified", "tests_passed", "tests_failed"):
             summary["checks"].append({"environment": event.environment, "kind": event.kind, **d})
         elif event.kind == "exception":
             summary["exceptions"].append({"environment": event.environment, "actor": event.actor, **d})
@@ -88,6 +88,17 @@ def summarise(events: Iterable[LedgerEvent]) -> dict[str, Any]:
             completed = completed or d.get("outcome") == "success"
         elif event.kind == "packaged" and d.get("sbom"):
             summary["sbom"] = d["sbom"]
+        elif event.kind == "baseline_checked":  # a profile approval given in an earlier run, reused
+            summary["waivers"].append(
+                {
+                    "kind": event.kind,
+                    "environment": event.environment,
+                    "actor": d.get("approved_by"),
+                    "at": event.at,
+                    "reason": f"approved in run {d.get('approved_in')}",
+                    "changes": [],
+                }
+            )
         elif event.kind in ("scope_exception", "conflicts_waived", "baseline_approved", "drift_accepted"):
             summary["waivers"].append(
                 {

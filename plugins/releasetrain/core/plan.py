@@ -27,7 +27,7 @@ from typing import Any
 
 from releasetrain.core import vocabulary as v
 from releasetrain.core.risk import HIGH_RISK_QUORUM, SECURITY_REVIEW
-from releasetrain.core.spec import ReleaseSpec, approval_pool, check_groups
+from releasetrain.core.spec import ReleaseSpec, ReleaseSpecError, approval_pool, check_groups
 from releasetrain.core.vocabulary import Kind, Rule
 
 JOURNEYS_DIR = ("include", "journeys")
@@ -204,6 +204,11 @@ def _scope(spec: ReleaseSpec, ctx: PlanContext) -> Step:
     """The scope freeze check, once the contents are packaged and before any environment;
     exceptions go to production's approvers (else the release's reviewers)."""
     freeze = spec.scope_freeze
+    if not _exception_approvers(spec, ctx):
+        raise ReleaseSpecError(
+            f"release {spec.name}",
+            [("scope_freeze", "nobody could grant a scope exception: give production approvers or set reviewers")],
+        )
     return Step(
         v.SCOPE,
         Kind.SCOPE,

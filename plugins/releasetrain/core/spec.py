@@ -993,6 +993,8 @@ def check_groups(spec: ReleaseSpec, source: str, groups: dict[str, list[str]]) -
     board = spec.change.advisory_board
     if board and board not in groups:
         problems.append(("change.advisory_board", f"no group {board!r} is defined"))
+    elif board and not groups[board]:
+        problems.append(("change.advisory_board", f"group {board!r} has no members to approve profiles"))
     if problems:
         raise ReleaseSpecError(source, problems)
 

@@ -7,7 +7,6 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import HITLOperator
-from airflow.sdk.exceptions import AirflowFailException
 
 from releasetrain.core.approval import SegregationOfDutiesError, check_responder
 from releasetrain.core.gatekeeper import Decision
@@ -150,8 +149,9 @@ class BaselineApprovalOperator(HITLOperator):
             )
         try:
             check_responder(responder, self.members, set(request.authors))
-        except SegregationOfDutiesError as exc:
-            raise AirflowFailException(f"{self.environment}'s profile: {exc} ({self.board})") from None
+        except SegregationOfDutiesError as exc:  # recorded: who tried to decide what they may not
+            refusal = Decision.refuse(self.task_id, f"{self.environment}'s profile: {exc} ({self.board})")
+            enforce(context, refusal, self.release, self.environment)
         shown = self._shown(self._approvals())
         details = {
             **shown,

@@ -10,7 +10,6 @@ from typing import Any
 
 from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Param
-from airflow.sdk.exceptions import AirflowFailException
 
 from releasetrain.core.approval import SegregationOfDutiesError, check_responder
 from releasetrain.core.gatekeeper import Decision
@@ -101,8 +100,8 @@ class _ExceptionOperator(HITLOperator):
             enforce(context, refusal, self.release)
         try:
             check_responder(responder, self.approvers, set(request.authors))
-        except SegregationOfDutiesError as exc:
-            raise AirflowFailException(f"{self.what}: {exc}") from None
+        except SegregationOfDutiesError as exc:  # recorded: who tried to decide what they may not
+            enforce(context, Decision.refuse(self.task_id, f"{self.what}: {exc}"), self.release)
         reason = " ".join(str((result.get("params_input") or {}).get("reason") or "").split())
         if len(reason) < MIN_REASON:
             refusal = Decision.refuse(self.task_id, f"a {self.what} needs a reason (at least {MIN_REASON} characters)")
