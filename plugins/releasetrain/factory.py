@@ -24,6 +24,7 @@ from airflow.sdk.exceptions import ParamValidationError
 from releasetrain.core import vocabulary as v
 from releasetrain.core.plan import Plan, PlanContext, analysis_journeys, journey_files, plan_release, plan_rollback
 from releasetrain.core.spec import (
+    SEVERITIES,
     CalendarLibrary,
     ReleaseSpec,
     ReleaseSpecError,
@@ -41,6 +42,7 @@ from releasetrain.operators.dependency import DependencyGateOperator
 from releasetrain.operators.deploy import EnvironmentDeployOperator
 from releasetrain.operators.drift import ConfigDriftOperator
 from releasetrain.operators.governance import ReleaseClosureOperator, RiskAssessmentOperator
+from releasetrain.operators.hotfix import HotfixPolicyOperator
 from releasetrain.operators.lock import TargetLockOperator, TargetUnlockOperator
 from releasetrain.operators.manual_rollback import (
     ManualRollbackOperator,
@@ -123,6 +125,32 @@ def release_params(spec: ReleaseSpec) -> dict[str, Param]:
             section="Release",
         ),
     }
+    if spec.hotfix_policy:
+        params["hotfix"] = Param(
+            False,
+            type="boolean",
+            title="Hotfix",
+            description="This run fixes an incident: the release's hotfix policy decides, before packaging, "
+            "whether it may go (severity, components, nothing still in test); the decision is recorded.",
+            section="Hotfix",
+        )
+        params["severity"] = Param(
+            None,
+            type=["null", "string"],
+            enum=[None, *SEVERITIES],
+            title="Severity",
+            description="The incident's severity (sev1: the most severe).",
+            section="Hotfix",
+        )
+        params["incident"] = Param(
+            "",
+            type="string",
+            maxLength=64,
+            pattern=r"^([A-Za-z0-9][A-Za-z0-9_.:#/-]*)?$",
+            title="Incident",
+            description="The incident the hotfix fixes, e.g. INC-4711.",
+            section="Hotfix",
+        )
     if spec.has_calendar:
         params["emergency"] = Param(
             False,
@@ -368,6 +396,7 @@ OPERATORS: dict[Kind, type] = {
     Kind.VERIFY: BundleVerifyOperator,
     Kind.DEPENDENCIES: DependencyGateOperator,
     Kind.BASELINE: BaselineApprovalOperator,
+    Kind.HOTFIX: HotfixPolicyOperator,
     Kind.SCOPE: ScopeFreezeOperator,
     Kind.LIBRARIES: LibraryConflictOperator,
     Kind.DRIFT: ConfigDriftOperator,

@@ -189,3 +189,38 @@ def test_library_conflicts_wait_for_a_waiver_by_someone_else(monkeypatch):
     libraries_op().execute_complete(context(FakeTI(), task_id="libraries"), answer("approver", "Waive the conflicts"))
     [waiver] = run_events("conflicts_waived")
     assert waiver.actor == "approver" and waiver.details["conflicts"] == [conflict]
+
+
+# --- hotfix policy ---------------------------------------------------------------------------
+HOTFIX = {"version": "2.0.0", "hotfix": True, "severity": "sev3", "incident": "INC-9"}
+
+
+def test_a_refused_hotfix_packages_nothing_even_with_its_decision_set_to_success_by_hand(tmp_path):
+    from releasetrain.operators.hotfix import HotfixPolicyOperator
+    from releasetrain.operators.package import BundlePackageOperator
+
+    decide = HotfixPolicyOperator(
+        task_id="hotfix_policy",
+        release=RELEASE,
+        policy={"severities": ["sev1"], "components": None, "exclude_in_test": True},
+        components=[{"name": "web", "version": None}],
+        production=["prod"],
+    )
+    with pytest.raises(AirflowFailException, match="hotfix for INC-9: severity sev3 is not one a hotfix may be for"):
+        decide.execute(context(FakeTI(), task_id="hotfix_policy", params=HOTFIX))
+    [decided] = run_events("hotfix_decided")
+    assert decided.details["allowed"] is False and decided.details["changed"] == {"web": "2.0.0"}
+    seed("task_state", task_id="hotfix_policy", state="success", by_hand=True)
+    package = BundlePackageOperator(
+        task_id="package",
+        release=RELEASE,
+        project_root=str(tmp_path),
+        components=[{"name": "web", "source": "web", "version": None}],
+        artifact_store=f"file://{tmp_path / 'artifacts'}",
+        hotfix_task_id="hotfix_policy",
+    )
+    with pytest.raises(AirflowFailException, match=r"the hotfix policy refused this run \(severity sev3.*by hand"):
+        package.execute(context(FakeTI(), task_id="package", params=HOTFIX))
+    assert not (tmp_path / "artifacts").exists()
+    # a normal run passes the policy step through
+    assert decide.execute(context(FakeTI(), task_id="hotfix_policy"))["hotfix"] is False

@@ -412,3 +412,13 @@ def test_a_scope_freeze_needs_someone_who_may_grant_an_exception_and_a_board_nee
         plan_release(spec(environments=envs, scope_freeze={"environment": "dev"}), CTX)
     with pytest.raises(ReleaseSpecError, match="group 'empty' has no members to approve profiles"):
         check_groups(spec(change={"advisory_board": "empty"}), "shop.yaml", {**GROUPS, "empty": []})
+
+
+def test_a_hotfix_policy_decides_between_the_risk_assessment_and_packaging():
+    plan = plan_release(spec(hotfix_policy={"components": ["web"]}), CTX)
+    step = plan.steps[v.HOTFIX]
+    assert step.kind == Kind.HOTFIX and step.args["policy"]["components"] == ["web"]
+    assert step.args["components"] == [{"name": "web", "version": None}] and step.args["production"] == ["prod"]
+    assert plan.upstream(v.HOTFIX) == [v.ASSESS_RISK] and plan.upstream(v.PACKAGE) == [v.HOTFIX]
+    assert plan.steps[v.PACKAGE].args["hotfix_task_id"] == v.HOTFIX
+    assert v.HOTFIX not in plan_release(spec(), CTX).steps

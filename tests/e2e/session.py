@@ -81,6 +81,8 @@ E2E_DAGS = {
     "release_frozen",
     # issue 13: conflicting library versions across components need a waiver
     "release_conflicted",
+    # issue 13: a hotfix goes only within its release's hotfix policy
+    "release_hotfixed",
 }
 REFRESH_DAG = "refresh_test_data_refresh-env"  # issue 13: test data, masked first (PostgreSQL only)
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
@@ -255,6 +257,7 @@ def session_stack() -> Iterator[DevStack]:
             "frozen-dev",
             "frozen-prod",
             "conflict-env",
+            "hot-prod",
             "windowed-dev",
             "payments-staging",
             "payments-prod",

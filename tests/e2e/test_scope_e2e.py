@@ -58,3 +58,39 @@ def test_contents_changed_after_the_freeze_need_an_exception_from_someone_else(a
     assert exception.actor == "approver" and exception.details["reason"] == why
     assert exception.details["changes"] == ["frozen-web: 1.0.1, frozen at 1.0.0"]
     assert fleet(DEV)["version"] == "1.0.1"
+
+
+def test_a_hotfix_goes_only_within_its_policy_decided_before_packaging(author, fleet, ledger):
+    dag = "release_hotfixed"
+
+    def kinds(run_id: str, kind: str) -> list:
+        return [e for e in ledger.events("hotfixed", run_id, dag) if e.kind == kind]
+
+    first = author.trigger(dag, {"version": "1.0.0", "change_summary": "the release"})["dag_run_id"]
+    assert author.wait_for_run(dag, first, timeout=300)["state"] == "success", author.task_states(dag, first)
+
+    hotfix = {"version": "1.0.1", "change_summary": "fix", "hotfix": True, "incident": "INC-100"}
+    refused = author.trigger(dag, {**hotfix, "severity": "sev3"})["dag_run_id"]
+    assert author.wait_for_run(dag, refused, timeout=300)["state"] == "failed"
+    states = author.task_states(dag, refused)
+    assert states["hotfix_policy"] == "failed" and states["package"] == "upstream_failed", states
+    [decided] = kinds(refused, "hotfix_decided")
+    assert decided.details["allowed"] is False and decided.details["changed"] == {"hot-api": "1.0.1"}
+    assert decided.details["reasons"] == ["severity sev3 is not one a hotfix may be for (sev1, sev2)"]
+    # the decision set to success by hand, packaging run again: it asks the ledger
+    author.set_task_state(dag, refused, "hotfix_policy", "success")
+    author.clear_tasks(dag, refused, ["package"], downstream=True)
+    assert author.wait_for_run(dag, refused, timeout=300)["state"] == "failed"
+    assert author.task_states(dag, refused)["package"] == "failed"
+    reasons = [
+        " ".join(e.details["reasons"]) for e in kinds(refused, "gate_refused") if e.details["step"] == "hotfix_policy"
+    ]
+    assert any("the hotfix policy refused this run" in r and "set to success by hand" in r for r in reasons), reasons
+    assert not kinds(refused, "packaged") and fleet("hot-prod")["version"] == "1.0.0"
+
+    allowed = author.trigger(dag, {**hotfix, "severity": "sev1"})["dag_run_id"]
+    assert author.wait_for_run(dag, allowed, timeout=300)["state"] == "success", author.task_states(dag, allowed)
+    [decided] = kinds(allowed, "hotfix_decided")
+    assert decided.details["allowed"] is True and decided.details["incident"] == "INC-100"
+    assert decided.details["production"] == {"hot-web": "1.0.0", "hot-api": "1.0.0"}
+    assert fleet("hot-prod")["version"] == "1.0.1"

@@ -52,6 +52,7 @@ def summarise(events: Iterable[LedgerEvent]) -> dict[str, Any]:
         "deployments": [],
         "rollbacks": [],
         "sbom": None,
+        "hotfix": None,
         "waivers": [],
         "outcome": None,
     }
@@ -86,6 +87,8 @@ def summarise(events: Iterable[LedgerEvent]) -> dict[str, Any]:
             summary["closure"] = {"actor": event.actor, **d}
             summary["outcome"] = d.get("outcome", summary["outcome"])
             completed = completed or d.get("outcome") == "success"
+        elif event.kind == "hotfix_decided":
+            summary["hotfix"] = dict(d)
         elif event.kind == "packaged" and d.get("sbom"):
             summary["sbom"] = d["sbom"]
         elif event.kind == "baseline_checked":  # a profile approval given in an earlier run, reused

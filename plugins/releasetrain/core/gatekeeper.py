@@ -451,6 +451,18 @@ def masking(run: RunLedger, check_task_id: str) -> Decision:
     return Decision.allow(check_task_id)
 
 
+def hotfix(run: RunLedger, hotfix_task_id: str) -> Decision:
+    """A hotfix run's policy decision: its latest record says allowed."""
+    records = [e for e in run.of(Event.HOTFIX_DECIDED) if e.details.get("task_id") == hotfix_task_id]
+    if not records:
+        return Decision.refuse(hotfix_task_id, run.missing(hotfix_task_id, "hotfix decision"))
+    if not records[-1].details.get("allowed"):
+        how = "; it was set to success by hand, which proves nothing" if run.set_by_hand(hotfix_task_id) else ""
+        reasons = "; ".join(records[-1].details.get("reasons") or [])
+        return Decision.refuse(hotfix_task_id, f"the hotfix policy refused this run ({reasons}){how}")
+    return Decision.allow(hotfix_task_id)
+
+
 def drift_record(run: RunLedger, environment: str, drift_task_id: str) -> dict[str, Any] | None:
     """What the drift check saw on the target when it let the stage go on (``reported``)."""
     kinds = (Event.DRIFT_CHECKED, Event.DRIFT_ACCEPTED)

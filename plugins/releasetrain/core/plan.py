@@ -124,7 +124,12 @@ def plan_release(spec: ReleaseSpec, ctx: PlanContext) -> Plan:
     risk = plan.add(_risk(spec, ctx))
     package = plan.add(_package(spec, ctx))
     plan.connect(request, risk)
-    plan.connect(risk, package)
+    if spec.hotfix_policy:  # decided before packaging: a refused hotfix packages nothing
+        hotfix = plan.add(_hotfix(spec))
+        plan.connect(risk, hotfix)
+        plan.connect(hotfix, package)
+    else:
+        plan.connect(risk, package)
     upstream, gates, windows, suites = package, [], [], []
     if spec.scope_freeze:
         upstream = plan.add(_scope(spec, ctx))
@@ -179,6 +184,20 @@ def _package(spec: ReleaseSpec, ctx: PlanContext) -> Step:
             "production": spec.production_environments,
             "environments": [env.name for env in spec.environments],
             "config_patterns": spec.config_patterns,
+            **({"hotfix_task_id": v.HOTFIX} if spec.hotfix_policy else {}),
+        },
+    )
+
+
+def _hotfix(spec: ReleaseSpec) -> Step:
+    return Step(
+        v.HOTFIX,
+        Kind.HOTFIX,
+        {
+            "release": spec.name,
+            "policy": spec.hotfix_policy.model_dump(mode="json"),
+            "components": [{"name": c.name, "version": c.version} for c in spec.components],
+            "production": list(spec.production_environments),
         },
     )
 

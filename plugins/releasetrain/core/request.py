@@ -43,6 +43,9 @@ class ReleaseRequest:
     emergency_justification: str = ""
     scheduled: bool = False
     triggered_by_id: str | None = None
+    hotfix: bool = False
+    severity: str = ""
+    incident: str = ""
 
     @property
     def authors(self) -> frozenset[str]:
@@ -111,6 +114,13 @@ def build_request(
             "param 'emergency_justification': an emergency change needs a justification "
             "(at least 20 characters: the incident or risk that cannot wait for a window)"
         )
+    hotfix = bool(params.get("hotfix"))
+    severity = str(params.get("severity") or "")
+    incident = " ".join(str(params.get("incident") or "").split())
+    if hotfix and not severity:
+        raise ReleaseRequestError("param 'severity': a hotfix states its severity (sev1 is the most severe)")
+    if hotfix and len(incident) < 3:
+        raise ReleaseRequestError("param 'incident': a hotfix names the incident it fixes (e.g. INC-4711)")
     return ReleaseRequest(
         release=release,
         version=version,
@@ -123,6 +133,9 @@ def build_request(
         emergency=emergency,
         emergency_justification=justification if emergency else "",
         scheduled=scheduled,
+        hotfix=hotfix,
+        severity=severity if hotfix else "",
+        incident=incident if hotfix else "",
     )
 
 

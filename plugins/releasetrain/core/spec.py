@@ -26,7 +26,9 @@ from releasetrain.core.windows import CalendarError, CalendarSpec, IcsBlackout, 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 # task ids of the release DAG that an environment's task group must not collide with
-RESERVED_ENVIRONMENT_NAMES = frozenset({"prepare", "package", "scope", "libraries", "release_complete"})
+RESERVED_ENVIRONMENT_NAMES = frozenset(
+    {"prepare", "package", "scope", "libraries", "hotfix_policy", "release_complete"}
+)
 CONN_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
 USER_PATTERN = r"^[A-Za-z0-9_.@+-]+$"
 
@@ -418,6 +420,26 @@ class ScopeFreeze(_Model):
         return self
 
 
+SEVERITIES = ("sev1", "sev2", "sev3", "sev4")  # sev1: the most severe
+
+
+class HotfixPolicy(_Model):
+    """What a hotfix run (trigger params ``hotfix``, ``severity``, ``incident``) may carry;
+    decided before packaging, recorded with its reasons, refused with the criteria missed."""
+
+    severities: list[Literal["sev1", "sev2", "sev3", "sev4"]] = Field(
+        default_factory=lambda: ["sev1", "sev2"], min_length=1, description="Severities a hotfix may be for."
+    )
+    components: list[Annotated[str, Field(pattern=NAME_PATTERN)]] | None = Field(
+        default=None, description="Components a hotfix may change (default: any)."
+    )
+    exclude_in_test: bool = Field(
+        default=True,
+        description="Refuse a hotfix carrying a component version that another open run of the release still "
+        "has in test (not yet in production).",
+    )
+
+
 class ChangePolicy(_Model):
     """How each release run is recorded as a change (ServiceNow's change state model)."""
 
@@ -596,6 +618,9 @@ class ReleaseSpec(_Model):
     )
     backout_minutes: int | None = Field(default=None, gt=0, description="Estimated time to back the release out.")
     change: ChangePolicy = Field(default_factory=lambda: ChangePolicy())
+    hotfix_policy: HotfixPolicy | None = Field(
+        default=None, description="Lets runs be hotfixes (trigger params hotfix, severity, incident) under rules."
+    )
     scope_freeze: ScopeFreeze | None = Field(
         default=None,
         description="When the release's contents freeze: {date: 2026-12-01} or {environment: staging}; after "
@@ -646,6 +671,10 @@ class ReleaseSpec(_Model):
                     raise ValueError(f"depends_on[{i}].environments: {unknown} are not environments of this release")
                 if dependency.release == self.name:
                     raise ValueError(f"depends_on[{i}]: a release cannot depend on itself")
+        policy = self.hotfix_policy
+        unknown = sorted(set(policy.components or []) - {c.name for c in self.components}) if policy else []
+        if unknown:
+            raise ValueError(f"hotfix_policy.components: {unknown} are not components of this release")
         freeze = self.scope_freeze
         if freeze and freeze.environment and freeze.environment not in names:
             raise ValueError(f"scope_freeze.environment: {freeze.environment!r} is not an environment of this release")

@@ -46,6 +46,7 @@ ASSESS_RISK = "assess_risk"
 PACKAGE = "package"
 SCOPE = "scope"  # the scope freeze check, after package
 LIBRARIES = "libraries"  # library version conflicts across components, after package
+HOTFIX = "hotfix_policy"  # the hotfix decision, before package
 POST_IMPLEMENTATION_REVIEW = "post_implementation_review"
 CLOSURE = "closure"
 RELEASE_COMPLETE = "release_complete"
@@ -124,6 +125,7 @@ class Kind(StrEnum):
     SUITE = "suite"
     SCOPE = "scope"
     LIBRARIES = "libraries"
+    HOTFIX = "hotfix"
     PARITY = "parity"
     APPROVAL = "approval"
     WINDOW = "window"
@@ -236,6 +238,7 @@ class Event(StrEnum):
     CONFLICTS_WAIVED = "conflicts_waived"
     MASKING_CHECKED = "masking_checked"
     TEST_DATA_REFRESHED = "test_data_refreshed"
+    HOTFIX_DECIDED = "hotfix_decided"
 
 
 EVENT_KINDS = frozenset(kind.value for kind in Event)

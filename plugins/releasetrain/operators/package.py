@@ -55,6 +55,7 @@ class BundlePackageOperator(BaseOperator):
         production: list[str] | None = None,
         environments: list[str] | None = None,
         config_patterns: list[str] | None = None,
+        hotfix_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -68,9 +69,22 @@ class BundlePackageOperator(BaseOperator):
         self.production = list(production or [])
         self.environments = list(environments or [])
         self.config_patterns = None if config_patterns is None else list(config_patterns)
+        self.hotfix_task_id = hotfix_task_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        version = release_request(context, self.release).version
+        request = release_request(context, self.release)
+        version = request.version
+        if request.hotfix:  # only what the hotfix policy allowed is packaged
+            if not self.hotfix_task_id:
+                enforce(
+                    context,
+                    Decision.refuse(PACKAGE, "this release has no hotfix_policy: no run is a hotfix"),
+                    self.release,
+                )
+            from releasetrain.core import gatekeeper
+            from releasetrain.operators._common import run_ledger
+
+            enforce(context, gatekeeper.hotfix(run_ledger(context, self.release), self.hotfix_task_id), self.release)
         collected = [self._collect(c, version) for c in self.components]
         self._refuse_environment_config(context, collected)
         sbom, attachments = self._sbom(context, version, collected)
