@@ -73,6 +73,7 @@ def lib(component, name, version, ecosystem="pypi"):
             ["pypi requests: 2.32.3 in api, 2.31.0 in web"],
         ),
         ([lib("web", "requests", "2.32.3"), lib("api", "requests", "2.32.3")], []),
+        ([lib("web", "six", "1.16"), lib("api", "six", "1.16.0")], []),  # the same version to pip (PEP 440)
         ([lib("web", "a", "1"), lib("web", "a", "2")], []),  # one component: npm nests versions
         ([lib("web", "a", "1", "npm"), lib("api", "a", "2")], []),  # other ecosystems
         ([lib("web", "a", "1"), lib("web", "a", "2"), lib("api", "a", "2")], ["pypi a: 2 in api, 1/2 in web"]),

@@ -127,16 +127,24 @@ def component_libraries(component: str, files: Mapping[str, bytes]) -> list[Libr
     return sorted(set(libraries))
 
 
+def _normalised(version: str) -> str:
+    """A Python version as PEP 440 compares it (``1.0`` and ``1.0.0`` are the same)."""
+    from packaging.utils import canonicalize_version
+
+    return str(canonicalize_version(version))
+
+
 def conflicts(libraries: Iterable[Library]) -> list[str]:
     """Libraries two components of the release pin at different versions, one line each
     (sorted): ``pypi requests: 2.31.0 in web, 2.32.3 in api``."""
-    by_library: dict[tuple[str, str], dict[str, set[str]]] = {}
+    by_library: dict[tuple[str, str], dict[str, dict[str, str]]] = {}  # -> component -> {canonical: as pinned}
     for lib in libraries:
-        by_library.setdefault((lib.ecosystem, lib.name), {}).setdefault(lib.component, set()).add(lib.version)
+        canonical = _normalised(lib.version) if lib.ecosystem == "pypi" else lib.version
+        by_library.setdefault((lib.ecosystem, lib.name), {}).setdefault(lib.component, {})[canonical] = lib.version
     lines = []
     for (ecosystem, name), components in sorted(by_library.items()):
         if len(components) > 1 and len({frozenset(v) for v in components.values()}) > 1:
-            where = ", ".join(f"{'/'.join(sorted(v))} in {c}" for c, v in sorted(components.items()))
+            where = ", ".join(f"{'/'.join(sorted(v.values()))} in {c}" for c, v in sorted(components.items()))
             lines.append(f"{ecosystem} {name}: {where}")
     return lines
 
