@@ -98,3 +98,23 @@ def test_a_policy_names_only_components_of_the_release():
     with pytest.raises(ReleaseSpecError, match=r"hotfix_policy.components: \['api'\] are not components"):
         parse_spec({**base, "hotfix_policy": {"components": ["api"]}})
     assert parse_spec({**base, "hotfix_policy": {}}).hotfix_policy.severities == ["sev1", "sev2"]
+
+
+def test_after_a_rollback_production_runs_what_the_rollback_restored():
+    events = [
+        E(
+            Event.PACKAGED,
+            "r1",
+            details={"version": "1.0.0", "digest": "d1", "components": [{"name": "api", "version": "1.0.0"}]},
+        ),
+        E(Event.DEPLOYED, "r1", "prod"),
+        E(
+            Event.PACKAGED,
+            "r2",
+            details={"version": "1.1.0", "digest": "d2", "components": [{"name": "api", "version": "1.1.0"}]},
+        ),
+        E(Event.DEPLOYED, "r2", "prod"),
+        E(Event.ROLLBACK, "r2", "prod", details={"restored_version": "1.0.0", "restored_digest": "d1"}),
+    ]
+    assert production_contents(events, ["prod"]) == {"api": "1.0.0"}
+    assert production_contents(events[:4], ["prod"]) == {"api": "1.1.0"}

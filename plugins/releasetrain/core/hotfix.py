@@ -19,7 +19,7 @@ from releasetrain.core.scope import contents
 from releasetrain.core.vocabulary import Event
 
 # the release-wide events the decision reads
-HOTFIX_EVENTS = (Event.PACKAGED, Event.DEPLOYED, Event.ENVIRONMENT_PASSED, Event.RUN_STATE)
+HOTFIX_EVENTS = (Event.PACKAGED, Event.DEPLOYED, Event.ROLLBACK, Event.ENVIRONMENT_PASSED, Event.RUN_STATE)
 TERMINAL = frozenset({"success", "failed"})
 
 
@@ -48,14 +48,23 @@ def _run(e: EventLike) -> str:
 
 
 def production_contents(events: Iterable[EventLike], production: Iterable[str]) -> dict[str, str]:
-    """Component -> version of what the newest deploy to a production environment shipped."""
+    """Component -> version of what production runs: the newest deploy to a production
+    environment, or the version the newest rollback there restored (events in ledger order)."""
     events = list(events)
     production = set(production)
     packaged = {_run(e): e for e in events if e.kind == Event.PACKAGED}
-    deployed = [e for e in events if e.kind == Event.DEPLOYED and e.environment in production]
-    for e in reversed(deployed):
-        if _run(e) in packaged:
-            return contents(packaged[_run(e)].details.get("components") or [])
+    by_digest = {e.details.get("digest"): e for e in events if e.kind == Event.PACKAGED and e.details.get("digest")}
+    by_version = {e.details.get("version"): e for e in events if e.kind == Event.PACKAGED and e.details.get("version")}
+    for e in reversed(events):
+        if e.environment not in production:
+            continue
+        source = None
+        if e.kind == Event.DEPLOYED:
+            source = packaged.get(_run(e))
+        elif e.kind == Event.ROLLBACK and e.details.get("restored_version"):
+            source = by_digest.get(e.details.get("restored_digest")) or by_version.get(e.details["restored_version"])
+        if source is not None:
+            return contents(source.details.get("components") or [])
     return {}
 
 
