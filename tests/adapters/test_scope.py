@@ -224,3 +224,19 @@ def test_a_refused_hotfix_packages_nothing_even_with_its_decision_set_to_success
     assert not (tmp_path / "artifacts").exists()
     # a normal run passes the policy step through
     assert decide.execute(context(FakeTI(), task_id="hotfix_policy"))["hotfix"] is False
+
+
+def test_packaging_refuses_a_hotfix_decision_about_other_contents(tmp_path):
+    from releasetrain.operators.package import BundlePackageOperator
+
+    seed("hotfix_decided", task_id="hotfix_policy", allowed=True, reasons=[], planned={"web": "1.9.0"})
+    package = BundlePackageOperator(
+        task_id="package",
+        release=RELEASE,
+        project_root=str(tmp_path),
+        components=[{"name": "web", "source": "web", "version": None}],
+        artifact_store=f"file://{tmp_path / 'artifacts'}",
+        hotfix_task_id="hotfix_policy",
+    )
+    with pytest.raises(AirflowFailException, match=r"the hotfix decision was about \{'web': '1.9.0'\}, not"):
+        package.execute(context(FakeTI(), task_id="package", params={**HOTFIX, "severity": "sev1"}))

@@ -13,7 +13,7 @@ from releasetrain.core.spec import ReleaseSpecError, parse_spec
 from releasetrain.core.vocabulary import Event
 
 POLICY = {"severities": ["sev1", "sev2"], "components": ["api"], "exclude_in_test": True}
-PROD = {"web": "1.0.0", "api": "1.0.0"}
+PROD = {"web": {"1.0.0"}, "api": {"1.0.0"}}
 
 
 @dataclass
@@ -22,6 +22,7 @@ class E:
     run_id: str
     environment: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    dag_id: str = "release_shop"
 
 
 def packaged(run: str, **versions: str) -> E:
@@ -40,7 +41,12 @@ def packaged(run: str, **versions: str) -> E:
             {"api 1.1.0": ["r7"]},
             ["component api 1.1.0 is still in test in run r7"],
         ),
-        ("sev1", dict(PROD), {}, ["nothing changes against production: a hotfix must change something"]),
+        (
+            "sev1",
+            {"web": "1.0.0", "api": "1.0.0"},
+            {},
+            ["nothing changes against production: a hotfix must change something"],
+        ),
     ],
 )
 def test_a_hotfix_is_allowed_only_within_the_policy_and_each_missed_criterion_is_named(
@@ -52,18 +58,50 @@ def test_a_hotfix_is_allowed_only_within_the_policy_and_each_missed_criterion_is
         assert decision.changed == {"api": "1.0.1"}
 
 
+def pkg(run: str, version: str, **components: str) -> E:
+    return E(
+        Event.PACKAGED,
+        run,
+        details={
+            "version": version,
+            "digest": f"d{version}",
+            "components": [{"name": k, "version": v} for k, v in components.items()],
+        },
+    )
+
+
 def test_production_and_what_is_in_test_come_from_the_ledger():
     events = [
-        packaged("r1", web="1.0.0", api="1.0.0"),
-        E(Event.DEPLOYED, "r1", "prod"),
+        pkg("r1", "1.0.0", web="1.0.0", api="1.0.0"),
+        E(Event.DEPLOYED, "r1", "prod", details={"version": "1.0.0"}),
         E(Event.ENVIRONMENT_PASSED, "r1", "prod"),
-        packaged("r2", web="1.1.0", api="1.1.0"),  # open, in staging
-        packaged("r3", web="1.2.0", api="1.2.0"),
+        pkg("r2", "1.1.0", web="1.1.0", api="1.1.0"),  # open, in staging
+        pkg("r3", "1.2.0", web="1.2.0", api="1.2.0"),
         E(Event.RUN_STATE, "r3", details={"state": "failed"}),  # ended: nothing in test
-        packaged("now", web="1.0.0", api="1.0.1"),
+        pkg("r4", "2.0.0", web="1.0.0", api="2.0.0"),
+        E(Event.DEPLOYED, "r4", "prod", details={"version": "2.0.0", "slot": "idle"}),  # never promoted
+        E(Event.RUN_STATE, "r4", details={"state": "failed"}),
+        pkg("now", "1.0.1", web="1.0.0", api="1.0.1"),
     ]
-    assert production_contents(events, ["prod"]) == {"web": "1.0.0", "api": "1.0.0"}
+    assert production_contents(events, ["prod"]) == {"web": {"1.0.0"}, "api": {"1.0.0"}}, (
+        "the idle colour is no production"
+    )
     assert in_test(events, ["prod"], "now") == {"web 1.1.0": ["r2"], "api 1.1.0": ["r2"]}
+
+
+def test_another_dag_ending_a_run_of_the_same_id_does_not_end_the_run_in_test():
+    events = [pkg("r2", "1.1.0", api="1.1.0"), E(Event.RUN_STATE, "r2", details={"state": "failed"})]
+    events[0].dag_id, events[1].dag_id = "release_shop", "rollback_shop"
+    assert in_test(events, ["prod"], "now", "release_shop") == {"api 1.1.0": ["r2"]}
+
+
+def test_a_component_differing_in_any_production_environment_is_changed():
+    decision = decide_hotfix(
+        POLICY, "sev1", {"web": "1.0.0", "api": "1.0.1"}, {"web": {"1.0.0", "0.9.0"}, "api": {"1.0.0"}}, {}
+    )
+    assert (
+        decision.changed == {"api": "1.0.1", "web": "1.0.0"} and "component web may not change" in decision.reasons[0]
+    )
 
 
 def test_a_hotfix_run_states_its_severity_and_incident():
@@ -102,19 +140,11 @@ def test_a_policy_names_only_components_of_the_release():
 
 def test_after_a_rollback_production_runs_what_the_rollback_restored():
     events = [
-        E(
-            Event.PACKAGED,
-            "r1",
-            details={"version": "1.0.0", "digest": "d1", "components": [{"name": "api", "version": "1.0.0"}]},
-        ),
-        E(Event.DEPLOYED, "r1", "prod"),
-        E(
-            Event.PACKAGED,
-            "r2",
-            details={"version": "1.1.0", "digest": "d2", "components": [{"name": "api", "version": "1.1.0"}]},
-        ),
-        E(Event.DEPLOYED, "r2", "prod"),
-        E(Event.ROLLBACK, "r2", "prod", details={"restored_version": "1.0.0", "restored_digest": "d1"}),
+        pkg("r1", "1.0.0", api="1.0.0"),
+        E(Event.DEPLOYED, "r1", "prod", details={"version": "1.0.0"}),
+        pkg("r2", "1.1.0", api="1.1.0"),
+        E(Event.DEPLOYED, "r2", "prod", details={"version": "1.1.0"}),
+        E(Event.ROLLBACK, "r2", "prod", details={"restored_version": "1.0.0", "restored_digest": "d1.0.0"}),
     ]
-    assert production_contents(events, ["prod"]) == {"api": "1.0.0"}
-    assert production_contents(events[:4], ["prod"]) == {"api": "1.1.0"}
+    assert production_contents(events, ["prod"]) == {"api": {"1.0.0"}}
+    assert production_contents(events[:4], ["prod"]) == {"api": {"1.1.0"}}

@@ -451,8 +451,9 @@ def masking(run: RunLedger, check_task_id: str) -> Decision:
     return Decision.allow(check_task_id)
 
 
-def hotfix(run: RunLedger, hotfix_task_id: str) -> Decision:
-    """A hotfix run's policy decision: its latest record says allowed."""
+def hotfix(run: RunLedger, hotfix_task_id: str, planned: Mapping[str, str] | None = None) -> Decision:
+    """A hotfix run's policy decision: its latest record says allowed, about the contents
+    (``planned``: component -> version) about to be packaged."""
     records = [e for e in run.of(Event.HOTFIX_DECIDED) if e.details.get("task_id") == hotfix_task_id]
     if not records:
         return Decision.refuse(hotfix_task_id, run.missing(hotfix_task_id, "hotfix decision"))
@@ -460,6 +461,12 @@ def hotfix(run: RunLedger, hotfix_task_id: str) -> Decision:
         how = "; it was set to success by hand, which proves nothing" if run.set_by_hand(hotfix_task_id) else ""
         reasons = "; ".join(records[-1].details.get("reasons") or [])
         return Decision.refuse(hotfix_task_id, f"the hotfix policy refused this run ({reasons}){how}")
+    if planned is not None and records[-1].details.get("planned") != dict(planned):
+        return Decision.refuse(
+            hotfix_task_id,
+            f"the hotfix decision was about {records[-1].details.get('planned')}, not {dict(planned)}: "
+            f"clear {hotfix_task_id} to decide again",
+        )
     return Decision.allow(hotfix_task_id)
 
 

@@ -19,7 +19,14 @@ from releasetrain.core.scope import contents
 from releasetrain.core.vocabulary import Event
 
 # the release-wide events the decision reads
-HOTFIX_EVENTS = (Event.PACKAGED, Event.DEPLOYED, Event.ROLLBACK, Event.ENVIRONMENT_PASSED, Event.RUN_STATE)
+HOTFIX_EVENTS = (
+    Event.PACKAGED,
+    Event.DEPLOYED,
+    Event.PROMOTED,
+    Event.ROLLBACK,
+    Event.ENVIRONMENT_PASSED,
+    Event.RUN_STATE,
+)
 TERMINAL = frozenset({"success", "failed"})
 
 
@@ -30,10 +37,12 @@ class HotfixDecision:
     changed: dict[str, str] = field(default_factory=dict)  # component -> version it changes to
     production: dict[str, str] = field(default_factory=dict)
     in_test: dict[str, list[str]] = field(default_factory=dict)  # "component version" -> open runs
+    planned: dict[str, str] = field(default_factory=dict)  # what the decision was about
 
     def details(self, severity: str, incident: str) -> dict[str, Any]:
         return {
             "allowed": self.allowed,
+            "planned": dict(self.planned),
             "reasons": list(self.reasons),
             "severity": severity,
             "incident": incident,
@@ -43,47 +52,46 @@ class HotfixDecision:
         }
 
 
-def _run(e: EventLike) -> str:
-    return str(getattr(e, "run_id", "") or "")
+def _run(e: EventLike) -> tuple[str, str]:
+    """A run's key: DAG id and run id (a rollback DAG's run may share a release run's id)."""
+    return str(getattr(e, "dag_id", "") or ""), str(getattr(e, "run_id", "") or "")
 
 
-def production_contents(events: Iterable[EventLike], production: Iterable[str]) -> dict[str, str]:
-    """Component -> version of what production runs: the newest deploy to a production
-    environment, or the version the newest rollback there restored (events in ledger order)."""
+def production_contents(events: Iterable[EventLike], production: Iterable[str]) -> dict[str, set[str]]:
+    """Component -> the versions production runs, over every production environment: what
+    the version live there (the newest deploy that takes traffic, promotion or rollback:
+    :func:`releasetrain.core.incident.live_version`) was packaged with."""
+    from releasetrain.core.incident import live_version
+
     events = list(events)
-    production = set(production)
-    packaged = {_run(e): e for e in events if e.kind == Event.PACKAGED}
-    by_digest = {e.details.get("digest"): e for e in events if e.kind == Event.PACKAGED and e.details.get("digest")}
     by_version = {e.details.get("version"): e for e in events if e.kind == Event.PACKAGED and e.details.get("version")}
-    for e in reversed(events):
-        if e.environment not in production:
-            continue
-        source = None
-        if e.kind == Event.DEPLOYED:
-            source = packaged.get(_run(e))
-        elif e.kind == Event.ROLLBACK and e.details.get("restored_version"):
-            source = by_digest.get(e.details.get("restored_digest")) or by_version.get(e.details["restored_version"])
-        if source is not None:
-            return contents(source.details.get("components") or [])
-    return {}
+    running: dict[str, set[str]] = {}
+    for environment in production:
+        version = live_version(events, [environment])
+        source = by_version.get(version)
+        for name, component_version in contents(source.details.get("components") or [] if source else []).items():
+            running.setdefault(name, set()).add(component_version)
+    return running
 
 
-def in_test(events: Iterable[EventLike], production: Iterable[str], run_id: str) -> dict[str, list[str]]:
-    """``component version`` -> the other open runs of the release that carry it untested in
-    production (packaged, no production pass, not ended)."""
-    events = list(events)
+def in_test(
+    events: Iterable[EventLike], production: Iterable[str], run_id: str, dag_id: str = ""
+) -> dict[str, list[str]]:
+    """``component version`` -> the other open runs of the release DAG ``dag_id`` that carry it
+    untested in production (packaged, no production pass, not ended)."""
+    events = [e for e in events if not dag_id or str(getattr(e, "dag_id", "") or "") == dag_id]
     production = set(production)
     ended = {_run(e) for e in events if e.kind == Event.RUN_STATE and e.details.get("state") in TERMINAL}
     released = {_run(e) for e in events if e.kind == Event.ENVIRONMENT_PASSED and e.environment in production}
     found: dict[str, list[str]] = {}
     for e in events:
-        run = _run(e)
-        if e.kind != Event.PACKAGED or run == run_id or run in ended or run in released:
+        key = _run(e)
+        if e.kind != Event.PACKAGED or key[1] == run_id or key in ended or key in released:
             continue
         for name, version in contents(e.details.get("components") or []).items():
             runs = found.setdefault(f"{name} {version}", [])
-            if run not in runs:
-                runs.append(run)
+            if key[1] not in runs:
+                runs.append(key[1])
     return found
 
 
@@ -91,7 +99,7 @@ def decide_hotfix(
     policy: Mapping[str, Any],
     severity: str,
     planned: Mapping[str, str],
-    production: Mapping[str, str],
+    production: Mapping[str, set[str]],
     testing: Mapping[str, list[str]],
 ) -> HotfixDecision:
     """``policy``: the spec's ``hotfix_policy``; ``planned``: component -> version this run
@@ -100,7 +108,8 @@ def decide_hotfix(
     severities = list(policy.get("severities") or [])
     if severity not in severities:
         reasons.append(f"severity {severity} is not one a hotfix may be for ({', '.join(severities)})")
-    changed = {name: version for name, version in sorted(planned.items()) if production.get(name) != version}
+    # changed: not what every production environment runs
+    changed = {name: version for name, version in sorted(planned.items()) if production.get(name) != {version}}
     allowed = policy.get("components")
     if allowed is not None:
         for name in changed:
@@ -115,4 +124,5 @@ def decide_hotfix(
                 reasons.append(f"component {name} {version} is still in test in run {', '.join(runs)}")
     if not changed:
         reasons.append("nothing changes against production: a hotfix must change something")
-    return HotfixDecision(not reasons, reasons, changed, dict(production), carried)
+    shown = {name: "/".join(sorted(versions)) for name, versions in sorted(production.items())}
+    return HotfixDecision(not reasons, reasons, changed, shown, carried, dict(planned))

@@ -63,7 +63,7 @@ class HotfixPolicyOperator(BaseOperator):
             request.severity,
             planned,
             production_contents(events, self.production),
-            in_test(events, self.production, context["run_id"]),
+            in_test(events, self.production, context["run_id"], context["dag_run"].dag_id),
         )
         details = decision.details(request.severity, request.incident)
         record(context, Event.HOTFIX_DECIDED, self.release, details=details)

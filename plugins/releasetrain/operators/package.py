@@ -84,7 +84,9 @@ class BundlePackageOperator(BaseOperator):
             from releasetrain.core import gatekeeper
             from releasetrain.operators._common import run_ledger
 
-            enforce(context, gatekeeper.hotfix(run_ledger(context, self.release), self.hotfix_task_id), self.release)
+            planned = {c["name"]: c.get("version") or version for c in self.components}
+            decision = gatekeeper.hotfix(run_ledger(context, self.release), self.hotfix_task_id, planned)
+            enforce(context, decision, self.release)
         collected = [self._collect(c, version) for c in self.components]
         self._refuse_environment_config(context, collected)
         sbom, attachments = self._sbom(context, version, collected)
