@@ -23,6 +23,17 @@ from releasetrain.core.masking import MaskRule, RefreshError, check_values, load
         ("null", "1990-01-01", True),
         ("hash", "a" * 64, False),
         ("hash", "Jane Doe", True),
+        # evasions found by the attacker review
+        ("email", "noreply@example.com john@gmail.com", True),
+        ("email", "x@example.com\njane@corp.de", True),
+        ("card", "4111-1111-1111-1111 exp 12/27", True),
+        ("card", "4111111111111111|123", True),
+        ("card", "order 7: 4111111111111111", True),
+        ("card", 4111111111111111.0, True),
+        ("card", "\uff14\uff11\uff11\uff11111111111111", True),  # full-width digits
+        ("card", "4111 1111 1111 1111 1234", True),  # followed by more digits
+        ("card", "ref 1234 5678 9012 3456 7", False),  # no Luhn-valid card in its groups
+        ("keep", "anything at all", False),
     ],
 )
 def test_a_value_is_unmasked_when_it_looks_like_real_data(kind, value, bad):
@@ -82,3 +93,13 @@ def test_a_good_declaration_gives_one_dag_per_environment(tmp_path):
     [refresh] = load_refreshes(path)
     assert refresh.dag_id == "refresh_test_data_staging" and refresh.plan()["tables"] == ["customers", "orders"]
     assert load_refreshes(tmp_path / "missing.yaml") == []
+
+
+def test_every_copied_column_needs_a_rule_or_an_explicit_keep():
+    from releasetrain.core.masking import undeclared
+
+    rules = [MaskRule("customers", "email", "email"), MaskRule("customers", "id", "keep")]
+    assert undeclared(rules, {"customers": ["id", "email", "phone"], "orders": ["id"]}) == [
+        "customers.phone",
+        "orders.id",
+    ]

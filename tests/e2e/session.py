@@ -152,8 +152,13 @@ def _test_data_refresh(home: Path, db_name: str | None) -> tuple[dict, dict, tup
         "target": {"conn_id": "refresh_tgt_e2e"},
         "tables": ["customers", "orders"],
         "rules": [
+            {"table": "customers", "column": "id", "kind": "keep"},
+            {"table": "customers", "column": "name", "kind": "pattern", "pattern": r"Customer \d+"},
             {"table": "customers", "column": "email", "kind": "email"},
             {"table": "customers", "column": "card", "kind": "card"},
+            {"table": "orders", "column": "id", "kind": "keep"},
+            {"table": "orders", "column": "customer_id", "kind": "keep"},
+            {"table": "orders", "column": "total", "kind": "keep"},
         ],
     }
     path = home / "data_refresh.yaml"

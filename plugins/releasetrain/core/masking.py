@@ -11,6 +11,7 @@ never shown. Nothing here imports Airflow.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +19,15 @@ from typing import Any
 
 import yaml
 
-IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62})?$")
-CONN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
-ENVIRONMENT = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-RULE_KINDS = ("email", "card", "null", "hash", "pattern")
+IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62})?")  # used with fullmatch
+CONN_ID = re.compile(r"[A-Za-z0-9_.-]+")
+ENVIRONMENT = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+RULE_KINDS = ("email", "card", "null", "hash", "pattern", "keep")  # keep: declared not personal
 # domains reserved for examples and tests (RFC 2606, RFC 6761): a masked address uses one
 MASKED_DOMAINS = ("example.com", "example.net", "example.org")
 MASKED_SUFFIXES = (".invalid", ".test", ".example", ".localhost")
-_EMAIL = re.compile(r"[^@\s]+@([^@\s]+)")
-_DIGITS = re.compile(r"\d")
+_EMAIL = re.compile(r"[^@\s<>,;]+@([^@\s<>,;]+)")
+_DIGIT_RUN = re.compile(r"[0-9]+(?:[ -][0-9]+)*")  # digits, in groups split by single spaces or dashes
 _HASH = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64}|[0-9a-f]{128})$")
 
 
@@ -95,18 +96,24 @@ def unmasked(rule: MaskRule, value: Any) -> bool:
     that a ``null`` rule accepts nothing else)."""
     if rule.kind == "null":
         return value is not None
-    if value is None:
+    if value is None or rule.kind == "keep":
         return False
-    text = str(value)
-    if rule.kind == "email":
-        match = _EMAIL.search(text)
-        if not match:
-            return False
-        domain = match.group(1).lower().rstrip(".")
-        return not (domain in MASKED_DOMAINS or domain.endswith(MASKED_SUFFIXES))
-    if rule.kind == "card":
-        digits = "".join(_DIGITS.findall(text))
-        return 13 <= len(digits) <= 19 and _luhn(digits) and len(set(digits)) > 1
+    text = unicodedata.normalize("NFKC", str(value))
+    if rule.kind == "email":  # every address in the value must be in a reserved domain
+        for match in _EMAIL.finditer(text):
+            domain = match.group(1).lower().rstrip(".")
+            if not (domain in MASKED_DOMAINS or domain.endswith(MASKED_SUFFIXES)):
+                return True
+        return False
+    if rule.kind == "card":  # 13-19 digits passing the Luhn check, as consecutive digit groups
+        for match in _DIGIT_RUN.finditer(text):
+            groups = re.split(r"[ -]", match.group(0))
+            for i in range(len(groups)):
+                for j in range(i + 1, len(groups) + 1):
+                    part = "".join(groups[i:j])
+                    if 13 <= len(part) <= 19 and _luhn(part) and len(set(part)) > 1:
+                        return True
+        return False
     if rule.kind == "hash":
         return not _HASH.match(text)
     return not re.fullmatch(rule.pattern or "", text)
@@ -136,6 +143,13 @@ def _expected(rule: MaskRule) -> str:
         "null": "must be empty",
         "hash": "must be a hex digest",
     }.get(rule.kind, f"must match {rule.pattern!r}")
+
+
+def undeclared(rules: Iterable[MaskRule], columns: Mapping[str, list[str]]) -> list[str]:
+    """Columns of the copied tables (``table`` -> its columns) that no rule declares: copied,
+    they would go unchecked. Each must have a rule (``keep`` when it holds nothing personal)."""
+    declared = {(r.table, r.column) for r in rules}
+    return [f"{table}.{c}" for table, names in columns.items() for c in names if (table, c) not in declared]
 
 
 def load_refreshes(path: Path) -> list[Refresh]:
@@ -169,7 +183,7 @@ def _refresh(entry: Any, where: str) -> Refresh:
 
     def text(key: str, pattern: re.Pattern[str], value: Any = None) -> str:
         value = entry.get(key) if value is None else value
-        if not isinstance(value, str) or not pattern.match(value):
+        if not isinstance(value, str) or not pattern.fullmatch(value):
             raise RefreshError(f"{where}.{key}: {value!r} is not valid")
         return value
 
@@ -190,7 +204,7 @@ def _refresh(entry: Any, where: str) -> Refresh:
     if (
         not isinstance(tables, list)
         or not tables
-        or not all(isinstance(t, str) and IDENTIFIER.match(t) for t in tables)
+        or not all(isinstance(t, str) and IDENTIFIER.fullmatch(t) for t in tables)
     ):
         raise RefreshError(f"{where}.tables: a list of table names (lower-case identifiers) is expected")
     rules = []
@@ -201,7 +215,7 @@ def _refresh(entry: Any, where: str) -> Refresh:
         table, column, kind = raw.get("table"), raw.get("column"), raw.get("kind")
         if table not in tables:
             raise RefreshError(f"{at}.table: {table!r} is not one of the refresh's tables")
-        if not isinstance(column, str) or not IDENTIFIER.match(column) or "." in column:
+        if not isinstance(column, str) or not IDENTIFIER.fullmatch(column) or "." in column:
             raise RefreshError(f"{at}.column: {column!r} is not a column name")
         if kind not in RULE_KINDS:
             raise RefreshError(f"{at}.kind: {kind!r} is not one of {list(RULE_KINDS)}")

@@ -9,7 +9,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from releasetrain.core import gatekeeper
 from releasetrain.core.gatekeeper import Decision
-from releasetrain.core.masking import IDENTIFIER, MaskRule, check_values, rules_of
+from releasetrain.core.masking import IDENTIFIER, MaskRule, check_values, rules_of, undeclared
 from releasetrain.core.vocabulary import Event
 from releasetrain.operators._common import enforce, record, run_ledger
 
@@ -29,12 +29,24 @@ def _read(hook: Any, table: str, limit: int = 0) -> tuple[list[str], list[tuple[
         cursor = conn.cursor()
         cursor.execute(f"SELECT * FROM {table}" + (f" LIMIT {int(limit)}" if limit else ""))
         columns = [d[0] for d in cursor.description]
-        odd = [c for c in columns if not IDENTIFIER.match(c) or "." in c]
+        odd = [c for c in columns if not IDENTIFIER.fullmatch(c) or "." in c]
         if odd:
             raise AirflowFailException(f"table {table}: columns {odd} are not plain identifiers; not copied")
         return columns, [tuple(row) for row in cursor.fetchall()]
     finally:
         conn.close()
+
+
+def _problems(
+    rules: list[MaskRule], tables: dict[str, tuple[list[str], list[tuple[Any, ...]]]]
+) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """Every rule against the rows read, and every column read that no rule declares."""
+    counts, problems = check_values(rules, _values(rules, tables))
+    unruled = undeclared(rules, {t: columns for t, (columns, _) in tables.items()})
+    problems += [
+        f"{c}: no masking rule declares it (add one, or kind: keep when it holds nothing personal)" for c in unruled
+    ]
+    return counts, problems
 
 
 def _values(rules: list[MaskRule], tables: dict[str, tuple[list[str], list[tuple[Any, ...]]]]) -> dict[str, list]:
@@ -71,8 +83,8 @@ class MaskingCheckOperator(_RefreshOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         rules = rules_of(self.refresh)
         hook = _hook(self.refresh["source_conn_id"])
-        tables = {t: _read(hook, t, self.refresh.get("sample_rows") or 0) for t in {r.table for r in rules}}
-        counts, problems = check_values(rules, _values(rules, tables))
+        tables = {t: _read(hook, t, self.refresh.get("sample_rows") or 0) for t in self.refresh["tables"]}
+        counts, problems = _problems(rules, tables)
         details = {"source": self.refresh["source_conn_id"], "counts": counts, "problems": problems}
         record(
             context,
@@ -105,12 +117,14 @@ class TestDataCopyOperator(_RefreshOperator):
         source = _hook(self.refresh["source_conn_id"])
         tables = {t: _read(source, t) for t in self.refresh["tables"]}
         rules = rules_of(self.refresh)
-        counts, problems = check_values(rules, _values(rules, tables))
+        counts, problems = _problems(rules, tables)
         if problems:  # the data changed since the check: nothing is copied
             enforce(context, Decision.refuse(self.task_id, *problems), self.key, env)
         target = _hook(self.refresh["target_conn_id"])
         conn = target.get_conn()
         try:
+            if hasattr(conn, "autocommit"):
+                conn.autocommit = False  # one transaction: emptied and filled together, or not at all
             cursor = conn.cursor()
             for table in reversed(self.refresh["tables"]):  # children before parents
                 cursor.execute(f"DELETE FROM {table}")
@@ -122,8 +136,10 @@ class TestDataCopyOperator(_RefreshOperator):
             conn.commit()
         except Exception as exc:
             conn.rollback()
+            # never the database's message: its DETAIL may quote a row (personal data)
+            code = getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None) or "no SQLSTATE"
             raise AirflowFailException(
-                f"copying into {self.refresh['target_conn_id']}: {exc}; nothing changed"
+                f"copying into {self.refresh['target_conn_id']} failed ({type(exc).__name__}, {code}); nothing changed"
             ) from None
         finally:
             conn.close()
