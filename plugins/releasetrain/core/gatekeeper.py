@@ -158,6 +158,22 @@ class RunLedger:
         """Whether a user set the task's state by hand (the listener's record)."""
         return any(e.details.get("by_hand") for e in self.of(Event.TASK_STATE, task_id=task_id))
 
+    def latest(self, task_id: str, *kinds: str, environment: str | None = None) -> EventLike | None:
+        """The newest record of ``task_id`` among ``kinds`` (a step cleared and run again
+        decides by its latest try)."""
+        found = [
+            e
+            for e in self.events
+            if e.kind in kinds
+            and e.details.get("task_id") == task_id
+            and (environment is None or e.environment == environment)
+        ]
+        return found[-1] if found else None
+
+    def by_hand(self, task_id: str) -> str:
+        """A refusal's tail when the step was set to success by hand ("" otherwise)."""
+        return "; it was set to success by hand, which proves nothing" if self.set_by_hand(task_id) else ""
+
     def missing(self, task_id: str, what: str) -> str:
         """A refusal reason naming the task whose record is missing, and saying when it was set by hand."""
         how = (
@@ -189,19 +205,14 @@ def suites_passed(run: RunLedger, task_ids: Sequence[str], digest: str, step: st
     was set to success by hand (or not run) holds ``step`` up."""
     reasons = []
     for task_id in task_ids:
-        records = [
-            e
-            for e in run.events
-            if e.kind in (Event.TESTS_PASSED, Event.TESTS_FAILED) and e.details.get("task_id") == task_id
-        ]
-        if not records:
+        last = run.latest(task_id, Event.TESTS_PASSED, Event.TESTS_FAILED)
+        if last is None:
             reasons.append(run.missing(task_id, "test suite result"))
-        elif records[-1].kind == Event.TESTS_FAILED:
-            how = "; it was set to success by hand, which proves nothing" if run.set_by_hand(task_id) else ""
-            failures = "; ".join(records[-1].details.get("failures") or []) or "see its log"
-            reasons.append(f"test suite {task_id} failed in {records[-1].environment} ({failures}){how}")
-        elif digest and records[-1].details.get("digest") != digest:
-            reasons.append(f"test suite {task_id} passed on {records[-1].details.get('digest')}, not {digest}")
+        elif last.kind == Event.TESTS_FAILED:
+            failures = "; ".join(last.details.get("failures") or []) or "see its log"
+            reasons.append(f"test suite {task_id} failed in {last.environment} ({failures}){run.by_hand(task_id)}")
+        elif digest and last.details.get("digest") != digest:
+            reasons.append(f"test suite {task_id} passed on {last.details.get('digest')}, not {digest}")
     return Decision.refuse(step, *reasons) if reasons else Decision.allow(step)
 
 
@@ -365,17 +376,14 @@ def drift(run: RunLedger, environment: str, drift_task_id: str) -> Decision:
     """The drift check's latest record says no drift, or that an owner accepted the drift it
     found; a drift found later (the step cleared and run again) stands until accepted."""
     kinds = (Event.DRIFT_CHECKED, Event.DRIFT_DETECTED, Event.DRIFT_ACCEPTED)
-    records = [
-        e
-        for e in run.events
-        if e.kind in kinds and e.environment == environment and e.details.get("task_id") == drift_task_id
-    ]
-    if not records:
+    last = run.latest(drift_task_id, *kinds, environment=environment)
+    if last is None:
         return Decision.refuse(drift_task_id, run.missing(drift_task_id, "drift check or accepted drift"))
-    if records[-1].kind == Event.DRIFT_DETECTED:
-        how = "; it was set to success by hand, which proves nothing" if run.set_by_hand(drift_task_id) else ""
+    if last.kind == Event.DRIFT_DETECTED:
         return Decision.refuse(
-            drift_task_id, f"{drift_task_id} found configuration drift in {environment} that nobody accepted{how}"
+            drift_task_id,
+            f"{drift_task_id} found configuration drift in {environment} that nobody accepted"
+            f"{run.by_hand(drift_task_id)}",
         )
     return Decision.allow(drift_task_id)
 
@@ -398,11 +406,10 @@ def baseline(
         for e in approvals
     ):
         return Decision.allow(baseline_task_id)
-    how = "; it was set to success by hand, which proves nothing" if run.set_by_hand(baseline_task_id) else ""
     return Decision.refuse(
         baseline_task_id,
         f"the configuration profile of {environment} ({sha256}) has no approval of the change advisory board "
-        f"in the ledger: {baseline_task_id} asks for it{how}",
+        f"in the ledger: {baseline_task_id} asks for it{run.by_hand(baseline_task_id)}",
     )
 
 
@@ -410,14 +417,15 @@ def scope(run: RunLedger, scope_task_id: str) -> Decision:
     """The scope step's latest record: the contents are within the frozen scope (or it is not
     frozen yet), or an exception was granted; a change nobody granted holds every deploy."""
     kinds = (Event.SCOPE_CHECKED, Event.SCOPE_FROZEN, Event.SCOPE_CHANGE_REQUESTED, Event.SCOPE_EXCEPTION)
-    records = [e for e in run.events if e.kind in kinds and e.details.get("task_id") == scope_task_id]
-    if not records:
+    last = run.latest(scope_task_id, *kinds)
+    if last is None:
         return Decision.refuse(scope_task_id, run.missing(scope_task_id, "scope check or scope exception"))
-    if records[-1].kind == Event.SCOPE_CHANGE_REQUESTED:
-        how = "; it was set to success by hand, which proves nothing" if run.set_by_hand(scope_task_id) else ""
-        changes = "; ".join(records[-1].details.get("changes") or [])
+    if last.kind == Event.SCOPE_CHANGE_REQUESTED:
+        changes = "; ".join(last.details.get("changes") or [])
         return Decision.refuse(
-            scope_task_id, f"the contents changed after the scope freeze ({changes}) and no exception was granted{how}"
+            scope_task_id,
+            f"the contents changed after the scope freeze ({changes}) and no exception was granted"
+            f"{run.by_hand(scope_task_id)}",
         )
     return Decision.allow(scope_task_id)
 
@@ -426,45 +434,45 @@ def libraries(run: RunLedger, libraries_task_id: str) -> Decision:
     """The library check's latest record: no conflicting versions across the components, or
     a waiver recorded for the conflicts it found."""
     kinds = (Event.LIBRARIES_CHECKED, Event.LIBRARY_CONFLICTS, Event.CONFLICTS_WAIVED)
-    records = [e for e in run.events if e.kind in kinds and e.details.get("task_id") == libraries_task_id]
-    if not records:
+    last = run.latest(libraries_task_id, *kinds)
+    if last is None:
         return Decision.refuse(libraries_task_id, run.missing(libraries_task_id, "library check or waiver"))
-    if records[-1].kind == Event.LIBRARY_CONFLICTS:
-        how = "; it was set to success by hand, which proves nothing" if run.set_by_hand(libraries_task_id) else ""
-        found = "; ".join(records[-1].details.get("conflicts") or [])
+    if last.kind == Event.LIBRARY_CONFLICTS:
+        found = "; ".join(last.details.get("conflicts") or [])
         return Decision.refuse(
-            libraries_task_id, f"components pin conflicting library versions ({found}) and nobody waived them{how}"
+            libraries_task_id,
+            f"components pin conflicting library versions ({found}) and nobody waived them"
+            f"{run.by_hand(libraries_task_id)}",
         )
     return Decision.allow(libraries_task_id)
 
 
 def masking(run: RunLedger, check_task_id: str) -> Decision:
     """The masking check's latest record in this run says every rule held."""
-    records = [e for e in run.of(Event.MASKING_CHECKED) if e.details.get("task_id") == check_task_id]
-    if not records:
+    last = run.latest(check_task_id, Event.MASKING_CHECKED)
+    if last is None:
         return Decision.refuse(check_task_id, run.missing(check_task_id, "masking check"))
-    if not records[-1].details.get("passed"):
-        return Decision.refuse(
-            check_task_id,
-            f"{check_task_id} found unmasked data: " + "; ".join(records[-1].details.get("problems") or []),
-        )
+    if not last.details.get("passed"):
+        problems = "; ".join(last.details.get("problems") or [])
+        return Decision.refuse(check_task_id, f"{check_task_id} found unmasked data: {problems}")
     return Decision.allow(check_task_id)
 
 
 def hotfix(run: RunLedger, hotfix_task_id: str, planned: Mapping[str, str] | None = None) -> Decision:
     """A hotfix run's policy decision: its latest record says allowed, about the contents
     (``planned``: component -> version) about to be packaged."""
-    records = [e for e in run.of(Event.HOTFIX_DECIDED) if e.details.get("task_id") == hotfix_task_id]
-    if not records:
+    last = run.latest(hotfix_task_id, Event.HOTFIX_DECIDED)
+    if last is None:
         return Decision.refuse(hotfix_task_id, run.missing(hotfix_task_id, "hotfix decision"))
-    if not records[-1].details.get("allowed"):
-        how = "; it was set to success by hand, which proves nothing" if run.set_by_hand(hotfix_task_id) else ""
-        reasons = "; ".join(records[-1].details.get("reasons") or [])
-        return Decision.refuse(hotfix_task_id, f"the hotfix policy refused this run ({reasons}){how}")
-    if planned is not None and records[-1].details.get("planned") != dict(planned):
+    if not last.details.get("allowed"):
+        reasons = "; ".join(last.details.get("reasons") or [])
+        return Decision.refuse(
+            hotfix_task_id, f"the hotfix policy refused this run ({reasons}){run.by_hand(hotfix_task_id)}"
+        )
+    if planned is not None and last.details.get("planned") != dict(planned):
         return Decision.refuse(
             hotfix_task_id,
-            f"the hotfix decision was about {records[-1].details.get('planned')}, not {dict(planned)}: "
+            f"the hotfix decision was about {last.details.get('planned')}, not {dict(planned)}: "
             f"clear {hotfix_task_id} to decide again",
         )
     return Decision.allow(hotfix_task_id)
