@@ -1385,3 +1385,52 @@ def test_the_deploy_asks_again_a_dependency_step_marked_success_by_hand_proves_n
         with pytest.raises(AirflowFailException, match="cart runs 2.0.0 in cart-prod"):
             deploy_op(requires=NEEDS).execute(deploy_ctx())
         assert fleet.deployments == {}, "nothing was sent to the target"
+
+
+def test_a_component_record_is_never_read_half_written_while_packagings_race(store):
+    """Two packagings of one component version at once (the CI run where two releases of
+    the same web bundle started together): one claim wins, the other reads its whole record,
+    and no reader ever sees an empty or cut-short file."""
+    import threading
+
+    from releasetrain.hooks.bundle_store import BundleStoreHook
+
+    hook = BundleStoreHook(store)
+    claims = [
+        {"component": "web", "version": f"9.{i}.0", "sha256": "a" * 64, "release": f"r{n}", "padding": "x" * 200_000}
+        for i in range(20)
+        for n in range(2)
+    ]
+    results, errors, read = {}, [], []
+
+    def claim(c: dict) -> None:
+        try:
+            results[(c["version"], c["release"])] = hook.claim_component(c)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    def reader() -> None:
+        for _ in range(200):
+            for i in range(20):
+                try:
+                    record = hook.component_record("web", f"9.{i}.0")
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(exc)
+                    return
+                if record is not None:
+                    read.append(record["version"])
+
+    threads = [threading.Thread(target=claim, args=(c,)) for c in claims] + [threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in range(20):  # exactly one claim per version won; the other saw the winner's record
+        outcomes = [results[(f"9.{i}.0", f"r{n}")] for n in range(2)]
+        assert sum(o is None for o in outcomes) == 1, outcomes
+        [seen] = [o for o in outcomes if o is not None]
+        assert seen["version"] == f"9.{i}.0" and seen["padding"] == "x" * 200_000
+    index = Path(store.removeprefix("file://")) / "_components" / "web"
+    leftovers = [p for p in index.iterdir() if p.suffix != ".json"]
+    assert not leftovers, leftovers

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from releasetrain.client import AirflowAPIError
+from tests.e2e.records import the_refusal
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +48,7 @@ def test_drift_stops_the_promotion_until_an_owner_accepts_it(author, approver, f
     detected = events(ledger, rejected, "drift_detected")
     assert detected and all(d.details["drift"] == detected[0].details["drift"] for d in detected)
     assert len(detected[-1].details["drift"]) == 2 and detected[-1].details["baseline"]["version"] == "1"
-    [reason] = [" ".join(e.details["reasons"]) for e in events(ledger, rejected, "gate_refused")]
+    reason = the_refusal(events(ledger, rejected, "gate_refused"))
     assert f"configuration drift in {ENV} rejected by approver" in reason
 
     # the drift step marked successful by hand: the deploy finds no record of it and refuses
@@ -108,7 +109,7 @@ def test_a_profile_is_deployed_only_after_the_change_advisory_board_approved_it(
     author.wait_for_approval(CAB_DAG, rejected, BASELINE, timeout=300)
     assert ops.answer(CAB_DAG, rejected, BASELINE, "Reject") == "failed"
     assert author.wait_for_run(CAB_DAG, rejected, timeout=300)["state"] == "failed"
-    [reason] = [" ".join(e.details["reasons"]) for e in kinds(rejected, "gate_refused")]
+    reason = the_refusal(kinds(rejected, "gate_refused"))
     assert f"profile 2026.11-1 of {CAB_ENV} rejected by ops (change-advisory-board)" in reason
 
     approved = author.trigger(CAB_DAG, {"version": "1.1.0", "change_summary": "approved"})["dag_run_id"]

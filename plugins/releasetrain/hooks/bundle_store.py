@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+import uuid
 from typing import Any
 
 from airflow.sdk import BaseHook, ObjectStoragePath, Variable
@@ -78,7 +80,7 @@ class BundleStoreHook(BaseHook):
         path = self._component_path(component, version)
         if not path.exists():
             return None
-        return json.loads(path.read_text())
+        return _published_json(path)
 
     def claim_component(self, claim: dict[str, Any]) -> dict[str, Any] | None:
         """Index a component version as these bytes unless it is indexed already; returns the
@@ -87,15 +89,26 @@ class BundleStoreHook(BaseHook):
         path = self._component_path(claim["component"], claim["version"])
         path.parent.mkdir(parents=True, exist_ok=True)
         data = json.dumps(claim, indent=2, sort_keys=True).encode()
+        if path.protocol in ("file", "local"):  # published whole: written aside, then linked in place
+            spare = f"{path.path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+            with open(spare, "xb") as out:
+                out.write(data)
+            try:
+                os.link(spare, path.path)  # atomic, and refused when the record exists
+                return None
+            except FileExistsError:
+                return _published_json(path)
+            finally:
+                os.unlink(spare)
         try:
             with path.open("xb") as out:
                 out.write(data)
             return None
         except FileExistsError:
-            return json.loads(path.read_text())
+            return _published_json(path)
         except (ValueError, NotImplementedError):  # a store without exclusive create: look, then write
             if path.exists():
-                return json.loads(path.read_text())
+                return _published_json(path)
             path.write_bytes(data)
             return None
 
@@ -223,3 +236,17 @@ class SigningKeyHook(BaseHook):
                 "needs a trusted key configured on its own"
             )
         return load_public_key(pem)
+
+
+def _published_json(path: ObjectStoragePath, attempts: int = 50) -> dict[str, Any]:
+    """A record another packaging publishes: on stores without an atomic publish it may be
+    read while still being written (empty or cut short); read again until it is whole."""
+    for attempt in range(attempts):
+        text = path.read_text()
+        try:
+            return json.loads(text)
+        except ValueError:
+            if attempt == attempts - 1:
+                raise BundleError(f"the component index record {path} is not valid JSON") from None
+            time.sleep(0.1)
+    raise AssertionError("unreachable")
