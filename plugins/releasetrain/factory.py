@@ -32,7 +32,7 @@ from releasetrain.core.spec import (
     load_spec,
 )
 from releasetrain.core.versioning import SEMVER_PATTERN
-from releasetrain.core.vocabulary import Kind, Rule
+from releasetrain.core.vocabulary import TRAIN_MAX_ACTIVE_RUNS, Kind, Rule
 from releasetrain.core.windows import CalendarError
 from releasetrain.operators.approval import ReleaseApprovalOperator
 from releasetrain.operators.baseline import BaselineApprovalOperator
@@ -63,6 +63,7 @@ from releasetrain.operators.request import ReleaseRequestOperator
 from releasetrain.operators.review import PostImplementationReviewOperator
 from releasetrain.operators.rollback import RollbackOperator
 from releasetrain.operators.scope import LibraryConflictOperator, ScopeFreezeOperator
+from releasetrain.operators.train import TrainAdmissionOperator
 from releasetrain.operators.verify import BundleVerifyOperator
 from releasetrain.operators.window import ReleaseWindowSensor
 from releasetrain.timetables.release_window import ReleaseWindowTimetable
@@ -262,7 +263,7 @@ def build_release_dag(
         schedule=schedule,
         start_date=START_DATE,
         catchup=False,
-        max_active_runs=1,
+        max_active_runs=TRAIN_MAX_ACTIVE_RUNS,  # the train's lanes order the runs (admit)
         tags=sorted({"release", f"team:{spec.owner_team}", *spec.tags}),
         doc_md=release_doc_md(spec, calendars),
         default_args=_task_defaults(spec),
@@ -390,6 +391,7 @@ def build_rollback_dag(spec: ReleaseSpec, *, auto_register: bool = True, project
 
 
 OPERATORS: dict[Kind, type] = {
+    Kind.ADMIT: TrainAdmissionOperator,
     Kind.REQUEST: ReleaseRequestOperator,
     Kind.RISK: RiskAssessmentOperator,
     Kind.PACKAGE: BundlePackageOperator,

@@ -27,9 +27,15 @@ def test_every_example_dag_imports_cleanly(dagbag):
 
 def test_storefront_graph(dagbag):
     dag = dagbag.dags["release_storefront"]
-    assert dag.max_active_runs == 1 and "release" in dag.tags and "team:commerce" in dag.tags
+    # runs are ordered by the release train's lanes (admit), not by Airflow's one-run limit,
+    # so a hotfix never queues behind a normal run waiting in a gate
+    assert dag.max_active_runs == 32 and "release" in dag.tags and "team:commerce" in dag.tags
     assert "Promotion path" in dag.doc_md
     tasks = dag.task_dict
+    assert tasks["prepare"].upstream_task_ids == {"admit"} and not tasks["admit"].upstream_task_ids
+    assert tasks["admit"].lanes == ["normal"], "storefront's form offers neither a hotfix nor an emergency"
+    checkout = dagbag.dags["release_checkout"].task_dict  # a hotfix policy: a lane of its own
+    assert checkout["admit"].lanes == ["normal", "hotfix"]
     assert tasks["assess_risk"].upstream_task_ids == {"prepare"}
     assert tasks["package"].upstream_task_ids == {"assess_risk"}
     assert tasks["dev.verify"].upstream_task_ids == {"package"}
@@ -43,6 +49,7 @@ def test_storefront_graph(dagbag):
         assert tasks[f"{env}.deploy"].libraries_task_id == "libraries"
         assert tasks[f"{env}.deploy"].drift_task_id == f"{env}.drift", "the deploy checks the drift record"
         assert tasks[f"{env}.deploy"].upstream_task_ids == {f"{env}.lock"}, "every deploy follows its lock"
+        assert tasks[f"{env}.lock"].admit_task_id == "admit", "a lock asks the train whether the run may go"
         assert tasks[f"{env}.deploy"].locked and tasks[f"{env}.rollback"].locked
         assert tasks[f"{env}.rollback"].trigger_rule == TriggerRule.ONE_FAILED
         assert tasks[f"{env}.unlock"].trigger_rule == TriggerRule.ALL_DONE

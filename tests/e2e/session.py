@@ -83,6 +83,8 @@ E2E_DAGS = {
     "release_conflicted",
     # issue 13: a hotfix goes only within its release's hotfix policy
     "release_hotfixed",
+    # issue 13: a hotfix never queues behind a normal run waiting in a gate
+    "release_trained",
 }
 REFRESH_DAG = "refresh_test_data_refresh-env"  # issue 13: test data, masked first (PostgreSQL only)
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
@@ -263,6 +265,8 @@ def session_stack() -> Iterator[DevStack]:
             "frozen-prod",
             "conflict-env",
             "hot-prod",
+            "train-stg",
+            "train-prod",
             "windowed-dev",
             "payments-staging",
             "payments-prod",

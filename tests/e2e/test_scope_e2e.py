@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from releasetrain.client import AirflowAPIError
+from tests.e2e.records import the_refusal
 
 pytestmark = pytest.mark.e2e
 
@@ -94,3 +95,57 @@ def test_a_hotfix_goes_only_within_its_policy_decided_before_packaging(author, f
     assert decided.details["allowed"] is True and decided.details["incident"] == "INC-100"
     assert decided.details["production"] == {"hot-web": "1.0.0", "hot-api": "1.0.0"}
     assert fleet("hot-prod")["version"] == "1.0.1"
+
+
+def test_a_hotfix_never_queues_behind_a_normal_run_waiting_in_a_gate(author, approver, fleet, ledger):
+    dag, stg, prod = "release_trained", "train-stg", "train-prod"
+    approve, lock = f"{prod}.approve", f"{prod}.lock"
+
+    def kinds(run_id: str, kind: str) -> list:
+        return [e for e in ledger.events("trained", run_id, dag) if e.kind == kind]
+
+    normal = author.trigger(dag, {"version": "1.1.0", "change_summary": "the train"})["dag_run_id"]
+    author.wait_for_approval(dag, normal, approve, timeout=300)
+    # the next normal run waits for it in the train (deferred: no worker, no Airflow queue)
+    queued = author.trigger(dag, {"version": "1.2.0", "change_summary": "the next train"})["dag_run_id"]
+    assert author.wait_for_task(dag, queued, "admit", ("deferred",), timeout=180) == "deferred"
+
+    # the hotfix goes beside the normal run waiting at production's approval
+    fix = {"version": "1.0.1", "change_summary": "fix", "hotfix": True, "severity": "sev1", "incident": "INC-200"}
+    hotfix = author.trigger(dag, fix)["dag_run_id"]
+    author.wait_for_approval(dag, hotfix, approve, timeout=300)
+    assert fleet(stg)["version"] == "1.0.1", "the hotfix passed staging while the train waited"
+    [admitted] = kinds(hotfix, "run_admitted")
+    assert admitted.details["lane"] == "hotfix" and admitted.details["holds"] == normal
+    [held] = kinds(hotfix, "run_held")
+    assert held.details["held"] == normal and held.details["why"] == "hotfix for INC-200 (sev1)"
+
+    # the normal run approved meanwhile: held at its lock (deferred) while the hotfix is underway
+    assert approver.answer(dag, normal, approve, "Approve") == "success"
+    assert author.wait_for_task(dag, normal, lock, ("deferred",), timeout=180) == "deferred"
+    [meets] = kinds(normal, "run_held")
+    assert meets.details["by"] == hotfix and meets.environment == prod
+    assert fleet(prod)["version"] is None, "nothing went to production before the hotfix"
+
+    assert approver.answer(dag, hotfix, approve, "Approve") == "success"
+    assert author.wait_for_run(dag, hotfix, timeout=300)["state"] == "success", author.task_states(dag, hotfix)
+    assert fleet(prod)["version"] == "1.0.1"
+    # the train, cut before the fix, is superseded: deploying it would take the fix out again
+    assert author.wait_for_run(dag, normal, timeout=300)["state"] == "failed"
+    states = author.task_states(dag, normal)
+    assert states[lock] == "failed" and states[f"{prod}.deploy"] == "upstream_failed", states
+    [superseded] = kinds(normal, "run_superseded")
+    assert superseded.details["by"] == hotfix and superseded.details["environment"] == prod
+    reason = the_refusal(kinds(normal, "gate_refused"))
+    assert f"superseded by hotfix run {hotfix} (hotfix for INC-200 (sev1))" in reason
+    assert fleet(prod)["version"] == "1.0.1"
+
+    # the next train, admitted once the superseded one ended and cut after the fix, goes on
+    author.wait_for_approval(dag, queued, approve, timeout=300)
+    assert approver.answer(dag, queued, approve, "Approve") == "success"
+    assert author.wait_for_run(dag, queued, timeout=300)["state"] == "success", author.task_states(dag, queued)
+    assert fleet(prod)["version"] == "1.2.0"
+    [ended] = [e for e in kinds(normal, "run_state") if e.details.get("state") == "failed"]
+    [next_admitted] = kinds(queued, "run_admitted")
+    assert next_admitted.details["lane"] == "normal" and next_admitted.seq > ended.seq
+    assert not kinds(queued, "run_superseded")

@@ -558,6 +558,14 @@ def may_lock(run: RunLedger, environment: str, target: str, step: str) -> Decisi
     return not_ended(run, step)
 
 
+def admitted(run: RunLedger, admit_task_id: str, step: str) -> Decision:
+    """A release run takes a deploy target only after the release train admitted it (its lane
+    recorded): ``admit`` set to success by hand skipped the queue and proves nothing."""
+    if run.last(Event.RUN_ADMITTED) is not None:
+        return Decision.allow(step)
+    return Decision.refuse(step, run.missing(admit_task_id, "admission to the release train"))
+
+
 def not_ended(run: RunLedger, step: str) -> Decision:
     """A run that already ended (and was cleared) does not act again: trigger a new run."""
     ended = run.ended()

@@ -120,7 +120,9 @@ def plan_release(spec: ReleaseSpec, ctx: PlanContext) -> Plan:
     """The release DAG of a validated spec (company-wide calendars already bound)."""
     check_groups(spec, f"release {spec.name}", ctx.groups)  # also for specs built in Python
     plan = Plan()
+    admit = plan.add(_admit(spec))
     request = plan.add(Step(v.PREPARE, Kind.REQUEST, {"release": spec.name, "planned_version": spec.version}))
+    plan.connect(admit, request)
     risk = plan.add(_risk(spec, ctx))
     package = plan.add(_package(spec, ctx))
     plan.connect(request, risk)
@@ -143,6 +145,13 @@ def plan_release(spec: ReleaseSpec, ctx: PlanContext) -> Plan:
         plan.connect(libraries.task_id, v.env_task(spec.environments[0].name, v.LOCK))
     _finish(plan, spec, upstream, gates, windows, suites)
     return plan
+
+
+def _admit(spec: ReleaseSpec) -> Step:
+    """The run's place in the release train: hotfix and emergency runs have a lane of their
+    own where the trigger form offers them (a hotfix policy, or an emergency param)."""
+    lanes = [v.LANE_NORMAL, *([v.LANE_HOTFIX] if spec.hotfix_policy or spec.has_calendar else [])]
+    return Step(v.ADMIT, Kind.ADMIT, {"release": spec.name, "lanes": lanes, "priority": spec.priority})
 
 
 def _risk(spec: ReleaseSpec, ctx: PlanContext) -> Step:
@@ -360,7 +369,14 @@ def _stage(
     lock = stage.add(
         v.LOCK,
         Kind.LOCK,
-        {"release": spec.name, "environment": env.name, "target": env.deploy_target, "priority": spec.priority},
+        {
+            "release": spec.name,
+            "environment": env.name,
+            "target": env.deploy_target,
+            "priority": spec.priority,
+            "admit_task_id": v.ADMIT,
+            "production": list(spec.production_environments),
+        },
     )
     smoke = _smoke(stage, deploy)
     stage.watched += [deploy, smoke]

@@ -35,12 +35,28 @@ def release_of_dag(dag_id: str) -> str | None:
 IMPACT_PRIORITY = {"low": 1, "medium": 10, "high": 100, "critical": 1000}
 
 
+# the release train's lanes: one normal run of a release at a time (its ``admit`` step waits,
+# deferred, for the one before it), hotfix and emergency runs in a lane of their own that never
+# waits behind a normal run; Airflow's own limit only caps how many runs exist at once
+LANE_NORMAL = "normal"
+LANE_HOTFIX = "hotfix"
+TRAIN_MAX_ACTIVE_RUNS = 32
+HOTFIX_LOCK_PRIORITY = 1_000_000  # added to a hotfix run's place in deploy-target queues
+
+
+def train_slot(dag_id: str, lane: str) -> str:
+    """The lock a run of a lane holds from its admission to its end (``train:release_x``, or
+    ``train:release_x:hotfix``); connection ids, the deploy targets' names, have no colon."""
+    return f"train:{dag_id}" if lane == LANE_NORMAL else f"train:{dag_id}:{lane}"
+
+
 def target_pool(deploy_target: str) -> str:
     """The pool that serialises work on one deploy target (one slot, deferred tasks count)."""
     return f"{POOL_PREFIX}{deploy_target}"
 
 
 # --- task ids -------------------------------------------------------------------------------
+ADMIT = "admit"  # the run's place in the release train (its lane), before anything else
 PREPARE = "prepare"
 ASSESS_RISK = "assess_risk"
 PACKAGE = "package"
@@ -115,6 +131,7 @@ def manual_rollback_task(environment: str) -> str:
 
 # --- step kinds: what a planned task does (the renderer maps each to its operator) -------------
 class Kind(StrEnum):
+    ADMIT = "admit"
     REQUEST = "request"
     RISK = "risk"
     PACKAGE = "package"
@@ -239,6 +256,9 @@ class Event(StrEnum):
     MASKING_CHECKED = "masking_checked"
     TEST_DATA_REFRESHED = "test_data_refreshed"
     HOTFIX_DECIDED = "hotfix_decided"
+    RUN_ADMITTED = "run_admitted"
+    RUN_HELD = "run_held"
+    RUN_SUPERSEDED = "run_superseded"
 
 
 EVENT_KINDS = frozenset(kind.value for kind in Event)

@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from releasetrain.core.gatekeeper import Decision, may_lock
 from releasetrain.core.ledger import LedgerError
-from releasetrain.core.vocabulary import Event
+from releasetrain.core.vocabulary import HOTFIX_LOCK_PRIORITY, LANE_NORMAL, Event
 from releasetrain.operators._common import dag_id_of, enforce, record, run_ledger
 
 LEDGER_CONN_ID = "releasetrain_ledger"
@@ -98,10 +98,17 @@ def try_acquire(
     """Take ``target`` for this run if it may (:func:`may_lock`; refused otherwise) and no
     waiter of a higher priority (or an earlier one of the same) goes first, taking it over
     from a stale holder; returns (acquired, this run's holder name)."""
-    from releasetrain.hooks.ledger import LedgerHook
-
     run = run_ledger(context, release)
     enforce(context, may_lock(run, environment, target, step), release, environment)
+    return take_lock(context, release=release, environment=environment, target=target, priority=priority)
+
+
+def take_lock(context: Any, *, release: str, environment: str, target: str, priority: int = 0) -> tuple[bool, str]:
+    """Take ``target`` (a deploy target, or a lane of the release train) for this run unless a
+    waiter of a higher priority (or an earlier one of the same) goes first, taking it over from
+    a stale holder; returns (acquired, this run's holder name)."""
+    from releasetrain.hooks.ledger import LedgerHook
+
     me = holder_of(context, release)
     hook = LedgerHook()
     try:
@@ -148,6 +155,8 @@ class TargetLockOperator(BaseOperator):
         target: str,
         poll_interval: float = 5.0,
         priority: int = 0,
+        admit_task_id: str | None = None,
+        production: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -156,17 +165,26 @@ class TargetLockOperator(BaseOperator):
         self.target = target
         self.poll_interval = poll_interval
         self.priority = priority
+        self.admit_task_id = admit_task_id
+        self.production = list(production or [])
 
     def execute(self, context: Any) -> dict[str, Any]:
         from releasetrain.triggers.lock import TargetLockTrigger
 
+        priority = self.priority
+        if self.admit_task_id:  # a release run: its lane in the train says whether it may go now
+            lane = self._lane(context)
+            if lane == LANE_NORMAL and self._held(context):
+                return {}
+            if lane != LANE_NORMAL:  # a hotfix takes a freed target before any normal run
+                priority += HOTFIX_LOCK_PRIORITY
         acquired, me = try_acquire(
             context,
             release=self.release,
             environment=self.environment,
             target=self.target,
             step=self.task_id,
-            priority=self.priority,
+            priority=priority,
         )
         if acquired:
             return self._acquired(context)
@@ -177,14 +195,44 @@ class TargetLockOperator(BaseOperator):
                 holder=me,
                 ledger_conn_id=LEDGER_CONN_ID,
                 poll_interval=self.poll_interval,
-                priority=self.priority,
+                priority=priority,
             ),
             method_name="execute_complete",
         )
         return {}
 
+    def _lane(self, context: Any) -> str:
+        """The lane the train admitted this run in (refused when it never was)."""
+        from releasetrain.core.gatekeeper import admitted
+
+        run = run_ledger(context, self.release)
+        enforce(context, admitted(run, self.admit_task_id or "", self.task_id), self.release, self.environment)
+        return str(run.last(Event.RUN_ADMITTED).details.get("lane") or LANE_NORMAL)
+
+    def _held(self, context: Any) -> bool:
+        """Wait (deferred) while a hotfix of the release is underway; refused once superseded."""
+        from releasetrain.core.train import HELD
+        from releasetrain.operators.train import meet_hold
+        from releasetrain.triggers.train import HotfixHoldTrigger
+
+        hold = meet_hold(context, self, self.release, self.environment, self.production)
+        if hold.state != HELD:
+            return False
+        self.defer(
+            trigger=HotfixHoldTrigger(
+                release=self.release,
+                dag_id=dag_id_of(context),
+                run_id=hold.by,
+                production=self.production,
+                ledger_conn_id=LEDGER_CONN_ID,
+                poll_interval=self.poll_interval,
+            ),
+            method_name="execute_complete",
+        )
+        return True
+
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
-        if event.get("recheck"):  # waited a while: is the holder still alive? (then wait again)
+        if event.get("recheck") or "hold_over" in event:  # look again: holder alive? hotfix over?
             return self.execute(context)
         if not event.get("acquired"):
             raise AirflowFailException(f"{self.environment}: could not lock {self.target}: {event.get('error')}")

@@ -1,0 +1,159 @@
+"""A run's place in the release train (see :mod:`releasetrain.core.train`): the ``admit``
+step before anything else, and the hold a normal run meets at its deploy targets' locks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from releasetrain.core.gatekeeper import Decision, not_ended
+from releasetrain.core.ledger import LedgerError
+from releasetrain.core.train import FREE, HELD, TRAIN_EVENTS, Hold, admission_details, hold_on, lane_of
+from releasetrain.core.vocabulary import LANE_HOTFIX, LANE_NORMAL, Event, train_slot
+from releasetrain.operators._common import dag_id_of, enforce, record, release_request, run_ledger
+from releasetrain.operators.lock import LEDGER_CONN_ID, parse_holder, take_lock
+
+ACTIVE = ["queued", "running"]
+
+
+def lane_of_run(context: Any, release: str, lanes: list[str]) -> tuple[str, dict[str, Any]]:
+    """The run's lane and what ``run_admitted`` records. A scheduled train is normal; a hotfix
+    or emergency request takes the hotfix lane only where the release offers it (its trigger
+    form has the param: a conf key the form does not declare changes nothing)."""
+    run_type = str(getattr(context["dag_run"], "run_type", "") or "")
+    if run_type.lower().endswith("scheduled") and not context["params"].get("version"):
+        return LANE_NORMAL, admission_details(LANE_NORMAL)
+    request = release_request(context, release)
+    lane = lane_of(hotfix=request.hotfix, emergency=request.emergency)
+    if lane not in lanes:
+        lane = LANE_NORMAL
+    details = admission_details(
+        lane, incident=request.incident, severity=request.severity, justification=request.emergency_justification
+    )
+    return lane, details
+
+
+def _events(release: str) -> list[Any]:
+    from releasetrain.hooks.ledger import LedgerHook
+
+    hook = LedgerHook()
+    try:
+        found = (e for kind in TRAIN_EVENTS for e in hook.events(release=release, kind=kind))
+        return sorted(found, key=lambda e: e.seq)
+    except LedgerError as exc:
+        raise AirflowFailException(f"the release ledger cannot be read: {exc}") from None
+    finally:
+        hook.close()
+
+
+def hold_of(context: Any, release: str, production: list[str]) -> Hold:
+    """The hold on this run (normal lane) from the ledger; a hotfix run Airflow no longer has
+    running holds nothing even when its end was never recorded."""
+    dag_id, run_id = dag_id_of(context), context["run_id"]
+    events = _events(release)
+    hold = hold_on(events, dag_id, run_id, production)
+    if hold.state == HELD:
+        try:
+            active = context["ti"].get_dr_count(dag_id=dag_id, run_ids=[hold.by], states=ACTIVE)
+        except Exception:  # cannot tell: the hold stands
+            active = 1
+        if not active:
+            hold = hold_on(events, dag_id, run_id, production, gone=[hold.by])
+    return hold
+
+
+def meet_hold(context: Any, task: BaseOperator, release: str, environment: str, production: list[str]) -> Hold:
+    """Before a normal run takes a deploy target: refused when superseded (recorded), the hold
+    returned when a hotfix is underway (recorded once per hotfix run), free otherwise."""
+    hold = hold_of(context, release, production)
+    if hold.state == FREE:
+        return hold
+    run = run_ledger(context, release)
+    if hold.state == HELD:
+        if not any(e.details.get("by") == hold.by for e in run.of(Event.RUN_HELD)):
+            details = {"held": context["run_id"], **hold.details()}
+            record(context, Event.RUN_HELD, release, environment=environment, details=details)
+        task.log.info("%s: %s", environment, hold.reasons[0])
+        return hold
+    record(context, Event.RUN_SUPERSEDED, release, environment=environment, details=hold.details())
+    enforce(context, Decision.refuse(task.task_id, *hold.reasons), release, environment)
+    return hold  # not reached: enforce raised
+
+
+class TrainAdmissionOperator(BaseOperator):
+    """The run's place in its release's train, before anything else happens in it.
+
+    A normal run waits (deferred, no worker slot) until the release's previous normal run
+    ended; a hotfix or emergency run waits only for another hotfix, never behind a normal
+    run, and records ``run_held`` for the normal run underway (which takes no deploy target
+    until the hotfix ended or reached production). Each admission is ``run_admitted`` with
+    its lane. The lanes are locks beside the deploy targets' (the same queue, released when
+    the run ends: the listener).
+
+    :param lanes: the lanes the release offers (``hotfix`` when its trigger form has the
+        hotfix or the emergency param)
+    """
+
+    ui_color = "#fef7e0"
+
+    def __init__(
+        self, *, release: str, lanes: list[str], poll_interval: float = 5.0, priority: int = 0, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.release = release
+        self.lanes = list(lanes)
+        self.poll_interval = poll_interval
+        self.priority = priority
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from releasetrain.triggers.lock import TargetLockTrigger
+
+        # a run that ended (and was cleared) takes no place again: trigger a new run
+        enforce(context, not_ended(run_ledger(context, self.release), self.task_id), self.release)
+        lane, _ = lane_of_run(context, self.release, self.lanes)
+        slot = train_slot(dag_id_of(context), lane)
+        acquired, me = take_lock(context, release=self.release, environment="", target=slot, priority=self.priority)
+        if acquired:
+            return self._admitted(context)
+        self.log.info("the release's previous %s run is still underway; waiting (deferred) for %s", lane, slot)
+        self.defer(
+            trigger=TargetLockTrigger(
+                target=slot, holder=me, ledger_conn_id=LEDGER_CONN_ID, poll_interval=self.poll_interval
+            ),
+            method_name="execute_complete",
+        )
+        return {}
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        if event.get("recheck"):  # waited a while: is the run ahead still alive? (then wait again)
+            return self.execute(context)
+        if not event.get("acquired"):
+            raise AirflowFailException(f"no place in the release train: {event.get('error')}")
+        return self._admitted(context)
+
+    def _admitted(self, context: Any) -> dict[str, Any]:
+        from releasetrain.hooks.ledger import LedgerHook
+
+        lane, details = lane_of_run(context, self.release, self.lanes)
+        dag_id = dag_id_of(context)
+        details["slot"] = train_slot(dag_id, lane)
+        if lane == LANE_HOTFIX:  # the normal run underway waits for this one at its next deploy target
+            hook = LedgerHook()
+            try:
+                holder = hook.store.lock_holder(train_slot(dag_id, LANE_NORMAL))
+            finally:
+                hook.close()
+            held_dag, held_run, _ = parse_holder(holder or "")
+            if held_run and held_dag == dag_id and held_run != context["run_id"]:
+                details["holds"] = held_run
+        record(context, Event.RUN_ADMITTED, self.release, details=details)
+        if details.get("holds"):  # recorded by the run that holds, when it holds
+            held = {"held": details["holds"], "by": context["run_id"], "why": details["why"]}
+            record(context, Event.RUN_HELD, self.release, details=held)
+        if details.get("holds"):
+            self.log.info("admitted in the hotfix lane (%s); run %s is held", details["why"], details["holds"])
+        else:
+            self.log.info("admitted in the %s lane", lane)
+        return details
