@@ -207,3 +207,46 @@ def test_threads_sign_at_once(token):
     # a signer that does not know the PIN does not ride on the process's login
     with pytest.raises(BundleError, match="PinIncorrect"):
         Pkcs11Signer(SOFTHSM_MODULE, PKCS11_TOKEN, "bundle", "not-the-pin").sign(b"x")
+
+
+def test_a_token_missing_while_another_process_writes_it_is_looked_for_again(monkeypatch):
+    """CI: SoftHSM listed its slots while another process was writing the token's files, and
+    packaging failed with NoSuchToken. The library lists them again (reinitialise) before the
+    signer gives up; a token that stays missing is still a clear error."""
+    import pkcs11
+
+    from releasetrain.hooks import signing
+
+    class Session:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    class Lib:
+        def __init__(self, missing: int):
+            self.missing, self.reinitialised = missing, 0
+
+        def get_token(self, token_label):
+            if self.missing:
+                self.missing -= 1
+                raise pkcs11.exceptions.NoSuchToken()
+            return self
+
+        def open(self, user_pin):
+            return Session()
+
+        def reinitialize(self):
+            self.reinitialised += 1
+
+    monkeypatch.setattr(signing.time, "sleep", lambda s: None)
+    lib = Lib(missing=2)
+    monkeypatch.setattr(signing, "_library", lambda module: lib)
+    signer = Pkcs11Signer("/nonexistent/libsofthsm2.so", "releasetrain", "release-signing", "1234")
+    assert signer._use(lambda session: "signed") == "signed"
+    assert lib.reinitialised == 2
+    lib = Lib(missing=signing.OPEN_ATTEMPTS)
+    with pytest.raises(BundleError, match="token 'releasetrain' .* cannot be opened: NoSuchToken"):
+        signer._use(lambda session: "signed")
+    assert "1234" not in repr(signer)

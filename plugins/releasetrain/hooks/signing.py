@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,7 @@ ED25519_OID = "1.3.101.112"
 # fork the child starts over: a new lock and its own initialisation.
 _LOCK = threading.Lock()
 _INITIALISED_IN: dict[str, int] = {}  # library -> pid that initialised it
+OPEN_ATTEMPTS = 5  # tries to find a token that another process was writing (see Pkcs11Signer._use)
 
 
 def _after_fork_in_child() -> None:
@@ -75,14 +77,25 @@ class Pkcs11Signer:
         import pkcs11
 
         with _LOCK:
-            try:
-                session = _library(self.module).get_token(token_label=self.token).open(user_pin=self._pin)
-            except (pkcs11.exceptions.PKCS11Error, StopIteration) as exc:  # type: ignore[attr-defined]
-                raise BundleError(
-                    f"PKCS#11 token {self.token!r} ({self.conn_id or 'signer'}) cannot be opened: {type(exc).__name__}"
-                ) from None
+            for attempt in range(OPEN_ATTEMPTS):
+                lib = _library(self.module)
+                try:
+                    session = lib.get_token(token_label=self.token).open(user_pin=self._pin)
+                    break
+                except (pkcs11.exceptions.NoSuchToken, pkcs11.exceptions.TokenNotPresent) as exc:  # type: ignore[attr-defined]
+                    # a file-backed token (SoftHSM) that another process was writing when this one
+                    # listed the slots stays missing until the library lists them again
+                    if attempt == OPEN_ATTEMPTS - 1:
+                        raise BundleError(self._unopened(exc)) from None
+                    time.sleep(0.2 * (attempt + 1))
+                    lib.reinitialize()
+                except (pkcs11.exceptions.PKCS11Error, StopIteration) as exc:  # type: ignore[attr-defined]
+                    raise BundleError(self._unopened(exc)) from None
             with session:
                 return action(session)
+
+    def _unopened(self, exc: BaseException) -> str:
+        return f"PKCS#11 token {self.token!r} ({self.conn_id or 'signer'}) cannot be opened: {type(exc).__name__}"
 
     def _object(self, session, object_class):
         import pkcs11
