@@ -33,9 +33,9 @@ def test_storefront_graph(dagbag):
     assert "Promotion path" in dag.doc_md
     tasks = dag.task_dict
     assert tasks["prepare"].upstream_task_ids == {"admit"} and not tasks["admit"].upstream_task_ids
-    assert tasks["admit"].lanes == ["normal"], "storefront's form offers neither a hotfix nor an emergency"
+    assert tasks["admit"].overtaking == [], "storefront's form offers neither a hotfix nor an emergency"
     checkout = dagbag.dags["release_checkout"].task_dict  # a hotfix policy: a lane of its own
-    assert checkout["admit"].lanes == ["normal", "hotfix"]
+    assert checkout["admit"].overtaking[0] == "hotfix"
     assert tasks["assess_risk"].upstream_task_ids == {"prepare"}
     assert tasks["package"].upstream_task_ids == {"assess_risk"}
     assert tasks["dev.verify"].upstream_task_ids == {"package"}

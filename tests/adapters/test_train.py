@@ -47,8 +47,8 @@ def queue(target: str) -> list:
         hook.close()
 
 
-def admit(lanes=(LANE_NORMAL, LANE_HOTFIX)) -> TrainAdmissionOperator:
-    return TrainAdmissionOperator(task_id="admit", release=RELEASE, lanes=list(lanes))
+def admit(overtaking=("hotfix", "emergency")) -> TrainAdmissionOperator:
+    return TrainAdmissionOperator(task_id="admit", release=RELEASE, overtaking=list(overtaking))
 
 
 def lock() -> TargetLockOperator:
@@ -85,10 +85,13 @@ def test_a_hotfix_goes_beside_the_normal_run_in_a_gate_and_holds_it():
 
 
 def test_a_hotfix_param_the_release_does_not_offer_takes_no_lane_of_its_own():
-    """Attack: a conf key the trigger form does not declare (no hotfix policy) overtakes nothing."""
+    """Attack: a conf key the trigger form does not declare (no hotfix policy; a calendar offers
+    the emergency param only) overtakes nothing."""
     take(NORMAL_SLOT, f"{DAG_ID}/{OTHER}")
     with pytest.raises(TaskDeferred):
-        admit(lanes=[LANE_NORMAL]).execute(context(AliveTI({f"{DAG_ID}/{OTHER}": 1}), params=HOTFIX, task_id="admit"))
+        admit(overtaking=["emergency"]).execute(
+            context(AliveTI({f"{DAG_ID}/{OTHER}": 1}), params=HOTFIX, task_id="admit")
+        )
 
 
 def test_a_run_the_train_never_admitted_takes_no_target():

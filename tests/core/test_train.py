@@ -48,6 +48,10 @@ def ended(run: str, state: str = "success") -> E:
 def test_lanes_and_slots():
     assert lane_of(hotfix=False, emergency=False) == LANE_NORMAL
     assert lane_of(hotfix=True, emergency=False) == lane_of(hotfix=False, emergency=True) == LANE_HOTFIX
+    # only what the trigger form offers overtakes: a stray conf key does not
+    assert lane_of(hotfix=True, emergency=False, offered=["emergency"]) == LANE_NORMAL
+    assert lane_of(hotfix=False, emergency=True, offered=["hotfix"]) == LANE_NORMAL
+    assert lane_of(hotfix=False, emergency=True, offered=["emergency"]) == LANE_HOTFIX
     assert train_slot("release_shop", LANE_NORMAL) == "train:release_shop"
     assert train_slot("release_shop", LANE_HOTFIX) == "train:release_shop:hotfix"
     assert admission_details(LANE_HOTFIX, incident="INC-9", severity="sev2")["why"] == "hotfix for INC-9 (sev2)"

@@ -149,9 +149,9 @@ def plan_release(spec: ReleaseSpec, ctx: PlanContext) -> Plan:
 
 def _admit(spec: ReleaseSpec) -> Step:
     """The run's place in the release train: hotfix and emergency runs have a lane of their
-    own where the trigger form offers them (a hotfix policy, or an emergency param)."""
-    lanes = [v.LANE_NORMAL, *([v.LANE_HOTFIX] if spec.hotfix_policy or spec.has_calendar else [])]
-    return Step(v.ADMIT, Kind.ADMIT, {"release": spec.name, "lanes": lanes, "priority": spec.priority})
+    own where the trigger form offers the param (a hotfix policy; a calendar: emergency)."""
+    overtaking = [*(["hotfix"] if spec.hotfix_policy else []), *(["emergency"] if spec.has_calendar else [])]
+    return Step(v.ADMIT, Kind.ADMIT, {"release": spec.name, "overtaking": overtaking, "priority": spec.priority})
 
 
 def _risk(spec: ReleaseSpec, ctx: PlanContext) -> Step:

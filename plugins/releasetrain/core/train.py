@@ -26,9 +26,14 @@ TERMINAL = frozenset({"success", "failed"})
 FREE, HELD, SUPERSEDED = "free", "held", "superseded"
 
 
-def lane_of(*, hotfix: bool, emergency: bool) -> str:
-    """A hotfix or an emergency change goes in the hotfix lane; everything else is normal."""
-    return LANE_HOTFIX if hotfix or emergency else LANE_NORMAL
+OVERTAKING = ("hotfix", "emergency")  # the trigger params that may put a run in the hotfix lane
+
+
+def lane_of(*, hotfix: bool, emergency: bool, offered: Iterable[str] = OVERTAKING) -> str:
+    """A hotfix or an emergency change goes in the hotfix lane where the release offers it
+    (``offered``: the trigger form has the param); everything else is normal."""
+    offered = set(offered)
+    return LANE_HOTFIX if (hotfix and "hotfix" in offered) or (emergency and "emergency" in offered) else LANE_NORMAL
 
 
 def admission_details(lane: str, *, incident: str = "", severity: str = "", justification: str = "") -> dict[str, Any]:

@@ -18,17 +18,15 @@ from releasetrain.operators.lock import LEDGER_CONN_ID, parse_holder, take_lock
 ACTIVE = ["queued", "running"]
 
 
-def lane_of_run(context: Any, release: str, lanes: list[str]) -> tuple[str, dict[str, Any]]:
+def lane_of_run(context: Any, release: str, overtaking: list[str]) -> tuple[str, dict[str, Any]]:
     """The run's lane and what ``run_admitted`` records. A scheduled train is normal; a hotfix
-    or emergency request takes the hotfix lane only where the release offers it (its trigger
-    form has the param: a conf key the form does not declare changes nothing)."""
+    or emergency request takes the hotfix lane only where the release offers it (``overtaking``:
+    its trigger form has the param; a conf key the form does not declare changes nothing)."""
     run_type = str(getattr(context["dag_run"], "run_type", "") or "")
     if run_type.lower().endswith("scheduled") and not context["params"].get("version"):
         return LANE_NORMAL, admission_details(LANE_NORMAL)
     request = release_request(context, release)
-    lane = lane_of(hotfix=request.hotfix, emergency=request.emergency)
-    if lane not in lanes:
-        lane = LANE_NORMAL
+    lane = lane_of(hotfix=request.hotfix, emergency=request.emergency, offered=overtaking)
     details = admission_details(
         lane, incident=request.incident, severity=request.severity, justification=request.emergency_justification
     )
@@ -92,18 +90,24 @@ class TrainAdmissionOperator(BaseOperator):
     its lane. The lanes are locks beside the deploy targets' (the same queue, released when
     the run ends: the listener).
 
-    :param lanes: the lanes the release offers (``hotfix`` when its trigger form has the
-        hotfix or the emergency param)
+    :param overtaking: the trigger params that put a run in the hotfix lane (``hotfix`` with
+        a hotfix policy, ``emergency`` with a calendar: what the trigger form offers)
     """
 
     ui_color = "#fef7e0"
 
     def __init__(
-        self, *, release: str, lanes: list[str], poll_interval: float = 5.0, priority: int = 0, **kwargs: Any
+        self,
+        *,
+        release: str,
+        overtaking: list[str],
+        poll_interval: float = 5.0,
+        priority: int = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.release = release
-        self.lanes = list(lanes)
+        self.overtaking = list(overtaking)
         self.poll_interval = poll_interval
         self.priority = priority
 
@@ -112,7 +116,7 @@ class TrainAdmissionOperator(BaseOperator):
 
         # a run that ended (and was cleared) takes no place again: trigger a new run
         enforce(context, not_ended(run_ledger(context, self.release), self.task_id), self.release)
-        lane, _ = lane_of_run(context, self.release, self.lanes)
+        lane, _ = lane_of_run(context, self.release, self.overtaking)
         slot = train_slot(dag_id_of(context), lane)
         acquired, me = take_lock(context, release=self.release, environment="", target=slot, priority=self.priority)
         if acquired:
@@ -136,7 +140,7 @@ class TrainAdmissionOperator(BaseOperator):
     def _admitted(self, context: Any) -> dict[str, Any]:
         from releasetrain.hooks.ledger import LedgerHook
 
-        lane, details = lane_of_run(context, self.release, self.lanes)
+        lane, details = lane_of_run(context, self.release, self.overtaking)
         dag_id = dag_id_of(context)
         details["slot"] = train_slot(dag_id, lane)
         if lane == LANE_HOTFIX:  # the normal run underway waits for this one at its next deploy target
