@@ -215,3 +215,30 @@ def test_the_evidence_lists_test_suites_and_reused_profile_approvals():
     )
     assert [c["kind"] for c in summary["checks"]] == ["tests_passed"]
     assert summary["waivers"][0]["actor"] == "cab" and "manual__1" in summary["waivers"][0]["reason"]
+
+
+def test_the_evidence_shows_the_runs_place_in_the_release_train():
+    from releasetrain.core.ledger import LedgerEvent
+
+    def event(kind, run_id, **details):
+        at = "2026-11-29T10:00:00Z"
+        return LedgerEvent(
+            seq=1, at=at, release="shop", run_id=run_id, environment="", kind=kind, actor="", details=details
+        )
+
+    why = "hotfix for INC-1 (sev1)"
+    hotfix = summarise(
+        [event("run_admitted", "h", lane="hotfix", why=why, holds="n"), event("run_held", "h", held="n", by="h")]
+    )
+    assert hotfix["train"] == {"lane": "hotfix", "admitted_at": "2026-11-29T10:00:00Z", "why": why, "holds": ["n"]}
+    normal = summarise(
+        [
+            event("run_admitted", "n", lane="normal"),
+            event("run_held", "n", held="n", by="h", why=why),
+            event("run_superseded", "n", by="h", why=why, environment="prod"),
+        ]
+    )
+    train = normal["train"]
+    assert train["lane"] == "normal" and [h["run"] for h in train["held_by"]] == ["h"]
+    assert train["superseded_by"] == {"run": "h", "why": why, "environment": "prod"}
+    assert summarise([])["train"] is None

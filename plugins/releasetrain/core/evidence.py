@@ -40,6 +40,21 @@ class EvidenceError(ValueError):
     """An evidence bundle that cannot be produced or does not verify."""
 
 
+def _train(train: dict[str, Any], event: LedgerEvent) -> dict[str, Any]:
+    """The run's place in the release train: its lane, the normal run a hotfix held, the
+    hotfix that held or superseded this run (and where)."""
+    d = event.details
+    if event.kind == "run_admitted":
+        train.update({"lane": d.get("lane"), "admitted_at": event.at, **({"why": d["why"]} if d.get("why") else {})})
+    elif event.kind == "run_held" and d.get("held") != event.run_id:
+        train.setdefault("holds", []).append(d.get("held"))
+    elif event.kind == "run_held":
+        train.setdefault("held_by", []).append({"run": d.get("by"), "why": d.get("why"), "at": event.at})
+    else:
+        train["superseded_by"] = {"run": d.get("by"), "why": d.get("why"), "environment": d.get("environment")}
+    return train
+
+
 def summarise(events: Iterable[LedgerEvent]) -> dict[str, Any]:
     """What an auditor asks first, derived only from the events."""
     summary: dict[str, Any] = {
@@ -53,6 +68,7 @@ def summarise(events: Iterable[LedgerEvent]) -> dict[str, Any]:
         "rollbacks": [],
         "sbom": None,
         "hotfix": None,
+        "train": None,  # the run's lane; whom it held, who held or superseded it
         "waivers": [],
         "outcome": None,
     }
@@ -89,6 +105,8 @@ def summarise(events: Iterable[LedgerEvent]) -> dict[str, Any]:
             completed = completed or d.get("outcome") == "success"
         elif event.kind == "hotfix_decided":
             summary["hotfix"] = dict(d)
+        elif event.kind in ("run_admitted", "run_held", "run_superseded"):
+            summary["train"] = _train(summary["train"] or {}, event)
         elif event.kind == "packaged" and d.get("sbom"):
             summary["sbom"] = d["sbom"]
         elif event.kind == "baseline_checked":  # a profile approval given in an earlier run, reused
