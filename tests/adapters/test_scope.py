@@ -240,3 +240,32 @@ def test_packaging_refuses_a_hotfix_decision_about_other_contents(tmp_path):
     )
     with pytest.raises(AirflowFailException, match=r"the hotfix decision was about \{'web': '1.9.0'\}, not"):
         package.execute(context(FakeTI(), task_id="package", params={**HOTFIX, "severity": "sev1"}))
+
+
+def test_an_allowed_hotfix_holds_the_normal_run_underway_and_a_refused_one_holds_nothing():
+    from releasetrain.core.vocabulary import LANE_NORMAL, train_slot
+    from releasetrain.hooks.ledger import LedgerHook
+    from releasetrain.operators.hotfix import HotfixPolicyOperator
+
+    hook = LedgerHook()
+    try:
+        hook.store.try_lock(train_slot(DAG_ID, LANE_NORMAL), f"{DAG_ID}/manual__train")
+    finally:
+        hook.close()
+
+    def decide(severities: list[str]) -> HotfixPolicyOperator:
+        return HotfixPolicyOperator(
+            task_id="hotfix_policy",
+            release=RELEASE,
+            policy={"severities": severities, "components": None, "exclude_in_test": True},
+            components=[{"name": "web", "version": None}],
+            production=["prod"],
+            admit_task_id="admit",
+        )
+
+    with pytest.raises(AirflowFailException):
+        decide(["sev1"]).execute(context(FakeTI(), task_id="hotfix_policy", params=HOTFIX))
+    assert not run_events("run_held"), "a refused hotfix holds nothing"
+    decide(["sev3"]).execute(context(FakeTI(), task_id="hotfix_policy", params=HOTFIX))
+    [held] = run_events("run_held")
+    assert held.details["held"] == "manual__train" and held.details["why"] == "hotfix for INC-9 (sev3)"

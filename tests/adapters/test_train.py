@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
-from releasetrain.core.vocabulary import HOTFIX_LOCK_PRIORITY, LANE_HOTFIX, LANE_NORMAL, train_slot
+from releasetrain.core.vocabulary import HOTFIX_LOCK_PRIORITY, LANE_HOTFIX, LANE_NORMAL, TRAIN_MAX_WAITING, train_slot
 from releasetrain.hooks.ledger import LedgerHook
 from releasetrain.operators.lock import TargetLockOperator
 from releasetrain.operators.train import TrainAdmissionOperator
@@ -22,11 +22,11 @@ HOTFIX = {**PARAMS, "version": "1.0.1", "hotfix": True, "severity": "sev1", "inc
 OTHER = "manual__other"
 
 
-def other(kind: str, run_id: str = OTHER, environment: str = "", **details) -> None:
+def other(event: str, run_id: str = OTHER, environment: str = "", **details) -> None:
     """An event of another run of the release (as its own task would have recorded it)."""
     hook = LedgerHook()
     try:
-        hook.append(kind, release=RELEASE, run_id=run_id, dag_id=DAG_ID, environment=environment, details=details)
+        hook.append(event, release=RELEASE, run_id=run_id, dag_id=DAG_ID, environment=environment, details=details)
     finally:
         hook.close()
 
@@ -76,12 +76,37 @@ def test_a_normal_run_waits_deferred_while_the_one_before_it_is_underway():
     assert admitted.details["lane"] == LANE_NORMAL
 
 
-def test_a_hotfix_goes_beside_the_normal_run_in_a_gate_and_holds_it():
+def test_a_hotfix_goes_beside_the_normal_run_in_a_gate_and_holds_it_once_allowed():
+    from releasetrain.operators.train import hold_the_train
+
     assert take(NORMAL_SLOT, f"{DAG_ID}/{OTHER}@1:x")
     result = admit().execute(context(AliveTI({f"{DAG_ID}/{OTHER}": 1}), params=HOTFIX, task_id="admit"))
-    assert result["lane"] == LANE_HOTFIX and result["holds"] == OTHER and result["why"] == "hotfix for INC-7 (sev1)"
+    assert result["lane"] == LANE_HOTFIX and result["kind"] == "hotfix" and result["why"] == "hotfix for INC-7 (sev1)"
+    assert not run_events("run_held"), "a hotfix its policy has not allowed yet holds nothing"
+    # what the hotfix policy step does once it allowed the hotfix
+    ctx = context(AliveTI(), params=HOTFIX, task_id="hotfix_policy")
+    assert hold_the_train(ctx, RELEASE, result["why"], admit().log) == OTHER
     [held] = run_events("run_held")
-    assert held.details == {"held": OTHER, "by": RUN_ID, "why": "hotfix for INC-7 (sev1)", "task_id": "admit"}
+    assert held.details == {"held": OTHER, "by": RUN_ID, "why": result["why"], "task_id": "hotfix_policy"}
+
+
+def test_an_emergency_run_holds_the_train_when_admitted():
+    take(NORMAL_SLOT, f"{DAG_ID}/{OTHER}")
+    urgent = {**PARAMS, "emergency": True, "emergency_justification": "card payments fail for every customer"}
+    result = admit().execute(context(AliveTI({f"{DAG_ID}/{OTHER}": 1}), params=urgent, task_id="admit"))
+    assert result["kind"] == "emergency"
+    [held] = run_events("run_held")
+    assert held.details["held"] == OTHER and held.details["why"].startswith("emergency: card payments")
+
+
+def test_a_full_train_refuses_another_normal_run():
+    take(NORMAL_SLOT, f"{DAG_ID}/{OTHER}")
+    for n in range(TRAIN_MAX_WAITING):
+        assert take(NORMAL_SLOT, f"{DAG_ID}/manual__{n}") == f"{DAG_ID}/{OTHER}"
+    with pytest.raises(AirflowFailException, match="the release train is full: 16 normal runs"):
+        admit().execute(context(AliveTI({f"{DAG_ID}/{OTHER}": 1}), task_id="admit"))
+    # a hotfix still goes
+    assert admit().execute(context(AliveTI(), params=HOTFIX, task_id="admit"))["lane"] == LANE_HOTFIX
 
 
 def test_a_hotfix_param_the_release_does_not_offer_takes_no_lane_of_its_own():
@@ -101,10 +126,32 @@ def test_a_run_the_train_never_admitted_takes_no_target():
     assert run_events("gate_refused")[0].details["step"] == "prod.lock"
 
 
-def test_a_held_run_waits_deferred_and_records_the_hold_once():
+def admitted_normal(version: str = "1.1.0") -> None:
+    """This run: admitted in the normal lane (holding its place), packaged with web ``version``."""
     seed("run_admitted", lane=LANE_NORMAL, task_id="admit")
-    seed("packaged", task_id="package")
-    other("run_admitted", lane=LANE_HOTFIX, why="hotfix for INC-7 (sev1)")
+    take(NORMAL_SLOT, f"{DAG_ID}/{RUN_ID}")
+    seed("packaged", task_id="package", components=[{"name": "web", "version": version}])
+
+
+def allowed_hotfix() -> None:
+    """Another run: a hotfix its policy allowed (web 1.0.1), packaged."""
+    other("run_admitted", lane=LANE_HOTFIX, kind="hotfix", why="hotfix for INC-7 (sev1)")
+    other("hotfix_decided", allowed=True, changed={"web": "1.0.1"})
+    other("packaged", components=[{"name": "web", "version": "1.0.1"}])
+
+
+def test_a_run_that_lost_its_place_in_the_train_takes_no_target():
+    """Attack: a run admitted once, whose place another run took meanwhile (stale takeover,
+    cleared admit), must not deploy beside that run."""
+    seed("run_admitted", lane=LANE_NORMAL, task_id="admit")
+    take(NORMAL_SLOT, f"{DAG_ID}/{OTHER}")
+    with pytest.raises(AirflowFailException, match="does not hold its place in the release train"):
+        lock().execute(context(AliveTI({f"{DAG_ID}/{OTHER}": 1}), task_id="prod.lock"))
+
+
+def test_a_held_run_waits_deferred_and_records_the_hold_once():
+    admitted_normal()
+    allowed_hotfix()
     for _ in range(2):
         with pytest.raises(TaskDeferred) as deferred:
             lock().execute(context(AliveTI({f"{DAG_ID}/{OTHER}": 1}), task_id="prod.lock"))
@@ -118,10 +165,8 @@ def test_a_held_run_waits_deferred_and_records_the_hold_once():
 
 
 def test_a_run_cut_before_a_hotfix_reached_production_is_superseded():
-    seed("run_admitted", lane=LANE_NORMAL, task_id="admit")
-    seed("packaged", task_id="package")
-    other("run_admitted", lane=LANE_HOTFIX, why="hotfix for INC-7 (sev1)")
-    other("packaged")
+    admitted_normal()
+    allowed_hotfix()
     other("environment_passed", environment="prod")
     with pytest.raises(AirflowFailException, match="superseded by hotfix run manual__other .* trigger a new run"):
         lock().execute(context(AliveTI({f"{DAG_ID}/{OTHER}": 1}), task_id="prod.lock"))
@@ -130,8 +175,26 @@ def test_a_run_cut_before_a_hotfix_reached_production_is_superseded():
     assert not run_events("lock_acquired")
 
 
+def test_a_normal_run_that_took_a_target_while_a_hotfix_came_gives_it_back():
+    """The hold is asked again once the lock trigger took the target: a hotfix allowed while
+    this run waited for another release's deploy is not overtaken."""
+    admitted_normal()
+    take("t_prod", f"{DAG_ID}/{RUN_ID}")  # what the trigger did
+    allowed_hotfix()
+    with pytest.raises(TaskDeferred) as deferred:
+        lock().execute_complete(context(AliveTI({f"{DAG_ID}/{OTHER}": 1}), task_id="prod.lock"), {"acquired": True})
+    assert isinstance(deferred.value.trigger, HotfixHoldTrigger)
+    hook = LedgerHook()
+    try:
+        assert hook.store.lock_holder("t_prod") is None, "the target was given back"
+    finally:
+        hook.close()
+    assert not run_events("lock_acquired")
+
+
 def test_a_hotfix_run_goes_first_in_a_targets_queue():
     seed("run_admitted", lane=LANE_HOTFIX, task_id="admit")
+    take(train_slot(DAG_ID, LANE_HOTFIX), f"{DAG_ID}/{RUN_ID}")
     take("t_prod", "release_other/manual__1")
     take("t_prod", "release_other/manual__2", priority=1000)  # a critical release's run waits too
     with pytest.raises(TaskDeferred) as deferred:
@@ -148,19 +211,24 @@ def test_the_hold_trigger_fires_when_the_hotfix_reaches_production_and_hands_bac
 
         return asyncio.run(run())
 
-    def trigger() -> HotfixHoldTrigger:
+    def trigger(production=("prod",), **kw) -> HotfixHoldTrigger:
         return HotfixHoldTrigger(
             release=RELEASE,
             dag_id=DAG_ID,
             run_id=OTHER,
-            production=["prod"],
+            production=list(production),
             ledger_conn_id="releasetrain_ledger",
             poll_interval=0.05,
             recheck_after=0.3,
+            **kw,
         )
 
     other("environment_passed", environment="staging")
     assert first(trigger()) == {"hold_over": False, "recheck": True}
     other("environment_passed", environment="prod")
     assert first(trigger()) == {"hold_over": True, "recheck": False}
+    # records under the hotfix's id from before its admission are another run's
+    assert first(trigger(since=10_000)) == {"hold_over": False, "recheck": True}
+    # a run that carries the fix waits for every production environment
+    assert first(trigger(production=["prod", "prod-eu"], any_production=False))["hold_over"] is False
     assert trigger().serialize()[0] == "releasetrain.triggers.train.HotfixHoldTrigger"

@@ -29,12 +29,21 @@ def chain(*events: E) -> list[E]:
     return list(events)
 
 
-def admitted(run: str, lane: str = LANE_HOTFIX, dag_id: str = DAG) -> E:
-    return E(Event.RUN_ADMITTED, run, details=admission_details(lane, incident="INC-1", severity="sev1"), dag_id=dag_id)
+def admitted(run: str, lane: str = LANE_HOTFIX, dag_id: str = DAG, incarnation: str = "") -> E:
+    details = admission_details(lane, incident="INC-1", severity="sev1", incarnation=incarnation)
+    return E(Event.RUN_ADMITTED, run, details=details, dag_id=dag_id)
 
 
-def packaged(run: str) -> E:
-    return E(Event.PACKAGED, run)
+def emergency(run: str) -> E:
+    return E(Event.RUN_ADMITTED, run, details=admission_details(LANE_HOTFIX, justification="card payments down"))
+
+
+def decided(run: str, allowed: bool = True, **changed: str) -> E:
+    return E(Event.HOTFIX_DECIDED, run, details={"allowed": allowed, "changed": changed or {"web": "1.0.1"}})
+
+
+def packaged(run: str, web: str = "1.0.1") -> E:
+    return E(Event.PACKAGED, run, details={"components": [{"name": "web", "version": web}]})
 
 
 def passed(run: str, environment: str) -> E:
@@ -43,6 +52,11 @@ def passed(run: str, environment: str) -> E:
 
 def ended(run: str, state: str = "success") -> E:
     return E(Event.RUN_STATE, run, details={"state": state})
+
+
+def hotfix(run: str = "h") -> list[E]:
+    """A hotfix run its policy allowed, packaged (web 1.0.1)."""
+    return [admitted(run), decided(run), packaged(run)]
 
 
 def test_lanes_and_slots():
@@ -54,42 +68,57 @@ def test_lanes_and_slots():
     assert lane_of(hotfix=False, emergency=True, offered=["emergency"]) == LANE_HOTFIX
     assert train_slot("release_shop", LANE_NORMAL) == "train:release_shop"
     assert train_slot("release_shop", LANE_HOTFIX) == "train:release_shop:hotfix"
-    assert admission_details(LANE_HOTFIX, incident="INC-9", severity="sev2")["why"] == "hotfix for INC-9 (sev2)"
-    assert admission_details(LANE_HOTFIX, justification="card payments down")["why"] == "emergency: card payments down"
+    fix = admission_details(LANE_HOTFIX, incident="INC-9", severity="sev2", incarnation="1:a")
+    assert fix == {"lane": LANE_HOTFIX, "kind": "hotfix", "why": "hotfix for INC-9 (sev2)", "incarnation": "1:a"}
+    urgent = admission_details(LANE_HOTFIX, justification="card payments down")
+    assert urgent["kind"] == "emergency" and urgent["why"] == "emergency: card payments down"
     assert admission_details(LANE_NORMAL) == {"lane": LANE_NORMAL}
 
 
-NORMAL = [admitted("n", LANE_NORMAL), packaged("n"), passed("n", "staging")]
+NORMAL = [admitted("n", LANE_NORMAL), packaged("n", "1.1.0"), passed("n", "staging")]  # cut before any fix
 
 
 @pytest.mark.parametrize(
     ("events", "state", "by"),
     [
         pytest.param(NORMAL, FREE, "", id="no hotfix"),
-        pytest.param([*NORMAL, admitted("h")], HELD, "h", id="hotfix admitted: held"),
+        pytest.param([*NORMAL, admitted("h")], FREE, "", id="a hotfix its policy has not allowed yet"),
+        pytest.param([*NORMAL, admitted("h"), decided("h", allowed=False)], FREE, "", id="a refused hotfix"),
+        pytest.param([*NORMAL, admitted("h"), decided("h")], HELD, "h", id="allowed: held"),
+        pytest.param([*NORMAL, *hotfix(), passed("h", "staging")], HELD, "h", id="hotfix in staging"),
+        pytest.param([*NORMAL, emergency("e")], HELD, "e", id="an emergency holds at once"),
+        pytest.param([*NORMAL, *hotfix(), passed("h", "prod")], SUPERSEDED, "h", id="hotfix in production"),
+        pytest.param([*NORMAL, *hotfix(), passed("h", "prod"), ended("h")], SUPERSEDED, "h", id="hotfix ended"),
+        pytest.param([*NORMAL, *hotfix(), ended("h", "failed")], FREE, "", id="hotfix failed before production"),
         pytest.param(
-            [*NORMAL, admitted("h"), packaged("h"), passed("h", "staging")], HELD, "h", id="hotfix in staging"
-        ),
-        pytest.param(
-            [*NORMAL, admitted("h"), packaged("h"), passed("h", "prod")], SUPERSEDED, "h", id="hotfix in production"
-        ),
-        pytest.param(
-            [*NORMAL, admitted("h"), packaged("h"), passed("h", "prod"), ended("h")],
-            SUPERSEDED,
-            "h",
-            id="hotfix ended in production",
-        ),
-        pytest.param([*NORMAL, admitted("h"), packaged("h"), ended("h", "failed")], FREE, "", id="hotfix failed"),
-        pytest.param(
-            [admitted("n", LANE_NORMAL), admitted("h"), packaged("h"), passed("h", "prod"), packaged("n")],
+            [admitted("n", LANE_NORMAL), *hotfix(), passed("h", "prod"), packaged("n", "1.1.0")],
             FREE,
             "",
-            id="cut after the fix",
+            id="newer, cut after the fix",
         ),
-        pytest.param([*NORMAL, admitted("h", dag_id="release_other")], FREE, "", id="another release's hotfix"),
-        pytest.param([*NORMAL, admitted("h", LANE_NORMAL)], FREE, "", id="a normal run holds nothing"),
         pytest.param(
-            [*NORMAL, admitted("h1"), packaged("h1"), ended("h1", "failed"), admitted("h2")], HELD, "h2", id="second"
+            [admitted("n", LANE_NORMAL), *hotfix(), passed("h", "prod"), packaged("n", "1.0.0")],
+            SUPERSEDED,
+            "h",
+            id="cut after the fix but older: a downgrade",
+        ),
+        pytest.param(
+            [admitted("n", LANE_NORMAL), packaged("n", "1.0.1"), *hotfix(), passed("h", "prod")],
+            FREE,
+            "",
+            id="the fix's own version (the same bytes)",
+        ),
+        pytest.param([*NORMAL, admitted("h", dag_id="release_other"), decided("h")], FREE, "", id="another release"),
+        pytest.param([*NORMAL, admitted("h", LANE_NORMAL)], FREE, "", id="a normal run holds nothing"),
+        pytest.param([*NORMAL, *hotfix("h1"), ended("h1", "failed"), *hotfix("h2")], HELD, "h2", id="second"),
+        pytest.param(
+            [*NORMAL, *hotfix(), admitted("h", LANE_NORMAL)], FREE, "", id="a deleted hotfix's id, now a normal run"
+        ),
+        pytest.param(
+            [*NORMAL, *hotfix(), passed("h", "prod"), ended("h"), admitted("h"), decided("h")],
+            HELD,
+            "h",
+            id="a hotfix under an old hotfix's id: the old one's production pass is not its own",
         ),
     ],
 )
@@ -98,17 +127,25 @@ def test_the_hold_on_a_normal_run(events, state, by):
     assert (hold.state, hold.by) == (state, by)
     if state == SUPERSEDED:
         assert hold.environment == "prod" and "hotfix for INC-1 (sev1)" in hold.reasons[0]
-        assert "take the fix out again" in hold.reasons[0]
+        assert "with web 1.0.1, which this run's bundle does not carry" in hold.reasons[0]
     if state == HELD:
-        assert "underway" in hold.reasons[0]
+        assert "underway" in hold.reasons[0] and hold.since > 0
+
+
+def test_a_run_that_carries_the_fix_is_held_until_every_production_environment_has_it():
+    events = chain(admitted("n", LANE_NORMAL), *hotfix(), passed("h", "prod-us"), packaged("n", "1.1.0"))
+    hold = hold_on(events, DAG, "n", ["prod-us", "prod-eu"])
+    assert hold.state == HELD and hold.carries, "the fix is not everywhere yet: the hotfix still goes first"
+    events = chain(*events, passed("h", "prod-eu"))
+    assert hold_on(events, DAG, "n", ["prod-us", "prod-eu"]).state == FREE
 
 
 def test_a_hotfix_run_airflow_no_longer_has_holds_nothing():
-    events = chain(*NORMAL, admitted("h"))
+    events = chain(*NORMAL, *hotfix())
     assert hold_on(events, DAG, "n", ["prod"]).state == HELD
     assert hold_on(events, DAG, "n", ["prod"], gone=["h"]).state == FREE
 
 
 def test_a_hotfix_is_never_held_by_itself():
-    events = chain(admitted("h"), packaged("h"))
+    events = chain(*hotfix())
     assert hold_on(events, DAG, "h", ["prod"]).state == FREE

@@ -116,9 +116,10 @@ def test_a_hotfix_never_queues_behind_a_normal_run_waiting_in_a_gate(author, app
     author.wait_for_approval(dag, hotfix, approve, timeout=300)
     assert fleet(stg)["version"] == "1.0.1", "the hotfix passed staging while the train waited"
     [admitted] = kinds(hotfix, "run_admitted")
-    assert admitted.details["lane"] == "hotfix" and admitted.details["holds"] == normal
-    [held] = kinds(hotfix, "run_held")
+    assert admitted.details["lane"] == "hotfix" and admitted.details["kind"] == "hotfix"
+    [held] = kinds(hotfix, "run_held")  # once its policy allowed it
     assert held.details["held"] == normal and held.details["why"] == "hotfix for INC-200 (sev1)"
+    assert held.details["task_id"] == "hotfix_policy"
 
     # the normal run approved meanwhile: held at its lock (deferred) while the hotfix is underway
     assert approver.answer(dag, normal, approve, "Approve") == "success"
@@ -138,6 +139,7 @@ def test_a_hotfix_never_queues_behind_a_normal_run_waiting_in_a_gate(author, app
     assert superseded.details["by"] == hotfix and superseded.details["environment"] == prod
     reason = the_refusal(kinds(normal, "gate_refused"))
     assert f"superseded by hotfix run {hotfix} (hotfix for INC-200 (sev1))" in reason
+    assert "with trained-web 1.0.1, which this run's bundle does not carry" in reason
     assert fleet(prod)["version"] == "1.0.1"
 
     # the next train, admitted once the superseded one ended and cut after the fix, goes on

@@ -207,6 +207,7 @@ def _hotfix(spec: ReleaseSpec) -> Step:
             "policy": spec.hotfix_policy.model_dump(mode="json"),
             "components": [{"name": c.name, "version": c.version} for c in spec.components],
             "production": list(spec.production_environments),
+            "admit_task_id": v.ADMIT,
         },
     )
 

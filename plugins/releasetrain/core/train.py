@@ -2,12 +2,14 @@
 
 Normal runs of a release go one at a time (each waits, deferred, in its ``admit`` step for
 the one before it to end). Hotfix and emergency runs have a lane of their own and never wait
-behind a normal run, whatever gate that run waits in. While a hotfix run of the release is
-underway, a normal run is **held**: it takes no deploy target (its next lock waits, deferred).
-Once the hotfix reached production, a normal run whose bundle was cut before the hotfix's
-(packaged earlier) is **superseded**: deploying it would take the fix out of production
-again, so it is refused and a new run that carries the fix must be triggered. A hotfix that
-ends without reaching production lifts the hold. Every admission, hold and supersession is
+behind a normal run for their admission. A hotfix whose policy allowed it, or an emergency
+run, **holds** the normal runs of its release: they take no deploy target (their next lock
+waits, deferred) until it ended or passed every production environment. Once it passed a
+production environment, a normal run that does not carry the fix is **superseded**: deploying
+it would take the fix out of production again, so it is refused and a new run that carries
+the fix must be triggered. A run carries the fix when each component the hotfix changed is,
+in the run's bundle, the hotfix's own version (one version is one set of bytes: the component
+index) or a newer one packaged after the hotfix's. Every admission, hold and supersession is
 recorded in the ledger.
 """
 
@@ -18,14 +20,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from releasetrain.core.gatekeeper import EventLike
+from releasetrain.core.scope import contents
+from releasetrain.core.versioning import Version, VersionError
 from releasetrain.core.vocabulary import LANE_HOTFIX, LANE_NORMAL, Event
 
 # the release-wide events the lanes read
-TRAIN_EVENTS = (Event.RUN_ADMITTED, Event.PACKAGED, Event.ENVIRONMENT_PASSED, Event.RUN_STATE)
+TRAIN_EVENTS = (
+    Event.RUN_ADMITTED,
+    Event.HOTFIX_DECIDED,
+    Event.PACKAGED,
+    Event.ENVIRONMENT_PASSED,
+    Event.RUN_STATE,
+)
 TERMINAL = frozenset({"success", "failed"})
 FREE, HELD, SUPERSEDED = "free", "held", "superseded"
-
-
 OVERTAKING = ("hotfix", "emergency")  # the trigger params that may put a run in the hotfix lane
 
 
@@ -36,10 +44,16 @@ def lane_of(*, hotfix: bool, emergency: bool, offered: Iterable[str] = OVERTAKIN
     return LANE_HOTFIX if (hotfix and "hotfix" in offered) or (emergency and "emergency" in offered) else LANE_NORMAL
 
 
-def admission_details(lane: str, *, incident: str = "", severity: str = "", justification: str = "") -> dict[str, Any]:
-    """What ``run_admitted`` records: the lane, and for the hotfix lane why it may overtake."""
+def admission_details(
+    lane: str, *, incident: str = "", severity: str = "", justification: str = "", incarnation: str = ""
+) -> dict[str, Any]:
+    """What ``run_admitted`` records: the lane, the run's incarnation (a run id deleted and
+    triggered again is another run), and for the hotfix lane what kind of run it is and why."""
     details: dict[str, Any] = {"lane": lane}
+    if incarnation:
+        details["incarnation"] = incarnation
     if lane == LANE_HOTFIX:
+        details["kind"] = "hotfix" if incident else "emergency"
         details["why"] = f"hotfix for {incident} ({severity})" if incident else f"emergency: {justification}"
     return details
 
@@ -54,13 +68,83 @@ class Hold:
     why: str = ""  # the hotfix's reason, as admitted
     environment: str = ""  # the production environment the hotfix reached (superseded)
     reasons: list[str] = field(default_factory=list)
+    since: int = 0  # the seq of the hotfix's admission: its records from then on are its own
+    carries: bool = True  # held: whether this run carries the fix (else a production pass ends the hold)
 
     def details(self) -> dict[str, Any]:
         return {"by": self.by, "why": self.why, **({"environment": self.environment} if self.environment else {})}
 
 
-def _of(e: EventLike, dag_id: str) -> bool:
-    return str(getattr(e, "dag_id", "") or "") == dag_id
+@dataclass
+class _Run:
+    """One run of the release DAG, as its ledger records say since its admission."""
+
+    lane: str = LANE_NORMAL
+    admitted: int = 0  # seq of its admission
+    kind: str = ""
+    why: str = ""
+    incarnation: str = ""
+    ended: bool = False
+    allowed: bool = False  # its hotfix decision allowed it
+    fix: dict[str, str] = field(default_factory=dict)  # component -> version the hotfix changes
+    packaged: int | None = None  # seq of its packaged record
+    contents: dict[str, str] = field(default_factory=dict)
+    passed: list[str] = field(default_factory=list)  # production environments it passed
+
+    def holds(self) -> bool:
+        """A hotfix run holds others once its policy allowed it; an emergency run at once."""
+        return self.lane == LANE_HOTFIX and (self.kind == "emergency" or self.allowed)
+
+    def the_fix(self) -> dict[str, str]:
+        return self.fix if self.kind != "emergency" else self.contents
+
+
+def _runs(events: Iterable[EventLike], dag_id: str) -> dict[str, _Run]:
+    runs: dict[str, _Run] = {}
+    for e in events:
+        if str(getattr(e, "dag_id", "") or "") != dag_id:
+            continue
+        run_id, d = str(getattr(e, "run_id", "") or ""), e.details
+        run = runs.get(run_id)
+        if e.kind == Event.RUN_ADMITTED:
+            incarnation = str(d.get("incarnation") or "")
+            fresh = run is None or run.ended or (incarnation and run.incarnation and incarnation != run.incarnation)
+            run = runs[run_id] = _Run() if fresh else run
+            run.lane = str(d.get("lane") or LANE_NORMAL)
+            run.kind, run.why = str(d.get("kind") or ""), str(d.get("why") or "")
+            run.incarnation = incarnation or run.incarnation
+            run.admitted = run.admitted if not fresh else e.seq
+            continue
+        if run is None:
+            continue
+        if e.kind == Event.RUN_STATE and d.get("state") in TERMINAL:
+            run.ended = True
+        elif e.kind == Event.HOTFIX_DECIDED:
+            run.allowed = bool(d.get("allowed"))
+            run.fix = {str(k): str(v) for k, v in (d.get("changed") or {}).items()}
+        elif e.kind == Event.PACKAGED:
+            run.packaged = e.seq
+            run.contents = contents(d.get("components") or [])
+        elif e.kind == Event.ENVIRONMENT_PASSED and e.environment not in run.passed:
+            run.passed.append(e.environment)
+    return runs
+
+
+def _carries(mine: _Run, hotfix: _Run) -> bool:
+    """Whether ``mine`` carries ``hotfix``'s fix (see the module's docstring)."""
+    if mine.packaged is None:
+        return True  # packages later, from sources that have the fix: judged again at its lock
+    for component, fixed in hotfix.the_fix().items():
+        version = mine.contents.get(component)
+        if version == fixed:
+            continue
+        try:
+            newer = version is not None and Version.parse(fixed) < Version.parse(version)
+        except VersionError:
+            newer = False
+        if not (newer and hotfix.packaged is not None and hotfix.packaged < mine.packaged):
+            return False
+    return True
 
 
 def hold_on(
@@ -73,30 +157,22 @@ def hold_on(
     """The hold on run ``run_id`` of release DAG ``dag_id`` (release-wide ``events`` in chain
     order). ``gone``: hotfix runs Airflow no longer has running (ended or deleted without a
     terminal record in the ledger)."""
-    production, gone = set(production), set(gone)
-    events = [e for e in events if _of(e, dag_id)]
-    hotfixes: dict[str, str] = {}  # run id -> why, in order of admission
-    ended, packaged, passed = set(gone), {}, {}
-    for e in events:
-        run = str(getattr(e, "run_id", "") or "")
-        if e.kind == Event.RUN_ADMITTED and e.details.get("lane") == LANE_HOTFIX and run != run_id:
-            hotfixes.setdefault(run, str(e.details.get("why") or ""))
-        elif e.kind == Event.RUN_STATE and e.details.get("state") in TERMINAL:
-            ended.add(run)
-        elif e.kind == Event.PACKAGED:
-            packaged.setdefault(run, e.seq)
-        elif e.kind == Event.ENVIRONMENT_PASSED and e.environment in production:
-            passed.setdefault(run, e.environment)
-    mine = packaged.get(run_id)
-    for run, why in hotfixes.items():
-        if run in passed and run in packaged and mine is not None and mine < packaged[run]:
+    production, gone = list(production), set(gone)
+    runs = _runs(events, dag_id)
+    mine = runs.get(run_id) or _Run()
+    hotfixes = [(rid, run) for rid, run in runs.items() if rid != run_id and run.holds()]
+    for rid, run in hotfixes:
+        reached = [env for env in run.passed if env in production]
+        if reached and not _carries(mine, run):
+            missing = ", ".join(f"{c} {v}" for c, v in sorted(run.the_fix().items()))
             reason = (
-                f"superseded by hotfix run {run} ({why}): it reached production ({passed[run]}) after this run's "
-                "bundle was cut, so deploying this run would take the fix out again; trigger a new run that carries it"
+                f"superseded by hotfix run {rid} ({run.why}): it reached production ({reached[0]}) with "
+                f"{missing}, which this run's bundle does not carry, so deploying it would take the fix out "
+                "again; trigger a new run that carries it"
             )
-            return Hold(SUPERSEDED, run, why, passed[run], [reason])
-    for run, why in hotfixes.items():
-        if run not in ended and run not in passed:
-            reason = f"held while hotfix run {run} ({why}) of this release is underway: it goes first"
-            return Hold(HELD, run, why, reasons=[reason])
+            return Hold(SUPERSEDED, rid, run.why, reached[0], [reason])
+    for rid, run in hotfixes:
+        if not run.ended and rid not in gone and not set(production) <= set(run.passed):
+            reason = f"held while hotfix run {rid} ({run.why}) of this release is underway: it goes first"
+            return Hold(HELD, rid, run.why, reasons=[reason], since=run.admitted, carries=_carries(mine, run))
     return Hold(FREE)

@@ -41,6 +41,7 @@ IMPACT_PRIORITY = {"low": 1, "medium": 10, "high": 100, "critical": 1000}
 LANE_NORMAL = "normal"
 LANE_HOTFIX = "hotfix"
 TRAIN_MAX_ACTIVE_RUNS = 32
+TRAIN_MAX_WAITING = 16  # normal runs waiting in admit beyond this are refused (hotfixes keep room)
 HOTFIX_LOCK_PRIORITY = 1_000_000  # added to a hotfix run's place in deploy-target queues
 
 

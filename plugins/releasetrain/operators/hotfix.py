@@ -11,6 +11,7 @@ from releasetrain.core.gatekeeper import Decision
 from releasetrain.core.hotfix import HOTFIX_EVENTS, decide_hotfix, in_test, production_contents
 from releasetrain.core.vocabulary import Event
 from releasetrain.operators._common import enforce, record, release_request
+from releasetrain.operators.train import hold_the_train
 
 
 class HotfixPolicyOperator(BaseOperator):
@@ -24,6 +25,8 @@ class HotfixPolicyOperator(BaseOperator):
     :param policy: the spec's ``hotfix_policy``
     :param components: ``[{"name", "version"}]`` (version None: the run's version)
     :param production: the release's production environments
+    :param admit_task_id: the release train's admission step: an allowed hotfix holds the
+        normal run underway (``run_held``)
     """
 
     ui_color = "#fce8e6"
@@ -35,6 +38,7 @@ class HotfixPolicyOperator(BaseOperator):
         policy: dict[str, Any],
         components: list[dict[str, Any]],
         production: list[str],
+        admit_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -42,6 +46,7 @@ class HotfixPolicyOperator(BaseOperator):
         self.policy = dict(policy)
         self.components = [dict(c) for c in components]
         self.production = list(production)
+        self.admit_task_id = admit_task_id
 
     def execute(self, context: Any) -> dict[str, Any]:
         from releasetrain.hooks.ledger import LedgerHook
@@ -71,4 +76,6 @@ class HotfixPolicyOperator(BaseOperator):
             refusal = Decision.refuse(self.task_id, *[f"hotfix for {request.incident}: {r}" for r in decision.reasons])
             enforce(context, refusal, self.release)
         self.log.info("hotfix for %s (%s) allowed: changes %s", request.incident, request.severity, decision.changed)
+        if self.admit_task_id:  # allowed: the normal run underway waits for this one from now on
+            hold_the_train(context, self.release, f"hotfix for {request.incident} ({request.severity})", self.log)
         return details

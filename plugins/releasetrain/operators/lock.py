@@ -204,10 +204,31 @@ class TargetLockOperator(BaseOperator):
     def _lane(self, context: Any) -> str:
         """The lane the train admitted this run in (refused when it never was)."""
         from releasetrain.core.gatekeeper import admitted
+        from releasetrain.core.vocabulary import train_slot
+        from releasetrain.hooks.ledger import LedgerHook
 
         run = run_ledger(context, self.release)
         enforce(context, admitted(run, self.admit_task_id or "", self.task_id), self.release, self.environment)
-        return str(run.last(Event.RUN_ADMITTED).details.get("lane") or LANE_NORMAL)
+        lane = str(run.last(Event.RUN_ADMITTED).details.get("lane") or LANE_NORMAL)
+        slot = train_slot(dag_id_of(context), lane)
+        hook = LedgerHook()  # admitted once is not enough: the run must still hold its place
+        try:
+            holder = hook.store.lock_holder(slot)
+        except LedgerError as exc:
+            raise AirflowFailException(f"the release train cannot be read: {exc}") from None
+        finally:
+            hook.close()
+        dag_id, run_id, incarnation = parse_holder(holder or "")
+        mine = run_ledger(context, self.release).incarnation
+        if (dag_id, run_id) != (dag_id_of(context), context["run_id"]) or (incarnation and incarnation != mine):
+            refusal = Decision.refuse(
+                self.task_id,
+                f"this run does not hold its place in the release train ({slot} is "
+                + (f"held by {holder})" if holder else "not held by anyone)")
+                + ": another run of the release goes now; trigger a new run",
+            )
+            enforce(context, refusal, self.release, self.environment)
+        return lane
 
     def _held(self, context: Any) -> bool:
         """Wait (deferred) while a hotfix of the release is underway; refused once superseded."""
@@ -226,6 +247,8 @@ class TargetLockOperator(BaseOperator):
                 production=self.production,
                 ledger_conn_id=LEDGER_CONN_ID,
                 poll_interval=self.poll_interval,
+                since=hold.since,
+                any_production=not hold.carries,
             ),
             method_name="execute_complete",
         )
@@ -236,7 +259,23 @@ class TargetLockOperator(BaseOperator):
             return self.execute(context)
         if not event.get("acquired"):
             raise AirflowFailException(f"{self.environment}: could not lock {self.target}: {event.get('error')}")
+        if self.admit_task_id and self._lane(context) == LANE_NORMAL:
+            from releasetrain.core.train import FREE
+            from releasetrain.operators.train import hold_of
+
+            if hold_of(context, self.release, self.production).state != FREE:  # a hotfix came meanwhile
+                self._give_back(context)
+                return self.execute(context)  # held again (deferred), or refused as superseded
         return self._acquired(context)
+
+    def _give_back(self, context: Any) -> None:
+        from releasetrain.hooks.ledger import LedgerHook
+
+        hook = LedgerHook()
+        try:
+            hook.store.unlock(holder_of(context, self.release), self.target)
+        finally:
+            hook.close()
 
     def _acquired(self, context: Any) -> dict[str, Any]:
         details = {"target": self.target, "holder": holder_of(context, self.release)}

@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from releasetrain.core.gatekeeper import Decision, not_ended
 from releasetrain.core.ledger import LedgerError
 from releasetrain.core.train import FREE, HELD, TRAIN_EVENTS, Hold, admission_details, hold_on, lane_of
-from releasetrain.core.vocabulary import LANE_HOTFIX, LANE_NORMAL, Event, train_slot
+from releasetrain.core.vocabulary import LANE_NORMAL, TRAIN_MAX_WAITING, Event, train_slot
 from releasetrain.operators._common import dag_id_of, enforce, record, release_request, run_ledger
 from releasetrain.operators.lock import LEDGER_CONN_ID, parse_holder, take_lock
 
@@ -22,13 +22,18 @@ def lane_of_run(context: Any, release: str, overtaking: list[str]) -> tuple[str,
     """The run's lane and what ``run_admitted`` records. A scheduled train is normal; a hotfix
     or emergency request takes the hotfix lane only where the release offers it (``overtaking``:
     its trigger form has the param; a conf key the form does not declare changes nothing)."""
+    incarnation = run_ledger(context, release).incarnation
     run_type = str(getattr(context["dag_run"], "run_type", "") or "")
     if run_type.lower().endswith("scheduled") and not context["params"].get("version"):
-        return LANE_NORMAL, admission_details(LANE_NORMAL)
+        return LANE_NORMAL, admission_details(LANE_NORMAL, incarnation=incarnation)
     request = release_request(context, release)
     lane = lane_of(hotfix=request.hotfix, emergency=request.emergency, offered=overtaking)
     details = admission_details(
-        lane, incident=request.incident, severity=request.severity, justification=request.emergency_justification
+        lane,
+        incident=request.incident,
+        severity=request.severity,
+        justification=request.emergency_justification,
+        incarnation=incarnation,
     )
     return lane, details
 
@@ -51,14 +56,17 @@ def hold_of(context: Any, release: str, production: list[str]) -> Hold:
     running holds nothing even when its end was never recorded."""
     dag_id, run_id = dag_id_of(context), context["run_id"]
     events = _events(release)
+    gone: list[str] = []
     hold = hold_on(events, dag_id, run_id, production)
-    if hold.state == HELD:
+    while hold.state == HELD:  # every holder Airflow no longer runs is passed over, not just the first
         try:
             active = context["ti"].get_dr_count(dag_id=dag_id, run_ids=[hold.by], states=ACTIVE)
         except Exception:  # cannot tell: the hold stands
             active = 1
-        if not active:
-            hold = hold_on(events, dag_id, run_id, production, gone=[hold.by])
+        if active:
+            break
+        gone.append(hold.by)
+        hold = hold_on(events, dag_id, run_id, production, gone=gone)
     return hold
 
 
@@ -118,17 +126,42 @@ class TrainAdmissionOperator(BaseOperator):
         enforce(context, not_ended(run_ledger(context, self.release), self.task_id), self.release)
         lane, _ = lane_of_run(context, self.release, self.overtaking)
         slot = train_slot(dag_id_of(context), lane)
+        if lane == LANE_NORMAL:  # Airflow's cap on runs is never reached by waiting trains
+            enforce(context, self._room(context, slot), self.release)
         acquired, me = take_lock(context, release=self.release, environment="", target=slot, priority=self.priority)
         if acquired:
             return self._admitted(context)
         self.log.info("the release's previous %s run is still underway; waiting (deferred) for %s", lane, slot)
         self.defer(
             trigger=TargetLockTrigger(
-                target=slot, holder=me, ledger_conn_id=LEDGER_CONN_ID, poll_interval=self.poll_interval
+                target=slot,
+                holder=me,
+                ledger_conn_id=LEDGER_CONN_ID,
+                poll_interval=self.poll_interval,
+                priority=self.priority,  # the same place in the queue as each try of execute
             ),
             method_name="execute_complete",
         )
         return {}
+
+    def _room(self, context: Any, slot: str) -> Decision:
+        """Refused when :data:`TRAIN_MAX_WAITING` other normal runs already wait."""
+        from releasetrain.hooks.ledger import LedgerHook
+        from releasetrain.operators.lock import run_key
+
+        hook = LedgerHook()
+        try:
+            waiting = [h for h, _ in hook.store.lock_queue(slot) if not h.startswith(run_key(context) + "@")]
+        finally:
+            hook.close()
+        waiting = [h for h in waiting if h != run_key(context)]
+        if len(waiting) < TRAIN_MAX_WAITING:
+            return Decision.allow(self.task_id)
+        return Decision.refuse(
+            self.task_id,
+            f"the release train is full: {len(waiting)} normal runs of this release already wait for the one "
+            "underway; trigger this one once they went (hotfix and emergency runs still go)",
+        )
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         if event.get("recheck"):  # waited a while: is the run ahead still alive? (then wait again)
@@ -138,26 +171,33 @@ class TrainAdmissionOperator(BaseOperator):
         return self._admitted(context)
 
     def _admitted(self, context: Any) -> dict[str, Any]:
-        from releasetrain.hooks.ledger import LedgerHook
 
         lane, details = lane_of_run(context, self.release, self.overtaking)
         dag_id = dag_id_of(context)
         details["slot"] = train_slot(dag_id, lane)
-        if lane == LANE_HOTFIX:  # the normal run underway waits for this one at its next deploy target
-            hook = LedgerHook()
-            try:
-                holder = hook.store.lock_holder(train_slot(dag_id, LANE_NORMAL))
-            finally:
-                hook.close()
-            held_dag, held_run, _ = parse_holder(holder or "")
-            if held_run and held_dag == dag_id and held_run != context["run_id"]:
-                details["holds"] = held_run
         record(context, Event.RUN_ADMITTED, self.release, details=details)
-        if details.get("holds"):  # recorded by the run that holds, when it holds
-            held = {"held": details["holds"], "by": context["run_id"], "why": details["why"]}
-            record(context, Event.RUN_HELD, self.release, details=held)
-        if details.get("holds"):
-            self.log.info("admitted in the hotfix lane (%s); run %s is held", details["why"], details["holds"])
-        else:
-            self.log.info("admitted in the %s lane", lane)
+        self.log.info("admitted in the %s lane", lane)
+        if details.get("kind") == "emergency":  # holds at once (a hotfix: once its policy allowed it)
+            hold_the_train(context, self.release, details["why"], self.log)
         return details
+
+
+def hold_the_train(context: Any, release: str, why: str, log: Any) -> str | None:
+    """Record ``run_held`` (by this hotfix or emergency run) for the release's normal run
+    underway, which takes no deploy target from now on until this run is over."""
+    from releasetrain.hooks.ledger import LedgerHook
+
+    dag_id = dag_id_of(context)
+    hook = LedgerHook()
+    try:
+        holder = hook.store.lock_holder(train_slot(dag_id, LANE_NORMAL))
+    except LedgerError as exc:
+        raise AirflowFailException(f"the release train cannot be read: {exc}") from None
+    finally:
+        hook.close()
+    held_dag, held_run, _ = parse_holder(holder or "")
+    if not held_run or held_dag != dag_id or held_run == context["run_id"]:
+        return None
+    record(context, Event.RUN_HELD, release, details={"held": held_run, "by": context["run_id"], "why": why})
+    log.info("run %s of the release is held while this one goes (%s)", held_run, why)
+    return held_run

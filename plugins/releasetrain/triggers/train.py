@@ -13,12 +13,15 @@ from releasetrain.core.vocabulary import Event
 
 
 class HotfixHoldTrigger(BaseTrigger):
-    """Fire once the hotfix run ``dag_id``/``run_id`` ended or reached a production
-    environment (its ledger records, one indexed read per ``poll_interval``), or after
-    ``recheck_after`` seconds so the held task can ask Airflow whether that run still exists.
+    """Fire once the hotfix run ``dag_id``/``run_id`` ended or passed every production
+    environment (any one of them when ``any_production``: the held run lacks the fix, so one
+    pass supersedes it), from its ledger records (one indexed read per ``poll_interval``), or
+    after ``recheck_after`` seconds so the held task can ask Airflow whether that run still exists.
 
     :param release: the release (the ledger's partition)
     :param production: the release's production environments
+    :param since: the seq of the hotfix's admission (older records under its run id are
+        another run's, deleted and triggered again)
     """
 
     def __init__(
@@ -31,6 +34,8 @@ class HotfixHoldTrigger(BaseTrigger):
         ledger_conn_id: str,
         poll_interval: float = 5.0,
         recheck_after: float = 120.0,
+        since: int = 0,
+        any_production: bool = True,
     ) -> None:
         super().__init__()
         if poll_interval <= 0:
@@ -42,6 +47,8 @@ class HotfixHoldTrigger(BaseTrigger):
         self.ledger_conn_id = ledger_conn_id
         self.poll_interval = float(poll_interval)
         self.recheck_after = float(recheck_after)
+        self.since = int(since)
+        self.any_production = bool(any_production)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -54,16 +61,21 @@ class HotfixHoldTrigger(BaseTrigger):
                 "ledger_conn_id": self.ledger_conn_id,
                 "poll_interval": self.poll_interval,
                 "recheck_after": self.recheck_after,
+                "since": self.since,
+                "any_production": self.any_production,
             },
         )
 
     def _over(self, store: Any) -> bool:
+        passed = set()
         for e in store.events(release=self.release, run_id=self.run_id, dag_id=self.dag_id):
+            if e.seq <= self.since:
+                continue
             if e.kind == Event.RUN_STATE and e.details.get("state") in TERMINAL:
                 return True
             if e.kind == Event.ENVIRONMENT_PASSED and e.environment in self.production:
-                return True
-        return False
+                passed.add(e.environment)
+        return bool(passed) if self.any_production else set(self.production) <= passed
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from releasetrain.core.ledger import LedgerError
