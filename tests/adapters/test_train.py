@@ -232,3 +232,17 @@ def test_the_hold_trigger_fires_when_the_hotfix_reaches_production_and_hands_bac
     # a run that carries the fix waits for every production environment
     assert first(trigger(production=["prod", "prod-eu"], any_production=False))["hold_over"] is False
     assert trigger().serialize()[0] == "releasetrain.triggers.train.HotfixHoldTrigger"
+
+
+def test_a_finished_run_cleared_from_its_lock_is_told_it_released_the_target():
+    """The gates e2e (a finished run cleared): the refusal names the release of the target,
+    not the train place the listener freed when the run ended."""
+    admitted_normal()
+    seed("lock_released", environment="prod", task_id="prod.unlock", target="t_prod", holder=f"{DAG_ID}/{RUN_ID}")
+    hook = LedgerHook()
+    try:
+        hook.store.unlock_run(f"{DAG_ID}/{RUN_ID}")
+    finally:
+        hook.close()
+    with pytest.raises(AirflowFailException, match="already held and released deploy target t_prod for prod"):
+        lock().execute(context(AliveTI(), task_id="prod.lock"))

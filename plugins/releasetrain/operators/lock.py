@@ -208,6 +208,8 @@ class TargetLockOperator(BaseOperator):
         from releasetrain.hooks.ledger import LedgerHook
 
         run = run_ledger(context, self.release)
+        # a finished run cleared is told so first (it released this target, or it ended)
+        enforce(context, may_lock(run, self.environment, self.target, self.task_id), self.release, self.environment)
         enforce(context, admitted(run, self.admit_task_id or "", self.task_id), self.release, self.environment)
         lane = str(run.last(Event.RUN_ADMITTED).details.get("lane") or LANE_NORMAL)
         slot = train_slot(dag_id_of(context), lane)
