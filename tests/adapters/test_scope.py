@@ -269,3 +269,57 @@ def test_an_allowed_hotfix_holds_the_normal_run_underway_and_a_refused_one_holds
     decide(["sev3"]).execute(context(FakeTI(), task_id="hotfix_policy", params=HOTFIX))
     [held] = run_events("run_held")
     assert held.details["held"] == "manual__train" and held.details["why"] == "hotfix for INC-9 (sev3)"
+
+
+@pytest.mark.parametrize("exclude_in_test", [True, False])
+def test_a_hotfix_that_is_a_feature_in_test_under_a_new_version_is_refused_at_packaging(
+    tmp_path, monkeypatch, exclude_in_test
+):
+    """Attack: the in-test feature's bytes, packaged again as hotfix 1.0.1 (the version-based
+    rule sees only 1.0.1, which nothing has in test). Packaging compares the bytes."""
+    from releasetrain.core.bundle import generate_private_key_pem
+    from releasetrain.devstack import signing_connection
+    from releasetrain.hooks.ledger import LedgerHook
+    from releasetrain.operators.package import BundlePackageOperator
+
+    monkeypatch.setenv("AIRFLOW_CONN_RELEASETRAIN_SIGNING", signing_connection(generate_private_key_pem()))
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "index.html").write_text("<h1>the new checkout, in test</h1>")
+
+    def package() -> BundlePackageOperator:
+        return BundlePackageOperator(
+            task_id="package",
+            release=RELEASE,
+            project_root=str(tmp_path),
+            components=[{"name": "web", "source": "web", "version": None}],
+            artifact_store=f"file://{tmp_path / 'artifacts'}",
+            hotfix_task_id="hotfix_policy",
+            production=["prod"],
+        )
+
+    feature = package().execute(context(FakeTI(), task_id="package", params={"version": "1.1.0"}))
+    hook = LedgerHook()
+    try:  # the feature's own run: packaged, in test (no production pass, not ended)
+        components = [{"name": "web", "version": "1.1.0", "digest": feature["components"][0]["digest"]}]
+        hook.append(
+            "packaged", release=RELEASE, run_id="manual__feature", dag_id=DAG_ID, details={"components": components}
+        )
+    finally:
+        hook.close()
+    seed(
+        "hotfix_decided",
+        task_id="hotfix_policy",
+        allowed=True,
+        reasons=[],
+        planned={"web": "1.0.1"},
+        changed={"web": "1.0.1"},
+        exclude_in_test=exclude_in_test,
+    )
+    hotfix = {**HOTFIX, "version": "1.0.1", "severity": "sev1"}
+    if not exclude_in_test:  # the policy allows it: packaged
+        assert package().execute(context(FakeTI(), task_id="package", params=hotfix))["version"] == "1.0.1"
+        return
+    with pytest.raises(AirflowFailException, match=r"web 1.0.1 is, byte for byte, web 1.1.0 \(run manual__feature\)"):
+        package().execute(context(FakeTI(), task_id="package", params=hotfix))
+    assert not (tmp_path / "artifacts" / RELEASE / "1.0.1").exists(), "nothing packaged"
+    assert [e.details["version"] for e in run_events("packaged")] == ["1.1.0"]
