@@ -148,36 +148,3 @@ def test_after_a_rollback_production_runs_what_the_rollback_restored():
     ]
     assert production_contents(events, ["prod"]) == {"api": {"1.0.0"}}
     assert production_contents(events[:4], ["prod"]) == {"api": {"1.1.0"}}
-
-
-def test_bytes_in_test_are_found_whatever_their_version_number():
-    from releasetrain.core.hotfix import bytes_in_test, repackaged_in_test
-
-    def pack(run: str, version: str, digest: str) -> E:
-        return E(Event.PACKAGED, run, details={"components": [{"name": "api", "version": version, "digest": digest}]})
-
-    events = [
-        pack("feature", "1.1.0", "sha256:f"),
-        pack("released", "1.0.5", "sha256:r"),
-        E(Event.ENVIRONMENT_PASSED, "released", "prod"),
-        pack("failed", "1.0.7", "sha256:x"),
-        E(Event.RUN_STATE, "failed", details={"state": "failed"}),
-        pack("me", "1.0.1", "sha256:f"),
-    ]
-    testing = bytes_in_test(events, ["prod"], "me")
-    assert testing == {"sha256:f": ["api 1.1.0 (run feature)"]}, "released, ended and own runs are not in test"
-    mine = [{"name": "api", "version": "1.0.1", "digest": "sha256:f"}]
-    [reason] = repackaged_in_test(mine, {"api": "1.0.1"}, testing)
-    assert "api 1.0.1 is, byte for byte, api 1.1.0 (run feature), still in test" in reason
-    assert repackaged_in_test(mine, {}, testing) == [], "a component the hotfix does not change is not judged"
-    other = [{"name": "api", "version": "1.0.1", "digest": "sha256:new"}]
-    assert repackaged_in_test(other, {"api": "1.0.1"}, testing) == []
-
-
-def test_the_decision_records_the_policys_in_test_rule():
-    assert decide_hotfix(POLICY, "sev1", {"web": "1.0.0", "api": "1.0.1"}, PROD, {}).details("sev1", "I")[
-        "exclude_in_test"
-    ]
-    relaxed = {**POLICY, "exclude_in_test": False}
-    details = decide_hotfix(relaxed, "sev1", {"web": "1.0.0", "api": "1.0.1"}, PROD, {}).details("sev1", "I")
-    assert details["exclude_in_test"] is False

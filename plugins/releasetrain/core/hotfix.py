@@ -38,7 +38,6 @@ class HotfixDecision:
     production: dict[str, str] = field(default_factory=dict)
     in_test: dict[str, list[str]] = field(default_factory=dict)  # "component version" -> open runs
     planned: dict[str, str] = field(default_factory=dict)  # what the decision was about
-    exclude_in_test: bool = True  # the policy's rule, checked again on the bytes at packaging
 
     def details(self, severity: str, incident: str) -> dict[str, Any]:
         return {
@@ -50,7 +49,6 @@ class HotfixDecision:
             "changed": dict(self.changed),
             "production": dict(self.production),
             "in_test": {k: list(v) for k, v in self.in_test.items()},
-            "exclude_in_test": self.exclude_in_test,
         }
 
 
@@ -97,47 +95,6 @@ def in_test(
     return found
 
 
-def bytes_in_test(
-    events: Iterable[EventLike], production: Iterable[str], run_id: str, dag_id: str = ""
-) -> dict[str, list[str]]:
-    """Component digest -> ``component version (run)`` of the other open runs that carry those
-    bytes untested in production (as :func:`in_test`, by content rather than by version)."""
-    events = [e for e in events if not dag_id or str(getattr(e, "dag_id", "") or "") == dag_id]
-    production = set(production)
-    ended = {_run(e) for e in events if e.kind == Event.RUN_STATE and e.details.get("state") in TERMINAL}
-    released = {_run(e) for e in events if e.kind == Event.ENVIRONMENT_PASSED and e.environment in production}
-    found: dict[str, list[str]] = {}
-    for e in events:
-        key = _run(e)
-        if e.kind != Event.PACKAGED or key[1] == run_id or key in ended or key in released:
-            continue
-        for c in e.details.get("components") or []:
-            if c.get("digest"):
-                seen = f"{c['name']} {c['version']} (run {key[1]})"
-                if seen not in found.setdefault(str(c["digest"]), []):
-                    found[str(c["digest"])].append(seen)
-    return found
-
-
-def repackaged_in_test(
-    packaged: Iterable[Mapping[str, Any]], changed: Mapping[str, str], testing: Mapping[str, list[str]]
-) -> list[str]:
-    """Why a hotfix's bundle is refused: a component it changes is, byte for byte, one that
-    another open run still has in test (under another version number). ``packaged``: the
-    hotfix's components ``{name, version, digest}``; ``testing``: :func:`bytes_in_test`."""
-    reasons = []
-    for c in packaged:
-        if c["name"] not in changed:
-            continue
-        carried = [t for t in testing.get(str(c.get("digest")), []) if not t.startswith(f"{c['name']} {c['version']} ")]
-        if carried:
-            reasons.append(
-                f"component {c['name']} {c['version']} is, byte for byte, {', '.join(carried)}, still in test: "
-                "a hotfix must not ship what nobody finished testing under a new version number"
-            )
-    return reasons
-
-
 def decide_hotfix(
     policy: Mapping[str, Any],
     severity: str,
@@ -168,5 +125,4 @@ def decide_hotfix(
     if not changed:
         reasons.append("nothing changes against production: a hotfix must change something")
     shown = {name: "/".join(sorted(versions)) for name, versions in sorted(production.items())}
-    exclude = bool(policy.get("exclude_in_test", True))
-    return HotfixDecision(not reasons, reasons, changed, shown, carried, dict(planned), exclude)
+    return HotfixDecision(not reasons, reasons, changed, shown, carried, dict(planned))

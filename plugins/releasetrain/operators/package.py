@@ -94,8 +94,6 @@ class BundlePackageOperator(BaseOperator):
             bundle = build_bundle(self.release, version, collected, attachments)
         except BundleError as exc:
             raise AirflowFailException(f"packaging {self.release} {version}: {exc}") from None
-        if request.hotfix:  # the bytes, not only the version numbers, must not be still in test
-            self._refuse_bytes_in_test(context, bundle.manifest)
         store = BundleStoreHook(self.artifact_store)
         location = store.location(self.release, version)
         existing = store.read_signature(self.release, version)
@@ -188,31 +186,6 @@ class BundlePackageOperator(BaseOperator):
             "conflicts": conflicts(libraries),
         }
         return summary, {SBOM_NAME: document}
-
-    def _refuse_bytes_in_test(self, context: Any, manifest: dict[str, Any]) -> None:
-        """A hotfix component that is, byte for byte, a component another open run still has
-        in test under another version is refused (the policy's ``exclude_in_test``)."""
-        from releasetrain.core.hotfix import HOTFIX_EVENTS, bytes_in_test, repackaged_in_test
-        from releasetrain.hooks.ledger import LedgerHook
-        from releasetrain.operators._common import dag_id_of, run_ledger
-
-        decided = run_ledger(context, self.release).latest(self.hotfix_task_id or "", Event.HOTFIX_DECIDED)
-        if decided is None or not decided.details.get("exclude_in_test", True):
-            return
-        hook = LedgerHook()
-        try:
-            events = sorted(
-                (e for k in HOTFIX_EVENTS for e in hook.events(release=self.release, kind=k)), key=lambda e: e.seq
-            )
-        finally:
-            hook.close()
-        testing = bytes_in_test(events, self.production, context["run_id"], dag_id_of(context))
-        packaged = [
-            {"name": c["component"], "version": c["version"], "digest": c["digest"]} for c in component_claims(manifest)
-        ]
-        reasons = repackaged_in_test(packaged, decided.details.get("changed") or {}, testing)
-        if reasons:
-            enforce(context, Decision.refuse(PACKAGE, *reasons), self.release)
 
     def _claim_components(self, context: Any, store: BundleStoreHook, manifest: dict[str, Any]) -> None:
         """One component version, the same bytes in every release: checked against the artifact
