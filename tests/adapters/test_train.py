@@ -47,6 +47,11 @@ def queue(target: str) -> list:
         hook.close()
 
 
+def started() -> None:
+    """What the listener records when this run starts running (its incarnation)."""
+    seed("run_started", actor="airflow", clear_number=0, dag_run_key="1:a")
+
+
 def admit(overtaking=("hotfix", "emergency")) -> TrainAdmissionOperator:
     return TrainAdmissionOperator(task_id="admit", release=RELEASE, overtaking=list(overtaking))
 
@@ -63,6 +68,7 @@ def lock() -> TargetLockOperator:
 
 
 def test_a_normal_run_waits_deferred_while_the_one_before_it_is_underway():
+    started()
     assert take(NORMAL_SLOT, f"{DAG_ID}/{OTHER}") == f"{DAG_ID}/{OTHER}"
     with pytest.raises(TaskDeferred) as deferred:
         admit().execute(context(AliveTI({f"{DAG_ID}/{OTHER}": 1}), task_id="admit"))
@@ -77,6 +83,7 @@ def test_a_normal_run_waits_deferred_while_the_one_before_it_is_underway():
 
 
 def test_a_hotfix_goes_beside_the_normal_run_in_a_gate_and_holds_it_once_allowed():
+    started()
     from releasetrain.operators.train import hold_the_train
 
     assert take(NORMAL_SLOT, f"{DAG_ID}/{OTHER}@1:x")
@@ -91,6 +98,7 @@ def test_a_hotfix_goes_beside_the_normal_run_in_a_gate_and_holds_it_once_allowed
 
 
 def test_an_emergency_run_holds_the_train_when_admitted():
+    started()
     take(NORMAL_SLOT, f"{DAG_ID}/{OTHER}")
     urgent = {**PARAMS, "emergency": True, "emergency_justification": "card payments fail for every customer"}
     result = admit().execute(context(AliveTI({f"{DAG_ID}/{OTHER}": 1}), params=urgent, task_id="admit"))
@@ -100,6 +108,7 @@ def test_an_emergency_run_holds_the_train_when_admitted():
 
 
 def test_a_full_train_refuses_another_normal_run():
+    started()
     take(NORMAL_SLOT, f"{DAG_ID}/{OTHER}")
     for n in range(TRAIN_MAX_WAITING):
         assert take(NORMAL_SLOT, f"{DAG_ID}/manual__{n}") == f"{DAG_ID}/{OTHER}"
@@ -112,11 +121,13 @@ def test_a_full_train_refuses_another_normal_run():
 def test_a_hotfix_param_the_release_does_not_offer_takes_no_lane_of_its_own():
     """Attack: a conf key the trigger form does not declare (no hotfix policy; a calendar offers
     the emergency param only) overtakes nothing."""
+    started()
     take(NORMAL_SLOT, f"{DAG_ID}/{OTHER}")
-    with pytest.raises(TaskDeferred):
+    with pytest.raises(TaskDeferred) as deferred:
         admit(overtaking=["emergency"]).execute(
             context(AliveTI({f"{DAG_ID}/{OTHER}": 1}), params=HOTFIX, task_id="admit")
         )
+    assert deferred.value.trigger.target == NORMAL_SLOT, "it waits in the normal lane"
 
 
 def test_a_run_the_train_never_admitted_takes_no_target():
@@ -246,3 +257,99 @@ def test_a_finished_run_cleared_from_its_lock_is_told_it_released_the_target():
         hook.close()
     with pytest.raises(AirflowFailException, match="already held and released deploy target t_prod for prod"):
         lock().execute(context(AliveTI(), task_id="prod.lock"))
+
+
+def test_a_lock_cleared_mid_stage_keeps_its_target_instead_of_waiting_for_a_hotfix():
+    """Review: the normal run holds prod's target (deployed, checking); its lock is cleared by
+    a user while a hotfix is allowed. Waiting would deadlock (the hotfix waits for this very
+    target): the stage in progress keeps it, the hotfix takes it next."""
+    admitted_normal()
+    take("t_prod", f"{DAG_ID}/{RUN_ID}")
+    allowed_hotfix()
+    assert lock().execute(context(AliveTI({f"{DAG_ID}/{OTHER}": 1}), task_id="prod.lock"))["target"] == "t_prod"
+
+
+def test_a_finished_hotfix_run_cleared_does_not_decide_again():
+    from releasetrain.operators.hotfix import HotfixPolicyOperator
+
+    seed("run_state", actor="airflow", state="success", message="")
+    decide = HotfixPolicyOperator(
+        task_id="hotfix_policy",
+        release=RELEASE,
+        policy={"severities": ["sev1"], "components": None, "exclude_in_test": True},
+        components=[{"name": "web", "version": None}],
+        production=["prod"],
+        admit_task_id="admit",
+    )
+    with pytest.raises(AirflowFailException, match="already ended success"):
+        decide.execute(context(AliveTI(), params=HOTFIX, task_id="hotfix_policy"))
+    assert not run_events("hotfix_decided")
+
+
+def _deploy(monkeypatch, url: str):
+    from releasetrain.operators.deploy import EnvironmentDeployOperator
+    from tests.helpers import http_connection
+
+    monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+    return EnvironmentDeployOperator(
+        task_id="prod.deploy",
+        release=RELEASE,
+        environment="prod",
+        deploy_target_conn_id="t_prod",
+        verify_task_id="prod.verify",
+        poll_interval=0.1,
+        admit_task_id="admit",
+        production_environments=["prod"],
+    )
+
+
+@pytest.mark.parametrize("lock_recorded", [False, True], ids=["lock-set-by-hand", "lock-taken-before-the-hold"])
+def test_a_held_run_whose_lock_was_marked_successful_by_hand_deploys_nothing(monkeypatch, lock_recorded):
+    """Review: the lock trigger took the target, and a user marked the lock successful before
+    its execute_complete asked about the hold. The deploy asks itself."""
+    from tests.helpers import running_fleet
+
+    admitted_normal()
+    take("t_prod", f"{DAG_ID}/{RUN_ID}")
+    if lock_recorded:  # honest: the stage took its target before the hotfix was allowed
+        seed("lock_acquired", environment="prod", task_id="prod.lock", target="t_prod", holder=f"{DAG_ID}/{RUN_ID}")
+    allowed_hotfix()
+    seed("verified", environment="prod", task_id="prod.verify", version="2.0.0", digest="sha256:" + "ab" * 32)
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        deploy = _deploy(monkeypatch, url)
+        ctx = context(AliveTI({f"{DAG_ID}/{OTHER}": 1}), task_id="prod.deploy")
+        if lock_recorded:
+            with pytest.raises(TaskDeferred):
+                deploy.execute(ctx)
+            return
+        with pytest.raises(AirflowFailException, match="held while hotfix run manual__other"):
+            deploy.execute(ctx)
+        assert fleet.env("prod")["version"] == "1.0.0"
+
+
+def test_a_superseded_run_deploys_nothing_even_holding_its_target(monkeypatch):
+    from tests.helpers import running_fleet
+
+    admitted_normal()
+    take("t_prod", f"{DAG_ID}/{RUN_ID}")
+    seed("lock_acquired", environment="prod", task_id="prod.lock", target="t_prod", holder=f"{DAG_ID}/{RUN_ID}")
+    allowed_hotfix()
+    other("environment_passed", environment="prod")
+    seed("verified", environment="prod", task_id="prod.verify", version="2.0.0", digest="sha256:" + "ab" * 32)
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        with pytest.raises(AirflowFailException, match="superseded by hotfix run manual__other"):
+            _deploy(monkeypatch, url).execute(context(AliveTI({f"{DAG_ID}/{OTHER}": 1}), task_id="prod.deploy"))
+
+
+def test_admission_waits_for_the_runs_start_to_be_recorded():
+    """An admission recorded before the listener's run_started would belong to no incarnation
+    (and the run's lock would find no admission): admit waits for it, deferred, then gives up
+    waiting after 30 s."""
+    with pytest.raises(TaskDeferred) as deferred:
+        admit().execute(context(AliveTI(), task_id="admit"))
+    assert deferred.value.method_name == "after_start" and deferred.value.kwargs == {"waited": 1}
+    assert not run_events("run_admitted")
+    started()
+    result = admit().after_start(context(AliveTI(), task_id="admit"), event=None, waited=1)
+    [admitted] = run_events("run_admitted")
+    assert result["lane"] == LANE_NORMAL and admitted.details["incarnation"] == "1:a"

@@ -115,10 +115,28 @@ NORMAL = [admitted("n", LANE_NORMAL), packaged("n", "1.1.0"), passed("n", "stagi
             [*NORMAL, *hotfix(), admitted("h", LANE_NORMAL)], FREE, "", id="a deleted hotfix's id, now a normal run"
         ),
         pytest.param(
-            [*NORMAL, *hotfix(), passed("h", "prod"), ended("h"), admitted("h"), decided("h")],
-            HELD,
+            [*NORMAL, *hotfix(), passed("h", "prod"), ended("h"), admitted("h", LANE_NORMAL)],
+            SUPERSEDED,
             "h",
-            id="a hotfix under an old hotfix's id: the old one's production pass is not its own",
+            id="a hotfix in production, deleted and its id triggered again: what it shipped stays",
+        ),
+        pytest.param(
+            [*NORMAL, *hotfix(), passed("h", "prod"), ended("h"), decided("h", allowed=False, web="1.0.1")],
+            SUPERSEDED,
+            "h",
+            id="its decision taken again after production ('nothing changes') undoes nothing",
+        ),
+        pytest.param(
+            [*NORMAL, *hotfix(), admitted("h", LANE_NORMAL, incarnation="2:b")],
+            FREE,
+            "",
+            id="a hotfix deleted underway, its id now a normal run's: the old one holds nothing",
+        ),
+        pytest.param(
+            [*NORMAL, *hotfix(), passed("h", "staging"), packaged("h", "9.9.9"), passed("h", "prod")],
+            SUPERSEDED,
+            "h",
+            id="packaged again: the first record counts",
         ),
     ],
 )

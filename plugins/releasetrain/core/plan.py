@@ -632,6 +632,8 @@ def _deploy(
             "poll_interval": env.poll_interval_seconds,
             "pool": v.target_pool(env.deploy_target),
             "locked": True,
+            "admit_task_id": v.ADMIT,  # the release train: held or superseded runs deploy nothing
+            "production_environments": list(spec.production_environments),
             **({"config": env.config.plan(), "drift_task_id": drift} if env.config else {}),
             **({"baseline_task_id": baseline} if baseline else {}),
             **({"suite_task_ids": list(suites)} if stage.production and suites else {}),
@@ -639,7 +641,6 @@ def _deploy(
                 {
                     "scope_task_id": v.SCOPE,
                     "scope_freeze": spec.scope_freeze.model_dump(mode="json", exclude_none=True),
-                    "production_environments": list(spec.production_environments),
                 }
                 if spec.scope_freeze
                 else {}

@@ -99,35 +99,44 @@ class _Run:
         return self.fix if self.kind != "emergency" else self.contents
 
 
-def _runs(events: Iterable[EventLike], dag_id: str) -> dict[str, _Run]:
-    runs: dict[str, _Run] = {}
+def _runs(events: Iterable[EventLike], dag_id: str) -> list[tuple[str, _Run]]:
+    """Every incarnation of every run of the release DAG, in order of admission. A run id
+    deleted and triggered again is a new incarnation; the old one is over (it holds nothing)
+    but what it did stays: a hotfix that reached production under that id still supersedes."""
+    found: list[tuple[str, _Run]] = []
+    latest: dict[str, _Run] = {}
     for e in events:
         if str(getattr(e, "dag_id", "") or "") != dag_id:
             continue
         run_id, d = str(getattr(e, "run_id", "") or ""), e.details
-        run = runs.get(run_id)
+        run = latest.get(run_id)
         if e.kind == Event.RUN_ADMITTED:
             incarnation = str(d.get("incarnation") or "")
-            fresh = run is None or run.ended or (incarnation and run.incarnation and incarnation != run.incarnation)
-            run = runs[run_id] = _Run() if fresh else run
+            fresh = run is None or run.ended or bool(incarnation and run.incarnation and incarnation != run.incarnation)
+            if fresh:
+                if run is not None:
+                    run.ended = True  # deleted (or ended): it runs no more
+                run = latest[run_id] = _Run(admitted=e.seq)
+                found.append((run_id, run))
             run.lane = str(d.get("lane") or LANE_NORMAL)
             run.kind, run.why = str(d.get("kind") or ""), str(d.get("why") or "")
             run.incarnation = incarnation or run.incarnation
-            run.admitted = run.admitted if not fresh else e.seq
             continue
         if run is None:
             continue
         if e.kind == Event.RUN_STATE and d.get("state") in TERMINAL:
             run.ended = True
-        elif e.kind == Event.HOTFIX_DECIDED:
+        elif e.kind == Event.HOTFIX_DECIDED and run.packaged is None and not run.ended:
+            # decided before packaging; a decision taken again later (the step cleared after the
+            # fix reached production: "nothing changes") does not undo what the run shipped
             run.allowed = bool(d.get("allowed"))
             run.fix = {str(k): str(v) for k, v in (d.get("changed") or {}).items()}
-        elif e.kind == Event.PACKAGED:
+        elif e.kind == Event.PACKAGED and run.packaged is None:  # packaging again reuses the bundle
             run.packaged = e.seq
             run.contents = contents(d.get("components") or [])
         elif e.kind == Event.ENVIRONMENT_PASSED and e.environment not in run.passed:
             run.passed.append(e.environment)
-    return runs
+    return found
 
 
 def _carries(mine: _Run, hotfix: _Run) -> bool:
@@ -159,8 +168,8 @@ def hold_on(
     terminal record in the ledger)."""
     production, gone = list(production), set(gone)
     runs = _runs(events, dag_id)
-    mine = runs.get(run_id) or _Run()
-    hotfixes = [(rid, run) for rid, run in runs.items() if rid != run_id and run.holds()]
+    mine = next((run for rid, run in reversed(runs) if rid == run_id), _Run())
+    hotfixes = [(rid, run) for rid, run in runs if run is not mine and run.holds()]
     for rid, run in hotfixes:
         reached = [env for env in run.passed if env in production]
         if reached and not _carries(mine, run):

@@ -153,6 +153,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         scope_freeze: dict[str, Any] | None = None,
         production_environments: list[str] | None = None,
         libraries_task_id: str | None = None,
+        admit_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         # Retried only for infrastructure trouble and Airflow 3.3's race between a fast
@@ -172,6 +173,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         self.scope_freeze = dict(scope_freeze or {})
         self.production_environments = list(production_environments or [])
         self.libraries_task_id = libraries_task_id
+        self.admit_task_id = admit_task_id
         if baseline_task_id and not config:
             raise ValueError("baseline_task_id needs the config profile it approves")
         if (previous_environment is None) != (promotion_gate_task_id is None):
@@ -486,7 +488,27 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
                 )
         if self.window_task_id:
             decisions.append(gatekeeper.window(run, self.environment, self.window_task_id))
+        if self.admit_task_id:
+            decisions.append(self._train(context, run))
         return Decision.combine(self.task_id, decisions)
+
+    def _train(self, context: Any, run: RunLedger) -> Decision:
+        """A normal run superseded by a hotfix deploys nothing; nor does one held by a hotfix
+        unless its lock step took the target (recorded) before the hold began: the lock waits
+        or refuses, and this holds also when the lock was marked successful by hand."""
+        from releasetrain.core.train import FREE, HELD
+        from releasetrain.core.vocabulary import LANE_NORMAL
+        from releasetrain.operators.train import hold_of
+
+        admitted = run.last(Event.RUN_ADMITTED)
+        if admitted is None:
+            return gatekeeper.admitted(run, self.admit_task_id or "", self.task_id)
+        if admitted.details.get("lane") != LANE_NORMAL:
+            return Decision.allow(self.task_id)
+        hold = hold_of(context, self.release, self.production_environments)
+        if hold.state == FREE or (hold.state == HELD and run.of(Event.LOCK_ACQUIRED, environment=self.environment)):
+            return Decision.allow(self.task_id)
+        return Decision.refuse(self.task_id, *hold.reasons)
 
     def _check_window_now(self, run: RunLedger) -> None:
         """The window itself, checked again right before deploying (a recorded emergency exception passes)."""

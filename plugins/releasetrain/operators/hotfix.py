@@ -49,8 +49,12 @@ class HotfixPolicyOperator(BaseOperator):
         self.admit_task_id = admit_task_id
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from releasetrain.core.gatekeeper import not_ended
         from releasetrain.hooks.ledger import LedgerHook
+        from releasetrain.operators._common import run_ledger
 
+        # a finished run cleared does not decide again (what it shipped stays on record)
+        enforce(context, not_ended(run_ledger(context, self.release), self.task_id), self.release)
         request = release_request(context, self.release)
         if not request.hotfix:
             self.log.info("not a hotfix: no hotfix policy to apply")

@@ -174,7 +174,9 @@ class TargetLockOperator(BaseOperator):
         priority = self.priority
         if self.admit_task_id:  # a release run: its lane in the train says whether it may go now
             lane = self._lane(context)
-            if lane == LANE_NORMAL and self._held(context):
+            # a stage in progress keeps its target (the lock cleared mid-stage must not wait
+            # for a hotfix that waits for this very target)
+            if lane == LANE_NORMAL and not self._holding(context) and self._held(context):
                 return {}
             if lane != LANE_NORMAL:  # a hotfix takes a freed target before any normal run
                 priority += HOTFIX_LOCK_PRIORITY
@@ -231,6 +233,17 @@ class TargetLockOperator(BaseOperator):
             )
             enforce(context, refusal, self.release, self.environment)
         return lane
+
+    def _holding(self, context: Any) -> bool:
+        from releasetrain.hooks.ledger import LedgerHook
+
+        hook = LedgerHook()
+        try:
+            return hook.store.lock_holder(self.target) == holder_of(context, self.release)
+        except LedgerError:
+            return False
+        finally:
+            hook.close()
 
     def _held(self, context: Any) -> bool:
         """Wait (deferred) while a hotfix of the release is underway; refused once superseded."""

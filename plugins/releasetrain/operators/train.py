@@ -3,6 +3,7 @@ step before anything else, and the hold a normal run meets at its deploy targets
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -16,6 +17,7 @@ from releasetrain.operators._common import dag_id_of, enforce, record, release_r
 from releasetrain.operators.lock import LEDGER_CONN_ID, parse_holder, take_lock
 
 ACTIVE = ["queued", "running"]
+START_WAITS = 15  # x 2 s for the listener's run_started record before admitting without it
 
 
 def lane_of_run(context: Any, release: str, overtaking: list[str]) -> tuple[str, dict[str, Any]]:
@@ -120,10 +122,28 @@ class TrainAdmissionOperator(BaseOperator):
         self.priority = priority
 
     def execute(self, context: Any) -> dict[str, Any]:
+        return self._admit(context)
+
+    def after_start(self, context: Any, event: Any = None, waited: int = 0) -> dict[str, Any]:
+        return self._admit(context, waited)
+
+    def _admit(self, context: Any, waited: int = 0) -> dict[str, Any]:
         from releasetrain.triggers.lock import TargetLockTrigger
 
+        run = run_ledger(context, self.release)
         # a run that ended (and was cleared) takes no place again: trigger a new run
-        enforce(context, not_ended(run_ledger(context, self.release), self.task_id), self.release)
+        enforce(context, not_ended(run, self.task_id), self.release)
+        if not run.incarnation and waited < START_WAITS:
+            # the listener records the run's start (its incarnation) a moment after Airflow
+            # starts it; an admission recorded before would count for no incarnation
+            from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+
+            self.log.info("waiting for the run's start to be recorded in the ledger")
+            self.defer(
+                trigger=TimeDeltaTrigger(timedelta(seconds=2)),
+                method_name="after_start",
+                kwargs={"waited": waited + 1},
+            )
         lane, _ = lane_of_run(context, self.release, self.overtaking)
         slot = train_slot(dag_id_of(context), lane)
         if lane == LANE_NORMAL:  # Airflow's cap on runs is never reached by waiting trains

@@ -83,8 +83,9 @@ class HotfixHoldTrigger(BaseTrigger):
 
         try:
             store = await astore(self.ledger_conn_id)
-        except LedgerError as exc:  # the task looks again itself
+        except LedgerError as exc:  # the task looks again itself, after a while
             self.log.warning("the ledger cannot be read: %s", exc)
+            await asyncio.sleep(self.recheck_after)
             yield TriggerEvent({"hold_over": False, "recheck": True})
             return
         loop = asyncio.get_running_loop()
