@@ -16,7 +16,7 @@ from typing import Any
 
 from releasetrain.core.gatekeeper import EventLike
 from releasetrain.core.scope import contents
-from releasetrain.core.vocabulary import Event
+from releasetrain.core.vocabulary import RUN_TERMINAL_STATES, Event
 
 # the release-wide events the decision reads
 HOTFIX_EVENTS = (
@@ -27,7 +27,7 @@ HOTFIX_EVENTS = (
     Event.ENVIRONMENT_PASSED,
     Event.RUN_STATE,
 )
-TERMINAL = frozenset({"success", "failed"})
+TERMINAL = RUN_TERMINAL_STATES
 
 
 @dataclass(frozen=True)

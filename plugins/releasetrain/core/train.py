@@ -22,7 +22,7 @@ from typing import Any
 from releasetrain.core.gatekeeper import EventLike
 from releasetrain.core.scope import contents
 from releasetrain.core.versioning import Version, VersionError
-from releasetrain.core.vocabulary import LANE_HOTFIX, LANE_NORMAL, Event
+from releasetrain.core.vocabulary import LANE_HOTFIX, LANE_NORMAL, RUN_TERMINAL_STATES, Event
 
 # the release-wide events the lanes read
 TRAIN_EVENTS = (
@@ -32,7 +32,7 @@ TRAIN_EVENTS = (
     Event.ENVIRONMENT_PASSED,
     Event.RUN_STATE,
 )
-TERMINAL = frozenset({"success", "failed"})
+TERMINAL = RUN_TERMINAL_STATES
 FREE, HELD, SUPERSEDED = "free", "held", "superseded"
 OVERTAKING = ("hotfix", "emergency")  # the trigger params that may put a run in the hotfix lane
 

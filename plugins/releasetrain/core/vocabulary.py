@@ -56,6 +56,10 @@ def target_pool(deploy_target: str) -> str:
     return f"{POOL_PREFIX}{deploy_target}"
 
 
+# the DAG run states a run ends in (the listener records them as ``run_state``)
+RUN_TERMINAL_STATES = frozenset({"success", "failed"})
+
+
 # --- task ids -------------------------------------------------------------------------------
 ADMIT = "admit"  # the run's place in the release train (its lane), before anything else
 PREPARE = "prepare"
