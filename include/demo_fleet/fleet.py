@@ -25,6 +25,11 @@ Progressive delivery (two colours per environment, blue and green):
   POST promote                the idle colour becomes live (100%); the old live colour stays,
                               idle, for a switch back (promote again)
   POST abort                  the idle colour gets no traffic and is discarded
+Deploy units (releases packaged modular): the same status, deployments, rollback and health
+under /environments/{env}/components/{unit}/ (each unit its own version, digest and history;
+faults name the environment "{env}/{unit}"); deployment ids are target-wide; an environment's
+status lists its units under "components"; the application of a unit is under
+/environments/{env}/components/{unit}/app/...
 Configuration:
   POST config                 {values: {KEY: value|null}}: a change made by hand in the
                               environment, outside any release (status reports it: drift)
@@ -110,6 +115,8 @@ def _config(raw: Any) -> tuple[dict[str, Any] | None, str | None]:
 def _application(raw_path: str) -> bool:
     """The application's routes (anonymous, like any user of the application)."""
     parts = [p for p in raw_path.split("?", 1)[0].split("/") if p]
+    if len(parts) >= 5 and parts[0] == "environments" and parts[2] == "components":  # a deploy unit's application
+        parts = [parts[0], f"{parts[1]}/{parts[3]}", *parts[4:]]
     return (
         len(parts) >= 3 and parts[0] == "environments" and (parts[2] in ("app", "preview") or parts[2:] == ["health"])
     )
@@ -222,6 +229,11 @@ class Fleet:
             "healthy": env["version"] is not None and rate < UNHEALTHY_ERROR_RATE,
             "error_rate": rate,
             "history": env["history"][-20:],
+            **(
+                {"components": {n.split("/", 1)[1]: self.view(n) for n in sorted(self.environments) if n in units}}
+                if (units := [n for n in self.environments if n.startswith(f"{name}/")])
+                else {}
+            ),
         }
 
     def start(self, name: str, body: dict[str, Any], kind: str) -> tuple[int, dict[str, Any]]:
@@ -651,6 +663,10 @@ def make_handler(fleet: Fleet, credentials: tuple[str, str] | None):
             if not ENV_NAME.match(name):
                 return 400, {"error": f"invalid environment name {name!r}"}
             rest = parts[2:]
+            if rest[:1] == ["components"] and len(rest) >= 2:  # a deploy unit: its own state, as "<env>/<unit>"
+                if not ENV_NAME.match(rest[1]):
+                    return 400, {"error": f"invalid component name {rest[1]!r}"}
+                name, rest = f"{name}/{rest[1]}", rest[2:]
             if method == "GET" and rest in ([], ["status"]):
                 return 200, fleet.view(name)
             if method == "GET" and rest == ["health"]:
@@ -668,7 +684,8 @@ def make_handler(fleet: Fleet, credentials: tuple[str, str] | None):
                 return code, answer
             if method == "GET" and len(rest) == 2 and rest[0] == "deployments":
                 dep = fleet.deployments.get(rest[1])
-                if not dep or dep["environment"] != name:
+                # deployment ids are target-wide: a unit's deployment is found on its environment too
+                if not dep or (dep["environment"] != name and not dep["environment"].startswith(f"{name}/")):
                     return 404, {"error": f"no deployment {rest[1]} in {name}"}
                 return 200, {k: v for k, v in dep.items() if k != "finish_at"}
             if method == "POST" and rest == ["config"]:

@@ -205,3 +205,45 @@ def test_a_components_digest_is_its_files_whatever_release_carries_it():
     problem = consistency_problem(claim_c, claim_a)
     assert claim_a["digest"] in problem and claim_c["digest"] in problem and "storefront 2.0.0" in problem
     assert consistency_problem(claim_c, None) is None
+
+
+# --- packaging modular: unit bundles ----------------------------------------------------------
+def _unit_files(name: str, text: str = "v1", version: str = "2.0.0"):
+    from releasetrain.core.bundle import ComponentFiles
+
+    return ComponentFiles(name=name, version=version, files={"index.html": text.encode()})
+
+
+def test_unit_bundles_carry_only_their_components_as_the_release_bundle_has_them():
+    from releasetrain.core.bundle import build_bundle, build_unit_bundles, unit_problem
+
+    collected = [_unit_files("web"), _unit_files("api"), _unit_files("worker")]
+    release = build_bundle("shop", "2.0.0", collected)
+    units = build_unit_bundles("shop", "2.0.0", collected, {"web": ["web"], "api": ["api", "worker"]})
+    assert [c["name"] for c in units["api"].manifest["components"]] == ["api", "worker"]
+    assert all(unit_problem(release.manifest, u, b.manifest) is None for u, b in units.items())
+    again = build_unit_bundles("shop", "2.0.0", collected, {"web": ["web"], "api": ["api", "worker"]})
+    assert again["api"].archive == units["api"].archive, "deterministic: the same inputs give the same bytes"
+
+
+@pytest.mark.parametrize(
+    "release, version, files, expected",
+    [
+        ("shop", "2.0.0", [_unit_files("web", "other bytes")], "carries component web 2.0.0 with files the release"),
+        ("shop", "2.0.1", [_unit_files("web", version="2.0.1")], "is shop 2.0.1, not shop 2.0.0"),
+        ("checkout", "2.0.0", [_unit_files("web")], "is checkout 2.0.0, not shop 2.0.0"),
+        ("shop", "2.0.0", [_unit_files("cron")], "carries component cron 2.0.0 with files the release"),
+    ],
+)
+def test_a_unit_bundle_that_is_not_the_release_bundles_unit_is_named(release, version, files, expected):
+    from releasetrain.core.bundle import build_bundle, unit_problem
+
+    shop = build_bundle("shop", "2.0.0", [_unit_files("web"), _unit_files("api")])
+    assert expected in unit_problem(shop.manifest, "web", build_bundle(release, version, files).manifest)
+
+
+def test_a_unit_naming_a_component_that_was_not_collected_is_refused():
+    from releasetrain.core.bundle import BundleError, build_unit_bundles
+
+    with pytest.raises(BundleError, match="not collected: cron"):
+        build_unit_bundles("shop", "2.0.0", [_unit_files("web")], {"web": ["web", "cron"]})

@@ -422,3 +422,105 @@ def test_a_hotfix_policy_decides_between_the_risk_assessment_and_packaging():
     assert plan.upstream(v.HOTFIX) == [v.ASSESS_RISK] and plan.upstream(v.PACKAGE) == [v.HOTFIX]
     assert plan.steps[v.PACKAGE].args["hotfix_task_id"] == v.HOTFIX
     assert v.HOTFIX not in plan_release(spec(), CTX).steps
+
+
+# --- packaging modular (issue 13) --------------------------------------------------------------
+MODULAR = [
+    {"name": "web", "source": "include/web"},
+    {"name": "api", "source": "include/api", "coupled_with": ["worker"]},
+    {"name": "worker", "source": "include/worker"},
+    {"name": "cron", "source": "include/cron", "coupled_with": ["api"]},
+]
+
+
+@pytest.mark.parametrize(
+    "components, packaging, units",
+    [
+        (MODULAR, "modular", [("web", ["web"]), ("api", ["api", "worker", "cron"])]),  # either way round, transitively
+        (MODULAR[:1], "modular", [("web", ["web"])]),
+        (
+            [{"name": n, "source": f"include/{n}"} for n in ("a", "b", "c")],
+            "modular",
+            [("a", ["a"]), ("b", ["b"]), ("c", ["c"])],
+        ),
+        (MODULAR, "monolithic", [("shop", ["web", "api", "worker", "cron"])]),
+    ],
+)
+def test_deploy_units_are_components_with_the_ones_they_are_coupled_with(components, packaging, units):
+    assert spec(components=components, packaging=packaging).units() == units
+
+
+def test_a_modular_release_deploys_and_rolls_back_each_unit_in_each_environment():
+    plan = plan_release(spec(components=MODULAR, packaging="modular"), CTX)
+    order = ordered(plan)
+    for env in ("dev", "prod"):
+        deploys = [f"{env}.deploy_web", f"{env}.deploy_api"]
+        assert f"{env}.deploy" not in plan.steps and f"{env}.rollback" not in plan.steps
+        assert order.index(f"{env}.lock") < order.index(deploys[0]) < order.index(deploys[1])
+        assert order.index(deploys[1]) < order.index(f"{env}.smoke"), "the checks run once every unit is deployed"
+        assert plan.upstream(deploys[1]) == [deploys[0]], "one unit after the other, in the spec's order"
+        for unit, components in (("web", ["web"]), ("api", ["api", "worker", "cron"])):
+            deploy = plan.steps[f"{env}.deploy_{unit}"]
+            assert (deploy.kind, deploy.args["unit"], deploy.args["components"]) == (Kind.DEPLOY, unit, components)
+            assert deploy.args["locked"] and deploy.args["admit_task_id"] == v.ADMIT, "every gate, for every unit"
+            rollback = plan.steps[f"{env}.rollback_{unit}"]
+            assert (rollback.kind, rollback.trigger_rule) == (Kind.ROLLBACK, Rule.ONE_FAILED)
+            assert rollback.args["deploy_task_id"] == f"{env}.deploy_{unit}" and rollback.args["unit"] == unit
+            assert set(deploys + [f"{env}.smoke"]) <= set(plan.upstream(rollback.task_id)), "any failure rolls back"
+            assert rollback.task_id in plan.upstream(f"{env}.unlock")
+        assert set(deploys) <= set(plan.steps[f"{env}.passed"].args["proof_task_ids"]), "every unit's deploy proven"
+        assert plan.steps[f"{env}.verify"].args["units"] == ["web", "api"]
+    assert plan.steps["package"].args["units"] == {"web": ["web"], "api": ["api", "worker", "cron"]}
+
+
+def test_a_monolithic_release_plans_no_units():
+    plan = plan_release(spec(components=MODULAR), CTX)
+    assert "units" not in plan.steps["package"].args and "units" not in plan.steps["prod.verify"].args
+    assert "unit" not in plan.steps["prod.deploy"].args and "unit" not in plan.steps["prod.rollback"].args
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (
+            {"components": [{"name": "web", "source": "x", "coupled_with": ["db"]}]},
+            "components[0].coupled_with: ['db'] are not components of this release",
+        ),
+        (
+            {"components": [{"name": "web", "source": "x", "coupled_with": ["web"]}]},
+            "web cannot be coupled with itself",
+        ),
+        (
+            {
+                "packaging": "modular",
+                "environments": [
+                    {
+                        "name": "dev",
+                        "deploy_target": "fleet_dev",
+                        "strategy": {
+                            "kind": "blue_green",
+                            "analysis": {
+                                "provider": {"kind": "prometheus", "conn_id": "prom"},
+                                "metrics": [{"name": "errors", "query": "up", "absolute": {"max": 0.05}}],
+                            },
+                        },
+                    },
+                ],
+            },
+            "environment dev: packaging 'modular' deploys each unit with its own rolling deploy; a blue_green",
+        ),
+        (
+            {
+                "packaging": "modular",
+                "environments": [
+                    {"name": "dev", "deploy_target": "fleet_dev", "config": {"version": "1", "values": {"A": "b"}}},
+                ],
+            },
+            "environment dev: packaging 'modular' does not send config profiles yet",
+        ),
+        ({"packaging": "bundled"}, "packaging"),
+    ],
+)
+def test_modular_specs_that_cannot_work_are_refused_naming_the_field(overrides, expected):
+    with pytest.raises(ReleaseSpecError, match=expected.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+        spec(**overrides)

@@ -366,3 +366,40 @@ def consistency_problem(claim: Mapping[str, Any], indexed: Mapping[str, Any] | N
         f"{claim['digest']}. A component version means the same bytes in every release: give the component "
         "a new version"
     )
+
+
+# --- packaging modular: a deploy unit's own bundle ---------------------------------------------
+def build_unit_bundles(
+    release: str, version: str, collected: list[ComponentFiles], units: Mapping[str, list[str]]
+) -> dict[str, Bundle]:
+    """One bundle per deploy unit, with only its components' files (the same entries as in
+    the release bundle): deterministic, so packaging again gives the same digests."""
+    by_name = {c.name: c for c in collected}
+    missing = sorted({n for names in units.values() for n in names} - set(by_name))
+    if missing:
+        raise BundleError(f"deploy units name components that were not collected: {', '.join(missing)}")
+    return {unit: build_bundle(release, version, [by_name[n] for n in names]) for unit, names in units.items()}
+
+
+def unit_problem(release_manifest: Mapping[str, Any], unit: str, unit_manifest: Mapping[str, Any]) -> str | None:
+    """A unit bundle belongs to its release bundle when it is the same release and version and
+    each of its components is, file for file, the release bundle's entry for it (the release
+    bundle's digest, which approvals and promotion are about, then covers the unit's bytes)."""
+    if (unit_manifest.get("release"), unit_manifest.get("version")) != (
+        release_manifest.get("release"),
+        release_manifest.get("version"),
+    ):
+        return (
+            f"unit {unit}'s bundle is {unit_manifest.get('release')} {unit_manifest.get('version')}, not "
+            f"{release_manifest.get('release')} {release_manifest.get('version')}"
+        )
+    entries = {c["name"]: c for c in release_manifest.get("components", [])}
+    for component in unit_manifest.get("components", []):
+        if entries.get(component.get("name")) != component:
+            return (
+                f"unit {unit}'s bundle carries component {component.get('name')} {component.get('version')} "
+                "with files the release bundle does not have: it is not this release's unit"
+            )
+    if not unit_manifest.get("components"):
+        return f"unit {unit}'s bundle carries no component"
+    return None

@@ -197,6 +197,8 @@ def step_kind(task_id: str) -> str:
         return ANALYSIS
     if name.startswith(f"{TESTS}_"):
         return TESTS
+    if name.startswith(f"{DEPLOY}_"):  # a deploy unit's own deploy (packaging: modular)
+        return DEPLOY
     return name
 
 
@@ -235,8 +237,9 @@ def step_proof(run: RunLedger, task_id: str, environment: str, *, digest: str | 
     found = run.of(expected, environment=environment, task_id=task_id)
     if not found:
         return Decision.refuse(task_id, run.missing(task_id, f"'{expected.value}'"))
-    if digest and kind in (VERIFY, DEPLOY) and found[-1].details.get("digest") != digest:
-        return Decision.refuse(task_id, f"{task_id} recorded digest {found[-1].details.get('digest')}, not {digest}")
+    recorded = found[-1].details.get("release_digest") or found[-1].details.get("digest")  # a unit: its release's
+    if digest and kind in (VERIFY, DEPLOY) and recorded != digest:
+        return Decision.refuse(task_id, f"{task_id} recorded digest {recorded}, not {digest}")
     return Decision.allow(task_id)
 
 

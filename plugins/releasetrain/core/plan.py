@@ -194,6 +194,7 @@ def _package(spec: ReleaseSpec, ctx: PlanContext) -> Step:
             "environments": [env.name for env in spec.environments],
             "config_patterns": spec.config_patterns,
             **({"hotfix_task_id": v.HOTFIX} if spec.hotfix_policy else {}),
+            **({"units": dict(spec.units())} if spec.packaging == "modular" else {}),
         },
     )
 
@@ -364,7 +365,8 @@ def _stage(
     before_lock = _dependencies(stage, verify)
     baseline = _baseline(stage, before_lock)
     drift = _drift(stage, baseline or before_lock)
-    deploy = _deploy(stage, verify, gates, approval_ids, window, drift, baseline, suites)
+    deploys = _deploy(stage, verify, gates, approval_ids, window, drift, baseline, suites)
+    deploy = deploys[-1]  # the last unit's: the stage's checks run once every unit is deployed
     if stage.production:  # every earlier test suite has passed before production is deployed
         plan.connect(suites, verify)
     lock = stage.add(
@@ -380,9 +382,11 @@ def _stage(
         },
     )
     smoke = _smoke(stage, deploy)
-    stage.watched += [deploy, smoke]
+    stage.watched += [*deploys, smoke]
     plan.connect(drift or baseline or before_lock, lock)
-    plan.connect(lock, deploy)
+    plan.connect(lock, deploys[0])
+    for earlier, later in zip(deploys, deploys[1:], strict=False):  # one unit after the other, in the spec's order
+        plan.connect(earlier, later)
     tail = _rollout(stage, deploy)
     plan.connect(tail, smoke)
     last = _health(stage, smoke, deploy)
@@ -391,14 +395,14 @@ def _stage(
     if stage.production:  # part of the stage: proofs of its gate, a failure rolls it back
         plan.connect(last, own)
         stage.watched += own
-    passed = _passed(stage, verify, deploy, smoke, watch, own if stage.production else [])
+    passed = _passed(stage, verify, deploys, smoke, watch, own if stage.production else [])
     plan.connect(own if stage.production and own else last, passed)
     if not stage.production:  # beside the next environments, on the target it tests (still locked)
         plan.connect(passed, own)
         suites += own
     abort = _abort(stage, verify, passed)
-    rollback = _rollback(stage, deploy)
-    _unlock(stage, [lock, *stage.watched, passed, rollback, *own, *([abort] if abort else [])])
+    rollbacks = _rollback(stage, deploys)
+    _unlock(stage, [lock, *stage.watched, passed, *rollbacks, *own, *([abort] if abort else [])])
     plan.connect(upstream, first)
     gates.append(passed)
     return passed
@@ -413,6 +417,7 @@ def _verify(stage: _Stage) -> str:
             "environment": stage.name,
             "artifact_store": stage.spec.artifact_store,
             "signing_conn_id": stage.ctx.signing_conn_id,
+            **({"units": [u for u, _ in stage.spec.units()]} if stage.spec.packaging == "modular" else {}),
         },
     )
 
@@ -605,49 +610,53 @@ def _deploy(
     drift: str | None,
     baseline: str | None,
     suites: list[str],
-) -> str:
+) -> list[str]:
+    """The environment's deploy; packaging modular: one per deploy unit (``deploy_<unit>``),
+    each with every gate of the stage, its own bundle and its own record."""
     env, spec, groups = stage.env, stage.spec, stage.ctx.groups
     previous = spec.previous_environment(env.name)
-    return stage.add(
-        v.DEPLOY,
-        Kind.DEPLOY,
-        {
-            "slot": "idle" if env.strategy.progressive else None,
-            "release": spec.name,
-            "environment": env.name,
-            "deploy_target_conn_id": env.deploy_target,
-            "verify_task_id": verify,
-            "previous_environment": previous.name if previous else None,
-            "promotion_gate_task_id": gates[-1] if previous else None,
-            "approval_task_ids": approval_ids,
-            "approvers": stage.pool if approval_ids else None,
-            "review_members": {g: groups[g] for g in review_groups(spec, env, groups)},
-            "quorum": env.approval.quorum,
-            "reviews": list(env.approval.reviews),
-            "owners": groups[env.owner] if env.owner else None,
-            "production": stage.production,
-            "window_task_id": window,
-            "requires": spec.requirements(env.name),
-            "deploy_timeout_seconds": env.deploy_timeout_seconds,
-            "poll_interval": env.poll_interval_seconds,
-            "pool": v.target_pool(env.deploy_target),
-            "locked": True,
-            "admit_task_id": v.ADMIT,  # the release train: held or superseded runs deploy nothing
-            "production_environments": list(spec.production_environments),
-            **({"config": env.config.plan(), "drift_task_id": drift} if env.config else {}),
-            **({"baseline_task_id": baseline} if baseline else {}),
-            **({"suite_task_ids": list(suites)} if stage.production and suites else {}),
-            **(
-                {
-                    "scope_task_id": v.SCOPE,
-                    "scope_freeze": spec.scope_freeze.model_dump(mode="json", exclude_none=True),
-                }
-                if spec.scope_freeze
-                else {}
-            ),
-            **({"libraries_task_id": v.LIBRARIES} if len(spec.components) > 1 else {}),
-        },
-    )
+    args = {
+        "slot": "idle" if env.strategy.progressive else None,
+        "release": spec.name,
+        "environment": env.name,
+        "deploy_target_conn_id": env.deploy_target,
+        "verify_task_id": verify,
+        "previous_environment": previous.name if previous else None,
+        "promotion_gate_task_id": gates[-1] if previous else None,
+        "approval_task_ids": approval_ids,
+        "approvers": stage.pool if approval_ids else None,
+        "review_members": {g: groups[g] for g in review_groups(spec, env, groups)},
+        "quorum": env.approval.quorum,
+        "reviews": list(env.approval.reviews),
+        "owners": groups[env.owner] if env.owner else None,
+        "production": stage.production,
+        "window_task_id": window,
+        "requires": spec.requirements(env.name),
+        "deploy_timeout_seconds": env.deploy_timeout_seconds,
+        "poll_interval": env.poll_interval_seconds,
+        "pool": v.target_pool(env.deploy_target),
+        "locked": True,
+        "admit_task_id": v.ADMIT,  # the release train: held or superseded runs deploy nothing
+        "production_environments": list(spec.production_environments),
+        **({"config": env.config.plan(), "drift_task_id": drift} if env.config else {}),
+        **({"baseline_task_id": baseline} if baseline else {}),
+        **({"suite_task_ids": list(suites)} if stage.production and suites else {}),
+        **(
+            {
+                "scope_task_id": v.SCOPE,
+                "scope_freeze": spec.scope_freeze.model_dump(mode="json", exclude_none=True),
+            }
+            if spec.scope_freeze
+            else {}
+        ),
+        **({"libraries_task_id": v.LIBRARIES} if len(spec.components) > 1 else {}),
+    }
+    if spec.packaging != "modular":
+        return [stage.add(v.DEPLOY, Kind.DEPLOY, args)]
+    return [
+        stage.add(v.unit_task(v.DEPLOY, unit), Kind.DEPLOY, {**args, "unit": unit, "components": components})
+        for unit, components in spec.units()
+    ]
 
 
 def _smoke(stage: _Stage, deploy: str) -> str:
@@ -793,10 +802,10 @@ def _suites(stage: _Stage, deploy: str) -> list[str]:
     ]
 
 
-def _passed(stage: _Stage, verify: str, deploy: str, smoke: str, watch: str | None, suites: list[str]) -> str:
+def _passed(stage: _Stage, verify: str, deploys: list[str], smoke: str, watch: str | None, suites: list[str]) -> str:
     """The environment's gate; it proves, from the ledger, every step the stage needed."""
     rollout = [a for a in stage.analyses if a != watch]
-    proofs = [verify, deploy, *rollout]
+    proofs = [verify, *deploys, *rollout]
     proofs += [stage.id(v.PROMOTE)] if stage.env.strategy.progressive else []
     proofs += [smoke] + ([stage.id(v.HEALTH)] if stage.env.health_checks else [])
     proofs += [watch] if watch else []
@@ -828,27 +837,35 @@ def _abort(stage: _Stage, verify: str, passed: str) -> str | None:
     return abort
 
 
-def _rollback(stage: _Stage, deploy: str) -> str:
+def _rollback(stage: _Stage, deploys: list[str]) -> list[str]:
+    """The environment's rollback; packaging modular: one per deploy unit (``rollback_<unit>``),
+    each returning its unit to what ran before (a unit this run did not change is skipped)."""
     env, spec = stage.env, stage.spec
-    rollback = stage.add(
-        v.ROLLBACK,
-        Kind.ROLLBACK,
-        {
-            "release": spec.name,
-            "environment": env.name,
-            "deploy_target_conn_id": env.deploy_target,
-            "deploy_task_id": deploy,
-            "deploy_timeout_seconds": env.deploy_timeout_seconds,
-            "poll_interval": env.poll_interval_seconds,
-            "pool": v.target_pool(env.deploy_target),
-            "notifications": [n.model_dump(mode="json") for n in spec.notifications],
-            "artifact_store": spec.artifact_store,
-            "locked": True,
-        },
-        Rule.ONE_FAILED,
-    )
-    stage.plan.connect(stage.watched, rollback)
-    return rollback
+    args = {
+        "release": spec.name,
+        "environment": env.name,
+        "deploy_target_conn_id": env.deploy_target,
+        "deploy_timeout_seconds": env.deploy_timeout_seconds,
+        "poll_interval": env.poll_interval_seconds,
+        "pool": v.target_pool(env.deploy_target),
+        "notifications": [n.model_dump(mode="json") for n in spec.notifications],
+        "artifact_store": spec.artifact_store,
+        "locked": True,
+    }
+    if spec.packaging != "modular":
+        rollbacks = [stage.add(v.ROLLBACK, Kind.ROLLBACK, {**args, "deploy_task_id": deploys[0]}, Rule.ONE_FAILED)]
+    else:
+        rollbacks = [
+            stage.add(
+                v.unit_task(v.ROLLBACK, unit),
+                Kind.ROLLBACK,
+                {**args, "deploy_task_id": deploy, "unit": unit},
+                Rule.ONE_FAILED,
+            )
+            for (unit, _), deploy in zip(spec.units(), deploys, strict=True)
+        ]
+    stage.plan.connect(stage.watched, rollbacks)
+    return rollbacks
 
 
 def _unlock(stage: _Stage, ends: list[str]) -> str:

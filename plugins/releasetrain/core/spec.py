@@ -519,6 +519,11 @@ class Component(_Model):
         "component, e.g. openapi.yaml). Packaging computes the version class its changes need against the "
         "contract of the version live in production and refuses a smaller declared step.",
     )
+    coupled_with: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
+        default_factory=list,
+        description="Components that always move with this one (packaging: modular): they share one bundle, "
+        "one deploy and one rollback.",
+    )
 
     @field_validator("version")
     @classmethod
@@ -571,6 +576,13 @@ class ReleaseSpec(_Model):
         "the version is then given when the run is triggered.",
     )
     components: list[Component] = Field(min_length=1)
+    packaging: Literal["monolithic", "modular"] = Field(
+        default="monolithic",
+        description="'monolithic': one signed bundle with every component, one deploy and one rollback per "
+        "environment. 'modular': each component (with those it is coupled_with) is its own signed bundle with "
+        "its own deploy and rollback; the release bundle with every component stays the record that is "
+        "approved and promoted.",
+    )
     environments: list[Environment] = Field(min_length=1)
     artifact_store: str | None = Field(
         default=None,
@@ -680,7 +692,53 @@ class ReleaseSpec(_Model):
             raise ValueError(f"scope_freeze.environment: {freeze.environment!r} is not an environment of this release")
         if freeze and freeze.environment in self.production_environments:
             raise ValueError("scope_freeze.environment: passing production ends the release's cycle; freeze before it")
+        self._modular_problems()
         return self
+
+    def _modular_problems(self) -> None:
+        known = {c.name for c in self.components}
+        for i, component in enumerate(self.components):
+            unknown = sorted(set(component.coupled_with) - known)
+            if unknown:
+                raise ValueError(f"components[{i}].coupled_with: {unknown} are not components of this release")
+            if component.name in component.coupled_with:
+                raise ValueError(f"components[{i}].coupled_with: {component.name} cannot be coupled with itself")
+        if self.packaging != "modular":
+            return
+        for env in self.environments:
+            if env.strategy.progressive:
+                raise ValueError(
+                    f"environment {env.name}: packaging 'modular' deploys each unit with its own rolling deploy; "
+                    f"a {env.strategy.kind} strategy moves one bundle: use packaging 'monolithic' for it"
+                )
+            if env.config:
+                raise ValueError(
+                    f"environment {env.name}: packaging 'modular' does not send config profiles yet (each unit "
+                    "would carry the environment's whole profile): use packaging 'monolithic' with config"
+                )
+
+    def units(self) -> list[tuple[str, list[str]]]:
+        """The deploy units, in the spec's order: ``(name, components)``. Modular: each component
+        with the ones it is coupled with (either way round, transitively), named after the first
+        of them; monolithic: one unit, the release, with every component."""
+        names = [c.name for c in self.components]
+        if self.packaging != "modular":
+            return [(self.name, names)]
+        group = {n: n for n in names}
+
+        def root(n: str) -> str:
+            while group[n] != n:
+                n = group[n]
+            return n
+
+        for component in self.components:
+            for other in component.coupled_with:
+                a, b = sorted((root(component.name), root(other)), key=names.index)
+                group[b] = a
+        units: dict[str, list[str]] = {}
+        for n in names:
+            units.setdefault(root(n), []).append(n)
+        return list(units.items())
 
     @property
     def dependency_names(self) -> list[str]:

@@ -121,6 +121,12 @@ def suite_task(suite: str) -> str:
     return f"{TESTS}_{suite}"
 
 
+def unit_task(task_id: str, unit: str) -> str:
+    """A deploy unit's own step in its environment's group (packaging: modular):
+    ``deploy_<unit>``, ``rollback_<unit>``."""
+    return f"{task_id}_{unit}"
+
+
 def canary_task(weight: int) -> str:
     return f"canary_{weight}"
 

@@ -37,6 +37,7 @@ class BundleStoreHook(BaseHook):
     MANIFEST = "manifest.json"
     SIGNATURE = "bundle.sig.json"
     COMPONENTS = "_components"  # the component index: <component>/<version>.json
+    UNITS = "units"  # packaging modular: <release>/<version>/units/<unit>/
 
     def __init__(self, artifact_store: str | None = None, conn_id: str | None = None) -> None:
         super().__init__()
@@ -50,24 +51,33 @@ class BundleStoreHook(BaseHook):
             url = f"file://{os.path.join(home, 'artifacts')}"
         return ObjectStoragePath(url, conn_id=self.conn_id) if self.conn_id else ObjectStoragePath(url)
 
-    def location(self, release: str, version: str) -> ObjectStoragePath:
-        return self.base() / release / version
+    def location(self, release: str, version: str, unit: str | None = None) -> ObjectStoragePath:
+        """``<release>/<version>/``; a deploy unit's own bundle (packaging: modular) in
+        ``<release>/<version>/units/<unit>/``, beside the release bundle."""
+        folder = self.base() / release / version
+        return folder / self.UNITS / unit if unit else folder
 
     def incident_folder(self, release: str, run_id: str, environment: str) -> ObjectStoragePath:
         """Where a rollback's snapshot and postmortem draft go."""
         safe_run = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
         return self.base() / release / "incidents" / safe_run / environment
 
-    def read_signature(self, release: str, version: str) -> dict[str, Any] | None:
-        path = self.location(release, version) / self.SIGNATURE
+    def read_signature(self, release: str, version: str, unit: str | None = None) -> dict[str, Any] | None:
+        path = self.location(release, version, unit) / self.SIGNATURE
         if not path.exists():
             return None
         return json.loads(path.read_text())
 
     def write(
-        self, release: str, version: str, archive: bytes, manifest: dict[str, Any], signature: dict[str, Any]
+        self,
+        release: str,
+        version: str,
+        archive: bytes,
+        manifest: dict[str, Any],
+        signature: dict[str, Any],
+        unit: str | None = None,
     ) -> ObjectStoragePath:
-        folder = self.location(release, version)
+        folder = self.location(release, version, unit)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / self.BUNDLE).write_bytes(archive)
         (folder / self.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -137,6 +147,15 @@ class BundleStoreHook(BaseHook):
         for name in (self.SIGNATURE, self.BUNDLE, self.MANIFEST):
             if (folder / name).exists():
                 (folder / name).unlink()
+        units = folder / self.UNITS
+        for unit in sorted(units.iterdir(), key=lambda p: p.name) if units.exists() else []:
+            for name in (self.SIGNATURE, self.BUNDLE, self.MANIFEST):  # the unit bundles go with it
+                if (unit / name).exists():
+                    (unit / name).unlink()
+            if unit.exists() and not any(unit.iterdir()):
+                unit.rmdir()
+        if units.exists() and not any(units.iterdir()):
+            units.rmdir()
         if folder.exists() and not any(folder.iterdir()):
             folder.rmdir()
         return signature.get("digest")
@@ -145,8 +164,8 @@ class BundleStoreHook(BaseHook):
         # release names start with a letter: no release folder is called _components
         return self.base() / self.COMPONENTS / component / f"{version}.json"
 
-    def read(self, release: str, version: str) -> tuple[bytes, dict[str, Any]]:
-        folder = self.location(release, version)
+    def read(self, release: str, version: str, unit: str | None = None) -> tuple[bytes, dict[str, Any]]:
+        folder = self.location(release, version, unit)
         bundle, signature = folder / self.BUNDLE, folder / self.SIGNATURE
         if not bundle.exists():
             raise BundleError(f"no bundle at {bundle}")

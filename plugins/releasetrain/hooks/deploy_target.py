@@ -24,6 +24,12 @@ HTTP basic auth. Relative to that base URL:
 ``GET  health``                     ``200 {healthy: true, ...}`` or ``503 {healthy: false, ...}``
 ==================================  ===========================================================
 
+Releases packaged ``modular`` deploy each unit on its own: the same ``status``,
+``deployments``, ``rollback`` and ``health`` calls under ``components/{unit}/`` (each unit
+has its own version, digest and history); deployment ids stay target-wide
+(``GET deployments/{id}`` finds a unit's deployment too).
+
+
 Targets that support progressive delivery (``canary`` and ``blue_green`` strategies) run
 two colours and implement four more things:
 
@@ -69,10 +75,17 @@ class DeployTargetHook(BaseHook):
     conn_type = "http"
     hook_name = "Release deploy target"
 
-    def __init__(self, deploy_target_conn_id: str = default_conn_name, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, deploy_target_conn_id: str = default_conn_name, *, timeout: float = 30.0, component: str | None = None
+    ) -> None:
         super().__init__()
         self.deploy_target_conn_id = deploy_target_conn_id
         self.timeout = timeout
+        self.component = component
+
+    def _on(self, endpoint: str) -> str:
+        """A deploy unit's endpoints (packaging: modular) are under ``components/<unit>/``."""
+        return f"components/{self.component}/{endpoint}" if self.component else endpoint
 
     def _request(self, method: str, endpoint: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         hook = HttpHook(method=method, http_conn_id=self.deploy_target_conn_id)
@@ -98,7 +111,7 @@ class DeployTargetHook(BaseHook):
         return _contract(self.deploy_target_conn_id, f"{method} {endpoint}", payload)
 
     def get_status(self) -> dict[str, Any]:
-        return self._expect("GET", "status", None, (200,))
+        return self._expect("GET", self._on("status"), None, (200,))
 
     def start_deployment(
         self,
@@ -123,7 +136,9 @@ class DeployTargetHook(BaseHook):
         if config:
             body["config"] = config
         return _started(
-            self.deploy_target_conn_id, "POST deployments", self._expect("POST", "deployments", body, (200, 201, 202))
+            self.deploy_target_conn_id,
+            "POST deployments",
+            self._expect("POST", self._on("deployments"), body, (200, 201, 202)),
         )
 
     def get_deployment(self, deployment_id: str) -> dict[str, Any]:
@@ -132,7 +147,9 @@ class DeployTargetHook(BaseHook):
     def start_rollback(self, *, version: str, digest: str | None, reason: str) -> dict[str, Any]:
         body = {"version": version, "digest": digest, "reason": reason}
         return _started(
-            self.deploy_target_conn_id, "POST rollback", self._expect("POST", "rollback", body, (200, 201, 202))
+            self.deploy_target_conn_id,
+            "POST rollback",
+            self._expect("POST", self._on("rollback"), body, (200, 201, 202)),
         )
 
     def set_traffic(self, weight: int) -> dict[str, Any]:
@@ -148,7 +165,7 @@ class DeployTargetHook(BaseHook):
         return self._expect("POST", "abort", {}, (200,))
 
     def get_health(self) -> tuple[int, Any]:
-        return self._request("GET", "health")
+        return self._request("GET", self._on("health"))
 
     async def aget_deployment(self, deployment_id: str) -> dict[str, Any]:
         """Async twin of :meth:`get_deployment`, for triggers."""

@@ -50,7 +50,10 @@ class _EnvironmentCheckOperator(BaseOperator):
         if deployed is None:
             refusal = Decision.refuse(self.task_id, run.missing(self.deploy_task_id, "deployment"))
             enforce(context, refusal, self.release, self.environment)
-        return dict(deployed.details)  # type: ignore[union-attr]
+        details = dict(deployed.details)  # type: ignore[union-attr]
+        # packaging modular: the stage's checks are about the release bundle every unit came from
+        details["digest"] = details.get("release_digest") or details["digest"]
+        return details
 
 
 class SmokeCheckOperator(_EnvironmentCheckOperator):

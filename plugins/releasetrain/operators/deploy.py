@@ -33,8 +33,13 @@ class DeployTargetCalls:
     call_prefix = ""
     environment: str
     deploy_target_conn_id: str
+    unit: str | None = None  # packaging modular: the deploy unit this task moves
     deploy_timeout_seconds: float = 900
     poll_interval: float = 2.0
+
+    def _hook(self) -> DeployTargetHook:
+        """The target; a deploy unit's own endpoints on it (packaging: modular)."""
+        return DeployTargetHook(self.deploy_target_conn_id, component=self.unit)
 
     def _call(self, fn: Any, **kwargs: Any) -> dict[str, Any]:
         try:
@@ -119,6 +124,10 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         conflicting versions, or a waiver, on record
     :param suite_task_ids: the test suites of earlier environments a production deploy
         waits for: each one's latest record must say it passed on this digest
+    :param unit: packaging modular: the deploy unit this task deploys, its own bundle (the
+        digest this environment's verify step recorded for it) on the target's
+        ``components/<unit>/`` endpoints; every gate is still decided on the release bundle's digest
+    :param components: the unit's components (for the record)
     """
 
     ui_color = "#d2e3fc"
@@ -154,6 +163,8 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         production_environments: list[str] | None = None,
         libraries_task_id: str | None = None,
         admit_task_id: str | None = None,
+        unit: str | None = None,
+        components: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         # Retried only for infrastructure trouble and Airflow 3.3's race between a fast
@@ -174,6 +185,8 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         self.production_environments = list(production_environments or [])
         self.libraries_task_id = libraries_task_id
         self.admit_task_id = admit_task_id
+        self.unit = unit
+        self.components = list(components or [])
         if baseline_task_id and not config:
             raise ValueError("baseline_task_id needs the config profile it approves")
         if (previous_environment is None) != (promotion_gate_task_id is None):
@@ -226,7 +239,8 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
                 context, self.release, ChangeState.IMPLEMENT, f"deploying {version} ({digest}) to {self.environment}"
             )
 
-        hook = DeployTargetHook(self.deploy_target_conn_id)
+        release_digest, digest = digest, self._target_digest(context, run, digest)
+        hook = self._hook()
         live = self._call(hook.get_status)
         if self.drift_task_id:  # under the lock: the target is still what the drift check saw
             enforce(context, self._drift_holds(run, live), self.release, self.environment)
@@ -238,7 +252,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
             already_live = reported.get("sha256") == self.config["sha256"] and values_digest(
                 reported.get("values")
             ) == values_digest(self.config.get("values"))
-        before = self._before(context, run, live, version, digest, already_live)
+        before = self._before(context, run, live, version, digest, already_live, release_digest)
         running = live.get("in_progress") or {}
         if (running.get("version"), running.get("digest"), running.get("run_id")) == (
             version,
@@ -258,7 +272,9 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
             # a retry finding its own first try's deployment live is no no-op: the record says
             # what ran before this run (the first try's record), and that this run changed it
             noop = bool(before.get("noop", True))
-            return self._result(version, digest, before, deployment_id=None, noop=noop, context=context)
+            return self._result(
+                version, digest, before, deployment_id=None, noop=noop, context=context, release_digest=release_digest
+            )
 
         self.log.info(
             "Deploying %s %s (%s) to %s%s, replacing %s",
@@ -287,6 +303,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
                 deployment_id=started.get("deployment_id"),
                 noop=bool(started.get("noop")),
                 context=context,
+                release_digest=release_digest,
             )
         return self._wait(context, hook, str(started["deployment_id"]))
 
@@ -305,7 +322,9 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
                 f"{event['message'] or 'no message from the target'} (deployment {event['deployment_id']})"
             )
         deployment = event["deployment"]
-        digest = self._verified_digest(context, run_ledger(context, self.release))
+        run = run_ledger(context, self.release)
+        release_digest = self._verified_digest(context, run)
+        digest = self._target_digest(context, run, release_digest)
         if (deployment.get("version"), deployment.get("digest")) != (version, digest):
             raise AirflowFailException(
                 f"{self.environment}: the target reports {deployment.get('version')} "
@@ -316,7 +335,15 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         self.log.info(
             "%s now runs %s %s (deployment %s)", self.environment, self.release, version, event["deployment_id"]
         )
-        return self._result(version, digest, pre, deployment_id=event["deployment_id"], noop=False, context=context)
+        return self._result(
+            version,
+            digest,
+            pre,
+            deployment_id=event["deployment_id"],
+            noop=False,
+            context=context,
+            release_digest=release_digest,
+        )
 
     def _scope_holds(self, context: Any, run: RunLedger) -> Decision:
         """The scope step's record, and the scope judged again now: it may have frozen (or an
@@ -407,7 +434,12 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
 
         packaged = run.last(Event.PACKAGED)
         location = packaged.details.get("location") if packaged else None
-        if not location or packaged.details.get("digest") != digest:
+        if packaged and self.unit:  # a deploy unit's own bundle
+            unit = next((u for u in packaged.details.get("units") or [] if u.get("unit") == self.unit), {})
+            location, packaged = (unit.get("location"), packaged) if unit.get("digest") == digest else (None, None)
+        elif packaged and packaged.details.get("digest") != digest:
+            location = None
+        if not location:
             self.log.warning("%s: no packaged bundle %s in the ledger to hand the target", self.environment, digest)
             return None
         folder = ObjectStoragePath(location)
@@ -419,7 +451,14 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         return {"url": str(folder / BundleStoreHook.BUNDLE), "signature": signature}
 
     def _before(
-        self, context: Any, run: RunLedger, live: dict[str, Any], version: str, digest: str, already_live: bool
+        self,
+        context: Any,
+        run: RunLedger,
+        live: dict[str, Any],
+        version: str,
+        digest: str,
+        already_live: bool,
+        release_digest: str | None = None,
     ) -> dict[str, Any]:
         """What the environment ran before this run touched it: recorded in the ledger before the
         first try changes anything, and read back from there by every later try and the rollback."""
@@ -435,11 +474,31 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
                     "version": version,
                     "digest": digest,
                     "before": before,
+                    **self._unit_details(release_digest),
                     **({"config": self.profile} if self.config else {}),
                 },
             )
         context["ti"].xcom_push(key=PRE_DEPLOY_KEY, value=before)  # display only
         return before
+
+    def _unit_details(self, release_digest: str | None) -> dict[str, Any]:
+        """A deploy unit's records name the unit, its components and the release bundle's digest
+        (what was approved and promoted); ``digest`` is the unit bundle's, what the target runs."""
+        if not self.unit:
+            return {}
+        return {"unit": self.unit, "components": list(self.components), "release_digest": release_digest}
+
+    def _target_digest(self, context: Any, run: RunLedger, release_digest: str) -> str:
+        """What the target is to run: the release bundle's digest, or (packaging modular) this
+        unit's bundle, as this environment's verify step checked it against that release bundle."""
+        if not self.unit:
+            return release_digest
+        verified = run.last(Event.VERIFIED, environment=self.environment, task_id=self.verify_task_id)
+        unit_digest = ((verified.details if verified else {}).get("units") or {}).get(self.unit)
+        if not unit_digest:
+            reason = f"{self.verify_task_id} verified no bundle for unit {self.unit}: nothing of it will be deployed"
+            enforce(context, Decision.refuse(self.task_id, reason), self.release, self.environment)
+        return str(unit_digest)
 
     def _verified_digest(self, context: Any, run: RunLedger) -> str:
         """The digest this environment's verify task checked (its ledger record, not its XCom)."""
@@ -544,6 +603,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         deployment_id: Any,
         noop: bool,
         context: Any = None,
+        release_digest: str | None = None,
     ) -> dict[str, Any]:
         result = {
             "environment": self.environment,
@@ -554,6 +614,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
             "previous_version": previous.get("version"),
             "previous_digest": previous.get("digest"),
         }
+        result.update(self._unit_details(release_digest))
         if self.slot:  # on the idle colour: not live until promoted
             result["slot"] = self.slot
         if self.config:

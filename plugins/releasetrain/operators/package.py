@@ -39,6 +39,8 @@ class BundlePackageOperator(BaseOperator):
     :param project_root: folder that relative component sources are resolved against
     :param artifact_store: artifact store URL (None: the default store)
     :param signing_conn_id: connection holding the Ed25519 private key
+    :param units: packaging modular: deploy unit -> its components; each unit gets its own
+        signed bundle beside the release bundle (which stays the record approved and promoted)
     """
 
     template_fields = ()  # nothing from a spec is rendered: a spec is data
@@ -56,9 +58,11 @@ class BundlePackageOperator(BaseOperator):
         environments: list[str] | None = None,
         config_patterns: list[str] | None = None,
         hotfix_task_id: str | None = None,
+        units: dict[str, list[str]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.units = {u: list(names) for u, names in (units or {}).items()}
         if not components:
             raise ValueError("a release needs at least one component")
         self.release = release
@@ -104,6 +108,7 @@ class BundlePackageOperator(BaseOperator):
             )
         contracts = self._check_contracts(context, store, collected)  # before the index: a refusal claims nothing
         self._claim_components(context, store, bundle.manifest)
+        units = self._package_units(store, version, collected)  # before the release bundle's signature
         if existing:
             self.log.info(
                 "Bundle %s %s already packaged with digest %s: reusing it", self.release, version, bundle.digest
@@ -133,6 +138,8 @@ class BundlePackageOperator(BaseOperator):
             ],
             "files": sum(len(c["files"]) for c in bundle.manifest["components"]),
         }
+        if units:
+            result["units"] = units
         if contracts:
             result["contracts"] = contracts
         if sbom:
@@ -141,6 +148,44 @@ class BundlePackageOperator(BaseOperator):
 
         record(context, Event.PACKAGED, self.release, details=result)
         return result
+
+    def _package_units(self, store: BundleStoreHook, version: str, collected: list[ComponentFiles]) -> list[dict]:
+        """Packaging modular: each deploy unit's own signed bundle (written before the release
+        bundle's signature, so a packaged release always has its units). A unit stored with
+        other bytes is refused like a release bundle would be."""
+        if not self.units:
+            return []
+        from releasetrain.core.bundle import build_unit_bundles
+
+        try:
+            bundles = build_unit_bundles(self.release, version, collected, self.units)
+        except BundleError as exc:
+            raise AirflowFailException(f"packaging {self.release} {version}: {exc}") from None
+        signer = None
+        units = []
+        for unit, bundle in bundles.items():
+            existing = store.read_signature(self.release, version, unit)
+            if existing and existing.get("digest") != bundle.digest:
+                raise AirflowFailException(
+                    f"{self.release} {version} unit {unit} is already packaged at "
+                    f"{store.location(self.release, version, unit)} with digest {existing.get('digest')}; these "
+                    f"inputs give {bundle.digest}. Released versions are immutable: use a new version."
+                )
+            if not existing:
+                signer = signer or SigningKeyHook(self.signing_conn_id).signer()
+                signature = sign_bundle(bundle, self.release, version, signer)
+                store.write(self.release, version, bundle.archive, bundle.manifest, signature, unit=unit)
+            units.append(
+                {
+                    "unit": unit,
+                    "components": self.units[unit],
+                    "digest": bundle.digest,
+                    "archive_sha256": bundle.archive_sha256,
+                    "location": str(store.location(self.release, version, unit)),
+                }
+            )
+            self.log.info("Packaged unit %s of %s %s: digest %s", unit, self.release, version, bundle.digest)
+        return units
 
     def _refuse_environment_config(self, context: Any, collected: list[ComponentFiles]) -> None:
         """A bundle carries no environment's configuration (that is the environment's profile):

@@ -34,6 +34,8 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
     :param deploy_task_id: the deploy task whose ``pre_deploy`` record says where to return
     :param notifications: ``[{"conn_id": ..., "endpoint": ...}]`` webhooks to tell
     :param artifact_store: where snapshots and postmortems go (default: the bundle store's)
+    :param unit: packaging modular: the deploy unit this rollback returns (its own endpoints on
+        the target, its own deploy task's record; snapshot and postmortem in a folder of its own)
     """
 
     ui_color = "#f28b82"
@@ -51,9 +53,11 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         notifications: list[dict[str, Any]] | None = None,
         artifact_store: str | None = None,
         locked: bool = False,
+        unit: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.unit = unit
         self.locked = locked
         self.notifications = list(notifications or [])
         self.artifact_store = artifact_store
@@ -96,7 +100,7 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
             enforce(
                 context, lock_decision(context, self.deploy_target_conn_id, self.task_id, self.release), self.release
             )
-        hook = DeployTargetHook(self.deploy_target_conn_id)
+        hook = self._hook()
         live = self._call(hook.get_status)
         running = live.get("in_progress") or {}
         if running.get("deployment_id") and running.get("run_id") == context["run_id"]:
@@ -155,6 +159,8 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         """Written before the rollback acts (a rollback the ledger cannot record does not start):
         the version it takes out, and where it returns."""
         details = {"failed_version": failed, "restore_to": before.get("version"), "how": how}
+        if self.unit:
+            details["unit"] = self.unit
         record(context, Event.ROLLBACK_STARTED, self.release, environment=self.environment, details=details)
 
     def execute_after_deployment(self, context: Any, event: dict[str, Any]) -> dict[str, Any] | None:
@@ -178,14 +184,15 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
                 f"ROLLBACK OF {self.environment} FAILED ({event['state']}): {event['message']}; "
                 "the environment needs manual recovery"
             )
-        result = self._verify(DeployTargetHook(self.deploy_target_conn_id), before, context)
+        result = self._verify(self._hook(), before, context)
         return self._after_rollback(context, before, result)
 
     # --- preserved state, postmortem, notification ------------------------------------------
     def _incident_folder(self, context: Any) -> Any:
         from releasetrain.hooks.bundle_store import BundleStoreHook
 
-        return BundleStoreHook(self.artifact_store).incident_folder(self.release, context["run_id"], self.environment)
+        folder = BundleStoreHook(self.artifact_store).incident_folder(self.release, context["run_id"], self.environment)
+        return folder / self.unit if self.unit else folder
 
     def _ledger_events(self, context: Any) -> list[Any]:
         return run_ledger(context, self.release).events
@@ -354,6 +361,7 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
             "restored_version": before["version"],
             "restored_digest": before.get("digest"),
             "healthy": True,
+            **({"unit": self.unit} if self.unit else {}),
         }
         from releasetrain.operators.governance import close_change
 

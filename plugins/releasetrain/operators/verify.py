@@ -21,6 +21,8 @@ class BundleVerifyOperator(BaseOperator):
 
     :param release: release name
     :param environment: the environment about to receive the bundle
+    :param units: packaging modular: the deploy units, each bundle verified too (content,
+        digest as packaged, signature) and held against the release bundle's manifest
     """
 
     template_fields = ()  # nothing from a spec is rendered: a spec is data
@@ -33,9 +35,11 @@ class BundleVerifyOperator(BaseOperator):
         environment: str,
         artifact_store: str | None = None,
         signing_conn_id: str = SigningKeyHook.default_conn_name,
+        units: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.units = list(units or [])
         self.release = release
         self.environment = environment
         self.artifact_store = artifact_store
@@ -48,16 +52,14 @@ class BundleVerifyOperator(BaseOperator):
             refusal = Decision.refuse(self.task_id, run.missing(PACKAGE, "packaged bundle"))
             enforce(context, refusal, self.release, self.environment)
         version, digest = packaged.details["version"], packaged.details["digest"]  # type: ignore[union-attr]
+        units: dict[str, str] = {}
         try:
-            archive, signature = BundleStoreHook(self.artifact_store).read(self.release, version)
-            verify_signed_bundle(
-                archive,
-                signature,
-                SigningKeyHook(self.signing_conn_id).public_key(),
-                release=self.release,
-                version=version,
-                expected_digest=digest,
+            store, key = BundleStoreHook(self.artifact_store), SigningKeyHook(self.signing_conn_id).public_key()
+            archive, signature = store.read(self.release, version)
+            manifest = verify_signed_bundle(
+                archive, signature, key, release=self.release, version=version, expected_digest=digest
             )
+            units = self._verify_units(store, key, version, manifest, packaged.details)  # type: ignore[union-attr]
         except BundleError as exc:
             raise AirflowFailException(
                 f"{self.environment}: bundle {self.release} {version} failed verification, "
@@ -67,5 +69,35 @@ class BundleVerifyOperator(BaseOperator):
             "Bundle %s %s verified for %s: digest %s, signature valid", self.release, version, self.environment, digest
         )
         result = {"environment": self.environment, "version": version, "digest": digest, "verified": True}
+        if units:
+            result["units"] = units
         record(context, Event.VERIFIED, self.release, environment=self.environment, details=result)
         return result
+
+    def _verify_units(
+        self, store: BundleStoreHook, key: Any, version: str, manifest: dict[str, Any], packaged: dict[str, Any]
+    ) -> dict[str, str]:
+        """Each deploy unit's bundle: signed, its digest the packaged one, its components the
+        release bundle's (whose digest the approvals and the promotion are about)."""
+        if not self.units:
+            return {}
+        from releasetrain.core.bundle import unit_problem
+
+        recorded = {u["unit"]: u["digest"] for u in packaged.get("units") or []}
+        missing = [u for u in self.units if u not in recorded]
+        if missing:
+            raise BundleError(f"the packaging recorded no bundle for unit(s) {', '.join(missing)}")
+        covered: list[str] = []
+        for unit in self.units:
+            archive, signature = store.read(self.release, version, unit)
+            unit_manifest = verify_signed_bundle(
+                archive, signature, key, release=self.release, version=version, expected_digest=recorded[unit]
+            )
+            problem = unit_problem(manifest, unit, unit_manifest)
+            if problem:
+                raise BundleError(problem)
+            covered += [c["name"] for c in unit_manifest["components"]]
+        left = sorted({c["name"] for c in manifest["components"]} - set(covered))
+        if left:
+            raise BundleError(f"no unit bundle carries component(s) {', '.join(left)}")
+        return {unit: recorded[unit] for unit in self.units}
