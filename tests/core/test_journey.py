@@ -272,6 +272,11 @@ def test_an_answer_cannot_steer_a_later_request_to_the_targets_api():
         ("app/%2e%2e/promote", ("app",), "leaves the application's route"),
         ("/environments/prod/promote", (), "not relative"),
         ("anything/at/all", (), None),
+        ("components/web/app/version", ("app",), None),  # a deploy unit's application (packaging modular)
+        ("components/web/rollback", ("app", "preview"), "outside the application's routes"),
+        ("components/web/deployments", ("app",), "outside the application's routes"),
+        ("components/app", ("app",), "outside the application's routes"),
+        ("components/web/app/%2e%2e/%2e%2e/promote", ("app",), "leaves the application's route"),
     ],
 )
 def test_path_guard(path, routes, problem):

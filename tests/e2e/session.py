@@ -85,6 +85,8 @@ E2E_DAGS = {
     "release_hotfixed",
     # issue 13: a hotfix never queues behind a normal run waiting in a gate
     "release_trained",
+    # issue 13: modular bundles, each unit deployed and rolled back on its own
+    "release_modular",
 }
 REFRESH_DAG = "refresh_test_data_refresh-env"  # issue 13: test data, masked first (PostgreSQL only)
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
@@ -267,6 +269,8 @@ def session_stack() -> Iterator[DevStack]:
             "hot-prod",
             "train-stg",
             "train-prod",
+            "mod-dev",
+            "mod-prod",
             "windowed-dev",
             "payments-staging",
             "payments-prod",

@@ -121,3 +121,53 @@ def test_conflicting_library_versions_across_components_deploy_only_with_a_waive
     assert document["bomFormat"] == "CycloneDX" and document["specVersion"] == "1.6"
     assert "pkg:pypi/requests@2.31.0" in {c.get("purl") for c in document["components"]}
     assert fleet("conflict-env")["version"] == "1.0.1"
+
+
+def test_modular_units_deploy_and_roll_back_each_on_their_own(author, fleet, ledger, stack):
+    """Issue 13 (modular bundles): ``modular`` ships mod-web alone and mod-api with the worker
+    it is coupled with, each as its own signed bundle (the target verifies it against its
+    pinned key) with its own deploy and its own rollback on the target's ``components/<unit>/``
+    endpoints. A unit failing its smoke check in production rolls every unit the run changed
+    back to the version it ran before, each through its own rollback task."""
+    import json
+
+    dag = "release_modular"
+    first = author.trigger(dag, {"version": "1.0.0", "change_summary": "modular 1.0.0"})["dag_run_id"]
+    assert author.wait_for_run(dag, first, timeout=300)["state"] == "success", author.task_states(dag, first)
+    [packaged] = [e for e in ledger.events("modular", first) if e.kind == "packaged"]
+    units = {u["unit"]: u for u in packaged.details["units"]}
+    assert {u: units[u]["components"] for u in units} == {"mod-web": ["mod-web"], "mod-api": ["mod-api", "mod-worker"]}
+    unit_dir = stack.config.home / "artifacts" / "modular" / "1.0.0" / "units" / "mod-api"
+    manifest = json.loads((unit_dir / "manifest.json").read_text())
+    assert [c["name"] for c in manifest["components"]] == ["mod-api", "mod-worker"], "coupled: one bundle"
+    prod = fleet("mod-prod")
+    assert prod["version"] is None, "nothing runs as the whole environment: each unit runs on its own"
+    for unit in units:
+        live = prod["components"][unit]
+        assert (live["version"], live["digest"]) == ("1.0.0", units[unit]["digest"]), unit
+    deployed = [e for e in ledger.events("modular", first) if e.kind == "deployed" and e.environment == "mod-prod"]
+    assert sorted((e.details["task_id"], e.details["unit"]) for e in deployed) == [
+        ("mod-prod.deploy_mod-api", "mod-api"),
+        ("mod-prod.deploy_mod-web", "mod-web"),
+    ]
+    assert {e.details["release_digest"] for e in deployed} == {packaged.details["digest"]}
+
+    # 1.1.0: mod-api fails in production; both units go back to 1.0.0, each on its own
+    fleet.post("/faults", {"environment": "mod-prod/mod-api", "version": "1.1.0", "error_rate": 1.0})
+    second = author.trigger(dag, {"version": "1.1.0", "change_summary": "modular 1.1.0"})["dag_run_id"]
+    run = author.wait_for_run(dag, second, timeout=300)
+    states = author.task_states(dag, second)
+    assert run["state"] == "failed" and states["mod-prod.smoke"] == "failed", states
+    assert states["mod-prod.rollback_mod-web"] == states["mod-prod.rollback_mod-api"] == "success", states
+    assert states["mod-dev.rollback_mod-web"] == "skipped", "dev passed: nothing rolled back there"
+    prod = fleet("mod-prod")
+    assert {u: prod["components"][u]["version"] for u in units} == {"mod-web": "1.0.0", "mod-api": "1.0.0"}
+    assert {u: prod["components"][u]["digest"] for u in units} == {u: units[u]["digest"] for u in units}
+    assert {u: fleet("mod-dev")["components"][u]["version"] for u in units} == dict.fromkeys(units, "1.1.0")
+    rollbacks = [e for e in ledger.events("modular", second) if e.kind == "rollback"]
+    assert sorted((e.environment, e.details["unit"], e.details["restored_version"]) for e in rollbacks) == [
+        ("mod-prod", "mod-api", "1.0.0"),
+        ("mod-prod", "mod-web", "1.0.0"),
+    ]
+    incidents = stack.config.home / "artifacts" / "modular" / "incidents"
+    assert len(list(incidents.glob("*/mod-prod/*/postmortem.md"))) == 2, "one postmortem per unit rolled back"

@@ -49,8 +49,9 @@ def path_problem(path: str, routes: Sequence[str] = ()) -> str | None:
 
     Application checks stay inside the application: the path is relative, has no ``.`` or
     ``..`` segment (also percent-encoded), and, when ``routes`` are given (checks sent to
-    the deploy target's base URL), starts with one of them (``app``, ``preview``, ...),
-    so no check can reach the target's own API (``deployments``, ``promote``, ``rollback``).
+    the deploy target's base URL), starts with one of them (``app``, ``preview``, ...), or
+    with ``components/<unit>/`` and one of them (a deploy unit's application), so no check
+    can reach the target's own API (``deployments``, ``promote``, ``rollback``).
     """
     from urllib.parse import unquote
 
@@ -61,7 +62,10 @@ def path_problem(path: str, routes: Sequence[str] = ()) -> str | None:
         decoded = unquote(segment)
         if decoded in (".", "..") or any(part in (".", "..") for part in decoded.replace("\\", "/").split("/")):
             return f"the path {path!r} leaves the application's route (a '.' or '..' segment)"
-    if routes and route.split("/", 1)[0] not in routes:
+    segments = route.split("/")
+    if segments[0] == "components" and len(segments) > 2:  # a deploy unit's application (packaging modular)
+        segments = segments[2:]
+    if routes and segments[0] not in routes:
         return f"the path {path!r} is outside the application's routes ({', '.join(routes)})"
     return None
 
