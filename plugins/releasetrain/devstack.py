@@ -63,6 +63,8 @@ class StackConfig:
             "billing-prod",
             "payments-staging",
             "payments-prod",
+            "backoffice-staging",
+            "backoffice-prod",
         ]
     )
     fleet_seed: dict[str, str] = field(default_factory=dict)
