@@ -423,3 +423,57 @@ def test_taking_a_stale_lock_over_does_not_jump_the_queue():
         assert hook.store.try_lock("t_prod", "release_critical/manual__1", 1000) == "release_critical/manual__1"
     finally:
         hook.close()
+
+
+# --- packaging modular: the manual rollback returns each unit, under one hold ------------------
+def test_a_modular_manual_rollback_returns_each_unit_to_its_own_bundle_and_frees_the_target_last(monkeypatch):
+    old_web, old_api = "sha256:" + "a1" * 32, "sha256:" + "a2" * 32
+    with running_fleet() as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        for unit, old in (("web", old_web), ("api", old_api)):
+            new = "sha256:" + ("b1" if unit == "web" else "b2") * 32
+            state = fleet.env(f"prod/{unit}")
+            state["history"] += [{"version": "1.0.0", "digest": old}, {"version": "2.0.0", "digest": new}]
+            state.update(version="2.0.0", digest=new)
+        units = {
+            u: {"from_version": "2.0.0", "from_digest": fleet.env(f"prod/{u}")["digest"], "digest": d}
+            for u, d in (("web", old_web), ("api", old_api))
+        }
+        planned(fleet, from_digest=None, digest="sha256:" + "11" * 32, units=units)
+        web = manual_op(unit="web", last=False)
+        with pytest.raises(TaskDeferred):
+            web.execute(manual_ctx())
+        [dep] = fleet.deployments.values()
+        assert (dep["environment"], dep["kind"], dep["version"], dep["digest"]) == (
+            "prod/web",
+            "rollback",
+            "1.0.0",
+            old_web,
+        )
+        fleet.advance()
+        fleet.env("prod/web").update(version="1.0.0", digest=old_web)
+        web.execute_complete(manual_ctx(), {"state": "succeeded", "message": "", "deployment_id": dep["deployment_id"]})
+        assert holder() == f"{ROLLBACK_DAG}/{RUN_ID}", "the next unit still needs the target"
+        assert fleet.env("prod/api")["version"] == "2.0.0", "one unit at a time"
+        api = manual_op(unit="api", last=True)
+        with pytest.raises(TaskDeferred):
+            api.execute(manual_ctx())
+        [dep] = [d for d in fleet.deployments.values() if d["environment"] == "prod/api"]
+        assert (dep["version"], dep["digest"]) == ("1.0.0", old_api)
+        fleet.env("prod/api").update(version="1.0.0", digest=old_api)
+        api.execute_complete(manual_ctx(), {"state": "succeeded", "message": "", "deployment_id": dep["deployment_id"]})
+        assert holder() is None, "the last unit frees the target"
+        rollbacks = run_events_of(ROLLBACK_DAG, "rollback")
+        assert sorted((e.details["unit"], e.details["restored_version"]) for e in rollbacks) == [
+            ("api", "1.0.0"),
+            ("web", "1.0.0"),
+        ]
+
+
+def test_a_unit_the_rollback_plan_does_not_name_is_not_rolled_back(monkeypatch):
+    with running_fleet() as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        planned(fleet, units={"web": {"from_version": "2.0.0", "from_digest": None, "digest": None}})
+        with pytest.raises(AirflowFailException, match="says nothing of unit api"):
+            manual_op(unit="api").execute(manual_ctx())
+        assert fleet.deployments == {}

@@ -419,3 +419,63 @@ def test_a_profile_approved_by_an_author_of_this_run_is_no_approval_for_it():
     approvals = [ev(Event.BASELINE_APPROVED, "prod.baseline", "prod", "mallory", sha256=DIGEST)]
     assert gatekeeper.baseline(RunLedger([]), approvals, "prod", DIGEST, "prod.baseline", ["bob"]).allowed
     assert not gatekeeper.baseline(RunLedger([]), approvals, "prod", DIGEST, "prod.baseline", ["mallory"]).allowed
+
+
+# --- packaging modular: each unit's deploy is a proof of its stage -----------------------------
+UNIT = "sha256:" + "c" * 64
+
+
+@pytest.mark.parametrize(
+    "events, expected",
+    [
+        ([], "no 'deployed' record"),  # marked successful by hand: no record
+        ([ev(Event.DEPLOYED, "prod.deploy_web", "prod", digest=UNIT, release_digest=DIGEST, unit="web")], None),
+        (
+            [ev(Event.DEPLOYED, "prod.deploy_web", "prod", digest=UNIT, release_digest="sha256:" + "f" * 64)],
+            "prod.deploy_web recorded digest sha256:ffff",
+        ),
+        ([ev(Event.DEPLOYED, "prod.deploy_api", "prod", digest=UNIT, release_digest=DIGEST)], "no 'deployed' record"),
+    ],
+)
+def test_a_units_deploy_is_proven_by_its_own_record_of_the_release_bundle(events, expected):
+    assert gatekeeper.step_kind("prod.deploy_web") == "deploy"
+    decision = gatekeeper.step_proof(RunLedger(events), "prod.deploy_web", "prod", digest=DIGEST)
+    if expected is None:
+        assert decision.allowed
+    else:
+        assert not decision.allowed and expected in " ".join(decision.reasons), decision.reasons
+
+
+@pytest.mark.parametrize(
+    "events, expected",
+    [
+        ([], None),
+        ([ev(Event.PACKAGED, "package", version="1.0.0", units=[{"unit": "web", "digest": "sha256:p"}])], "sha256:p"),
+        ([ev(Event.PACKAGED, "package", version="1.1.0", units=[{"unit": "web", "digest": "sha256:p"}])], None),
+        ([ev(Event.PACKAGED, "package", version="1.0.0", units=[{"unit": "api", "digest": "sha256:p"}])], None),
+        (
+            [
+                ev(Event.DEPLOYED, "prod.deploy_web", "prod", unit="web", version="1.0.0", digest="sha256:d"),
+                ev(
+                    Event.DEPLOY_STARTED,
+                    "prod.deploy_web",
+                    "prod",
+                    unit="web",
+                    version="1.1.0",
+                    before={"version": "1.0.0", "digest": "sha256:b"},
+                ),
+            ],
+            "sha256:b",  # what the unit ran when a deploy found it: the target's own bytes of it
+        ),
+        (
+            [
+                ev(Event.DEPLOYED, "prod.deploy_web", "prod", unit="web", version="1.0.0", digest="sha256:d"),
+                ev(Event.PACKAGED, "package", version="1.0.0", units=[{"unit": "web", "digest": "sha256:p"}]),
+            ],
+            "sha256:p",  # the packaging's record first
+        ),
+        ([ev(Event.DEPLOYED, "prod.deploy_web", "prod", unit="web", version="1.0.0", digest="sha256:d")], "sha256:d"),
+    ],
+)
+def test_a_units_bundle_of_a_version_is_found_in_the_ledger(events, expected):
+    assert gatekeeper.unit_digest(events, "web", "1.0.0") == expected

@@ -524,3 +524,15 @@ def test_a_monolithic_release_plans_no_units():
 def test_modular_specs_that_cannot_work_are_refused_naming_the_field(overrides, expected):
     with pytest.raises(ReleaseSpecError, match=expected.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
         spec(**overrides)
+
+
+def test_a_modular_releases_manual_rollback_returns_each_unit_in_turn():
+    plan = plan_rollback(spec(components=MODULAR, packaging="modular", rollback_approvers=["carol"]))
+    assert plan.steps[v.ROLLBACK_PLAN].args["units"] == ["web", "api"]
+    for env in ("dev", "prod"):
+        web, api = plan.steps[f"rollback_{env}__web"], plan.steps[f"rollback_{env}__api"]
+        assert (web.kind, web.args["unit"], web.args["last"]) == (Kind.MANUAL_ROLLBACK, "web", False)
+        assert (api.args["unit"], api.args["last"]) == ("api", True), "the last unit frees the target"
+        assert plan.upstream(web.task_id) == [v.ROLLBACK_APPROVAL] and plan.upstream(api.task_id) == [web.task_id]
+        assert api.task_id in plan.upstream(v.ROLLBACK_REVIEW) and web.task_id not in plan.upstream(v.ROLLBACK_REVIEW)
+    assert "rollback_prod" not in plan.steps

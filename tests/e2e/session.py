@@ -87,6 +87,7 @@ E2E_DAGS = {
     "release_trained",
     # issue 13: modular bundles, each unit deployed and rolled back on its own
     "release_modular",
+    "rollback_modular",
 }
 REFRESH_DAG = "refresh_test_data_refresh-env"  # issue 13: test data, masked first (PostgreSQL only)
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]

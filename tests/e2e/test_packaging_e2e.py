@@ -123,7 +123,7 @@ def test_conflicting_library_versions_across_components_deploy_only_with_a_waive
     assert fleet("conflict-env")["version"] == "1.0.1"
 
 
-def test_modular_units_deploy_and_roll_back_each_on_their_own(author, fleet, ledger, stack):
+def test_modular_units_deploy_and_roll_back_each_on_their_own(author, admin, approver, fleet, ledger, stack):
     """Issue 13 (modular bundles): ``modular`` ships mod-web alone and mod-api with the worker
     it is coupled with, each as its own signed bundle (the target verifies it against its
     pinned key) with its own deploy and its own rollback on the target's ``components/<unit>/``
@@ -171,3 +171,28 @@ def test_modular_units_deploy_and_roll_back_each_on_their_own(author, fleet, led
     ]
     incidents = stack.config.home / "artifacts" / "modular" / "incidents"
     assert len(list(incidents.glob("*/mod-prod/*/postmortem.md"))) == 2, "one postmortem per unit rolled back"
+
+    # 1.2.0 passes; the manual rollback DAG returns each unit to 1.0.0 (the newest good
+    # version), each to its own bundle of it, one unit after the other, then the review
+    third = author.trigger(dag, {"version": "1.2.0", "change_summary": "modular 1.2.0"})["dag_run_id"]
+    assert author.wait_for_run(dag, third, timeout=300)["state"] == "success", author.task_states(dag, third)
+    rollback = admin.trigger("rollback_modular", {"environment": "mod-prod", "reason": "incident 77: ledger drift"})
+    run_id = rollback["dag_run_id"]
+    admin.wait_for_approval("rollback_modular", run_id, "rollback_review", timeout=300)
+    prod = fleet("mod-prod")
+    assert {u: (prod["components"][u]["version"], prod["components"][u]["digest"]) for u in units} == {
+        u: ("1.0.0", units[u]["digest"]) for u in units
+    }
+    states = admin.task_states("rollback_modular", run_id)
+    assert states["rollback_mod-prod__mod-web"] == states["rollback_mod-prod__mod-api"] == "success", states
+    assert states["rollback_mod-dev__mod-web"] == "skipped", states
+    findings = {"findings": "ledger drift gone after the rollback"}
+    assert (
+        approver.answer("rollback_modular", run_id, "rollback_review", "Reviewed", params_input=findings) == "success"
+    )
+    assert admin.wait_for_run("rollback_modular", run_id, timeout=300)["state"] == "success"
+    [requested] = [e for e in ledger.events("modular", run_id) if e.kind == "rollback_requested"]
+    assert (requested.details["from_version"], requested.details["version"]) == ("1.2.0", "1.0.0")
+    assert {u: requested.details["units"][u]["digest"] for u in units} == {u: units[u]["digest"] for u in units}
+    locks = [e.kind for e in ledger.events("modular", run_id) if e.kind in ("lock_acquired", "lock_released")]
+    assert locks[-1] == "lock_released" and locks.count("lock_released") == 1, "one hold for both units"

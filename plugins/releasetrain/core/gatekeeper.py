@@ -582,6 +582,27 @@ def not_ended(run: RunLedger, step: str) -> Decision:
 
 
 # --- manual rollback -----------------------------------------------------------------------------
+def unit_digest(events: Iterable[EventLike], unit: str, version: str) -> str | None:
+    """The digest of deploy unit ``unit``'s bundle of ``version`` (packaging modular), from the
+    ledger: the packaging's record of that version, else a deploy that found the unit running
+    it, else a deploy of it; None when the ledger never saw it (the target then restores the
+    bytes of that version it ran before, or refuses)."""
+    found: dict[int, str] = {}
+    for e in events:
+        details = e.details
+        if e.kind == Event.PACKAGED and details.get("version") == version:
+            for entry in details.get("units") or []:
+                if entry.get("unit") == unit and entry.get("digest"):
+                    found[0] = entry["digest"]
+        elif e.kind == Event.DEPLOY_STARTED and details.get("unit") == unit:
+            before = details.get("before") or {}
+            if before.get("version") == version and before.get("digest"):
+                found.setdefault(1, before["digest"])
+        elif e.kind == Event.DEPLOYED and details.get("unit") == unit and details.get("version") == version:
+            found.setdefault(2, details.get("digest") or "")
+    return next((found[k] for k in sorted(found) if found[k]), None)
+
+
 def rollback_candidates(events: Iterable[EventLike], environment: str, live_version: str | None) -> list[dict]:
     """Versions a manual rollback may return ``environment`` to, newest first.
 

@@ -882,7 +882,8 @@ def _unlock(stage: _Stage, ends: list[str]) -> str:
 
 # --- the manual rollback DAG ----------------------------------------------------------------
 def plan_rollback(spec: ReleaseSpec) -> Plan:
-    """``plan`` >> [``approve_rollback``] >> ``rollback_<env>`` (each) >> ``rollback_review``."""
+    """``plan`` >> [``approve_rollback``] >> ``rollback_<env>`` (each) >> ``rollback_review``;
+    packaging modular: ``rollback_<env>__<unit>`` for each unit, one after the other."""
     plan = Plan()
     first = plan.add(
         Step(
@@ -891,6 +892,7 @@ def plan_rollback(spec: ReleaseSpec) -> Plan:
             {
                 "release": spec.name,
                 "targets": {env.name: env.deploy_target for env in spec.environments},
+                **({"units": [u for u, _ in spec.units()]} if spec.packaging == "modular" else {}),
                 "change_backend": spec.change.backend,
                 "change_conn_id": spec.change.conn_id,
             },
@@ -914,24 +916,35 @@ def plan_rollback(spec: ReleaseSpec) -> Plan:
             Rule.NONE_FAILED_MIN_ONE_SUCCESS,
         )
     )
+    modular = spec.packaging == "modular"
     for env in spec.environments:
-        rollback = plan.add(
-            Step(
-                v.manual_rollback_task(env.name),
-                Kind.MANUAL_ROLLBACK,
-                {
-                    "approval_task_id": v.ROLLBACK_APPROVAL if spec.rollback_approvers else None,
-                    "release": spec.name,
-                    "environment": env.name,
-                    "deploy_target_conn_id": env.deploy_target,
-                    "deploy_timeout_seconds": env.deploy_timeout_seconds,
-                    "poll_interval": env.poll_interval_seconds,
-                    "pool": v.target_pool(env.deploy_target),
-                    "notifications": [n.model_dump(mode="json") for n in spec.notifications],
-                    "artifact_store": spec.artifact_store,
-                },
-            )
-        )
-        plan.connect(first, rollback)
-        plan.connect(rollback, review)
+        args = {
+            "approval_task_id": v.ROLLBACK_APPROVAL if spec.rollback_approvers else None,
+            "release": spec.name,
+            "environment": env.name,
+            "deploy_target_conn_id": env.deploy_target,
+            "deploy_timeout_seconds": env.deploy_timeout_seconds,
+            "poll_interval": env.poll_interval_seconds,
+            "pool": v.target_pool(env.deploy_target),
+            "notifications": [n.model_dump(mode="json") for n in spec.notifications],
+            "artifact_store": spec.artifact_store,
+        }
+        if not modular:
+            rollbacks = [plan.add(Step(v.manual_rollback_task(env.name), Kind.MANUAL_ROLLBACK, args))]
+        else:  # each unit back in turn, under one hold of the target: the last one frees it
+            units = [u for u, _ in spec.units()]
+            rollbacks = [
+                plan.add(
+                    Step(
+                        v.manual_rollback_task(env.name, unit),
+                        Kind.MANUAL_ROLLBACK,
+                        {**args, "unit": unit, "last": unit == units[-1]},
+                    )
+                )
+                for unit in units
+            ]
+            for earlier, later in zip(rollbacks, rollbacks[1:], strict=False):
+                plan.connect(earlier, later)
+        plan.connect(first, rollbacks[0])
+        plan.connect(rollbacks[-1], review)
     return plan

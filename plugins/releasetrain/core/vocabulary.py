@@ -136,8 +136,9 @@ def decide_task(analysis_task_id: str) -> str:
     return f"decide_{analysis_task_id.rsplit('.', 1)[-1].removeprefix('canary_')}"
 
 
-def manual_rollback_task(environment: str) -> str:
-    return f"rollback_{environment}"
+def manual_rollback_task(environment: str, unit: str | None = None) -> str:
+    """``rollback_<env>``; a deploy unit's (packaging modular): ``rollback_<env>__<unit>``."""
+    return f"rollback_{environment}__{unit}" if unit else f"rollback_{environment}"
 
 
 # --- step kinds: what a planned task does (the renderer maps each to its operator) -------------

@@ -142,7 +142,7 @@ class RiskAssessmentOperator(BaseOperator):
         from releasetrain.hooks.ledger import LedgerHook
 
         hook = LedgerHook()
-        previous, rollbacks = None, 0
+        previous, rolled_back = None, set()
         since = (dt.datetime.now(dt.UTC) - dt.timedelta(days=30)).isoformat().replace("+00:00", "Z")
         try:
             for event in hook.events(release=self.release):
@@ -151,10 +151,11 @@ class RiskAssessmentOperator(BaseOperator):
                 if event.kind == Event.DEPLOYED and event.environment in self.production:
                     previous = event.details.get("version") or previous
                 elif event.kind == Event.ROLLBACK and event.at >= since:
-                    rollbacks += 1
+                    # one rollback of an environment per run, however many units it returned
+                    rolled_back.add((event.dag_id, event.run_id, event.environment))
         finally:
             hook.close()
-        return previous, rollbacks
+        return previous, len(rolled_back)
 
     def execute(self, context: Any) -> dict[str, Any]:
         request = release_request(context, self.release)

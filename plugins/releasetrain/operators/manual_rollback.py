@@ -83,6 +83,8 @@ class ManualRollbackPlanOperator(BaseOperator):
 
     :param targets: environment -> deploy target connection id
     :param change_backend: the release's change-record backend; ``change_conn_id`` its connection
+    :param units: packaging modular: the deploy units; the live version is the newest any unit
+        runs, and the plan says, for each unit, what it runs and which of its bundles it returns to
     """
 
     ui_color = "#f28b82"
@@ -94,11 +96,13 @@ class ManualRollbackPlanOperator(BaseOperator):
         targets: dict[str, str],
         change_backend: str = "builtin",
         change_conn_id: str | None = None,
+        units: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.release = release
         self.targets = dict(targets)
+        self.units = list(units or [])
         self.change_backend = change_backend
         self.change_conn_id = change_conn_id
 
@@ -124,11 +128,12 @@ class ManualRollbackPlanOperator(BaseOperator):
                 f"environment {environment!r} is not one of {self.release}'s: {', '.join(self.targets)}"
             )
         try:
-            live = DeployTargetHook(self.targets[environment]).get_status()
+            live, units = self._live(self.targets[environment])
         except DeployTargetError as exc:
             raise AirflowException(f"{environment}: {exc}") from None
         current = live.get("version")
-        candidates = gatekeeper.rollback_candidates(self._release_events(), environment, current)
+        events = self._release_events()
+        candidates = gatekeeper.rollback_candidates(events, environment, current)
         allowed = ", ".join(c["version"] for c in candidates) or "none"
         if wanted:
             target = next((c for c in candidates if c["version"] == wanted), None)
@@ -158,6 +163,15 @@ class ManualRollbackPlanOperator(BaseOperator):
             "reason": reason,
             "requested_by": by,
         }
+        if units:
+            plan["units"] = {
+                unit: {
+                    "from_version": now.get("version"),
+                    "from_digest": now.get("digest"),
+                    "digest": gatekeeper.unit_digest(events, unit, plan["version"]),
+                }
+                for unit, now in units.items()
+            }
         plan["change"] = self._open_change(context, plan).to_dict()
         plan["change_conn_id"] = self.change_conn_id
         record(context, Event.ROLLBACK_REQUESTED, self.release, environment=environment, actor=by, details=plan)
@@ -172,6 +186,18 @@ class ManualRollbackPlanOperator(BaseOperator):
             reason,
         )
         return plan
+
+    def _live(self, target: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """What runs there: the target's status; packaging modular: each unit's, and as the
+        environment's version the newest any unit runs (a unit left behind is rolled back too)."""
+        if not self.units:
+            return DeployTargetHook(target).get_status(), {}
+        from releasetrain.core.versioning import Version
+
+        units = {unit: DeployTargetHook(target, component=unit).get_status() for unit in self.units}
+        versions = [u["version"] for u in units.values() if u.get("version")]
+        newest = max(versions, key=lambda v: Version.parse(v)._key()) if versions else None
+        return {"version": newest, "digest": None}, units
 
     def _open_change(self, context: Any, plan: dict[str, Any]) -> ChangeRef:
         """The rollback is an emergency change, opened with the incident's reason."""
@@ -277,26 +303,49 @@ class ManualRollbackOperator(RollbackOperator):
     postmortem draft, notifications, ledger), aimed at the version the recorded plan chose,
     under the deploy target's lock (waiting for it deferred), after the rollback approval
     when the release has ``rollback_approvers``.
+
+    Packaging modular: one task per deploy unit (``unit``), one after the other; each returns
+    its unit to the plan's version (that unit's bundle of it), and only the ``last`` frees the
+    target and moves the change to Review when it succeeded (a failure frees it at once).
     """
 
-    def __init__(self, *, plan_task_id: str = PLAN_TASK_ID, approval_task_id: str | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        plan_task_id: str = PLAN_TASK_ID,
+        approval_task_id: str | None = None,
+        last: bool = True,
+        **kwargs: Any,
+    ):
         kwargs.setdefault("deploy_task_id", plan_task_id)
         super().__init__(**kwargs)
         self.plan_task_id = plan_task_id
         self.approval_task_id = approval_task_id
+        self.last = last
 
     def _plan(self, context: Any) -> dict[str, Any]:
         return recorded_plan(context, self.release)
 
-    def _target(self, context: Any) -> dict[str, Any] | None:
+    def _planned(self, context: Any) -> dict[str, Any]:
+        """The plan's from and to, for this task's unit when it has one."""
         plan = self._plan(context)
+        if not self.unit:
+            return plan
+        unit = (plan.get("units") or {}).get(self.unit)
+        if unit is None:
+            reason = f"the recorded rollback plan says nothing of unit {self.unit}: nothing of it is rolled back"
+            enforce(context, Decision.refuse(self.task_id, reason), self.release, self.environment)
+        return {**plan, **unit}  # type: ignore[dict-item]
+
+    def _target(self, context: Any) -> dict[str, Any] | None:
+        plan = self._planned(context)
         return {"version": plan["version"], "digest": plan.get("digest"), "noop": False} if plan else None
 
     def _failed_version(self, context: Any, live: dict[str, Any] | None = None) -> str | None:
-        return self._plan(context).get("from_version")
+        return self._planned(context).get("from_version")
 
     def _failed_digest(self, context: Any) -> str | None:
-        return self._plan(context).get("from_digest")
+        return self._planned(context).get("from_digest")
 
     def execute(self, context: Any) -> dict[str, Any] | None:
         plan = self._plan(context)
@@ -327,7 +376,8 @@ class ManualRollbackOperator(RollbackOperator):
             except Exception as exc:  # the listener frees it at the run's end
                 self.log.error("could not free %s: %s", self.deploy_target_conn_id, exc)
             raise
-        self._release_lock(context)
+        if self.last:  # an earlier unit keeps the target for the next one
+            self._release_lock(context)
         return result
 
     def execute_locked(self, context: Any, event: dict[str, Any]) -> dict[str, Any] | None:
@@ -395,7 +445,7 @@ class ManualRollbackOperator(RollbackOperator):
     def _after_rollback(self, context: Any, before: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         out = super()._after_rollback(context, before, result)
         plan = self._plan(context)
-        if plan.get("change"):
+        if plan.get("change") and self.last:
             ref = ChangeRef.from_dict(plan["change"])
             _move(context, self.release, ref, plan.get("change_conn_id"), ChangeState.REVIEW, "rolled back")
         return out
@@ -423,12 +473,17 @@ class RollbackReviewOperator(HITLOperator):
     def execute(self, context: Any) -> Any:
         plan = recorded_plan(context, self.release)
         run = run_ledger(context, self.release)
-        if not run.of(Event.ROLLBACK, environment=plan["environment"]):
+        done = run.of(Event.ROLLBACK, environment=plan["environment"])
+        if not done:
             enforce(
                 context,
                 Decision.refuse(self.task_id, f"no rollback of {plan['environment']} is recorded in this run"),
                 self.release,
             )
+        missing = sorted(set(plan.get("units") or {}) - {e.details.get("unit") for e in done})
+        if missing:  # packaging modular: a unit's rollback marked successful by hand returned nothing
+            reason = f"no rollback of unit(s) {', '.join(missing)} in {plan['environment']} is recorded in this run"
+            enforce(context, Decision.refuse(self.task_id, reason), self.release)
         eligible = [u for u in self.reviewers if u not in _requesters(context)]
         if not eligible:
             raise AirflowFailException(
