@@ -1434,3 +1434,23 @@ def test_a_component_record_is_never_read_half_written_while_packagings_race(sto
     index = Path(store.removeprefix("file://")) / "_components" / "web"
     leftovers = [p for p in index.iterdir() if p.suffix != ".json"]
     assert not leftovers, leftovers
+
+
+def test_a_rollback_of_several_deploy_units_counts_once_in_the_risk_history():
+    """Packaging modular: one environment's rollback records one ``rollback`` per unit; the
+    release rolled back once there, not once per unit."""
+    from releasetrain.hooks.ledger import LedgerHook
+    from tests.helpers import DAG_ID, RELEASE
+
+    hook = LedgerHook()
+    try:
+        for run_id, environment, unit in (("r1", "prod", "web"), ("r1", "prod", "api"), ("r2", "staging", "web")):
+            details = {"unit": unit, "restored_version": "1.0.0", "failed_version": "1.1.0"}
+            hook.append(
+                "rollback", release=RELEASE, run_id=run_id, dag_id=DAG_ID, environment=environment, details=details
+            )
+    finally:
+        hook.close()
+    result = risk_op().execute(risk_context())
+    text = json.dumps(result)
+    assert "2 rollback(s) of this release in the last 30 days" in text, text

@@ -123,6 +123,28 @@ def test_conflicting_library_versions_across_components_deploy_only_with_a_waive
     assert fleet("conflict-env")["version"] == "1.0.1"
 
 
+def test_a_units_deploy_marked_successful_by_hand_ships_nothing_of_it(author, fleet, ledger):
+    """Attack (packaging modular): the author marks production's deploy of one unit successful
+    before it runs. That unit's bytes never reach production, the stage's checks see it, and
+    production never passes: a unit's deploy is proven only by its own ledger record."""
+    dag, hand = "release_modular", "mod-prod.deploy_mod-web"
+    run_id = author.trigger(dag, {"version": "0.9.0", "change_summary": "modular 0.9.0"})["dag_run_id"]
+    author.request("PATCH", f"/dags/{dag}/dagRuns/{run_id}/taskInstances/{hand}", json={"new_state": "success"})
+    run = author.wait_for_run(dag, run_id, timeout=300)
+    states = author.task_states(dag, run_id)
+    assert run["state"] == "failed" and states[hand] == "success", states
+    assert states["mod-prod.deploy_mod-api"] == "success" and states["mod-prod.smoke"] == "failed", states
+    assert states["mod-prod.passed"] != "success" and states["mod-prod.rollback_mod-web"] == "skipped", states
+    web = fleet("mod-prod")["components"].get("mod-web") or {"history": []}
+    assert "0.9.0" not in [h["version"] for h in web["history"]], "nothing of the unit reached production"
+    events = ledger.events("modular", run_id)
+    assert not [e for e in events if e.kind == "deployed" and e.details.get("task_id") == hand]
+    assert not [e for e in events if e.kind == "environment_passed" and e.environment == "mod-prod"]
+    assert {"task_id": hand, "state": "success", "by_hand": True} in [
+        e.details for e in events if e.kind == "task_state"
+    ], "the listener recorded the hand-made state"
+
+
 def test_modular_units_deploy_and_roll_back_each_on_their_own(author, admin, approver, fleet, ledger, stack):
     """Issue 13 (modular bundles): ``modular`` ships mod-web alone and mod-api with the worker
     it is coupled with, each as its own signed bundle (the target verifies it against its

@@ -384,7 +384,7 @@ def _stage(
     smoke = _smoke(stage, deploy)
     stage.watched += [*deploys, smoke]
     plan.connect(drift or baseline or before_lock, lock)
-    plan.connect(lock, deploys[0])
+    plan.connect(lock, deploys)  # every unit after the lock: a unit marked done by hand starts none early
     for earlier, later in zip(deploys, deploys[1:], strict=False):  # one unit after the other, in the spec's order
         plan.connect(earlier, later)
     tail = _rollout(stage, deploy)
