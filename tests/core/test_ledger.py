@@ -189,6 +189,10 @@ def test_the_evidence_carries_the_sbom_and_every_waiver_with_who_and_why():
         ]
     )
     assert summary["sbom"] == sbom
+    assert summary["units"] is None, "a monolithic bundle has no units"
+    units = [{"unit": "api", "components": ["api", "worker"], "digest": "sha256:u", "location": "file:///x"}]
+    modular = summarise([event("packaged", units=units)])["units"]
+    assert modular == [{"unit": "api", "components": ["api", "worker"], "digest": "sha256:u"}]
     assert [(w["kind"], w["actor"], w["reason"], w["changes"]) for w in summary["waivers"]] == [
         ("conflicts_waived", "approver", "aligned in 1.1", ["c"]),
         ("scope_exception", "approver", "late fix", ["web: 2, frozen at 1"]),

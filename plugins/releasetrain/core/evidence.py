@@ -67,6 +67,7 @@ def summarise(events: Iterable[LedgerEvent]) -> dict[str, Any]:
         "deployments": [],
         "rollbacks": [],
         "sbom": None,
+        "units": None,  # packaging modular: each deploy unit's components and bundle digest
         "hotfix": None,
         "train": None,  # the run's lane; whom it held, who held or superseded it
         "waivers": [],
@@ -107,8 +108,12 @@ def summarise(events: Iterable[LedgerEvent]) -> dict[str, Any]:
             summary["hotfix"] = dict(d)
         elif event.kind in ("run_admitted", "run_held", "run_superseded"):
             summary["train"] = _train(summary["train"] or {}, event)
-        elif event.kind == "packaged" and d.get("sbom"):
-            summary["sbom"] = d["sbom"]
+        elif event.kind == "packaged":
+            summary["sbom"] = d.get("sbom") or summary["sbom"]
+            if d.get("units"):
+                summary["units"] = [
+                    {"unit": u["unit"], "components": u["components"], "digest": u["digest"]} for u in d["units"]
+                ]
         elif event.kind == "baseline_checked":  # a profile approval given in an earlier run, reused
             summary["waivers"].append(
                 {
