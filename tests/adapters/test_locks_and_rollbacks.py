@@ -9,6 +9,7 @@ rollback, a lock held by a run that no longer exists.
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
@@ -477,3 +478,80 @@ def test_a_unit_the_rollback_plan_does_not_name_is_not_rolled_back(monkeypatch):
         with pytest.raises(AirflowFailException, match="says nothing of unit api"):
             manual_op(unit="api").execute(manual_ctx())
         assert fleet.deployments == {}
+
+
+def _released(run_id: str, version: str, units: dict[str, tuple[list[str], str]]) -> None:
+    """A modular release run of ``version`` that packaged these units and passed prod."""
+    hook = store()
+    try:
+        packaged = [{"unit": u, "components": c, "digest": d} for u, (c, d) in units.items()]
+        hook.append(
+            "packaged", release=RELEASE, run_id=run_id, dag_id=DAG_ID, details={"version": version, "units": packaged}
+        )
+        hook.append(
+            "environment_passed",
+            release=RELEASE,
+            run_id=run_id,
+            dag_id=DAG_ID,
+            environment="prod",
+            details={"version": version, "digest": "sha256:" + "ee" * 32},
+        )
+    finally:
+        hook.close()
+
+
+def plan_units(fleet, monkeypatch, url, **units_now):
+    from releasetrain.operators.manual_rollback import ManualRollbackPlanOperator
+
+    monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+    for unit, (version, digest) in units_now.items():
+        fleet.env(f"prod/{unit}").update(version=version, digest=digest)
+    op = ManualRollbackPlanOperator(
+        task_id="plan", release=RELEASE, targets={"prod": "t_prod"}, units={"web": ["web"], "api": ["api", "worker"]}
+    )
+    ctx = context(
+        AliveTI(), task_id="plan", triggered_by="oncall", params={"environment": "prod", "reason": "incident"}
+    )
+    ctx["dag_run"].dag_id = ROLLBACK_DAG
+    return op.execute(ctx)
+
+
+def test_a_modular_rollback_plan_names_each_units_bundle_of_the_newest_version_that_passed(monkeypatch):
+    _released("r1", "1.0.0", {"web": (["web"], "sha256:w1"), "api": (["api", "worker"], "sha256:a1")})
+    _released("r2", "1.1.0", {"web": (["web"], "sha256:w2"), "api": (["api", "worker"], "sha256:a2")})
+    with running_fleet() as (fleet, url):
+        plan = plan_units(fleet, monkeypatch, url, web=("1.1.0", "sha256:w2"), api=("1.1.0", "sha256:a2"))
+    assert (plan["from_version"], plan["version"]) == ("1.1.0", "1.0.0")
+    assert plan["units"] == {
+        "web": {"from_version": "1.1.0", "from_digest": "sha256:w2", "digest": "sha256:w1"},
+        "api": {"from_version": "1.1.0", "from_digest": "sha256:a2", "digest": "sha256:a1"},
+    }
+
+
+@pytest.mark.parametrize(
+    "then, now, reason",
+    [
+        (  # the worker was not coupled with the api then: that bundle is not today's unit
+            {"web": (["web"], "sha256:w1"), "api": (["api"], "sha256:a1")},
+            {"web": ("1.1.0", "sha256:w2"), "api": ("1.1.0", "sha256:a2")},
+            "unit api (api, worker) has no bundle of 1.0.0 (then: api)",
+        ),
+        (
+            {"web": (["web"], "sha256:w1")},  # packaged without an api unit
+            {"web": ("1.1.0", "sha256:w2"), "api": ("1.1.0", "sha256:a2")},
+            "unit api (api, worker) has no bundle of 1.0.0: roll back",
+        ),
+        (  # web was left behind: a rollback moves nothing forward
+            {"web": (["web"], "sha256:w1"), "api": (["api", "worker"], "sha256:a1")},
+            {"web": ("0.9.0", "sha256:w0"), "api": ("1.1.0", "sha256:a2")},
+            "unit web runs 0.9.0, older than 1.0.0",
+        ),
+    ],
+)
+def test_a_modular_rollback_plan_refuses_units_it_cannot_return_as_they_are(monkeypatch, then, now, reason):
+    _released("r1", "1.0.0", then)
+    with running_fleet() as (fleet, url):
+        with pytest.raises(AirflowFailException, match=re.escape(reason)):
+            plan_units(fleet, monkeypatch, url, **now)
+        assert fleet.deployments == {}
+    assert not run_events_of(ROLLBACK_DAG, "rollback_requested")

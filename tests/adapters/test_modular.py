@@ -214,3 +214,102 @@ def test_a_unit_rolls_back_on_its_own_endpoints_to_what_it_ran_before(monkeypatc
         )
         [intent] = run_events("rollback_started")
         assert intent.details["unit"] == "web"
+
+
+def test_a_unit_deploys_only_after_the_units_before_it_recorded_theirs(monkeypatch):
+    """Attack: ``deploy_web`` marked successful by hand; ``deploy_api`` comes next. It asks the
+    ledger, finds no deployment by deploy_web, and ships nothing: never half a release."""
+    unit_ready(units={"web": WEB_DIGEST, "api": "sha256:" + "c" * 64})
+    with running_fleet() as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        api = unit_deploy(
+            task_id="prod.deploy_api", unit="api", components=["api"], earlier_unit_task_ids=["prod.deploy_web"]
+        )
+        with pytest.raises(AirflowFailException, match="no 'deployed' record.*prod.deploy_web|prod.deploy_web"):
+            api.execute(context(FakeTI(), task_id="prod.deploy_api"))
+        assert not fleet.deployments
+        seed(
+            "deployed",
+            environment="prod",
+            task_id="prod.deploy_web",
+            version="2.0.0",
+            digest=WEB_DIGEST,
+            release_digest=RELEASE_DIGEST,
+            unit="web",
+        )
+        with pytest.raises(TaskDeferred):  # web's deployment on record: api goes
+            api.execute(context(FakeTI(), task_id="prod.deploy_api"))
+        [dep] = fleet.deployments.values()
+        assert dep["environment"] == "prod/api"
+
+
+def test_units_the_packaging_recorded_beyond_the_dags_are_refused(signing, project):
+    package(project, units={"web": ["web"], "api": ["api"], "worker": ["worker"]})
+    with pytest.raises(AirflowFailException, match=r"recorded unit\(s\) worker, which this release does not deploy"):
+        verify(project, units=["web", "api"])
+
+
+def _web_rollback() -> RollbackOperator:
+    return RollbackOperator(
+        task_id="prod.rollback_web",
+        release="storefront",
+        environment="prod",
+        deploy_target_conn_id="t_prod",
+        deploy_task_id="prod.deploy_web",
+        poll_interval=0.1,
+        unit="web",
+    )
+
+
+def _web_started(old: str) -> None:
+    seed(
+        "deploy_started",
+        environment="prod",
+        task_id="prod.deploy_web",
+        version="2.0.0",
+        digest=WEB_DIGEST,
+        unit="web",
+        before={"version": "1.0.0", "digest": old, "noop": False},
+    )
+
+
+def test_a_unit_rolled_back_to_other_bytes_of_its_version_needs_a_human(monkeypatch):
+    old = "sha256:" + "1" * 64
+    with running_fleet() as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        _web_started(old)
+        fleet.env("prod/web").update(version="1.0.0", digest="sha256:" + "9" * 64)  # 1.0.0, but not its bytes
+        with pytest.raises(Exception, match="restored 1.0.0 as sha256:9+, not sha256:1+: the unit needs a human"):
+            _web_rollback().execute_complete(
+                context(FakeTI(), task_id="prod.rollback_web"),
+                {"state": "succeeded", "message": "", "deployment_id": "d"},
+            )
+    assert not run_events("rollback")
+
+
+def test_the_change_closes_rolled_back_once_every_deployed_unit_is_back(monkeypatch):
+    from releasetrain.operators import rollback as rollback_module
+
+    closed = []
+    monkeypatch.setattr(
+        "releasetrain.operators.governance.close_change", lambda ctx, release, outcome, note: closed.append(outcome)
+    )
+    old = "sha256:" + "1" * 64
+    seed(
+        "deploy_started",
+        environment="prod",
+        task_id="prod.deploy_api",
+        version="2.0.0",
+        digest="sha256:" + "c" * 64,
+        unit="api",
+        before={"version": "1.0.0", "digest": "sha256:" + "2" * 64, "noop": False},
+    )
+    _web_started(old)
+    op = _web_rollback()
+    ctx = context(FakeTI(), task_id="prod.rollback_web")
+    rollback_module.record_rollback(ctx, "storefront", "prod", {"unit": "web", "restored_version": "1.0.0"}, "2.0.0")
+    op._close_when_every_unit_is_back(ctx, {"version": "1.0.0"})
+    assert closed == [], "api's rollback is not on record yet: the change stays open"
+    rollback_module.record_rollback(ctx, "storefront", "prod", {"unit": "api", "restored_version": "1.0.0"}, "2.0.0")
+    op._close_when_every_unit_is_back(ctx, {"version": "1.0.0"})
+    assert closed == ["rolled_back"]

@@ -453,29 +453,23 @@ def test_a_units_deploy_is_proven_by_its_own_record_of_the_release_bundle(events
         ([ev(Event.PACKAGED, "package", version="1.0.0", units=[{"unit": "web", "digest": "sha256:p"}])], "sha256:p"),
         ([ev(Event.PACKAGED, "package", version="1.1.0", units=[{"unit": "web", "digest": "sha256:p"}])], None),
         ([ev(Event.PACKAGED, "package", version="1.0.0", units=[{"unit": "api", "digest": "sha256:p"}])], None),
-        (
-            [
-                ev(Event.DEPLOYED, "prod.deploy_web", "prod", unit="web", version="1.0.0", digest="sha256:d"),
-                ev(
-                    Event.DEPLOY_STARTED,
-                    "prod.deploy_web",
-                    "prod",
-                    unit="web",
-                    version="1.1.0",
-                    before={"version": "1.0.0", "digest": "sha256:b"},
-                ),
-            ],
-            "sha256:b",  # what the unit ran when a deploy found it: the target's own bytes of it
+        ([ev(Event.PACKAGED, "package", version="1.0.0")], None),  # packaged monolithic: no unit bundle
+        (  # a deploy's record is not the packaging's: the unit's bundle is what was packaged
+            [ev(Event.DEPLOYED, "prod.deploy_web", "prod", unit="web", version="1.0.0", digest="sha256:d")],
+            None,
         ),
-        (
-            [
-                ev(Event.DEPLOYED, "prod.deploy_web", "prod", unit="web", version="1.0.0", digest="sha256:d"),
-                ev(Event.PACKAGED, "package", version="1.0.0", units=[{"unit": "web", "digest": "sha256:p"}]),
-            ],
-            "sha256:p",  # the packaging's record first
-        ),
-        ([ev(Event.DEPLOYED, "prod.deploy_web", "prod", unit="web", version="1.0.0", digest="sha256:d")], "sha256:d"),
     ],
 )
-def test_a_units_bundle_of_a_version_is_found_in_the_ledger(events, expected):
-    assert gatekeeper.unit_digest(events, "web", "1.0.0") == expected
+def test_a_units_bundle_of_a_version_is_the_one_packaging_recorded(events, expected):
+    found = gatekeeper.unit_bundle(events, "web", "1.0.0")
+    assert (found or {}).get("digest") == expected
+
+
+def test_a_modular_rollback_returns_only_to_versions_that_passed_there():
+    events = [
+        ev(Event.ENVIRONMENT_PASSED, "prod.passed", "prod", version="1.0.0", digest="sha256:r"),
+        ev(Event.DEPLOY_STARTED, "prod.deploy_web", "prod", unit="web", before={"version": "0.9.0", "digest": "x"}),
+    ]
+    assert [c["version"] for c in gatekeeper.rollback_candidates(events, "prod", "1.2.0")] == ["1.0.0", "0.9.0"]
+    modular = gatekeeper.rollback_candidates(events, "prod", "1.2.0", passed_only=True)
+    assert [c["version"] for c in modular] == ["1.0.0"], "one unit's 'before' is not the environment's"

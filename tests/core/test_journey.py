@@ -277,6 +277,9 @@ def test_an_answer_cannot_steer_a_later_request_to_the_targets_api():
         ("components/web/deployments", ("app",), "outside the application's routes"),
         ("components/app", ("app",), "outside the application's routes"),
         ("components/web/app/%2e%2e/%2e%2e/promote", ("app",), "leaves the application's route"),
+        ("components//app/version", ("app",), "outside the application's routes"),
+        ("components/x%2Fdeployments/app", ("app",), "outside the application's routes"),
+        ("components/Web/app", ("app",), "outside the application's routes"),
     ],
 )
 def test_path_guard(path, routes, problem):

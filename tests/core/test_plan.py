@@ -459,6 +459,8 @@ def test_a_modular_release_deploys_and_rolls_back_each_unit_in_each_environment(
         assert order.index(f"{env}.lock") < order.index(deploys[0]) < order.index(deploys[1])
         assert order.index(deploys[1]) < order.index(f"{env}.smoke"), "the checks run once every unit is deployed"
         assert plan.upstream(deploys[1]) == sorted([deploys[0], f"{env}.lock"]), "one unit after the other, locked"
+        assert plan.steps[deploys[0]].args["earlier_unit_task_ids"] == []
+        assert plan.steps[deploys[1]].args["earlier_unit_task_ids"] == [deploys[0]], "proven from the ledger too"
         for unit, components in (("web", ["web"]), ("api", ["api", "worker", "cron"])):
             deploy = plan.steps[f"{env}.deploy_{unit}"]
             assert (deploy.kind, deploy.args["unit"], deploy.args["components"]) == (Kind.DEPLOY, unit, components)
@@ -518,6 +520,24 @@ def test_a_monolithic_release_plans_no_units():
             },
             "environment dev: packaging 'modular' does not send config profiles yet",
         ),
+        (
+            {
+                "packaging": "modular",
+                "environments": [
+                    {
+                        "name": "dev",
+                        "deploy_target": "fleet_dev",
+                        "strategy": {
+                            "watch": {
+                                "provider": {"kind": "prometheus", "conn_id": "prom"},
+                                "metrics": [{"name": "errors", "query": "up", "absolute": {"max": 0.05}}],
+                            }
+                        },
+                    },
+                ],
+            },
+            "environment dev: packaging 'modular' has no watch analysis yet",
+        ),
         ({"packaging": "bundled"}, "packaging"),
     ],
 )
@@ -528,7 +548,7 @@ def test_modular_specs_that_cannot_work_are_refused_naming_the_field(overrides, 
 
 def test_a_modular_releases_manual_rollback_returns_each_unit_in_turn():
     plan = plan_rollback(spec(components=MODULAR, packaging="modular", rollback_approvers=["carol"]))
-    assert plan.steps[v.ROLLBACK_PLAN].args["units"] == ["web", "api"]
+    assert plan.steps[v.ROLLBACK_PLAN].args["units"] == {"web": ["web"], "api": ["api", "worker", "cron"]}
     for env in ("dev", "prod"):
         web, api = plan.steps[f"rollback_{env}__web"], plan.steps[f"rollback_{env}__api"]
         assert (web.kind, web.args["unit"], web.args["last"]) == (Kind.MANUAL_ROLLBACK, "web", False)

@@ -125,19 +125,23 @@ def test_conflicting_library_versions_across_components_deploy_only_with_a_waive
 
 def test_a_units_deploy_marked_successful_by_hand_ships_nothing_of_it(author, fleet, ledger):
     """Attack (packaging modular): the author marks production's deploy of one unit successful
-    before it runs. That unit's bytes never reach production, the stage's checks see it, and
-    production never passes: a unit's deploy is proven only by its own ledger record."""
+    before it runs. That unit's bytes never reach production, the next unit's deploy asks the
+    ledger for it and ships nothing either (production is never left with half a release),
+    and production never passes: a unit's deploy is proven only by its own ledger record."""
     dag, hand = "release_modular", "mod-prod.deploy_mod-web"
     run_id = author.trigger(dag, {"version": "0.9.0", "change_summary": "modular 0.9.0"})["dag_run_id"]
     author.request("PATCH", f"/dags/{dag}/dagRuns/{run_id}/taskInstances/{hand}", json={"new_state": "success"})
     run = author.wait_for_run(dag, run_id, timeout=300)
     states = author.task_states(dag, run_id)
     assert run["state"] == "failed" and states[hand] == "success", states
-    assert states["mod-prod.deploy_mod-api"] == "success" and states["mod-prod.smoke"] == "failed", states
+    assert states["mod-prod.deploy_mod-api"] == "failed" and states["mod-prod.smoke"] == "upstream_failed", states
     assert states["mod-prod.passed"] != "success" and states["mod-prod.rollback_mod-web"] == "skipped", states
-    web = fleet("mod-prod")["components"].get("mod-web") or {"history": []}
-    assert "0.9.0" not in [h["version"] for h in web["history"]], "nothing of the unit reached production"
+    for unit in ("mod-web", "mod-api"):
+        live = fleet("mod-prod").get("components", {}).get(unit) or {"history": []}
+        assert "0.9.0" not in [h["version"] for h in live["history"]], f"nothing of {unit} reached production"
     events = ledger.events("modular", run_id)
+    [refused] = [e for e in events if e.kind == "gate_refused" and e.details["task_id"] == "mod-prod.deploy_mod-api"]
+    assert any("mod-prod.deploy_mod-web" in r for r in refused.details["reasons"]), refused.details
     assert not [e for e in events if e.kind == "deployed" and e.details.get("task_id") == hand]
     assert not [e for e in events if e.kind == "environment_passed" and e.environment == "mod-prod"]
     assert {"task_id": hand, "state": "success", "by_hand": True} in [

@@ -6,6 +6,7 @@ The adapters do the I/O and hand the observed response here; this module decides
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from string import Template
@@ -63,8 +64,8 @@ def path_problem(path: str, routes: Sequence[str] = ()) -> str | None:
         if decoded in (".", "..") or any(part in (".", "..") for part in decoded.replace("\\", "/").split("/")):
             return f"the path {path!r} leaves the application's route (a '.' or '..' segment)"
     segments = route.split("/")
-    if segments[0] == "components" and len(segments) > 2:  # a deploy unit's application (packaging modular)
-        segments = segments[2:]
+    if segments[0] == "components" and len(segments) > 2 and re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", segments[1]):
+        segments = segments[2:]  # a deploy unit's application (packaging modular): a component's name, as is
     if routes and segments[0] not in routes:
         return f"the path {path!r} is outside the application's routes ({', '.join(routes)})"
     return None

@@ -582,35 +582,28 @@ def not_ended(run: RunLedger, step: str) -> Decision:
 
 
 # --- manual rollback -----------------------------------------------------------------------------
-def unit_digest(events: Iterable[EventLike], unit: str, version: str) -> str | None:
-    """The digest of deploy unit ``unit``'s bundle of ``version`` (packaging modular), from the
-    ledger: the packaging's record of that version, else a deploy that found the unit running
-    it, else a deploy of it; None when the ledger never saw it (the target then restores the
-    bytes of that version it ran before, or refuses)."""
-    found: dict[int, str] = {}
+def unit_bundle(events: Iterable[EventLike], unit: str, version: str) -> dict[str, Any] | None:
+    """Deploy unit ``unit``'s bundle of ``version`` (packaging modular) as the packaging
+    recorded it: ``{unit, components, digest, ...}``; None when that version was not packaged
+    with such a unit (packaged monolithic, or the unit had another name then)."""
+    found = None
     for e in events:
-        details = e.details
-        if e.kind == Event.PACKAGED and details.get("version") == version:
-            for entry in details.get("units") or []:
-                if entry.get("unit") == unit and entry.get("digest"):
-                    found[0] = entry["digest"]
-        elif e.kind == Event.DEPLOY_STARTED and details.get("unit") == unit:
-            before = details.get("before") or {}
-            if before.get("version") == version and before.get("digest"):
-                found.setdefault(1, before["digest"])
-        elif e.kind == Event.DEPLOYED and details.get("unit") == unit and details.get("version") == version:
-            found.setdefault(2, details.get("digest") or "")
-    return next((found[k] for k in sorted(found) if found[k]), None)
+        if e.kind == Event.PACKAGED and e.details.get("version") == version:
+            found = next((u for u in e.details.get("units") or [] if u.get("unit") == unit and u.get("digest")), found)
+    return found
 
 
-def rollback_candidates(events: Iterable[EventLike], environment: str, live_version: str | None) -> list[dict]:
+def rollback_candidates(
+    events: Iterable[EventLike], environment: str, live_version: str | None, *, passed_only: bool = False
+) -> list[dict]:
     """Versions a manual rollback may return ``environment`` to, newest first.
 
     A version qualifies when it is older than the live version, was never rolled back there
     (by a release's rollback or a manual one: ``events`` are all of the release's, from its
     release DAG and its rollback DAG; a later pass does not clear that), and either a release run passed
     in the environment with it or it was live there when a release run started deploying
-    (the version in service before it).
+    (the version in service before it). ``passed_only`` (packaging modular, where a "before"
+    is one unit's): only versions a release run passed there with.
     """
     passed: dict[str, dict] = {}
     bad: set[str] = set()
@@ -619,7 +612,7 @@ def rollback_candidates(events: Iterable[EventLike], environment: str, live_vers
             continue
         if e.kind == Event.ENVIRONMENT_PASSED and e.details.get("version"):
             passed[e.details["version"]] = {"version": e.details["version"], "digest": e.details.get("digest")}
-        elif e.kind == Event.DEPLOY_STARTED:
+        elif e.kind == Event.DEPLOY_STARTED and not passed_only:
             before = e.details.get("before") or {}
             if before.get("version") and not before.get("noop"):
                 passed.setdefault(before["version"], {"version": before["version"], "digest": before.get("digest")})

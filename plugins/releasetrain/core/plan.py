@@ -653,10 +653,11 @@ def _deploy(
     }
     if spec.packaging != "modular":
         return [stage.add(v.DEPLOY, Kind.DEPLOY, args)]
-    return [
-        stage.add(v.unit_task(v.DEPLOY, unit), Kind.DEPLOY, {**args, "unit": unit, "components": components})
-        for unit, components in spec.units()
-    ]
+    deploys: list[str] = []
+    for unit, components in spec.units():  # each proves, from the ledger, that the units before it were deployed
+        unit_args = {**args, "unit": unit, "components": components, "earlier_unit_task_ids": list(deploys)}
+        deploys.append(stage.add(v.unit_task(v.DEPLOY, unit), Kind.DEPLOY, unit_args))
+    return deploys
 
 
 def _smoke(stage: _Stage, deploy: str) -> str:
@@ -892,7 +893,7 @@ def plan_rollback(spec: ReleaseSpec) -> Plan:
             {
                 "release": spec.name,
                 "targets": {env.name: env.deploy_target for env in spec.environments},
-                **({"units": [u for u, _ in spec.units()]} if spec.packaging == "modular" else {}),
+                **({"units": dict(spec.units())} if spec.packaging == "modular" else {}),
                 "change_backend": spec.change.backend,
                 "change_conn_id": spec.change.conn_id,
             },

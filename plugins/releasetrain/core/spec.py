@@ -711,6 +711,11 @@ class ReleaseSpec(_Model):
                     f"environment {env.name}: packaging 'modular' deploys each unit with its own rolling deploy; "
                     f"a {env.strategy.kind} strategy moves one bundle: use packaging 'monolithic' for it"
                 )
+            if env.strategy.watch is not None:
+                raise ValueError(
+                    f"environment {env.name}: packaging 'modular' has no watch analysis yet (its metrics are the "
+                    "environment's, not a unit's): use smoke and health checks on components/<unit>/"
+                )
             if env.config:
                 raise ValueError(
                     f"environment {env.name}: packaging 'modular' does not send config profiles yet (each unit "

@@ -144,10 +144,7 @@ class BundleStoreHook(BaseHook):
         signature = self.read_signature(release, version)
         if signature is None:
             return None
-        for name in (self.SIGNATURE, self.BUNDLE, self.MANIFEST):
-            if (folder / name).exists():
-                (folder / name).unlink()
-        units = folder / self.UNITS
+        units = folder / self.UNITS  # the units first: none is left behind a deleted release bundle
         for unit in sorted(units.iterdir(), key=lambda p: p.name) if units.exists() else []:
             for name in (self.SIGNATURE, self.BUNDLE, self.MANIFEST):  # the unit bundles go with it
                 if (unit / name).exists():
@@ -156,6 +153,9 @@ class BundleStoreHook(BaseHook):
                 unit.rmdir()
         if units.exists() and not any(units.iterdir()):
             units.rmdir()
+        for name in (self.SIGNATURE, self.BUNDLE, self.MANIFEST):
+            if (folder / name).exists():
+                (folder / name).unlink()
         if folder.exists() and not any(folder.iterdir()):
             folder.rmdir()
         return signature.get("digest")

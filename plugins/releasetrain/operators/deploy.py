@@ -128,6 +128,9 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         digest this environment's verify step recorded for it) on the target's
         ``components/<unit>/`` endpoints; every gate is still decided on the release bundle's digest
     :param components: the unit's components (for the record)
+    :param earlier_unit_task_ids: the deploys of the units before this one: each must have
+        recorded its deployment of this release bundle (one marked successful by hand did not,
+        and no later unit then ships: the environment is never left with half of a release)
     """
 
     ui_color = "#d2e3fc"
@@ -165,6 +168,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         admit_task_id: str | None = None,
         unit: str | None = None,
         components: list[str] | None = None,
+        earlier_unit_task_ids: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         # Retried only for infrastructure trouble and Airflow 3.3's race between a fast
@@ -187,6 +191,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         self.admit_task_id = admit_task_id
         self.unit = unit
         self.components = list(components or [])
+        self.earlier_unit_task_ids = list(earlier_unit_task_ids or [])
         if baseline_task_id and not config:
             raise ValueError("baseline_task_id needs the config profile it approves")
         if (previous_environment is None) != (promotion_gate_task_id is None):
@@ -549,6 +554,10 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
             decisions.append(gatekeeper.window(run, self.environment, self.window_task_id))
         if self.admit_task_id:
             decisions.append(self._train(context, run))
+        decisions += [
+            gatekeeper.step_proof(run, earlier, self.environment, digest=digest)
+            for earlier in self.earlier_unit_task_ids
+        ]
         return Decision.combine(self.task_id, decisions)
 
     def _train(self, context: Any, run: RunLedger) -> Decision:

@@ -83,8 +83,9 @@ class ManualRollbackPlanOperator(BaseOperator):
 
     :param targets: environment -> deploy target connection id
     :param change_backend: the release's change-record backend; ``change_conn_id`` its connection
-    :param units: packaging modular: the deploy units; the live version is the newest any unit
-        runs, and the plan says, for each unit, what it runs and which of its bundles it returns to
+    :param units: packaging modular: deploy unit -> its components; the live version is the
+        newest any unit runs, only versions that passed there are candidates, and the plan says,
+        for each unit, what it runs and which of its bundles (as packaged) it returns to
     """
 
     ui_color = "#f28b82"
@@ -96,13 +97,13 @@ class ManualRollbackPlanOperator(BaseOperator):
         targets: dict[str, str],
         change_backend: str = "builtin",
         change_conn_id: str | None = None,
-        units: list[str] | None = None,
+        units: dict[str, list[str]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.release = release
         self.targets = dict(targets)
-        self.units = list(units or [])
+        self.units = {u: list(c) for u, c in (units or {}).items()}
         self.change_backend = change_backend
         self.change_conn_id = change_conn_id
 
@@ -133,7 +134,7 @@ class ManualRollbackPlanOperator(BaseOperator):
             raise AirflowException(f"{environment}: {exc}") from None
         current = live.get("version")
         events = self._release_events()
-        candidates = gatekeeper.rollback_candidates(events, environment, current)
+        candidates = gatekeeper.rollback_candidates(events, environment, current, passed_only=bool(self.units))
         allowed = ", ".join(c["version"] for c in candidates) or "none"
         if wanted:
             target = next((c for c in candidates if c["version"] == wanted), None)
@@ -164,14 +165,7 @@ class ManualRollbackPlanOperator(BaseOperator):
             "requested_by": by,
         }
         if units:
-            plan["units"] = {
-                unit: {
-                    "from_version": now.get("version"),
-                    "from_digest": now.get("digest"),
-                    "digest": gatekeeper.unit_digest(events, unit, plan["version"]),
-                }
-                for unit, now in units.items()
-            }
+            plan["units"] = self._unit_plans(context, environment, events, units, plan["version"])
         plan["change"] = self._open_change(context, plan).to_dict()
         plan["change_conn_id"] = self.change_conn_id
         record(context, Event.ROLLBACK_REQUESTED, self.release, environment=environment, actor=by, details=plan)
@@ -186,6 +180,37 @@ class ManualRollbackPlanOperator(BaseOperator):
             reason,
         )
         return plan
+
+    def _unit_plans(
+        self, context: Any, environment: str, events: list[Any], units: dict[str, dict[str, Any]], version: str
+    ) -> dict[str, dict[str, Any]]:
+        """Each unit's from and to: the bundle of ``version`` packaging recorded for it, with the
+        components it has today. A unit whose bundle of that version does not exist (packaged
+        monolithic, or grouped otherwise then) or that runs an older version (a rollback moves
+        nothing forward) is refused, named: nothing changes."""
+        from releasetrain.core.versioning import Version
+
+        plans, reasons = {}, []
+        for unit, now in units.items():
+            bundle = gatekeeper.unit_bundle(events, unit, version)
+            if bundle is None or list(bundle.get("components") or []) != self.units[unit]:
+                had = f" (then: {', '.join(bundle.get('components') or [])})" if bundle else ""
+                reasons.append(
+                    f"unit {unit} ({', '.join(self.units[unit])}) has no bundle of {version}{had}: "
+                    "roll back to a version packaged modular with the same units"
+                )
+            elif now.get("version") and Version.parse(now["version"]) < Version.parse(version):
+                reasons.append(
+                    f"unit {unit} runs {now['version']}, older than {version}: a rollback moves no unit forward"
+                )
+            plans[unit] = {
+                "from_version": now.get("version"),
+                "from_digest": now.get("digest"),
+                "digest": bundle.get("digest") if bundle else None,
+            }
+        if reasons:
+            enforce(context, Decision.refuse("rollback", *reasons), self.release, environment)
+        return plans
 
     def _live(self, target: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """What runs there: the target's status; packaging modular: each unit's, and as the
@@ -342,7 +367,10 @@ class ManualRollbackOperator(RollbackOperator):
         return {"version": plan["version"], "digest": plan.get("digest"), "noop": False} if plan else None
 
     def _failed_version(self, context: Any, live: dict[str, Any] | None = None) -> str | None:
-        return self._planned(context).get("from_version")
+        planned = self._planned(context)
+        if planned.get("from_version") == planned.get("version"):
+            return None  # a unit that already runs the plan's version: nothing of it is taken out (nor marked bad)
+        return planned.get("from_version")
 
     def _failed_digest(self, context: Any) -> str | None:
         return self._planned(context).get("from_digest")

@@ -122,6 +122,8 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
             self.log.info("%s still runs %s: the failed deploy changed nothing", self.environment, before["version"])
             result = self._verify(hook, before, context)
             record_rollback(context, self.release, self.environment, {**result, "noop": True}, version)
+            if self.unit:
+                self._close_when_every_unit_is_back(context, before)
             return result
         self.log.warning("ROLLING BACK %s from %s to %s", self.environment, live.get("version"), before["version"])
         self._snapshot(context, hook, live)
@@ -305,7 +307,26 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         if notify_errors:
             result["notification_errors"] = notify_errors
         record_rollback(context, self.release, self.environment, result, failed_version)
+        if self.unit:
+            self._close_when_every_unit_is_back(context, before)
         return result
+
+    def _close_when_every_unit_is_back(self, context: Any, before: dict[str, Any]) -> None:
+        """Packaging modular: the change closes as rolled back once every unit this run
+        deployed to the environment has its rollback on record (a unit whose rollback fails
+        keeps it open: the run's end closes it failed)."""
+        run = run_ledger(context, self.release)
+        deployed = {
+            e.details.get("unit")
+            for e in run.of(Event.DEPLOY_STARTED, environment=self.environment)
+            if not (e.details.get("before") or {}).get("noop")
+        }
+        back = {e.details.get("unit") for e in run.of(Event.ROLLBACK, environment=self.environment)}
+        if deployed <= back:
+            from releasetrain.operators.governance import close_change
+
+            note = f"{self.environment}: every unit rolled back ({', '.join(sorted(u for u in back if u))})"
+            close_change(context, self.release, "rolled_back", note)
 
     def _bundle_diff(self, restored: str | None, failed: str | None) -> dict[str, Any] | str:
         """What the rolled-back version changed against the restored one (their bundle manifests)."""
@@ -349,6 +370,11 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
                 f"rollback of {self.environment} did not restore {before['version']}: the target runs "
                 f"{live.get('version')}"
             )
+        if self.unit and before.get("digest") and live.get("digest") != before["digest"]:  # the unit's own bytes
+            raise AirflowException(
+                f"rollback of unit {self.unit} in {self.environment} restored {before['version']} as "
+                f"{live.get('digest')}, not {before['digest']}: the unit needs a human"
+            )
         status, health = hook.get_health()
         healthy = status == 200 and isinstance(health, dict) and health.get("healthy", True)
         if not healthy:
@@ -363,9 +389,10 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
             "healthy": True,
             **({"unit": self.unit} if self.unit else {}),
         }
-        from releasetrain.operators.governance import close_change
+        if not self.unit:  # a unit's: once every unit this run changed is back (after its record)
+            from releasetrain.operators.governance import close_change
 
-        close_change(context, self.release, "rolled_back", f"{self.environment} rolled back to {before['version']}")
+            close_change(context, self.release, "rolled_back", f"{self.environment} rolled back to {before['version']}")
         return result
 
 

@@ -87,6 +87,9 @@ class BundleVerifyOperator(BaseOperator):
         missing = [u for u in self.units if u not in recorded]
         if missing:
             raise BundleError(f"the packaging recorded no bundle for unit(s) {', '.join(missing)}")
+        extra = sorted(set(recorded) - set(self.units))
+        if extra:  # packaged under other units than this DAG deploys: nothing of it is deployed
+            raise BundleError(f"the packaging recorded unit(s) {', '.join(extra)}, which this release does not deploy")
         covered: list[str] = []
         for unit in self.units:
             archive, signature = store.read(self.release, version, unit)
