@@ -120,7 +120,7 @@ def test_templates_are_found_anywhere_in_the_raw_spec():
 
 def test_the_runtime_refuses_what_the_loader_refuses(monkeypatch):
     """Defence in depth: a spec object built some other way still cannot run a class."""
-    from releasetrain.operators.rollback import _build_notifier
+    from releasetrain.notifiers.routes import build_notifier as _build_notifier
 
     with pytest.raises(ValueError, match="subprocess.Popen is not an allowed notifier"):
         _build_notifier({"notifier": "subprocess.Popen", "args": {"args": ["true"]}}, {"text": "x"})

@@ -88,6 +88,8 @@ E2E_DAGS = {
     # issue 13: modular bundles, each unit deployed and rolled back on its own
     "release_modular",
     "rollback_modular",
+    # issue 14: rollback communications, by audience
+    "release_comms",
 }
 REFRESH_DAG = "refresh_test_data_refresh-env"  # issue 13: test data, masked first (PostgreSQL only)
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
@@ -272,6 +274,7 @@ def session_stack() -> Iterator[DevStack]:
             "train-prod",
             "mod-dev",
             "mod-prod",
+            "comms-env",
             "windowed-dev",
             "payments-staging",
             "payments-prod",
@@ -284,6 +287,7 @@ def session_stack() -> Iterator[DevStack]:
             "dev": "1.0.0",
             "staging": "1.0.0",
             "prod": "1.0.0",
+            "comms-env": "1.0.0",
             **dict.fromkeys(PROGRESSIVE_ENVIRONMENTS, "1.0.0"),
             **dict.fromkeys(GATE_ENVIRONMENTS, "1.0.0"),
         },

@@ -144,3 +144,32 @@ def test_quorum_review_and_segregation_of_duties_end_to_end(stack, author, appro
         time.sleep(0.5)
     assert states == ["success", "failed"]
     assert ledger.verify().ok
+
+
+def test_a_rollback_is_told_by_audience_and_a_failed_one_to_everyone(stack, author, fleet, ledger):
+    """Issue 14 (rollback communications): production's health fails and its rollback fails
+    too (the old version cannot start again). On-call hears the start (with the backout
+    estimate) and the failure; the business, which asked only for successes, hears the failure:
+    a failed rollback is always told."""
+    import time
+
+    fleet.post("/faults", {"environment": "comms-env", "version": "2.0.0", "error_rate": 1.0})
+    fleet.post("/faults", {"environment": "comms-env", "version": "1.0.0", "error_rate": 0.0, "fail_deploy": True})
+    run_id = author.trigger("release_comms", {"version": "2.0.0", "change_summary": "comms 2.0.0"})["dag_run_id"]
+    run = author.wait_for_run("release_comms", run_id, timeout=300)
+    states = author.task_states("release_comms", run_id)
+    assert run["state"] == "failed" and states["comms-env.rollback"] == "failed", states
+    deadline = time.monotonic() + 30
+    while not (failed := stack.receiver.bodies(release="comms", run_id=run_id, event="releasetrain.rollback.failed")):
+        assert time.monotonic() < deadline, "no failed-rollback notification reached the receiver"
+        time.sleep(1)
+    assert sorted(b["audience"] for b in failed) == ["business", "on-call"]
+    assert all("failed to start" in b["reason"] for b in failed), failed
+    started = stack.receiver.bodies(release="comms", run_id=run_id, event="releasetrain.rollback.started")
+    assert [(b["audience"], b["expected_minutes"], b["restore_to"]) for b in started] == [("on-call", 7, "1.0.0")]
+    assert not stack.receiver.bodies(release="comms", run_id=run_id, event="releasetrain.rollback.succeeded")
+    notified = [e.details for e in ledger.events("comms", run_id) if e.kind == "notified"]
+    assert [(n["moment"], n["audiences"]) for n in notified] == [
+        ("started", ["on-call"]),
+        ("failed", ["business", "on-call"]),
+    ]

@@ -53,11 +53,15 @@ def rollback_evidence(stack, author, dag_id: str, run_id: str, environment: str,
     postmortem = Path(restored["postmortem"].removeprefix("file://")).read_text()
     assert f"{release} {NEW} rolled back in {environment}" in postmortem
     deadline = time.monotonic() + 30
-    while not (notes := stack.receiver.bodies(release=release, run_id=run_id)):
+    done = "releasetrain.rollback.succeeded"
+    while not (notes := stack.receiver.bodies(release=release, run_id=run_id, event=done)):
         assert time.monotonic() < deadline, "no rollback notification reached the receiver"
         time.sleep(1)
-    assert notes[0]["event"] == "releasetrain.rollback" and notes[0]["restored_version"] == OLD
+    assert notes[0]["audience"] == "on-call" and notes[0]["restored_version"] == OLD
     assert notes[0]["failed_version"] == NEW and notes[0]["postmortem"] == restored["postmortem"]
+    # issue 14: the start was told first, with the backout estimate as the expected duration
+    [started] = stack.receiver.bodies(release=release, run_id=run_id, event="releasetrain.rollback.started")
+    assert (started["restore_to"], started["expected_minutes"], started["audience"]) == (OLD, 5, "on-call")
     return {"restored": restored, "snapshot": snapshot, "postmortem": postmortem, "notification": notes[0]}
 
 

@@ -179,7 +179,7 @@ def test_requested_by_is_an_author_too(author, approver, admin, fleet):
     assert "2.2.0" not in [h["version"] for h in fleet("prod")["history"]]
 
 
-def test_bundle_altered_after_packaging_is_never_deployed(author, approver, fleet):
+def test_bundle_altered_after_packaging_is_never_deployed(stack, author, approver, fleet):
     dag = "release_tampered"
     run_id = trigger(author, "1.0.0", dag_id=dag)
     author.wait_for_approval(dag, run_id, "tamper-dev.approve")
@@ -193,6 +193,10 @@ def test_bundle_altered_after_packaging_is_never_deployed(author, approver, flee
     assert states["tamper-dev.deploy"] == states["tamper-prod.deploy"] == "upstream_failed"
     for env in ("tamper-dev", "tamper-prod"):
         assert fleet(env)["version"] is None and fleet(env)["history"] == []
+    # issue 14: a tampered bundle is always told, to every audience
+    [told] = stack.receiver.bodies(release="tampered", run_id=run_id, event="releasetrain.bundle.tampered")
+    assert (told["audience"], told["environment"], told["version"]) == ("change-management", "tamper-dev", "1.0.0")
+    assert "was changed" in told["reason"]
 
 
 def test_approval_marked_successful_by_hand_deploys_nothing(author, fleet, ledger):

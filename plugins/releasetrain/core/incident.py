@@ -110,10 +110,94 @@ def postmortem_markdown(incident: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def notification_payload(incident: dict[str, Any]) -> dict[str, Any]:
-    """What a webhook receives after a rollback (JSON)."""
+def route_moments(route: Mapping[str, Any]) -> set[str]:
+    """When a notification route is told: what it asked for (``on``), and always a failed
+    rollback and a tampered bundle."""
+    from releasetrain.core.vocabulary import ALWAYS_TOLD, MOMENT_STARTED, MOMENT_SUCCEEDED
+
+    on = route.get("on")
+    return {*((MOMENT_STARTED, MOMENT_SUCCEEDED) if on is None else on), *ALWAYS_TOLD}
+
+
+def addressed(payload: dict[str, Any], route: Mapping[str, Any]) -> dict[str, Any]:
+    """The message as one route gets it: with its audience."""
+    return {**payload, "audience": route.get("audience") or "on-call"}
+
+
+def rollback_started_payload(
+    *,
+    release: str,
+    run_id: str,
+    environment: str,
+    failed_version: str | None,
+    restore_to: str | None,
+    how: str,
+    expected_minutes: int | None,
+    unit: str | None = None,
+    started_at: str,
+    run_url: str | None = None,
+) -> dict[str, Any]:
+    """What the audiences hear when a rollback starts: what goes, what returns, for how long."""
+    where = f"{environment} ({unit})" if unit else environment
+    expected = f"; expected to take about {expected_minutes} min" if expected_minutes else ""
     return {
-        "event": "releasetrain.rollback",
+        "event": "releasetrain.rollback.started",
+        "text": f"{release}: rolling {where} back from {failed_version} to {restore_to} ({how}){expected}",
+        "release": release,
+        "run_id": run_id,
+        "environment": environment,
+        **({"unit": unit} if unit else {}),
+        "failed_version": failed_version,
+        "restore_to": restore_to,
+        "how": how,
+        "expected_minutes": expected_minutes,
+        "started_at": started_at,
+        "run_url": run_url,
+    }
+
+
+def rollback_failed_payload(
+    *,
+    release: str,
+    run_id: str,
+    environment: str,
+    failed_version: str | None,
+    reason: str,
+    unit: str | None = None,
+    run_url: str | None = None,
+) -> dict[str, Any]:
+    """What every audience hears when a rollback failed or needs a human."""
+    where = f"{environment} ({unit})" if unit else environment
+    return {
+        "event": "releasetrain.rollback.failed",
+        "text": f"ROLLBACK OF {release} IN {where} FAILED or needs a human: {reason}",
+        "release": release,
+        "run_id": run_id,
+        "environment": environment,
+        **({"unit": unit} if unit else {}),
+        "failed_version": failed_version,
+        "reason": reason,
+        "run_url": run_url,
+    }
+
+
+def tampered_payload(*, release: str, run_id: str, environment: str, version: str, reason: str) -> dict[str, Any]:
+    """What every audience hears when a bundle fails verification (nothing of it is deployed)."""
+    return {
+        "event": "releasetrain.bundle.tampered",
+        "text": f"{release} {version}: the bundle failed verification before {environment}; nothing deployed: {reason}",
+        "release": release,
+        "run_id": run_id,
+        "environment": environment,
+        "version": version,
+        "reason": reason,
+    }
+
+
+def notification_payload(incident: dict[str, Any]) -> dict[str, Any]:
+    """What a webhook receives after a rollback succeeded (JSON)."""
+    return {
+        "event": "releasetrain.rollback.succeeded",
         "text": (
             f"{incident['release']} {incident['failed_version']} was rolled back in {incident['environment']} "
             f"to {incident['restored_version']}: {'; '.join(incident.get('failures') or ['see the run'])}"

@@ -418,6 +418,11 @@ def _verify(stage: _Stage) -> str:
             "artifact_store": stage.spec.artifact_store,
             "signing_conn_id": stage.ctx.signing_conn_id,
             **({"units": [u for u, _ in stage.spec.units()]} if stage.spec.packaging == "modular" else {}),
+            **(
+                {"notifications": [n.model_dump(mode="json") for n in stage.spec.notifications]}
+                if stage.spec.notifications
+                else {}
+            ),
         },
     )
 
@@ -852,6 +857,7 @@ def _rollback(stage: _Stage, deploys: list[str]) -> list[str]:
         "notifications": [n.model_dump(mode="json") for n in spec.notifications],
         "artifact_store": spec.artifact_store,
         "locked": True,
+        "backout_minutes": spec.backout_minutes,
     }
     if spec.packaging != "modular":
         rollbacks = [stage.add(v.ROLLBACK, Kind.ROLLBACK, {**args, "deploy_task_id": deploys[0]}, Rule.ONE_FAILED)]
@@ -929,6 +935,7 @@ def plan_rollback(spec: ReleaseSpec) -> Plan:
             "pool": v.target_pool(env.deploy_target),
             "notifications": [n.model_dump(mode="json") for n in spec.notifications],
             "artifact_store": spec.artifact_store,
+            "backout_minutes": spec.backout_minutes,
         }
         if not modular:
             rollbacks = [plan.add(Step(v.manual_rollback_task(env.name), Kind.MANUAL_ROLLBACK, args))]

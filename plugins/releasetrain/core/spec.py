@@ -468,7 +468,7 @@ class ChangePolicy(_Model):
 
 
 class Notification(_Model):
-    """Who is told after a rollback.
+    """Who is told when a rollback starts, succeeds or fails, and when a bundle is tampered with.
 
     ``webhook`` (the default): the HTTP connection ``conn_id`` receives the JSON document.
     ``notifier``: an Airflow notifier class from the deployment's allow-list (the Slack,
@@ -487,6 +487,18 @@ class Notification(_Model):
         "airflow.providers.slack.notifications.slack.SlackNotifier.",
     )
     args: dict[str, Any] = Field(default_factory=dict, description="notifier: its keyword arguments.")
+    audience: str = Field(
+        default="on-call",
+        pattern=NAME_PATTERN,
+        description="Who this route tells (e.g. business, on-call, change-management): in every message, so a "
+        "receiver can route it; several routes may serve one audience.",
+    )
+    on: list[Literal["started", "succeeded"]] = Field(
+        default_factory=lambda: ["started", "succeeded"],
+        description="When this audience is told: a rollback starting (with the backout estimate as the expected "
+        "duration) and succeeding. A failed rollback (or one that needs a human) and a tampered bundle are told to "
+        "every route, always.",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> Notification:
@@ -639,7 +651,9 @@ class ReleaseSpec(_Model):
         "it, other components or versions need a scope exception.",
     )
     notifications: list[Notification] = Field(
-        default_factory=list, description="Told after every rollback (what failed, measurements, links)."
+        default_factory=list,
+        description="Who is told, by audience: when a rollback starts (expected duration: backout_minutes), "
+        "succeeds (what failed, measurements, links) or fails, and when a bundle fails verification.",
     )
     closure: bool = Field(
         default=True,

@@ -188,6 +188,14 @@ class Rule(StrEnum):
     ALL_DONE = "all_done"
 
 
+# --- what is told, and when (notifications[].on) ---------------------------------------------
+MOMENT_STARTED = "started"  # a rollback starts (with the backout estimate)
+MOMENT_SUCCEEDED = "succeeded"  # the environment runs the previous version again, healthy
+MOMENT_FAILED = "failed"  # a rollback failed or needs a human: told to every audience
+MOMENT_TAMPERED = "tampered"  # a bundle failed verification: told to every audience
+ALWAYS_TOLD = (MOMENT_FAILED, MOMENT_TAMPERED)
+
+
 # --- HITL options ---------------------------------------------------------------------------
 OPTION_APPROVE = "Approve"  # the standard provider's ApprovalOperator.APPROVE
 OPTION_REJECT = "Reject"
@@ -226,6 +234,7 @@ class Event(StrEnum):
     WINDOW_PASSED = "window_passed"
     ROLLBACK_STARTED = "rollback_started"
     ROLLBACK = "rollback"
+    NOTIFIED = "notified"  # a rollback or tampered-bundle message: to whom it went, what failed
     CHANGE_OPENED = "change_opened"
     CHANGE_TRANSITION = "change_transition"
     CHANGE_CLOSED = "change_closed"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException, TaskDeferred
 
 from releasetrain.core.gatekeeper import Decision
-from releasetrain.core.vocabulary import OPTION_ROLL_BACK, Event
+from releasetrain.core.vocabulary import MOMENT_FAILED, MOMENT_STARTED, MOMENT_SUCCEEDED, OPTION_ROLL_BACK, Event
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
 from releasetrain.operators._common import enforce, pull, record, release_request, run_ledger
 from releasetrain.operators.deploy import DeployTargetCalls, pre_deploy
@@ -32,7 +32,10 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
     does not undo a successful rollback.
 
     :param deploy_task_id: the deploy task whose ``pre_deploy`` record says where to return
-    :param notifications: ``[{"conn_id": ..., "endpoint": ...}]`` webhooks to tell
+    :param notifications: the spec's routes (``[{"conn_id", "endpoint", "audience", "on"}]``,
+        or notifiers): told when the rollback starts (with ``backout_minutes`` as the expected
+        duration) and succeeds, as each asked, and always when it fails or needs a human
+    :param backout_minutes: the spec's backout estimate
     :param artifact_store: where snapshots and postmortems go (default: the bundle store's)
     :param unit: packaging modular: the deploy unit this rollback returns (its own endpoints on
         the target, its own deploy task's record; snapshot and postmortem in a folder of its own)
@@ -54,10 +57,12 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         artifact_store: str | None = None,
         locked: bool = False,
         unit: str | None = None,
+        backout_minutes: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.unit = unit
+        self.backout_minutes = backout_minutes
         self.locked = locked
         self.notifications = list(notifications or [])
         self.artifact_store = artifact_store
@@ -81,6 +86,20 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         return started[0].details.get("digest") if started else None
 
     def execute(self, context: Any) -> dict[str, Any] | None:
+        return self._telling_failures(context, self._execute)
+
+    def _telling_failures(self, context: Any, work: Any) -> Any:
+        """Run ``work``; a failure (a rollback that failed or needs a human) is told to every
+        audience before it fails the task. A skip (nothing to roll back) and a wait are not."""
+        try:
+            return work(context)
+        except (AirflowSkipException, TaskDeferred):
+            raise
+        except Exception as exc:
+            self._announce_failure(context, exc)
+            raise
+
+    def _execute(self, context: Any) -> dict[str, Any] | None:
         before = self._target(context)
         if not before:
             raise AirflowSkipException(f"this run deployed nothing to {self.environment}: nothing to roll back")
@@ -128,6 +147,7 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         self.log.warning("ROLLING BACK %s from %s to %s", self.environment, live.get("version"), before["version"])
         self._snapshot(context, hook, live)
         self._intent(context, version, before, "redeploy")
+        self._announce_start(context, version, before, "redeploy")
         started = self._call(
             hook.start_rollback,
             version=before["version"],
@@ -175,11 +195,15 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         """A rollback that is a traffic change (abort the canary, switch the colours back)."""
         self._snapshot(context, hook, live)
         self._intent(context, self._failed_version(context, live), before, what)
+        self._announce_start(context, self._failed_version(context, live), before, what)
         self._call(action)
         result = self._verify(hook, before, context)
         return self._after_rollback(context, before, {**result, "action": what})
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        return self._telling_failures(context, lambda c: self._complete(c, event))
+
+    def _complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         before = self._target(context)
         if event["state"] != "succeeded":
             raise AirflowException(
@@ -301,7 +325,7 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         }
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "postmortem.md").write_text(postmortem_markdown(incident))
-        notified, notify_errors = self._notify(context, notification_payload(incident))
+        notified, notify_errors = self._notify(context, notification_payload(incident), MOMENT_SUCCEEDED)
         result = {**result, "snapshot": incident["snapshot"], "postmortem": incident["postmortem"]}
         result["notified"] = notified
         if notify_errors:
@@ -344,24 +368,57 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
             manifests[version] = json.loads(path.read_text())
         return manifest_diff(manifests[restored], manifests[failed])
 
-    def _notify(self, context: Any, payload: dict[str, Any]) -> tuple[list[str], list[str]]:
-        from releasetrain.notifiers.webhook import WebhookNotifier
+    def _notify(self, context: Any, payload: dict[str, Any], moment: str = MOMENT_SUCCEEDED) -> tuple[list, list]:
+        """Tell the routes that hear of ``moment`` (the shared service: by audience, recorded)."""
+        from releasetrain.notifiers.routes import tell
 
-        notified, errors = [], []
-        for target in self.notifications:
-            name = target.get("conn_id") or target.get("notifier") or "?"
-            try:
-                if target.get("kind") == "notifier":
-                    _build_notifier(target, payload).notify(context)
-                else:
-                    WebhookNotifier(
-                        http_conn_id=target["conn_id"], payload=payload, endpoint=target.get("endpoint", "")
-                    ).notify(context)
-                notified.append(name)
-            except Exception as exc:  # a notifier's failure never undoes the rollback; it is recorded
-                self.log.error("Rollback notification through %s failed: %s", name, exc)
-                errors.append(f"{name}: {exc}")
-        return notified, errors
+        return tell(
+            context,
+            release=self.release,
+            environment=self.environment,
+            routes=self.notifications,
+            moment=moment,
+            payload=payload,
+        )
+
+    def _announce_start(self, context: Any, failed: str | None, before: dict[str, Any], how: str) -> None:
+        """The audiences hear that the rollback starts, and for how long it is expected to take."""
+        import datetime as dt
+
+        from releasetrain.core.incident import rollback_started_payload
+
+        payload = rollback_started_payload(
+            release=self.release,
+            run_id=context["run_id"],
+            environment=self.environment,
+            failed_version=failed,
+            restore_to=before.get("version"),
+            how=how,
+            expected_minutes=self.backout_minutes,
+            unit=self.unit,
+            started_at=dt.datetime.now(dt.UTC).isoformat(),
+            run_url=_run_url(context),
+        )
+        self._notify(context, payload, MOMENT_STARTED)
+
+    def _announce_failure(self, context: Any, exc: BaseException) -> None:
+        """Every audience hears of a rollback that failed or needs a human (then it fails)."""
+        from releasetrain.core.incident import rollback_failed_payload
+
+        try:
+            failed = self._failed_version(context)
+        except Exception:  # the message goes out even when the run's records cannot be read
+            failed = None
+        payload = rollback_failed_payload(
+            release=self.release,
+            run_id=context["run_id"],
+            environment=self.environment,
+            failed_version=failed,
+            reason=str(exc),
+            unit=self.unit,
+            run_url=_run_url(context),
+        )
+        self._notify(context, payload, MOMENT_FAILED)
 
     def _verify(self, hook: DeployTargetHook, before: dict[str, Any], context: Any) -> dict[str, Any]:
         live = self._call(hook.get_status)
@@ -423,35 +480,6 @@ def record_rollback(
 
 
 RECORD_ATTEMPTS = 5
-
-
-def _build_notifier(target: dict[str, Any], payload: dict[str, Any]) -> Any:
-    """An Airflow notifier from the spec: ``${text}`` / ``${json}`` filled into its string args."""
-    import importlib
-    import json
-
-    from airflow.sdk.bases.notifier import BaseNotifier
-
-    from releasetrain.core.policy import Policy
-
-    policy = Policy.from_environment()
-    if not policy.notifier_allowed(target["notifier"]):  # the spec loader refuses it too
-        raise ValueError(f"{target['notifier']} is not an allowed notifier ({', '.join(policy.allowed_notifiers)})")
-    module, _, name = target["notifier"].rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    if not (isinstance(cls, type) and issubclass(cls, BaseNotifier)):
-        raise ValueError(f"{target['notifier']} is not an Airflow notifier (BaseNotifier)")
-
-    def fill(value: Any) -> Any:
-        if isinstance(value, str):
-            return value.replace("${text}", payload.get("text", "")).replace("${json}", json.dumps(payload, indent=2))
-        if isinstance(value, dict):
-            return {k: fill(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [fill(v) for v in value]
-        return value
-
-    return cls(**fill(dict(target.get("args") or {})))
 
 
 def _failure_label(event: Any) -> str:

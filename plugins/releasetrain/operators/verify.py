@@ -21,6 +21,7 @@ class BundleVerifyOperator(BaseOperator):
 
     :param release: release name
     :param environment: the environment about to receive the bundle
+    :param notifications: the spec's routes: every one is told when the bundle fails verification
     :param units: packaging modular: the deploy units, each bundle verified too (content,
         digest as packaged, signature) and held against the release bundle's manifest
     """
@@ -36,10 +37,12 @@ class BundleVerifyOperator(BaseOperator):
         artifact_store: str | None = None,
         signing_conn_id: str = SigningKeyHook.default_conn_name,
         units: list[str] | None = None,
+        notifications: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.units = list(units or [])
+        self.notifications = list(notifications or [])
         self.release = release
         self.environment = environment
         self.artifact_store = artifact_store
@@ -61,6 +64,7 @@ class BundleVerifyOperator(BaseOperator):
             )
             units = self._verify_units(store, key, version, manifest, packaged.details)  # type: ignore[union-attr]
         except BundleError as exc:
+            self._tell_tampered(context, version, str(exc))
             raise AirflowFailException(
                 f"{self.environment}: bundle {self.release} {version} failed verification, "
                 f"nothing will be deployed: {exc}"
@@ -73,6 +77,30 @@ class BundleVerifyOperator(BaseOperator):
             result["units"] = units
         record(context, Event.VERIFIED, self.release, environment=self.environment, details=result)
         return result
+
+    def _tell_tampered(self, context: Any, version: str, reason: str) -> None:
+        """Every audience hears of a bundle that failed verification (nothing of it is deployed)."""
+        if not self.notifications:
+            return
+        from releasetrain.core.incident import tampered_payload
+        from releasetrain.core.vocabulary import MOMENT_TAMPERED
+        from releasetrain.notifiers.routes import tell
+
+        payload = tampered_payload(
+            release=self.release,
+            run_id=context["run_id"],
+            environment=self.environment,
+            version=version,
+            reason=reason,
+        )
+        tell(
+            context,
+            release=self.release,
+            environment=self.environment,
+            routes=self.notifications,
+            moment=MOMENT_TAMPERED,
+            payload=payload,
+        )
 
     def _verify_units(
         self, store: BundleStoreHook, key: Any, version: str, manifest: dict[str, Any], packaged: dict[str, Any]

@@ -1,0 +1,164 @@
+"""Rollback communications (issue 14): each audience is told when a rollback starts (with
+the backout estimate), succeeds or fails, and when a bundle fails verification; a failed
+rollback and a tampered bundle reach every audience. A real deploy target (the demo fleet),
+a real webhook receiver, the adapter tests' ledger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
+
+from releasetrain.core.bundle import generate_private_key_pem
+from releasetrain.operators.rollback import RollbackOperator
+from tests.helpers import FakeTI, context, http_connection, run_events, running_fleet, seed, tamper_bundle
+from tests.servers.webhook import running_receiver
+
+DIGEST = "sha256:" + "b" * 64
+
+
+def routes() -> list[dict]:
+    return [
+        {"kind": "webhook", "conn_id": "hooks", "endpoint": "business", "audience": "business", "on": ["succeeded"]},
+        {"kind": "webhook", "conn_id": "hooks", "endpoint": "oncall", "audience": "on-call"},
+    ]
+
+
+def rollback_op() -> RollbackOperator:
+    return RollbackOperator(
+        task_id="prod.rollback",
+        release="storefront",
+        environment="prod",
+        deploy_target_conn_id="t_prod",
+        deploy_task_id="prod.deploy",
+        poll_interval=0.1,
+        notifications=routes(),
+        backout_minutes=12,
+    )
+
+
+@pytest.fixture
+def told(monkeypatch):
+    with running_receiver() as (receiver, url):
+        monkeypatch.setenv("AIRFLOW_CONN_HOOKS", http_connection(url))
+        yield receiver
+
+
+def messages(receiver) -> list[tuple[str, str, str]]:
+    """(path, event, audience) of everything the receiver got, in order."""
+    return [(r["path"], r["body"]["event"], r["body"]["audience"]) for r in receiver.received]
+
+
+def test_a_rollback_start_is_told_with_the_backout_estimate_to_who_asked_for_it(monkeypatch, told):
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        old = fleet.env("prod")["digest"]
+        fleet.env("prod")["history"].append({"version": "2.0.0", "digest": DIGEST})
+        fleet.env("prod").update(version="2.0.0", digest=DIGEST)
+        seed(
+            "deploy_started",
+            environment="prod",
+            task_id="prod.deploy",
+            version="2.0.0",
+            digest=DIGEST,
+            before={"version": "1.0.0", "digest": old, "noop": False},
+        )
+        with pytest.raises(TaskDeferred):
+            rollback_op().execute(context(FakeTI(), task_id="prod.rollback"))
+    assert messages(told) == [("/oncall", "releasetrain.rollback.started", "on-call")], "business asked for less"
+    body = told.received[0]["body"]
+    assert (body["failed_version"], body["restore_to"], body["expected_minutes"]) == ("2.0.0", "1.0.0", 12)
+    assert "expected to take about 12 min" in body["text"]
+    [notified] = run_events("notified")
+    assert (notified.details["moment"], notified.details["audiences"]) == ("started", ["on-call"])
+
+
+def test_a_failed_rollback_is_told_to_every_audience(monkeypatch, told):
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        seed(
+            "deploy_started",
+            environment="prod",
+            task_id="prod.deploy",
+            version="2.0.0",
+            digest=DIGEST,
+            before={"version": "1.0.0", "digest": fleet.env("prod")["digest"], "noop": False},
+        )
+        event = {"state": "failed", "message": "1.0.0 failed to start in prod", "deployment_id": "d1"}
+        with pytest.raises(AirflowException, match="ROLLBACK OF prod FAILED"):
+            rollback_op().execute_complete(context(FakeTI(), task_id="prod.rollback"), event)
+    assert sorted(messages(told)) == [
+        ("/business", "releasetrain.rollback.failed", "business"),
+        ("/oncall", "releasetrain.rollback.failed", "on-call"),
+    ]
+    assert "1.0.0 failed to start in prod" in told.received[0]["body"]["reason"]
+
+
+def test_a_rollback_that_needs_a_human_is_told_as_failed(monkeypatch, told):
+    """The environment ran nothing before this release: nothing to return to, a human must act."""
+    seed(
+        "deploy_started",
+        environment="prod",
+        task_id="prod.deploy",
+        version="2.0.0",
+        digest=DIGEST,
+        before={"version": None, "digest": None, "noop": False},
+    )
+    with pytest.raises(AirflowFailException, match="needs manual recovery"):
+        rollback_op().execute(context(FakeTI(), task_id="prod.rollback"))
+    assert {m[1] for m in messages(told)} == {"releasetrain.rollback.failed"} and len(told.received) == 2
+
+
+def test_nothing_to_roll_back_tells_nobody(told):
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    with pytest.raises(AirflowSkipException):
+        rollback_op().execute(context(FakeTI(), task_id="prod.rollback"))
+    assert told.received == [] and not run_events("notified")
+
+
+def test_a_route_that_fails_is_recorded_and_the_others_are_still_told(monkeypatch, told):
+    from releasetrain.notifiers.routes import tell
+
+    monkeypatch.setenv("AIRFLOW_CONN_DEAD", http_connection("http://127.0.0.1:9"))
+    dead = {"kind": "webhook", "conn_id": "dead", "audience": "change-management"}
+    sent, errors = tell(
+        context(FakeTI()),
+        release="storefront",
+        environment="prod",
+        routes=[dead, *routes()],
+        moment="failed",
+        payload={"event": "releasetrain.rollback.failed", "text": "x"},
+    )
+    assert sent == ["hooks", "hooks"] and len(errors) == 1 and errors[0].startswith("dead: ")
+    [notified] = run_events("notified")
+    assert notified.details["audiences"] == ["business", "on-call"] and notified.details["errors"] == errors
+
+
+def test_a_tampered_bundle_is_told_to_every_audience(monkeypatch, told, tmp_path: Path):
+    from releasetrain.devstack import signing_connection
+    from releasetrain.operators.package import BundlePackageOperator
+    from releasetrain.operators.verify import BundleVerifyOperator
+    from tests.conftest import PROJECT_ROOT
+
+    monkeypatch.setenv("AIRFLOW_CONN_RELEASETRAIN_SIGNING", signing_connection(generate_private_key_pem()))
+    store = f"file://{tmp_path / 'artifacts'}"
+    BundlePackageOperator(
+        task_id="package",
+        release="storefront",
+        components=[{"name": "storefront-web", "source": "include/demo_fleet/artifacts/storefront-web"}],
+        project_root=str(PROJECT_ROOT),
+        artifact_store=store,
+    ).execute(context(FakeTI(), task_id="package"))
+    tamper_bundle(tmp_path / "artifacts" / "storefront" / "2.0.0" / "bundle.tar.gz")
+    verify = BundleVerifyOperator(
+        task_id="prod.verify", release="storefront", environment="prod", artifact_store=store, notifications=routes()
+    )
+    with pytest.raises(AirflowFailException, match="failed verification"):
+        verify.execute(context(FakeTI(), task_id="prod.verify"))
+    assert sorted(messages(told)) == [
+        ("/business", "releasetrain.bundle.tampered", "business"),
+        ("/oncall", "releasetrain.bundle.tampered", "on-call"),
+    ]
+    assert "storefront-web/index.html was changed" in told.received[0]["body"]["reason"]
