@@ -1101,8 +1101,9 @@ def test_every_rollback_leaves_snapshot_postmortem_and_notification(monkeypatch,
     postmortem = open(result["postmortem"].removeprefix("file://")).read()
     assert "storefront 2.0.0 rolled back in prod" in postmortem and "5 of 5 rounds failed" in postmortem
     assert "## Timeline" in postmortem and "health checks FAILED" in postmortem
-    [(path, payload)] = receiver.received
-    assert path == "/incidents" and payload["event"] == "releasetrain.rollback"
+    (_, started), (path, payload) = receiver.received  # issue 14: the start was told first
+    assert started["event"] == "releasetrain.rollback.started" and started["restore_to"] == "1.0.0"
+    assert path == "/incidents" and payload["event"] == "releasetrain.rollback.succeeded"
     assert payload["restored_version"] == "1.0.0" and payload["snapshot"] == snapshot_path
     assert result["notified"] == ["hook_ok"] and "HTTP 500" in result["notification_errors"][0]
     last = run_events()[-1]
