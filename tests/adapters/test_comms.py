@@ -20,7 +20,13 @@ DIGEST = "sha256:" + "b" * 64
 
 def routes() -> list[dict]:
     return [
-        {"kind": "webhook", "conn_id": "hooks", "endpoint": "business", "audience": "business", "on": ["succeeded"]},
+        {
+            "kind": "webhook",
+            "conn_id": "hooks",
+            "endpoint": "business",
+            "audience": "business",
+            "moments": ["succeeded"],
+        },
         {"kind": "webhook", "conn_id": "hooks", "endpoint": "oncall", "audience": "on-call"},
     ]
 

@@ -468,7 +468,7 @@ def test_rollback_notifies_an_allowed_airflow_notifier_and_a_failing_one_is_reco
     assert notified == ["tests.adapters.test_progressive.RecordingNotifier"]
     [sent] = RecordingNotifier.sent
     assert sent["text"] == ":rotating_light: shop 2.0.0 was rolled back in prod" and sent["channel"] == "#releases"
-    assert json.loads(sent["blocks"][0]) == payload
+    assert json.loads(sent["blocks"][0]) == {**payload, "audience": "on-call"}, "the route's audience is in it"
     assert len(errors) == 1 and "NoSuchNotifier" in errors[0]
     with pytest.raises(ValueError, match="needs notifier"):
         Notification(kind="notifier")

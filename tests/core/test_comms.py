@@ -17,7 +17,7 @@ from releasetrain.core.spec import Notification
     ],
 )
 def test_a_route_hears_what_it_asked_for_and_always_failures(on, told):
-    route = Notification(conn_id="hooks", **({} if on is None else {"on": on})).model_dump(mode="json")
+    route = Notification(conn_id="hooks", **({} if on is None else {"moments": on})).model_dump(mode="json")
     assert route_moments(route) == told
 
 
@@ -26,7 +26,7 @@ def test_each_route_gets_its_audience_and_the_default_is_on_call():
     assert Notification(conn_id="hooks").audience == "on-call"
 
 
-@pytest.mark.parametrize("bad", [{"audience": "Business Units"}, {"on": ["failed"]}, {"on": ["tampered"]}])
+@pytest.mark.parametrize("bad", [{"audience": "Business Units"}, {"moments": ["failed"]}, {"moments": ["tampered"]}])
 def test_routes_name_an_audience_and_ask_only_for_what_they_may_choose(bad):
     with pytest.raises(ValueError):
         Notification(conn_id="hooks", **bad)

@@ -111,12 +111,12 @@ def postmortem_markdown(incident: dict[str, Any]) -> str:
 
 
 def route_moments(route: Mapping[str, Any]) -> set[str]:
-    """When a notification route is told: what it asked for (``on``), and always a failed
+    """When a notification route is told: what it asked for (``moments``), and always a failed
     rollback and a tampered bundle."""
     from releasetrain.core.vocabulary import ALWAYS_TOLD, MOMENT_STARTED, MOMENT_SUCCEEDED
 
-    on = route.get("on")
-    return {*((MOMENT_STARTED, MOMENT_SUCCEEDED) if on is None else on), *ALWAYS_TOLD}
+    asked = route.get("moments")
+    return {*((MOMENT_STARTED, MOMENT_SUCCEEDED) if asked is None else asked), *ALWAYS_TOLD}
 
 
 def addressed(payload: dict[str, Any], route: Mapping[str, Any]) -> dict[str, Any]:

@@ -493,7 +493,7 @@ class Notification(_Model):
         description="Who this route tells (e.g. business, on-call, change-management): in every message, so a "
         "receiver can route it; several routes may serve one audience.",
     )
-    on: list[Literal["started", "succeeded"]] = Field(
+    moments: list[Literal["started", "succeeded"]] = Field(
         default_factory=lambda: ["started", "succeeded"],
         description="When this audience is told: a rollback starting (with the backout estimate as the expected "
         "duration) and succeeding. A failed rollback (or one that needs a human) and a tampered bundle are told to "

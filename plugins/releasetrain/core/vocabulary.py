@@ -188,7 +188,7 @@ class Rule(StrEnum):
     ALL_DONE = "all_done"
 
 
-# --- what is told, and when (notifications[].on) ---------------------------------------------
+# --- what is told, and when (notifications[].moments)--------------------------------------------
 MOMENT_STARTED = "started"  # a rollback starts (with the backout estimate)
 MOMENT_SUCCEEDED = "succeeded"  # the environment runs the previous version again, healthy
 MOMENT_FAILED = "failed"  # a rollback failed or needs a human: told to every audience

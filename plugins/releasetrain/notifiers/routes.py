@@ -2,7 +2,7 @@
 
 One service for every operator that tells someone something (a rollback starting, succeeding
 or failing; a bundle failing verification): each route (``notifications[]``) gets the
-moments it asked for (``on``) and always a failed rollback and a tampered bundle, with its
+moments it asked for (``moments``) and always a failed rollback and a tampered bundle, with its
 ``audience`` in the message; what was sent, to whom, and what failed is recorded in the
 ledger (``notified``). A route that fails is logged and recorded; it never changes the
 outcome of the step that tells.

@@ -32,7 +32,7 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
     does not undo a successful rollback.
 
     :param deploy_task_id: the deploy task whose ``pre_deploy`` record says where to return
-    :param notifications: the spec's routes (``[{"conn_id", "endpoint", "audience", "on"}]``,
+    :param notifications: the spec's routes (``[{"conn_id", "endpoint", "audience", "moments"}]``,
         or notifiers): told when the rollback starts (with ``backout_minutes`` as the expected
         duration) and succeeds, as each asked, and always when it fails or needs a human
     :param backout_minutes: the spec's backout estimate
