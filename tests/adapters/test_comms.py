@@ -168,3 +168,93 @@ def test_a_tampered_bundle_is_told_to_every_audience(monkeypatch, told, tmp_path
         ("/oncall", "releasetrain.bundle.tampered", "on-call"),
     ]
     assert "storefront-web/index.html was changed" in told.received[0]["body"]["reason"]
+
+
+def test_a_fast_targets_failed_rollback_is_told_once(monkeypatch, told):
+    """The target ends the rollback before the first look: its completion runs inside the
+    first call (no deferral). The failure is still told once per route, not once per frame."""
+    with running_fleet(seed={"prod": "1.0.0"}, deploy_seconds=0) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        old = fleet.env("prod")["digest"]
+        fleet.env("prod")["history"].append({"version": "2.0.0", "digest": DIGEST})
+        fleet.env("prod").update(version="2.0.0", digest=DIGEST)
+        fleet.faults[("prod", "1.0.0")] = {"error_rate": 0.0, "fail_deploy": True}
+        seed(
+            "deploy_started",
+            environment="prod",
+            task_id="prod.deploy",
+            version="2.0.0",
+            digest=DIGEST,
+            before={"version": "1.0.0", "digest": old, "noop": False},
+        )
+        with pytest.raises(AirflowException, match="ROLLBACK OF prod FAILED"):
+            rollback_op().execute(context(FakeTI(), task_id="prod.rollback"))
+    assert sorted(messages(told)) == [
+        ("/business", "releasetrain.rollback.failed", "business"),
+        ("/oncall", "releasetrain.rollback.failed", "on-call"),
+        ("/oncall", "releasetrain.rollback.started", "on-call"),
+    ]
+
+
+def test_what_fails_after_a_told_success_is_not_told_as_a_failed_rollback(monkeypatch, told):
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        seed(
+            "deploy_started",
+            environment="prod",
+            task_id="prod.deploy",
+            version="2.0.0",
+            digest=DIGEST,
+            before={"version": "1.0.0", "digest": fleet.env("prod")["digest"], "noop": False},
+        )
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("the ledger is gone")
+
+        monkeypatch.setattr("releasetrain.operators.rollback.record_rollback", broken)
+        with pytest.raises(RuntimeError, match="the ledger is gone"):
+            rollback_op().execute_complete(
+                context(FakeTI(), task_id="prod.rollback"), {"state": "succeeded", "message": "", "deployment_id": "d"}
+            )
+    assert sorted(messages(told)) == [
+        ("/business", "releasetrain.rollback.succeeded", "business"),
+        ("/oncall", "releasetrain.rollback.succeeded", "on-call"),
+    ]
+
+
+def test_a_told_reason_is_masked_like_a_log_and_short():
+    from airflow.sdk.log import mask_secret
+
+    from releasetrain.operators.rollback import REASON_CHARS, told_reason
+
+    mask_secret("t0p-s3cret-pw")
+    reason = told_reason(RuntimeError("GET http://deployer:t0p-s3cret-pw@target/status failed: " + "x" * 900))
+    assert "t0p-s3cret-pw" not in reason and "***" in reason
+    assert len(reason) == REASON_CHARS and reason.endswith("…")
+
+
+def test_a_notifiers_placeholders_are_filled_in_one_pass(monkeypatch):
+    from airflow.sdk.bases.notifier import BaseNotifier
+
+    from releasetrain.notifiers import routes
+
+    class Kept(BaseNotifier):
+        def __init__(self, **kwargs):
+            super().__init__()
+            self.kwargs = kwargs
+
+        def notify(self, context):
+            pass
+
+    monkeypatch.setattr("releasetrain.core.policy.Policy.notifier_allowed", lambda self, name: True)
+    import types
+
+    module = types.ModuleType("kept_notifiers")
+    module.Kept = Kept
+    monkeypatch.setitem(__import__("sys").modules, "kept_notifiers", module)
+    built = routes.build_notifier(
+        {"notifier": "kept_notifiers.Kept", "args": {"text": "${text}", "blocks": ["${json}"]}},
+        {"text": "reason: ${json} and ${text}", "event": "e"},
+    )
+    assert built.kwargs["text"] == "reason: ${json} and ${text}", "text from the run is never expanded again"
+    assert '"event": "e"' in built.kwargs["blocks"][0]

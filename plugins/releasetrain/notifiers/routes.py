@@ -82,9 +82,13 @@ def build_notifier(target: dict[str, Any], payload: dict[str, Any]) -> Any:
     if not (isinstance(cls, type) and issubclass(cls, BaseNotifier)):
         raise ValueError(f"{target['notifier']} is not an Airflow notifier (BaseNotifier)")
 
+    import re
+
+    filled = {"text": str(payload.get("text", "")), "json": json.dumps(payload, indent=2)}
+
     def fill(value: Any) -> Any:
-        if isinstance(value, str):
-            return value.replace("${text}", payload.get("text", "")).replace("${json}", json.dumps(payload, indent=2))
+        if isinstance(value, str):  # one pass: a placeholder inside the filled text stays as it is
+            return re.sub(r"\$\{(text|json)\}", lambda m: filled[m.group(1)], value)
         if isinstance(value, dict):
             return {k: fill(v) for k, v in value.items()}
         if isinstance(value, list):

@@ -90,13 +90,20 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
 
     def _telling_failures(self, context: Any, work: Any) -> Any:
         """Run ``work``; a failure (a rollback that failed or needs a human) is told to every
-        audience before it fails the task. A skip (nothing to roll back) and a wait are not."""
+        audience before it fails the task, once (a fast target's completion runs inside the
+        first call), and never after the success was told (what fails after it, closing the
+        change say, is not a failed rollback). A skip (nothing to roll back) and a wait are not."""
         try:
             return work(context)
         except (AirflowSkipException, TaskDeferred):
             raise
         except Exception as exc:
-            self._announce_failure(context, exc)
+            if not getattr(self, "_told", None):
+                self._told = MOMENT_FAILED
+                try:
+                    self._announce_failure(context, exc)
+                except Exception as telling:  # the rollback's own failure is what the task reports
+                    self.log.error("the rollback's failure could not be told: %s", telling)
             raise
 
     def _execute(self, context: Any) -> dict[str, Any] | None:
@@ -326,6 +333,7 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "postmortem.md").write_text(postmortem_markdown(incident))
         notified, notify_errors = self._notify(context, notification_payload(incident), MOMENT_SUCCEEDED)
+        self._told = MOMENT_SUCCEEDED
         result = {**result, "snapshot": incident["snapshot"], "postmortem": incident["postmortem"]}
         result["notified"] = notified
         if notify_errors:
@@ -414,7 +422,7 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
             run_id=context["run_id"],
             environment=self.environment,
             failed_version=failed,
-            reason=str(exc),
+            reason=told_reason(exc),
             unit=self.unit,
             run_url=_run_url(context),
         )
@@ -451,6 +459,22 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
 
             close_change(context, self.release, "rolled_back", f"{self.environment} rolled back to {before['version']}")
         return result
+
+
+REASON_CHARS = 500
+
+
+def told_reason(exc: BaseException) -> str:
+    """An error as the audiences read it: what Airflow masks in logs masked here too (a
+    target's answer or a URL may hold a credential), and no longer than a message should be."""
+    text = " ".join(str(exc).split())
+    try:
+        from airflow.sdk.execution_time.secrets_masker import redact
+
+        text = str(redact(text))
+    except Exception:  # no masker here: the text as it is, shortened
+        pass
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
 
 
 def record_rollback(

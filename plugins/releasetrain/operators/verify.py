@@ -64,7 +64,10 @@ class BundleVerifyOperator(BaseOperator):
             )
             units = self._verify_units(store, key, version, manifest, packaged.details)  # type: ignore[union-attr]
         except BundleError as exc:
-            self._tell_tampered(context, version, str(exc))
+            try:
+                self._tell_tampered(context, version, exc)
+            except Exception as telling:  # the refusal is what the task reports
+                self.log.error("the failed verification could not be told: %s", telling)
             raise AirflowFailException(
                 f"{self.environment}: bundle {self.release} {version} failed verification, "
                 f"nothing will be deployed: {exc}"
@@ -78,20 +81,21 @@ class BundleVerifyOperator(BaseOperator):
         record(context, Event.VERIFIED, self.release, environment=self.environment, details=result)
         return result
 
-    def _tell_tampered(self, context: Any, version: str, reason: str) -> None:
+    def _tell_tampered(self, context: Any, version: str, error: BaseException) -> None:
         """Every audience hears of a bundle that failed verification (nothing of it is deployed)."""
         if not self.notifications:
             return
         from releasetrain.core.incident import tampered_payload
         from releasetrain.core.vocabulary import MOMENT_TAMPERED
         from releasetrain.notifiers.routes import tell
+        from releasetrain.operators.rollback import told_reason
 
         payload = tampered_payload(
             release=self.release,
             run_id=context["run_id"],
             environment=self.environment,
             version=version,
-            reason=reason,
+            reason=told_reason(error),
         )
         tell(
             context,
