@@ -843,11 +843,9 @@ def _abort(stage: _Stage, verify: str, passed: str) -> str | None:
     return abort
 
 
-def _rollback(stage: _Stage, deploys: list[str]) -> list[str]:
-    """The environment's rollback; packaging modular: one per deploy unit (``rollback_<unit>``),
-    each returning its unit to what ran before (a unit this run did not change is skipped)."""
-    env, spec = stage.env, stage.spec
-    args = {
+def _rollback_args(spec: ReleaseSpec, env: Any) -> dict[str, Any]:
+    """What every rollback of an environment is built with (a release's and the manual one)."""
+    return {
         "release": spec.name,
         "environment": env.name,
         "deploy_target_conn_id": env.deploy_target,
@@ -856,9 +854,15 @@ def _rollback(stage: _Stage, deploys: list[str]) -> list[str]:
         "pool": v.target_pool(env.deploy_target),
         "notifications": [n.model_dump(mode="json") for n in spec.notifications],
         "artifact_store": spec.artifact_store,
-        "locked": True,
         "backout_minutes": spec.backout_minutes,
     }
+
+
+def _rollback(stage: _Stage, deploys: list[str]) -> list[str]:
+    """The environment's rollback; packaging modular: one per deploy unit (``rollback_<unit>``),
+    each returning its unit to what ran before (a unit this run did not change is skipped)."""
+    spec = stage.spec
+    args = {**_rollback_args(spec, stage.env), "locked": True}
     if spec.packaging != "modular":
         rollbacks = [stage.add(v.ROLLBACK, Kind.ROLLBACK, {**args, "deploy_task_id": deploys[0]}, Rule.ONE_FAILED)]
     else:
@@ -925,18 +929,8 @@ def plan_rollback(spec: ReleaseSpec) -> Plan:
     )
     modular = spec.packaging == "modular"
     for env in spec.environments:
-        args = {
-            "approval_task_id": v.ROLLBACK_APPROVAL if spec.rollback_approvers else None,
-            "release": spec.name,
-            "environment": env.name,
-            "deploy_target_conn_id": env.deploy_target,
-            "deploy_timeout_seconds": env.deploy_timeout_seconds,
-            "poll_interval": env.poll_interval_seconds,
-            "pool": v.target_pool(env.deploy_target),
-            "notifications": [n.model_dump(mode="json") for n in spec.notifications],
-            "artifact_store": spec.artifact_store,
-            "backout_minutes": spec.backout_minutes,
-        }
+        approval = v.ROLLBACK_APPROVAL if spec.rollback_approvers else None
+        args = {"approval_task_id": approval, **_rollback_args(spec, env)}
         if not modular:
             rollbacks = [plan.add(Step(v.manual_rollback_task(env.name), Kind.MANUAL_ROLLBACK, args))]
         else:  # each unit back in turn, under one hold of the target: the last one frees it
