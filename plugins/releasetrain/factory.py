@@ -50,6 +50,7 @@ from releasetrain.operators.manual_rollback import (
     RollbackApprovalOperator,
     RollbackReviewOperator,
 )
+from releasetrain.operators.migrate import ReconcileOperator, SchemaMigrateOperator
 from releasetrain.operators.package import BundlePackageOperator
 from releasetrain.operators.parity import ParityCheckOperator
 from releasetrain.operators.progressive import (
@@ -406,6 +407,7 @@ OPERATORS: dict[Kind, type] = {
     Kind.APPROVAL: ReleaseApprovalOperator,
     Kind.WINDOW: ReleaseWindowSensor,
     Kind.LOCK: TargetLockOperator,
+    Kind.MIGRATE: SchemaMigrateOperator,
     Kind.DEPLOY: EnvironmentDeployOperator,
     Kind.ANALYSIS: TrafficAnalysisOperator,
     Kind.DECISION: AnalysisDecisionOperator,
@@ -416,6 +418,7 @@ OPERATORS: dict[Kind, type] = {
     Kind.PASSED: EnvironmentPassedOperator,
     Kind.ABORT: RolloutAbortOperator,
     Kind.ROLLBACK: RollbackOperator,
+    Kind.RECONCILE: ReconcileOperator,
     Kind.UNLOCK: TargetUnlockOperator,
     Kind.REVIEW: PostImplementationReviewOperator,
     Kind.CLOSURE: ReleaseClosureOperator,

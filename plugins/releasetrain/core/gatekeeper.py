@@ -481,6 +481,18 @@ def hotfix(run: RunLedger, hotfix_task_id: str, planned: Mapping[str, str] | Non
     return Decision.allow(hotfix_task_id)
 
 
+def migrated(run: RunLedger, environment: str, migrate_task_id: str, digest: str) -> Decision:
+    """The environment's migrate step recorded its databases at the new schema for this digest."""
+    found = run.of(Event.MIGRATED, environment=environment, task_id=migrate_task_id)
+    if not found:
+        return Decision.refuse(migrate_task_id, run.missing(migrate_task_id, "'migrated' record"))
+    if found[-1].details.get("digest") != digest:
+        return Decision.refuse(
+            migrate_task_id, f"{migrate_task_id} migrated for {found[-1].details.get('digest')}, not {digest}"
+        )
+    return Decision.allow(migrate_task_id)
+
+
 def drift_record(run: RunLedger, environment: str, drift_task_id: str) -> dict[str, Any] | None:
     """What the drift check saw on the target when it let the stage go on (``reported``)."""
     kinds = (Event.DRIFT_CHECKED, Event.DRIFT_ACCEPTED)

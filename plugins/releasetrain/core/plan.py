@@ -68,6 +68,9 @@ class Plan:
                 if (a, b) not in self.edges:
                     self.edges.append((a, b))
 
+    def extend_args(self, task_id: str, **args: Any) -> None:
+        self.steps[task_id] = replace(self.steps[task_id], args={**self.steps[task_id].args, **args})
+
     def set_rule(self, task_id: str, rule: Rule) -> None:
         self.steps[task_id] = replace(self.steps[task_id], trigger_rule=rule)
 
@@ -163,7 +166,7 @@ def _risk(spec: ReleaseSpec, ctx: PlanContext) -> Step:
             "environments": [env.name for env in spec.environments],
             "production": spec.production_environments,
             "components": len(spec.components),
-            "schema_migration": any(c.schema_migration for c in spec.components),
+            "schema_migration": any(c.schema_migration or c.migrations for c in spec.components),
             "rollback_plan": spec.rollback_plan,
             "backout_minutes": spec.backout_minutes,
             "declared_gates": {
@@ -382,9 +385,13 @@ def _stage(
         },
     )
     smoke = _smoke(stage, deploy)
-    stage.watched += [*deploys, smoke]
+    migrate = _migrate(stage, verify, deploys)
+    stage.watched += [*([migrate] if migrate else []), *deploys, smoke]
     plan.connect(drift or baseline or before_lock, lock)
     plan.connect(lock, deploys)  # every unit after the lock: a unit marked done by hand starts none early
+    if migrate:
+        plan.connect(lock, migrate)
+        plan.connect(migrate, deploys[0])
     for earlier, later in zip(deploys, deploys[1:], strict=False):  # one unit after the other, in the spec's order
         plan.connect(earlier, later)
     tail = _rollout(stage, deploy)
@@ -402,7 +409,9 @@ def _stage(
         suites += own
     abort = _abort(stage, verify, passed)
     rollbacks = _rollback(stage, deploys)
-    _unlock(stage, [lock, *stage.watched, passed, *rollbacks, *own, *([abort] if abort else [])])
+    reconcile = _reconcile(stage, verify, migrate, rollbacks) if migrate else None
+    ends = [lock, *stage.watched, passed, *rollbacks, *own, *([abort] if abort else [])]
+    _unlock(stage, [*ends, *([reconcile] if reconcile else [])])
     plan.connect(upstream, first)
     gates.append(passed)
     return passed
@@ -663,6 +672,82 @@ def _deploy(
         unit_args = {**args, "unit": unit, "components": components, "earlier_unit_task_ids": list(deploys)}
         deploys.append(stage.add(v.unit_task(v.DEPLOY, unit), Kind.DEPLOY, unit_args))
     return deploys
+
+
+def _migrations(stage: _Stage) -> dict[str, dict[str, Any]]:
+    """The stage's databases: component -> its migrations (folder, range, connection)."""
+    return {
+        c.name: {
+            "path": c.migrations.path,
+            "compatible": c.migrations.compatible.model_dump(mode="json"),
+            "conn_id": c.migrations.databases[stage.name],
+            "wait_minutes": c.migrations.wait_minutes,
+        }
+        for c in stage.spec.components
+        if c.migrations is not None
+    }
+
+
+def _migrate(stage: _Stage, verify: str, deploys: list[str]) -> str | None:
+    """Schema migrations in the lock, before the first deploy: each deploy asks the ledger for
+    this step's record and the database for its live schema."""
+    migrations = _migrations(stage)
+    if not migrations:
+        return None
+    migrate = stage.add(
+        v.MIGRATE,
+        Kind.MIGRATE,
+        {
+            "release": stage.spec.name,
+            "environment": stage.name,
+            "migrations": migrations,
+            "verify_task_id": verify,
+            "environments": [env.name for env in stage.spec.environments],
+            "artifact_store": stage.spec.artifact_store,
+            "signing_conn_id": stage.ctx.signing_conn_id,
+            "deploy_target_conn_id": stage.env.deploy_target,
+        },
+    )
+    for deploy in deploys:
+        stage.plan.extend_args(deploy, migrate_task_id=migrate, schemas=migrations)
+    return migrate
+
+
+def _reconcile(stage: _Stage, verify: str, migrate: str, rollbacks: list[str]) -> str:
+    """After the migrate step and the rollbacks, whatever they did: a half-failed migration, or
+    a rollback to a version the schema has outrun, runs the reconcile steps and asks a person;
+    otherwise it skips. The target stays locked until it is answered."""
+    spec, env, groups = stage.spec, stage.env, stage.ctx.groups
+    owners = groups[env.owner] if env.owner else stage.pool or groups.get(spec.owner_team, [])
+    if not owners:
+        raise ReleaseSpecError(
+            f"release {spec.name}",
+            [
+                (
+                    f"environments.{env.name}",
+                    "it migrates a database, but nobody could confirm a reconciliation after a failed migration: "
+                    f"give it an owner or approvers, or make owner_team {spec.owner_team!r} a group",
+                )
+            ],
+        )
+    reconcile = stage.add(
+        v.RECONCILE,
+        Kind.RECONCILE,
+        {
+            "release": spec.name,
+            "environment": stage.name,
+            "migrations": _migrations(stage),
+            "migrate_task_id": migrate,
+            "verify_task_id": verify,
+            "rollback_task_ids": list(rollbacks),
+            "owners": list(owners),
+            "artifact_store": spec.artifact_store,
+            "signing_conn_id": stage.ctx.signing_conn_id,
+        },
+        Rule.ALL_DONE,
+    )
+    stage.plan.connect([migrate, *rollbacks], reconcile)
+    return reconcile
 
 
 def _smoke(stage: _Stage, deploy: str) -> str:

@@ -514,6 +514,55 @@ class Notification(_Model):
         return self
 
 
+class SchemaRange(_Model):
+    """The schema versions (the highest migration step applied) an application version works with."""
+
+    min: int = Field(default=0, ge=0, description="The oldest schema it works with (0: a database without steps).")
+    max: int | None = Field(
+        default=None,
+        ge=0,
+        description="The newest schema it works with; omit when no step it knows of removes what it uses. "
+        "A contract step to schema N waits until every live version declares max >= N (or no max).",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SchemaRange:
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max {self.max} is below min {self.min}")
+        return self
+
+
+class Migrations(_Model):
+    """A component's database schema migrations: plain SQL steps in a folder of the component
+    (``NNNN_name.sql`` with ``-- phase: expand`` or ``-- phase: contract`` at the top, and an
+    optional ``NNNN_name.reconcile.sql``), applied by ``<env>.migrate`` before the deploy."""
+
+    path: str = Field(
+        pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$",
+        description="The folder of steps, a path inside the component (packaged and signed with it).",
+    )
+    compatible: SchemaRange = Field(description="The schema versions this version of the component works with.")
+    databases: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Annotated[str, Field(pattern=CONN_ID_PATTERN)]] = (
+        Field(
+            min_length=1,
+            description="Environment -> the Airflow connection of its database (PostgreSQL), one for every "
+            "environment of the release.",
+        )
+    )
+    wait_minutes: int = Field(
+        default=30,
+        ge=0,
+        description="How long migrate waits (deferred) while another migration holds the database; then it fails.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        if ".." in value.split("/"):
+            raise ValueError(f"{value!r} must be a path inside the component (no '..')")
+        return value.strip("/")
+
+
 class Component(_Model):
     name: str = Field(pattern=NAME_PATTERN)
     source: str = Field(
@@ -523,7 +572,16 @@ class Component(_Model):
         "deployment configured (AIRFLOW__RELEASETRAIN__SOURCE_ROOTS).",
     )
     version: str | None = Field(default=None, description="Defaults to the release version.")
-    schema_migration: bool = Field(default=False, description="The component changes a database schema.")
+    schema_migration: bool = Field(
+        default=False,
+        description="The component changes a database schema outside releasetrain (risk only); components with "
+        "migrations count as such.",
+    )
+    migrations: Migrations | None = Field(
+        default=None,
+        description="Schema migrations releasetrain applies before each environment's deploy (expand/contract, "
+        "with a journal in the database and reconciliation when one fails half-way).",
+    )
     contract: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*\.(yaml|yml|json)$",
@@ -707,7 +765,26 @@ class ReleaseSpec(_Model):
         if freeze and freeze.environment in self.production_environments:
             raise ValueError("scope_freeze.environment: passing production ends the release's cycle; freeze before it")
         self._modular_problems()
+        self._migration_problems()
         return self
+
+    def _migration_problems(self) -> None:
+        names = [env.name for env in self.environments]
+        for i, component in enumerate(self.components):
+            if component.migrations is None:
+                continue
+            databases = component.migrations.databases
+            unknown = sorted(set(databases) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"components[{i}].migrations.databases: {unknown} are not environments of this release"
+                )
+            missing = [n for n in names if n not in databases]
+            if missing:
+                raise ValueError(
+                    f"components[{i}].migrations.databases: no database for {missing} (every environment the "
+                    "component is deployed to migrates its own)"
+                )
 
     def _modular_problems(self) -> None:
         known = {c.name for c in self.components}

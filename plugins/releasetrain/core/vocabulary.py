@@ -91,6 +91,7 @@ DRIFT = "drift"
 TESTS = "tests"  # a test suite: tests_<suite>
 PARITY = "parity"
 LOCK = "lock"
+MIGRATE = "migrate"  # schema migrations, in the lock, before the deploy
 DEPLOY = "deploy"
 SMOKE = "smoke"
 HEALTH = "health"
@@ -100,6 +101,7 @@ WATCH = "watch"
 PASSED = "passed"
 ABORT = "abort"
 ROLLBACK = "rollback"
+RECONCILE = "reconcile"  # after a half-failed migration or a rollback the schema outran
 UNLOCK = "unlock"
 
 
@@ -159,6 +161,7 @@ class Kind(StrEnum):
     APPROVAL = "approval"
     WINDOW = "window"
     LOCK = "lock"
+    MIGRATE = "migrate"
     DEPLOY = "deploy"
     ANALYSIS = "analysis"
     DECISION = "decision"
@@ -168,6 +171,7 @@ class Kind(StrEnum):
     PASSED = "passed"
     ABORT = "abort"
     ROLLBACK = "rollback"
+    RECONCILE = "reconcile"
     UNLOCK = "unlock"
     REVIEW = "review"
     CLOSURE = "closure"
@@ -207,6 +211,8 @@ OPTION_ACCEPT_DRIFT = "Accept the drift"
 OPTION_APPROVE_BASELINE = "Approve the profile"
 OPTION_GRANT_EXCEPTION = "Grant the exception"
 OPTION_WAIVE = "Waive the conflicts"
+OPTION_RECONCILED = "Data reconciled"
+OPTION_NOT_RECONCILED = "Not reconciled"
 
 SCHEDULER = "scheduler"  # the author of a scheduled run nobody published a version for
 
@@ -280,6 +286,13 @@ class Event(StrEnum):
     RUN_ADMITTED = "run_admitted"
     RUN_HELD = "run_held"
     RUN_SUPERSEDED = "run_superseded"
+    MIGRATION_APPLIED = "migration_applied"  # one step, applied with its journal row
+    MIGRATION_FAILED = "migration_failed"  # one step failed (its transaction rolled back)
+    MIGRATED = "migrated"  # an environment's migrate step ended: every database at its new schema
+    RECONCILE_APPLIED = "reconcile_applied"  # one reconcile step ran
+    RECONCILE_FAILED = "reconcile_failed"
+    RECONCILE_REQUESTED = "reconcile_requested"  # the reconcile request was put to people, with the journal
+    RECONCILED = "reconciled"  # a person answered the reconcile request (reconciled or not)
 
 
 EVENT_KINDS = frozenset(kind.value for kind in Event)

@@ -128,6 +128,9 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         digest this environment's verify step recorded for it) on the target's
         ``components/<unit>/`` endpoints; every gate is still decided on the release bundle's digest
     :param components: the unit's components (for the record)
+    :param migrate_task_id: the stage's schema migrations: its ``migrated`` record for this
+        digest must be there, and each database's live schema (its journal, read now) must be in
+        the range this version declares (``schemas``: component -> ``{conn_id, compatible}``)
     :param earlier_unit_task_ids: the deploys of the units before this one: each must have
         recorded its deployment of this release bundle (one marked successful by hand did not,
         and no later unit then ships: the environment is never left with half of a release)
@@ -169,6 +172,8 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         unit: str | None = None,
         components: list[str] | None = None,
         earlier_unit_task_ids: list[str] | None = None,
+        migrate_task_id: str | None = None,
+        schemas: dict[str, dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> None:
         # Retried only for infrastructure trouble and Airflow 3.3's race between a fast
@@ -192,6 +197,8 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         self.unit = unit
         self.components = list(components or [])
         self.earlier_unit_task_ids = list(earlier_unit_task_ids or [])
+        self.migrate_task_id = migrate_task_id
+        self.schemas = {k: dict(v) for k, v in (schemas or {}).items()}
         if baseline_task_id and not config:
             raise ValueError("baseline_task_id needs the config profile it approves")
         if (previous_environment is None) != (promotion_gate_task_id is None):
@@ -558,7 +565,32 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
             gatekeeper.step_proof(run, earlier, self.environment, digest=digest)
             for earlier in self.earlier_unit_task_ids
         ]
+        if self.migrate_task_id:
+            decisions.append(gatekeeper.migrated(run, self.environment, self.migrate_task_id, digest))
+            decisions.append(self._schemas_fit(context, request))
         return Decision.combine(self.task_id, decisions)
+
+    def _schemas_fit(self, context: Any, request: ReleaseRequest) -> Decision:
+        """Each database's live schema (its journal, read now) is in the range this version works with."""
+        from releasetrain.core.migration import MigrationError, compatibility_problem, schema_version
+        from releasetrain.hooks.schema import SchemaDatabaseHook
+
+        problems = []
+        for component, spec in self.schemas.items():
+            if self.unit and self.components and component not in self.components:
+                continue  # another unit's database: its own deploy checks it
+            try:
+                with SchemaDatabaseHook(spec["conn_id"]) as db:
+                    schema = schema_version(db.journal(component))
+            except (MigrationError, ConnectionError) as exc:
+                problems.append(f"the schema of {component} cannot be read: {exc}")
+                continue
+            problem = compatibility_problem(
+                component, schema, spec["compatible"], f"{self.release} {request.version}", self.environment
+            )
+            if problem:
+                problems.append(problem)
+        return Decision.refuse(self.task_id, *problems) if problems else Decision.allow(self.task_id)
 
     def _train(self, context: Any, run: RunLedger) -> Decision:
         """A normal run superseded by a hotfix deploys nothing; nor does one held by a hotfix

@@ -107,6 +107,7 @@ class BundlePackageOperator(BaseOperator):
                 f"these inputs give {bundle.digest}. Released versions are immutable: use a new version."
             )
         contracts = self._check_contracts(context, store, collected)  # before the index: a refusal claims nothing
+        migrations = self._migrations(collected)
         self._claim_components(context, store, bundle.manifest)
         units = self._package_units(store, version, collected)  # before the release bundle's signature
         if existing:
@@ -142,6 +143,8 @@ class BundlePackageOperator(BaseOperator):
             result["units"] = units
         if contracts:
             result["contracts"] = contracts
+        if migrations:
+            result["migrations"] = migrations
         if sbom:
             result["sbom"] = sbom
         from releasetrain.operators._common import record
@@ -186,6 +189,29 @@ class BundlePackageOperator(BaseOperator):
             )
             self.log.info("Packaged unit %s of %s %s: digest %s", unit, self.release, version, bundle.digest)
         return units
+
+    def _migrations(self, collected: list[ComponentFiles]) -> dict[str, dict[str, Any]]:
+        """Each migrating component's steps (read here: a bad folder stops packaging, named) and
+        the schema range this version declares: what later releases' contract checks read."""
+        from releasetrain.core.migration import MigrationError, folder_files, read_steps
+
+        declared = {c["name"]: c["migrations"] for c in self.components if c.get("migrations")}
+        found: dict[str, dict[str, Any]] = {}
+        for component in (c for c in collected if c.name in declared):
+            path = declared[component.name]["path"]
+            files = folder_files(component.files, path)
+            try:
+                if not files:
+                    raise MigrationError(f"{component.name}/{path}: the migrations folder is missing or empty")
+                steps = read_steps(files, f"{component.name}/{path}")
+            except MigrationError as exc:
+                raise AirflowFailException(f"packaging {self.release}: {exc}") from None
+            found[component.name] = {
+                "path": path,
+                "compatible": dict(declared[component.name]["compatible"]),
+                "steps": [s.record() for s in steps],
+            }
+        return found
 
     def _refuse_environment_config(self, context: Any, collected: list[ComponentFiles]) -> None:
         """A bundle carries no environment's configuration (that is the environment's profile):
