@@ -168,7 +168,6 @@ def migrating_spec(**component: object):
 
     migrations = {
         "path": "migrations",
-        "compatible": {"min": 2},
         "databases": {"dev": "orders_dev", "prod": "orders_prod"},
         **component,
     }
@@ -191,7 +190,6 @@ def migrating_spec(**component: object):
     [
         ({"databases": {"dev": "orders_dev"}}, r"no database for \['prod'\]"),
         ({"databases": {"dev": "a", "prod": "b", "qa": "c"}}, r"\['qa'\] are not environments"),
-        ({"compatible": {"min": 3, "max": 2}}, "max 2 is below min 3"),
         ({"path": "../shared"}, "must be a path inside the component"),
         ({"databases": {"dev": "a b", "prod": "b"}}, "String should match pattern"),
     ],
@@ -239,3 +237,26 @@ def test_a_migrating_environment_needs_someone_to_confirm_a_reconciliation() -> 
         migrating_spec(), PlanContext(project_root="/srv", calendar_dirs=[], groups={"commerce": ["dana"]})
     )
     assert plan.steps["dev.reconcile"].args["owners"] == ["dana"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"compatible: {min: 3, max: 2}", "compatible.max 2 is below compatible.min 3"),
+        (b"compatible: {min: -1}", "compatible.min must be a whole number >= 0, not -1"),
+        (b"compatible: {min: yes}", "compatible.min must be a whole number >= 0, not True"),
+        (b"compatible: {min: 1, upto: 2}", r"unknown fields \['upto'\]"),
+        (b"min: 1", "must hold exactly 'compatible: {min: N, max: M}'"),
+        (b"compatible: [1", "not readable YAML"),
+    ],
+)
+def test_the_declared_range_is_checked_naming_the_file(text: bytes, message: str) -> None:
+    with pytest.raises(m.MigrationError, match=message):
+        m.read_folder({"schema.yaml": text, "0001_a.sql": EXPAND_1}, "api/migrations")
+
+
+def test_a_folder_declares_its_range_beside_its_steps() -> None:
+    found, compatible = m.read_folder({"schema.yaml": b"compatible: {min: 1}\n", "0001_a.sql": EXPAND_1}, "f")
+    assert compatible == {"min": 1, "max": None} and [s.version for s in found] == [1]
+    with pytest.raises(m.MigrationError, match="f/schema.yaml is missing"):
+        m.read_folder({"0001_a.sql": EXPAND_1}, "f")

@@ -5,8 +5,10 @@ Pure: no Airflow, no database. The migrate and reconcile steps read the journal 
 the target database) and the ledger, and ask this module what to do.
 
 A component's migrations are plain SQL files in one folder of the component (packaged, signed
-and verified like every other file)::
+and verified like every other file), with the schema range that version of the component
+declares::
 
+    schema.yaml                         compatible: {min: 2}
     0001_create_orders.sql              -- phase: expand
     0002_add_order_note.sql             -- phase: expand
     0002_add_order_note.reconcile.sql   (optional: makes the data consistent again when step 2
@@ -15,7 +17,9 @@ and verified like every other file)::
     0003_drop_legacy_note.sql           -- phase: contract
 
 The schema version of a database is the highest step its journal says was applied. An
-application version declares the schema versions it works with (``compatible: {min, max}``).
+application version declares the schema versions it works with (``compatible: {min, max}`` in
+the folder's ``schema.yaml``: the range travels with the code, each version its own, recorded
+when the version is packaged).
 
 - A step to schema ``N`` runs only while every version live in any environment (the ledger)
   declares it works with ``N``; an **expand** step also runs beside a live version that
@@ -128,6 +132,45 @@ def _phase(text: str, where: str) -> str:
                 raise MigrationError(f"{where}: phase {found.group(1)!r} is not one of {', '.join(PHASES)}")
             return found.group(1)
     raise MigrationError(f"{where}: no '-- phase: expand' or '-- phase: contract' line in the comment at the top")
+
+
+SCHEMA_FILE = "schema.yaml"
+
+
+def read_compatible(data: bytes, where: str) -> dict[str, Any]:
+    """The schema range a version declares in its folder's ``schema.yaml``
+    (``compatible: {min: 2, max: 3}``; ``max`` omitted: no step it knows of removes what it uses)."""
+    import yaml
+
+    path = f"{where}/{SCHEMA_FILE}"
+    try:
+        doc = yaml.safe_load(data.decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise MigrationError(f"{path}: not readable YAML ({exc})") from None
+    compatible = doc.get("compatible") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or set(doc) != {"compatible"} or not isinstance(compatible, dict):
+        raise MigrationError(f"{path}: must hold exactly 'compatible: {{min: N, max: M}}'")
+    unknown = sorted(set(compatible) - {"min", "max"})
+    if unknown:
+        raise MigrationError(f"{path}: compatible has unknown fields {unknown} (min, max)")
+    low, high = compatible.get("min", 0), compatible.get("max")
+    for field_name, value in (("min", low), ("max", high)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise MigrationError(f"{path}: compatible.{field_name} must be a whole number >= 0, not {value!r}")
+    if high is not None and high < low:
+        raise MigrationError(f"{path}: compatible.max {high} is below compatible.min {low}")
+    return {"min": low, "max": high}
+
+
+def read_folder(files: Mapping[str, bytes], where: str) -> tuple[list[MigrationStep], dict[str, Any]]:
+    """A migration folder: its steps and the schema range the version declares (``schema.yaml``)."""
+    if SCHEMA_FILE not in files:
+        raise MigrationError(
+            f"{where}/{SCHEMA_FILE} is missing: the version must declare the schema versions it works with "
+            "(compatible: {min: N, max: M})"
+        )
+    compatible = read_compatible(files[SCHEMA_FILE], where)
+    return read_steps({k: v for k, v in files.items() if k != SCHEMA_FILE}, where), compatible
 
 
 def read_steps(files: Mapping[str, bytes], where: str) -> list[MigrationStep]:

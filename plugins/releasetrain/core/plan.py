@@ -675,11 +675,10 @@ def _deploy(
 
 
 def _migrations(stage: _Stage) -> dict[str, dict[str, Any]]:
-    """The stage's databases: component -> its migrations (folder, range, connection)."""
+    """The stage's databases: component -> its migrations (folder, connection, wait)."""
     return {
         c.name: {
             "path": c.migrations.path,
-            "compatible": c.migrations.compatible.model_dump(mode="json"),
             "conn_id": c.migrations.databases[stage.name],
             "wait_minutes": c.migrations.wait_minutes,
         }

@@ -514,34 +514,17 @@ class Notification(_Model):
         return self
 
 
-class SchemaRange(_Model):
-    """The schema versions (the highest migration step applied) an application version works with."""
-
-    min: int = Field(default=0, ge=0, description="The oldest schema it works with (0: a database without steps).")
-    max: int | None = Field(
-        default=None,
-        ge=0,
-        description="The newest schema it works with; omit when no step it knows of removes what it uses. "
-        "A contract step to schema N waits until every live version declares max >= N (or no max).",
-    )
-
-    @model_validator(mode="after")
-    def _ordered(self) -> SchemaRange:
-        if self.max is not None and self.max < self.min:
-            raise ValueError(f"max {self.max} is below min {self.min}")
-        return self
-
-
 class Migrations(_Model):
-    """A component's database schema migrations: plain SQL steps in a folder of the component
+    """A component's database schema migrations: a folder of the component with plain SQL steps
     (``NNNN_name.sql`` with ``-- phase: expand`` or ``-- phase: contract`` at the top, and an
-    optional ``NNNN_name.reconcile.sql``), applied by ``<env>.migrate`` before the deploy."""
+    optional ``NNNN_name.reconcile.sql``) and ``schema.yaml`` (``compatible: {min: N, max: M}``,
+    the schema versions that version of the component works with), applied by
+    ``<env>.migrate`` before the deploy."""
 
     path: str = Field(
         pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$",
-        description="The folder of steps, a path inside the component (packaged and signed with it).",
+        description="The folder of steps and schema.yaml, a path inside the component (packaged and signed with it).",
     )
-    compatible: SchemaRange = Field(description="The schema versions this version of the component works with.")
     databases: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Annotated[str, Field(pattern=CONN_ID_PATTERN)]] = (
         Field(
             min_length=1,

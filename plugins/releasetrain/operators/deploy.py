@@ -130,7 +130,7 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
     :param components: the unit's components (for the record)
     :param migrate_task_id: the stage's schema migrations: its ``migrated`` record for this
         digest must be there, and each database's live schema (its journal, read now) must be in
-        the range this version declares (``schemas``: component -> ``{conn_id, compatible}``)
+        the range this version declared when it was packaged (``schemas``: component -> ``{conn_id, path}``)
     :param earlier_unit_task_ids: the deploys of the units before this one: each must have
         recorded its deployment of this release bundle (one marked successful by hand did not,
         and no later unit then ships: the environment is never left with half of a release)
@@ -567,16 +567,23 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         ]
         if self.migrate_task_id:
             decisions.append(gatekeeper.migrated(run, self.environment, self.migrate_task_id, digest))
-            decisions.append(self._schemas_fit(context, request))
+            decisions.append(self._schemas_fit(run, request))
         return Decision.combine(self.task_id, decisions)
 
-    def _schemas_fit(self, context: Any, request: ReleaseRequest) -> Decision:
-        """Each database's live schema (its journal, read now) is in the range this version works with."""
+    def _schemas_fit(self, run: RunLedger, request: ReleaseRequest) -> Decision:
+        """Each database's live schema (its journal, read now) is in the range this version
+        declared (recorded when it was packaged)."""
         from releasetrain.core.migration import MigrationError, compatibility_problem, schema_version
+        from releasetrain.core.vocabulary import PACKAGE
         from releasetrain.hooks.schema import SchemaDatabaseHook
 
+        packaged = run.last(Event.PACKAGED, task_id=PACKAGE)
+        declared = (packaged.details.get("migrations") or {}) if packaged else {}
         problems = []
         for component, spec in self.schemas.items():
+            if component not in declared:
+                problems.append(f"{component}: " + run.missing(PACKAGE, "declared schema range"))
+                continue
             if self.unit and self.components and component not in self.components:
                 continue  # another unit's database: its own deploy checks it
             try:
@@ -586,7 +593,11 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
                 problems.append(f"the schema of {component} cannot be read: {exc}")
                 continue
             problem = compatibility_problem(
-                component, schema, spec["compatible"], f"{self.release} {request.version}", self.environment
+                component,
+                schema,
+                declared[component]["compatible"],
+                f"{self.release} {request.version}",
+                self.environment,
             )
             if problem:
                 problems.append(problem)

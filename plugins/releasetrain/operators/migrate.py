@@ -40,8 +40,8 @@ def bundle_steps(
     *,
     artifact_store: str | None,
     signing_conn_id: str,
-) -> dict[str, list[m.MigrationStep]]:
-    """Each component's steps, read from the release bundle checked again here (content, the
+) -> dict[str, tuple[list[m.MigrationStep], dict[str, Any]]]:
+    """Each component's steps and declared schema range, read from the release bundle checked again here (content, the
     verified digest, signature): the SQL that runs is the SQL that was signed."""
     try:
         archive, signature = BundleStoreHook(artifact_store).read(release, version)
@@ -56,14 +56,14 @@ def bundle_steps(
         _, files = read_archive(archive)
     except BundleError as exc:
         raise AirflowFailException(f"{release} {version}: the bundle's migrations cannot be trusted: {exc}") from None
-    steps: dict[str, list[m.MigrationStep]] = {}
+    found: dict[str, tuple[list[m.MigrationStep], dict[str, Any]]] = {}
     for component, spec in migrations.items():
         folder = m.folder_files(files, f"{component}/{spec['path']}")
         try:
-            steps[component] = m.read_steps(folder, f"{component}/{spec['path']}")
+            found[component] = m.read_folder(folder, f"{component}/{spec['path']}")
         except m.MigrationError as exc:
             raise AirflowFailException(f"{release} {version}: {exc}") from None
-    return steps
+    return found
 
 
 def declared_ranges(events: list[Any], component: str) -> dict[str, dict[str, Any] | None]:
@@ -93,7 +93,7 @@ class SchemaMigrateOperator(BaseOperator):
     - Its ``migrated`` record is what the deploy asks for: the task marked successful by hand
       proves nothing.
 
-    :param migrations: component -> ``{path, compatible, conn_id, wait_minutes}``
+    :param migrations: component -> ``{path, conn_id, wait_minutes}``
     :param environments: every environment of the release (their live versions are checked)
     """
 
@@ -151,7 +151,7 @@ class SchemaMigrateOperator(BaseOperator):
                     if not db.try_lock(component):
                         self._wait(context, component, spec, deadline)
                     result["components"][component] = self._migrate(
-                        context, db, component, spec, steps[component], events, request.version
+                        context, db, component, spec, *steps[component], events, request.version
                     )
                 except m.MigrationError as exc:
                     raise AirflowFailException(f"{self.environment}: {exc}") from None
@@ -197,6 +197,7 @@ class SchemaMigrateOperator(BaseOperator):
         component: str,
         spec: dict[str, Any],
         steps: list[m.MigrationStep],
+        compatible: dict[str, Any],
         events: list[Any],
         version: str,
     ) -> dict[str, Any]:
@@ -213,7 +214,7 @@ class SchemaMigrateOperator(BaseOperator):
             rows,
             release=self.release,
             version=version,
-            compatible=spec["compatible"],
+            compatible=compatible,
             live=live,
             run_id=context["run_id"],
         )
@@ -252,6 +253,7 @@ class SchemaMigrateOperator(BaseOperator):
             "schema": max(plan.schema_before, plan.schema_after if applied else plan.schema_before),
             "applied": applied,
             "database": spec["conn_id"],
+            "compatible": compatible,
         }
 
 
@@ -363,7 +365,7 @@ class ReconcileOperator(HITLOperator):
         )
         report: dict[str, Any] = {}
         for component, reasons in needs.items():
-            report[component] = self._reconcile(context, component, steps[component], reasons, request.version)
+            report[component] = self._reconcile(context, component, steps[component][0], reasons, request.version)
         record(
             context,
             Event.RECONCILE_REQUESTED,

@@ -193,7 +193,7 @@ class BundlePackageOperator(BaseOperator):
     def _migrations(self, collected: list[ComponentFiles]) -> dict[str, dict[str, Any]]:
         """Each migrating component's steps (read here: a bad folder stops packaging, named) and
         the schema range this version declares: what later releases' contract checks read."""
-        from releasetrain.core.migration import MigrationError, folder_files, read_steps
+        from releasetrain.core.migration import MigrationError, folder_files, read_folder
 
         declared = {c["name"]: c["migrations"] for c in self.components if c.get("migrations")}
         found: dict[str, dict[str, Any]] = {}
@@ -203,12 +203,12 @@ class BundlePackageOperator(BaseOperator):
             try:
                 if not files:
                     raise MigrationError(f"{component.name}/{path}: the migrations folder is missing or empty")
-                steps = read_steps(files, f"{component.name}/{path}")
+                steps, compatible = read_folder(files, f"{component.name}/{path}")
             except MigrationError as exc:
                 raise AirflowFailException(f"packaging {self.release}: {exc}") from None
             found[component.name] = {
                 "path": path,
-                "compatible": dict(declared[component.name]["compatible"]),
+                "compatible": compatible,
                 "steps": [s.record() for s in steps],
             }
         return found
