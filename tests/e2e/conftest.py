@@ -107,6 +107,7 @@ def ledger(stack):
 # with the most tests first), so the session ends soon after its longest module
 MODULE_ORDER = [
     "test_release_e2e",
+    "test_migrations_e2e",
     "test_gates_e2e",
     "test_environments_e2e",
     "test_identity_e2e",

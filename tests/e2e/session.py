@@ -90,6 +90,8 @@ E2E_DAGS = {
     "rollback_modular",
     # issue 14: rollback communications, by audience
     "release_comms",
+    # issue 14: schema migrations before the deploy, reconciled when one half-fails
+    "release_migrating",
 }
 REFRESH_DAG = "refresh_test_data_refresh-env"  # issue 13: test data, masked first (PostgreSQL only)
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
@@ -173,6 +175,31 @@ def _test_data_refresh(home: Path, db_name: str | None) -> tuple[dict, dict, tup
     return {"AIRFLOW__RELEASETRAIN__DATA_REFRESH_FILE": str(path)}, connections, (dsns[0], dsns[1])
 
 
+MIGRATING_ENVIRONMENTS = ("mig-dev", "mig-prod")
+
+
+def _migration_databases(db_name: str | None) -> tuple[dict, dict[str, str]]:
+    """An empty database per environment of ``release_migrating`` (PostgreSQL only): the
+    connections its spec names (``migrate_<env>_e2e``) and each environment's DSN."""
+    if not db_name:
+        return {}, {}
+    pg = urlparse(PG_ADMIN_DSN)
+    connections, dsns = {}, {}
+    for env in MIGRATING_ENVIRONMENTS:
+        name = f"{db_name}_{env.replace('-', '_')}"
+        admin(f"CREATE DATABASE {name}")
+        dsns[env] = PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+        connections[f"migrate_{env.split('-')[1]}_e2e"] = {
+            "conn_type": "postgres",
+            "host": pg.hostname or "127.0.0.1",
+            "port": pg.port or 5432,
+            "login": pg.username or "postgres",
+            "password": pg.password or "",
+            "schema": name,
+        }
+    return connections, dsns
+
+
 @contextmanager
 def session_stack() -> Iterator[DevStack]:
     """The session's stack, its local servers, and what the window tests need to know."""
@@ -214,6 +241,7 @@ def session_stack() -> Iterator[DevStack]:
             "schema": f"{db_name}_ledger",
         }
     refresh_config, refresh_connections, refresh_dsns = _test_data_refresh(home, db_name)
+    migration_connections, migration_dsns = _migration_databases(db_name)
     snow_context = running_servicenow(*SNOW_CREDENTIALS)
     snow, snow_url = snow_context.__enter__()
     fleet_port = _free_port()
@@ -239,6 +267,7 @@ def session_stack() -> Iterator[DevStack]:
             "prometheus_e2e": {"conn_type": "http", "host": prometheus_url},
             "webhook_e2e": {"conn_type": "http", "host": receiver_url},
             **refresh_connections,
+            **migration_connections,
         },
         airflow_config=refresh_config,
         spec_dirs=[
@@ -275,6 +304,7 @@ def session_stack() -> Iterator[DevStack]:
             "mod-dev",
             "mod-prod",
             "comms-env",
+            *MIGRATING_ENVIRONMENTS,
             "windowed-dev",
             "payments-staging",
             "payments-prod",
@@ -306,6 +336,7 @@ def session_stack() -> Iterator[DevStack]:
     dev_stack.receiver_url = receiver_url
     dev_stack.scheduled_windows = (w1, w2)
     dev_stack.refresh_dsns = refresh_dsns
+    dev_stack.migration_dsns = migration_dsns
     try:
         dev_stack.prepare()
         dev_stack.start()
@@ -325,7 +356,7 @@ def session_stack() -> Iterator[DevStack]:
         prometheus_context.__exit__(None, None, None)
         receiver_context.__exit__(None, None, None)
         if db_name:
-            for suffix in ("", "_ledger", "_src", "_tgt"):
+            for suffix in ("", "_ledger", "_src", "_tgt", *(f"_{e.replace('-', '_')}" for e in MIGRATING_ENVIRONMENTS)):
                 admin(f"DROP DATABASE IF EXISTS {db_name}{suffix} WITH (FORCE)")
 
 
@@ -375,6 +406,7 @@ def describe(stack: DevStack, path: Path) -> None:
         "servicenow": (stack.servicenow_url, SNOW_CREDENTIALS),
         "receiver": stack.receiver_url,
         "refresh_dsns": stack.refresh_dsns,
+        "migration_dsns": stack.migration_dsns,
     }
     path.write_bytes(pickle.dumps(view))
 
