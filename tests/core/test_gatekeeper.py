@@ -473,3 +473,17 @@ def test_a_modular_rollback_returns_only_to_versions_that_passed_there():
     assert [c["version"] for c in gatekeeper.rollback_candidates(events, "prod", "1.2.0")] == ["1.0.0", "0.9.0"]
     modular = gatekeeper.rollback_candidates(events, "prod", "1.2.0", passed_only=True)
     assert [c["version"] for c in modular] == ["1.0.0"], "one unit's 'before' is not the environment's"
+
+
+def test_a_deploy_needs_its_stages_migration_on_record_for_its_digest() -> None:
+    missing = gatekeeper.migrated(RunLedger([]), "prod", "prod.migrate", DIGEST)
+    assert not missing.allowed and "no 'migrated' record recorded in the ledger by prod.migrate" in missing.message()
+    by_hand = RunLedger([ev(Event.TASK_STATE, "prod.migrate", state="success", by_hand=True)])
+    assert "set to success by hand" in gatekeeper.migrated(by_hand, "prod", "prod.migrate", DIGEST).message()
+    other = RunLedger([ev(Event.MIGRATED, "prod.migrate", "prod", digest="sha256:other")])
+    assert (
+        "prod.migrate migrated for sha256:other" in gatekeeper.migrated(other, "prod", "prod.migrate", DIGEST).message()
+    )
+    done = RunLedger([ev(Event.MIGRATED, "prod.migrate", "prod", digest=DIGEST)])
+    assert gatekeeper.migrated(done, "prod", "prod.migrate", DIGEST).allowed
+    assert not gatekeeper.migrated(done, "staging", "staging.migrate", DIGEST).allowed

@@ -260,3 +260,20 @@ def test_a_folder_declares_its_range_beside_its_steps() -> None:
     assert compatible == {"min": 1, "max": None} and [s.version for s in found] == [1]
     with pytest.raises(m.MigrationError, match="f/schema.yaml is missing"):
         m.read_folder({"0001_a.sql": EXPAND_1}, "f")
+
+
+def test_the_example_release_and_its_migrations_read() -> None:
+    from pathlib import Path
+
+    from releasetrain.core.plan import PlanContext, plan_release
+    from releasetrain.core.spec import load_spec
+
+    root = Path(__file__).resolve().parents[2]
+    spec = load_spec(root / "include" / "examples" / "orders.yaml", display_root=root)
+    [api] = spec.components
+    folder = root / api.source / api.migrations.path
+    found, compatible = m.read_folder({p.name: p.read_bytes() for p in folder.iterdir()}, "orders-api/migrations")
+    assert [(s.version, s.phase) for s in found] == [(1, "expand"), (2, "expand"), (3, "contract"), (4, "expand")]
+    assert compatible == {"min": 4, "max": None} and found[3].reconcile is not None
+    plan = plan_release(spec, PlanContext(project_root=str(root), calendar_dirs=[], groups={"operations": ["ops"]}))
+    assert plan.upstream("orders-prod.deploy").count("orders-prod.migrate") == 1

@@ -39,6 +39,19 @@ CREATE TABLE IF NOT EXISTS {JOURNAL_TABLE} (
 """
 
 
+def error_detail(exc: Exception) -> str:
+    """What a failed step reports to the journal, the ledger and the people asked: the error's
+    class and SQLSTATE, and its message only for class 42 (syntax and names: an undefined table
+    or column), never for errors whose message may quote a row's values."""
+    code = getattr(exc, "pgcode", None) or "?"
+    text = f"{type(exc).__name__} (SQLSTATE {code})"
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    if code.startswith("42") and primary:
+        text += f": {primary}"
+    return text[:300]
+
+
 class StepFailed(Exception):
     """A step (or a reconcile step) failed; its transaction was rolled back, the failure journaled."""
 
@@ -172,7 +185,7 @@ class SchemaDatabaseHook(BaseHook):
             conn.commit()
         except psycopg2.Error as exc:
             conn.rollback()
-            detail = (getattr(exc, "pgerror", None) or str(exc)).strip().splitlines()[0][:300]
+            detail = error_detail(exc)
             with conn.cursor() as cursor:
                 self._row(cursor, component, step, phase, bad, sha, detail)
             conn.commit()

@@ -1,0 +1,2 @@
+-- phase: expand
+CREATE TABLE orders (id integer PRIMARY KEY, legacy_note text);

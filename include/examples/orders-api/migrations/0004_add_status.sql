@@ -1,0 +1,3 @@
+-- phase: expand
+ALTER TABLE orders ADD COLUMN status text;
+UPDATE orders SET status = 'open' WHERE status IS NULL;
