@@ -53,6 +53,7 @@ from releasetrain.operators.manual_rollback import (
 from releasetrain.operators.migrate import ReconcileOperator, SchemaMigrateOperator
 from releasetrain.operators.package import BundlePackageOperator
 from releasetrain.operators.parity import ParityCheckOperator
+from releasetrain.operators.postmortem import PostmortemReviewOperator
 from releasetrain.operators.progressive import (
     AnalysisDecisionOperator,
     EnvironmentPassedOperator,
@@ -419,6 +420,7 @@ OPERATORS: dict[Kind, type] = {
     Kind.ABORT: RolloutAbortOperator,
     Kind.ROLLBACK: RollbackOperator,
     Kind.RECONCILE: ReconcileOperator,
+    Kind.POSTMORTEM: PostmortemReviewOperator,
     Kind.UNLOCK: TargetUnlockOperator,
     Kind.REVIEW: PostImplementationReviewOperator,
     Kind.CLOSURE: ReleaseClosureOperator,

@@ -92,6 +92,8 @@ E2E_DAGS = {
     "release_comms",
     # issue 14: schema migrations before the deploy, reconciled when one half-fails
     "release_migrating",
+    # issue 14: a blameless postmortem review after a rollback, in the evidence
+    "release_postmortem",
 }
 REFRESH_DAG = "refresh_test_data_refresh-env"  # issue 13: test data, masked first (PostgreSQL only)
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
@@ -304,6 +306,7 @@ def session_stack() -> Iterator[DevStack]:
             "mod-dev",
             "mod-prod",
             "comms-env",
+            "pm-env",
             *MIGRATING_ENVIRONMENTS,
             "windowed-dev",
             "payments-staging",
@@ -318,6 +321,7 @@ def session_stack() -> Iterator[DevStack]:
             "staging": "1.0.0",
             "prod": "1.0.0",
             "comms-env": "1.0.0",
+            "pm-env": "1.0.0",
             **dict.fromkeys(PROGRESSIVE_ENVIRONMENTS, "1.0.0"),
             **dict.fromkeys(GATE_ENVIRONMENTS, "1.0.0"),
         },

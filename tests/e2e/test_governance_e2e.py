@@ -173,3 +173,61 @@ def test_a_rollback_is_told_by_audience_and_a_failed_one_to_everyone(stack, auth
         ("started", ["on-call"]),
         ("failed", ["business", "on-call"]),
     ]
+
+
+def test_a_rollback_asks_its_owners_for_a_blameless_postmortem_that_the_evidence_keeps(
+    stack, author, fleet, ledger, tmp_path
+):
+    """Issue 14: after a rollback the owners (operations) are asked for a blameless review
+    beside it: the environment is back and unlocked while they think, the change record waits
+    in Review, the answer closes it and is in the evidence; a review nobody gives is recorded
+    overdue at its deadline and the change closes without it."""
+    from releasetrain.client import AirflowClient
+
+    dag, task = "release_postmortem", "pm-env.postmortem"
+    ops = AirflowClient(stack.config.api_url, "ops", "ops")
+
+    def change_states(run_id: str) -> list[str]:
+        kinds = ("change_opened", "change_transition", "change_closed")
+        return [e.details.get("state") for e in ledger.events("postmortem", run_id) if e.kind in kinds]
+
+    fleet.post("/faults", {"environment": "pm-env", "version": "2.0.0", "error_rate": 1.0})
+    run_id = author.trigger(dag, {"version": "2.0.0", "change_summary": "pm 2.0.0"})["dag_run_id"]
+    request = author.wait_for_approval(dag, run_id, task)
+    states = author.task_states(dag, run_id)
+    assert (states["pm-env.rollback"], states["pm-env.unlock"]) == ("success", "success"), "nothing waits for it"
+    assert fleet("pm-env")["version"] == "1.0.0"
+    assert sorted(u["id"] for u in request["assigned_users"]) == ["admin", "ops"]
+    assert change_states(run_id)[-1] == "review" and author.run(dag, run_id)["state"] == "running"
+    answer = {
+        "findings": "2.0.0 answered every health request with errors; the smoke check caught it in 40 s.",
+        "contributing_causes": "no error-rate check in staging\n  the release skipped staging  ",
+        "actions": "add a staging environment to the release (release team)",
+    }
+    with pytest.raises(AirflowAPIError) as refused:  # not one of the owners
+        author.respond(dag, run_id, task, "Postmortem reviewed", params_input=answer)
+    assert refused.value.status_code == 403
+    assert ops.answer(dag, run_id, task, "Postmortem reviewed", params_input=answer) == "success"
+    assert author.wait_for_run(dag, run_id)["state"] == "failed", "a rollback is never a green release"
+    assert change_states(run_id)[-2:] == ["review", "closed"]
+
+    out = tmp_path / "evidence.json"
+    export = releasetrain(stack, "evidence", "postmortem", run_id, "--out", str(out))
+    assert export.returncode == 0, export.stderr
+    [review] = json.loads(out.read_text())["summary"]["postmortems"]
+    assert (review["kind"], review["actor"], review["environment"]) == ("postmortem_reviewed", "ops", "pm-env")
+    assert review["contributing_causes"] == "no error-rate check in staging\nthe release skipped staging"
+    assert review["findings"] == answer["findings"] and review["actions"] == answer["actions"]
+    assert (
+        releasetrain(stack, "evidence", "verify", str(out), "--key-conn", "releasetrain_evidence_signing").returncode
+        == 0
+    )
+
+    # nobody answers the next one: overdue at its deadline (a minute), recorded, the change closes
+    fleet.post("/faults", {"environment": "pm-env", "version": "2.0.1", "error_rate": 1.0})
+    late = author.trigger(dag, {"version": "2.0.1", "change_summary": "pm 2.0.1"})["dag_run_id"]
+    assert author.wait_for_run(dag, late, timeout=420)["state"] == "failed"
+    assert author.task_states(dag, late)[task] == "failed"
+    [overdue] = [e for e in ledger.events("postmortem", late) if e.kind == "postmortem_overdue"]
+    assert overdue.details["deadline_minutes"] == 1 and overdue.environment == "pm-env"
+    assert change_states(late)[-2:] == ["review", "closed"]

@@ -7,7 +7,8 @@ The document is JSON::
      "events": [...],                          # the run's ledger events, with their hashes
      "chain": [{"seq", "hash", "prev_hash", "of_run"}],  # links from its first event to its last
      "summary": {"approvals", "refusals", "checks", "exceptions", "change_record",
-                 "closure", "deployments", "rollbacks", "outcome"},
+                 "closure", "deployments", "rollbacks", "outcome",
+                 "postmortems" (only after a postmortem review was answered or overdue)},
      "public_key": PEM, "algorithm": "ed25519", "signature": base64}
 
 The signature covers the canonical JSON of everything but ``signature``. Verification
@@ -141,6 +142,10 @@ def summarise(events: Iterable[LedgerEvent]) -> dict[str, Any]:
         elif event.kind == "rollback":
             summary["rollbacks"].append({"environment": event.environment, **d})
             summary["outcome"] = summary["outcome"] or "rolled_back"
+        elif event.kind in ("postmortem_reviewed", "postmortem_overdue"):  # only when there are any: older
+            summary.setdefault("postmortems", []).append(  # documents keep verifying
+                {"environment": event.environment, "kind": event.kind, "actor": event.actor, "at": event.at, **d}
+            )
         elif event.kind == "review" and d.get("of") == "manual rollback":
             completed = True
         elif event.kind == "run_state":

@@ -410,6 +410,7 @@ def _stage(
     abort = _abort(stage, verify, passed)
     rollbacks = _rollback(stage, deploys)
     reconcile = _reconcile(stage, verify, migrate, rollbacks) if migrate else None
+    _postmortem(stage, rollbacks)
     ends = [lock, *stage.watched, passed, *rollbacks, *own, *([abort] if abort else [])]
     _unlock(stage, [*ends, *([reconcile] if reconcile else [])])
     plan.connect(upstream, first)
@@ -961,6 +962,43 @@ def _rollback(stage: _Stage, deploys: list[str]) -> list[str]:
         ]
     stage.plan.connect(stage.watched, rollbacks)
     return rollbacks
+
+
+def _postmortem(stage: _Stage, rollbacks: list[str]) -> str | None:
+    """After the environment's rollbacks, whatever they did, and outside the lock: nothing
+    waits for it but the run's end (it skips when nothing was rolled back). The rollbacks leave
+    the change record in Review for it."""
+    spec, env, groups = stage.spec, stage.env, stage.ctx.groups
+    if spec.postmortem is None:
+        return None
+    owners = list(spec.postmortem.owners) or groups.get(spec.owner_team) or stage.owners or stage.pool
+    if not owners:
+        raise ReleaseSpecError(
+            f"release {spec.name}",
+            [
+                (
+                    "postmortem.owners",
+                    f"nobody to ask for {env.name}'s postmortem: name owners or define group {spec.owner_team!r}",
+                )
+            ],
+        )
+    review = stage.add(
+        v.POSTMORTEM,
+        Kind.POSTMORTEM,
+        {
+            "release": spec.name,
+            "environment": stage.name,
+            "rollback_task_ids": list(rollbacks),
+            "owners": list(owners),
+            "deadline_minutes": spec.postmortem.deadline_minutes,
+            "artifact_store": spec.artifact_store,
+        },
+        Rule.ALL_DONE,
+    )
+    stage.plan.connect(rollbacks, review)
+    for rollback in rollbacks:
+        stage.plan.extend_args(rollback, postmortem_task_id=review)
+    return review
 
 
 def _unlock(stage: _Stage, ends: list[str]) -> str:

@@ -616,6 +616,24 @@ class Dependency(_Model):
         return value
 
 
+class PostmortemReview(_Model):
+    """A blameless postmortem review after each rollback: asked of the release's owners beside
+    the rollback (never before it), recorded in the ledger and the evidence; the change record
+    stays in Review until it is answered or its deadline passes."""
+
+    owners: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="Who is asked (user ids). Empty: the owner_team group's members, else the environment's "
+        "owners, else its approvers.",
+    )
+    deadline_minutes: int = Field(
+        default=4320,
+        ge=1,
+        description="How long the review waits (deferred, costing nothing); then the overdue review is recorded "
+        "and the change record closes without it.",
+    )
+
+
 class ReleaseSpec(_Model):
     """A release: what is shipped (components), where (environments, in promotion order),
     and under which controls (checks, approvals)."""
@@ -682,6 +700,11 @@ class ReleaseSpec(_Model):
         "triggers it). Empty: a manual rollback needs no second person before it, only the review after.",
     )
     backout_minutes: int | None = Field(default=None, gt=0, description="Estimated time to back the release out.")
+    postmortem: PostmortemReview | None = Field(
+        default=None,
+        description="Ask the owners for a blameless postmortem review after each rollback (findings, contributing "
+        "causes, actions). Without it a rollback still writes its postmortem draft and closes the change record.",
+    )
     change: ChangePolicy = Field(default_factory=lambda: ChangePolicy())
     hotfix_policy: HotfixPolicy | None = Field(
         default=None, description="Lets runs be hotfixes (trigger params hotfix, severity, incident) under rules."

@@ -102,6 +102,7 @@ PASSED = "passed"
 ABORT = "abort"
 ROLLBACK = "rollback"
 RECONCILE = "reconcile"  # after a half-failed migration or a rollback the schema outran
+POSTMORTEM = "postmortem"  # the blameless review after a rollback, beside it
 UNLOCK = "unlock"
 
 
@@ -172,6 +173,7 @@ class Kind(StrEnum):
     ABORT = "abort"
     ROLLBACK = "rollback"
     RECONCILE = "reconcile"
+    POSTMORTEM = "postmortem"
     UNLOCK = "unlock"
     REVIEW = "review"
     CLOSURE = "closure"
@@ -213,6 +215,7 @@ OPTION_GRANT_EXCEPTION = "Grant the exception"
 OPTION_WAIVE = "Waive the conflicts"
 OPTION_RECONCILED = "Data reconciled"
 OPTION_NOT_RECONCILED = "Not reconciled"
+OPTION_POSTMORTEM_REVIEWED = "Postmortem reviewed"
 
 SCHEDULER = "scheduler"  # the author of a scheduled run nobody published a version for
 
@@ -293,6 +296,9 @@ class Event(StrEnum):
     RECONCILE_FAILED = "reconcile_failed"
     RECONCILE_REQUESTED = "reconcile_requested"  # the reconcile request was put to people, with the journal
     RECONCILED = "reconciled"  # a person answered the reconcile request (reconciled or not)
+    POSTMORTEM_REQUESTED = "postmortem_requested"
+    POSTMORTEM_REVIEWED = "postmortem_reviewed"  # findings, contributing causes, actions; who answered
+    POSTMORTEM_OVERDUE = "postmortem_overdue"  # its deadline passed unanswered
 
 
 EVENT_KINDS = frozenset(kind.value for kind in Event)

@@ -94,6 +94,23 @@ def close_change(context: Any, release: str, outcome: str, notes: str) -> Change
     return closed
 
 
+def hold_in_review(context: Any, release: str, outcome: str, notes: str) -> ChangeRef | None:
+    """Like :func:`close_change`, but a change that would be closed stays in Review (for a
+    postmortem review that closes it); one never implemented is canceled as before."""
+    found = change_of(context, release)
+    if found is None:
+        return None
+    ref, conn_id = found
+    backend = _backend(ref, conn_id)
+    try:
+        current = backend.get(ref)
+        if closing(current.change_type, current.state, outcome, current.number) != "close":
+            return close_change(context, release, outcome, notes)
+        return _walk(context, release, backend, current, ChangeState.REVIEW, notes)
+    except (ChangeRecordError, LedgerError) as exc:
+        raise AirflowFailException(f"change record {ref.number}: cannot move to review: {exc}") from None
+
+
 class RiskAssessmentOperator(BaseOperator):
     """Score the release's risk, select its gates, open its change record.
 

@@ -39,6 +39,8 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
     :param artifact_store: where snapshots and postmortems go (default: the bundle store's)
     :param unit: packaging modular: the deploy unit this rollback returns (its own endpoints on
         the target, its own deploy task's record; snapshot and postmortem in a folder of its own)
+    :param postmortem_task_id: the stage's postmortem review: the change record moves to Review
+        and stays there for it (that step closes it), instead of closing here
     """
 
     ui_color = "#f28b82"
@@ -58,10 +60,12 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         locked: bool = False,
         unit: str | None = None,
         backout_minutes: int | None = None,
+        postmortem_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.unit = unit
+        self.postmortem_task_id = postmortem_task_id
         self.backout_minutes = backout_minutes
         self.locked = locked
         self.notifications = list(notifications or [])
@@ -355,9 +359,16 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         }
         back = {e.details.get("unit") for e in run.of(Event.ROLLBACK, environment=self.environment)}
         if deployed <= back:
-            from releasetrain.operators.governance import close_change
-
             note = f"{self.environment}: every unit rolled back ({', '.join(sorted(u for u in back if u))})"
+            self._close_or_review(context, note)
+
+    def _close_or_review(self, context: Any, note: str) -> None:
+        """Close the change as rolled back, or leave it in Review for the postmortem review."""
+        from releasetrain.operators.governance import close_change, hold_in_review
+
+        if self.postmortem_task_id:
+            hold_in_review(context, self.release, "rolled_back", f"{note}; postmortem review asked")
+        else:
             close_change(context, self.release, "rolled_back", note)
 
     def _bundle_diff(self, restored: str | None, failed: str | None) -> dict[str, Any] | str:
@@ -455,9 +466,7 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
             **({"unit": self.unit} if self.unit else {}),
         }
         if not self.unit:  # a unit's: once every unit this run changed is back (after its record)
-            from releasetrain.operators.governance import close_change
-
-            close_change(context, self.release, "rolled_back", f"{self.environment} rolled back to {before['version']}")
+            self._close_or_review(context, f"{self.environment} rolled back to {before['version']}")
         return result
 
 
