@@ -67,7 +67,7 @@ def test_steps_apply_with_their_journal_row_and_a_failure_is_rolled_back_and_jou
         db.mark_reconciled("api", m.unresolved_failure(db.journal("api")), "dba")
         rows = db.journal("api")
     assert [r.status for r in rows] == ["applied", "failed", "reconcile_applied", "reconciled"]
-    assert rows[-1].detail == "confirmed by dba" and m.unresolved_failure(rows) is None
+    assert rows[-1].detail == "confirmed by dba (row 2)" and m.unresolved_failure(rows) is None
 
 
 def test_a_second_migration_on_the_database_waits_for_the_lock(database) -> None:
@@ -88,3 +88,39 @@ def test_a_connection_that_is_not_postgresql_is_refused_by_name(monkeypatch) -> 
     monkeypatch.setenv("AIRFLOW_CONN_ORDERS_SQLITE", json.dumps({"conn_type": "sqlite", "host": "/tmp/x.db"}))
     with pytest.raises(m.MigrationError, match="'orders_sqlite' is of type 'sqlite': migrations run on PostgreSQL"):
         SchemaDatabaseHook("orders_sqlite").journal("api")
+
+
+def step(version: int, sql: str) -> m.MigrationStep:
+    """A step as the hook gets it (read_steps refuses these at packaging; the hook checks again)."""
+    return m.MigrationStep(version, f"s{version}", "expand", sql, f"sha256:{version}")
+
+
+def test_a_step_that_commits_on_its_own_is_journaled_failed_and_a_data_name_never_leaks(database) -> None:
+    from releasetrain.hooks.schema import SchemaDatabaseHook, StepFailed
+
+    with SchemaDatabaseHook("orders_db", run_id="r1") as db:
+        db.apply("api", step(1, "CREATE TABLE tenants (name text); INSERT INTO tenants VALUES ('hunter2')"))
+        with pytest.raises(StepFailed, match="ended its own transaction"):
+            db.apply("api", step(2, "CREATE TABLE x (a int); COMMIT"))
+        dynamic = "DO $$ BEGIN EXECUTE format('SELECT * FROM %I', (SELECT name FROM tenants)); END $$"
+        with pytest.raises(StepFailed) as leaked:
+            db.apply("api", step(3, dynamic))
+        with pytest.raises(StepFailed, match='relation "missing_table" does not exist'):
+            db.apply("api", step(4, "SELECT * FROM missing_table"))  # a name the signed step itself wrote
+    assert leaked.value.detail == "UndefinedTable (SQLSTATE 42P01)" and "hunter2" not in str(leaked.value)
+    assert [r for r in database("SELECT step, status FROM releasetrain_schema_journal ORDER BY id")] == [
+        (1, "applied"),
+        (2, "failed"),
+        (3, "failed"),
+        (4, "failed"),
+    ]
+
+
+def test_a_connection_lost_during_a_step_is_an_infrastructure_error_and_nothing_is_journaled_applied(database) -> None:
+    from releasetrain.hooks.schema import SchemaDatabaseHook
+
+    with SchemaDatabaseHook("orders_db", run_id="r1") as db:
+        db.journal("api")
+        with pytest.raises(ConnectionError, match="the connection was lost during step 0001_s1"):
+            db.apply("api", step(1, "SELECT pg_terminate_backend(pg_backend_pid())"))
+    assert database("SELECT count(*) FROM releasetrain_schema_journal WHERE status = 'applied'") == [(0,)]

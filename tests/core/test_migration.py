@@ -277,3 +277,39 @@ def test_the_example_release_and_its_migrations_read() -> None:
     assert compatible == {"min": 4, "max": None} and found[3].reconcile is not None
     plan = plan_release(spec, PlanContext(project_root=str(root), calendar_dirs=[], groups={"operations": ["ops"]}))
     assert plan.upstream("orders-prod.deploy").count("orders-prod.migrate") == 1
+
+
+@pytest.mark.parametrize(
+    ("sql", "what"),
+    [
+        ("INSERT INTO t VALUES (1);\nCOMMIT;\nSELECT 1/0;", "COMMIT"),
+        ("begin;\nUPDATE t SET a = 1;", "BEGIN"),
+        ("CREATE INDEX CONCURRENTLY i ON t (a);", "CONCURRENTLY"),
+        ("UPDATE t SET a = 1; ROLLBACK", "ROLLBACK"),
+        ("VACUUM t;", "VACUUM"),
+        ("START TRANSACTION; UPDATE t SET a = 1;", "START TRANSACTION"),
+    ],
+)
+def test_a_step_that_controls_its_own_transaction_is_refused(sql: str, what: str) -> None:
+    with pytest.raises(m.MigrationError, match=f"api/migrations/0001_a.sql: {what} controls or escapes"):
+        m.read_steps({"0001_a.sql": f"-- phase: expand\n{sql}".encode()}, "api/migrations")
+    with pytest.raises(m.MigrationError, match="0001_a.reconcile.sql"):
+        m.read_steps({"0001_a.sql": EXPAND_1, "0001_a.reconcile.sql": sql.encode()}, "api/migrations")
+
+
+def test_blocks_strings_and_comments_may_say_begin_and_commit() -> None:
+    sql = (
+        "-- phase: expand\n"
+        "-- we COMMIT to nothing here\n"
+        "DO $$ BEGIN UPDATE t SET a = 1; END $$;\n"
+        "DO $body$ BEGIN PERFORM 1; END; $body$;\n"
+        "INSERT INTO notes VALUES ('begin; commit;');\n"
+        "/* ROLLBACK; */ UPDATE t SET b = 2;\n"
+    )
+    [step] = m.read_steps({"0001_a.sql": sql.encode()}, "f")
+    assert step.phase == "expand"
+
+
+def test_a_run_that_applied_steps_is_unfinished_until_its_migrate_step_records_its_end() -> None:
+    assert m.unfinished([row(1, run_id="r1")], "r1") and not m.unfinished([row(1, run_id="r0")], "r1")
+    assert m.unfinished([row(2, m.FAILED, run_id="r1")], "r1")

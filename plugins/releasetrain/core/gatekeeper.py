@@ -483,12 +483,14 @@ def hotfix(run: RunLedger, hotfix_task_id: str, planned: Mapping[str, str] | Non
 
 def migrated(run: RunLedger, environment: str, migrate_task_id: str, digest: str) -> Decision:
     """The environment's migrate step recorded its databases at the new schema for this digest."""
-    found = run.of(Event.MIGRATED, environment=environment, task_id=migrate_task_id)
-    if not found:
+    latest = run.latest(
+        migrate_task_id, Event.MIGRATED, Event.MIGRATION_FAILED, Event.GATE_REFUSED, environment=environment
+    )
+    if latest is None or latest.kind != Event.MIGRATED:  # its latest try is what the database saw last
         return Decision.refuse(migrate_task_id, run.missing(migrate_task_id, "'migrated' record"))
-    if found[-1].details.get("digest") != digest:
+    if latest.details.get("digest") != digest:
         return Decision.refuse(
-            migrate_task_id, f"{migrate_task_id} migrated for {found[-1].details.get('digest')}, not {digest}"
+            migrate_task_id, f"{migrate_task_id} migrated for {latest.details.get('digest')}, not {digest}"
         )
     return Decision.allow(migrate_task_id)
 

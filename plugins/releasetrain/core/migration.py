@@ -101,9 +101,11 @@ class JournalRow:
     release_version: str = ""
     at: str = ""
     detail: str = ""
+    row_id: int = 0  # the row's id in the journal table
 
     def record(self) -> dict[str, Any]:
         return {
+            "row_id": self.row_id,
             "version": self.version,
             "name": self.name,
             "phase": self.phase,
@@ -113,6 +115,31 @@ class JournalRow:
             "at": self.at,
             **({"detail": self.detail} if self.detail else {}),
         }
+
+
+_DOLLAR_QUOTED = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*|)\$.*?\$\1\$", re.DOTALL)
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
+_QUOTED = re.compile(r"'(?:[^']|'')*'")
+_OWN_TRANSACTION = re.compile(
+    r"(?:^|;)\s*(BEGIN|COMMIT|ROLLBACK|END|ABORT|START\s+TRANSACTION|SAVEPOINT|RELEASE|PREPARE\s+TRANSACTION)\b"
+    r"|\bCONCURRENTLY\b|\bVACUUM\b",
+    re.IGNORECASE,
+)
+
+
+def transaction_problem(sql: str, where: str) -> str | None:
+    """A step that ends, opens or escapes its transaction (``COMMIT``, ``BEGIN``, ``CREATE INDEX
+    CONCURRENTLY``, ``VACUUM``) could be half-applied with no journal row, or applied twice: each
+    step runs in one transaction with its journal row, so these are refused."""
+    text = _COMMENTS.sub(" ", _QUOTED.sub("''", _DOLLAR_QUOTED.sub("$$", sql)))
+    found = _OWN_TRANSACTION.search(text)
+    if found is None:
+        return None
+    what = " ".join((found.group(1) or found.group(0)).split()).upper()
+    return (
+        f"{where}: {what} controls or escapes the step's transaction; each step runs in one transaction with its "
+        "journal row (split it into steps; run CONCURRENTLY or VACUUM work outside releasetrain)"
+    )
 
 
 def _sha(data: str) -> str:
@@ -208,6 +235,10 @@ def read_steps(files: Mapping[str, bytes], where: str) -> list[MigrationStep]:
         reconcile = reconciles.pop(stem, None)
         if not text.strip():
             raise MigrationError(f"{where}/{name}: the step is empty")
+        for sql, path in ((text, f"{where}/{name}"), (reconcile, f"{where}/{stem}.reconcile.sql")):
+            problem = transaction_problem(sql, path) if sql is not None else None
+            if problem:
+                raise MigrationError(problem)
         result.append(
             MigrationStep(
                 version=version,
@@ -347,6 +378,12 @@ def plan_migration(
                     f"{step.version}" + (": it still needs the old shape" if step.phase == CONTRACT else "")
                 )
     return MigrationPlan(pending if not refusals else [], before, after, refusals)
+
+
+def unfinished(rows: list[JournalRow], run_id: str) -> bool:
+    """This run applied or attempted steps on the database (its migrate step then never
+    recorded its end, e.g. a lost connection or the step marked by hand)."""
+    return any(r.run_id == run_id and r.status in (APPLIED, FAILED) for r in rows)
 
 
 def reconcile_steps(steps: list[MigrationStep], rows: list[JournalRow], run_id: str) -> list[MigrationStep]:

@@ -743,6 +743,7 @@ def _reconcile(stage: _Stage, verify: str, migrate: str, rollbacks: list[str]) -
             "owners": list(owners),
             "artifact_store": spec.artifact_store,
             "signing_conn_id": stage.ctx.signing_conn_id,
+            **({"units": dict(spec.units())} if spec.packaging == "modular" else {}),
         },
         Rule.ALL_DONE,
     )

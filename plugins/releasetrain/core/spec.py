@@ -785,6 +785,12 @@ class ReleaseSpec(_Model):
                 raise ValueError(
                     f"components[{i}].migrations.databases: {unknown} are not environments of this release"
                 )
+            shared = sorted({c for c in databases.values() if list(databases.values()).count(c) > 1})
+            if shared:
+                raise ValueError(
+                    f"components[{i}].migrations.databases: {shared} serve several environments; each environment "
+                    "migrates a database of its own (one journal, one schema version per environment)"
+                )
             missing = [n for n in names if n not in databases]
             if missing:
                 raise ValueError(

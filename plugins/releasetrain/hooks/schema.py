@@ -3,6 +3,7 @@ with its journal row in one transaction (PostgreSQL)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from airflow.sdk import BaseHook, Connection
@@ -39,15 +40,16 @@ CREATE TABLE IF NOT EXISTS {JOURNAL_TABLE} (
 """
 
 
-def error_detail(exc: Exception) -> str:
+def error_detail(exc: Exception, sql: str = "") -> str:
     """What a failed step reports to the journal, the ledger and the people asked: the error's
     class and SQLSTATE, and its message only for class 42 (syntax and names: an undefined table
-    or column), never for errors whose message may quote a row's values."""
+    or column) when every name it quotes is written in the step itself (signed code, not data
+    a dynamic statement could have put there); never a message that may quote a row's values."""
     code = getattr(exc, "pgcode", None) or "?"
     text = f"{type(exc).__name__} (SQLSTATE {code})"
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None) if diag is not None else None
-    if code.startswith("42") and primary:
+    if code.startswith("42") and primary and all(name in sql for name in re.findall(r'"([^"]*)"', primary)):
         text += f": {primary}"
     return text[:300]
 
@@ -132,7 +134,7 @@ class SchemaDatabaseHook(BaseHook):
     def journal(self, component: str) -> list[JournalRow]:
         with self.conn.cursor() as cursor:
             cursor.execute(
-                f"SELECT component, step, name, phase, status, sha256, run_id, release_version, "
+                f"SELECT component, step, name, phase, status, sha256, run_id, release_version, id, "
                 f"to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), detail "
                 f"FROM {JOURNAL_TABLE} WHERE component = %s ORDER BY id",
                 (component,),
@@ -149,8 +151,9 @@ class SchemaDatabaseHook(BaseHook):
                 sha256=r[5],
                 run_id=r[6],
                 release_version=r[7],
-                at=r[8],
-                detail=r[9],
+                row_id=r[8],
+                at=r[9],
+                detail=r[10],
             )
             for r in rows
         ]
@@ -176,20 +179,46 @@ class SchemaDatabaseHook(BaseHook):
     def _run(self, component: str, step: MigrationStep, sql: str, phase: str, sha: str, ok: str, bad: str) -> None:
         """``sql`` and its journal row in one transaction; a failure is rolled back and journaled."""
         import psycopg2
+        from psycopg2.extensions import TRANSACTION_STATUS_INTRANS
 
         conn = self.conn
         try:
             with conn.cursor() as cursor:
                 cursor.execute(sql)
+                if conn.info.transaction_status != TRANSACTION_STATUS_INTRANS:  # it ended its own transaction
+                    detail = "the step ended its own transaction (COMMIT or ROLLBACK): it cannot be journaled with it"
+                    self._row(cursor, component, step, phase, bad, sha, detail)
+                    conn.commit()
+                    raise StepFailed(step, detail)
                 self._row(cursor, component, step, phase, ok, sha, "")
             conn.commit()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            self._lost()
+            raise ConnectionError(
+                f"database {self.conn_id!r}: the connection was lost during step {step.label}; its transaction "
+                "did not commit (the journal says whether it did)"
+            ) from None
         except psycopg2.Error as exc:
-            conn.rollback()
-            detail = error_detail(exc)
-            with conn.cursor() as cursor:
-                self._row(cursor, component, step, phase, bad, sha, detail)
-            conn.commit()
+            detail = error_detail(exc, sql)
+            try:
+                conn.rollback()
+                with conn.cursor() as cursor:
+                    self._row(cursor, component, step, phase, bad, sha, detail)
+                conn.commit()
+            except psycopg2.Error:
+                self._lost()
+                raise ConnectionError(
+                    f"database {self.conn_id!r}: step {step.label} failed ({detail}) and the "
+                    "failure could not be journaled"
+                ) from None
             raise StepFailed(step, detail) from None
+
+    def _lost(self) -> None:
+        try:
+            self._conn.close()
+        except Exception:  # noqa: S110 - already broken
+            pass
+        self._conn = None
 
     def apply(self, component: str, step: MigrationStep) -> None:
         self._run(component, step, step.sql, step.phase, step.sha256, APPLIED, FAILED)
@@ -200,27 +229,14 @@ class SchemaDatabaseHook(BaseHook):
             component, step, step.reconcile, "reconcile", step.reconcile_sha256, RECONCILE_APPLIED, RECONCILE_FAILED
         )
 
-    def mark_reconciled(self, component: str, step: MigrationStep | JournalRow, by: str) -> None:
-        """A person said the data is consistent again: the failure of ``step`` is resolved."""
-        version = step.version
-        name = step.name
-        phase = step.phase
-        sha = step.sha256
+    def note(self, component: str, row: JournalRow, status: str, detail: str) -> None:
+        """A row about an earlier one (a failure resolved by a person, a migration that never
+        ended marked failed), written by this run."""
+        step = MigrationStep(row.version, row.name, row.phase, "", row.sha256)
         with self.conn.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {JOURNAL_TABLE} (component, step, name, phase, status, sha256, run_id, release, "
-                "release_version, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    component,
-                    version,
-                    name,
-                    phase,
-                    RECONCILED,
-                    sha,
-                    self.who["run_id"],
-                    self.who["release"],
-                    self.who["release_version"],
-                    f"confirmed by {by}",
-                ),
-            )
+            self._row(cursor, component, step, row.phase, status, row.sha256, detail)
         self.conn.commit()
+
+    def mark_reconciled(self, component: str, failure: JournalRow, by: str) -> None:
+        """A person said the data is consistent again: ``failure`` is resolved."""
+        self.note(component, failure, RECONCILED, f"confirmed by {by} (row {failure.row_id})")

@@ -573,7 +573,12 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
     def _schemas_fit(self, run: RunLedger, request: ReleaseRequest) -> Decision:
         """Each database's live schema (its journal, read now) is in the range this version
         declared (recorded when it was packaged)."""
-        from releasetrain.core.migration import MigrationError, compatibility_problem, schema_version
+        from releasetrain.core.migration import (
+            MigrationError,
+            compatibility_problem,
+            schema_version,
+            unresolved_failure,
+        )
         from releasetrain.core.vocabulary import PACKAGE
         from releasetrain.hooks.schema import SchemaDatabaseHook
 
@@ -588,9 +593,16 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
                 continue  # another unit's database: its own deploy checks it
             try:
                 with SchemaDatabaseHook(spec["conn_id"]) as db:
-                    schema = schema_version(db.journal(component))
+                    rows = db.journal(component)
             except (MigrationError, ConnectionError) as exc:
                 problems.append(f"the schema of {component} cannot be read: {exc}")
+                continue
+            schema, failure = schema_version(rows), unresolved_failure(rows)
+            if failure is not None:  # a half-migrated database: nothing deploys onto it until a person said so
+                problems.append(
+                    f"step {failure.version:04d}_{failure.name} of {component} failed in run {failure.run_id} and its "
+                    "data was never reported reconciled"
+                )
                 continue
             problem = compatibility_problem(
                 component,

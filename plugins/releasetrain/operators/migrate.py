@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from releasetrain.core import migration as m
 from releasetrain.core.approval import SegregationOfDutiesError, check_responder
@@ -125,7 +125,7 @@ class SchemaMigrateOperator(BaseOperator):
         self.artifact_store = artifact_store
         self.signing_conn_id = signing_conn_id
 
-    def execute(self, context: Any, deadline: str | None = None) -> dict[str, Any]:
+    def execute(self, context: Any, deadlines: dict[str, str] | None = None) -> dict[str, Any]:
         from releasetrain.operators.lock import lock_decision
 
         request = release_request(context, self.release)
@@ -133,6 +133,14 @@ class SchemaMigrateOperator(BaseOperator):
         digest = verified_digest(context, run, self.release, self.environment, self.verify_task_id)
         lock = lock_decision(context, self.deploy_target_conn_id, self.task_id, self.release)
         enforce(context, lock, self.release, self.environment)
+        answered = run.last(Event.RECONCILED, environment=self.environment)
+        if answered is not None and not answered.details.get("reconciled"):  # no resuming past that answer
+            refusal = Decision.refuse(
+                self.task_id,
+                f"{answered.actor or 'an owner'} reported the data in {self.environment} not reconciled in this run: "
+                "its migration does not resume (trigger a new run once the reconcile request is answered)",
+            )
+            enforce(context, refusal, self.release, self.environment)
         steps = bundle_steps(
             self.release,
             request.version,
@@ -149,7 +157,7 @@ class SchemaMigrateOperator(BaseOperator):
             ) as db:
                 try:
                     if not db.try_lock(component):
-                        self._wait(context, component, spec, deadline)
+                        self._wait(component, spec, dict(deadlines or {}))
                     result["components"][component] = self._migrate(
                         context, db, component, spec, *steps[component], events, request.version
                     )
@@ -169,11 +177,13 @@ class SchemaMigrateOperator(BaseOperator):
         finally:
             hook.close()
 
-    def _wait(self, context: Any, component: str, spec: dict[str, Any], deadline: str | None) -> None:
-        """Another migration holds the database: wait deferred, then try again from the start."""
+    def _wait(self, component: str, spec: dict[str, Any], deadlines: dict[str, str]) -> None:
+        """Another migration holds the database: wait deferred, then try again from the start
+        (each component's wait has its own deadline, from when it first waited)."""
         from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 
         now = datetime.now(UTC)
+        deadline = deadlines.get(component)
         until = datetime.fromisoformat(deadline) if deadline else now + timedelta(minutes=spec["wait_minutes"])
         if now >= until:
             raise AirflowFailException(
@@ -184,11 +194,13 @@ class SchemaMigrateOperator(BaseOperator):
         self.defer(
             trigger=TimeDeltaTrigger(timedelta(seconds=POLL_SECONDS)),
             method_name="execute_after_wait",
-            kwargs={"deadline": until.isoformat()},
+            kwargs={"deadlines": {**deadlines, component: until.isoformat()}},
         )
 
-    def execute_after_wait(self, context: Any, event: Any = None, deadline: str | None = None) -> dict[str, Any]:
-        return self.execute(context, deadline=deadline)
+    def execute_after_wait(
+        self, context: Any, event: Any = None, deadlines: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        return self.execute(context, deadlines=deadlines)
 
     def _migrate(
         self,
@@ -248,10 +260,12 @@ class SchemaMigrateOperator(BaseOperator):
             )
         if not applied:
             self.log.info("%s: %s is at schema %d, nothing to apply", self.environment, component, plan.schema_before)
+        rows = db.journal(component)  # what this run applied, in every try (a wait or a retry in between)
         return {
-            "schema_before": plan.schema_before,
-            "schema": max(plan.schema_before, plan.schema_after if applied else plan.schema_before),
-            "applied": applied,
+            "schema": m.schema_version(rows),
+            "applied": [
+                f"{r.version:04d}_{r.name}" for r in rows if r.run_id == context["run_id"] and r.status == m.APPLIED
+            ],
             "database": spec["conn_id"],
             "compatible": compatible,
         }
@@ -285,6 +299,7 @@ class ReconcileOperator(HITLOperator):
         owners: list[str],
         artifact_store: str | None = None,
         signing_conn_id: str = SigningKeyHook.default_conn_name,
+        units: dict[str, list[str]] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("params", None)  # the DAG's trigger params are not part of this form
@@ -304,6 +319,7 @@ class ReconcileOperator(HITLOperator):
         self.owners = list(owners)
         self.artifact_store = artifact_store
         self.signing_conn_id = signing_conn_id
+        self.units = {k: list(v) for k, v in (units or {}).items()}  # packaging modular: unit -> components
 
     def _hook(self, context: Any, component: str, version: str) -> SchemaDatabaseHook:
         return SchemaDatabaseHook(
@@ -322,10 +338,18 @@ class ReconcileOperator(HITLOperator):
             events = list(hook.events(release=self.release))
         finally:
             hook.close()
-        restored = [
-            e.details["restored_version"]
+        latest = run.latest(
+            self.migrate_task_id,
+            Event.MIGRATED,
+            Event.MIGRATION_FAILED,
+            Event.GATE_REFUSED,
+            environment=self.environment,
+        )
+        finished = latest is not None and latest.kind == Event.MIGRATED
+        rollbacks = [
+            e.details
             for e in run.of(Event.ROLLBACK, environment=self.environment)
-            if e.details.get("restored_version") and (e.details.get("task_id") in self.rollback_task_ids)
+            if e.details.get("restored_version") and e.details.get("task_id") in self.rollback_task_ids
         ]
         needs: dict[str, list[str]] = {}
         for component in self.migrations:
@@ -335,9 +359,18 @@ class ReconcileOperator(HITLOperator):
             failure = m.unresolved_failure(rows)
             if failure is not None and failure.run_id == context["run_id"]:
                 reasons.append(f"step {failure.version:04d}_{failure.name} failed: {failure.detail or 'no detail'}")
+            elif not finished and m.unfinished(rows, context["run_id"]):
+                reasons.append(
+                    f"this run applied steps of {component} and {self.migrate_task_id} never recorded its end "
+                    "(a lost connection, or the step set by hand)"
+                )
             schema = m.schema_version(rows)
             ranges = declared_ranges(events, component)
-            for back in restored:
+            for rollback in rollbacks:
+                unit = rollback.get("unit")
+                if unit and component not in self.units.get(unit, [component]):
+                    continue  # another unit's rollback: this component's version did not move
+                back = rollback["restored_version"]
                 compatible = ranges.get(back)
                 if compatible is not None and not m.in_range(schema, compatible):
                     reasons.append(
@@ -406,8 +439,14 @@ class ReconcileOperator(HITLOperator):
         self, context: Any, component: str, steps: list[m.MigrationStep], reasons: list[str], version: str
     ) -> dict[str, Any]:
         outcome: dict[str, str] = {}
+        run_id = context["run_id"]
         with self._hook(context, component, version) as db:
-            for step in m.reconcile_steps(steps, db.journal(component), context["run_id"]):
+            self._hold(db, component)
+            rows = db.journal(component)
+            if m.unresolved_failure(rows) is None and m.unfinished(rows, run_id):  # it never ended: a failure
+                last = [r for r in rows if r.run_id == run_id][-1]
+                db.note(component, last, m.FAILED, f"{self.migrate_task_id} never recorded its end")
+            for step in m.reconcile_steps(steps, db.journal(component), run_id):
                 try:
                     db.reconcile(component, step)
                 except StepFailed as exc:
@@ -429,12 +468,21 @@ class ReconcileOperator(HITLOperator):
                     details={"component": component, **step.record()},
                 )
             rows = db.journal(component)
+        failure = m.unresolved_failure(rows)
         return {
             "reasons": reasons,
             "reconcile": outcome,
             "schema": m.schema_version(rows),
             "journal": m.journal_text(rows),
+            "failure_row": failure.row_id if failure else None,  # the failure an answer resolves
         }
+
+    def _hold(self, db: SchemaDatabaseHook, component: str) -> None:
+        """No migration runs on the database while it is reconciled or marked reconciled."""
+        if not db.try_lock(component):
+            raise AirflowException(
+                f"{self.environment}: another migration holds the database of {component}; trying again"
+            )
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         request = release_request(context, self.release)
@@ -447,13 +495,33 @@ class ReconcileOperator(HITLOperator):
         reconciled = result["chosen_options"] == [OPTION_RECONCILED]
         run = run_ledger(context, self.release)
         asked = run.of(Event.RECONCILE_REQUESTED, environment=self.environment, task_id=self.task_id)
-        components = sorted((asked[-1].details.get("components") or {}) if asked else {})
-        if reconciled:
-            for component in components:
-                with self._hook(context, component, request.version) as db:
-                    failure = m.unresolved_failure(db.journal(component))
-                    if failure is not None:
-                        db.mark_reconciled(component, failure, responder or "")
+        shown = dict((asked[-1].details.get("components") or {}) if asked else {})
+        components = sorted(shown)
+        for component in components:  # the answer is about the failure the person was shown
+            with self._hook(context, component, request.version) as db:
+                self._hold(db, component)
+                rows = db.journal(component)
+                failure = m.unresolved_failure(rows)
+                expected = shown[component].get("failure_row")
+                answered_before = any(  # Airflow 3.3's fast-answer race: an earlier try marked it
+                    r.status == m.RECONCILED and r.run_id == context["run_id"] and f"(row {expected})" in r.detail
+                    for r in rows
+                )
+                now = failure.row_id if failure else None
+                if now != expected and not (now is None and answered_before):
+                    enforce(
+                        context,
+                        Decision.refuse(
+                            self.task_id,
+                            f"the journal of {component} changed while the request waited (open failure: row "
+                            f"{now}, shown: row {expected}); the answer was about another state: clear "
+                            f"{self.task_id} to ask again",
+                        ),
+                        self.release,
+                        self.environment,
+                    )
+                if reconciled and failure is not None:
+                    db.mark_reconciled(component, failure, responder or "")
         record_decision(
             context,
             Event.RECONCILED,
