@@ -92,6 +92,7 @@ E2E_DAGS = {
     "release_comms",
     # issue 14: schema migrations before the deploy, reconciled when one half-fails
     "release_migrating",
+    "rollback_migrating",
     # issue 14: a blameless postmortem review after a rollback, in the evidence
     "release_postmortem",
 }

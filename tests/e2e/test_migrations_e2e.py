@@ -143,6 +143,17 @@ def test_expand_steps_run_before_the_deploy_and_a_contract_waits_for_every_envir
             (2,)
         ]
 
+    # an old version never comes back onto a schema it cannot use: 1.0.0 still reads legacy_note
+    back = admin.trigger(
+        "rollback_migrating", {"environment": DEV, "version": "1.0.0", "reason": "incident 12: try 1.0.0 again"}
+    )
+    assert admin.wait_for_run("rollback_migrating", back["dag_run_id"])["state"] == "failed"
+    reason = the_refusal(ledger.events(RELEASE, back["dag_run_id"], "rollback_migrating"))
+    assert (
+        f"{DEV}: the live schema of orders-api is 3, outside the range 1..2 that migrating 1.0.0 works with" in reason
+    )
+    assert fleet(DEV)["version"] == "1.3.0"
+
 
 def test_a_half_failed_migration_is_reconciled_before_the_environment_is_released(
     admin, approver, ledger, fleet, databases, stack

@@ -1029,6 +1029,18 @@ def plan_rollback(spec: ReleaseSpec) -> Plan:
                 **({"units": dict(spec.units())} if spec.packaging == "modular" else {}),
                 "change_backend": spec.change.backend,
                 "change_conn_id": spec.change.conn_id,
+                **(
+                    {
+                        "schemas": {
+                            env.name: {
+                                c.name: c.migrations.databases[env.name] for c in spec.components if c.migrations
+                            }
+                            for env in spec.environments
+                        }
+                    }
+                    if any(c.migrations for c in spec.components)
+                    else {}
+                ),
             },
         )
     )

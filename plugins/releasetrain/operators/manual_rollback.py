@@ -98,10 +98,12 @@ class ManualRollbackPlanOperator(BaseOperator):
         change_backend: str = "builtin",
         change_conn_id: str | None = None,
         units: dict[str, list[str]] | None = None,
+        schemas: dict[str, dict[str, str]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.release = release
+        self.schemas = {env: dict(c) for env, c in (schemas or {}).items()}
         self.targets = dict(targets)
         self.units = {u: list(c) for u, c in (units or {}).items()}
         self.change_backend = change_backend
@@ -154,6 +156,7 @@ class ManualRollbackPlanOperator(BaseOperator):
                 f"{environment}: no version to roll back to: no version older than {current} passed there and "
                 "kept its place; recover by hand (and record it) or release a fix"
             )
+        self._schemas_hold(context, environment, events, target["version"])  # type: ignore[index]
         plan = {
             "environment": environment,
             "from_version": current,
@@ -180,6 +183,37 @@ class ManualRollbackPlanOperator(BaseOperator):
             reason,
         )
         return plan
+
+    def _schemas_hold(self, context: Any, environment: str, events: list[Any], version: str) -> None:
+        """The version rolled back to works with each database's live schema (the range it
+        declared when it was packaged; its journal, read now), and no migration is half-done
+        there: an old version never runs on a schema it cannot use. Refused, named."""
+        from releasetrain.core import migration as m
+        from releasetrain.hooks.schema import SchemaDatabaseHook
+        from releasetrain.operators.migrate import declared_ranges
+
+        reasons = []
+        for component, conn_id in self.schemas.get(environment, {}).items():
+            try:
+                with SchemaDatabaseHook(conn_id) as db:
+                    rows = db.journal(component)
+            except (m.MigrationError, ConnectionError) as exc:
+                reasons.append(f"the schema of {component} cannot be read: {exc}")
+                continue
+            failure = m.unresolved_failure(rows)
+            if failure is not None:
+                reasons.append(
+                    f"step {failure.version:04d}_{failure.name} of {component} failed in run {failure.run_id} and "
+                    "its data was never reported reconciled: answer that run's reconcile request first"
+                )
+            compatible = declared_ranges(events, component).get(version)
+            problem = compatible and m.compatibility_problem(
+                component, m.schema_version(rows), compatible, f"{self.release} {version}", environment
+            )
+            if problem:
+                reasons.append(problem + ": roll back to a version that works with it, or release a fix")
+        if reasons:
+            enforce(context, Decision.refuse("rollback", *reasons), self.release, environment)
 
     def _unit_plans(
         self, context: Any, environment: str, events: list[Any], units: dict[str, dict[str, Any]], version: str
