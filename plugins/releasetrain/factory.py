@@ -34,6 +34,7 @@ from releasetrain.core.spec import (
 from releasetrain.core.versioning import SEMVER_PATTERN
 from releasetrain.core.vocabulary import TRAIN_MAX_ACTIVE_RUNS, Kind, Rule
 from releasetrain.core.windows import CalendarError
+from releasetrain.operators.alerts import AlertWatchOperator
 from releasetrain.operators.approval import ReleaseApprovalOperator
 from releasetrain.operators.baseline import BaselineApprovalOperator
 from releasetrain.operators.checks import HealthVerificationOperator, SmokeCheckOperator, TestSuiteOperator
@@ -421,6 +422,7 @@ OPERATORS: dict[Kind, type] = {
     Kind.ROLLBACK: RollbackOperator,
     Kind.RECONCILE: ReconcileOperator,
     Kind.POSTMORTEM: PostmortemReviewOperator,
+    Kind.ALERTS: AlertWatchOperator,
     Kind.UNLOCK: TargetUnlockOperator,
     Kind.REVIEW: PostImplementationReviewOperator,
     Kind.CLOSURE: ReleaseClosureOperator,

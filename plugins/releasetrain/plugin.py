@@ -11,6 +11,7 @@ from __future__ import annotations
 from airflow.plugins_manager import AirflowPlugin
 
 from releasetrain import listener
+from releasetrain.alerts_api import create_app
 from releasetrain.core.versioning import is_semver
 from releasetrain.timetables.release_window import ReleaseWindowTimetable
 
@@ -22,3 +23,5 @@ class ReleaseTrainPlugin(AirflowPlugin):
     macros = [is_semver]
     timetables = [ReleaseWindowTimetable]
     listeners = [listener]
+    # the alert webhook (Alertmanager), served by the API server under /releasetrain
+    fastapi_apps = [{"app": create_app(), "url_prefix": "/releasetrain", "name": "releasetrain alerts"}]

@@ -33,6 +33,8 @@ from releasetrain.client import AirflowClient
 from releasetrain.devstack import DevStack, StackConfig
 from tests.conftest import PROJECT_ROOT
 from tests.pg import PG_ADMIN_DSN, admin, postgres_answers
+from tests.servers.grafana import TOKEN as GRAFANA_TOKEN
+from tests.servers.grafana import running_grafana
 from tests.servers.prometheus import running_prometheus
 from tests.servers.servicenow import WALK_PATH, running_servicenow
 from tests.servers.webhook import running_receiver
@@ -40,6 +42,7 @@ from tests.servers.webhook import running_receiver
 STACK_FILE = "RELEASETRAIN_E2E_STACK"
 
 SNOW_CREDENTIALS = ("svc-release", "e2e-Sn0w-pass")
+ALERT_TOKEN = "e2e-alertmanager-token"
 
 E2E_DAGS = {
     "release_storefront",
@@ -95,6 +98,8 @@ E2E_DAGS = {
     "rollback_migrating",
     # issue 14: a blameless postmortem review after a rollback, in the evidence
     "release_postmortem",
+    # issue 14: an alert during the watch after a deploy rolls it back; every change is marked
+    "release_alerted",
 }
 REFRESH_DAG = "refresh_test_data_refresh-env"  # issue 13: test data, masked first (PostgreSQL only)
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
@@ -253,6 +258,8 @@ def session_stack() -> Iterator[DevStack]:
     prometheus_url = prometheus_context.__enter__()
     receiver_context = running_receiver()
     receiver, receiver_url = receiver_context.__enter__()
+    grafana_context = running_grafana()
+    grafana, grafana_url = grafana_context.__enter__()
     config = StackConfig(
         project_root=PROJECT_ROOT,
         home=home,
@@ -271,8 +278,11 @@ def session_stack() -> Iterator[DevStack]:
             "webhook_e2e": {"conn_type": "http", "host": receiver_url},
             **refresh_connections,
             **migration_connections,
+            # deploy markers go to the local Grafana; Alertmanager's webhook authenticates with this token
+            "grafana_e2e": {"conn_type": "http", "host": grafana_url, "password": GRAFANA_TOKEN},
+            "releasetrain_alerts": {"conn_type": "http", "password": ALERT_TOKEN},
         },
-        airflow_config=refresh_config,
+        airflow_config={**refresh_config, "AIRFLOW__RELEASETRAIN__ANNOTATIONS_CONN_ID": "grafana_e2e"},
         spec_dirs=[
             PROJECT_ROOT / "include" / "releases",
             PROJECT_ROOT / "tests" / "fixtures" / "releases",
@@ -308,6 +318,7 @@ def session_stack() -> Iterator[DevStack]:
             "mod-prod",
             "comms-env",
             "pm-env",
+            "alert-env",
             *MIGRATING_ENVIRONMENTS,
             "windowed-dev",
             "payments-staging",
@@ -323,6 +334,7 @@ def session_stack() -> Iterator[DevStack]:
             "prod": "1.0.0",
             "comms-env": "1.0.0",
             "pm-env": "1.0.0",
+            "alert-env": "1.0.0",
             **dict.fromkeys(PROGRESSIVE_ENVIRONMENTS, "1.0.0"),
             **dict.fromkeys(GATE_ENVIRONMENTS, "1.0.0"),
         },
@@ -342,6 +354,7 @@ def session_stack() -> Iterator[DevStack]:
     dev_stack.scheduled_windows = (w1, w2)
     dev_stack.refresh_dsns = refresh_dsns
     dev_stack.migration_dsns = migration_dsns
+    dev_stack.grafana_url = grafana_url
     try:
         dev_stack.prepare()
         dev_stack.start()
@@ -360,6 +373,7 @@ def session_stack() -> Iterator[DevStack]:
         snow_context.__exit__(None, None, None)
         prometheus_context.__exit__(None, None, None)
         receiver_context.__exit__(None, None, None)
+        grafana_context.__exit__(None, None, None)
         if db_name:
             for suffix in ("", "_ledger", "_src", "_tgt", *(f"_{e.replace('-', '_')}" for e in MIGRATING_ENVIRONMENTS)):
                 admin(f"DROP DATABASE IF EXISTS {db_name}{suffix} WITH (FORCE)")
@@ -412,6 +426,7 @@ def describe(stack: DevStack, path: Path) -> None:
         "receiver": stack.receiver_url,
         "refresh_dsns": stack.refresh_dsns,
         "migration_dsns": stack.migration_dsns,
+        "grafana_url": stack.grafana_url,
     }
     path.write_bytes(pickle.dumps(view))
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from releasetrain.core.approval import SegregationOfDutiesError, check_approvals
 from releasetrain.core.versioning import Version
 from releasetrain.core.vocabulary import (
+    ALERTS,
     ANALYSIS,
     DEPLOY,
     HEALTH,
@@ -231,6 +232,7 @@ def step_proof(run: RunLedger, task_id: str, environment: str, *, digest: str | 
         SMOKE: Event.CHECKS_PASSED,
         HEALTH: Event.CHECKS_PASSED,
         PROMOTE: Event.PROMOTED,
+        ALERTS: Event.ALERTS_QUIET,
     }.get(kind)
     if expected is None:
         raise ValueError(f"{task_id}: no proof is defined for a {kind!r} step")

@@ -398,11 +398,17 @@ def _stage(
     plan.connect(tail, smoke)
     last = _health(stage, smoke, deploy)
     watch, last = _watch(stage, deploy, last)
+    alerts = _alerts(stage, deploy, last)
+    if alerts:
+        stage.watched.append(alerts)
+        last = alerts
     own = _suites(stage, deploy)
     if stage.production:  # part of the stage: proofs of its gate, a failure rolls it back
         plan.connect(last, own)
         stage.watched += own
     passed = _passed(stage, verify, deploys, smoke, watch, own if stage.production else [])
+    if alerts:
+        stage.plan.extend_args(passed, proof_task_ids=[*stage.plan.steps[passed].args["proof_task_ids"], alerts])
     plan.connect(own if stage.production and own else last, passed)
     if not stage.production:  # beside the next environments, on the target it tests (still locked)
         plan.connect(passed, own)
@@ -871,6 +877,25 @@ def _watch(stage: _Stage, deploy: str, last: str) -> tuple[str | None, str]:
     check, decide = _analysed(stage, deploy, v.WATCH, watch, phase, None, "app")
     stage.plan.connect(last, check)
     return check, decide
+
+
+def _alerts(stage: _Stage, deploy: str, last: str) -> str | None:
+    """The watch for alerts after the deploy and its checks (spec ``alerts``): a firing alert
+    attached to the run fails it, and the stage rolls back; the gate asks for a quiet watch."""
+    if stage.spec.alerts is None:
+        return None
+    alerts = stage.add(
+        v.ALERTS,
+        Kind.ALERTS,
+        {
+            "release": stage.spec.name,
+            "environment": stage.name,
+            "watch_minutes": stage.spec.alerts.watch_minutes,
+            "deploy_task_id": deploy,
+        },
+    )
+    stage.plan.connect(last, alerts)
+    return alerts
 
 
 def _suites(stage: _Stage, deploy: str) -> list[str]:

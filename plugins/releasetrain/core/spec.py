@@ -634,6 +634,18 @@ class PostmortemReview(_Model):
     )
 
 
+class AlertWatch(_Model):
+    """Alerts as a rollback trigger: every environment is watched for ``watch_minutes`` after its
+    deploy (deferred); an alert the alert webhook attaches to the run in that time rolls it back."""
+
+    watch_minutes: float = Field(
+        gt=0,
+        le=1440,
+        description="How long after each deploy a firing alert for the environment (Alertmanager's label "
+        "environment) rolls it back; the environment passes only after a quiet watch.",
+    )
+
+
 class ReleaseSpec(_Model):
     """A release: what is shipped (components), where (environments, in promotion order),
     and under which controls (checks, approvals)."""
@@ -700,6 +712,11 @@ class ReleaseSpec(_Model):
         "triggers it). Empty: a manual rollback needs no second person before it, only the review after.",
     )
     backout_minutes: int | None = Field(default=None, gt=0, description="Estimated time to back the release out.")
+    alerts: AlertWatch | None = Field(
+        default=None,
+        description="Roll back when an alert fires during a watch after each deploy. Without it, alerts are still "
+        "attached to the release they follow (the alert webhook), and nothing rolls back on them.",
+    )
     postmortem: PostmortemReview | None = Field(
         default=None,
         description="Ask the owners for a blameless postmortem review after each rollback (findings, contributing "

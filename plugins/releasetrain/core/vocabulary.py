@@ -103,6 +103,7 @@ ABORT = "abort"
 ROLLBACK = "rollback"
 RECONCILE = "reconcile"  # after a half-failed migration or a rollback the schema outran
 POSTMORTEM = "postmortem"  # the blameless review after a rollback, beside it
+ALERTS = "alerts"  # the watch for alerts after a deploy (spec alerts.watch_minutes)
 UNLOCK = "unlock"
 
 
@@ -174,6 +175,7 @@ class Kind(StrEnum):
     ROLLBACK = "rollback"
     RECONCILE = "reconcile"
     POSTMORTEM = "postmortem"
+    ALERTS = "alerts"
     UNLOCK = "unlock"
     REVIEW = "review"
     CLOSURE = "closure"
@@ -299,6 +301,9 @@ class Event(StrEnum):
     POSTMORTEM_REQUESTED = "postmortem_requested"
     POSTMORTEM_REVIEWED = "postmortem_reviewed"  # findings, contributing causes, actions; who answered
     POSTMORTEM_OVERDUE = "postmortem_overdue"  # its deadline passed unanswered
+    ANNOTATED = "annotated"  # a deploy marker published on the deployment's dashboards (or why not)
+    ALERT_RECEIVED = "alert_received"  # an alert (Alertmanager's webhook) attached to the deploy it followed
+    ALERTS_QUIET = "alerts_quiet"  # the watch after a deploy ended without a firing alert
 
 
 EVENT_KINDS = frozenset(kind.value for kind in Event)

@@ -9,6 +9,7 @@ gatekeeper's reasons and records the refusal.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
@@ -17,6 +18,8 @@ from releasetrain.core.gatekeeper import Decision, RunLedger
 from releasetrain.core.ledger import LedgerError
 from releasetrain.core.request import ReleaseRequest, ReleaseRequestError, build_request
 from releasetrain.core.vocabulary import Event
+
+log = logging.getLogger(__name__)
 
 
 def pull(context: Any, task_id: str, key: str = "return_value") -> Any:
@@ -151,6 +154,38 @@ def record(
         )
     finally:
         hook.close()
+    from releasetrain.core.markers import MARKED
+
+    if str(kind) in MARKED:
+        mark(context, str(kind), release, environment, details)
+
+
+def mark(context: Any, kind: str, release: str, environment: str, details: dict[str, Any]) -> None:
+    """Publish a deploy marker (an annotation on the deployment's Grafana, when it configured
+    one: ``AIRFLOW__RELEASETRAIN__ANNOTATIONS_CONN_ID``) and keep it in the ledger
+    (``annotated``: its id, or why it failed). A marker that cannot be published never fails
+    the step that changed the environment."""
+    from datetime import UTC, datetime
+
+    from releasetrain.core.markers import annotation
+    from releasetrain.core.policy import _setting
+
+    conn_id = _setting("ANNOTATIONS_CONN_ID")
+    body = annotation(kind, release, environment, context["run_id"], details, datetime.now(UTC)) if conn_id else None
+    if body is None:
+        return
+    from releasetrain.hooks.annotations import AnnotationError, GrafanaAnnotationHook
+
+    outcome: dict[str, Any] = {"of": kind, "text": body["text"], "tags": body["tags"], "conn_id": conn_id}
+    try:
+        outcome["id"] = GrafanaAnnotationHook(conn_id).annotate(body)
+    except AnnotationError as exc:
+        outcome["error"] = str(exc)
+        log.warning("deploy marker not published: %s", exc)
+    try:
+        record(context, Event.ANNOTATED, release, environment=environment, details=outcome)
+    except Exception as exc:  # the marker is a courtesy: the step's own record is what counts
+        log.warning("deploy marker not recorded: %s", exc)
 
 
 def record_decision(context: Any, kind: str, release: str, **fields: Any) -> None:
