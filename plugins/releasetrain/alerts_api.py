@@ -57,13 +57,14 @@ def receive(payload: Any) -> list[dict[str, Any]]:
                 version=str(e.details.get("version") or ""),
                 at=datetime.fromisoformat(e.at.replace("Z", "+00:00")),
             )
-            for e in hook.events(kind=Event.DEPLOYED.value)
-            if e.environment in environments and not e.details.get("slot")
+            for e in hook.events(kind=Event.DEPLOYED.value)  # an idle colour's too: its canary takes traffic
+            if e.environment in environments
         ]
         attached = []
         window = _window()
         for alert in alerts:
-            for deploy in attached_to(alert, deploys, window):
+            matches = attached_to(alert, deploys, window)
+            for deploy in matches:
                 seen = {
                     (e.details.get("fingerprint"), e.details.get("status"), e.details.get("alert"))
                     for e in hook.events(release=deploy.release, run_id=deploy.run_id, dag_id=deploy.dag_id)
@@ -71,7 +72,7 @@ def receive(payload: Any) -> list[dict[str, Any]]:
                 }
                 if (alert.fingerprint, alert.status, alert.name) in seen:
                     continue
-                details = attachment(alert, deploy)
+                details = {**attachment(alert, deploy), "releases_attached": len(matches)}
                 hook.append(
                     Event.ALERT_RECEIVED.value,
                     release=deploy.release,
@@ -87,11 +88,23 @@ def receive(payload: Any) -> list[dict[str, Any]]:
         hook.close()
 
 
+_TOKEN_TTL = 60.0
+_cached: dict[str, Any] = {}
+MAX_BODY_BYTES = 1_000_000
+
+
 def _token() -> str | None:
+    """The webhook's token (the connection's password), looked up at most once a minute."""
+    import time
+
     from releasetrain.hooks.ledger import _get_connection
 
+    if _cached and time.monotonic() - _cached["at"] < _TOKEN_TTL:
+        return _cached["token"]
     conn = _get_connection(ALERTS_CONN_ID)
-    return conn.password if conn is not None and conn.password else None
+    token = conn.password if conn is not None and conn.password else None
+    _cached.update(token=token, at=time.monotonic())
+    return token
 
 
 def create_app() -> FastAPI:
@@ -105,8 +118,15 @@ def create_app() -> FastAPI:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise HTTPException(401, "a valid bearer token is required")
+        if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+            raise HTTPException(413, f"at most {MAX_BODY_BYTES} bytes")
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            raise HTTPException(413, f"at most {MAX_BODY_BYTES} bytes")
         try:
-            payload = await request.json()
+            import json
+
+            payload = json.loads(raw)
         except ValueError:
             raise HTTPException(400, "the body is not JSON") from None
         try:

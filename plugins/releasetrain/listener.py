@@ -204,6 +204,8 @@ def _run_ended(dag_run: Any, state: str, msg: str) -> None:
         _release_locks(dag_id, run_id, key)
         if state == "failed":
             _close_open_change(release, dag_id, run_id, f"run ended failed: {msg or 'see the run'}", key)
+        elif state == "success":  # a change still open (e.g. in Review, its postmortem marked done by hand)
+            _close_open_change(release, dag_id, run_id, "run marked success with its change still open", key)
         _checkpoint()
 
     _isolated(work, f"the end of {release} {run_id}")

@@ -46,3 +46,23 @@ def test_the_hook_adds_an_annotation_with_the_token_and_names_a_refusal(monkeypa
         assert "wrong" not in str(refused.value) and TOKEN not in str(refused.value)
     with pytest.raises(AnnotationError, match="cannot be reached"):
         GrafanaAnnotationHook("grafana_t").annotate(body)
+
+
+def test_a_marker_never_fails_the_step_that_changed_the_environment(monkeypatch):
+    from releasetrain.operators import _common
+
+    recorded = []
+    monkeypatch.setenv("AIRFLOW__RELEASETRAIN__ANNOTATIONS_CONN_ID", "grafana_t")
+
+    class Broken:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def annotate(self, body):
+            raise TypeError("an id that is not a number")
+
+    monkeypatch.setattr("releasetrain.hooks.annotations.GrafanaAnnotationHook", Broken)
+    monkeypatch.setattr(_common, "record", lambda *args, **kwargs: recorded.append((args, kwargs)))
+    _common.mark({"run_id": "r"}, "deployed", "shop", "prod", {"version": "1.2.0"})
+    [(args, kwargs)] = recorded
+    assert args[1] == "annotated" and kwargs["details"]["error"] == "TypeError"

@@ -101,3 +101,24 @@ def test_a_watched_release_waits_for_a_quiet_watch_before_its_gate_and_rolls_bac
     assert "prod.alerts" in plan.upstream("prod.rollback")
     refused = gatekeeper.step_proof(RunLedger([]), "prod.alerts", "prod")
     assert not refused.allowed and "'alerts_quiet'" in refused.message()
+
+
+def test_an_alert_rolls_back_only_the_release_it_concerns_and_a_late_one_still_stops_the_gate():
+    from releasetrain.core import gatekeeper
+    from releasetrain.core.alerts import concerns
+    from releasetrain.core.gatekeeper import RunLedger
+    from tests.core.test_gatekeeper import ev
+
+    assert concerns({"status": "firing", "labels": {}, "releases_attached": 1})
+    assert not concerns({"status": "firing", "labels": {}, "releases_attached": 3}), "a shared environment"
+    assert concerns({"status": "firing", "labels": {"release": "shop"}, "releases_attached": 3})
+    assert not concerns({"status": "resolved", "labels": {"release": "shop"}})
+    quiet = ev("alerts_quiet", "prod.alerts", "prod", until="2026-11-29T12:30:00+00:00")
+    assert gatekeeper.step_proof(RunLedger([quiet]), "prod.alerts", "prod").allowed
+    late = ev("alert_received", "", "prod", status="firing", alert="Errors", labels={},
+              starts_at="2026-11-29T12:29:00+00:00")  # fmt: skip
+    refused = gatekeeper.step_proof(RunLedger([quiet, late]), "prod.alerts", "prod")
+    assert not refused.allowed and "alert Errors started during the watch" in refused.message()
+    after = ev("alert_received", "", "prod", status="firing", alert="Errors", labels={},
+               starts_at="2026-11-29T12:31:00+00:00")  # fmt: skip
+    assert gatekeeper.step_proof(RunLedger([quiet, after]), "prod.alerts", "prod").allowed

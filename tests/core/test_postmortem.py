@@ -83,3 +83,8 @@ def test_the_evidence_keeps_the_review_or_that_it_was_overdue():
         {"environment": "dev", "kind": "postmortem_overdue", "actor": "", "at": "2026-11-29T10:00:00Z",
          "deadline_minutes": 60},
     ]  # fmt: skip
+
+
+def test_a_review_asked_and_never_answered_shows_in_the_evidence():
+    summary = summarise([event("postmortem_requested", owners=["olga"]), event("rollback", restored_version="1")])
+    assert summary["postmortems"] == [{"environment": "prod", "kind": "postmortem_unanswered"}]

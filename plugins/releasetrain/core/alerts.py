@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 MAX_ALERTS = 200  # one webhook call (Alertmanager groups; its default max_alerts is 0 = all)
@@ -117,10 +117,20 @@ def attachment(alert: Alert, deploy: Deploy) -> dict[str, Any]:
         "alert": alert.name,
         "status": alert.status,
         "fingerprint": alert.fingerprint,
-        "starts_at": alert.starts_at.isoformat(),
+        "starts_at": alert.starts_at.astimezone(UTC).isoformat(),
         "summary": alert.summary,
         "labels": alert.labels,
         "deployed_version": deploy.version,
-        "deployed_at": deploy.at.isoformat(),
+        "deployed_at": deploy.at.astimezone(UTC).isoformat(),
         "minutes_after_deploy": round((alert.starts_at - deploy.at).total_seconds() / 60, 1),
     }
+
+
+def concerns(details: Mapping[str, Any]) -> bool:
+    """Whether an alert attached to a run may roll it back: it is firing, and it names the
+    run's release (label ``release``: only then is it attached to a run of that release) or
+    was attached to no other release (an environment several releases deploy into rolls back
+    only the release an alert names)."""
+    if details.get("status") != "firing":
+        return False
+    return bool((details.get("labels") or {}).get("release")) or details.get("releases_attached", 1) == 1

@@ -75,6 +75,7 @@ def summarise(events: Iterable[LedgerEvent]) -> dict[str, Any]:
         "outcome": None,
     }
     completed = False
+    asked: list[str] = []  # environments whose postmortem review was asked
     for event in events:
         d = event.details
         if event.kind == "approval_given":
@@ -146,6 +147,8 @@ def summarise(events: Iterable[LedgerEvent]) -> dict[str, Any]:
             summary.setdefault("postmortems", []).append(  # documents keep verifying
                 {"environment": event.environment, "kind": event.kind, "actor": event.actor, "at": event.at, **d}
             )
+        elif event.kind == "postmortem_requested":
+            asked.append(event.environment)
         elif event.kind == "review" and d.get("of") == "manual rollback":
             completed = True
         elif event.kind == "run_state":
@@ -155,6 +158,9 @@ def summarise(events: Iterable[LedgerEvent]) -> dict[str, Any]:
                 # run (or its last tasks) was marked successful by hand
                 state = UNPROVEN_SUCCESS
             summary["outcome"] = state
+    answered = {p["environment"] for p in summary.get("postmortems", [])}
+    for environment in dict.fromkeys(e for e in asked if e not in answered):  # e.g. the step set done by hand
+        summary.setdefault("postmortems", []).append({"environment": environment, "kind": "postmortem_unanswered"})
     return summary
 
 

@@ -239,6 +239,19 @@ def step_proof(run: RunLedger, task_id: str, environment: str, *, digest: str | 
     found = run.of(expected, environment=environment, task_id=task_id)
     if not found:
         return Decision.refuse(task_id, run.missing(task_id, f"'{expected.value}'"))
+    if kind == ALERTS:  # an alert that started during the watch and was delivered after it
+        until = found[-1].details.get("until") or ""
+        from releasetrain.core.alerts import concerns
+
+        late = [
+            e.details
+            for e in run.of(Event.ALERT_RECEIVED, environment=environment)
+            if concerns(e.details) and str(e.details.get("starts_at") or "") <= until
+        ]
+        if late:
+            return Decision.refuse(
+                task_id, f"alert {late[0].get('alert')} started during the watch (at {late[0].get('starts_at')})"
+            )
     recorded = found[-1].details.get("release_digest") or found[-1].details.get("digest")  # a unit: its release's
     if digest and kind in (VERIFY, DEPLOY) and recorded != digest:
         return Decision.refuse(task_id, f"{task_id} recorded digest {recorded}, not {digest}")

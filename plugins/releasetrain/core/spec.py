@@ -640,9 +640,10 @@ class AlertWatch(_Model):
 
     watch_minutes: float = Field(
         gt=0,
-        le=1440,
-        description="How long after each deploy a firing alert for the environment (Alertmanager's label "
-        "environment) rolls it back; the environment passes only after a quiet watch.",
+        le=60,
+        description="How long after each deploy (its record; the checks after it count) a firing alert for the "
+        "environment (Alertmanager's label environment) rolls it back; the environment passes only after a quiet "
+        "watch. At most 60: alerts are attached within ALERT_WINDOW_MINUTES (default 60) of a deploy.",
     )
 
 

@@ -50,6 +50,7 @@ class GrafanaAnnotationHook(BaseHook):
         except requests.RequestException as exc:
             raise AnnotationError(f"Grafana ({self.conn_id}) cannot be reached: {type(exc).__name__}") from None
         answer = json_or_text(response.text)
-        if response.status_code != 200 or not isinstance(answer, dict) or "id" not in answer:
+        ident = answer.get("id") if isinstance(answer, dict) else None
+        if response.status_code != 200 or isinstance(ident, bool) or not isinstance(ident, int):
             raise AnnotationError(f"Grafana ({self.conn_id}) answered HTTP {response.status_code}: {short(answer)}")
-        return int(answer["id"])
+        return ident

@@ -178,10 +178,13 @@ def mark(context: Any, kind: str, release: str, environment: str, details: dict[
 
     outcome: dict[str, Any] = {"of": kind, "text": body["text"], "tags": body["tags"], "conn_id": conn_id}
     try:
-        outcome["id"] = GrafanaAnnotationHook(conn_id).annotate(body)
+        outcome["id"] = GrafanaAnnotationHook(conn_id, timeout=5.0).annotate(body)
     except AnnotationError as exc:
         outcome["error"] = str(exc)
         log.warning("deploy marker not published: %s", exc)
+    except Exception as exc:  # never the step's failure: it changed the environment already
+        outcome["error"] = f"{type(exc).__name__}"
+        log.warning("deploy marker not published: %s", type(exc).__name__)
     try:
         record(context, Event.ANNOTATED, release, environment=environment, details=outcome)
     except Exception as exc:  # the marker is a courtesy: the step's own record is what counts

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import HITLOperator
@@ -88,12 +88,31 @@ class PostmortemReviewOperator(HITLOperator):
 
         return mine(Event.ROLLBACK_STARTED), mine(Event.ROLLBACK)
 
+    def _outcome(self, context: Any) -> str:
+        """How the change closes: rolled back when every rollback that started ended with the
+        environment back; otherwise failed (a rollback that failed needs its own attention)."""
+        started, done = self._rollbacks(context)
+        return "rolled_back" if len(done) >= len(started) and done else "failed"
+
     def execute(self, context: Any) -> Any:
         started, done = self._rollbacks(context)
         if not started and not done:
             raise AirflowSkipException(f"nothing was rolled back in {self.environment}: no postmortem is owed")
         if not self.owners:
             raise AirflowFailException(f"postmortem of {self.environment}: nobody to ask")
+        run = run_ledger(context, self.release)
+        ended = run.of(Event.POSTMORTEM_REVIEWED, environment=self.environment) + run.of(
+            Event.POSTMORTEM_OVERDUE, environment=self.environment
+        )
+        if ended:  # a retry or a clear after the answer (or the deadline) asks nothing again
+            self.log.info("%s: the postmortem review is on record (%s)", self.environment, ended[-1].kind)
+            return {"on_record": ended[-1].kind}
+        asked = run.of(Event.POSTMORTEM_REQUESTED, environment=self.environment)
+        first = datetime.fromisoformat(asked[0].at.replace("Z", "+00:00")) if asked else datetime.now(UTC)
+        self.response_timeout = max(
+            timedelta(seconds=1), first + timedelta(minutes=self.deadline_minutes) - datetime.now(UTC)
+        )  # the deadline runs from the first request: clearing the step never extends it
+        self._free_the_lane(context, run)
         self.assigned_users = assigned(self, self.owners)
         request = release_request(context, self.release)
         from releasetrain.operators.approval import _md
@@ -119,18 +138,46 @@ class PostmortemReviewOperator(HITLOperator):
             f"The change record stays in Review until you answer, or {self.deadline_minutes} minutes pass.",
         ]
         self.body = "\n".join(lines)
-        record(
-            context,
-            Event.POSTMORTEM_REQUESTED,
-            self.release,
-            environment=self.environment,
-            details={"owners": self.owners, "deadline_minutes": self.deadline_minutes, "rollbacks": len(done)},
-        )
+        if not asked:
+            record(
+                context,
+                Event.POSTMORTEM_REQUESTED,
+                self.release,
+                environment=self.environment,
+                details={"owners": self.owners, "deadline_minutes": self.deadline_minutes, "rollbacks": len(done)},
+            )
         return super().execute(context)
+
+    def _free_the_lane(self, context: Any, run: Any) -> None:
+        """The run's work is over once it waits only for its postmortem: its place in the
+        release train is given up, so the release's next run does not wait days for a review."""
+        from releasetrain.hooks.ledger import LedgerHook
+        from releasetrain.operators.lock import holder_of
+
+        admitted = run.last(Event.RUN_ADMITTED)
+        slot = admitted.details.get("slot") if admitted is not None else None
+        if not slot:
+            return
+        me = holder_of(context, self.release)
+        hook = LedgerHook()
+        try:
+            released = hook.store.unlock(me, slot)
+        finally:
+            hook.close()
+        if released:
+            record(
+                context,
+                Event.LOCK_RELEASED,
+                self.release,
+                details={"target": slot, "holder": me, "why": "only the postmortem review remains"},
+            )
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         from releasetrain.operators.governance import close_change
 
+        run = run_ledger(context, self.release)
+        if run.of(Event.POSTMORTEM_REVIEWED, environment=self.environment):  # a second try of the same answer
+            return {"on_record": Event.POSTMORTEM_REVIEWED.value}
         if event.get("error_type") == "timeout":
             record(
                 context,
@@ -142,7 +189,7 @@ class PostmortemReviewOperator(HITLOperator):
             close_change(
                 context,
                 self.release,
-                "rolled_back",
+                self._outcome(context),
                 f"{self.environment} rolled back; postmortem review overdue (no answer in {self.deadline_minutes} "
                 "minutes)",
             )
@@ -168,7 +215,7 @@ class PostmortemReviewOperator(HITLOperator):
         close_change(
             context,
             self.release,
-            "rolled_back",
+            self._outcome(context),
             f"{self.environment} rolled back; postmortem reviewed by {responder}: {summary[:300]}",
         )
         return {"reviewed_by": responder, **answers}

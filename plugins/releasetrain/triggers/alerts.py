@@ -53,8 +53,10 @@ class AlertWatchTrigger(BaseTrigger):
         )
 
     def _firing(self, store: Any) -> bool:
+        from releasetrain.core.alerts import concerns
+
         return any(
-            e.kind == "alert_received" and e.environment == self.environment and e.details.get("status") == "firing"
+            e.kind == "alert_received" and e.environment == self.environment and concerns(e.details)
             for e in store.events(release=self.release, run_id=self.run_id, dag_id=self.dag_id)
         )
 
