@@ -35,6 +35,7 @@ def test_the_deadline_passing_is_recorded_and_closes_the_change_without_the_revi
     operator, seen = world
     seen["events"] += [
         ev("rollback_started", "prod.rollback", "prod"),
+        ev("rollback_started", "prod.rollback", "prod"),  # its retry after a lost worker
         ev("rollback", "prod.rollback", "prod", restored_version="1.0.0"),
     ]
     with pytest.raises(AirflowFailException, match="nobody answered within 60 minutes"):

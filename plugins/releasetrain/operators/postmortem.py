@@ -92,7 +92,8 @@ class PostmortemReviewOperator(HITLOperator):
         """How the change closes: rolled back when every rollback that started ended with the
         environment back; otherwise failed (a rollback that failed needs its own attention)."""
         started, done = self._rollbacks(context)
-        return "rolled_back" if len(done) >= len(started) and done else "failed"
+        began, ended = ({d.get("task_id") for d in found} for found in (started, done))  # a retry records twice
+        return "rolled_back" if ended and began <= ended else "failed"
 
     def execute(self, context: Any) -> Any:
         started, done = self._rollbacks(context)
@@ -127,8 +128,9 @@ class PostmortemReviewOperator(HITLOperator):
                 f"- restored {_md(str(rollback.get('restored_version')))}"
                 + (f" (unit {_md(rollback['unit'])})" if rollback.get("unit") else "")
             )
-        if len(done) < len(started):
-            lines.append(f"- {len(started) - len(done)} rollback(s) started and did not finish")
+        unfinished = {d.get("task_id") for d in started} - {d.get("task_id") for d in done}
+        if unfinished:
+            lines.append(f"- {len(unfinished)} rollback(s) started and did not finish")
         lines += [
             "",
             "The rollback's snapshot and postmortem draft (timeline, task logs, what the version changed) are in "
