@@ -218,3 +218,13 @@ def enforce(context: Any, decision: Decision, release: str, environment: str = "
     except Exception as exc:  # the refusal stands even when it cannot be recorded
         unrecorded = f" (the refusal could not be recorded: {exc})"
     raise AirflowFailException(decision.message() + "; nothing was changed" + unrecorded)
+
+
+def verified_digest(context: Any, run: RunLedger, release: str, environment: str, verify_task_id: str) -> str:
+    """The digest this environment's verify step checked (its ledger record, not its XCom);
+    refused, named, when there is none (e.g. the step set to success by hand)."""
+    verified = run.last(Event.VERIFIED, environment=environment, task_id=verify_task_id)
+    if verified is None or not verified.details.get("digest"):
+        step = context["ti"].task_id
+        enforce(context, Decision.refuse(step, run.missing(verify_task_id, "verified bundle")), release, environment)
+    return str(verified.details["digest"])  # type: ignore[union-attr]

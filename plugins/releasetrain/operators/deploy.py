@@ -513,16 +513,9 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         return str(unit_digest)
 
     def _verified_digest(self, context: Any, run: RunLedger) -> str:
-        """The digest this environment's verify task checked (its ledger record, not its XCom)."""
-        verified = run.last(Event.VERIFIED, environment=self.environment, task_id=self.verify_task_id)
-        if verified is None or not verified.details.get("digest"):
-            enforce(
-                context,
-                Decision.refuse(self.task_id, run.missing(self.verify_task_id, "verified bundle")),
-                self.release,
-                self.environment,
-            )
-        return str(verified.details["digest"])  # type: ignore[union-attr]
+        from releasetrain.operators._common import verified_digest
+
+        return verified_digest(context, run, self.release, self.environment, self.verify_task_id)
 
     def _gates(self, context: Any, run: RunLedger, request: ReleaseRequest, digest: str) -> Decision:
         """Everything this deploy relies on, decided by the gatekeeper from the run's ledger."""

@@ -73,8 +73,12 @@ def move_change(context: Any, release: str, target: ChangeState, note: str) -> C
         raise AirflowFailException(f"change record {ref.number}: cannot move to {target.value}: {exc}") from None
 
 
-def close_change(context: Any, release: str, outcome: str, notes: str) -> ChangeRef | None:
-    """Close this run's change record with the outcome (cancel it when nothing was implemented)."""
+def close_change(
+    context: Any, release: str, outcome: str, notes: str, *, hold_in_review: bool = False
+) -> ChangeRef | None:
+    """Close this run's change record with the outcome (cancel it when nothing was implemented).
+    ``hold_in_review``: a change that would be closed stays in Review instead (a postmortem
+    review closes it later)."""
     found = change_of(context, release)
     if found is None:
         return None
@@ -87,28 +91,13 @@ def close_change(context: Any, release: str, outcome: str, notes: str) -> Change
             return current
         if step == "close":
             current = _walk(context, release, backend, current, ChangeState.REVIEW, notes)
+            if hold_in_review:
+                return current
         closed = backend.close(current, outcome=outcome, notes=notes)
     except (ChangeRecordError, LedgerError) as exc:
         raise AirflowFailException(f"change record {ref.number}: cannot close ({outcome}): {exc}") from None
     _mirror(context, release, closed, Event.CHANGE_CLOSED, notes, outcome=outcome)
     return closed
-
-
-def hold_in_review(context: Any, release: str, outcome: str, notes: str) -> ChangeRef | None:
-    """Like :func:`close_change`, but a change that would be closed stays in Review (for a
-    postmortem review that closes it); one never implemented is canceled as before."""
-    found = change_of(context, release)
-    if found is None:
-        return None
-    ref, conn_id = found
-    backend = _backend(ref, conn_id)
-    try:
-        current = backend.get(ref)
-        if closing(current.change_type, current.state, outcome, current.number) != "close":
-            return close_change(context, release, outcome, notes)
-        return _walk(context, release, backend, current, ChangeState.REVIEW, notes)
-    except (ChangeRecordError, LedgerError) as exc:
-        raise AirflowFailException(f"change record {ref.number}: cannot move to review: {exc}") from None
 
 
 class RiskAssessmentOperator(BaseOperator):

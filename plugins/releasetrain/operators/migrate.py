@@ -17,19 +17,17 @@ from releasetrain.core.incident import live_version
 from releasetrain.core.vocabulary import OPTION_NOT_RECONCILED, OPTION_RECONCILED, Event
 from releasetrain.hooks.bundle_store import BundleStoreHook, SigningKeyHook
 from releasetrain.hooks.schema import SchemaDatabaseHook, StepFailed
-from releasetrain.operators._common import enforce, record, record_decision, release_request, run_ledger
+from releasetrain.operators._common import (
+    enforce,
+    record,
+    record_decision,
+    release_request,
+    run_ledger,
+    verified_digest,
+)
 from releasetrain.operators._common import responder as responder_of
 
 POLL_SECONDS = 10.0
-
-
-def verified_digest(context: Any, run: RunLedger, release: str, environment: str, verify_task_id: str) -> str:
-    """The digest this environment's verify step checked (its ledger record, not its XCom)."""
-    verified = run.last(Event.VERIFIED, environment=environment, task_id=verify_task_id)
-    if verified is None or not verified.details.get("digest"):
-        step = context["ti"].task_id
-        enforce(context, Decision.refuse(step, run.missing(verify_task_id, "verified bundle")), release, environment)
-    return str(verified.details["digest"])  # type: ignore[union-attr]
 
 
 def bundle_steps(

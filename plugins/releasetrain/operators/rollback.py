@@ -364,10 +364,10 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
 
     def _close_or_review(self, context: Any, note: str) -> None:
         """Close the change as rolled back, or leave it in Review for the postmortem review."""
-        from releasetrain.operators.governance import close_change, hold_in_review
+        from releasetrain.operators.governance import close_change
 
         if self.postmortem_task_id:
-            hold_in_review(context, self.release, "rolled_back", f"{note}; postmortem review asked")
+            close_change(context, self.release, "rolled_back", f"{note}; postmortem review asked", hold_in_review=True)
         else:
             close_change(context, self.release, "rolled_back", note)
 
