@@ -41,13 +41,14 @@ Demo extras:
   GET|POST /environments/{env}/preview/...   the idle colour only (blue-green pre-promotion)
   POST /faults                {environment, version, error_rate, fail_deploy?, latency_ms?,
                               scope: all|live, deploy_seconds?, accept_delay_seconds?,
-                              deploy_status?}: that version is unhealthy (and its requests
+                              deploy_status?, conversion?}: that version is unhealthy (and its requests
                               fail) once deployed there; scope "live" spares preview traffic;
                               deploy_seconds: its deployments take that long; accept_delay:
                               a deployment of it starts at once, its 202 comes that much later
                               (a caller killed meanwhile never hears of it); deploy_status:
                               deploying it is answered with that HTTP status (e.g. 500), and
-                              nothing starts
+                              nothing starts; conversion: the share of its sessions that reach
+                              checkout (default 0.5)
   --traffic RPS               synthetic traffic: RPS live requests per second to every
                               environment, and as many to its idle colour's preview
   DELETE /faults              clear all faults
@@ -55,8 +56,9 @@ Demo extras:
                               "error_rate|requests|latency_ms environment=E version=V route=R"
                               (the generic JSON metrics provider reads it; no Prometheus needed)
   GET  /metrics               Prometheus text: requests per environment, version, route (app|preview) and
-                              code; a latency histogram per environment and version; the
-                              idle colour's traffic weight
+                              code; user sessions (every application request) started and reaching
+                              checkout; a latency histogram per environment and version; the idle
+                              colour's traffic weight
 Basic auth is required on everything but /metrics, /healthz and the application itself
 (``/environments/{env}/app/...``, ``/preview/...`` and ``GET .../health``, which a user of the
 application reaches without the deploy credentials) when --user/--password (or
@@ -83,6 +85,7 @@ from typing import Any
 ENV_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 UNHEALTHY_ERROR_RATE = 0.05
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+CONVERSION = 0.5  # the share of a healthy version's sessions that reach checkout
 COLOURS = ("blue", "green")
 
 
@@ -141,6 +144,9 @@ class Fleet:
         self.deployments: dict[str, dict[str, Any]] = {}
         self.faults: dict[tuple[str, str], dict[str, Any]] = {}
         self.requests: dict[tuple[str, str, str, int], int] = {}
+        # every application request is a user session: started, and reaching checkout
+        # when it succeeds and the version converts (fault "conversion", default CONVERSION)
+        self.sessions: dict[tuple[str, str, str, str], int] = {}
         self.latency_sum: dict[tuple[str, str], float] = {}
         self.latency_buckets: dict[tuple[str, str], list[int]] = {}
         # per second: (environment, version, route) -> {second: [requests, errors, latency_sum]}
@@ -398,6 +404,11 @@ class Fleet:
                 body["id"] = uuid.uuid4().hex[:12]
         key = (name, label, route, code)
         self.requests[key] = self.requests.get(key, 0) + 1
+        if version is not None:
+            reached = code < 500 and random.random() < float(fault.get("conversion", CONVERSION))
+            for outcome in ("started", "checkout") if reached else ("started",):
+                session = (name, label, route, outcome)
+                self.sessions[session] = self.sessions.get(session, 0) + 1
         now = int(time.time())
         series = self.seconds.setdefault((name, label, route), {})
         second = series.setdefault(now, [0, 0, 0.0])
@@ -514,6 +525,15 @@ class Fleet:
         for (env, version, route, code), count in sorted(self.requests.items()):
             lines.append(
                 f'fleet_requests_total{{environment="{env}",version="{version}",route="{route}",code="{code}"}} {count}'
+            )
+        lines += [
+            "# HELP fleet_sessions_total User sessions by environment, version, route and outcome (started, checkout).",
+            "# TYPE fleet_sessions_total counter",
+        ]
+        for (env, version, route, outcome), count in sorted(self.sessions.items()):
+            lines.append(
+                f'fleet_sessions_total{{environment="{env}",version="{version}",route="{route}",outcome="{outcome}"}} '
+                f"{count}"
             )
         lines += [
             "# HELP fleet_request_seconds_sum Total time spent serving application requests.",
@@ -648,10 +668,15 @@ def make_handler(fleet: Fleet, credentials: tuple[str, str] | None):
                                 fault[key] = float(body[key])
                                 if fault[key] < 0:
                                     raise ValueError
+                        if body.get("conversion") is not None:
+                            fault["conversion"] = float(body["conversion"])
+                            if not 0 <= fault["conversion"] <= 1:
+                                raise ValueError
                     except (TypeError, ValueError):
                         return 400, {
                             "error": "deploy_status must be an HTTP error status (400-599); "
-                            "deploy_seconds, latency_ms and accept_delay_seconds non-negative numbers"
+                            "deploy_seconds, latency_ms and accept_delay_seconds non-negative numbers; "
+                            "conversion a share from 0 to 1"
                         }
                     fleet.faults[(body["environment"], body["version"])] = fault
                     return 201, {"environment": body["environment"], "version": body["version"], **fault}

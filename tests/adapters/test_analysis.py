@@ -104,6 +104,64 @@ def test_relative_to_the_baseline_and_no_data(world, prometheus_conn):
     assert result["outcome"] == "inconclusive" and "no data for the canary" in result["reason"]
 
 
+SESSIONS = 'sum(increase(fleet_sessions_total{version="${version}",outcome="%s"}[${window}]))'
+
+
+def sessions(**rule) -> dict:
+    outcome = {"reached": SESSIONS % "checkout", "started": SESSIONS % "started", "window_seconds": 10, **rule}
+    return {"interval_seconds": 2, "count": 2, "metrics": [{"name": "checkout", "sessions": outcome}]}
+
+
+def test_a_session_outcome_is_compared_between_the_versions(world, prometheus_conn):
+    healthy = run_trigger(
+        CanaryAnalysisTrigger(policy=sessions(max_change=0.3, min_sessions=50), provider=prometheus_conn, values=VALUES)
+    )
+    assert healthy["outcome"] == "successful", healthy["reason"]
+    metric = healthy["measurements"][0]["metrics"][0]
+    assert metric["canary"] == pytest.approx(0.5, abs=0.15) and metric["baseline"] == pytest.approx(0.5, abs=0.15)
+    assert min(metric["samples"]) >= 50  # session counts, both versions
+
+    requests.post(
+        f"{world[1]}/faults",
+        json={"environment": "canary", "version": "2.0.0", "error_rate": 0, "conversion": 0.1},
+        auth=AUTH,
+        timeout=5,
+    )
+    time.sleep(10)  # a window of the converting-worse version
+    worse = run_trigger(
+        CanaryAnalysisTrigger(policy=sessions(min_sessions=50), provider=prometheus_conn, values=VALUES)
+    )
+    assert worse["outcome"] == "failed", worse["reason"]
+    assert "checkout" in worse["reason"] and "significant at 0.05" in worse["reason"]
+    assert worse["measurements"][0]["metrics"][0]["canary"] < 0.25
+
+    # too few sessions to say: inconclusive, never a pass
+    unsure = run_trigger(
+        CanaryAnalysisTrigger(policy=sessions(min_sessions=100000), provider=prometheus_conn, values=VALUES)
+    )
+    assert unsure["outcome"] == "inconclusive" and "fewer than 100000 sessions" in unsure["reason"]
+
+
+def test_a_session_baseline_before_the_deploy(world, prometheus_conn):
+    requests.post(
+        f"{world[1]}/faults",
+        json={"environment": "canary", "version": "2.0.0", "error_rate": 0, "conversion": 0.1},
+        auth=AUTH,
+        timeout=5,
+    )
+    time.sleep(10)
+    # the old version (1.0.0) is read in the window that ended when the deploy started
+    before = {**VALUES, "deployed_at": str(time.time() - 3)}
+    policy_ = sessions(baseline="before_deploy", min_sessions=50)
+    result = run_trigger(CanaryAnalysisTrigger(policy=policy_, provider=prometheus_conn, values=before))
+    assert result["outcome"] == "failed", result["reason"]
+    assert result["measurements"][0]["metrics"][0]["baseline"] == pytest.approx(0.5, abs=0.15)
+    # no deploy recorded: an error, never a comparison against nothing
+    policy_ = {**policy_, "consecutive_error_limit": 0}
+    result = run_trigger(CanaryAnalysisTrigger(policy=policy_, provider=prometheus_conn, values=VALUES))
+    assert result["outcome"] == "error" and "no deploy of this release is recorded" in result["reason"]
+
+
 def test_provider_errors_are_error_measurements(world, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_PROM_DOWN", json.dumps({"conn_type": "http", "host": "http://127.0.0.1:9"}))
     limited = {**policy(), "interval_seconds": 1, "consecutive_error_limit": 1}

@@ -13,7 +13,9 @@ from releasetrain.core.canary import (
     MetricCheck,
     assess,
     judge_metric,
+    judge_sessions,
     score_measurement,
+    session_queries,
 )
 
 ERRORS = {"name": "error_rate", "absolute": {"max": 0.01}}
@@ -173,3 +175,71 @@ def test_results_are_json_safe_even_with_infinite_ratios():
 def test_bad_policies_are_refused_with_the_reason(data, message):
     with pytest.raises(ValidationError, match=message):
         AnalysisPolicy.model_validate(data)
+
+
+# --- session outcomes: the share of sessions reaching checkout, new vs old ------------------
+CHECKOUT = {"name": "checkout", "sessions": {"reached": "r", "started": "s", "min_sessions": 100}}
+
+
+@pytest.mark.parametrize(
+    ("rule", "new", "old", "phase", "reason"),
+    [
+        ({}, (500, 1000), (510, 1000), "pass", None),
+        ({}, (300, 1000), (500, 1000), "fail", "down more than 10%, significant at 0.05"),
+        ({}, (40, 100), (50, 100), "inconclusive", "not significant"),  # 20% down on 100 sessions: unsure
+        ({}, (700, 1000), (500, 1000), "pass", None),  # more checkouts are not bad
+        ({"bad": "increase"}, (60, 1000), (50, 1000), "inconclusive", "up more than 10%, but not significant"),
+        ({"bad": "increase"}, (150, 1000), (50, 1000), "fail", "up more than 10%, significant"),
+        ({}, (5, 50), (500, 1000), "inconclusive", "fewer than 100 sessions"),
+        ({}, None, (500, 1000), "inconclusive", "no sessions of the new version"),
+        ({}, (0, 0), (500, 1000), "inconclusive", "no sessions of the new version"),
+        ({}, (500, 1000), None, "inconclusive", "no sessions of the old version"),
+        ({}, (1200, 1000), (500, 1000), "inconclusive", "not a share"),
+        ({"max_change": 0.5}, (300, 1000), (500, 1000), "pass", None),
+    ],
+)
+def test_session_outcome_judgement(rule, new, old, phase, reason):
+    check = MetricCheck.model_validate({**CHECKOUT, "sessions": {**CHECKOUT["sessions"], **rule}})
+    result = judge_sessions(check, new, old)
+    assert result.phase == phase, result.reasons
+    if reason:
+        assert reason in " ".join(result.reasons)
+    else:
+        assert result.reasons == []
+
+
+def test_session_outcome_values_and_queries():
+    check = MetricCheck.model_validate(
+        {"name": "checkout", "sessions": {"reached": 'x{v="${version}",w="${window}"}', "started": "y"}}
+    )
+    result = judge_sessions(check, (300, 1000), (500, 1000))
+    assert (result.canary, result.baseline, result.samples) == (0.3, 0.5, (1000, 1000))
+    assert result.ratio == pytest.approx(0.6) and result.p_value < 1e-10
+    values = {"version": "2", "baseline_version": "1", "window": "30s"}
+    assert session_queries(check, values, baseline=False) == ('x{v="2",w="30s"}', "y")
+    assert session_queries(check, values, baseline=True) == ('x{v="1",w="30s"}', "y")
+
+
+def test_a_session_metric_is_a_metric_of_its_own():
+    with pytest.raises(ValidationError, match="sessions is a metric of its own; remove query, absolute"):
+        MetricCheck.model_validate({**CHECKOUT, "query": "q", "absolute": {"max": 1}})
+    with pytest.raises(ValidationError, match="max_change"):
+        MetricCheck.model_validate({"name": "c", "sessions": {"reached": "r", "started": "s", "max_change": 1.5}})
+
+
+def test_a_rolling_watch_compares_sessions_with_the_time_before_the_deploy():
+    from releasetrain.core.spec import Strategy
+
+    rule = {"reached": "r", "started": "s"}
+    watch = {"provider": {"conn_id": "prom"}, "metrics": [{"name": "checkout", "sessions": rule}]}
+    with pytest.raises(
+        ValidationError, match="the old version serves no sessions; set sessions.baseline: before_deploy"
+    ):
+        Strategy.model_validate({"kind": "rolling", "watch": watch})
+    before = {**watch, "metrics": [{"name": "checkout", "sessions": {**rule, "baseline": "before_deploy"}}]}
+    assert (
+        Strategy.model_validate({"kind": "rolling", "watch": before}).watch.metrics[0].sessions.baseline
+        == "before_deploy"
+    )
+    # a canary's old version still serves: the concurrent baseline is right there
+    assert Strategy.model_validate({"kind": "canary", "analysis": watch}).analysis.metrics[0].sessions

@@ -100,6 +100,7 @@ E2E_DAGS = {
     "release_postmortem",
     # issue 14: an alert during the watch after a deploy rolls it back; every change is marked
     "release_alerted",
+    "release_checkout",
 }
 REFRESH_DAG = "refresh_test_data_refresh-env"  # issue 13: test data, masked first (PostgreSQL only)
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
@@ -319,6 +320,7 @@ def session_stack() -> Iterator[DevStack]:
             "comms-env",
             "pm-env",
             "alert-env",
+            "sess-env",
             *MIGRATING_ENVIRONMENTS,
             "windowed-dev",
             "payments-staging",
@@ -335,6 +337,7 @@ def session_stack() -> Iterator[DevStack]:
             "comms-env": "1.0.0",
             "pm-env": "1.0.0",
             "alert-env": "1.0.0",
+            "sess-env": "1.0.0",
             **dict.fromkeys(PROGRESSIVE_ENVIRONMENTS, "1.0.0"),
             **dict.fromkeys(GATE_ENVIRONMENTS, "1.0.0"),
         },

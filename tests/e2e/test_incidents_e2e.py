@@ -129,3 +129,26 @@ def test_an_alert_during_the_watch_rolls_the_release_back_and_every_change_is_ma
     )
     annotated = [e.details for e in ledger.events("alerted", run_id) if e.kind == "annotated"]
     assert sorted(a["of"] for a in annotated) == ["deployed", "rollback"] and all(a.get("id") for a in annotated)
+
+
+def test_a_version_that_converts_worse_is_rolled_back_by_its_session_watch(stack, author, fleet, ledger):
+    """Issue 14 (user-session analysis): after a plain deploy, the share of sessions reaching
+    checkout on the new version is compared with the old version's share before the deploy
+    (Prometheus scraping the fleet's sessions); 2.0.0 converts a fifth as well: rolled back."""
+    dag, env = "release_checkout", "sess-env"
+    fleet.post("/faults", {"environment": env, "version": "2.0.0", "error_rate": 0, "conversion": 0.1})
+    run_id = author.trigger(dag, {"version": "2.0.0", "change_summary": "checkout 2.0.0"})["dag_run_id"]
+    assert author.wait_for_run(dag, run_id, timeout=300)["state"] == "failed"
+    states = author.task_states(dag, run_id)
+    assert (states[f"{env}.smoke"], states[f"{env}.watch"], states[f"{env}.rollback"]) == (
+        "success",
+        "failed",
+        "success",
+    ), states
+    assert fleet(env)["version"] == "1.0.0"
+    [analysis] = [e.details for e in ledger.events("checkout", run_id) if e.kind == "analysis"]
+    assert analysis["outcome"] == "failed" and "checkout" in analysis["reason"]
+    [metric] = analysis["measurements"][0]["metrics"]
+    # the new version's share against the old version's, both counted from real sessions
+    assert metric["canary"] < 0.25 < 0.35 < metric["baseline"], metric
+    assert min(metric["samples"]) >= 60 and metric["p_value"] < 0.05

@@ -7,6 +7,11 @@ Three levels, after the references the field uses:
    (``p95 <= baseline x 1.1``) and, with enough samples, by a Mann-Whitney U test of
    canary vs baseline samples (``scipy.stats.mannwhitneyu``) in the direction that is bad
    for the metric. No data is handled per metric (``fail``, ``inconclusive`` or ``pass``).
+   A **session outcome** metric (``sessions``) compares the share of sessions that reach an
+   outcome (checkout, sign-up) between the new and the old version: session counts, not
+   samples, judged by a one-sided two-proportion z-test in the bad direction with a
+   tolerated relative change (the baseline is the old version's sessions in the same
+   window, or, after a plain deploy that replaced it, in the window before the deploy).
 2. **Measurement** (Kayenta's scoring): metrics are grouped; a group's score is the share
    of its metrics that passed; the interval's score is the weighted mean of the group
    scores, 0-100. ``score >= pass`` (default 95) passes, ``>= marginal`` (default 75) is
@@ -68,6 +73,35 @@ class Compare(_Model):
     min_samples: int = Field(default=5, ge=3, description="Fewer samples on either side: inconclusive.")
 
 
+class SessionOutcome(_Model):
+    """The share of sessions that reach an outcome, new version against old.
+
+    ``reached`` and ``started`` are provider queries counting sessions in the window that
+    ends at the measurement (``${window}`` is the window, e.g. ``30s``, for PromQL's
+    ``increase(...[${window}])``); each is read once per version at the window's end.
+    """
+
+    reached: str = Field(min_length=1, description="Query: sessions that reached the outcome in the window.")
+    started: str = Field(min_length=1, description="Query: sessions started in the window.")
+    bad: Literal["decrease", "increase"] = Field(
+        default="decrease",
+        description="decrease: fewer sessions reaching it is bad (checkout); increase: more is bad (errors).",
+    )
+    max_change: float = Field(
+        default=0.1, gt=0, lt=1, description="Tolerated relative change of the share in the bad direction."
+    )
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Significance level of the two-proportion test.")
+    min_sessions: int = Field(default=100, ge=1, description="Fewer sessions on either side: inconclusive.")
+    window_seconds: int | None = Field(
+        default=None, ge=1, le=86400, description="The counting window (default: the analysis interval)."
+    )
+    baseline: Literal["concurrent", "before_deploy"] = Field(
+        default="concurrent",
+        description="concurrent: the old version's sessions in the same window (canary, blue-green); "
+        "before_deploy: in the window before this release's deploy started (a watch after a plain deploy).",
+    )
+
+
 class MetricCheck(_Model):
     name: str = Field(min_length=1)
     query: str = Field(default="", description="Provider query for the canary; ${version} etc. substituted.")
@@ -94,9 +128,19 @@ class MetricCheck(_Model):
         "environment; the value is the share of runs that failed.",
     )
     runs: int = Field(default=3, ge=1, le=100, description="journey: runs per measurement.")
+    sessions: SessionOutcome | None = Field(
+        default=None, description="Instead of a query: a session outcome compared between the new and the old version."
+    )
 
     @model_validator(mode="after")
     def _some_criterion(self) -> MetricCheck:
+        if self.sessions is not None:
+            others = [
+                k for k in ("query", "baseline_query", "journey", "absolute", "relative", "compare") if getattr(self, k)
+            ]
+            if others:
+                raise ValueError(f"metric {self.name!r}: sessions is a metric of its own; remove {', '.join(others)}")
+            return self
         if self.absolute is None and self.relative is None and self.compare is None:
             raise ValueError(f"metric {self.name!r} has no criterion: set absolute, relative or compare")
         if self.journey and self.query:
@@ -247,6 +291,69 @@ def judge_metric(check: MetricCheck, canary: Sequence[float], baseline: Sequence
             (failures if verdict.startswith("fail:") else unsure).append(verdict.split(":", 1)[1])
     phase = "fail" if failures else "inconclusive" if unsure else "pass"
     return MetricResult(check.name, check.group_name, phase, failures + unsure, value, base, ratio, p_value, samples)
+
+
+def session_queries(check: MetricCheck, values: dict[str, str], *, baseline: bool) -> tuple[str, str]:
+    """The ``reached`` and ``started`` queries for the new version (or the old one)."""
+    assert check.sessions is not None
+    filled = dict(values)
+    if baseline:
+        filled["version"] = values.get("baseline_version", "")
+    rendered = []
+    for text in (check.sessions.reached, check.sessions.started):
+        for key, value in filled.items():
+            text = text.replace("${" + key + "}", str(value))
+        rendered.append(text)
+    return rendered[0], rendered[1]
+
+
+def judge_sessions(
+    check: MetricCheck, new: tuple[float, float] | None, old: tuple[float, float] | None
+) -> MetricResult:
+    """A session outcome in one interval: ``new`` and ``old`` are (reached, started) counts.
+
+    Fails when the new version's share moved more than ``max_change`` (relative) in the
+    bad direction *and* a one-sided two-proportion z-test says the move is significant at
+    ``alpha``; a bad move that is not significant is inconclusive (a human decides, or the
+    next interval with more sessions does); too few sessions on either side: inconclusive.
+    """
+    rule = check.sessions
+    assert rule is not None
+    if new is None or not new[1]:
+        phase: Phase = check.no_data
+        return MetricResult(check.name, check.group_name, phase, [f"no sessions of the new version (no_data: {phase})"])
+    if old is None or not old[1]:
+        return MetricResult(
+            check.name, check.group_name, "inconclusive", [f"no sessions of the old version ({check.name})"]
+        )
+    (r1, n1), (r0, n0) = new, old
+    counts = (int(n1), int(n0))
+    for side, (r, n) in (("new", new), ("old", old)):
+        if r < 0 or n < 0 or r > n:
+            reason = f"{check.name}: the {side} version has {r:g} sessions reaching it of {n:g} started: not a share"
+            return MetricResult(check.name, check.group_name, "inconclusive", [reason], samples=counts)
+    p1, p0 = r1 / n1, r0 / n0
+    ratio = (p1 / p0) if p0 else (1.0 if p1 == 0 else math.inf)
+    pooled = (r1 + r0) / (n1 + n0)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n0))
+    z = (p1 - p0) / se if se else 0.0
+    # one-sided: the probability of a move this far in the bad direction by chance
+    p_value = 0.5 * math.erfc(z / math.sqrt(2)) if rule.bad == "increase" else 0.5 * math.erfc(-z / math.sqrt(2))
+    said = (
+        f"{check.name} {p1:.2%} of {int(n1)} sessions vs {p0:.2%} of {int(n0)} before ({ratio:.3g}x, p={p_value:.3g})"
+    )
+    if min(n1, n0) < rule.min_sessions:
+        reason = f"{said}: fewer than {rule.min_sessions} sessions on a side"
+        return MetricResult(check.name, check.group_name, "inconclusive", [reason], p1, p0, ratio, p_value, counts)
+    worse = ratio < 1 - rule.max_change if rule.bad == "decrease" else ratio > 1 + rule.max_change
+    if not worse:
+        return MetricResult(check.name, check.group_name, "pass", [], p1, p0, ratio, p_value, counts)
+    limit = f"{'down' if rule.bad == 'decrease' else 'up'} more than {rule.max_change:.0%}"
+    if p_value < rule.alpha:
+        reason = f"{said}: {limit}, significant at {rule.alpha:g}"
+        return MetricResult(check.name, check.group_name, "fail", [reason], p1, p0, ratio, p_value, counts)
+    reason = f"{said}: {limit}, but not significant at {rule.alpha:g}"
+    return MetricResult(check.name, check.group_name, "inconclusive", [reason], p1, p0, ratio, p_value, counts)
 
 
 def _compare(compare: Compare, canary: list[float], baseline: list[float]) -> tuple[float | None, str]:

@@ -237,6 +237,13 @@ class Strategy(_Model):
             raise ValueError(f"the {self.kind} strategy needs an analysis")
         if self.kind == "rolling" and self.analysis is not None:
             raise ValueError("a rolling deploy has no pre-promotion analysis: use watch for checks after it")
+        if self.kind == "rolling" and self.watch is not None:
+            for metric in self.watch.metrics:
+                if metric.sessions is not None and metric.sessions.baseline == "concurrent":
+                    raise ValueError(
+                        f"watch metric {metric.name!r}: after a rolling deploy the old version serves no sessions; "
+                        "set sessions.baseline: before_deploy"
+                    )
         return self
 
     @property

@@ -21,7 +21,7 @@ it ends by itself when the rollout is over.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import HITLOperator
@@ -150,6 +150,9 @@ class TrafficAnalysisOperator(DeployTargetCalls, BaseOperator):
             "environment": self.environment,
             "route": self.route,
         }
+        started = run.of(Event.DEPLOY_STARTED, environment=self.environment, task_id=self.deploy_task_id)
+        if started:  # a session baseline "before_deploy" counts the old version's sessions before this
+            values["deployed_at"] = str(datetime.fromisoformat(started[0].at).timestamp())
         policy = {k: v for k, v in self.analysis.items() if k != "provider"}
         abort = (
             {"dag_id": context["dag"].dag_id, "run_id": context["run_id"], "task_id": self.abort_task_id}

@@ -14,9 +14,11 @@ from releasetrain.core.canary import (
     AnalysisPolicy,
     assess,
     judge_metric,
+    judge_sessions,
     measurement_from_dict,
     render_query,
     score_measurement,
+    session_queries,
 )
 from releasetrain.triggers.phase import until_tick
 
@@ -109,6 +111,9 @@ class CanaryAnalysisTrigger(BaseTrigger):
                 if check.journey:
                     results.append(self._journey_metric(check))
                     continue
+                if check.sessions:
+                    results.append(self._session_metric(provider, check, end, interval))
+                    continue
                 canary = provider.samples(render_query(check, self.values, baseline=False), start, end, step)
                 needs_baseline = check.relative is not None or check.compare is not None
                 baseline = (
@@ -120,6 +125,33 @@ class CanaryAnalysisTrigger(BaseTrigger):
         except MetricsError as exc:
             return score_measurement(policy, [], error=str(exc)).to_dict()
         return score_measurement(policy, results).to_dict()
+
+    def _session_metric(self, provider: Any, check: Any, end: float, interval: int) -> Any:
+        """A session outcome: (reached, started) counts of the new and the old version."""
+        from releasetrain.hooks.metrics import MetricsError
+
+        rule = check.sessions
+        window = rule.window_seconds or interval
+        values = {**self.values, "window": f"{window}s"}
+        old_end = end
+        if rule.baseline == "before_deploy":
+            try:
+                old_end = float(self.values["deployed_at"])
+            except (KeyError, TypeError, ValueError):
+                raise MetricsError(
+                    f"{check.name}: baseline before_deploy, but no deploy of this release is recorded"
+                ) from None
+
+        def counts(queries: tuple[str, str], at: float) -> tuple[float, float] | None:
+            read = []
+            for query in queries:
+                samples = provider.samples(query, at - window, at, window)
+                read.append(samples[-1] if samples else None)
+            return None if read[1] is None else (read[0] or 0.0, read[1])
+
+        new = counts(session_queries(check, values, baseline=False), end)
+        old = counts(session_queries(check, values, baseline=True), old_end)
+        return judge_sessions(check, new, old)
 
     def _journey_metric(self, check: Any) -> Any:
         """A synthetic journey run ``runs`` times against the environment: the share that failed."""
