@@ -66,6 +66,7 @@ from releasetrain.operators.request import ReleaseRequestOperator
 from releasetrain.operators.review import PostImplementationReviewOperator
 from releasetrain.operators.rollback import RollbackOperator
 from releasetrain.operators.scope import LibraryConflictOperator, ScopeFreezeOperator
+from releasetrain.operators.soak import SoakOperator
 from releasetrain.operators.train import TrainAdmissionOperator
 from releasetrain.operators.verify import BundleVerifyOperator
 from releasetrain.operators.window import ReleaseWindowSensor
@@ -423,6 +424,7 @@ OPERATORS: dict[Kind, type] = {
     Kind.RECONCILE: ReconcileOperator,
     Kind.POSTMORTEM: PostmortemReviewOperator,
     Kind.ALERTS: AlertWatchOperator,
+    Kind.SOAK: SoakOperator,
     Kind.UNLOCK: TargetUnlockOperator,
     Kind.REVIEW: PostImplementationReviewOperator,
     Kind.CLOSURE: ReleaseClosureOperator,

@@ -235,12 +235,15 @@ def test_traffic_step_shifts_then_defers_and_outcomes_map_to_task_states(fleet):
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(context(ti, task_id="prod.canary_10"))
     trigger = deferred.value.trigger
+    [started] = run_events("deploy_started")
     assert trigger.values == {
         "release": RELEASE,
         "version": "2.0.0",
         "baseline_version": "1.0.0",  # the deploy's ledger record, not the forged XCom's 0.9.0
         "environment": "prod",
         "route": "app",
+        # a session baseline "before_deploy" counts up to the deploy's start (its ledger record)
+        "deployed_at": str(datetime.datetime.fromisoformat(started.at).timestamp()),
     }
     assert hook.get_status()["idle"]["weight"] == 10
     [shifted] = run_events("traffic_shifted")

@@ -109,6 +109,7 @@ MODULE_ORDER = [
     "test_release_e2e",
     "test_migrations_e2e",
     "test_incidents_e2e",
+    "test_trends_e2e",
     "test_gates_e2e",
     "test_environments_e2e",
     "test_identity_e2e",

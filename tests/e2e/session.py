@@ -100,7 +100,10 @@ E2E_DAGS = {
     "release_postmortem",
     # issue 14: an alert during the watch after a deploy rolls it back; every change is marked
     "release_alerted",
+    # issue 14: a session outcome (checkout) watched after a plain deploy
     "release_checkout",
+    # issue 14: a recent rollback adds a soak and a production approval
+    "release_trendy",
 }
 REFRESH_DAG = "refresh_test_data_refresh-env"  # issue 13: test data, masked first (PostgreSQL only)
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
@@ -321,6 +324,8 @@ def session_stack() -> Iterator[DevStack]:
             "pm-env",
             "alert-env",
             "sess-env",
+            "trend-stg",
+            "trend-prod",
             *MIGRATING_ENVIRONMENTS,
             "windowed-dev",
             "payments-staging",
@@ -338,6 +343,8 @@ def session_stack() -> Iterator[DevStack]:
             "pm-env": "1.0.0",
             "alert-env": "1.0.0",
             "sess-env": "1.0.0",
+            "trend-stg": "1.0.0",
+            "trend-prod": "1.0.0",
             **dict.fromkeys(PROGRESSIVE_ENVIRONMENTS, "1.0.0"),
             **dict.fromkeys(GATE_ENVIRONMENTS, "1.0.0"),
         },

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from releasetrain.core.approval import SegregationOfDutiesError, check_approvals
@@ -27,6 +28,7 @@ from releasetrain.core.vocabulary import (
     OPTION_ROLL_BACK,
     PROMOTE,
     SMOKE,
+    SOAK,
     TESTS,
     VERIFY,
     WATCH,
@@ -233,6 +235,7 @@ def step_proof(run: RunLedger, task_id: str, environment: str, *, digest: str | 
         HEALTH: Event.CHECKS_PASSED,
         PROMOTE: Event.PROMOTED,
         ALERTS: Event.ALERTS_QUIET,
+        SOAK: Event.SOAKED,
     }.get(kind)
     if expected is None:
         raise ValueError(f"{task_id}: no proof is defined for a {kind!r} step")
@@ -252,10 +255,32 @@ def step_proof(run: RunLedger, task_id: str, environment: str, *, digest: str | 
             return Decision.refuse(
                 task_id, f"alert {late[0].get('alert')} started during the watch (at {late[0].get('starts_at')})"
             )
+    if kind == SOAK:
+        refused = _soak_short(run, found[-1], environment)
+        if refused:
+            return Decision.refuse(task_id, refused)
     recorded = found[-1].details.get("release_digest") or found[-1].details.get("digest")  # a unit: its release's
     if digest and kind in (VERIFY, DEPLOY) and recorded != digest:
         return Decision.refuse(task_id, f"{task_id} recorded digest {recorded}, not {digest}")
     return Decision.allow(task_id)
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _soak_short(run: RunLedger, soaked: EventLike, environment: str) -> str | None:
+    """Why a soak record does not prove the soak the run's risk assessment asked for (None: it does)."""
+    from releasetrain.core.trends import soak_minutes
+
+    assessed = [e for e in run.of(Event.RISK_ASSESSED) if "level" in e.details]
+    needed = soak_minutes(assessed[-1].details.get("trend_rules") or [], environment) if assessed else 0.0
+    minutes = float(soaked.details.get("minutes") or 0)
+    if minutes < needed:
+        return f"{environment} soaked {minutes:g} minutes; the trend policy asks for {needed:g}"
+    if needed and _instant(soaked.at) < _instant(str(soaked.details.get("until") or "9999-12-31T00:00:00Z")):
+        return f"{environment}'s soak was recorded at {soaked.at}, before it ended ({soaked.details.get('until')})"
+    return None
 
 
 # An analysis outcome that condemns the version for the rest of the run in that environment

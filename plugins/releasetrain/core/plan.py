@@ -179,6 +179,7 @@ def _risk(spec: ReleaseSpec, ctx: PlanContext) -> Step:
             "change_conn_id": spec.change.conn_id,
             "change_type": spec.change.type,
             "planned_minutes": spec.planned_duration_minutes,
+            **({"trends": [rule.model_dump(mode="json") for rule in spec.trends]} if spec.trends else {}),
         },
     )
 
@@ -402,13 +403,15 @@ def _stage(
     if alerts:
         stage.watched.append(alerts)
         last = alerts
+    soak = _soak(stage, deploy, last)
+    last = soak or last
     own = _suites(stage, deploy)
     if stage.production:  # part of the stage: proofs of its gate, a failure rolls it back
         plan.connect(last, own)
         stage.watched += own
     passed = _passed(stage, verify, deploys, smoke, watch, own if stage.production else [])
-    if alerts:
-        stage.plan.extend_args(passed, proof_task_ids=[*stage.plan.steps[passed].args["proof_task_ids"], alerts])
+    for proof in filter(None, (alerts, soak)):
+        stage.plan.extend_args(passed, proof_task_ids=[*stage.plan.steps[passed].args["proof_task_ids"], proof])
     plan.connect(own if stage.production and own else last, passed)
     if not stage.production:  # beside the next environments, on the target it tests (still locked)
         plan.connect(passed, own)
@@ -506,7 +509,9 @@ def _approvals(stage: _Stage, gates: list[str], parity: str | None) -> tuple[lis
     env, spec = stage.env, stage.spec
     if not env.approval.required:
         return [], [], []
-    slots = max(env.approval.quorum, HIGH_RISK_QUORUM if stage.production else 1)
+    # production: room for a high-risk quorum, and for the approvals a trend rule may add to it
+    extra = max((rule.extra_approvals for rule in spec.trends), default=0) if stage.production else 0
+    slots = max(env.approval.quorum, HIGH_RISK_QUORUM if stage.production else 1) + extra
     reviews = review_groups(spec, env, stage.ctx.groups)
     ids = [v.approval_slot(i) for i in range(1, slots + 1)] + [v.review_task(g) for g in reviews]
     full_ids = [stage.id(task_id) for task_id in ids]
@@ -896,6 +901,19 @@ def _alerts(stage: _Stage, deploy: str, last: str) -> str | None:
     )
     stage.plan.connect(last, alerts)
     return alerts
+
+
+def _soak(stage: _Stage, deploy: str, last: str) -> str | None:
+    """A soak period, when a trend rule may ask for one here (spec ``trends[].soak``): the step
+    waits only when the risk assessment recorded the rule as triggered; the gate asks for its
+    record. Not watched: a soak is time, not a verdict (the checks before it gave theirs)."""
+    if not any(rule.soak and rule.soak.environment == stage.name for rule in stage.spec.trends):
+        return None
+    soak = stage.add(
+        v.SOAK, Kind.SOAK, {"release": stage.spec.name, "environment": stage.name, "deploy_task_id": deploy}
+    )
+    stage.plan.connect(last, soak)
+    return soak
 
 
 def _suites(stage: _Stage, deploy: str) -> list[str]:

@@ -135,12 +135,16 @@ def assess(
     change_type: str = "normal",
     emergency: bool = False,
     available_reviews: set[str] | None = None,
+    extra_approvals: int = 0,
+    extra_reason: str = "",
 ) -> RiskAssessment:
     """Score the release and select its gates.
 
     :param declared: the spec's gates of every environment that asks for approval
     :param available_reviews: review groups that exist as tasks in the release DAG per
         production environment (a high-risk security review needs one)
+    :param extra_approvals: approvals added to every production quorum (a trend rule;
+        ``extra_reason`` says which)
     :raises RiskRefusal: high risk without a rollback plan or backout estimate, or
         with no way to ask for the reviews it needs
     """
@@ -179,6 +183,12 @@ def assess(
             reviews = list(current.reviews) + ([SECURITY_REVIEW] if SECURITY_REVIEW not in current.reviews else [])
             gates[env] = EnvironmentGates(quorum=max(HIGH_RISK_QUORUM, current.quorum), reviews=reviews)
             notes.append(f"{env}: high risk requires {gates[env].quorum} approvers and reviews {reviews}")
+    if extra_approvals:
+        for env in facts.production:
+            if env in gates:
+                current = gates[env]
+                gates[env] = EnvironmentGates(quorum=current.quorum + extra_approvals, reviews=list(current.reviews))
+                notes.append(f"{env}: {extra_approvals} extra approval(s) ({extra_reason}): quorum {gates[env].quorum}")
     if emergency:
         kind = "emergency"
     elif change_type == "standard" and level != "low":

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from releasetrain.core.canary import AnalysisPolicy
+from releasetrain.core.trends import TrendRule
 from releasetrain.core.versioning import SEMVER_PATTERN, is_semver
 from releasetrain.core.windows import CalendarError, CalendarSpec, IcsBlackout, ReleaseCalendar, SharedCalendar
 
@@ -730,6 +731,11 @@ class ReleaseSpec(_Model):
         description="Ask the owners for a blameless postmortem review after each rollback (findings, contributing "
         "causes, actions). Without it a rollback still writes its postmortem draft and closes the change record.",
     )
+    trends: list[TrendRule] = Field(
+        default_factory=list,
+        description="Procedure the release's recent history adds: e.g. after 2 rollbacks in 30 days, a soak in "
+        "staging and an extra production approval (shown to approvers with the trend).",
+    )
     change: ChangePolicy = Field(default_factory=lambda: ChangePolicy())
     hotfix_policy: HotfixPolicy | None = Field(
         default=None, description="Lets runs be hotfixes (trigger params hotfix, severity, incident) under rules."
@@ -797,7 +803,25 @@ class ReleaseSpec(_Model):
             raise ValueError("scope_freeze.environment: passing production ends the release's cycle; freeze before it")
         self._modular_problems()
         self._migration_problems()
+        self._trend_problems()
         return self
+
+    def _trend_problems(self) -> None:
+        names = [env.name for env in self.environments]
+        for i, rule in enumerate(self.trends):
+            if rule.soak and rule.soak.environment not in names:
+                raise ValueError(f"trends[{i}].soak.environment: {rule.soak.environment!r} is not an environment")
+            if rule.soak and rule.soak.environment == names[-1]:
+                raise ValueError(
+                    f"trends[{i}].soak.environment: a soak holds the promotion out of an environment; "
+                    f"{names[-1]!r} is the last one"
+                )
+            approving = [e.name for e in self.environments if e.name in self.production_environments]
+            approving = [n for n in approving if self.environment(n).approval.required]
+            if rule.extra_approvals and not approving:
+                raise ValueError(
+                    f"trends[{i}].extra_approvals: no production environment asks for approval to add them to"
+                )
 
     def _migration_problems(self) -> None:
         names = [env.name for env in self.environments]

@@ -104,6 +104,7 @@ ROLLBACK = "rollback"
 RECONCILE = "reconcile"  # after a half-failed migration or a rollback the schema outran
 POSTMORTEM = "postmortem"  # the blameless review after a rollback, beside it
 ALERTS = "alerts"  # the watch for alerts after a deploy (spec alerts.watch_minutes)
+SOAK = "soak"  # a soak period a trend rule asks for (spec trends[].soak)
 UNLOCK = "unlock"
 
 
@@ -176,6 +177,7 @@ class Kind(StrEnum):
     RECONCILE = "reconcile"
     POSTMORTEM = "postmortem"
     ALERTS = "alerts"
+    SOAK = "soak"
     UNLOCK = "unlock"
     REVIEW = "review"
     CLOSURE = "closure"
@@ -304,6 +306,7 @@ class Event(StrEnum):
     ANNOTATED = "annotated"  # a deploy marker published on the deployment's dashboards (or why not)
     ALERT_RECEIVED = "alert_received"  # an alert (Alertmanager's webhook) attached to the deploy it followed
     ALERTS_QUIET = "alerts_quiet"  # the watch after a deploy ended without a firing alert
+    SOAKED = "soaked"  # an environment's soak step ended: the soak a trend rule asked for, or none needed
 
 
 EVENT_KINDS = frozenset(kind.value for kind in Event)

@@ -12,6 +12,7 @@ from releasetrain.core import gatekeeper
 from releasetrain.core.approval import SegregationOfDutiesError, check_responder, eligible_approvers
 from releasetrain.core.gatekeeper import Decision, RunLedger
 from releasetrain.core.request import ReleaseRequest
+from releasetrain.core.trends import Trend, adds
 from releasetrain.core.vocabulary import ASSESS_RISK, Event
 from releasetrain.operators._common import (
     assigned,
@@ -280,6 +281,7 @@ class ReleaseApprovalOperator(ApprovalOperator):
         if not any(passed):
             lines.append("- nothing yet (this is the first environment)")
         lines += self._parity(context)
+        lines += self._trend(context)
         run_url = self._run_url(context)
         if run_url:
             lines += ["", f"[Open the release run]({run_url})"]
@@ -297,6 +299,17 @@ class ReleaseApprovalOperator(ApprovalOperator):
         report = checked[-1].details
         lines = ["", f"**Parity with {_md(report['compared_with'])}**", ""]
         return lines + [f"- {_md(line)}" for line in report["differences"] or ["no differences"]]
+
+    def _trend(self, context: Any) -> list[str]:
+        """The release's recent trend and the procedure it added, from the risk record."""
+        assessed = [e for e in run_ledger(context, self.release).of(Event.RISK_ASSESSED) if "trend" in e.details]
+        if not assessed:
+            return []
+        details = assessed[-1].details
+        lines = ["", "**Recent trend**", "", f"- {Trend(**details['trend']).describe()}"]
+        for rule in details.get("trend_rules") or []:
+            lines.append(f"- policy: {rule['when']} (counted {rule['counted']}): {_md(adds(rule))}")
+        return lines
 
     @staticmethod
     def _run_url(context: Any) -> str | None:

@@ -13,6 +13,7 @@ from releasetrain.core.change import ChangeRecordError, ChangeRef, ChangeState, 
 from releasetrain.core.ledger import LedgerError
 from releasetrain.core.request import ReleaseRequest
 from releasetrain.core.risk import EnvironmentGates, RiskFacts, RiskRefusal, assess
+from releasetrain.core.trends import Trend, TrendRule, adds, extra_approvals, trend_of, triggered
 from releasetrain.core.vocabulary import ASSESS_RISK, SCHEDULER, Event
 from releasetrain.operators._common import assigned, dag_id_of, record, record_decision, release_request, run_ledger
 
@@ -126,9 +127,11 @@ class RiskAssessmentOperator(BaseOperator):
         change_conn_id: str | None = None,
         change_type: str = "normal",
         planned_minutes: int = 60,
+        trends: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.trends = list(trends or [])
         self.release = release
         self.environments = list(environments)
         self.production = list(production)
@@ -143,29 +146,29 @@ class RiskAssessmentOperator(BaseOperator):
         self.change_type = change_type
         self.planned_minutes = planned_minutes
 
-    def _history(self, context: Any) -> tuple[str | None, int]:
-        """The version live in production before this run, and rollbacks in the last 30 days (ledger)."""
+    def _history(self, context: Any) -> tuple[str | None, Trend]:
+        """The version live in production before this run, and the release's trend (ledger):
+        rollbacks and failed changes over the last 30 and 90 days, this run's own left out."""
         from releasetrain.hooks.ledger import LedgerHook
 
         hook = LedgerHook()
-        previous, rolled_back = None, set()
-        since = (dt.datetime.now(dt.UTC) - dt.timedelta(days=30)).isoformat().replace("+00:00", "Z")
         try:
-            for event in hook.events(release=self.release):
-                if event.run_id == context["run_id"]:
-                    continue
-                if event.kind == Event.DEPLOYED and event.environment in self.production:
-                    previous = event.details.get("version") or previous
-                elif event.kind == Event.ROLLBACK and event.at >= since:
-                    # one rollback of an environment per run, however many units it returned
-                    rolled_back.add((event.dag_id, event.run_id, event.environment))
+            events = [e for e in hook.events(release=self.release) if e.run_id != context["run_id"]]
         finally:
             hook.close()
-        return previous, len(rolled_back)
+        previous = None
+        for event in events:
+            if event.kind == Event.DEPLOYED and event.environment in self.production:
+                previous = event.details.get("version") or previous
+        return previous, trend_of(events, dt.datetime.now(dt.UTC))
 
     def execute(self, context: Any) -> dict[str, Any]:
         request = release_request(context, self.release)
-        previous, rollbacks = self._history(context)
+        previous, trend = self._history(context)
+        rollbacks = trend.rollbacks_30
+        rules = triggered([TrendRule.model_validate(r) for r in self.trends], trend)
+        extra = extra_approvals(rules)
+        reason = "; ".join(r["when"] for r in rules if r["extra_approvals"])
         facts = RiskFacts(
             environments=self.environments,
             production=self.production,
@@ -188,6 +191,8 @@ class RiskAssessmentOperator(BaseOperator):
                 change_type=self.change_type,
                 emergency=request.emergency,
                 available_reviews=reviews_everywhere,
+                extra_approvals=extra,
+                extra_reason=f"trend: {reason}" if reason else "",
             )
         except RiskRefusal as exc:
             record(context, Event.RISK_ASSESSED, self.release, details={"refused": str(exc), "facts": facts.__dict__})
@@ -209,8 +214,12 @@ class RiskAssessmentOperator(BaseOperator):
                 "change_conn_id": self.change_conn_id,
                 "change": ref.to_dict(),
                 "notes": assessment.notes,
+                "trend": trend.to_dict(),
+                "trend_rules": rules,
             },
         )
+        for rule in rules:
+            self.log.info("Trend policy: %s (counted %s): %s", rule["when"], rule["counted"], adds(rule))
         self.log.info(
             "Risk of %s %s: %s (score %s): %s",
             self.release,
