@@ -22,7 +22,7 @@ COPY --from=wheel --chown=airflow:root /build/dist/ /opt/releasetrain/dist/
 RUN pip install --no-cache-dir \
       "apache-airflow==${AIRFLOW_VERSION}" \
       --constraint "https://raw.githubusercontent.com/apache/airflow/constraints-${AIRFLOW_VERSION}/constraints-${PYTHON_VERSION}.txt" \
-      "$(find /opt/releasetrain/dist -name 'releasetrain-*.whl')[celery,hsm]"
+      "$(find /opt/releasetrain/dist -name 'releasetrain-*.whl')[celery,hsm,jira]"
 
 COPY --chown=airflow:root dags/ /opt/airflow/dags/
 # dags/releases.py reads specs and calendars from /opt/airflow/include (the project root)

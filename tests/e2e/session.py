@@ -35,6 +35,7 @@ from tests.conftest import PROJECT_ROOT
 from tests.pg import PG_ADMIN_DSN, admin, postgres_answers
 from tests.servers.grafana import TOKEN as GRAFANA_TOKEN
 from tests.servers.grafana import running_grafana
+from tests.servers.jira import running_jira
 from tests.servers.prometheus import running_prometheus
 from tests.servers.servicenow import WALK_PATH, running_servicenow
 from tests.servers.webhook import running_receiver
@@ -42,6 +43,7 @@ from tests.servers.webhook import running_receiver
 STACK_FILE = "RELEASETRAIN_E2E_STACK"
 
 SNOW_CREDENTIALS = ("svc-release", "e2e-Sn0w-pass")
+JIRA_CREDENTIALS = ("svc-release", "e2e-j1ra-token")
 ALERT_TOKEN = "e2e-alertmanager-token"
 
 E2E_DAGS = {
@@ -256,6 +258,8 @@ def session_stack() -> Iterator[DevStack]:
     migration_connections, migration_dsns = _migration_databases(db_name)
     snow_context = running_servicenow(*SNOW_CREDENTIALS)
     snow, snow_url = snow_context.__enter__()
+    jira_context = running_jira(*JIRA_CREDENTIALS)
+    _, jira_url = jira_context.__enter__()
     fleet_port = _free_port()
     # a real Prometheus scraping the demo fleet every second, for the canary analyses
     prometheus_context = running_prometheus([f"http://127.0.0.1:{fleet_port}/metrics"], scrape_interval="1s")
@@ -277,6 +281,14 @@ def session_stack() -> Iterator[DevStack]:
                 "host": snow_url,
                 "login": SNOW_CREDENTIALS[0],
                 "password": SNOW_CREDENTIALS[1],
+            },
+            # change records as issues of the local Jira's CHG project (the Atlassian Jira provider)
+            "jira_e2e": {
+                "conn_type": "jira",
+                "host": jira_url,
+                "login": JIRA_CREDENTIALS[0],
+                "password": JIRA_CREDENTIALS[1],
+                "extra": {"project": "CHG"},
             },
             "prometheus_e2e": {"conn_type": "http", "host": prometheus_url},
             "webhook_e2e": {"conn_type": "http", "host": receiver_url},
@@ -358,6 +370,7 @@ def session_stack() -> Iterator[DevStack]:
     dev_stack.calendars = calendars
     dev_stack.servicenow = snow
     dev_stack.servicenow_url = snow_url
+    dev_stack.jira_url = jira_url
     dev_stack.prometheus_url = prometheus_url
     dev_stack.receiver = receiver
     dev_stack.receiver_url = receiver_url
@@ -381,6 +394,7 @@ def session_stack() -> Iterator[DevStack]:
     finally:
         dev_stack.stop()
         snow_context.__exit__(None, None, None)
+        jira_context.__exit__(None, None, None)
         prometheus_context.__exit__(None, None, None)
         receiver_context.__exit__(None, None, None)
         grafana_context.__exit__(None, None, None)
@@ -437,6 +451,7 @@ def describe(stack: DevStack, path: Path) -> None:
         "refresh_dsns": stack.refresh_dsns,
         "migration_dsns": stack.migration_dsns,
         "grafana_url": stack.grafana_url,
+        "jira_url": stack.jira_url,
     }
     path.write_bytes(pickle.dumps(view))
 

@@ -152,3 +152,17 @@ def test_a_version_that_converts_worse_is_rolled_back_by_its_session_watch(stack
     # the new version's share against the old version's, both counted from real sessions
     assert metric["canary"] < 0.25 < 0.35 < metric["baseline"], metric
     assert min(metric["samples"]) >= 60 and metric["p_value"] < 0.05
+
+    # the change record is a Jira issue: walked through the workflow, closed as failed
+    import requests
+
+    from tests.e2e.session import JIRA_CREDENTIALS
+
+    [opened] = [e.details for e in ledger.events("checkout", run_id) if e.kind == "change_opened"]
+    key = opened["number"]
+    assert opened["backend"] == "jira" and key.startswith("CHG-")
+    walk = requests.get(f"{stack.jira_url}/_test/walk/{key}", auth=JIRA_CREDENTIALS, timeout=10).json()
+    assert walk[0] == "New" and walk[-3:] == ["Implement", "Review", "Closed"], walk
+    issue = requests.get(f"{stack.jira_url}/rest/api/2/issue/{key}", auth=JIRA_CREDENTIALS, timeout=10).json()
+    assert issue["fields"]["resolution"] == {"name": "Failed"}
+    assert "change-normal" in issue["fields"]["labels"]

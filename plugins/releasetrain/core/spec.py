@@ -451,11 +451,16 @@ class HotfixPolicy(_Model):
 class ChangePolicy(_Model):
     """How each release run is recorded as a change (ServiceNow's change state model)."""
 
-    backend: Literal["builtin", "servicenow"] = Field(
-        default="builtin", description="builtin: kept in the release ledger; servicenow: the Table API."
+    backend: Literal["builtin", "servicenow", "jira"] = Field(
+        default="builtin",
+        description="builtin: kept in the release ledger; servicenow: the Table API; jira: issues whose workflow "
+        "is the change state model (the Atlassian Jira provider).",
     )
     conn_id: str | None = Field(
-        default=None, pattern=CONN_ID_PATTERN, description="Connection of the backend (servicenow: HTTP)."
+        default=None,
+        pattern=CONN_ID_PATTERN,
+        description="Connection of the backend (servicenow: HTTP; jira: a jira connection whose extra names the "
+        "project).",
     )
     type: Literal["standard", "normal"] = Field(
         default="normal",
@@ -472,6 +477,8 @@ class ChangePolicy(_Model):
     def _conn_for_servicenow(self) -> ChangePolicy:
         if self.backend == "servicenow" and not self.conn_id:
             raise ValueError("the servicenow backend needs conn_id (an HTTP connection to the instance)")
+        if self.backend == "jira" and not self.conn_id:
+            raise ValueError("the jira backend needs conn_id (a jira connection whose extra names the project)")
         return self
 
 

@@ -252,15 +252,19 @@ class ServiceNowChangeHook(BaseHook):
 
 
 def change_backend(kind: str, conn_id: str | None) -> ChangeRecordBackend:
-    """The change-record backend of this kind (``servicenow`` or ``builtin``)."""
+    """The change-record backend of this kind (``servicenow``, ``jira`` or ``builtin``)."""
     if kind == "servicenow":
         return ServiceNowChangeHook(conn_id or ServiceNowChangeHook.default_conn_name)
+    if kind == "jira":
+        from releasetrain.hooks.jira_change import JiraChangeBackend
+
+        return JiraChangeBackend(conn_id or "jira_default")
     if kind == "builtin":
         # --- built-in kind: releasetrain's own change ledger (added separately) ---
         from releasetrain.hooks.ledger import BuiltinChangeBackend
 
         return BuiltinChangeBackend(conn_id)
-    raise ChangeRecordError(f"unknown change record backend {kind!r}: expected servicenow or builtin")
+    raise ChangeRecordError(f"unknown change record backend {kind!r}: expected servicenow, jira or builtin")
 
 
 def _glide_datetime(name: str, value: str | None) -> str | None:
