@@ -258,8 +258,8 @@ def test_other_backends_refs_and_kinds_are_refused(snow):
     hook = change_backend("servicenow", "snow_test")
     assert isinstance(hook, ServiceNowChangeHook) and hook.servicenow_conn_id == "snow_test"
     assert change_backend("servicenow", None).servicenow_conn_id == "servicenow_default"
-    with pytest.raises(ChangeRecordError, match="unknown change record backend 'jira'"):
-        change_backend("jira", None)
+    with pytest.raises(ChangeRecordError, match="unknown change record backend 'remedy'"):
+        change_backend("remedy", None)
     with pytest.raises(ChangeRecordError, match="is a 'builtin' change record, not a ServiceNow one"):
         hook.get(ChangeRef("builtin", "1", "CHG-1", ChangeState.NEW, "normal"))
     with pytest.raises(ValueError, match="unknown release outcome 'done'"):
