@@ -170,3 +170,28 @@ def test_the_gate_asks_for_the_soak_the_risk_record_asked_for():
     calm = gate_event(Event.RISK_ASSESSED, task_id="assess_risk", level="low", trend_rules=[])
     none = gate_event(Event.SOAKED, "2026-11-29T10:00:01Z", "staging.soak", minutes=0, until="2026-11-29T10:00:00Z")
     assert soak_proof(calm, none).allowed
+
+
+def test_the_approvers_must_be_enough_for_the_quorum_a_rule_may_ask():
+    from releasetrain.core.spec import check_groups
+
+    few = parse_spec(
+        {
+            "name": "shop",
+            "owner_team": "commerce",
+            "components": [{"name": "web", "source": "include/web"}],
+            "environments": [
+                {"name": "staging", "deploy_target": "fleet_staging"},
+                {
+                    "name": "prod",
+                    "deploy_target": "fleet_prod",
+                    "approval": {"required": True, "approvers": ["a", "b"]},
+                },
+            ],
+            "trends": [{"when": {"rollbacks": 1}, "extra_approvals": 2}],
+        },
+        "test",
+    )
+    with pytest.raises(ReleaseSpecError, match=r"adds 2 approval\(s\) to prod's quorum of 1: 3 possible approvers"):
+        check_groups(few, "test", {})
+    check_groups(spec([{"when": {"rollbacks": 1}, "extra_approvals": 2}]), "test", {})  # five approvers

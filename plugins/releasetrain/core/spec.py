@@ -1231,6 +1231,17 @@ def check_groups(spec: ReleaseSpec, source: str, groups: dict[str, list[str]]) -
                     f"a quorum of {approval.quorum} needs at least {approval.quorum} possible approvers; found {pool}",
                 )
             )
+        extra = max((rule.extra_approvals for rule in spec.trends), default=0)
+        if approval.required and extra and env.name in spec.production_environments:
+            needed = approval.quorum + extra
+            if len(pool) < needed:
+                problems.append(
+                    (
+                        f"{where}.approval.quorum",
+                        f"a trend rule adds {extra} approval(s) to {env.name}'s quorum of {approval.quorum}: "
+                        f"{needed} possible approvers are needed; found {pool}",
+                    )
+                )
         if env.owner:
             members = set(groups[env.owner])
             outsiders = [u for u in approval.approvers if u not in members]
