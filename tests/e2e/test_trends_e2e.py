@@ -37,8 +37,6 @@ def test_a_recent_rollback_adds_a_soak_and_an_approval_and_a_soak_set_by_hand_pr
     # now the trend: a soak in trend-stg and a second production approval
     second = author.trigger(DAG, {"version": "1.0.2", "change_summary": "trendy 1.0.2"})["dag_run_id"]
     assert author.wait_for_task(DAG, second, f"{STG}.soak", ("deferred",), timeout=300) == "deferred"
-    # a third run, to attack: queued behind the second one's lock on trend-stg
-    third = author.trigger(DAG, {"version": "1.0.3", "change_summary": "trendy 1.0.3"})["dag_run_id"]
 
     [risk] = [e.details for e in ledger.events("trendy", second) if e.kind == "risk_assessed"]
     assert risk["trend"] == {"rollbacks_30": 1, "rollbacks_90": 1, "failed_changes_30": 1, "failed_changes_90": 1}
@@ -63,7 +61,8 @@ def test_a_recent_rollback_adds_a_soak_and_an_approval_and_a_soak_set_by_hand_pr
     assert author.wait_for_run(DAG, second, timeout=300)["state"] == "success"
     assert fleet(PROD)["version"] == "1.0.2"
 
-    # the attack: the third run's soak set to success by hand over REST
+    # the attack: a third run's soak set to success by hand over REST while it waits
+    third = author.trigger(DAG, {"version": "1.0.3", "change_summary": "trendy 1.0.3"})["dag_run_id"]
     assert author.wait_for_task(DAG, third, f"{STG}.soak", ("deferred",), timeout=300) == "deferred"
     author.set_task_state(DAG, third, f"{STG}.soak", "success")
     assert author.wait_for_run(DAG, third, timeout=300)["state"] == "failed"
