@@ -103,7 +103,7 @@ E2E_DAGS = {
     # issue 14: an alert during the watch after a deploy rolls it back; every change is marked
     "release_alerted",
     # issue 14: a session outcome (checkout) watched after a plain deploy
-    "release_checkout",
+    "release_conversion",
     # issue 14: a recent rollback adds a soak and a production approval
     "release_trendy",
 }

@@ -135,9 +135,9 @@ def test_a_version_that_converts_worse_is_rolled_back_by_its_session_watch(stack
     """Issue 14 (user-session analysis): after a plain deploy, the share of sessions reaching
     checkout on the new version is compared with the old version's share before the deploy
     (Prometheus scraping the fleet's sessions); 2.0.0 converts a fifth as well: rolled back."""
-    dag, env = "release_checkout", "sess-env"
+    dag, env = "release_conversion", "sess-env"
     fleet.post("/faults", {"environment": env, "version": "2.0.0", "error_rate": 0, "conversion": 0.1})
-    run_id = author.trigger(dag, {"version": "2.0.0", "change_summary": "checkout 2.0.0"})["dag_run_id"]
+    run_id = author.trigger(dag, {"version": "2.0.0", "change_summary": "conversion 2.0.0"})["dag_run_id"]
     assert author.wait_for_run(dag, run_id, timeout=300)["state"] == "failed"
     states = author.task_states(dag, run_id)
     assert (states[f"{env}.smoke"], states[f"{env}.watch"], states[f"{env}.rollback"]) == (
@@ -146,7 +146,7 @@ def test_a_version_that_converts_worse_is_rolled_back_by_its_session_watch(stack
         "success",
     ), states
     assert fleet(env)["version"] == "1.0.0"
-    [analysis] = [e.details for e in ledger.events("checkout", run_id) if e.kind == "analysis"]
+    [analysis] = [e.details for e in ledger.events("conversion", run_id) if e.kind == "analysis"]
     assert analysis["outcome"] == "failed" and "checkout" in analysis["reason"]
     [metric] = analysis["measurements"][0]["metrics"]
     # the new version's share against the old version's, both counted from real sessions
@@ -158,7 +158,7 @@ def test_a_version_that_converts_worse_is_rolled_back_by_its_session_watch(stack
 
     from tests.e2e.session import JIRA_CREDENTIALS
 
-    [opened] = [e.details for e in ledger.events("checkout", run_id) if e.kind == "change_opened"]
+    [opened] = [e.details for e in ledger.events("conversion", run_id) if e.kind == "change_opened"]
     key = opened["number"]
     assert opened["backend"] == "jira" and key.startswith("CHG-")
     walk = requests.get(f"{stack.jira_url}/_test/walk/{key}", auth=JIRA_CREDENTIALS, timeout=10).json()

@@ -50,7 +50,7 @@ def test_a_recent_rollback_adds_a_soak_and_an_approval_and_a_soak_set_by_hand_pr
     events = ledger.events("trendy", second)
     [deployed] = [e for e in events if e.kind == "deployed" and e.environment == STG]
     [soaked] = [e for e in events if e.kind == "soaked"]
-    assert soaked.details["minutes"] == 0.5 and (at(soaked) - at(deployed)).total_seconds() >= 30
+    assert soaked.details["minutes"] == 0.25 and (at(soaked) - at(deployed)).total_seconds() >= 15
     [passed] = [e for e in events if e.kind == "environment_passed" and e.environment == STG]
     assert at(passed) >= at(soaked), "trend-stg passed only after its soak"
 
