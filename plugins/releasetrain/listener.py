@@ -184,6 +184,7 @@ def _close_open_change(release: str, dag_id: str, run_id: str, reason: str, key:
                 "state": closed.state.value,
                 "change_type": ref.change_type,
                 "note": reason,
+                "outcome": "failed",
             },
         )
 

@@ -156,6 +156,12 @@ def test_a_session_baseline_before_the_deploy(world, prometheus_conn):
     result = run_trigger(CanaryAnalysisTrigger(policy=policy_, provider=prometheus_conn, values=before))
     assert result["outcome"] == "failed", result["reason"]
     assert result["measurements"][0]["metrics"][0]["baseline"] == pytest.approx(0.5, abs=0.15)
+    # a count that is several series (one per outcome here): an error naming it, never one series' count
+    split = sessions(min_sessions=50)
+    split["metrics"][0]["sessions"]["started"] = 'increase(fleet_sessions_total{version="${version}"}[${window}])'
+    split["consecutive_error_limit"] = 0
+    result = run_trigger(CanaryAnalysisTrigger(policy=split, provider=prometheus_conn, values=VALUES))
+    assert result["outcome"] == "error" and "returns 2 series; a session count is one number" in result["reason"]
     # no deploy recorded: an error, never a comparison against nothing
     policy_ = {**policy_, "consecutive_error_limit": 0}
     result = run_trigger(CanaryAnalysisTrigger(policy=policy_, provider=prometheus_conn, values=VALUES))

@@ -28,6 +28,7 @@ def jira(monkeypatch):
         monkeypatch.setenv("AIRFLOW_CONN_JIRA_BADPASS", jira_conn(url, "wrong-token"))
         monkeypatch.setenv("AIRFLOW_CONN_JIRA_RENAMED", jira_conn(url, statuses={"authorize": "Awaiting CAB"}))
         monkeypatch.setenv("AIRFLOW_CONN_JIRA_NOPROJECT", jira_conn(url, project=""))
+        monkeypatch.setenv("AIRFLOW_CONN_JIRA_ODD", jira_conn(url, resolutions={"unsuccessful": "Botched"}))
         yield instance, url
 
 
@@ -147,3 +148,20 @@ def test_the_local_jira_enforces_its_workflow_and_resolution(jira):
     jql = requests.get(f"{url}/rest/api/2/search", params={"jql": "summary ~ shop"}, auth=auth, timeout=5)
     assert jql.status_code == 400 and "Error in the JQL Query" in jql.json()["errorMessages"][0]
     assert requests.get(api, timeout=5).status_code == 401
+
+
+def test_a_resolution_the_workflow_does_not_allow_and_a_duplicate_issue_are_named(jira):
+    instance, _ = jira
+    odd = JiraChangeBackend("jira_odd")
+    ref = odd.move_to(open_change(odd), ChangeState.IMPLEMENT, note="go")
+    with pytest.raises(
+        ChangeRecordError, match=r"'Close' allows the resolutions \['Done', 'Failed', \"Won't Do\"\], not 'Botched'"
+    ):
+        odd.close(ref, outcome="rolled_back", notes="bad")
+    assert instance.walk(ref.id)[-1] == "Review", "nothing closed with a resolution Jira does not have"
+    # two issues carry the run's label (someone copied it): never pick one silently
+    backend = JiraChangeBackend("jira_test")
+    second = open_change(backend, correlation_id="shop/release_shop/manual__2")
+    instance.issues[second.id]["fields"]["labels"] = list(instance.issues[ref.id]["fields"]["labels"])
+    with pytest.raises(ChangeRecordError, match="CHG-1, CHG-2 all carry the run's label"):
+        open_change(backend)

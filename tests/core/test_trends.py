@@ -28,19 +28,22 @@ def event(kind, at, run_id="r1", environment="prod", dag_id="release_shop", **de
 
 def test_the_trend_counts_rollbacks_per_run_and_environment_and_unsuccessful_changes():
     events = [
+        event(Event.ROLLBACK_STARTED, "2026-11-20T09:59:00Z", "r1"),
         event(Event.ROLLBACK, "2026-11-20T10:00:00Z", "r1", unit="web"),
         event(Event.ROLLBACK, "2026-11-20T10:00:01Z", "r1", unit="api"),  # the same rollback, another unit
         event(Event.ROLLBACK, "2026-11-21T10:00:00Z", "r1", environment="staging"),
+        event(Event.ROLLBACK_STARTED, "2026-11-22T10:00:00Z", "r6"),  # a rollback that failed counts too
         event(Event.ROLLBACK, "2026-10-01T10:00:00Z", "r2"),  # 59 days ago: in 90, not in 30
         event(Event.ROLLBACK, "2026-07-01T10:00:00Z", "r3"),  # older than 90 days
-        event(Event.CHANGE_CLOSED, "2026-11-20T11:00:00Z", "r1", close_code="unsuccessful"),
-        event(Event.CHANGE_CLOSED, "2026-11-22T11:00:00Z", "r4", close_code="successful"),
-        event(Event.CHANGE_CLOSED, "2026-10-02T11:00:00Z", "r2", backend="servicenow", outcome="rolled_back"),
-        event(Event.CHANGE_CLOSED, "2026-11-23T11:00:00Z", "r5", close_code="canceled"),  # nothing was implemented
-        event(Event.ROLLBACK, "2026-11-29T11:00:00Z", "me"),
+        event(Event.ROLLBACK, "2026-11-20T10:00:00Z", "r1", dag_id="rollback_shop"),  # a rollback DAG's run, same id
+        event(Event.CHANGE_CLOSED, "2026-11-20T11:00:00Z", "r1", state="closed", close_code="unsuccessful"),
+        event(Event.CHANGE_CLOSED, "2026-11-22T11:00:00Z", "r4", state="closed", close_code="successful"),
+        event(Event.CHANGE_CLOSED, "2026-10-02T11:00:00Z", "r2", state="closed", backend="jira", outcome="rolled_back"),
+        event(Event.CHANGE_CLOSED, "2026-11-23T11:00:00Z", "r5", state="canceled", close_code="canceled"),
+        # nothing was implemented: canceled, whatever the outcome said
+        event(Event.CHANGE_CLOSED, "2026-11-24T11:00:00Z", "r7", state="canceled", backend="jira", outcome="failed"),
     ]
-    assert trend_of(events, NOW, exclude_run="me") == Trend(2, 3, 1, 2)
-    assert trend_of(events, NOW) == Trend(3, 4, 1, 2)
+    assert trend_of(events, NOW) == Trend(4, 5, 1, 2)
 
 
 RULES = [
@@ -157,19 +160,23 @@ def soak_proof(*events):
 
 def test_the_gate_asks_for_the_soak_the_risk_record_asked_for():
     risk = gate_event(Event.RISK_ASSESSED, task_id="assess_risk", level="low", trend_rules=[RULE])
-    until = "2026-11-29T10:30:00Z"
-    done = gate_event(Event.SOAKED, "2026-11-29T10:30:01Z", "staging.soak", minutes=30, until=until)
-    assert soak_proof(risk, done).allowed
-    missing = soak_proof(risk)
+    deployed = gate_event(Event.DEPLOYED, "2026-11-29T10:00:00Z", "staging.deploy")
+    done = gate_event(Event.SOAKED, "2026-11-29T10:30:01Z", "staging.soak", minutes=30)
+    assert soak_proof(risk, deployed, done).allowed
+    missing = soak_proof(risk, deployed)
     assert not missing.allowed and "staging.soak" in missing.message()
-    early = gate_event(Event.SOAKED, "2026-11-29T10:05:00Z", "staging.soak", minutes=30, until=until)
-    assert "before it ended" in soak_proof(risk, early).message()
-    short = gate_event(Event.SOAKED, "2026-11-29T10:30:01Z", "staging.soak", minutes=0, until=until)
-    assert "soaked 0 minutes; the trend policy asks for 30" in soak_proof(risk, short).message()
+    early = gate_event(Event.SOAKED, "2026-11-29T10:05:00Z", "staging.soak", minutes=30)
+    assert "must soak 30 minutes after its last deploy or promotion" in soak_proof(risk, deployed, early).message()
+    # the deploy ran again after the soak: its record proves nothing for the new deploy
+    again = gate_event(Event.DEPLOYED, "2026-11-29T10:20:00Z", "staging.deploy")
+    assert not soak_proof(risk, deployed, done, again).allowed
+    # a canary soaks from its promotion (the analyses before it are not the soak)
+    promoted = gate_event(Event.PROMOTED, "2026-11-29T10:10:00Z", "staging.promote")
+    assert "before 2026-11-29T10:40:00" in soak_proof(risk, deployed, promoted, done).message()
     # no rule triggered: the step's record that no soak was needed is the proof
     calm = gate_event(Event.RISK_ASSESSED, task_id="assess_risk", level="low", trend_rules=[])
-    none = gate_event(Event.SOAKED, "2026-11-29T10:00:01Z", "staging.soak", minutes=0, until="2026-11-29T10:00:00Z")
-    assert soak_proof(calm, none).allowed
+    none = gate_event(Event.SOAKED, "2026-11-29T10:00:01Z", "staging.soak", minutes=0)
+    assert soak_proof(calm, deployed, none).allowed
 
 
 def test_the_approvers_must_be_enough_for_the_quorum_a_rule_may_ask():
@@ -192,6 +199,8 @@ def test_the_approvers_must_be_enough_for_the_quorum_a_rule_may_ask():
         },
         "test",
     )
-    with pytest.raises(ReleaseSpecError, match=r"adds 2 approval\(s\) to prod's quorum of 1: 3 possible approvers"):
+    with pytest.raises(
+        ReleaseSpecError, match=r"adds 2 approval\(s\) to prod's quorum \(up to 2 at high risk\): 4 possible"
+    ):
         check_groups(few, "test", {})
     check_groups(spec([{"when": {"rollbacks": 1}, "extra_approvals": 2}]), "test", {})  # five approvers

@@ -8,11 +8,13 @@ own), so a mistake there is not mirrored here. Faithful where it matters:
   must exist, ``summary`` is required, labels may hold no spaces (``400`` with ``errors``
   per field otherwise); a new issue starts in status New;
 * ``GET /rest/api/2/issue/{key}[?fields=a,b]`` -> ``{"id", "key", "fields": {...}}`` (``404``);
-* ``GET /rest/api/2/issue/{key}/transitions`` -> ``{"transitions": [{"id", "name", "to"}]}``:
-  the workflow below, from the issue's status;
+* ``GET /rest/api/2/issue/{key}/transitions[?expand=transitions.fields]`` ->
+  ``{"transitions": [{"id", "name", "to"[, "fields"]}]}``: the workflow below, from the
+  issue's status; the screens into Closed and Canceled have a required ``resolution``;
 * ``POST /rest/api/2/issue/{key}/transitions`` -> ``204``: the id must be one of the issue's
   transitions now (``400`` otherwise); Closed and Canceled require a known ``resolution``
-  (``400 {"errors": {"resolution": ...}}``); ``update.comment[].add.body`` adds comments;
+  (``400 {"errors": {"resolution": ...}}``), and no other transition takes one (not on its
+  screen: ``400``); ``update.comment[].add.body`` adds comments;
 * ``GET /rest/api/2/search?jql=...`` -> ``{"issues": [...], "total"}`` for the JQL subset
   ``field = "value" [AND field = "value" ...]`` over project, labels and status (``400``
   "Error in the JQL Query" otherwise).
@@ -105,7 +107,8 @@ class JiraInstance:
             if len(parts) == 3 and parts[0] == "issue" and parts[2] == "transitions":
                 issue = self._issue(parts[1])
                 if method == "GET":
-                    return 200, {"expand": "transitions", "transitions": self._transitions(issue)}
+                    fields = "transitions.fields" in query.get("expand", [""])[0]
+                    return 200, {"expand": "transitions", "transitions": self._transitions(issue, fields)}
                 if method == "POST":
                     self._transition(issue, body)
                     return 204, None
@@ -160,10 +163,19 @@ class JiraInstance:
         return {"id": issue_id, "key": key, "self": f"{API}issue/{issue_id}"}
 
     @staticmethod
-    def _transitions(issue: dict[str, Any]) -> list[dict[str, Any]]:
+    def _transitions(issue: dict[str, Any], fields: bool = False) -> list[dict[str, Any]]:
+        """The ways out of the issue's status; with ``fields``, each one's screen: the ones into
+        Closed and Canceled ask for a resolution (required, from RESOLUTIONS)."""
         status = issue["fields"]["status"]["name"]
         ways = [] if status in FINAL else [*WORKFLOW.get(status, []), CANCEL]
-        return [{"id": tid, "name": name, "to": {"name": to, "id": to.lower()}} for tid, name, to in ways]
+        out = []
+        for tid, name, to in ways:
+            way: dict[str, Any] = {"id": tid, "name": name, "to": {"name": to, "id": to.lower()}}
+            if fields:
+                screen = {"resolution": {"required": True, "allowedValues": [{"name": r} for r in RESOLUTIONS]}}
+                way["fields"] = screen if to in FINAL else {}
+            out.append(way)
+        return out
 
     def _transition(self, issue: dict[str, Any], body: Any) -> None:
         if not isinstance(body, dict) or not isinstance(body.get("transition"), dict):
@@ -176,6 +188,13 @@ class JiraInstance:
         resolution = ((body.get("fields") or {}).get("resolution") or {}).get("name")
         if target in FINAL and resolution not in RESOLUTIONS:
             raise JiraError(400, [], {"resolution": f"Resolution is required (one of {', '.join(RESOLUTIONS)})."})
+        if target not in FINAL and resolution is not None:
+            # like Jira: a field that is not on the transition's screen cannot be set
+            raise JiraError(
+                400,
+                [],
+                {"resolution": "Field 'resolution' cannot be set. It is not on the appropriate screen, or unknown."},
+            )
         comments = [
             str(((c or {}).get("add") or {}).get("body") or "")
             for c in ((body.get("update") or {}).get("comment") or [])

@@ -270,16 +270,29 @@ def _instant(text: str) -> datetime:
 
 
 def _soak_short(run: RunLedger, soaked: EventLike, environment: str) -> str | None:
-    """Why a soak record does not prove the soak the run's risk assessment asked for (None: it does)."""
-    from releasetrain.core.trends import soak_minutes
+    """Why a soak record does not prove the soak the run's risk assessment asked for (None:
+    it does). The deadline is the gate's own: the latest deploy or promotion there plus the
+    minutes asked, never the record's word."""
+    from datetime import timedelta
+
+    from releasetrain.core.trends import soak_minutes, soak_start
 
     assessed = [e for e in run.of(Event.RISK_ASSESSED) if "level" in e.details]
     needed = soak_minutes(assessed[-1].details.get("trend_rules") or [], environment) if assessed else 0.0
-    minutes = float(soaked.details.get("minutes") or 0)
-    if minutes < needed:
-        return f"{environment} soaked {minutes:g} minutes; the trend policy asks for {needed:g}"
-    if needed and _instant(soaked.at) < _instant(str(soaked.details.get("until") or "9999-12-31T00:00:00Z")):
-        return f"{environment}'s soak was recorded at {soaked.at}, before it ended ({soaked.details.get('until')})"
+    if not needed:
+        return None
+    start = soak_start(
+        [*run.of(Event.DEPLOYED, environment=environment), *run.of(Event.PROMOTED, environment=environment)],
+        environment,
+    )
+    if start is None:
+        return f"{environment}: no deploy is recorded to soak from"
+    until = start + timedelta(minutes=needed)
+    if _instant(soaked.at) < until:
+        return (
+            f"{environment} must soak {needed:g} minutes after its last deploy or promotion ({start.isoformat()}); "
+            f"the soak was recorded at {soaked.at}, before {until.isoformat()}"
+        )
     return None
 
 

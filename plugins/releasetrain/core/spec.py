@@ -238,13 +238,16 @@ class Strategy(_Model):
             raise ValueError(f"the {self.kind} strategy needs an analysis")
         if self.kind == "rolling" and self.analysis is not None:
             raise ValueError("a rolling deploy has no pre-promotion analysis: use watch for checks after it")
-        if self.kind == "rolling" and self.watch is not None:
-            for metric in self.watch.metrics:
-                if metric.sessions is not None and metric.sessions.baseline == "concurrent":
-                    raise ValueError(
-                        f"watch metric {metric.name!r}: after a rolling deploy the old version serves no sessions; "
-                        "set sessions.baseline: before_deploy"
-                    )
+        # after the new version took all traffic (any watch; blue-green reuses its analysis after
+        # the switch when it has no watch of its own) the old version serves nobody
+        post = self.watch or (self.analysis if self.kind == "blue_green" else None)
+        for metric in post.metrics if post else []:
+            if metric.sessions is not None and metric.sessions.baseline == "concurrent":
+                reused = " (blue_green reuses its analysis after the switch: give it a watch)" if not self.watch else ""
+                raise ValueError(
+                    f"watch metric {metric.name!r}: once the new version has all the traffic the old version serves "
+                    f"no sessions; set sessions.baseline: before_deploy{reused}"
+                )
         return self
 
     @property
@@ -1233,12 +1236,15 @@ def check_groups(spec: ReleaseSpec, source: str, groups: dict[str, list[str]]) -
             )
         extra = max((rule.extra_approvals for rule in spec.trends), default=0)
         if approval.required and extra and env.name in spec.production_environments:
-            needed = approval.quorum + extra
+            from releasetrain.core.risk import HIGH_RISK_QUORUM
+
+            base = max(approval.quorum, HIGH_RISK_QUORUM)  # a high-risk run's quorum, before the rule's
+            needed = base + extra
             if len(pool) < needed:
                 problems.append(
                     (
                         f"{where}.approval.quorum",
-                        f"a trend rule adds {extra} approval(s) to {env.name}'s quorum of {approval.quorum}: "
+                        f"a trend rule adds {extra} approval(s) to {env.name}'s quorum (up to {base} at high risk): "
                         f"{needed} possible approvers are needed; found {pool}",
                     )
                 )

@@ -3,9 +3,15 @@ the spec states for them (``trends``).
 
 The trend is counted from the release ledger, per release, over the last 30 and 90 days:
 
-- **rollbacks**: environments rolled back, one per run and environment (``rollback``
-  records; a rollback that returned several deploy units counts once);
-- **failed changes**: runs whose change record closed unsuccessful (rolled back or failed).
+- **rollbacks**: environments rolled back, one per run and environment (``rollback_started``
+  or ``rollback`` records: a rollback that failed counts too; one that returned several
+  deploy units counts once);
+- **failed changes**: runs whose change record closed unsuccessful (rolled back or failed;
+  a change canceled before anything was implemented is not a failed change).
+
+Every run counts, the asking one included: the risk step runs before its run has rolled
+anything back, and a run id reused (a rollback DAG's run, a deleted run triggered again)
+never hides another run's history.
 
 A rule (``when: {rollbacks: 2, days: 30}``) that the trend reaches adds procedure to the
 run: a soak period in an environment (the new version must have been live there that long
@@ -112,24 +118,21 @@ def _at(text: str) -> datetime:
 
 
 def failed_change(event: EventLike) -> bool:
-    """A change record closed unsuccessful: the built-in backend's close code, or the outcome
-    mirrored from an external backend."""
-    if event.kind != Event.CHANGE_CLOSED:
+    """A change record closed (not canceled) unsuccessful: the built-in backend's close code,
+    or the outcome mirrored from an external backend."""
+    if event.kind != Event.CHANGE_CLOSED or event.details.get("state") != "closed":
         return False
     details = event.details
     return details.get("close_code") == "unsuccessful" or details.get("outcome") in ("failed", "rolled_back")
 
 
-def trend_of(events: Iterable[EventLike], now: datetime, *, exclude_run: str | None = None) -> Trend:
-    """The release's rollbacks and failed changes over the last 30 and 90 days (``exclude_run``:
-    the run asking, whose own records do not count against it)."""
+def trend_of(events: Iterable[EventLike], now: datetime) -> Trend:
+    """The release's rollbacks and failed changes over the last 30 and 90 days."""
     since = {days: now - timedelta(days=days) for days in WINDOWS}
     rollbacks: dict[int, set[tuple[str, str, str]]] = {days: set() for days in WINDOWS}
     failed: dict[int, set[tuple[str, str]]] = {days: set() for days in WINDOWS}
     for event in events:
-        if exclude_run is not None and event.run_id == exclude_run:
-            continue
-        if event.kind == Event.ROLLBACK:
+        if event.kind in (Event.ROLLBACK, Event.ROLLBACK_STARTED):
             key: Any = (event.dag_id, event.run_id, event.environment)
             into = rollbacks
         elif failed_change(event):
@@ -183,3 +186,10 @@ def adds(rule: dict[str, Any]) -> str:
     if rule.get("extra_approvals"):
         parts.append(f"{rule['extra_approvals']} extra production approval(s)")
     return " and ".join(parts)
+
+
+def soak_start(events: Iterable[EventLike], environment: str) -> datetime | None:
+    """When the new version took the environment's traffic: its latest deploy or (canary,
+    blue-green) promotion record there; None before either."""
+    times = [_at(e.at) for e in events if e.kind in (Event.DEPLOYED, Event.PROMOTED) and e.environment == environment]
+    return max(times, default=None)

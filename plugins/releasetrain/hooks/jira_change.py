@@ -19,10 +19,13 @@ Calls (Jira REST API v2, as the provider's client makes them):
                                                               labels}}``
 ``GET  /rest/api/2/search?jql=project = "P" AND labels = "L"``  find the run's issue
 ``GET  /rest/api/2/issue/{key}?fields=status,labels``         read its status
-``GET  /rest/api/2/issue/{key}/transitions``                  the workflow's ways out
+``GET  /rest/api/2/issue/{key}/transitions``                  the workflow's ways out, with
+                                                              their screens' fields
+                                                              (``expand=transitions.fields``)
 ``POST /rest/api/2/issue/{key}/transitions``                  one step: ``{transition: {id},
                                                               update: {comment}}`` (+ the
-                                                              resolution to close or cancel)
+                                                              resolution, when the screen has
+                                                              the field)
 ===========================================================  ================================
 
 A run's issue carries the labels ``releasetrain``, ``rt-<hash of the correlation id>`` (how a
@@ -201,6 +204,12 @@ class JiraChangeBackend:
         issues = found.get("issues") if isinstance(found, dict) else None
         if not isinstance(issues, list):
             raise ChangeRecordError(f"Jira {self.jira_conn_id!r}: the search answered {short(found)}")
+        if len(issues) > 1:
+            keys = ", ".join(str(i.get("key")) for i in issues)
+            raise ChangeRecordError(
+                f"Jira {self.jira_conn_id!r}: {keys} all carry the run's label {label}: one change per run; "
+                "cancel the duplicate"
+            )
         return self._ref(issues[0]) if issues else None
 
     def _read(self, key: str) -> ChangeRef:
@@ -224,21 +233,38 @@ class JiraChangeBackend:
         return ChangeRef(backend=self.name, id=key, number=key, state=state, change_type=types[0])
 
     def _step(self, current: ChangeRef, state: ChangeState, note: str, resolution: str | None = None) -> ChangeRef:
-        """One workflow transition, to ``state``'s status, with the note as a comment."""
+        """One workflow transition, to ``state``'s status, with the note as a comment; the
+        resolution goes along when the transition's screen has the field (and must be one it allows)."""
         status = self.statuses[state]
-        transitions = self._call(f"list {current.number}'s transitions", self.client.get_issue_transitions, current.id)
-        chosen = [t for t in transitions or [] if str(t.get("to", "")).casefold() == status.casefold()]
+        listed = self._call(
+            f"list {current.number}'s transitions",
+            self.client.get_issue_transitions_full,
+            current.id,
+            expand="transitions.fields",
+        )
+        transitions = listed.get("transitions") if isinstance(listed, dict) else None
+        if not isinstance(transitions, list):
+            raise ChangeRecordError(f"Jira {self.jira_conn_id!r}: the transitions answer was {short(listed)}")
+        chosen = [t for t in transitions if str((t.get("to") or {}).get("name", "")).casefold() == status.casefold()]
         if not chosen:
-            ways = ", ".join(f"{t.get('name')} -> {t.get('to')}" for t in transitions or []) or "none"
+            ways = ", ".join(f"{t.get('name')} -> {(t.get('to') or {}).get('name')}" for t in transitions) or "none"
             raise ChangeRecordError(
                 f"Jira {self.jira_conn_id!r}: {current.number} in {self.statuses[current.state]!r} has no "
                 f"transition to {status!r} (workflow allows: {ways})"
             )
+        transition = chosen[0]
         body: dict[str, Any] = {
-            "transition": {"id": str(chosen[0]["id"])},
+            "transition": {"id": str(transition["id"])},
             "update": {"comment": [{"add": {"body": note}}]},
         }
-        if resolution:
+        field = (transition.get("fields") or {}).get("resolution")
+        if resolution and field is not None:
+            allowed = [str(v.get("name")) for v in field.get("allowedValues") or [] if v.get("name")]
+            if allowed and resolution not in allowed:
+                raise ChangeRecordError(
+                    f"Jira {self.jira_conn_id!r}: {transition.get('name')!r} allows the resolutions {allowed}, not "
+                    f"{resolution!r}; map it in the connection's extra.resolutions"
+                )
             body["fields"] = {"resolution": {"name": resolution}}
         endpoint = f"{self.client.resource_url('issue')}/{current.id}/transitions"
         self._call(f"move {current.number} to {status!r}", self.client.post, endpoint, data=body)

@@ -148,18 +148,23 @@ class RiskAssessmentOperator(BaseOperator):
 
     def _history(self, context: Any) -> tuple[str | None, Trend]:
         """The version live in production before this run, and the release's trend (ledger):
-        rollbacks and failed changes over the last 30 and 90 days, this run's own left out."""
+        rollbacks and failed changes over the last 30 and 90 days."""
         from releasetrain.hooks.ledger import LedgerHook
 
         hook = LedgerHook()
         try:
-            events = [e for e in hook.events(release=self.release) if e.run_id != context["run_id"]]
+            events = list(hook.events(release=self.release))
         finally:
             hook.close()
         previous = None
         for event in events:
-            if event.kind == Event.DEPLOYED and event.environment in self.production:
+            if (
+                event.run_id != context["run_id"]
+                and event.kind == Event.DEPLOYED
+                and event.environment in self.production
+            ):
                 previous = event.details.get("version") or previous
+        # the trend counts every run: a reused run id never hides another run's rollbacks
         return previous, trend_of(events, dt.datetime.now(dt.UTC))
 
     def execute(self, context: Any) -> dict[str, Any]:

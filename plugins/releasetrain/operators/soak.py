@@ -9,13 +9,14 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from releasetrain.core.trends import soak_minutes
+from releasetrain.core.trends import soak_minutes, soak_start
 from releasetrain.core.vocabulary import Event
 from releasetrain.operators._common import record, run_ledger
 
 
 class SoakOperator(BaseOperator):
-    """Wait, deferred (no worker), until the environment's deploy record is ``minutes`` old,
+    """Wait, deferred (no worker), until the environment's latest deploy (or, canary and
+    blue-green, promotion) record is ``minutes`` old,
     where ``minutes`` is what the rules the run's risk assessment recorded as triggered ask
     for here (the ledger, not XCom; 0: no soak, recorded as such). The record
     (``soaked``) is the environment gate's proof: marked successful by hand, the step left
@@ -43,10 +44,17 @@ class SoakOperator(BaseOperator):
             raise AirflowFailException(f"{self.environment} soak: no risk assessment of this run is recorded")
         rules = assessed[-1].details.get("trend_rules") or []
         minutes = soak_minutes(rules, self.environment)
-        deployed = run.of(Event.DEPLOYED, environment=self.environment, task_id=self.deploy_task_id)
-        if minutes and not deployed:
+        # from when the new version took the traffic: its deploy, or (canary, blue-green) its promotion
+        start = soak_start(
+            [
+                *run.of(Event.DEPLOYED, environment=self.environment),
+                *run.of(Event.PROMOTED, environment=self.environment),
+            ],
+            self.environment,
+        )
+        if minutes and start is None:
             raise AirflowFailException(f"{self.environment} soak: {self.deploy_task_id} recorded no deploy")
-        start = datetime.fromisoformat(deployed[-1].at.replace("Z", "+00:00")) if deployed else datetime.now(UTC)
+        start = start or datetime.now(UTC)
         asking = [r["when"] for r in rules if r.get("soak") and r["soak"]["environment"] == self.environment]
         return minutes, asking, start + timedelta(minutes=minutes)
 

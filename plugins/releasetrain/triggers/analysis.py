@@ -142,12 +142,22 @@ class CanaryAnalysisTrigger(BaseTrigger):
                     f"{check.name}: baseline before_deploy, but no deploy of this release is recorded"
                 ) from None
 
-        def counts(queries: tuple[str, str], at: float) -> tuple[float, float] | None:
-            read = []
-            for query in queries:
+        def count(query: str, at: float) -> float | None:
+            if hasattr(provider, "query_range"):  # Prometheus: one series, or which pod's count is it?
+                series = provider.query_range(query, at - window, at, window)
+                if len(series) > 1:
+                    raise MetricsError(
+                        f"{check.name}: {query!r} returns {len(series)} series; a session count is one number "
+                        "(aggregate it, e.g. sum(...))"
+                    )
+                samples = series[0]["values"] if series else []
+            else:
                 samples = provider.samples(query, at - window, at, window)
-                read.append(samples[-1] if samples else None)
-            return None if read[1] is None else (read[0] or 0.0, read[1])
+            return samples[-1] if samples else None
+
+        def counts(queries: tuple[str, str], at: float) -> tuple[float, float] | None:
+            reached, started = (count(query, at) for query in queries)
+            return None if started is None else (reached or 0.0, started)
 
         new = counts(session_queries(check, values, baseline=False), end)
         old = counts(session_queries(check, values, baseline=True), old_end)
