@@ -212,7 +212,7 @@ def test_what_fails_after_a_told_success_is_not_told_as_a_failed_rollback(monkey
             raise RuntimeError("the ledger is gone")
 
         monkeypatch.setattr("releasetrain.operators.rollback.record_rollback", broken)
-        with pytest.raises(RuntimeError, match="the ledger is gone"):
+        with pytest.raises(AirflowFailException, match="the ledger is gone"):
             rollback_op().execute_complete(
                 context(FakeTI(), task_id="prod.rollback"), {"state": "succeeded", "message": "", "deployment_id": "d"}
             )
@@ -258,3 +258,84 @@ def test_a_notifiers_placeholders_are_filled_in_one_pass(monkeypatch):
     )
     assert built.kwargs["text"] == "reason: ${json} and ${text}", "text from the run is never expanded again"
     assert '"event": "e"' in built.kwargs["blocks"][0]
+
+
+def _failed_prod(fleet) -> None:
+    """prod runs 2.0.0 (this run's deploy, on record), 1.0.0 before it."""
+    old = fleet.env("prod")["digest"]
+    fleet.env("prod")["history"].append({"version": "2.0.0", "digest": DIGEST})
+    fleet.env("prod").update(version="2.0.0", digest=DIGEST)
+    seed(
+        "deploy_started",
+        environment="prod",
+        task_id="prod.deploy",
+        version="2.0.0",
+        digest=DIGEST,
+        before={"version": "1.0.0", "digest": old, "noop": False},
+    )
+
+
+def _rollback_deployments(fleet) -> list[dict]:
+    return [d for d in fleet.deployments.values() if d["environment"] == "prod"]
+
+
+def test_a_rollback_on_record_is_neither_redone_nor_told_again_when_retried(monkeypatch, told):
+    """Airflow 3.3's fast-trigger race can fail a rollback that finished: its retry (the
+    rollback has race retries) returns the recorded outcome and does nothing else."""
+    with running_fleet(seed={"prod": "1.0.0"}, deploy_seconds=0) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        _failed_prod(fleet)
+        first = rollback_op().execute(context(FakeTI(), task_id="prod.rollback"))
+        heard = len(told.received)
+        again = rollback_op().execute(context(FakeTI(), task_id="prod.rollback"))
+        assert len(_rollback_deployments(fleet)) == 1, "the retry started no second rollback"
+    assert again["restored_version"] == first["restored_version"] == "1.0.0"
+    assert len(told.received) == heard == 3, "started (on-call), succeeded (both): nobody hears twice"
+    assert len(run_events("rollback_started")) == len(run_events("rollback")) == 1
+
+
+def test_a_retry_finishes_the_rollback_an_earlier_try_started_without_starting_another(monkeypatch, told):
+    """The first try started the rollback and deferred; Airflow lost it. The retry waits for
+    that deployment (it starts none) and tells only the success."""
+    import time
+
+    with running_fleet(seed={"prod": "1.0.0"}, deploy_seconds=1.0) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        _failed_prod(fleet)
+        with pytest.raises(TaskDeferred):
+            rollback_op().execute(context(FakeTI(), task_id="prod.rollback"))
+        with pytest.raises(TaskDeferred) as waiting:  # still going: the retry waits for it
+            rollback_op().execute(context(FakeTI(), task_id="prod.rollback"))
+        assert waiting.value.method_name == "execute_complete"
+        assert len(_rollback_deployments(fleet)) == 1
+        deadline = time.monotonic() + 10
+        while fleet.view("prod")["version"] != "1.0.0" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        result = rollback_op().execute(context(FakeTI(), task_id="prod.rollback"))
+        assert len(_rollback_deployments(fleet)) == 1
+    assert result["restored_version"] == "1.0.0" and not result.get("noop")
+    assert messages(told)[0] == ("/oncall", "releasetrain.rollback.started", "on-call")
+    assert sorted(messages(told)[1:]) == [
+        ("/business", "releasetrain.rollback.succeeded", "business"),
+        ("/oncall", "releasetrain.rollback.succeeded", "on-call"),
+    ]
+    assert len(messages(told)) == 3
+    assert len(run_events("rollback_started")) == len(run_events("rollback")) == 1
+
+
+def test_a_failed_rollback_is_not_retried(monkeypatch, told):
+    """Its own failure is told once and fails the task for good: a retry would be a new rollback."""
+    seed(
+        "deploy_started",
+        environment="prod",
+        task_id="prod.deploy",
+        version="2.0.0",
+        digest=DIGEST,
+        before={"version": "1.0.0", "digest": "sha256:" + "c" * 64, "noop": False},
+    )
+    event = {"state": "failed", "message": "1.0.0 failed to start in prod", "deployment_id": "d1"}
+    with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        with pytest.raises(AirflowFailException, match="ROLLBACK OF prod FAILED"):
+            rollback_op().execute_complete(context(FakeTI(), task_id="prod.rollback"), event)
+    assert rollback_op().retries == 2, "race retries, which this failure must not use"

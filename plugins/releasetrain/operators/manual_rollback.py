@@ -413,6 +413,9 @@ class ManualRollbackOperator(RollbackOperator):
         plan = self._plan(context)
         if plan.get("environment") != self.environment:
             raise AirflowSkipException(f"this rollback is for {plan.get('environment')}, not {self.environment}")
+        done = self._already_done(context)
+        if done is not None:  # Airflow lost the first try's end: its work (lock freed, change moved) is done
+            return done
         if self.approval_task_id:
             enforce(context, self._approved(context, plan), self.release, self.environment)
         self._take_lock(context)

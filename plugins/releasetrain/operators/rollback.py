@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -63,6 +64,12 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         postmortem_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
+        # Retried only for Airflow 3.3's race between a fast trigger and the scheduler
+        # ("finished with state success, but the task instance's state attribute is running"):
+        # a retry finds the rollback's own records and neither acts nor tells anyone twice.
+        # The rollback's own failures raise AirflowFailException: told once, never retried.
+        kwargs.setdefault("retries", 2)
+        kwargs.setdefault("retry_delay", timedelta(seconds=3))
         super().__init__(**kwargs)
         self.unit = unit
         self.postmortem_task_id = postmortem_task_id
@@ -90,7 +97,31 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         return started[0].details.get("digest") if started else None
 
     def execute(self, context: Any) -> dict[str, Any] | None:
+        done = self._already_done(context)
+        if done is not None:
+            return done
         return self._telling_failures(context, self._execute)
+
+    def _already_done(self, context: Any) -> dict[str, Any] | None:
+        """A try after this task's rollback was recorded (Airflow lost the first try's end to
+        its fast-trigger race, or a user cleared the task): the recorded outcome, nothing redone."""
+        run = run_ledger(context, self.release)
+        mine = [e for e in run.of(Event.ROLLBACK, environment=self.environment, task_id=self.task_id) if self._ours(e)]
+        if not mine:
+            return None
+        done = mine[-1]
+        self.log.info("%s: this rollback is already on record (seq %s): nothing to redo", self.environment, done.seq)
+        return {k: v for k, v in done.details.items() if k != "task_id"}
+
+    def _resumed(self, context: Any) -> bool:
+        """An earlier try of this task already recorded its start (and told it)."""
+        run = run_ledger(context, self.release)
+        started = run.of(Event.ROLLBACK_STARTED, environment=self.environment, task_id=self.task_id)
+        return any(self._ours(e) for e in started)
+
+    def _ours(self, event: Any) -> bool:
+        """This task's unit's record (a test or a DAG may give units one task id)."""
+        return event.details.get("unit") == self.unit
 
     def _telling_failures(self, context: Any, work: Any) -> Any:
         """Run ``work``; a failure (a rollback that failed or needs a human) is told to every
@@ -108,7 +139,9 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
                     self._announce_failure(context, exc)
                 except Exception as telling:  # the rollback's own failure is what the task reports
                     self.log.error("the rollback's failure could not be told: %s", telling)
-            raise
+            if isinstance(exc, AirflowFailException):
+                raise
+            raise AirflowFailException(str(exc)) from exc  # told as failed: a retry would not be a new rollback
 
     def _execute(self, context: Any) -> dict[str, Any] | None:
         before = self._target(context)
@@ -148,6 +181,15 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         if version and live.get("version") == version and idle.get("version") == before["version"]:
             self.log.warning("SWITCHING BACK %s from %s to %s", self.environment, version, before["version"])
             return self._instant(context, hook, live, before, hook.promote, "switched back to the previous colour")
+        if same_live and self._resumed(context):
+            # an earlier try started this rollback and the target is back: only its end is left
+            self.log.info(
+                "%s runs %s again: completing the rollback an earlier try started", self.environment, before["version"]
+            )
+            return self._after_rollback(context, before, self._verify(hook, before, context))
+        if running.get("deployment_id") and self._resumed(context):
+            # the rollback deployment an earlier try started is still going: wait for it, start nothing
+            return self._wait(context, hook, str(running["deployment_id"]), "execute_complete")
         if same_live:
             self.log.info("%s still runs %s: the failed deploy changed nothing", self.environment, before["version"])
             result = self._verify(hook, before, context)
