@@ -18,7 +18,9 @@ if [ "$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then
 fi
 echo "Installing Debian's ${missing[*]} for the tests"
 export DEBIAN_FRONTEND=noninteractive
-if ! apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
-  apt-get update >/dev/null
-  apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
+# another apt or dpkg run (an unattended upgrade, a second checkout's tests) holds the lock: wait for it
+lock=(-o DPkg::Lock::Timeout=600)
+if ! apt-get "${lock[@]}" install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+  apt-get "${lock[@]}" update >/dev/null
+  apt-get "${lock[@]}" install -y --no-install-recommends "${missing[@]}" >/dev/null
 fi

@@ -33,6 +33,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from releasetrain.core.spec import CalendarLibrary, ReleaseSpec, ReleaseSpecError, json_schema_text, load_spec
 from releasetrain.core.vocabulary import POOL_PREFIX, release_dag_id  # noqa: E402
@@ -248,7 +249,7 @@ def _trusted_key(args: argparse.Namespace, default_conn: str | None = None) -> t
 
 
 def _evidence(args: argparse.Namespace) -> int:
-    from releasetrain.core.evidence import EvidenceError, build_evidence, verify_evidence
+    from releasetrain.core.evidence import EvidenceError, verify_evidence
     from releasetrain.core.ledger import LedgerError
 
     if args.items[0] == "verify" and len(args.items) == 2:
@@ -279,34 +280,44 @@ def _evidence(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from releasetrain.core.gatekeeper import current_incarnation
-    from releasetrain.hooks.bundle_store import BUNDLE_KEY_CONN, LEDGER_KEY_CONN, SigningKeyHook, keys_apart
-
     release, run_id = args.items
     try:
         store = _ledger_store(args)
-        head = store.head()
-        dag_id = args.dag_id or release_dag_id(release)
-        # events written before runs were keyed by DAG id carry none
-        events = [e for e in store.events(release=release, run_id=run_id) if e.dag_id in (dag_id, "")]
-        earlier = len(events)
-        events = current_incarnation(events)  # a deleted run under the same id is not this run
-        earlier -= len(events)
+        document, earlier = export_evidence(
+            store, release, run_id, args.dag_id or release_dag_id(release), args.signing_conn
+        )
         if earlier:
             print(f"evidence: {earlier} events of an earlier, deleted run under this id are left out", file=sys.stderr)
-        keys_apart(BUNDLE_KEY_CONN, LEDGER_KEY_CONN, args.signing_conn)
-        intact = store.verify()  # never sign evidence out of a broken chain
-        if not intact.ok:
-            raise LedgerError(f"the ledger does not verify, no evidence is signed: {intact.message()}")
-        chain = [e for e in store.events() if events and events[0].seq <= e.seq <= events[-1].seq]
-        key = SigningKeyHook(args.signing_conn).signer()
-        document = build_evidence(release, run_id, events, head, key, chain)
     except (LedgerError, EvidenceError, ValueError) as exc:
         print(f"evidence: {exc}", file=sys.stderr)
         return 1
+    events = document["events"]
     Path(args.out).write_text(json.dumps(document, indent=2, sort_keys=True))
     print(f"wrote {args.out}: {len(events)} events of {release} {run_id}")
     return 0
+
+
+def export_evidence(store: Any, release: str, run_id: str, dag_id: str, signing_conn: str) -> tuple[dict, int]:
+    """A run's signed evidence bundle out of an intact ledger, and how many events of an
+    earlier, deleted run under the same id were left out (the CLI and the cockpit's download)."""
+    from releasetrain.core.evidence import build_evidence
+    from releasetrain.core.gatekeeper import current_incarnation
+    from releasetrain.core.ledger import LedgerError
+    from releasetrain.hooks.bundle_store import BUNDLE_KEY_CONN, LEDGER_KEY_CONN, SigningKeyHook, keys_apart
+
+    head = store.head()
+    # events written before runs were keyed by DAG id carry none
+    events = [e for e in store.events(release=release, run_id=run_id) if e.dag_id in (dag_id, "")]
+    earlier = len(events)
+    events = current_incarnation(events)  # a deleted run under the same id is not this run
+    earlier -= len(events)
+    keys_apart(BUNDLE_KEY_CONN, LEDGER_KEY_CONN, signing_conn)
+    intact = store.verify()  # never sign evidence out of a broken chain
+    if not intact.ok:
+        raise LedgerError(f"the ledger does not verify, no evidence is signed: {intact.message()}")
+    chain = [e for e in store.events() if events and events[0].seq <= e.seq <= events[-1].seq]
+    key = SigningKeyHook(signing_conn).signer()
+    return build_evidence(release, run_id, events, head, key, chain), earlier
 
 
 def _generate_key(args: argparse.Namespace) -> int:

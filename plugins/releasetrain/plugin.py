@@ -12,16 +12,36 @@ from airflow.plugins_manager import AirflowPlugin
 
 from releasetrain import listener
 from releasetrain.alerts_api import create_app
+from releasetrain.cockpit_api import router as cockpit_router
 from releasetrain.core.versioning import is_semver
 from releasetrain.timetables.release_window import ReleaseWindowTimetable
 
 
 class ReleaseTrainPlugin(AirflowPlugin):
-    """Makes ``{{ macros.releasetrain.is_semver(...) }}`` available in templates."""
+    """Makes ``{{ macros.releasetrain.is_semver(...) }}`` available in templates, serves the alert
+    webhook and the release cockpit, and puts the cockpit in the UI."""
 
     name = "releasetrain"
     macros = [is_semver]
     timetables = [ReleaseWindowTimetable]
     listeners = [listener]
-    # the alert webhook (Alertmanager), served by the API server under /releasetrain
-    fastapi_apps = [{"app": create_app(), "url_prefix": "/releasetrain", "name": "releasetrain alerts"}]
+    # served by the API server under /releasetrain: the alert webhook (Alertmanager) and the
+    # release cockpit (its routes authenticate through Airflow's own user resolution)
+    _app = create_app()
+    _app.include_router(cockpit_router())
+    fastapi_apps = [{"app": _app, "url_prefix": "/releasetrain", "name": "releasetrain"}]
+    # the cockpit in the UI: a "Releases" entry on the navigation bar and a "Release" tab on runs
+    external_views = [
+        {
+            "name": "Releases",
+            "href": "/releasetrain/cockpit/",
+            "destination": "nav",
+            "url_route": "releasetrain-cockpit",
+        },
+        {
+            "name": "Release",
+            "href": "/releasetrain/cockpit/runs/{DAG_ID}/{RUN_ID}",
+            "destination": "dag_run",
+            "url_route": "releasetrain-release",
+        },
+    ]
