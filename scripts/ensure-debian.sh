@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Debian packages the tests run for real: Prometheus (metrics analysis), SoftHSM2 (signing
-# through PKCS#11) and Redis (the Celery broker of the distributed stack). Installs what is missing; starts nothing (tests start their own instances).
+# through PKCS#11), Redis (the Celery broker of the distributed stack) and Chromium (the
+# cockpit's browser tests). Installs what is missing; starts nothing (tests start their own instances).
 # Usage: ensure-debian.sh [PACKAGE:CHECK ...]  (CHECK: a command on PATH or a file that must exist)
 set -euo pipefail
 needs=("$@")
-[ ${#needs[@]} -gt 0 ] || needs=("prometheus:prometheus" "softhsm2:/usr/lib/softhsm/libsofthsm2.so" "redis-server:redis-server")
+[ ${#needs[@]} -gt 0 ] || needs=("prometheus:prometheus" "softhsm2:/usr/lib/softhsm/libsofthsm2.so" "redis-server:redis-server" "chromium:chromium")
 missing=()
 for need in "${needs[@]}"; do
   package="${need%%:*}" check="${need#*:}"

@@ -114,6 +114,7 @@ MODULE_ORDER = [  # measured: the longest first (a fresh clone's run, --duration
     "test_scope_e2e",
     "test_trends_e2e",
     "test_incidents_e2e",
+    "test_cockpit_e2e",
     "test_windows_e2e",
     "test_gates_e2e",
     "test_identity_e2e",

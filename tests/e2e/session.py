@@ -106,6 +106,8 @@ E2E_DAGS = {
     "release_conversion",
     # issue 14: a recent rollback adds a soak and a production approval
     "release_trendy",
+    # issue 15: the release cockpit, in a real browser
+    "release_cockpit",
 }
 REFRESH_DAG = "refresh_test_data_refresh-env"  # issue 13: test data, masked first (PostgreSQL only)
 PROGRESSIVE_ENVIRONMENTS = ["cn-ok", "cn-bad", "cn-unsure", "cn-abort", "bg", "cn-hand"]
@@ -338,6 +340,8 @@ def session_stack() -> Iterator[DevStack]:
             "sess-env",
             "trend-stg",
             "trend-prod",
+            "cockpit-stg",
+            "cockpit-prod",
             *MIGRATING_ENVIRONMENTS,
             "windowed-dev",
             "payments-staging",
@@ -357,6 +361,8 @@ def session_stack() -> Iterator[DevStack]:
             "sess-env": "1.0.0",
             "trend-stg": "1.0.0",
             "trend-prod": "1.0.0",
+            "cockpit-stg": "1.0.0",
+            "cockpit-prod": "1.0.0",
             **dict.fromkeys(PROGRESSIVE_ENVIRONMENTS, "1.0.0"),
             **dict.fromkeys(GATE_ENVIRONMENTS, "1.0.0"),
         },
