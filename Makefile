@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-distributed test-faults test-fast bench lint schema lock clean venv
+.PHONY: demo test test-distributed test-faults test-fast bench lint schema lock clean venv screenshots
 
 venv: $(STAMP)
 
@@ -47,6 +47,11 @@ test-faults: $(STAMP)
 ## make test-fast: everything but the end-to-end tests
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not e2e and not distributed and not faults" -n 2
+
+## make screenshots: the release cockpit's pages in Debian's Chromium, written to docs/cockpit/
+screenshots: $(STAMP)
+	bash scripts/ensure-debian.sh chromium:chromium
+	RELEASETRAIN_SCREENSHOTS=$(CURDIR)/docs/cockpit $(BIN)/python -m pytest -m e2e tests/e2e/test_cockpit_e2e.py -p no:cacheprovider
 
 ## make bench: benchmarks, reported as ratios to baselines measured in the same run
 bench: $(STAMP)

@@ -40,9 +40,28 @@ from releasetrain.core.vocabulary import POOL_PREFIX, release_dag_id  # noqa: E4
 from releasetrain.core.windows import CalendarError, iso_z
 
 
+def expand(paths: list[str]) -> tuple[list[str], list[str]]:
+    """Files named, and every ``*.yaml``/``*.yml`` in folders named (a folder named
+    ``calendars`` holds shared calendars); and what names neither."""
+    files, errors = [], []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+            if not found:
+                errors.append(f"{name}: a folder with no .yaml or .yml file in it")
+            files += [str(p) for p in found]
+        elif path.exists():
+            files.append(name)
+        else:
+            errors.append(f"{name}: no such file or folder")
+    return files, errors
+
+
 def _load(paths: list[str], root: Path) -> tuple[list[ReleaseSpec], list[str]]:
     library = CalendarLibrary(root)
-    specs, errors = [], []
+    paths, errors = expand(paths)
+    specs: list[ReleaseSpec] = []
     for name in paths:
         path = Path(name)
         try:
@@ -342,13 +361,86 @@ def _generate_key(args: argparse.Namespace) -> int:
     return 0
 
 
+EXAMPLES = {
+    "": """examples:
+  releasetrain validate include/releases/
+  releasetrain calendar include/releases/*.yaml --days 14
+  releasetrain ledger verify --url sqlite:///.airflow/releasetrain-ledger.db --allow-unanchored
+  releasetrain evidence storefront RUN_ID --out evidence.json""",
+    "validate": """examples:
+  releasetrain validate include/releases/                 # every spec in a folder
+  releasetrain validate include/releases/storefront.yaml include/calendars/""",
+    "calendar": """examples:
+  releasetrain calendar include/releases/*.yaml --days 14
+  releasetrain calendar include/releases/ --environment prod --from 2026-12-01T00:00:00Z --json
+  releasetrain calendar include/releases/payments.yaml --ics payments.ics""",
+    "pools": """examples:
+  releasetrain pools include/releases/ > pools.json && airflow pools import pools.json""",
+    "schema": """examples:
+  releasetrain schema > release-spec.schema.json""",
+    "ledger": """examples:
+  releasetrain ledger verify --url sqlite:///.airflow/releasetrain-ledger.db --allow-unanchored
+  releasetrain ledger verify --conn releasetrain_ledger --public-key ledger-key.pem
+  releasetrain ledger init --url postgresql://postgres@127.0.0.1:5432/ledger --writer-role airflow
+  releasetrain ledger checkpoint --key-conn releasetrain_ledger_signing""",
+    "evidence": """examples:
+  releasetrain evidence storefront RUN_ID --out evidence.json
+  releasetrain evidence storefront RUN_ID --dag-id rollback_storefront --out rollback.json
+  releasetrain evidence verify evidence.json --public-key evidence-key.pem""",
+    "key": """examples:
+  releasetrain key generate-pkcs11 --module /usr/lib/softhsm/libsofthsm2.so \\
+      --token releasetrain --label evidence_key --out evidence-key.pem   # PIN in RELEASETRAIN_PKCS11_PIN""",
+}
+
+
+def shell_environment(root: Path) -> None:
+    """Before anything imports Airflow. Without ``AIRFLOW_HOME``: the demo's (its home, ledger
+    and key connections) when ``make demo`` left one in ``root``, so the README's commands work
+    from a shell as written; otherwise a throw-away home when there is no ``~/airflow``
+    (importing Airflow writes a default configuration into its home: a read-only command such
+    as ``ledger verify`` must not leave one behind)."""
+    if os.environ.get("AIRFLOW_HOME"):
+        return
+    from releasetrain.demo import shell_environment as demo_environment
+
+    demo = demo_environment(root)
+    for key, value in demo.items():
+        os.environ.setdefault(key, value)
+    if not demo and not (Path.home() / "airflow").exists():
+        import tempfile
+
+        os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="releasetrain-cli-")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("releasetrain")
+    except PackageNotFoundError:
+        from releasetrain import __version__
+
+        return __version__
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="releasetrain", description="Release management as Airflow DAGs.")
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="releasetrain",
+        description="Release management as Airflow DAGs.",
+        epilog=EXAMPLES[""],
+        formatter_class=raw,
+    )
+    parser.add_argument("--version", action="version", version=f"releasetrain {_version()}")
     parser.add_argument("--project-root", default=".", help="what relative paths in specs are relative to")
     commands = parser.add_subparsers(dest="command", required=True)
-    validate = commands.add_parser("validate", help="validate release specs and shared calendars")
+
+    def command(name: str, help: str):
+        return commands.add_parser(name, help=help, description=help, epilog=EXAMPLES[name], formatter_class=raw)
+
+    validate = command("validate", "validate release specs and shared calendars (files or folders)")
     validate.add_argument("specs", nargs="+", metavar="SPEC")
-    calendar = commands.add_parser("calendar", help="effective windows, blackouts and conflicts")
+    calendar = command("calendar", "effective windows, blackouts and conflicts")
     calendar.add_argument("specs", nargs="+", metavar="SPEC")
     calendar.add_argument("--environment", "-e")
     calendar.add_argument("--from", dest="from_", metavar="ISO8601")
@@ -356,10 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     output = calendar.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true")
     output.add_argument("--ics", metavar="FILE")
-    pools = commands.add_parser("pools", help="pool definitions for `airflow pools import`")
+    pools = command("pools", "pool definitions for `airflow pools import`")
     pools.add_argument("specs", nargs="*", metavar="SPEC")
-    commands.add_parser("schema", help="print the release spec JSON Schema")
-    ledger = commands.add_parser("ledger", help="the release ledger")
+    command("schema", "print the release spec JSON Schema")
+    ledger = command("ledger", "the release ledger: verify, init, checkpoint")
     ledger.add_argument("action", choices=["verify", "init", "checkpoint"])
     ledger.add_argument("--checkpoints", metavar="URL", help="where checkpoints are kept (default: see README)")
     ledger.add_argument("--writer-role", help="`ledger init` on PostgreSQL: the role tasks connect as")
@@ -371,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     ledger_key.add_argument(
         "--key-conn", metavar="CONN_ID", help="ledger key connection (default releasetrain_ledger_signing)"
     )
-    evidence = commands.add_parser("evidence", help="export or verify a signed evidence bundle")
+    evidence = command("evidence", "export or verify a signed evidence bundle")
     evidence.add_argument("items", nargs="+", metavar="RELEASE RUN_ID | verify FILE")
     evidence.add_argument("--out", metavar="FILE")
     evidence.add_argument(
@@ -387,9 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         default="releasetrain_evidence_signing",
         help="connection holding the evidence key (never the bundle signing key)",
     )
-    key = commands.add_parser(
-        "key", help="generate an Ed25519 signing key on a PKCS#11 token (it never leaves the token)"
-    )
+    key = command("key", "generate an Ed25519 signing key on a PKCS#11 token (it never leaves the token)")
     key.add_argument("action", choices=["generate-pkcs11"])
     key.add_argument("--module", required=True, help="the PKCS#11 library (e.g. /usr/lib/softhsm/libsofthsm2.so)")
     key.add_argument("--token", required=True, help="token label")
@@ -402,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         where.add_argument("--url", help="ledger database: sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
     args = parser.parse_args(argv)
     root = Path(args.project_root).resolve()
+    shell_environment(root)
     if args.command == "validate":
         return _validate(args.specs, root)
     if args.command == "calendar":

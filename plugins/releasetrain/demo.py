@@ -120,6 +120,31 @@ def _distributed(config: StackConfig) -> None:
     config.schedulers = config.triggerers = config.workers = 2
 
 
+def demo_config(root: Path, *, celery: bool = False, api_port: int = 8080, fleet_port: int = 8799) -> StackConfig:
+    """The demo stack's configuration (its home: ``.airflow`` in the project)."""
+    return StackConfig(
+        project_root=root,
+        home=root / (".airflow-celery" if celery else ".airflow"),
+        api_port=api_port,
+        fleet_port=fleet_port,
+        fleet_seed=SEED,
+        fleet_environments=[*StackConfig.__dataclass_fields__["fleet_environments"].default_factory(), *CHECKOUT],
+        fleet_traffic=10.0,  # synthetic users: metrics for the canary analysis
+        signing=os.environ.get("DEMO_SIGNING", "connection"),
+    )
+
+
+def shell_environment(root: Path) -> dict[str, str]:
+    """What a shell needs to reach the demo the way its processes do (its home, its ledger and
+    key connections): {} when there is no demo home with its secrets in ``root``. The CLI
+    uses it when no ``AIRFLOW_HOME`` is set, so the README's commands work as written."""
+    config = demo_config(root, api_port=int(os.environ.get("DEMO_API_PORT", "8080")),
+                         fleet_port=int(os.environ.get("DEMO_FLEET_PORT", "8799")))  # fmt: skip
+    if not (config.home / "secrets.json").is_file():
+        return {}
+    return DevStack(config).env()
+
+
 def main() -> int:
     root = Path.cwd()
     if not (root / "include" / "releases").is_dir():
@@ -135,17 +160,8 @@ def main() -> int:
             )
             return 1
     celery = os.environ.get("DEMO_EXECUTOR", "local") == "celery"
-    home = root / (".airflow-celery" if celery else ".airflow")
-    config = StackConfig(
-        project_root=root,
-        home=home,
-        api_port=api_port,
-        fleet_port=fleet_port,
-        fleet_seed=SEED,
-        fleet_environments=[*StackConfig.__dataclass_fields__["fleet_environments"].default_factory(), *CHECKOUT],
-        fleet_traffic=10.0,  # synthetic users: metrics for the canary analysis
-        signing=os.environ.get("DEMO_SIGNING", "connection"),
-    )
+    config = demo_config(root, celery=celery, api_port=api_port, fleet_port=fleet_port)
+    home = config.home
     if celery:
         try:
             _distributed(config)

@@ -39,3 +39,71 @@ def test_calendar_shows_who_gets_a_shared_target_first():
     [queue] = view["queues"]
     assert [e["release"] for e in queue["order"]] == ["locked-c", "locked-a", "locked-b"]
     assert json.loads(run("calendar", "--json", specs[0]).stdout)["queues"] == [], "one release: no queue"
+
+
+def test_version_and_examples_in_every_help():
+    from releasetrain.cli import EXAMPLES
+
+    done = run("--version")
+    assert done.returncode == 0 and done.stdout.startswith("releasetrain ")
+    for command in ["", *(c for c in EXAMPLES if c)]:
+        shown = run(*([command] if command else []), "--help")
+        assert shown.returncode == 0 and "examples:\n  releasetrain" in shown.stdout, command
+
+
+def test_validate_takes_folders_and_names_what_is_missing(tmp_path):
+    folder = run("validate", "include/releases/")
+    assert folder.returncode == 0 and "release_storefront" in folder.stdout and "release_payments" in folder.stdout
+    (tmp_path / "empty").mkdir()
+    missing = run("validate", str(tmp_path / "empty"), str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 1
+    assert f"{tmp_path / 'empty'}: a folder with no .yaml or .yml file in it" in missing.stderr
+    assert f"{tmp_path / 'nope.yaml'}: no such file or folder" in missing.stderr
+
+
+SPEC = """name: {name}
+owner_team: qa
+components:
+  - {{name: web, source: include/demo_fleet/artifacts/storefront-web}}
+environments:
+  - name: {env}
+    {target_key}: fleet_prod
+{extra}"""
+
+
+def test_unknown_fields_get_a_did_you_mean_and_yaml_surprises_a_hint(tmp_path):
+    (tmp_path / "typo.yaml").write_text(SPEC.format(name="typo", env="prod", target_key="deploy_targt", extra=""))
+    (tmp_path / "norway.yaml").write_text(
+        SPEC.format(name="norway", env="NO", target_key="deploy_target", extra="version: 1.10\n")
+    )
+    done = run("validate", str(tmp_path))
+    assert done.returncode == 1
+    assert "environments[0].deploy_targt: unknown field: did you mean 'deploy_target'?" in done.stderr
+    assert "environments[0].name: Input should be a valid string (YAML read an unquoted yes/no" in done.stderr
+    assert "version: Input should be a valid string (YAML read an unquoted number as 1.1" in done.stderr
+    assert 'quote it, e.g. "1.10"' in done.stderr
+
+
+def _cli_home(root, home) -> str:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_HOME"}
+    env["HOME"] = str(home)
+    code = "import os, pathlib; from releasetrain.cli import shell_environment as s; " \
+        f"s(pathlib.Path({str(root)!r})); print(os.environ['AIRFLOW_HOME'])"  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return done.stdout.strip()
+
+
+def test_the_cli_reaches_the_demo_from_a_shell_and_leaves_no_airflow_home_behind(tmp_path):
+    """After `make demo` (its home, .airflow, with its secrets) the CLI uses the demo's home and
+    connections; elsewhere a read-only command never writes ~/airflow."""
+    home = tmp_path / "user"
+    home.mkdir()
+    used = _cli_home(tmp_path, home)
+    assert used != str(home / "airflow") and not (home / "airflow").exists()
+    (tmp_path / ".airflow").mkdir()
+    (tmp_path / ".airflow" / "secrets.json").write_text(
+        json.dumps({"fernet_key": "k", "jwt_secret": "j", "fleet_user": "u", "fleet_password": "p"})
+    )
+    assert _cli_home(tmp_path, home) == str((tmp_path / ".airflow").resolve())

@@ -41,7 +41,8 @@ def shots(tmp_path) -> Path:
 
 
 def token(stack, user: str) -> str:
-    response = requests.post(f"{stack.config.api_url}/auth/token", json={"username": user, "password": user}, timeout=30)
+    login = {"username": user, "password": user}
+    response = requests.post(f"{stack.config.api_url}/auth/token", json=login, timeout=30)
     response.raise_for_status()
     return response.json()["access_token"]
 

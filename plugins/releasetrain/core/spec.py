@@ -996,22 +996,76 @@ def _format_location(loc: Iterable[Any]) -> str:
 SPEC_SCHEMA_HINT = "; see include/schema/release-spec.schema.json"
 
 
-def _reason(error: dict[str, Any], hint: str = SPEC_SCHEMA_HINT) -> str:
+def _reason(error: dict[str, Any], hint: str = SPEC_SCHEMA_HINT, known: Iterable[str] = ()) -> str:
     kind = error["type"]
     if kind == "missing":
         return "field required"
     if kind == "extra_forbidden":
+        import difflib
+
+        field = str(error["loc"][-1]) if error["loc"] else ""
+        close = difflib.get_close_matches(field, list(known), n=1, cutoff=0.6)
+        if close:
+            return f"unknown field: did you mean {close[0]!r}?"
         return f"unknown field (check the spelling{hint})"
-    message = error["msg"]
-    return message.removeprefix("Value error, ")
+    message = error["msg"].removeprefix("Value error, ")
+    return message + _yaml_hint(kind, error.get("input"))
 
 
-def _problems(exc: ValidationError, hint: str = SPEC_SCHEMA_HINT) -> list[tuple[str, str]]:
-    """(field path, reason) per validation error; ``hint`` follows "unknown field"."""
+def _yaml_hint(kind: str, value: Any) -> str:
+    """YAML 1.1 reads some unquoted words and numbers as something else than they look."""
+    if kind not in ("string_type", "literal_error", "enum", "string_pattern_mismatch"):
+        return ""
+    if isinstance(value, bool):
+        return f' (YAML read an unquoted yes/no/on/off/y/n as {str(value).lower()}: quote it, e.g. "NO" for Norway)'
+    if isinstance(value, float):
+        return f' (YAML read an unquoted number as {value!r}, which drops trailing zeros: quote it, e.g. "1.10")'
+    if isinstance(value, int):
+        return f' (YAML read an unquoted number as {value!r}: quote it to keep it as written, e.g. "0755")'
+    return ""
+
+
+def _known_fields(model: Any, loc: list[Any]) -> list[str]:
+    """The field names allowed where ``loc`` (a path to an unknown field) points."""
+    import typing
+
+    from pydantic import BaseModel
+
+    def models_in(annotation: Any) -> list[type[BaseModel]]:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [annotation]
+        found: list[type[BaseModel]] = []
+        for arg in typing.get_args(annotation):
+            found += models_in(arg)
+        return found
+
+    current = [model]
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        following: list[type[BaseModel]] = []
+        for each in current:
+            field = each.model_fields.get(part)
+            if field is None:
+                field = next((f for f in each.model_fields.values() if f.alias == part), None)
+            if field is not None:
+                following += models_in(field.annotation)
+        current = following or current
+    names: list[str] = []
+    for each in current:
+        for name, field in each.model_fields.items():
+            names.append(field.alias or name)
+    return names
+
+
+def _problems(exc: ValidationError, hint: str = SPEC_SCHEMA_HINT, model: Any = None) -> list[tuple[str, str]]:
+    """(field path, reason) per validation error; ``hint`` follows "unknown field" (when no
+    allowed field of ``model`` there is close to it)."""
     problems = []
     for error in exc.errors():
         loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
-        problems.append((_format_location(loc), _reason(error, hint)))
+        known = _known_fields(model, loc) if model is not None and error["type"] == "extra_forbidden" else ()
+        problems.append((_format_location(loc), _reason(error, hint, known)))
     return problems
 
 
@@ -1022,7 +1076,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> ReleaseSpec:
     try:
         return ReleaseSpec.model_validate(data)
     except ValidationError as exc:
-        raise ReleaseSpecError(source, _problems(exc)) from None
+        raise ReleaseSpecError(source, _problems(exc, model=ReleaseSpec)) from None
 
 
 def _read_yaml(path: Path, source: str, error: type[ValueError] = ReleaseSpecError) -> Any:
