@@ -64,3 +64,11 @@ def test_the_docs_folder_has_what_the_readme_promises():
                  "threat-model"):  # fmt: skip
         assert (PROJECT_ROOT / "docs" / f"{name}.md").is_file(), name
     assert Path(PROJECT_ROOT / "CONTRIBUTING.md").is_file()
+
+
+def test_every_metric_is_documented_with_its_name():
+    from releasetrain.core.telemetry import NAMES
+
+    text = (PROJECT_ROOT / "docs" / "operations.md").read_text()
+    for name in NAMES:
+        assert f"`{name}`" in text, name

@@ -155,9 +155,37 @@ def record(
     finally:
         hook.close()
     from releasetrain.core.markers import MARKED
+    from releasetrain.core.telemetry import EMITTED
 
     if str(kind) in MARKED:
         mark(context, str(kind), release, environment, details)
+    if str(kind) in EMITTED:
+        emit(context, str(kind), release, environment, details)
+
+
+def emit(context: Any, kind: str, release: str, environment: str, details: dict[str, Any]) -> None:
+    """Emit the metrics of the event just recorded through Airflow's ``Stats`` (see
+    :mod:`releasetrain.core.telemetry` for their names). Metrics never fail a step."""
+    from datetime import UTC, datetime, timedelta
+
+    from releasetrain.core.telemetry import stats_of
+
+    try:
+        from airflow.sdk.observability import stats as airflow_stats
+
+        run = run_ledger(context, release).events
+        for stat in stats_of(
+            kind, release=release, environment=environment, details=details, run_events=run, now=datetime.now(UTC)
+        ):
+            for name, tags in ((stat.name, stat.tags), (stat.dotted, {})):
+                if stat.kind == "incr":
+                    airflow_stats.incr(name, tags=tags)
+                else:
+                    airflow_stats.timing(name, timedelta(seconds=stat.seconds), tags=tags)
+    except Exception as exc:  # noqa: BLE001 - a metric lost is logged, the step goes on
+        import logging
+
+        logging.getLogger(__name__).warning("releasetrain metrics for %s not emitted: %s", kind, exc)
 
 
 def mark(context: Any, kind: str, release: str, environment: str, details: dict[str, Any]) -> None:
