@@ -163,11 +163,11 @@ def run_story(dag_id: str, run_id: str) -> dict[str, Any]:
     finally:
         hook.close()
     change = None
-    for event in events:
-        if event.kind == Event.CHANGE_OPENED:
-            change = {"ref": event.details.get("ref") or event.details.get("number"), "state": "open", **event.details}
+    for event in events:  # the risk assessment opened it; the backends' mirrors and the built-in record move it
+        if event.kind == Event.RISK_ASSESSED and event.details.get("change"):
+            change = dict(event.details["change"])
         elif event.kind in (Event.CHANGE_TRANSITION, Event.CHANGE_CLOSED) and change is not None:
-            change["state"] = event.details.get("to") or event.details.get("state") or event.kind
+            change["state"] = event.details.get("state") or event.details.get("to") or change.get("state")
     release = events[0].release if events else None
     return {
         "dag_id": dag_id,

@@ -14,6 +14,7 @@ from releasetrain import listener
 from releasetrain.alerts_api import create_app
 from releasetrain.cockpit_api import router as cockpit_router
 from releasetrain.core.versioning import is_semver
+from releasetrain.links import LINKS
 from releasetrain.timetables.release_window import ReleaseWindowTimetable
 
 
@@ -25,6 +26,9 @@ class ReleaseTrainPlugin(AirflowPlugin):
     macros = [is_semver]
     timetables = [ReleaseWindowTimetable]
     listeners = [listener]
+    # the extra links of deploy, rollback, approval and analysis tasks (registered, so the UI
+    # can show the links the tasks' operators declare)
+    operator_extra_links = LINKS
     # served by the API server under /releasetrain: the alert webhook (Alertmanager) and the
     # release cockpit (its routes authenticate through Airflow's own user resolution)
     _app = create_app()

@@ -83,15 +83,19 @@ def test_the_overview_shows_only_the_releases_the_user_may_read(client, signed_i
 
 def test_a_run_story_is_the_ledgers_and_another_dags_runs_are_refused(client, signed_in):
     append(Event.RUN_STARTED, release="storefront", run_id="r1", actor="author")
-    append(Event.CHANGE_OPENED, release="storefront", run_id="r1", ref="CHG0001")
+    change = {"backend": "builtin", "id": "r1", "number": "RT-1", "state": "new", "change_type": "normal"}
+    append(Event.RISK_ASSESSED, release="storefront", run_id="r1", change=change)
+    append(Event.CHANGE_TRANSITION, release="storefront", run_id="r1", state="implement")
     append(Event.APPROVAL_GIVEN, release="storefront", run_id="r1", environment="prod", actor="approver")
     story = client.get("/cockpit/api/runs/release_storefront/r1").json()
     assert [(e["kind"], e["actor"]) for e in story["timeline"]] == [
         ("run_started", "author"),
-        ("change_opened", ""),
+        ("risk_assessed", ""),
+        ("change_transition", ""),
         ("approval_given", "approver"),
     ]
-    assert story["change"]["ref"] == "CHG0001" and story["ledger"]["ok"] is True
+    assert (story["change"]["number"], story["change"]["state"]) == ("RT-1", "implement")
+    assert story["ledger"]["ok"] is True
     assert client.get("/cockpit/api/runs/release_secret/s1").status_code == 403
     assert client.get("/cockpit/runs/release_secret/s1").status_code == 403
 

@@ -100,6 +100,12 @@ def test_the_cockpit_shows_the_ledger_and_an_approver_answers_through_it(
     given = [e for e in ledger.events("cockpit", run_id) if e.kind == "approval_given"]
     assert [e.actor for e in given] == ["approver"], "answered in the browser, as the approver"
 
+    # the deploy's extra links: its change record (built-in: the run's story), its target, its bundle
+    links = author.request("GET", f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/cockpit-prod.deploy/links")
+    assert links["Change record"].endswith(f"/releasetrain/cockpit/runs/{DAG}/{run_id}"), links
+    assert links["Target status"].endswith("/environments/cockpit-prod/status"), links
+    assert links["Bundle"].endswith("/cockpit/2.0.0"), links
+
     # the run's story: every ledger event of the run, in order, and the chain verified
     events = ledger.wait_for("cockpit", run_id, "run_state")
     story = context.new_page()

@@ -14,6 +14,7 @@ from releasetrain.core.gatekeeper import Decision, RunLedger
 from releasetrain.core.request import ReleaseRequest
 from releasetrain.core.trends import Trend, adds
 from releasetrain.core.vocabulary import ASSESS_RISK, Event
+from releasetrain.links import BundleLink, ChangeRecordLink
 from releasetrain.operators._common import (
     assigned,
     enforce,
@@ -73,6 +74,8 @@ class ReleaseApprovalOperator(ApprovalOperator):
     :param passed_task_ids: gates already passed in this run, shown in the request
     :param timeout_hours: reject when nobody answers in time (None: wait)
     """
+
+    operator_extra_links = (ChangeRecordLink(), BundleLink())
 
     def __init__(
         self,

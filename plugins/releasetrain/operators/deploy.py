@@ -14,6 +14,7 @@ from releasetrain.core.gatekeeper import Decision, RunLedger
 from releasetrain.core.request import ReleaseRequest
 from releasetrain.core.vocabulary import ASSESS_RISK, Event
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
+from releasetrain.links import BundleLink, ChangeRecordLink, TargetStatusLink
 from releasetrain.operators._common import enforce, record, release_request, run_ledger
 from releasetrain.triggers.deployment import TERMINAL_STATES, DeploymentCompletionTrigger, completion_event
 
@@ -136,6 +137,11 @@ class EnvironmentDeployOperator(DeployTargetCalls, BaseOperator):
         and no later unit then ships: the environment is never left with half of a release)
     """
 
+    operator_extra_links = (
+        ChangeRecordLink(),
+        TargetStatusLink(),
+        BundleLink(),
+    )
     ui_color = "#d2e3fc"
 
     def __init__(

@@ -34,6 +34,7 @@ from releasetrain.core.gatekeeper import Decision, RunLedger
 from releasetrain.core.vocabulary import OPTION_ABORT, OPTION_PROMOTE, OPTION_ROLL_BACK, VERIFY, Event, env_task
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
 from releasetrain.hooks.ledger import DEFAULT_CONN_ID as LEDGER_CONN_ID
+from releasetrain.links import MetricsGraphLink
 from releasetrain.operators._common import (
     assigned,
     dag_id_of,
@@ -83,6 +84,7 @@ class TrafficAnalysisOperator(DeployTargetCalls, BaseOperator):
         decision to promote) must be in the ledger before traffic moves on
     """
 
+    operator_extra_links = (MetricsGraphLink(),)
     ui_color = "#fce8b2"
 
     def __init__(

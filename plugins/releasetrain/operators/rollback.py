@@ -11,6 +11,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 from releasetrain.core.gatekeeper import Decision
 from releasetrain.core.vocabulary import MOMENT_FAILED, MOMENT_STARTED, MOMENT_SUCCEEDED, OPTION_ROLL_BACK, Event
 from releasetrain.hooks.deploy_target import DeployTargetError, DeployTargetHook
+from releasetrain.links import BundleLink, ChangeRecordLink, TargetStatusLink
 from releasetrain.operators._common import enforce, pull, record, release_request, run_ledger
 from releasetrain.operators.deploy import DeployTargetCalls, pre_deploy
 
@@ -44,6 +45,11 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         and stays there for it (that step closes it), instead of closing here
     """
 
+    operator_extra_links = (
+        ChangeRecordLink(),
+        TargetStatusLink(),
+        BundleLink(),
+    )
     ui_color = "#f28b82"
     call_prefix = "rollback of "
 
