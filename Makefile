@@ -10,9 +10,12 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "releasetrain needs Python 3.11+, found " + sys.version.split()[0]'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	@echo "==> [1/3] creating $(VENV) (once)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "==> [2/3] installing Airflow 3.3, its providers and releasetrain into $(VENV) (first time: 2-4 minutes)"
+	@$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	@$(BIN)/python -m pip install --quiet --progress-bar off -c constraints.txt -e ".[test]"
+	@echo "==> [3/3] installed: $$($(BIN)/python -m releasetrain --version), $$($(BIN)/python -c 'import airflow; print("apache-airflow", airflow.__version__)')"
 	@# setuptools leaves releasetrain.egg-info in plugins/; Airflow puts plugins/ on sys.path,
 	@# where that metadata would register the plugin's entry point a second time.
 	rm -rf plugins/*.egg-info

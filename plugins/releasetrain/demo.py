@@ -223,6 +223,7 @@ def _run_demo(stack: DevStack, home: Path) -> int:
                    author/author   - triggered this release, can NOT approve it
                    approver/approver - approves production deploys
                    admin/admin     - administrator, also an approver
+   Release cockpit {cfg.api_url}/plugin/releasetrain-cockpit   ("Releases" on the UI's navigation bar)
    Demo fleet      {cfg.fleet_url}/environments
    Release         {DAG_ID}, version {version}, run {run_id}
    Canary release  {CANARY_DAG_ID}, version {canary_version}: production takes 25% then 100%
