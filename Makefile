@@ -73,6 +73,7 @@ lint: $(STAMP)
 ## make schema: export the release spec's JSON Schema
 schema: $(STAMP)
 	$(BIN)/python -m releasetrain schema > include/schema/release-spec.schema.json
+	$(BIN)/python -m releasetrain schema --reference > docs/spec-reference.md
 
 ## make lock: regenerate constraints.txt from the current environment
 lock: $(STAMP)

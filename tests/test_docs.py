@@ -72,3 +72,18 @@ def test_every_metric_is_documented_with_its_name():
     text = (PROJECT_ROOT / "docs" / "operations.md").read_text()
     for name in NAMES:
         assert f"`{name}`" in text, name
+
+
+def test_the_spec_reference_is_generated_from_the_schema():
+    import json
+
+    from releasetrain.core.reference import spec_reference
+    from releasetrain.core.spec import json_schema_text
+
+    schema = json.loads(json_schema_text())
+    committed = (PROJECT_ROOT / "docs" / "spec-reference.md").read_text()
+    assert committed == spec_reference(schema), "run `make schema`"
+    for field in schema["properties"]:
+        assert f"| `{field}` |" in committed
+    for name in schema["$defs"]:
+        assert f"## {name}\n" in committed

@@ -377,7 +377,8 @@ EXAMPLES = {
     "pools": """examples:
   releasetrain pools include/releases/ > pools.json && airflow pools import pools.json""",
     "schema": """examples:
-  releasetrain schema > release-spec.schema.json""",
+  releasetrain schema > release-spec.schema.json
+  releasetrain schema --reference > docs/spec-reference.md""",
     "ledger": """examples:
   releasetrain ledger verify --url sqlite:///.airflow/releasetrain-ledger.db --allow-unanchored
   releasetrain ledger verify --conn releasetrain_ledger --public-key ledger-key.pem
@@ -450,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     output.add_argument("--ics", metavar="FILE")
     pools = command("pools", "pool definitions for `airflow pools import`")
     pools.add_argument("specs", nargs="*", metavar="SPEC")
-    command("schema", "print the release spec JSON Schema")
+    schema = command("schema", "print the release spec JSON Schema (or its Markdown reference)")
+    schema.add_argument("--reference", action="store_true", help="the Markdown reference (docs/spec-reference.md)")
     ledger = command("ledger", "the release ledger: verify, init, checkpoint")
     ledger.add_argument("action", choices=["verify", "init", "checkpoint"])
     ledger.add_argument("--checkpoints", metavar="URL", help="where checkpoints are kept (default: see README)")
@@ -507,6 +509,11 @@ def main(argv: list[str] | None = None) -> int:
         return _evidence(args)
     if args.command == "key":
         return _generate_key(args)
+    if args.reference:
+        from releasetrain.core.reference import spec_reference
+
+        print(spec_reference(json.loads(json_schema_text())), end="")
+        return 0
     print(json_schema_text(), end="")
     return 0
 
