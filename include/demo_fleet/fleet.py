@@ -33,6 +33,7 @@ status lists its units under "components"; the application of a unit is under
 Configuration:
   POST config                 {values: {KEY: value|null}}: a change made by hand in the
                               environment, outside any release (status reports it: drift)
+The contract as an OpenAPI document: GET /openapi.yaml (deploy-target.openapi.yaml beside this file).
 Demo extras:
   GET  /environments/{env}    same as status (version, previous_version, healthy, ...)
   GET|POST /environments/{env}/app/...   the "application" (live traffic, split between the
@@ -80,6 +81,7 @@ import time
 import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 ENV_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -87,6 +89,7 @@ UNHEALTHY_ERROR_RATE = 0.05
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 CONVERSION = 0.5  # the share of a healthy version's sessions that reach checkout
 COLOURS = ("blue", "green")
+CONTRACT = Path(__file__).with_name("deploy-target.openapi.yaml")
 
 
 MAX_BUNDLE_BYTES = 256 * 1024 * 1024
@@ -617,13 +620,17 @@ def make_handler(fleet: Fleet, credentials: tuple[str, str] | None):
             if self.answer_delay:
                 time.sleep(self.answer_delay)  # outside the lock: the fleet goes on meanwhile
             if isinstance(payload, str):
-                self._send(code, payload, "text/plain; version=0.0.4")
+                self._send(
+                    code, payload, "application/yaml" if path == "/openapi.yaml" else "text/plain; version=0.0.4"
+                )
             else:
                 self._send(code, payload)
 
         def _dispatch(self, method: str, path: str, parts: list[str]) -> tuple[int, Any]:
             if path == "/healthz":
                 return 200, {"ok": True}
+            if path == "/openapi.yaml" and method == "GET":  # the deploy-target contract this fleet implements
+                return 200, CONTRACT.read_text()
             if path == "/metrics" and method == "GET":
                 return 200, fleet.metrics()
             if path == "/stats" and method == "GET":
