@@ -330,6 +330,8 @@ def export_evidence(store: Any, release: str, run_id: str, dag_id: str, signing_
     earlier = len(events)
     events = current_incarnation(events)  # a deleted run under the same id is not this run
     earlier -= len(events)
+    if not events:  # said before the whole chain is read
+        raise LedgerError(f"the ledger holds no events of {dag_id} {run_id}")
     keys_apart(BUNDLE_KEY_CONN, LEDGER_KEY_CONN, signing_conn)
     intact = store.verify()  # never sign evidence out of a broken chain
     if not intact.ok:
@@ -395,22 +397,25 @@ EXAMPLES = {
 
 
 def shell_environment(root: Path) -> None:
-    """Before anything imports Airflow. Without ``AIRFLOW_HOME``: the demo's (its home, ledger
-    and key connections) when ``make demo`` left one in ``root``, so the README's commands work
-    from a shell as written; otherwise a throw-away home when there is no ``~/airflow``
-    (importing Airflow writes a default configuration into its home: a read-only command such
-    as ``ledger verify`` must not leave one behind)."""
+    """Before anything imports Airflow, when no ``AIRFLOW_HOME`` is set: a throw-away Airflow
+    home (importing Airflow writes a default configuration into its home, and a read-only
+    command such as ``ledger verify`` must leave nothing behind; nor is ``~/airflow``, or a
+    checkout's ``.airflow``, ever read for configuration or code), and, when ``make demo`` left
+    its home in ``root``, the demo's connections (its ledger and keys), said on stderr, so the
+    README's commands work from a shell as written."""
     if os.environ.get("AIRFLOW_HOME"):
         return
-    from releasetrain.demo import shell_environment as demo_environment
+    import tempfile
 
-    demo = demo_environment(root)
-    for key, value in demo.items():
-        os.environ.setdefault(key, value)
-    if not demo and not (Path.home() / "airflow").exists():
-        import tempfile
+    from releasetrain.demo import shell_connections
 
-        os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="releasetrain-cli-")
+    os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="releasetrain-cli-")
+    connections = {k: v for k, v in shell_connections(root).items() if k not in os.environ}
+    if connections:
+        os.environ.update(connections)
+        print(
+            f"releasetrain: no AIRFLOW_HOME: using the connections of the demo in {root / '.airflow'}", file=sys.stderr
+        )
 
 
 def _version() -> str:

@@ -134,15 +134,22 @@ def demo_config(root: Path, *, celery: bool = False, api_port: int = 8080, fleet
     )
 
 
-def shell_environment(root: Path) -> dict[str, str]:
-    """What a shell needs to reach the demo the way its processes do (its home, its ledger and
-    key connections): {} when there is no demo home with its secrets in ``root``. The CLI
-    uses it when no ``AIRFLOW_HOME`` is set, so the README's commands work as written."""
+def shell_connections(root: Path) -> dict[str, str]:
+    """The demo's connections (its ledger, its keys, its targets), as a shell needs them to
+    reach the demo the way its processes do: {} when ``make demo`` left no home with its
+    secrets in ``root``. Only ``AIRFLOW_CONN_*`` values (data, built here from the home's
+    secrets): nothing of the home's configuration or code is taken."""
     config = demo_config(root, api_port=int(os.environ.get("DEMO_API_PORT", "8080")),
                          fleet_port=int(os.environ.get("DEMO_FLEET_PORT", "8799")))  # fmt: skip
     if not (config.home / "secrets.json").is_file():
         return {}
-    return DevStack(config).env()
+    import json
+
+    env = DevStack(config).env()
+    found = {k: v for k, v in env.items() if k.startswith("AIRFLOW_CONN_") or k == "SOFTHSM2_CONF"}
+    ledger = config.home.resolve() / "releasetrain-ledger.db"
+    found.setdefault("AIRFLOW_CONN_RELEASETRAIN_LEDGER", json.dumps({"conn_type": "sqlite", "host": str(ledger)}))
+    return found
 
 
 def main() -> int:

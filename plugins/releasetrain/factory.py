@@ -474,7 +474,9 @@ def _check_journeys(spec: ReleaseSpec, project_root: Path) -> None:
 
 
 def spec_dirs(project_root: Path) -> list[Path]:
-    configured = os.environ.get(SPEC_DIRS_ENV)
+    from releasetrain.core.settings import setting
+
+    configured = setting("SPEC_DIRS")
     if configured:
         return [Path(p) for p in configured.split(os.pathsep) if p]
     return [project_root / "include" / "releases"]

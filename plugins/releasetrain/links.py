@@ -7,9 +7,10 @@
 - **Metrics graph**: the analysis's first query in Prometheus's graph page, over the
   analysis's own time span.
 
-Airflow computes a link when the task ends, in the worker, and keeps it for the UI. The
-links read the run's ledger and the connections' hosts (never a credential); XCom plays
-no part. A link that cannot be made is empty (Airflow shows no button).
+Airflow computes a link when the task ends, in the worker, from the run's ledger and the
+connections' hosts (credentials stripped), and keeps it as an XCom entry for the UI: a
+link is for people to click, never something a gate reads (UI users can edit XCom). A link
+that cannot be made is empty (Airflow shows no button).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def _host(conn_id: str | None) -> str | None:
     """A connection's base URL, without its credentials."""
     if not conn_id:
         return None
+    from urllib.parse import urlsplit, urlunsplit
+
     from airflow.sdk import BaseHook
 
     conn = BaseHook.get_connection(conn_id)
@@ -44,9 +47,15 @@ def _host(conn_id: str | None) -> str | None:
         return None
     if "://" not in host:
         host = f"{conn.schema or 'http'}://{host}"
-    if conn.port and host.count(":") < 2:
-        host = f"{host}:{conn.port}"
-    return host
+    try:
+        parts = urlsplit(host)
+        port = parts.port or conn.port
+    except ValueError:  # not a URL with a number for a port
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    netloc = parts.hostname + (f":{port}" if port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))  # never a user or password from the host
 
 
 def change_url(change: dict[str, Any], host: str | None, story: str | None) -> str | None:

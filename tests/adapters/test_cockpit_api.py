@@ -50,7 +50,7 @@ def signed_in(monkeypatch):
         return User()
 
     monkeypatch.setattr(cockpit_api, "current_user", user)
-    monkeypatch.setattr(cockpit_api, "readable_dags", lambda u: {"release_storefront"})
+    monkeypatch.setattr(cockpit_api, "readable_dags", lambda u, entity="RUN": {"release_storefront"})
     monkeypatch.setattr(cockpit_api, "may_read_run", lambda u, dag_id: dag_id == "release_storefront")
     monkeypatch.setattr(cockpit_api, "pending_requests", lambda dags: [])
     monkeypatch.setattr(cockpit_api, "project_root", lambda: PROJECT_ROOT)
@@ -123,14 +123,20 @@ def test_without_an_evidence_key_the_download_says_why(client, signed_in):
 
 
 def test_readable_dags_asks_the_auth_manager(monkeypatch):
-    """What a user sees is what the configured auth manager's answer allows."""
-    asked = {}
+    """What a user sees is what the configured auth manager allows: the DAG, and its runs (or
+    its human requests) too."""
+    asked = []
 
     class Manager:
         def get_authorized_dag_ids(self, *, user, method="GET", session=None):
-            asked.update(user=user, method=method)
-            return {"release_a"}
+            asked.append(("dags", user, method))
+            return {"release_a", "release_b"}
+
+        def is_authorized_dag(self, *, method, user, access_entity=None, details=None):
+            asked.append((access_entity.value, details.id))
+            return details.id == "release_a" or access_entity.value == "HITL_DETAIL"
 
     monkeypatch.setattr("airflow.api_fastapi.app.get_auth_manager", lambda: Manager())
     assert cockpit_api.readable_dags("someone") == {"release_a"}
-    assert asked == {"user": "someone", "method": "GET"}
+    assert ("dags", "someone", "GET") in asked and ("RUN", "release_b") in asked
+    assert cockpit_api.readable_dags("someone", "HITL_DETAIL") == {"release_a", "release_b"}

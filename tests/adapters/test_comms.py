@@ -339,3 +339,26 @@ def test_a_failed_rollback_is_not_retried(monkeypatch, told):
         with pytest.raises(AirflowFailException, match="ROLLBACK OF prod FAILED"):
             rollback_op().execute_complete(context(FakeTI(), task_id="prod.rollback"), event)
     assert rollback_op().retries == 2, "race retries, which this failure must not use"
+
+
+def test_a_rollback_on_record_before_a_newer_deploy_is_done_again(monkeypatch, told):
+    """A user clears the deploy after its rollback: the version is live again, and the rollback's
+    old record must not make the cleared rollback a green no-op."""
+    with running_fleet(seed={"prod": "1.0.0"}, deploy_seconds=0) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        _failed_prod(fleet)
+        rollback_op().execute(context(FakeTI(), task_id="prod.rollback"))
+        # the deploy, cleared, puts 2.0.0 back (a newer record of the deploy step)
+        old = fleet.env("prod")["digest"]
+        fleet.env("prod").update(version="2.0.0", digest=DIGEST)
+        seed(
+            "deploy_started",
+            environment="prod",
+            task_id="prod.deploy",
+            version="2.0.0",
+            digest=DIGEST,
+            before={"version": "1.0.0", "digest": old, "noop": False},
+        )
+        again = rollback_op().execute(context(FakeTI(), task_id="prod.rollback"))
+        assert fleet.view("prod")["version"] == "1.0.0" and len(_rollback_deployments(fleet)) == 2
+    assert again["restored_version"] == "1.0.0" and len(run_events("rollback")) == 2

@@ -41,6 +41,15 @@ def test_a_jira_change_links_to_its_issue(monkeypatch):
     assert ChangeRecordLink().get_link(op(), ti_key=KEY) == "https://jira.example:8443/browse/CHG-7"
 
 
+def test_a_link_never_carries_credentials_written_into_a_host(monkeypatch):
+    host = "https://deployer:pw123@fleet.example/environments/prod"
+    monkeypatch.setenv("AIRFLOW_CONN_T_PROD", json.dumps({"conn_type": "http", "host": host}))
+    url = TargetStatusLink().get_link(op(deploy_target_conn_id="t_prod"), ti_key=KEY)
+    assert url == "https://fleet.example/environments/prod/status"
+    monkeypatch.setenv("AIRFLOW_CONN_T_PROD", json.dumps({"conn_type": "http", "host": "javascript:alert(1)"}))
+    assert TargetStatusLink().get_link(op(deploy_target_conn_id="t_prod"), ti_key=KEY) == ""
+
+
 def test_no_change_record_no_link():
     assert ChangeRecordLink().get_link(op(), ti_key=KEY) == ""
 

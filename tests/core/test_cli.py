@@ -84,26 +84,32 @@ def test_unknown_fields_get_a_did_you_mean_and_yaml_surprises_a_hint(tmp_path):
     assert 'quote it, e.g. "1.10"' in done.stderr
 
 
-def _cli_home(root, home) -> str:
+def _cli_env(root, home) -> tuple[str, str, str]:
     import os
 
-    env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_HOME"}
+    env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_HOME" and not k.startswith("AIRFLOW_CONN_")}
     env["HOME"] = str(home)
     code = "import os, pathlib; from releasetrain.cli import shell_environment as s; " \
-        f"s(pathlib.Path({str(root)!r})); print(os.environ['AIRFLOW_HOME'])"  # fmt: skip
+        f"s(pathlib.Path({str(root)!r})); print(os.environ['AIRFLOW_HOME']); " \
+        "print(os.environ.get('AIRFLOW_CONN_RELEASETRAIN_LEDGER', ''))"  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    return done.stdout.strip()
+    used, ledger = done.stdout.strip().splitlines() + [""] * (2 - len(done.stdout.strip().splitlines()))
+    return used, ledger, done.stderr
 
 
 def test_the_cli_reaches_the_demo_from_a_shell_and_leaves_no_airflow_home_behind(tmp_path):
-    """After `make demo` (its home, .airflow, with its secrets) the CLI uses the demo's home and
-    connections; elsewhere a read-only command never writes ~/airflow."""
+    """After `make demo` (its home, .airflow, with its secrets) the CLI uses the demo's
+    connections, said on stderr, in a throw-away home; it never writes ~/airflow, nor reads
+    the checkout's .airflow for configuration or code."""
     home = tmp_path / "user"
     home.mkdir()
-    used = _cli_home(tmp_path, home)
-    assert used != str(home / "airflow") and not (home / "airflow").exists()
+    used, ledger, said = _cli_env(tmp_path, home)
+    assert used != str(home / "airflow") and not (home / "airflow").exists() and ledger == "" and said == ""
     (tmp_path / ".airflow").mkdir()
     (tmp_path / ".airflow" / "secrets.json").write_text(
         json.dumps({"fernet_key": "k", "jwt_secret": "j", "fleet_user": "u", "fleet_password": "p"})
     )
-    assert _cli_home(tmp_path, home) == str((tmp_path / ".airflow").resolve())
+    used, ledger, said = _cli_env(tmp_path, home)
+    assert used != str((tmp_path / ".airflow").resolve()), "the demo's home is never Airflow's home here"
+    assert json.loads(ledger)["host"] == str((tmp_path / ".airflow" / "releasetrain-ledger.db").resolve())
+    assert "using the connections of the demo" in said

@@ -24,6 +24,7 @@ import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from releasetrain.core.vocabulary import Event
 
@@ -272,7 +273,8 @@ def waits(pending: Iterable[Mapping[str, Any]], now: dt.datetime) -> list[dict[s
                 "waiting_since": created.isoformat(),
                 "waiting_minutes": round((now - created).total_seconds() / 60, 1),
                 "answer_url": (
-                    f"/dags/{item['dag_id']}/runs/{item['run_id']}/tasks/{task_id}"
+                    f"/dags/{quote(str(item['dag_id']), safe='')}/runs/{quote(str(item['run_id']), safe='')}"
+                    f"/tasks/{quote(task_id, safe='')}"
                     + (f"/mapped/{item['map_index']}" if int(item.get("map_index", -1)) >= 0 else "")
                     + "/required_actions"
                 ),

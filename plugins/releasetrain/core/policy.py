@@ -21,7 +21,6 @@ them into a :class:`~releasetrain.core.spec.ReleaseSpecError`. Nothing here impo
 
 from __future__ import annotations
 
-import os
 import posixpath
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -51,10 +50,10 @@ TRUSTED_CONNECTIONS = frozenset(
 
 
 def _setting(name: str) -> str | None:
-    for key in (f"AIRFLOW__RELEASETRAIN__{name}", f"RELEASETRAIN_{name}"):
-        if os.environ.get(key) is not None:
-            return os.environ[key]
-    return None
+    """An option of the ``[releasetrain]`` section (see :mod:`releasetrain.core.settings`)."""
+    from releasetrain.core.settings import setting
+
+    return setting(name)
 
 
 def _items(value: str | None) -> tuple[str, ...]:

@@ -1190,7 +1190,9 @@ _GROUPS_CACHE: dict[tuple[str, int, int], dict[str, list[str]]] = {}
 
 
 def groups_file(project_root: Path) -> Path:
-    return Path(os.environ.get(GROUPS_FILE_ENV) or Path(project_root) / "include" / "groups.yaml")
+    from releasetrain.core.settings import setting
+
+    return Path(setting("GROUPS_FILE") or Path(project_root) / "include" / "groups.yaml")
 
 
 def load_groups(path: Path, root: Path) -> dict[str, list[str]]:
@@ -1322,7 +1324,9 @@ def check_groups(spec: ReleaseSpec, source: str, groups: dict[str, list[str]]) -
 
 
 def calendar_dirs(project_root: Path) -> list[Path]:
-    configured = os.environ.get(CALENDAR_DIRS_ENV)
+    from releasetrain.core.settings import setting
+
+    configured = setting("CALENDAR_DIRS")
     if configured:
         return [Path(p) for p in configured.split(os.pathsep) if p]
     return [Path(project_root) / "include" / "calendars"]

@@ -45,7 +45,9 @@ class BundleStoreHook(BaseHook):
         self.conn_id = conn_id
 
     def base(self) -> ObjectStoragePath:
-        url = self.artifact_store or Variable.get(ARTIFACT_STORE_VARIABLE, default=None)
+        from releasetrain.core.settings import setting
+
+        url = self.artifact_store or setting("ARTIFACT_STORE") or Variable.get(ARTIFACT_STORE_VARIABLE, default=None)
         if not url:
             home = os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow"))
             url = f"file://{os.path.join(home, 'artifacts')}"
@@ -214,10 +216,10 @@ class SigningKeyHook(BaseHook):
     :param signing_conn_id: connection id, default ``releasetrain_signing``
     """
 
+    conn_type = "releasetrain_signing"  # the connection form (provider info): PEM key, pinned public key
+    hook_name = "releasetrain signing key"
     conn_name_attr = "signing_conn_id"
     default_conn_name = "releasetrain_signing"
-    conn_type = "generic"
-    hook_name = "Release signing key"
 
     def __init__(self, signing_conn_id: str = default_conn_name) -> None:
         super().__init__()
@@ -239,16 +241,20 @@ class SigningKeyHook(BaseHook):
     def private_key(self) -> Ed25519PrivateKey:
         """The connection's PEM private key (demo mode); a PKCS#11 connection has none."""
         conn = self._connection()
-        pem = conn.password or conn.extra_dejson.get("private_key")
-        if not pem or conn.extra_dejson.get("pkcs11"):
+        from releasetrain.hooks.signing import extra_field
+
+        pem = conn.password or extra_field(conn.extra_dejson, "private_key")
+        if not pem or extra_field(conn.extra_dejson, "pkcs11"):
             raise BundleError(f"connection {self.signing_conn_id!r} holds no private key (password field)")
         return load_private_key(pem)
 
     def public_key(self) -> Ed25519PublicKey:
         """The pinned public key (``extra.public_key``): never derived from the private key,
         so a verifier's trust anchor is configured on its own."""
+        from releasetrain.hooks.signing import extra_field
+
         conn = self._connection()
-        pem = conn.extra_dejson.get("public_key")
+        pem = extra_field(conn.extra_dejson, "public_key")
         if not pem:
             raise BundleError(
                 f"connection {self.signing_conn_id!r} pins no public key (extra.public_key): verification "

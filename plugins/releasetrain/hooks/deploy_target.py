@@ -72,8 +72,8 @@ class DeployTargetHook(BaseHook):
 
     conn_name_attr = "deploy_target_conn_id"
     default_conn_name = "deploy_target_default"
-    conn_type = "http"
-    hook_name = "Release deploy target"
+    conn_type = "releasetrain_deploy_target"  # its connection form (provider info); an "http" one works too
+    hook_name = "releasetrain deploy target"
 
     def __init__(
         self, deploy_target_conn_id: str = default_conn_name, *, timeout: float = 30.0, component: str | None = None

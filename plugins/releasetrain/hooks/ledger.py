@@ -959,7 +959,6 @@ class BuiltinChangeBackend:
 
 
 # --- checkpoints: the chain's head, signed with the ledger key, kept outside the database -----
-CHECKPOINTS_SETTING = ("AIRFLOW__RELEASETRAIN__LEDGER_CHECKPOINTS", "RELEASETRAIN_LEDGER_CHECKPOINTS")
 
 
 class CheckpointStore:
@@ -970,7 +969,9 @@ class CheckpointStore:
     def __init__(self, url: str | None = None) -> None:
         from airflow.sdk import ObjectStoragePath
 
-        url = url or next((os.environ[k] for k in CHECKPOINTS_SETTING if os.environ.get(k)), None)
+        from releasetrain.core.settings import setting
+
+        url = url or setting("LEDGER_CHECKPOINTS") or None
         if not url:
             home = os.environ.get("AIRFLOW_HOME") or str(Path.home() / "airflow")
             url = f"file://{Path(home) / 'artifacts' / '_ledger' / 'checkpoints'}"

@@ -144,11 +144,28 @@ def _unwrap_point(point: bytes) -> bytes:
     raise BundleError(f"not an Ed25519 public key on the token ({len(point)} bytes)")
 
 
+SIGNING_CONN_TYPE = "releasetrain_signing"
+
+
+def extra_field(extra: Mapping[str, Any], name: str) -> Any:
+    """A signing connection's extra field, as a JSON extra names it or as Airflow's connection
+    form stores its ``releasetrain_signing`` fields (``extra__releasetrain_signing__<name>``)."""
+    value = extra.get(name)
+    return value if value not in (None, "") else extra.get(f"extra__{SIGNING_CONN_TYPE}__{name}")
+
+
 def signer_from(conn: Any, conn_id: str) -> Any:
     """The signer a key connection configures: a PKCS#11 key (``extra.pkcs11``) or a PEM
     private key in the password (or ``extra.private_key``)."""
     extra: Mapping[str, Any] = conn.extra_dejson if conn is not None else {}
-    token = extra.get("pkcs11")
+    token = extra_field(extra, "pkcs11")
+    if isinstance(token, str) and token.strip():  # typed into the connection form: JSON text
+        import json
+
+        try:
+            token = json.loads(token)
+        except ValueError:
+            raise BundleError(f"connection {conn_id!r}: the PKCS#11 key is not JSON (module, token, key)") from None
     if token:
         missing = [k for k in ("module", "token", "key") if not (isinstance(token, Mapping) and token.get(k))]
         if missing:
@@ -156,7 +173,7 @@ def signer_from(conn: Any, conn_id: str) -> Any:
         if not conn.password:
             raise BundleError(f"connection {conn_id!r}: the token's user PIN goes in the password field")
         return Pkcs11Signer(str(token["module"]), str(token["token"]), str(token["key"]), conn.password, conn_id)
-    pem = conn is not None and (conn.password or extra.get("private_key"))
+    pem = conn is not None and (conn.password or extra_field(extra, "private_key"))
     if not pem:
         raise BundleError(f"connection {conn_id!r} holds no private key (password field) and names no PKCS#11 key")
     return load_private_key(pem)

@@ -110,9 +110,10 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
 
     def _already_done(self, context: Any) -> dict[str, Any] | None:
         """A try after this task's rollback was recorded (Airflow lost the first try's end to
-        its fast-trigger race, or a user cleared the task): the recorded outcome, nothing redone."""
-        run = run_ledger(context, self.release)
-        mine = [e for e in run.of(Event.ROLLBACK, environment=self.environment, task_id=self.task_id) if self._ours(e)]
+        its fast-trigger race): the recorded outcome, nothing redone. Only a record newer than
+        the latest record of the step it rolls back counts: a deploy cleared and run again
+        after the rollback puts a version back that this rollback has not undone."""
+        mine = self._own(context, Event.ROLLBACK)
         if not mine:
             return None
         done = mine[-1]
@@ -120,10 +121,19 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         return {k: v for k, v in done.details.items() if k != "task_id"}
 
     def _resumed(self, context: Any) -> bool:
-        """An earlier try of this task already recorded its start (and told it)."""
+        """An earlier try of this task already recorded its start (and told it), after the
+        latest record of the step it rolls back."""
+        return bool(self._own(context, Event.ROLLBACK_STARTED))
+
+    def _own(self, context: Any, kind: str) -> list[Any]:
+        """This task's (and unit's) records of ``kind`` newer than the rolled-back step's latest."""
         run = run_ledger(context, self.release)
-        started = run.of(Event.ROLLBACK_STARTED, environment=self.environment, task_id=self.task_id)
-        return any(self._ours(e) for e in started)
+        after = max((e.seq for e in run.events if e.details.get("task_id") == self.deploy_task_id), default=-1)
+        return [
+            e
+            for e in run.of(kind, environment=self.environment, task_id=self.task_id)
+            if e.seq > after and self._ours(e)
+        ]
 
     def _ours(self, event: Any) -> bool:
         """This task's unit's record (a test or a DAG may give units one task id)."""
