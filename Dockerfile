@@ -1,7 +1,8 @@
 # releasetrain on the official Apache Airflow image, installed from its wheel with
 # Airflow's own constraints for the image's Airflow version.
 #   docker build -t releasetrain:latest .
-# The package registers its plugin through the `airflow.plugins` entry point; DAG files
+# The package registers its plugin (`airflow.plugins`) and its provider info
+# (`apache_airflow_provider`) through entry points; DAG files
 # and release specs go where Airflow's image expects them. docker-compose.yaml runs it
 # distributed (CeleryExecutor, PostgreSQL, Redis).
 ARG AIRFLOW_VERSION=3.3.2
@@ -10,7 +11,7 @@ ARG PYTHON_VERSION=3.11
 FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION} AS wheel
 WORKDIR /build
 COPY --chown=airflow:root pyproject.toml README.md /build/
-COPY --chown=airflow:root plugins/releasetrain /build/plugins/releasetrain
+COPY --chown=airflow:root src/releasetrain /build/src/releasetrain
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /build/dist /build
 
 FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION}

@@ -16,9 +16,6 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	@$(BIN)/python -m pip install --quiet --progress-bar off -c constraints.txt -e ".[test]"
 	@echo "==> [3/3] installed: $$($(BIN)/python -m releasetrain --version), $$($(BIN)/python -c 'import airflow; print("apache-airflow", airflow.__version__)')"
-	@# setuptools leaves releasetrain.egg-info in plugins/; Airflow puts plugins/ on sys.path,
-	@# where that metadata would register the plugin's entry point a second time.
-	rm -rf plugins/*.egg-info
 	touch $(STAMP)
 
 ## make demo: the demo fleet and Airflow on SQLite, a storefront release waiting for approval
@@ -68,7 +65,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_rollback.py --distributed
 
 lint: $(STAMP)
-	$(BIN)/ruff check plugins tests dags include benchmarks
+	$(BIN)/ruff check src tests dags include benchmarks
 
 ## make schema: export the release spec's JSON Schema
 schema: $(STAMP)

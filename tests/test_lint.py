@@ -10,7 +10,7 @@ from pathlib import Path
 from tests.conftest import PROJECT_ROOT
 
 RUFF = Path(sys.executable).parent / "ruff"
-TREES = ["plugins", "tests", "dags", "include", "benchmarks"]
+TREES = ["src", "tests", "dags", "include", "benchmarks"]
 
 
 def test_ruff_check():
@@ -77,8 +77,8 @@ def test_the_wheel_the_dockerfile_installs_builds_and_registers_the_plugin(tmp_p
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(PROJECT_ROOT / name, tmp_path / name)
     shutil.copytree(
-        PROJECT_ROOT / "plugins" / "releasetrain",
-        tmp_path / "plugins" / "releasetrain",
+        PROJECT_ROOT / "src" / "releasetrain",
+        tmp_path / "src" / "releasetrain",
         ignore=shutil.ignore_patterns("__pycache__"),
     )
     done = subprocess.run(

@@ -82,7 +82,7 @@ def test_the_fleets_answers_match_the_contract(contract):
 
 def test_the_deploy_target_hook_calls_only_what_the_contract_names(contract):
     """Every endpoint the hook uses is a path of the contract."""
-    source = (PROJECT_ROOT / "plugins" / "releasetrain" / "hooks" / "deploy_target.py").read_text()
+    source = (PROJECT_ROOT / "src" / "releasetrain" / "hooks" / "deploy_target.py").read_text()
     used = set(re.findall(r'self\._on\("([a-z]+)"\)', source)) | set(
         re.findall(r'_expect\(\s*"[A-Z]+",\s*"([a-z]+)"', source)
     )

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -293,10 +292,6 @@ class DevStack:
     def prepare(self) -> None:
         """Create the home, the demo users' passwords and the metadata database."""
         home = self.config.home
-        # Build metadata that setuptools leaves in plugins/ would register the plugin's
-        # entry point a second time (Airflow puts plugins/ on sys.path): it is not ours to keep.
-        for stale in (self.config.project_root / "plugins").glob("*.egg-info"):
-            shutil.rmtree(stale)
         (home / "logs").mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         (home / "passwords.json").write_text(json.dumps({u: u for u in DEMO_USERS}))
