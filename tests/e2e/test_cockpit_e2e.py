@@ -133,3 +133,22 @@ def test_the_cockpit_refuses_a_request_without_a_valid_token(browser, stack):
         f"{api}/releasetrain/cockpit/api/overview", headers={"Authorization": f"Bearer {token(stack, 'author')}"}
     )
     assert bearer.status_code == 200 and bearer.json()["user"] == "author"
+
+
+def test_the_connection_form_shows_releasetrains_connection_types(stack):
+    """The UI's connection form (its hook metadata, from the provider info): a signing key is
+    a PEM private key with its pinned public key; a deploy target is a base URL."""
+    import json
+
+    response = requests.get(
+        f"{stack.config.api_url}/ui/connections/hook_meta",
+        headers={"Authorization": f"Bearer {token(stack, 'admin')}"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    types = {entry["connection_type"]: entry for entry in response.json()}
+    signing, target = types["releasetrain_signing"], types["releasetrain_deploy_target"]
+    assert signing["hook_name"] == "releasetrain signing key"
+    assert "Private key (PEM)" in json.dumps(signing["standard_fields"])
+    assert "public_key" in json.dumps(signing["extra_fields"])
+    assert "Base URL" in json.dumps(target["standard_fields"])
