@@ -201,6 +201,21 @@ def main() -> int:
         stack.stop()
 
 
+def _retrying(call, attempts: int = 5):
+    """A first start on SQLite: the DAG processor's first writes can hold the database a few
+    seconds, and the API server answers 500 ("database is locked") meanwhile."""
+    from releasetrain.client import AirflowAPIError
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except AirflowAPIError as exc:
+            if attempt == attempts - 1 or "500" not in str(exc):
+                raise
+            time.sleep(3)
+    return None
+
+
 def _run_demo(stack: DevStack, home: Path) -> int:
     cfg = stack.config
     author = AirflowClient(cfg.api_url, "author", "author")
@@ -209,7 +224,7 @@ def _run_demo(stack: DevStack, home: Path) -> int:
     admin = AirflowClient(cfg.api_url, "admin", "admin")
     for dag_id in admin.dag_ids():
         if dag_id.startswith("release_"):
-            admin.set_paused(dag_id, False)
+            _retrying(lambda dag_id=dag_id: admin.set_paused(dag_id, False))
     version = _next_version(home / "artifacts" / "storefront")
     run = author.trigger(
         DAG_ID,
