@@ -36,7 +36,8 @@ def test_the_readmes_offline_commands_work_as_written():
     commands = [
         line.strip()
         for line in README.splitlines()
-        if line.strip().startswith(".venv/bin/releasetrain ") and " ledger " not in line
+        if line.strip().startswith(".venv/bin/releasetrain ")
+        and not {" ledger ", " evidence "} & {f" {word} " for word in line.split()}
     ]
     assert commands, "the README shows releasetrain commands"
     for command in commands:

@@ -146,7 +146,8 @@ def shell_connections(root: Path) -> dict[str, str]:
     import json
 
     env = DevStack(config).env()
-    found = {k: v for k, v in env.items() if k.startswith("AIRFLOW_CONN_") or k == "SOFTHSM2_CONF"}
+    wanted = ("SOFTHSM2_CONF", "AIRFLOW__CORE__FERNET_KEY")
+    found = {k: v for k, v in env.items() if k.startswith("AIRFLOW_CONN_") or k in wanted}
     ledger = config.home.resolve() / "releasetrain-ledger.db"
     found.setdefault("AIRFLOW_CONN_RELEASETRAIN_LEDGER", json.dumps({"conn_type": "sqlite", "host": str(ledger)}))
     return found
