@@ -2,8 +2,8 @@
 (the release) and ``rollback_<name>`` (its manual rollback, for incidents).
 
 Broken specs are reported by ``release_spec_errors.py`` as that file's import error, so
-they never take the valid releases down. Set RELEASETRAIN_SPEC_DIRS (os.pathsep-separated)
-to read specs from other folders.
+they never take the valid releases down. Set ``[releasetrain] spec_dirs`` (or
+AIRFLOW__RELEASETRAIN__SPEC_DIRS; os.pathsep-separated) to read specs from other folders.
 """
 
 from __future__ import annotations

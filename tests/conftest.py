@@ -14,6 +14,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "dags")
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ.pop("RELEASETRAIN_SPEC_DIRS", None)
+os.environ.pop("AIRFLOW__RELEASETRAIN__SPEC_DIRS", None)
 
 
 import json  # noqa: E402

@@ -397,19 +397,25 @@ EXAMPLES = {
 
 
 def shell_environment(root: Path) -> None:
-    """Before anything imports Airflow, when no ``AIRFLOW_HOME`` is set: a throw-away Airflow
-    home (importing Airflow writes a default configuration into its home, and a read-only
-    command such as ``ledger verify`` must leave nothing behind; nor is ``~/airflow``, or a
-    checkout's ``.airflow``, ever read for configuration or code), and, when ``make demo`` left
-    its home in ``root``, the demo's connections (its ledger and keys), said on stderr, so the
-    README's commands work from a shell as written."""
-    if os.environ.get("AIRFLOW_HOME"):
+    """Before anything imports Airflow, when neither ``AIRFLOW_HOME`` nor ``AIRFLOW_CONFIG`` is
+    set: without a ``~/airflow``, a throw-away Airflow home, removed on exit (importing Airflow
+    writes a default configuration into its home, and a read-only command such as ``ledger
+    verify`` must leave nothing behind; a checkout's ``.airflow`` is never read for
+    configuration or code); and, when ``make demo`` left its home in ``root``, the demo's
+    connections (its ledger and keys), said on stderr, so the README's commands work from a
+    shell as written."""
+    if os.environ.get("AIRFLOW_HOME") or os.environ.get("AIRFLOW_CONFIG"):
         return
-    import tempfile
-
     from releasetrain.demo import shell_connections
 
-    os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="releasetrain-cli-")
+    if not (Path.home() / "airflow").exists():  # the user's own default home is Airflow's to use
+        import atexit
+        import shutil
+        import tempfile
+
+        home = tempfile.mkdtemp(prefix="releasetrain-cli-")
+        atexit.register(shutil.rmtree, home, True)
+        os.environ["AIRFLOW_HOME"] = home
     connections = {k: v for k, v in shell_connections(root).items() if k not in os.environ}
     if connections:
         os.environ.update(connections)

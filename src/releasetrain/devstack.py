@@ -195,11 +195,11 @@ class DevStack:
         for conn_id, conn in cfg.connections.items():
             env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
         if cfg.spec_dirs:
-            env["RELEASETRAIN_SPEC_DIRS"] = os.pathsep.join(str(p) for p in cfg.spec_dirs)
+            env["AIRFLOW__RELEASETRAIN__SPEC_DIRS"] = os.pathsep.join(str(p) for p in cfg.spec_dirs)
         if cfg.calendar_dirs:
-            env["RELEASETRAIN_CALENDAR_DIRS"] = os.pathsep.join(str(p) for p in cfg.calendar_dirs)
+            env["AIRFLOW__RELEASETRAIN__CALENDAR_DIRS"] = os.pathsep.join(str(p) for p in cfg.calendar_dirs)
         if cfg.auth_manager == "fab":
-            env["RELEASETRAIN_GROUPS_FILE"] = str(home / "groups.yaml")
+            env["AIRFLOW__RELEASETRAIN__GROUPS_FILE"] = str(home / "groups.yaml")
         # the fleet's JSON statistics, for the generic JSON metrics provider
         env["AIRFLOW_CONN_FLEET_METRICS"] = json.dumps(
             {"conn_type": "http", "host": cfg.fleet_url, "login": sec["fleet_user"], "password": sec["fleet_password"]}

@@ -1,7 +1,7 @@
 """Provider information: what ``airflow providers`` shows of releasetrain (the
 ``apache_airflow_provider`` entry point). Airflow reads it without importing our hooks:
-the connection types (with their form fields), the plugin, the notifier, the triggers and
-the ``[releasetrain]`` configuration section."""
+the connection types (with their form fields), the notifier, the triggers and the
+``[releasetrain]`` configuration section."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ def get_provider_info() -> dict[str, Any]:
                 "tags": ["software"],
             }
         ],
-        "plugins": [{"name": "releasetrain", "plugin-class": "releasetrain.plugin.ReleaseTrainPlugin"}],
+        # (no "plugins": the plugin loads through its own `airflow.plugins` entry point, which
+        # Airflow 3.3 reads whatever [core] lazy_discover_providers says; listed here too, it
+        # would load twice, and the second time is an import error, with that option off)
         "notifications": ["releasetrain.notifiers.webhook.WebhookNotifier"],
         "triggers": [{"integration-name": "releasetrain", "python-modules": TRIGGER_MODULES}],
         "connection-types": [

@@ -70,3 +70,35 @@ def test_the_artifact_store_setting_replaces_the_variable(tmp_path, monkeypatch)
 
     monkeypatch.setenv("AIRFLOW__RELEASETRAIN__ARTIFACT_STORE", f"file://{tmp_path}/bundles")
     assert str(BundleStoreHook().base()).rstrip("/").endswith(f"{tmp_path}/bundles")
+
+
+def test_an_empty_option_in_the_file_is_set_to_nothing_and_paths_expand(tmp_path, monkeypatch):
+    """``allowed_notifiers =`` allows none: it must not fall back to a default or an old name."""
+    from releasetrain.core.policy import Policy
+    from releasetrain.core.settings import setting
+
+    home = tmp_path / "home"
+    (home / "airflow").mkdir(parents=True)
+    (home / "airflow" / "airflow.cfg").write_text("[releasetrain]\nallowed_notifiers =\n# spec_dirs = /commented\n")
+    monkeypatch.delenv("AIRFLOW_CONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("AIRFLOW_HOME", "~/airflow")
+    monkeypatch.delenv("AIRFLOW__RELEASETRAIN__ALLOWED_NOTIFIERS", raising=False)
+    monkeypatch.setenv("RELEASETRAIN_ALLOWED_NOTIFIERS", "airflow.providers.slack.notifications.slack.SlackNotifier")
+    assert setting("ALLOWED_NOTIFIERS") == ""
+    assert not Policy.from_environment().notifier_allowed("airflow.providers.slack.notifications.slack.SlackNotifier")
+    monkeypatch.setenv("RELEASETRAIN_SPEC_DIRS", "/old")
+    assert setting("SPEC_DIRS") == "/old", "a commented-out option is not set"
+
+
+def test_an_unreadable_configuration_is_an_error_not_a_default(tmp_path, monkeypatch):
+    import pytest
+
+    from releasetrain.core.settings import SettingsError, setting
+
+    cfg = tmp_path / "airflow.cfg"
+    cfg.write_text("[releasetrain\nbroken")
+    monkeypatch.setenv("AIRFLOW_CONFIG", str(cfg))
+    monkeypatch.delenv("AIRFLOW__RELEASETRAIN__SOURCE_ROOTS", raising=False)
+    with pytest.raises(SettingsError, match="cannot be parsed"):
+        setting("SOURCE_ROOTS")

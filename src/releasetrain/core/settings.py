@@ -73,30 +73,46 @@ OPTIONS: dict[str, tuple[str, str]] = {
 _parsed: dict[str, tuple[float, configparser.ConfigParser]] = {}
 
 
+class SettingsError(ValueError):
+    """Airflow's configuration file exists but cannot be read: no setting is guessed."""
+
+
+def _expand(value: str) -> str:
+    return os.path.expanduser(os.path.expandvars(value))
+
+
 def _config_file() -> Path:
+    """Where Airflow reads its configuration (``~`` and ``$VARS`` expanded, as Airflow does)."""
     configured = os.environ.get("AIRFLOW_CONFIG")
     if configured:
-        return Path(configured)
-    home = os.environ.get("AIRFLOW_HOME") or str(Path.home() / "airflow")
-    return Path(home) / "airflow.cfg"
+        return Path(_expand(configured))
+    home = os.environ.get("AIRFLOW_HOME") or "~/airflow"
+    return Path(_expand(home)) / "airflow.cfg"
 
 
 def _from_file(name: str) -> str | None:
+    """The option in the file's section; an option written with an empty value is set (to
+    nothing: e.g. ``allowed_notifiers =`` allows none), one absent or commented out is not."""
     path = _config_file()
     try:
         mtime = path.stat().st_mtime
-    except OSError:
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise SettingsError(f"{path}: Airflow's configuration cannot be read: {exc.strerror}") from None
     cached = _parsed.get(str(path))
     if cached is None or cached[0] != mtime:
         parser = configparser.ConfigParser(interpolation=None)
         try:
-            parser.read(path, encoding="utf-8")
-        except (OSError, configparser.Error):
-            return None
+            with open(path, encoding="utf-8") as handle:
+                parser.read_file(handle)
+        except OSError as exc:
+            raise SettingsError(f"{path}: Airflow's configuration cannot be read: {exc.strerror}") from None
+        except configparser.Error as exc:
+            raise SettingsError(f"{path}: Airflow's configuration cannot be parsed: {exc}") from None
         cached = _parsed[str(path)] = (mtime, parser)
     value = cached[1].get(SECTION, name.lower(), fallback=None)
-    return value if value not in (None, "") else None
+    return None if value is None else _expand(value.replace("%%", "%"))
 
 
 def setting(name: str) -> str | None:
