@@ -4,17 +4,28 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-distributed test-faults test-fast bench lint schema lock clean venv screenshots
+.PHONY: demo test test-distributed test-faults test-fast bench lint schema lock clean venv screenshots FORCE
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# The package's file list: rewritten only when a file is added or removed, so that the
+# strict editable install (below) links it, and only then.
+SRC_FILES := $(shell find src/releasetrain -type f -not -path '*/__pycache__/*' -not -name '*.pyc' | sort)
+$(VENV)/.src-files: FORCE
+	@mkdir -p $(VENV)
+	@echo "$(SRC_FILES)" | cmp -s - $@ || echo "$(SRC_FILES)" > $@
+FORCE:
+
+$(STAMP): pyproject.toml constraints.txt $(VENV)/.src-files
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "releasetrain needs Python 3.11+, found " + sys.version.split()[0]'
 	@echo "==> [1/3] creating $(VENV) (once)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "==> [2/3] installing Airflow 3.3, its providers and releasetrain into $(VENV) (first time: 2-4 minutes)"
 	@$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	@$(BIN)/python -m pip install --quiet --progress-bar off -c constraints.txt -e ".[test]"
+	@# strict: the package is linked from build/, never by putting src/ (and the metadata
+	@# setuptools writes there) on sys.path, where Airflow would find the plugin's entry point twice
+	@$(BIN)/python -m pip install --quiet --progress-bar off -c constraints.txt -e ".[test]" \
+	  --config-settings editable_mode=strict
 	@echo "==> [3/3] installed: $$($(BIN)/python -m releasetrain --version), $$($(BIN)/python -c 'import airflow; print("apache-airflow", airflow.__version__)')"
 	touch $(STAMP)
 
