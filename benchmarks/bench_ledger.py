@@ -160,7 +160,6 @@ def bench(url: str, label: str) -> dict:
 
 
 def main() -> None:
-    sys.path.insert(0, str(ROOT / "src"))
     results = []
     with tempfile.TemporaryDirectory() as folder:
         results.append(bench(f"sqlite:///{Path(folder) / 'ledger.db'}", "sqlite"))

@@ -51,7 +51,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "src"))
 
 import requests  # noqa: E402
 import yaml  # noqa: E402

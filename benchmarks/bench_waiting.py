@@ -18,13 +18,11 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import sys
 import time
 import tracemalloc
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
 
 N, INTERVAL, WAIT_TICKS, LATENCY, SINGLES = 1000, 0.5, 4, 0.005, 20
 
