@@ -362,3 +362,21 @@ def test_a_rollback_on_record_before_a_newer_deploy_is_done_again(monkeypatch, t
         again = rollback_op().execute(context(FakeTI(), task_id="prod.rollback"))
         assert fleet.view("prod")["version"] == "1.0.0" and len(_rollback_deployments(fleet)) == 2
     assert again["restored_version"] == "1.0.0" and len(run_events("rollback")) == 2
+
+
+def test_a_failed_rollback_retried_after_airflows_race_stays_failed_and_tells_nobody_again(monkeypatch, told):
+    """Airflow 3.3's fast-trigger race can retry even an AirflowFailException: the retry finds
+    the failure on record, neither rolls back again nor tells anyone again."""
+    with running_fleet(seed={"prod": "1.0.0"}, deploy_seconds=0) as (fleet, url):
+        monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
+        _failed_prod(fleet)
+        fleet.faults[("prod", "1.0.0")] = {"error_rate": 0.0, "fail_deploy": True}
+        with pytest.raises(AirflowFailException, match="ROLLBACK OF prod FAILED"):
+            rollback_op().execute(context(FakeTI(), task_id="prod.rollback"))
+        heard, tried = len(told.received), len(_rollback_deployments(fleet))
+        with pytest.raises(AirflowFailException, match="this rollback already failed"):
+            rollback_op().execute(context(FakeTI(), task_id="prod.rollback"))
+        assert len(_rollback_deployments(fleet)) == tried == 1
+    assert len(told.received) == heard == 3, "started (on-call), failed (both), once"
+    [failed] = run_events("rollback_failed")
+    assert "1.0.0 failed to start" in failed.details["reason"]

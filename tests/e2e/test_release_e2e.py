@@ -219,6 +219,8 @@ def test_approval_marked_successful_by_hand_deploys_nothing(author, fleet, ledge
     [refused] = [e for e in events if e.kind == "gate_refused" and e.details["task_id"] == "prod.deploy"]
     assert any("no approval recorded in the ledger by prod.approve" in r for r in refused.details["reasons"])
     assert {"state": "failed"}.items() <= next(e.details for e in events if e.kind == "run_state").items()
+    # (the listener closes the change after it recorded the run's end: wait for it)
+    events = ledger.wait_for("storefront", run_id, "change_closed", timeout=60)
     change = [e for e in events if e.kind == "change_closed"]
     assert change and change[-1].details["state"] == "canceled", "the listener canceled the unimplemented change"
 

@@ -39,7 +39,7 @@ FAILURE_SIGNALS = frozenset(
     }
 )
 HEALTH_GOOD = frozenset({Event.CHECKS_PASSED, Event.ALERTS_QUIET, Event.ENVIRONMENT_PASSED, Event.SOAKED})
-HEALTH_BAD = frozenset({Event.CHECKS_FAILED, Event.DEPLOY_FAILED, Event.ROLLBACK_STARTED})
+HEALTH_BAD = frozenset({Event.CHECKS_FAILED, Event.DEPLOY_FAILED, Event.ROLLBACK_STARTED, Event.ROLLBACK_FAILED})
 
 
 def at(event: Any) -> dt.datetime:

@@ -247,6 +247,7 @@ class Event(StrEnum):
     WINDOW_PASSED = "window_passed"
     ROLLBACK_STARTED = "rollback_started"
     ROLLBACK = "rollback"
+    ROLLBACK_FAILED = "rollback_failed"  # a rollback that failed or needs a human (told to every audience)
     NOTIFIED = "notified"  # a rollback or tampered-bundle message: to whom it went, what failed
     CHANGE_OPENED = "change_opened"
     CHANGE_TRANSITION = "change_transition"

@@ -416,6 +416,7 @@ class ManualRollbackOperator(RollbackOperator):
         done = self._already_done(context)
         if done is not None:  # Airflow lost the first try's end: its work (lock freed, change moved) is done
             return done
+        self._refuse_if_already_failed(context)
         if self.approval_task_id:
             enforce(context, self._approved(context, plan), self.release, self.environment)
         self._take_lock(context)

@@ -106,7 +106,18 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
         done = self._already_done(context)
         if done is not None:
             return done
+        self._refuse_if_already_failed(context)
         return self._telling_failures(context, self._execute)
+
+    def _refuse_if_already_failed(self, context: Any) -> None:
+        """A try after this rollback failed (Airflow's fast-trigger race can retry even an
+        ``AirflowFailException``): it stays failed, and nobody is told again."""
+        failed = self._own(context, Event.ROLLBACK_FAILED)
+        if failed:
+            raise AirflowFailException(
+                f"{self.environment}: this rollback already failed ({failed[-1].details.get('reason', '')}); "
+                "the environment needs manual recovery"
+            )
 
     def _already_done(self, context: Any) -> dict[str, Any] | None:
         """A try after this task's rollback was recorded (Airflow lost the first try's end to
@@ -155,6 +166,11 @@ class RollbackOperator(DeployTargetCalls, BaseOperator):
                     self._announce_failure(context, exc)
                 except Exception as telling:  # the rollback's own failure is what the task reports
                     self.log.error("the rollback's failure could not be told: %s", telling)
+                try:  # on record, so that a retry neither rolls back again nor tells it again
+                    details = {"reason": told_reason(exc), **({"unit": self.unit} if self.unit else {})}
+                    record(context, Event.ROLLBACK_FAILED, self.release, environment=self.environment, details=details)
+                except Exception as recording:
+                    self.log.error("the rollback's failure could not be recorded: %s", recording)
             if isinstance(exc, AirflowFailException):
                 raise
             raise AirflowFailException(str(exc)) from exc  # told as failed: a retry would not be a new rollback
