@@ -59,17 +59,7 @@ def messages(receiver) -> list[tuple[str, str, str]]:
 def test_a_rollback_start_is_told_with_the_backout_estimate_to_who_asked_for_it(monkeypatch, told):
     with running_fleet(seed={"prod": "1.0.0"}) as (fleet, url):
         monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
-        old = fleet.env("prod")["digest"]
-        fleet.env("prod")["history"].append({"version": "2.0.0", "digest": DIGEST})
-        fleet.env("prod").update(version="2.0.0", digest=DIGEST)
-        seed(
-            "deploy_started",
-            environment="prod",
-            task_id="prod.deploy",
-            version="2.0.0",
-            digest=DIGEST,
-            before={"version": "1.0.0", "digest": old, "noop": False},
-        )
+        _failed_prod(fleet)
         with pytest.raises(TaskDeferred):
             rollback_op().execute(context(FakeTI(), task_id="prod.rollback"))
     assert messages(told) == [("/oncall", "releasetrain.rollback.started", "on-call")], "business asked for less"
@@ -175,18 +165,8 @@ def test_a_fast_targets_failed_rollback_is_told_once(monkeypatch, told):
     first call (no deferral). The failure is still told once per route, not once per frame."""
     with running_fleet(seed={"prod": "1.0.0"}, deploy_seconds=0) as (fleet, url):
         monkeypatch.setenv("AIRFLOW_CONN_T_PROD", http_connection(f"{url}/environments/prod"))
-        old = fleet.env("prod")["digest"]
-        fleet.env("prod")["history"].append({"version": "2.0.0", "digest": DIGEST})
-        fleet.env("prod").update(version="2.0.0", digest=DIGEST)
+        _failed_prod(fleet)
         fleet.faults[("prod", "1.0.0")] = {"error_rate": 0.0, "fail_deploy": True}
-        seed(
-            "deploy_started",
-            environment="prod",
-            task_id="prod.deploy",
-            version="2.0.0",
-            digest=DIGEST,
-            before={"version": "1.0.0", "digest": old, "noop": False},
-        )
         with pytest.raises(AirflowException, match="ROLLBACK OF prod FAILED"):
             rollback_op().execute(context(FakeTI(), task_id="prod.rollback"))
     assert sorted(messages(told)) == [
