@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-distributed test-faults test-fast bench lint schema lock clean venv screenshots FORCE
+.PHONY: demo test test-distributed test-faults test-install test-fast bench lint schema lock clean venv screenshots FORCE
 
 venv: $(STAMP)
 
@@ -39,7 +39,7 @@ test: $(STAMP)
 	@# unit and adapter tests on both cores (pytest-xdist), then the end-to-end session: one
 	@# stack, its test modules in two workers (the stack is CPU-bound on 2 cores: three workers
 	@# took 35 minutes and lost Airflow 3.3's deferral races; four were slower still)
-	$(BIN)/python -m pytest -m "not e2e and not distributed and not faults" -n 2
+	$(BIN)/python -m pytest -m "not e2e and not distributed and not faults and not install" -n 2
 	$(BIN)/python -m tests.e2e.session -m "e2e and not distributed and not faults" -n 2 --dist loadfile \
 	  --no-loadscope-reorder --durations=20
 	@if [ "$$RELEASETRAIN_E2E_DB" = sqlite ]; then \
@@ -55,9 +55,14 @@ test-distributed: $(STAMP)
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -m faults
 
+## make test-install: docs/install.md done as written into a new Airflow 3.3 venv (wheel, config,
+## connections, pools), then the storefront release end to end on it (PostgreSQL)
+test-install: $(STAMP)
+	$(BIN)/python -m pytest -m install -p no:cacheprovider
+
 ## make test-fast: everything but the end-to-end tests
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not e2e and not distributed and not faults" -n 2
+	$(BIN)/python -m pytest -m "not e2e and not distributed and not faults and not install" -n 2
 
 ## make screenshots: the release cockpit's pages in Debian's Chromium, written to docs/cockpit/
 screenshots: $(STAMP)

@@ -342,6 +342,52 @@ def export_evidence(store: Any, release: str, run_id: str, dag_id: str, signing_
 
 
 def _generate_key(args: argparse.Namespace) -> int:
+    """``generate``: a PEM key into a connections file; ``generate-pkcs11``: a key on a token."""
+    if args.action == "generate":
+        return _generate_pem_key(args)
+    missing = [f"--{name}" for name in ("module", "token", "label") if not getattr(args, name)]
+    if missing:
+        print(f"key generate-pkcs11: {', '.join(missing)} required", file=sys.stderr)
+        return 2
+    return _generate_pkcs11_key(args)
+
+
+def _generate_pem_key(args: argparse.Namespace) -> int:
+    """A new Ed25519 key as connection ``--conn-id`` in ``--connections`` (the file
+    ``airflow connections import`` reads; created 0600, other connections in it kept), and
+    its public half in ``--out``. The private key is never printed."""
+    from releasetrain.core.bundle import generate_private_key_pem, load_private_key, public_key_pem
+    from releasetrain.provider_info import SIGNING
+
+    if not args.conn_id or not args.connections:
+        print("key generate: --conn-id and --connections are required", file=sys.stderr)
+        return 2
+    path = Path(args.connections)
+    try:
+        existing = json.loads(path.read_text()) if path.exists() and path.stat().st_size else {}
+    except (OSError, ValueError) as exc:
+        print(f"key generate: {path}: not a connections file ({exc})", file=sys.stderr)
+        return 1
+    if not isinstance(existing, dict):
+        print(f"key generate: {path}: not a connections file (a JSON object of connections)", file=sys.stderr)
+        return 1
+    if args.conn_id in existing:
+        print(f"key generate: {path} already holds {args.conn_id!r}; a key is never replaced here", file=sys.stderr)
+        return 1
+    private = generate_private_key_pem()
+    public = public_key_pem(load_private_key(private))
+    existing[args.conn_id] = {"conn_type": SIGNING, "password": private, "extra": json.dumps({"public_key": public})}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(existing, indent=2))
+    Path(args.out).write_text(public)
+    print(f"{args.conn_id}: key added to {path} (import it with `airflow connections import {path}`, then delete it);")
+    print(f"its public key, to pin where bundles or evidence are verified: {args.out}")
+    return 0
+
+
+def _generate_pkcs11_key(args: argparse.Namespace) -> int:
     """Generate the key on the token; print its public key (to pin) and the connection."""
     from releasetrain.core.bundle import BundleError
     from releasetrain.hooks.bundle_store import public_key_pem_of
@@ -391,6 +437,7 @@ EXAMPLES = {
   releasetrain evidence storefront RUN_ID --dag-id rollback_storefront --out rollback.json
   releasetrain evidence verify evidence.json --public-key evidence-key.pem""",
     "key": """examples:
+  releasetrain key generate --conn-id releasetrain_signing --connections keys.json --out bundle-key.pub.pem
   releasetrain key generate-pkcs11 --module /usr/lib/softhsm/libsofthsm2.so \\
       --token releasetrain --label evidence_key --out evidence-key.pem   # PIN in RELEASETRAIN_PKCS11_PIN""",
 }
@@ -492,11 +539,15 @@ def main(argv: list[str] | None = None) -> int:
         default="releasetrain_evidence_signing",
         help="connection holding the evidence key (never the bundle signing key)",
     )
-    key = command("key", "generate an Ed25519 signing key on a PKCS#11 token (it never leaves the token)")
-    key.add_argument("action", choices=["generate-pkcs11"])
-    key.add_argument("--module", required=True, help="the PKCS#11 library (e.g. /usr/lib/softhsm/libsofthsm2.so)")
-    key.add_argument("--token", required=True, help="token label")
-    key.add_argument("--label", required=True, help="key label (one per key: bundle, evidence, ledger)")
+    key = command("key", "generate an Ed25519 signing key: into a connections file, or on a PKCS#11 token")
+    key.add_argument("action", choices=["generate", "generate-pkcs11"])
+    key.add_argument("--conn-id", help="`generate`: the connection the key becomes (e.g. releasetrain_signing)")
+    key.add_argument(
+        "--connections", metavar="JSON_FILE", help="`generate`: the file for `airflow connections import` (0600)"
+    )
+    key.add_argument("--module", help="`generate-pkcs11`: the PKCS#11 library (e.g. /usr/lib/softhsm/libsofthsm2.so)")
+    key.add_argument("--token", help="`generate-pkcs11`: token label")
+    key.add_argument("--label", help="`generate-pkcs11`: key label (one per key: bundle, evidence, ledger)")
     key.add_argument("--out", required=True, metavar="PEM_FILE", help="where the public key (to pin) is written")
     key.add_argument("--pin-env", default="RELEASETRAIN_PKCS11_PIN", help="environment variable holding the user PIN")
     for sub in (ledger, evidence):

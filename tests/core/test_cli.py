@@ -113,3 +113,44 @@ def test_the_cli_reaches_the_demo_from_a_shell_and_leaves_no_airflow_home_behind
     assert used != str((tmp_path / ".airflow").resolve()), "the demo's home is never Airflow's home here"
     assert json.loads(ledger)["host"] == str((tmp_path / ".airflow" / "releasetrain-ledger.db").resolve())
     assert "using the connections of the demo" in said
+
+
+def test_key_generate_writes_an_importable_connection_and_never_prints_the_key(tmp_path):
+    """Issue 15 (install doc): three keys, one connections file for `airflow connections import`."""
+    from airflow.secrets.local_filesystem import load_connections_dict
+
+    from releasetrain.core.bundle import public_key_pem
+    from releasetrain.hooks.signing import signer_from
+
+    keys = tmp_path / "keys.json"
+    outputs = []
+    for conn_id in ("releasetrain_signing", "releasetrain_evidence_signing"):
+        done = run(
+            "key",
+            "generate",
+            "--conn-id",
+            conn_id,
+            "--connections",
+            str(keys),
+            "--out",
+            str(tmp_path / f"{conn_id}.pub"),
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout + done.stderr)
+    assert oct(keys.stat().st_mode & 0o777) == "0o600"
+    connections = load_connections_dict(str(keys))  # what `airflow connections import` reads
+    assert set(connections) == {"releasetrain_signing", "releasetrain_evidence_signing"}
+    for conn_id, conn in connections.items():
+        assert conn.conn_type == "releasetrain_signing"
+        assert conn.extra_dejson["public_key"] == (tmp_path / f"{conn_id}.pub").read_text()
+        assert "PRIVATE KEY" in conn.password and all(conn.password not in out for out in outputs)
+        assert public_key_pem(signer_from(conn, conn_id)) == conn.extra_dejson["public_key"]  # the pair matches
+    assert connections["releasetrain_signing"].password != connections["releasetrain_evidence_signing"].password
+    # a key in the file is never replaced, and a stranger's file is not taken for one
+    again = run("key", "generate", "--conn-id", "releasetrain_signing", "--connections", str(keys), "--out", "x.pub")
+    assert again.returncode == 1 and "never replaced" in again.stderr
+    (tmp_path / "list.json").write_text("[1, 2]")
+    wrong = run("key", "generate", "--conn-id", "a", "--connections", str(tmp_path / "list.json"), "--out", "x.pub")
+    assert wrong.returncode == 1 and "not a connections file" in wrong.stderr
+    missing = run("key", "generate", "--out", "x.pub")
+    assert missing.returncode == 2 and "--conn-id and --connections" in missing.stderr
