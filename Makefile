@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-distributed test-faults test-install test-fast bench lint schema lock clean venv screenshots FORCE
+.PHONY: demo test test-extended test-distributed test-faults test-install test-fast bench lint schema lock clean venv screenshots FORCE
 
 venv: $(STAMP)
 
@@ -33,15 +33,23 @@ $(STAMP): pyproject.toml constraints.txt $(VENV)/.src-files
 demo: $(STAMP)
 	$(BIN)/python -m releasetrain.demo
 
-## make test: the whole suite (unit, adapters, end-to-end on real Airflow processes)
+## make test: unit and adapter tests, then the end-to-end tests on real Airflow processes (the
+## gates attacked over REST, a release of each kind, the cockpit in a browser); 20 minutes on 2 cores
 test: $(STAMP)
 	bash scripts/ensure-debian.sh
 	@# unit and adapter tests on both cores (pytest-xdist), then the end-to-end session: one
 	@# stack, its test modules in two workers (the stack is CPU-bound on 2 cores: three workers
 	@# took 35 minutes and lost Airflow 3.3's deferral races; four were slower still)
 	$(BIN)/python -m pytest -m "not e2e and not distributed and not faults and not install" -n 2
-	$(BIN)/python -m tests.e2e.session -m "e2e and not distributed and not faults" -n 2 --dist loadfile \
-	  --no-loadscope-reorder --durations=20
+	$(BIN)/python -m tests.e2e.session -m "e2e and not extended and not distributed and not faults" -n 2 \
+	  --dist loadfile --no-loadscope-reorder --durations=20
+
+## make test-extended: the long end-to-end scenarios (migrations, suites, freezes, hotfix trains,
+## modular units, trends) and the distributed stack; CI runs them after make test
+test-extended: $(STAMP)
+	bash scripts/ensure-debian.sh
+	$(BIN)/python -m tests.e2e.session -m "e2e and extended and not distributed and not faults" -n 2 \
+	  --dist loadfile --no-loadscope-reorder --durations=20
 	@if [ "$$RELEASETRAIN_E2E_DB" = sqlite ]; then \
 	  echo "no PostgreSQL: the distributed end-to-end test (make test-distributed) is not run" >&2; \
 	else $(MAKE) test-distributed; fi

@@ -42,3 +42,11 @@ def init_ledger(path) -> None:
     store.create = True
     store.head()
     store.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test marked ``extended`` is a long end-to-end scenario: without ``e2e`` it would run
+    with the unit tests, outside the stack it needs."""
+    stray = [i.nodeid for i in items if i.get_closest_marker("extended") and not i.get_closest_marker("e2e")]
+    if stray:
+        raise pytest.UsageError(f"marked extended but not e2e: {', '.join(stray)}")

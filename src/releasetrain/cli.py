@@ -354,15 +354,16 @@ def _generate_key(args: argparse.Namespace) -> int:
 
 def _generate_pem_key(args: argparse.Namespace) -> int:
     """A new Ed25519 key as connection ``--conn-id`` in ``--connections`` (the file
-    ``airflow connections import`` reads; created 0600, other connections in it kept), and
-    its public half in ``--out``. The private key is never printed."""
+    ``airflow connections import`` reads; 0600, other connections in it kept), and its
+    public half in ``--out`` (never overwritten: a second run cannot leave a pinned key that
+    differs from the stored one). The private key is never printed."""
     from releasetrain.core.bundle import generate_private_key_pem, load_private_key, public_key_pem
     from releasetrain.provider_info import SIGNING
 
     if not args.conn_id or not args.connections:
         print("key generate: --conn-id and --connections are required", file=sys.stderr)
         return 2
-    path = Path(args.connections)
+    path, out = Path(args.connections), Path(args.out)
     try:
         existing = json.loads(path.read_text()) if path.exists() and path.stat().st_size else {}
     except (OSError, ValueError) as exc:
@@ -377,14 +378,38 @@ def _generate_pem_key(args: argparse.Namespace) -> int:
     private = generate_private_key_pem()
     public = public_key_pem(load_private_key(private))
     existing[args.conn_id] = {"conn_type": SIGNING, "password": private, "extra": json.dumps({"public_key": public})}
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(json.dumps(existing, indent=2))
-    Path(args.out).write_text(public)
+    try:
+        _write_new(out, public, mode=0o644)
+    except OSError as exc:
+        print(
+            f"key generate: --out {out}: {exc.strerror or exc} (a public key file is never overwritten)",
+            file=sys.stderr,
+        )
+        return 1
+    try:  # the whole file at once: written beside it, then put in its place
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        _write_new(temporary, json.dumps(existing, indent=2), mode=0o600)
+        os.replace(temporary, path)
+    except OSError as exc:
+        out.unlink(missing_ok=True)
+        print(f"key generate: {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(f"{args.conn_id}: key added to {path} (import it with `airflow connections import {path}`, then delete it);")
-    print(f"its public key, to pin where bundles or evidence are verified: {args.out}")
+    print(f"its public key, to pin where bundles or evidence are verified: {out}")
     return 0
+
+
+def _write_new(path: Path, text: str, *, mode: int) -> None:
+    """Create ``path`` (never through a link, never over an existing file), write, sync."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    except OSError:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
 
 
 def _generate_pkcs11_key(args: argparse.Namespace) -> int:

@@ -139,6 +139,11 @@ class DevStack:
         home = cfg.home.resolve()
         db_url = cfg.db_url or f"sqlite:///{home / 'airflow.db'}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
+        # every task's process imports the package: without bytecode caches each one compiles
+        # its modules again (measured: 0.16 s of CPU per task, a seventh of a task's process);
+        # the caches go to the stack's home, never beside the DAG files or a component's sources
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(home / "pycache")
         env.update(
             {
                 "AIRFLOW_HOME": str(home),

@@ -152,5 +152,18 @@ def test_key_generate_writes_an_importable_connection_and_never_prints_the_key(t
     (tmp_path / "list.json").write_text("[1, 2]")
     wrong = run("key", "generate", "--conn-id", "a", "--connections", str(tmp_path / "list.json"), "--out", "x.pub")
     assert wrong.returncode == 1 and "not a connections file" in wrong.stderr
+    # a pinned public key is never overwritten (it would no longer match the stored key)
+    before = keys.read_text()
+    pinned = run(
+        "key",
+        "generate",
+        "--conn-id",
+        "third",
+        "--connections",
+        str(keys),
+        "--out",
+        str(tmp_path / "releasetrain_signing.pub"),
+    )
+    assert pinned.returncode == 1 and "never overwritten" in pinned.stderr and keys.read_text() == before
     missing = run("key", "generate", "--out", "x.pub")
     assert missing.returncode == 2 and "--conn-id and --connections" in missing.stderr

@@ -105,20 +105,20 @@ def ledger(stack):
 # the longest modules first: pytest-xdist hands whole modules (--dist loadfile) to its
 # workers in collection order (with --no-loadscope-reorder: by default it puts the modules
 # with the most tests first), so the session ends soon after its longest module
-MODULE_ORDER = [  # measured: the longest first (a fresh clone's run, --durations)
+MODULE_ORDER = [  # measured: the longest first (--durations; make test's and make test-extended's)
     "test_environments_e2e",
-    "test_release_e2e",
     "test_packaging_e2e",
-    "test_progressive_e2e",
+    "test_release_e2e",
     "test_migrations_e2e",
     "test_scope_e2e",
+    "test_gates_e2e",
+    "test_windows_e2e",
+    "test_progressive_e2e",
+    "test_identity_e2e",
     "test_trends_e2e",
+    "test_governance_e2e",
     "test_incidents_e2e",
     "test_cockpit_e2e",
-    "test_windows_e2e",
-    "test_gates_e2e",
-    "test_identity_e2e",
-    "test_governance_e2e",
     "test_data_e2e",
 ]
 

@@ -14,7 +14,8 @@ import pytest
 from releasetrain.client import AirflowAPIError
 from tests.e2e.records import the_decision, the_refusal
 
-pytestmark = pytest.mark.e2e
+# long scenarios: make test-extended (CI runs them after make test)
+pytestmark = [pytest.mark.e2e, pytest.mark.extended]
 
 DAG, ENV = "release_drifty", "drift-env"
 DRIFT, DEPLOY = f"{ENV}.drift", f"{ENV}.deploy"

@@ -74,7 +74,9 @@ def test_an_author_with_a_numeric_id_never_approves_their_own_release(fab_stack)
         events = list(store.events(release="identity", run_id=run_id))
     finally:
         store.close()
-    [given] = [e for e in events if e.kind == "approval_given"]
-    assert given.actor == "2"
+    # one approval, or two when Airflow 3.3's fast-trigger race retried the answered task and
+    # the approver answered again (client.answer): every one of them by the approver's id
+    given = [e.actor for e in events if e.kind == "approval_given"]
+    assert given and set(given) == {"2"}, given
     triggered = next(e for e in events if e.kind == "triggered")
     assert triggered.details["triggered_by"] == "author" and triggered.details["triggered_by_id"] == "1"

@@ -21,7 +21,8 @@ import pytest
 
 from tests.e2e.records import the_decision, the_refusal
 
-pytestmark = pytest.mark.e2e
+# long scenarios: make test-extended (CI runs them after make test)
+pytestmark = [pytest.mark.e2e, pytest.mark.extended]
 
 DAG, RELEASE = "release_migrating", "migrating"
 DEV, PROD = "mig-dev", "mig-prod"

@@ -35,6 +35,7 @@ def test_a_component_version_rebuilt_with_other_bytes_is_refused_at_packaging(au
     assert not (stack.config.home / "artifacts" / "rebuild-b").exists(), "nothing of the refused release stored"
 
 
+@pytest.mark.extended  # a long scenario: make test-extended
 def test_a_deploy_waits_deferred_until_the_shared_service_it_needs_runs_there(author, fleet, ledger):
     """Issue 13 (environments): ``depends_on`` is a gate. consumer needs svc 2.0.0 or newer in
     svc-env: its deploy waits, deferred, until svc's release puts it there, then goes on."""
@@ -68,6 +69,7 @@ def test_a_bundle_carrying_an_environments_configuration_is_refused_at_packaging
     assert not (stack.config.home / "artifacts" / "leaky").exists(), "nothing signed or stored"
 
 
+@pytest.mark.extended  # a long scenario: make test-extended
 def test_conflicting_library_versions_across_components_deploy_only_with_a_waiver(
     author, approver, fleet, ledger, stack
 ):
@@ -149,6 +151,7 @@ def test_a_units_deploy_marked_successful_by_hand_ships_nothing_of_it(author, fl
     ], "the listener recorded the hand-made state"
 
 
+@pytest.mark.extended  # a long scenario: make test-extended
 def test_modular_units_deploy_and_roll_back_each_on_their_own(author, admin, approver, fleet, ledger, stack):
     """Issue 13 (modular bundles): ``modular`` ships mod-web alone and mod-api with the worker
     it is coupled with, each as its own signed bundle (the target verifies it against its

@@ -14,7 +14,8 @@ import pytest
 from releasetrain.client import AirflowAPIError
 from tests.e2e.records import the_refusal
 
-pytestmark = pytest.mark.e2e
+# long scenarios: make test-extended (CI runs them after make test)
+pytestmark = [pytest.mark.e2e, pytest.mark.extended]
 
 DAG, SCOPE = "release_frozen", "scope"
 DEV, PROD = "frozen-dev", "frozen-prod"

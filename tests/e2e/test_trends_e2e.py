@@ -10,7 +10,8 @@ import pytest
 
 from tests.e2e.records import the_refusal
 
-pytestmark = pytest.mark.e2e
+# long scenarios: make test-extended (CI runs them after make test)
+pytestmark = [pytest.mark.e2e, pytest.mark.extended]
 
 DAG, STG, PROD = "release_trendy", "trend-stg", "trend-prod"
 

@@ -24,12 +24,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import requests
 
 from releasetrain.client import AirflowAPIError, AirflowClient
-from releasetrain.core.vocabulary import Event
+from releasetrain.core.vocabulary import POOL_PREFIX, Event
 from releasetrain.devstack import SIMPLE_AUTH_MANAGER
 from tests.conftest import PROJECT_ROOT
 from tests.pg import PG_ADMIN_DSN, admin, postgres_answers
@@ -42,8 +43,10 @@ USERS = {"author": "user", "approver": "user", "admin": "admin"}
 
 
 def doc_blocks(text: str) -> list[tuple[str, str]]:
-    """The doc's fenced blocks, in order: (language, body)."""
-    return [(m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```$", text, re.S | re.M)]
+    """The doc's fenced blocks, in order: (language, body); every fence is a block's."""
+    blocks = [(m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```$", text, re.S | re.M)]
+    assert len(re.findall(r"^\s*(```|~~~)", text, re.M)) == 2 * len(blocks), "a fence the test cannot read"
+    return blocks
 
 
 def free_port() -> int:
@@ -59,14 +62,27 @@ def run(cmd, *, env, cwd, log: Path, timeout: float = 900) -> subprocess.Complet
     return done
 
 
+def fill_in(blocks: list[tuple[str, str]], values: dict[str, str]) -> list[tuple[str, str]]:
+    """The reader's values in place of the doc's placeholders, inside the blocks only and as
+    whole words; every placeholder must be used."""
+    used = dict.fromkeys(values, 0)
+    filled = []
+    for lang, body in blocks:
+        for placeholder, value in values.items():
+            body, count = re.subn(rf"(?<![\w.-]){re.escape(placeholder)}(?![\w-])", value, body)
+            used[placeholder] += count
+        filled.append((lang, body))
+    unused = [p for p, n in used.items() if not n]
+    assert not unused, f"docs/install.md no longer says {unused}: update the install test"
+    return filled
+
+
 @pytest.fixture(scope="module")
 def install(tmp_path_factory):
     """The reader's Airflow (a new venv with Airflow 3.3 only), the doc's blocks run in it,
     its components and the deploy target started; yields what the checks need."""
     if not postgres_answers():
-        pytest.fail(
-            f"no PostgreSQL at {PG_ADMIN_DSN}: the install test's Airflow and ledger run on it (.ci/run starts it)"
-        )
+        pytest.fail(f"no PostgreSQL at {PG_ADMIN_DSN}: the install test's Airflow and ledger run on it")
     base = tmp_path_factory.mktemp("install")
     home, venv, checkout, log = base / "airflow", base / "venv", base / "checkout", base / "install.log"
     home.mkdir()
@@ -85,35 +101,33 @@ def install(tmp_path_factory):
 
     tag = uuid.uuid4().hex[:8]
     metadata_db, ledger_db, writer = f"rt_install_af_{tag}", f"rt_install_ledger_{tag}", f"rt_install_writer_{tag}"
-    admin(f"CREATE DATABASE {metadata_db}")
-    admin(f"CREATE DATABASE {ledger_db}")
-    admin(f"CREATE ROLE {writer} LOGIN")
     api_port, fleet_port = free_port(), free_port()
     api_url, fleet_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{fleet_port}"
-    pg = PG_ADMIN_DSN.rsplit("/", 1)[0]  # postgresql://postgres@127.0.0.1:5432
-    pg_host = pg.split("@", 1)[1].split(":")[0]
+    pg = urlparse(PG_ADMIN_DSN)
+    pg_base = f"{pg.scheme}://{pg.netloc}"  # postgresql://postgres@127.0.0.1:5432
 
     fleet_password, jwt = secrets.token_urlsafe(18), secrets.token_urlsafe(32)
     from cryptography.fernet import Fernet
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RELEASETRAIN", "VIRTUAL_ENV"))}
+    # the reader's shell: none of this checkout's or this venv's settings
+    drop = ("AIRFLOW", "RELEASETRAIN", "VIRTUAL_ENV", "PYTHONPATH", "PIP_CONSTRAINT", "PG", "CONDA")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(
         {
             "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
             "VIRTUAL_ENV": str(venv),
-            "PIP_CONSTRAINT": str(PROJECT_ROOT / "constraints.txt"),  # Airflow's advice: install with constraints
+            "PIP_CONSTRAINT": str(PROJECT_ROOT / "constraints.txt"),  # the doc: install with constraints
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
             "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in USERS.items()),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url}/execution/",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"{pg.replace('postgresql://', 'postgresql+psycopg2://')}/{metadata_db}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{pg.netloc}/{metadata_db}",
             "AIRFLOW__API__BASE_URL": api_url,
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(api_port),
@@ -121,7 +135,7 @@ def install(tmp_path_factory):
             "AIRFLOW__API_AUTH__JWT_SECRET": jwt,
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             # the values the doc's commands take from the reader's environment
-            "LEDGER_PASSWORD": "unused-with-trust-auth",
+            "LEDGER_PASSWORD": secrets.token_urlsafe(12),
             "FLEET_PASSWORD": fleet_password,
             "STOREFRONT_DB_PASSWORD": secrets.token_urlsafe(12),
             "PAYMENT_API_KEY": secrets.token_urlsafe(12),
@@ -129,49 +143,55 @@ def install(tmp_path_factory):
     )
     (home / "passwords.json").write_text(json.dumps({u: f"{u}-{tag}" for u in USERS}))
 
-    # the reader's Airflow: a new venv with Airflow 3.3 (on PostgreSQL) and nothing else
-    assert run([sys.executable, "-m", "venv", str(venv)], env=env, cwd=base, log=log).returncode == 0
-    done = run(
-        ["pip", "install", "--quiet", "apache-airflow[postgres]==3.3.2"], env=env, cwd=base, log=log, timeout=1200
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    done = run(["airflow", "db", "migrate"], env=env, cwd=base, log=log)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    # the doc, block by block; the reader's own values in place of its placeholders
     text = DOC.read_text()
-    values = {
-        "postgresql://postgres@db.example.internal:5432/releasetrain": f"{pg}/{ledger_db}",
-        "--conn-host db.example.internal": f"--conn-host {pg_host}",
-        "--conn-schema releasetrain": f"--conn-schema {ledger_db}",
-        "airflow_ledger": writer,
-        "https://deploy.example.internal": fleet_url,
-        "/opt/airflow": str(home),
-    }
-    for placeholder in values:
-        assert placeholder in text, f"docs/install.md no longer says {placeholder!r}: update the install test"
-    for placeholder, value in values.items():
-        text = text.replace(placeholder, value)
-    blocks = doc_blocks(text)
-    assert [lang for lang, _ in blocks].count("ini") == 1
+    blocks = fill_in(
+        doc_blocks(text),
+        {
+            "postgresql://postgres@db.example.internal:5432": pg_base,
+            "db.example.internal": pg.hostname or "127.0.0.1",
+            "5432": str(pg.port or 5432),
+            "release_ledger": ledger_db,
+            "airflow_ledger": writer,
+            "https://deploy.example.internal": fleet_url,
+            "/opt/airflow": str(home),
+        },
+    )
+    # the blocks before "5. Start, and release" are run before Airflow starts, the others after
+    before_start = len(doc_blocks(text[: text.index("## 5. Start")]))
+    assert [lang for lang, _ in blocks].count("ini") == 1 and len(blocks) - before_start == 2
     outputs: list[str] = []
+
+    def follow(lang: str, body: str) -> None:
+        if lang == "ini":  # added to airflow.cfg
+            with (home / "airflow.cfg").open("a") as cfg:
+                cfg.write("\n" + body)
+            return
+        assert lang == "bash", f"docs/install.md: a ```{lang} block the test cannot follow"
+        done = run(["bash", "-euo", "pipefail", "-c", body], env=env, cwd=checkout, log=log, timeout=1200)
+        assert done.returncode == 0, (
+            f"docs/install.md: a block failed:\n{body}\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
+        )
+        outputs.append(done.stdout + done.stderr)
+
+    processes: list[subprocess.Popen] = []
+    logs: list = []
     try:
-        for lang, body in blocks:
-            if lang == "ini":  # the [releasetrain] section of airflow.cfg
-                with (home / "airflow.cfg").open("a") as cfg:
-                    cfg.write("\n" + body)
-                continue
-            assert lang == "bash", f"docs/install.md: a ```{lang} block the test cannot follow"
-            done = run(["bash", "-euo", "pipefail", "-c", body], env=env, cwd=checkout, log=log, timeout=1200)
-            assert done.returncode == 0, (
-                f"docs/install.md block failed:\n{body}\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
-            )
-            outputs.append(done.stdout + done.stderr)
+        admin(f"CREATE DATABASE {metadata_db}")
+        # the reader's Airflow: a new venv with Airflow 3.3 (on PostgreSQL) and nothing else
+        assert run([sys.executable, "-m", "venv", str(venv)], env=env, cwd=base, log=log).returncode == 0
+        done = run(
+            ["pip", "install", "--quiet", "apache-airflow[postgres]==3.3.2"], env=env, cwd=base, log=log, timeout=1200
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        done = run(["airflow", "db", "migrate"], env=env, cwd=base, log=log)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+        for lang, body in blocks[:before_start]:
+            follow(lang, body)
 
         # "Restart Airflow's components": here they start for the first time, with the deploy target
-        logs = home / "logs" / "stack"
-        logs.mkdir(parents=True)
-        processes = []
+        stack_logs = home / "logs" / "stack"
+        stack_logs.mkdir(parents=True)
         fleet_env = {
             "PATH": env["PATH"],
             "FLEET_USER": "deployer",
@@ -188,10 +208,10 @@ def install(tmp_path_factory):
             ("dag-processor", ["airflow", "dag-processor"], env),
             ("triggerer", ["airflow", "triggerer"], env),
         ]:
-            out = (logs / f"{name}.log").open("a")
+            logs.append((stack_logs / f"{name}.log").open("a"))
             processes.append(
                 subprocess.Popen(
-                    cmd, env=process_env, cwd=home, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                    cmd, env=process_env, cwd=home, stdout=logs[-1], stderr=subprocess.STDOUT, start_new_session=True
                 )
             )
         deadline = time.monotonic() + 300
@@ -206,8 +226,16 @@ def install(tmp_path_factory):
             except (requests.RequestException, ValueError):
                 pass
             if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
-                pytest.fail(f"the installed Airflow did not come up; see {logs}")
+                pytest.fail(f"the installed Airflow did not come up; see {stack_logs}")
             time.sleep(2)
+        # "once release_storefront shows in the UI, unpause it"
+        watcher = AirflowClient(api_url, "admin", f"admin-{tag}")
+        deadline = time.monotonic() + 180
+        while DAG not in watcher.dag_ids():
+            assert time.monotonic() < deadline, f"{DAG} never appeared; import errors: {watcher.import_errors()}"
+            time.sleep(3)
+        assert watcher.request("GET", f"/dags/{DAG}")["is_paused"], "Airflow pauses a new DAG (the doc says so)"
+        follow(*blocks[before_start])
         yield {
             "home": home,
             "env": env,
@@ -216,20 +244,24 @@ def install(tmp_path_factory):
             "fleet_password": fleet_password,
             "password": lambda user: f"{user}-{tag}",
             "outputs": outputs,
-            "ledger_dsn": f"{pg}/{ledger_db}",
+            "ledger_dsn": f"{pg_base}/{ledger_db}",
+            "writer": writer,
             "checkout": checkout,
+            "after_release": lambda: follow(*blocks[before_start + 1]),
         }
     finally:
-        for process in locals().get("processes", []):
+        for process in processes:
             try:
                 os.killpg(process.pid, 15)
             except ProcessLookupError:
                 pass
-        for process in locals().get("processes", []):
+        for process in processes:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, 9)
+        for out in logs:
+            out.close()
         for db in (metadata_db, ledger_db):
             admin(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
         admin(f"DROP ROLE IF EXISTS {writer}")
@@ -269,7 +301,12 @@ def test_the_checklist_holds(install):
     assert any(re.search(r": ready \(0 events\)", out) for out in install["outputs"]), "ledger init did not report"
     admin_ = client(install, "admin")
     connections = {c["connection_id"]: c for c in admin_.request("GET", "/connections?limit=100")["connections"]}
-    assert connections["releasetrain_ledger"]["conn_type"] == "postgres"
+    ledger = connections["releasetrain_ledger"]
+    assert (ledger["conn_type"], ledger["login"], ledger["schema"]) == (
+        "postgres",
+        install["writer"],
+        install["ledger_dsn"].rsplit("/", 1)[1],
+    )
     keys = {}
     for conn_id, pub in (
         ("releasetrain_signing", "bundle"),
@@ -285,13 +322,11 @@ def test_the_checklist_holds(install):
         target = connections[f"fleet_{env}"]
         assert target["conn_type"] == "releasetrain_deploy_target"
         assert target["host"] == f"{install['fleet_url']}/environments/{env}"
-    pools = {p["name"] for p in admin_.request("GET", "/pools?limit=100")["pools"]}
-    assert set(json.loads((install["checkout"] / "pools.json").read_text())) <= pools
+    pools = {p["name"]: p for p in admin_.request("GET", "/pools?limit=100")["pools"]}
+    for env in ("dev", "staging", "prod"):  # one deploy at a time per target
+        assert pools[f"{POOL_PREFIX}fleet_{env}"]["slots"] == 1
 
-    deadline = time.monotonic() + 180
-    while DAG not in admin_.dag_ids():
-        assert time.monotonic() < deadline, f"{DAG} never appeared; import errors: {admin_.import_errors()}"
-        time.sleep(3)
+    assert DAG in admin_.dag_ids() and not admin_.request("GET", f"/dags/{DAG}")["is_paused"]
     assert admin_.import_errors() == []
     [plugin] = [p for p in admin_.request("GET", "/plugins")["plugins"] if p["name"] == "releasetrain"]
     assert "Releases" in [view["name"] for view in plugin["external_views"]]
@@ -303,10 +338,6 @@ def test_the_checklist_holds(install):
 
 def test_the_storefront_release_reaches_production_after_a_non_author_approves(install):
     author, approver = client(install, "author"), client(install, "approver")
-    deadline = time.monotonic() + 180
-    while DAG not in author.dag_ids():
-        assert time.monotonic() < deadline, f"{DAG} never appeared"
-        time.sleep(3)
     run_id = author.trigger(DAG, {"version": "2.0.0", "change_summary": "installed from the wheel"})["dag_run_id"]
     author.wait_for_approval(DAG, run_id, "prod.approve")
     with pytest.raises(AirflowAPIError) as refused:
@@ -334,15 +365,10 @@ def test_the_storefront_release_reaches_production_after_a_non_author_approves(i
     finally:
         store.close()
     assert kinds.count(Event.DEPLOYED) == 3 and Event.APPROVAL_GIVEN in kinds, kinds
-    # and the CLI verifies it as the reader would, against the connection
-    verified = subprocess.run(
-        ["releasetrain", "ledger", "verify", "--conn", "releasetrain_ledger", "--allow-unanchored"],
-        env=install["env"],
-        cwd=install["home"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    # the doc's last block: the ledger anchored by a signed checkpoint, and verified so
+    install["after_release"]()
+    assert re.search(r"checkpoint of event \d+ .* written to \S+", install["outputs"][-1]), install["outputs"][-1]
+    assert "anchored up to event" in install["outputs"][-1], install["outputs"][-1]
+    assert list((install["home"] / "ledger-checkpoints").glob("*.json"))
     overview = author._session.get(f"{install['api_url']}/releasetrain/cockpit/api/overview", timeout=30).json()
     assert "2.0.0" in json.dumps(overview)
