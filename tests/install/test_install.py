@@ -106,7 +106,7 @@ def install(tmp_path_factory):
     pg = urlparse(PG_ADMIN_DSN)
     pg_base = f"{pg.scheme}://{pg.netloc}"  # postgresql://postgres@127.0.0.1:5432
 
-    fleet_password, jwt = secrets.token_urlsafe(18), secrets.token_urlsafe(32)
+    fleet_password, jwt = "-" + secrets.token_urlsafe(18), secrets.token_urlsafe(32)
     from cryptography.fernet import Fernet
 
     # the reader's shell: none of this checkout's or this venv's settings
@@ -135,10 +135,11 @@ def install(tmp_path_factory):
             "AIRFLOW__API_AUTH__JWT_SECRET": jwt,
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             # the values the doc's commands take from the reader's environment
-            "LEDGER_PASSWORD": secrets.token_urlsafe(12),
+            # (each starting with "-", as a generated secret may: seen failing the doc's commands)
+            "LEDGER_PASSWORD": "-" + secrets.token_urlsafe(12),
             "FLEET_PASSWORD": fleet_password,
-            "STOREFRONT_DB_PASSWORD": secrets.token_urlsafe(12),
-            "PAYMENT_API_KEY": secrets.token_urlsafe(12),
+            "STOREFRONT_DB_PASSWORD": "-" + secrets.token_urlsafe(12),
+            "PAYMENT_API_KEY": "-" + secrets.token_urlsafe(12),
         }
     )
     (home / "passwords.json").write_text(json.dumps({u: f"{u}-{tag}" for u in USERS}))
