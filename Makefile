@@ -66,6 +66,7 @@ test-faults: $(STAMP)
 ## make test-install: docs/install.md done as written into a new Airflow 3.3 venv (wheel, config,
 ## connections, pools), then the storefront release end to end on it (PostgreSQL)
 test-install: $(STAMP)
+	bash scripts/ensure-debian.sh postgresql-client:psql
 	$(BIN)/python -m pytest -m install -p no:cacheprovider
 
 ## make test-fast: everything but the end-to-end tests
