@@ -357,8 +357,8 @@ def _generate_pem_key(args: argparse.Namespace) -> int:
     ``airflow connections import`` reads; 0600, other connections in it kept), and its
     public half in ``--out`` (never overwritten: a second run cannot leave a pinned key that
     differs from the stored one). The private key is never printed."""
-    from releasetrain.core.bundle import generate_private_key_pem, load_private_key, public_key_pem
-    from releasetrain.provider_info import SIGNING
+    from releasetrain.core.bundle import generate_private_key_pem
+    from releasetrain.hooks.signing import pem_key_connection
 
     if not args.conn_id or not args.connections:
         print("key generate: --conn-id and --connections are required", file=sys.stderr)
@@ -375,9 +375,9 @@ def _generate_pem_key(args: argparse.Namespace) -> int:
     if args.conn_id in existing:
         print(f"key generate: {path} already holds {args.conn_id!r}; a key is never replaced here", file=sys.stderr)
         return 1
-    private = generate_private_key_pem()
-    public = public_key_pem(load_private_key(private))
-    existing[args.conn_id] = {"conn_type": SIGNING, "password": private, "extra": json.dumps({"public_key": public})}
+    connection = pem_key_connection(generate_private_key_pem())
+    public = connection["extra"]["public_key"]
+    existing[args.conn_id] = {**connection, "extra": json.dumps(connection["extra"])}
     try:
         _write_new(out, public, mode=0o644)
     except OSError as exc:

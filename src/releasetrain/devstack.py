@@ -523,8 +523,7 @@ def pkcs11_connection(pin: str, label: str, public_pem: str) -> str:
 
 
 def signing_connection(private_pem: str) -> str:
-    """A signing key connection: the private key (password) and its pinned public key (extra)."""
-    from releasetrain.core.bundle import load_private_key, public_key_pem
+    """A signing key connection (as an ``AIRFLOW_CONN_`` value)."""
+    from releasetrain.hooks.signing import pem_key_connection
 
-    public = public_key_pem(load_private_key(private_pem))
-    return json.dumps({"conn_type": "generic", "password": private_pem, "extra": {"public_key": public}})
+    return json.dumps(pem_key_connection(private_pem, "generic"))

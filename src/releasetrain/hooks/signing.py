@@ -147,6 +147,14 @@ def _unwrap_point(point: bytes) -> bytes:
 SIGNING_CONN_TYPE = "releasetrain_signing"
 
 
+def pem_key_connection(private_pem: str, conn_type: str = SIGNING_CONN_TYPE) -> dict[str, Any]:
+    """A signing key connection: the private key (password) and its pinned public key (extra)."""
+    from releasetrain.core.bundle import public_key_pem
+
+    public = public_key_pem(load_private_key(private_pem))
+    return {"conn_type": conn_type, "password": private_pem, "extra": {"public_key": public}}
+
+
 def extra_field(extra: Mapping[str, Any], name: str) -> Any:
     """A signing connection's extra field, as a JSON extra names it or as Airflow's connection
     form stores its ``releasetrain_signing`` fields (``extra__releasetrain_signing__<name>``)."""
